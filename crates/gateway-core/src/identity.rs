@@ -1,0 +1,120 @@
+//! Who is asking: the credentials a protocol crate collects and the [`Identity`] an
+//! [`Authenticator`] makes of them.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use crate::error::GatewayError;
+
+/// How an identity proved itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthMethod {
+    /// A signed JWT presented in the password field.
+    Jwt,
+    /// A static local user's password (argon2id hash in the config).
+    Password,
+    /// A verified TLS client certificate.
+    ClientCertificate,
+}
+
+/// An authenticated principal. Permissions follow this, never the upstream credentials.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Identity {
+    /// Stable subject (JWT `sub`, static user name, certificate subject).
+    pub subject: String,
+    /// Groups the subject belongs to; rules match on these.
+    pub groups: Vec<String>,
+    /// How the subject authenticated.
+    pub auth_method: AuthMethod,
+    /// Further claims (JWT payload) for rules and audit. Never contains the token itself.
+    pub claims: BTreeMap<String, serde_json::Value>,
+}
+
+impl Identity {
+    /// Whether the identity is a member of `group`.
+    pub fn in_group(&self, group: &str) -> bool {
+        self.groups.iter().any(|g| g == group)
+    }
+}
+
+/// What the client presented. Protocol crates build this from their handshake.
+#[derive(Clone)]
+pub enum Credentials {
+    /// A user name and the password field, which may carry a JWT or a static user's password.
+    Password {
+        /// The user name the client sent in its handshake.
+        user: String,
+        /// The password field as sent. Never logged.
+        password: String,
+    },
+    /// A TLS client certificate the listener already verified against its CA.
+    ClientCertificate {
+        /// The user name the client sent in its handshake.
+        user: String,
+        /// The DER encoding of the leaf certificate.
+        certificate_der: Vec<u8>,
+    },
+}
+
+impl Credentials {
+    /// The user name the client asked for.
+    pub fn user(&self) -> &str {
+        match self {
+            Credentials::Password { user, .. } | Credentials::ClientCertificate { user, .. } => user,
+        }
+    }
+}
+
+impl std::fmt::Debug for Credentials {
+    // Hand-written so that a password or token can never reach a log through `{:?}`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Credentials::Password { user, .. } => {
+                f.debug_struct("Password").field("user", user).field("password", &"<redacted>").finish()
+            }
+            Credentials::ClientCertificate { user, certificate_der } => f
+                .debug_struct("ClientCertificate")
+                .field("user", user)
+                .field("certificate_len", &certificate_der.len())
+                .finish(),
+        }
+    }
+}
+
+/// Facts about the client connection, for rules and audit.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ClientInfo {
+    /// The client's address.
+    pub addr: SocketAddr,
+    /// Wire protocol name, e.g. `postgres`.
+    pub protocol: &'static str,
+    /// Whether the client connection is encrypted.
+    pub tls: bool,
+    /// Application name the client announced, if any.
+    pub application: Option<String>,
+}
+
+/// Turns credentials into an identity. Runs once per connection, after the protocol handshake and
+/// before any upstream connection is made.
+#[async_trait::async_trait]
+pub trait Authenticator: Send + Sync {
+    /// Returns the identity, or an [`ErrorKind::Authentication`](crate::ErrorKind) error whose
+    /// message says which check failed and contains no key material or secret.
+    async fn authenticate(
+        &self,
+        credentials: &Credentials,
+        client: &ClientInfo,
+    ) -> Result<Identity, GatewayError>;
+}
+
+/// Refuses everyone: the default until an authenticator is configured.
+#[derive(Debug, Default)]
+pub struct DenyAllAuthenticator;
+
+#[async_trait::async_trait]
+impl Authenticator for DenyAllAuthenticator {
+    async fn authenticate(&self, _: &Credentials, _: &ClientInfo) -> Result<Identity, GatewayError> {
+        Err(GatewayError::auth("no authentication method is configured on this gateway"))
+    }
+}

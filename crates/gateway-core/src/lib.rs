@@ -1,0 +1,38 @@
+//! The protocol-agnostic heart of Portcullis.
+//!
+//! A protocol crate (PostgreSQL, MySQL, ...) owns its wire; this crate owns everything between the
+//! wire and the database that does not depend on it: who is asking, which target they reach, what
+//! they may run, and what the audit trail records, in a fixed order of phases. It depends on no
+//! protocol, no SQL parser and no storage engine.
+//!
+//! In the order data meets them:
+//! - [`Credentials`] from a handshake become an [`Identity`] through an [`Authenticator`];
+//! - a [`Gateway`] (built with [`Gateway::builder`]) opens a [`Session`]: the requested database name
+//!   chooses a [`Target`], the [`PolicyEngine`] grants [`Access`];
+//! - every statement text is judged by [`Session::prepare`] into a [`Statement`] (or a denial), and
+//!   each execution is announced by [`Session::execute`] (approval hold, audit "started") and closed
+//!   by [`Session::finish`];
+//! - result columns go to [`Execution::row_masker`]; `None` means the protocol crate forwards rows
+//!   untouched;
+//! - every step is an [`AuditRecord`] handed to an [`AuditSink`]; when it cannot be recorded the
+//!   statement is refused.
+//!
+//! Errors are [`GatewayError`]s: a neutral [`ErrorKind`] plus the [`Side`] that caused it.
+
+pub mod approval;
+pub mod audit;
+pub mod error;
+pub mod identity;
+pub mod masking;
+pub mod policy;
+pub mod session;
+pub mod target;
+
+pub use approval::{ApprovalOutcome, ApprovalService, NoApprovals};
+pub use audit::{AuditEvent, AuditRecord, AuditSink, LogAuditSink, RecordedError};
+pub use error::{ErrorKind, GatewayError, Side};
+pub use identity::{AuthMethod, Authenticator, ClientInfo, Credentials, DenyAllAuthenticator, Identity};
+pub use masking::{Masker, NoMasking, ResultColumn, RowMasker};
+pub use policy::{Access, AllowAll, Decision, Judgement, PolicyEngine, StatementContext, Verdict};
+pub use session::{Execution, Gateway, GatewayBuilder, Outcome, Session, SessionContext, SessionRequest, Statement};
+pub use target::{Protocol, Target, Targets, UpstreamTls};

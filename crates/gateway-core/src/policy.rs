@@ -1,0 +1,107 @@
+//! The policy seam: may this identity use this target, and may it run this statement.
+
+use std::sync::Arc;
+
+use crate::error::GatewayError;
+use crate::identity::Identity;
+use crate::target::Target;
+
+/// What an identity may do on a target once admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Access {
+    /// Reads only; protocol crates also make the upstream session read-only as a second fence.
+    ReadOnly,
+    /// Reads and writes.
+    ReadWrite,
+}
+
+/// The outcome of judging one statement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Decision {
+    /// Run it.
+    Allow,
+    /// Refuse it.
+    Deny,
+    /// Hold it until someone else approves.
+    NeedsApproval,
+}
+
+/// A decision with the rule that made it and the reason shown to the user.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Verdict {
+    /// What to do.
+    pub decision: Decision,
+    /// Name of the deciding rule (`None` only for the built-in allow-all engine).
+    pub rule: Option<String>,
+    /// Message for the user when the statement is not simply allowed.
+    pub reason: Option<String>,
+}
+
+impl Verdict {
+    /// Allowed by `rule`.
+    pub fn allow(rule: Option<String>) -> Self {
+        Self { decision: Decision::Allow, rule, reason: None }
+    }
+
+    /// Denied by `rule` for `reason`.
+    pub fn deny(rule: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self { decision: Decision::Deny, rule: Some(rule.into()), reason: Some(reason.into()) }
+    }
+}
+
+/// What the policy engine made of a statement: the verdict plus the facts the audit trail records.
+/// Engines cache these by statement text, so they are shared.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Judgement {
+    /// The verdict.
+    pub verdict: Verdict,
+    /// Statement classification (read, write, ddl, ...) when the engine analysed it.
+    pub classification: Option<String>,
+}
+
+/// The context a statement is judged in.
+#[derive(Debug)]
+pub struct StatementContext<'a> {
+    /// Who is asking.
+    pub identity: &'a Identity,
+    /// Where the statement goes.
+    pub target: &'a Target,
+    /// What the session was admitted with.
+    pub access: Access,
+}
+
+/// Decides access and judges statements. Called on every connection and statement, so both
+/// methods must be cheap on the hot path (cache what you analyse).
+pub trait PolicyEngine: Send + Sync {
+    /// Runs once per session, after authentication and target selection. `Err` refuses the
+    /// session with an [`ErrorKind::AccessDenied`](crate::ErrorKind) error naming the rule.
+    fn access(&self, identity: &Identity, target: &Target) -> Result<Access, GatewayError>;
+
+    /// Runs for every statement before anything of it is forwarded upstream.
+    fn judge(&self, ctx: &StatementContext<'_>, sql: &str) -> Arc<Judgement>;
+}
+
+/// Admits every authenticated identity read-write and allows every statement: the built-in until a
+/// rule set is configured.
+#[derive(Debug)]
+pub struct AllowAll {
+    allowed: Arc<Judgement>,
+}
+
+impl Default for AllowAll {
+    fn default() -> Self {
+        Self { allowed: Arc::new(Judgement { verdict: Verdict::allow(None), classification: None }) }
+    }
+}
+
+impl PolicyEngine for AllowAll {
+    fn access(&self, _: &Identity, _: &Target) -> Result<Access, GatewayError> {
+        Ok(Access::ReadWrite)
+    }
+
+    fn judge(&self, _: &StatementContext<'_>, _: &str) -> Arc<Judgement> {
+        Arc::clone(&self.allowed)
+    }
+}

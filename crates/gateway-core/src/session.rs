@@ -1,0 +1,415 @@
+//! The session API protocol crates drive, and the one place where the order of phases lives:
+//! authenticate -> target -> access -> audit "opened"; per statement: judge -> (deny: audit
+//! "denied") -> approval -> audit "started" -> results -> audit "finished"; close -> audit "closed".
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::approval::{ApprovalOutcome, ApprovalService, NoApprovals};
+use crate::audit::{now, AuditEvent, AuditRecord, AuditSink, LogAuditSink, RecordedError};
+use crate::error::{ErrorKind, GatewayError, Side};
+use crate::identity::{Authenticator, ClientInfo, Credentials, DenyAllAuthenticator, Identity};
+use crate::masking::{Masker, NoMasking, ResultColumn, RowMasker};
+use crate::policy::{Access, AllowAll, Decision, Judgement, PolicyEngine, StatementContext};
+use crate::target::{Protocol, Target, Targets};
+
+struct Inner {
+    node: String,
+    authenticator: Arc<dyn Authenticator>,
+    policy: Arc<dyn PolicyEngine>,
+    masker: Arc<dyn Masker>,
+    audit: Arc<dyn AuditSink>,
+    approvals: Arc<dyn ApprovalService>,
+    targets: Targets,
+}
+
+/// A gateway: the configured seams and targets. Cheap to clone; many can live in one process.
+#[derive(Clone)]
+pub struct Gateway {
+    inner: Arc<Inner>,
+}
+
+/// Builds a [`Gateway`]; every seam has a built-in default (deny-all authentication, allow-all
+/// policy, no masking, log audit sink, no approvals).
+pub struct GatewayBuilder {
+    node: String,
+    authenticator: Arc<dyn Authenticator>,
+    policy: Arc<dyn PolicyEngine>,
+    masker: Arc<dyn Masker>,
+    audit: Arc<dyn AuditSink>,
+    approvals: Arc<dyn ApprovalService>,
+    targets: Targets,
+}
+
+impl Default for GatewayBuilder {
+    fn default() -> Self {
+        Self {
+            node: "portcullis".into(),
+            authenticator: Arc::new(DenyAllAuthenticator),
+            policy: Arc::new(AllowAll::default()),
+            masker: Arc::new(NoMasking),
+            audit: Arc::new(LogAuditSink),
+            approvals: Arc::new(NoApprovals),
+            targets: Targets::default(),
+        }
+    }
+}
+
+impl GatewayBuilder {
+    /// Node name recorded in every audit record.
+    pub fn node(mut self, node: impl Into<String>) -> Self {
+        self.node = node.into();
+        self
+    }
+    /// Sets the authenticator.
+    pub fn authenticator(mut self, a: Arc<dyn Authenticator>) -> Self {
+        self.authenticator = a;
+        self
+    }
+    /// Sets the policy engine.
+    pub fn policy(mut self, p: Arc<dyn PolicyEngine>) -> Self {
+        self.policy = p;
+        self
+    }
+    /// Sets the masker.
+    pub fn masker(mut self, m: Arc<dyn Masker>) -> Self {
+        self.masker = m;
+        self
+    }
+    /// Sets the audit sink.
+    pub fn audit(mut self, a: Arc<dyn AuditSink>) -> Self {
+        self.audit = a;
+        self
+    }
+    /// Sets the approval service.
+    pub fn approvals(mut self, a: Arc<dyn ApprovalService>) -> Self {
+        self.approvals = a;
+        self
+    }
+    /// Sets the targets.
+    pub fn targets(mut self, t: Targets) -> Self {
+        self.targets = t;
+        self
+    }
+    /// Finishes the gateway.
+    pub fn build(self) -> Gateway {
+        Gateway {
+            inner: Arc::new(Inner {
+                node: self.node,
+                authenticator: self.authenticator,
+                policy: self.policy,
+                masker: self.masker,
+                audit: self.audit,
+                approvals: self.approvals,
+                targets: self.targets,
+            }),
+        }
+    }
+}
+
+/// What a protocol crate knows when a client asks for a session.
+#[derive(Debug, Clone)]
+pub struct SessionRequest {
+    /// Credentials from the handshake.
+    pub credentials: Credentials,
+    /// Facts about the client connection.
+    pub client: ClientInfo,
+    /// The wire protocol, which together with `database` chooses the target.
+    pub protocol: Protocol,
+    /// The database name the client asked for.
+    pub database: String,
+}
+
+/// The immutable facts of an admitted session, shared with maskers and rules.
+#[derive(Debug)]
+pub struct SessionContext {
+    /// Session id, unique per node.
+    pub id: String,
+    /// Who.
+    pub identity: Identity,
+    /// Where.
+    pub target: Arc<Target>,
+    /// With what access.
+    pub access: Access,
+    /// From where.
+    pub client: ClientInfo,
+}
+
+impl Gateway {
+    /// Starts building a gateway.
+    pub fn builder() -> GatewayBuilder {
+        GatewayBuilder::default()
+    }
+
+    /// The configured targets.
+    pub fn targets(&self) -> &Targets {
+        &self.inner.targets
+    }
+
+    /// Phase 1 of every connection: authenticate, choose the target, check access, record the
+    /// session. Failed logins are audited too (without the credential). The protocol crate
+    /// connects upstream only after this succeeds.
+    pub async fn open_session(&self, req: SessionRequest) -> Result<Session, GatewayError> {
+        let id = new_session_id();
+        match self.admit(&req).await {
+            Ok((identity, target, access)) => {
+                let ctx = Arc::new(SessionContext { id, identity, target, access, client: req.client });
+                let session = Session { gateway: self.clone(), ctx, statements: AtomicU64::new(0) };
+                session
+                    .record(AuditEvent::SessionOpened {
+                        auth_method: session.ctx.identity.auth_method,
+                        groups: session.ctx.identity.groups.clone(),
+                        access,
+                    })
+                    .await?;
+                Ok(session)
+            }
+            Err(e) => {
+                let record = AuditRecord {
+                    time: now(),
+                    node: self.inner.node.clone(),
+                    session_id: id,
+                    subject: None,
+                    target: Some(req.database.clone()),
+                    client: req.client.clone(),
+                    event: AuditEvent::LoginFailed {
+                        user: req.credentials.user().to_owned(),
+                        database: req.database.clone(),
+                        kind: e.kind,
+                        reason: e.message.clone(),
+                    },
+                };
+                // The login is refused either way; a failing sink must not turn a wrong password
+                // into a different error, but it must be visible.
+                if let Err(audit_err) = self.inner.audit.record(record).await {
+                    tracing::error!(error = %audit_err, "could not record a failed login");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn admit(&self, req: &SessionRequest) -> Result<(Identity, Arc<Target>, Access), GatewayError> {
+        let identity = self.inner.authenticator.authenticate(&req.credentials, &req.client).await?;
+        let target = self.inner.targets.get(req.protocol, &req.database).ok_or_else(|| {
+            GatewayError::new(
+                ErrorKind::UnknownTarget,
+                Side::Client,
+                format!("database \"{}\" is not a target of this gateway", req.database),
+            )
+            .with_hint("connect with the database name of a configured target")
+        })?;
+        let access = self.inner.policy.access(&identity, &target)?;
+        Ok((identity, target, access))
+    }
+}
+
+fn new_session_id() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    // Time plus a process-wide counter: unique per node and sortable. The counter is the only
+    // process-wide state and carries no configuration.
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros())
+        .unwrap_or(0);
+    format!("{t:x}-{:x}", COUNTER.fetch_add(1, Ordering::Relaxed))
+}
+
+/// An admitted session. Protocol crates call [`prepare`](Self::prepare) for every statement text,
+/// [`execute`](Self::execute) right before forwarding an execution, and
+/// [`Execution::finish`] when its result completes.
+pub struct Session {
+    gateway: Gateway,
+    ctx: Arc<SessionContext>,
+    statements: AtomicU64,
+}
+
+/// A judged statement text, ready to execute (possibly many times).
+#[derive(Debug, Clone)]
+pub struct Statement {
+    sql: Arc<str>,
+    judgement: Arc<Judgement>,
+}
+
+impl Statement {
+    /// The statement text.
+    pub fn sql(&self) -> &str {
+        &self.sql
+    }
+    /// What the policy engine made of it.
+    pub fn judgement(&self) -> &Judgement {
+        &self.judgement
+    }
+}
+
+/// How an execution ended.
+#[derive(Debug, Clone, Default)]
+pub struct Outcome {
+    /// Rows sent to the client.
+    pub rows: u64,
+    /// Command tag or summary from the upstream.
+    pub tag: Option<String>,
+    /// Error, if the execution failed.
+    pub error: Option<RecordedError>,
+    /// The execution never ran upstream (skipped after an earlier error in a pipeline).
+    pub skipped: bool,
+}
+
+/// One execution in flight. Dropping it without [`finish`](Self::finish) records nothing more;
+/// protocol crates finish every execution, including skipped ones.
+pub struct Execution {
+    statement_id: u64,
+    started: Instant,
+    masker: Option<Arc<dyn Masker>>,
+    ctx: Arc<SessionContext>,
+}
+
+impl Session {
+    /// The session's immutable facts.
+    pub fn context(&self) -> &Arc<SessionContext> {
+        &self.ctx
+    }
+    /// Who is asking.
+    pub fn identity(&self) -> &Identity {
+        &self.ctx.identity
+    }
+    /// The target.
+    pub fn target(&self) -> &Arc<Target> {
+        &self.ctx.target
+    }
+    /// The access granted.
+    pub fn access(&self) -> Access {
+        self.ctx.access
+    }
+    /// Whether maskers may rewrite results in this session; when `false` protocol crates skip
+    /// result metadata decoding and forward rows untouched.
+    pub fn masking_active(&self) -> bool {
+        self.gateway.inner.masker.is_active(&self.ctx)
+    }
+
+    async fn record(&self, event: AuditEvent) -> Result<(), GatewayError> {
+        let record = AuditRecord {
+            time: now(),
+            node: self.gateway.inner.node.clone(),
+            session_id: self.ctx.id.clone(),
+            subject: Some(self.ctx.identity.subject.clone()),
+            target: Some(self.ctx.target.name.clone()),
+            client: self.ctx.client.clone(),
+            event,
+        };
+        self.gateway.inner.audit.record(record).await.map_err(|e| {
+            GatewayError::new(
+                ErrorKind::AuditUnavailable,
+                Side::Gateway,
+                "the audit trail is unavailable, so the gateway refuses to run statements",
+            )
+            .with_detail(e.message)
+        })
+    }
+
+    /// Judges a statement text. A denial is audited here and returned as an
+    /// [`ErrorKind::PolicyDenied`] error naming the rule; nothing of the statement may then be
+    /// forwarded upstream.
+    pub async fn prepare(&self, sql: &str) -> Result<Statement, GatewayError> {
+        let judgement = {
+            let ctx = StatementContext {
+                identity: &self.ctx.identity,
+                target: &self.ctx.target,
+                access: self.ctx.access,
+            };
+            self.gateway.inner.policy.judge(&ctx, sql)
+        };
+        if judgement.verdict.decision == Decision::Deny {
+            let statement_id = self.statements.fetch_add(1, Ordering::Relaxed);
+            self.record(AuditEvent::StatementDenied {
+                statement_id,
+                sql: sql.to_owned(),
+                verdict: judgement.verdict.clone(),
+            })
+            .await?;
+            let mut e = GatewayError::new(
+                ErrorKind::PolicyDenied,
+                Side::Gateway,
+                judgement.verdict.reason.clone().unwrap_or_else(|| "statement denied by policy".into()),
+            );
+            e.rule = judgement.verdict.rule.clone();
+            return Err(e);
+        }
+        Ok(Statement { sql: Arc::from(sql), judgement })
+    }
+
+    /// Called right before an execution is forwarded upstream: holds it for approval when the
+    /// verdict says so, then records "started". `Err` means do not forward.
+    pub async fn execute(&self, stmt: &Statement) -> Result<Execution, GatewayError> {
+        let statement_id = self.statements.fetch_add(1, Ordering::Relaxed);
+        let verdict = &stmt.judgement.verdict;
+        let mut rule = verdict.rule.clone();
+        if verdict.decision == Decision::NeedsApproval {
+            match self
+                .gateway
+                .inner
+                .approvals
+                .request(&self.ctx.identity, &self.ctx.target, &stmt.sql, verdict)
+                .await
+            {
+                ApprovalOutcome::Approved { id } => rule = Some(format!("{} (approval {id})", rule.unwrap_or_default())),
+                ApprovalOutcome::Refused(e) => {
+                    self.record(AuditEvent::StatementDenied {
+                        statement_id,
+                        sql: stmt.sql.to_string(),
+                        verdict: verdict.clone(),
+                    })
+                    .await?;
+                    return Err(e);
+                }
+            }
+        }
+        self.record(AuditEvent::StatementStarted {
+            statement_id,
+            sql: stmt.sql.to_string(),
+            classification: stmt.judgement.classification.clone(),
+            rule,
+        })
+        .await?;
+        Ok(Execution {
+            statement_id,
+            started: Instant::now(),
+            masker: Some(Arc::clone(&self.gateway.inner.masker)),
+            ctx: Arc::clone(&self.ctx),
+        })
+    }
+
+    /// Records the end of an execution.
+    pub async fn finish(&self, exec: Execution, outcome: Outcome) -> Result<(), GatewayError> {
+        self.record(AuditEvent::StatementFinished {
+            statement_id: exec.statement_id,
+            rows: outcome.rows,
+            tag: outcome.tag,
+            error: outcome.error,
+            duration: exec.started.elapsed(),
+            skipped: outcome.skipped,
+        })
+        .await
+    }
+
+    /// Records the end of the session.
+    pub async fn close(self, error: Option<RecordedError>) {
+        let statements = self.statements.load(Ordering::Relaxed);
+        if let Err(e) = self.record(AuditEvent::SessionClosed { statements, error }).await {
+            tracing::error!(session = %self.ctx.id, error = %e, "could not record session close");
+        }
+    }
+}
+
+impl Execution {
+    /// Statement id within the session.
+    pub fn statement_id(&self) -> u64 {
+        self.statement_id
+    }
+
+    /// Runs when a result set's column metadata arrives. `None` means forward rows untouched.
+    pub fn row_masker(&self, columns: &[ResultColumn]) -> Option<Box<dyn RowMasker>> {
+        self.masker.as_ref().and_then(|m| m.row_masker(&self.ctx, columns))
+    }
+}

@@ -1,0 +1,324 @@
+//! One client connection: the handshake (TLS, startup, password or certificate), the session, the
+//! upstream login, and then the relay.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use gateway_core::{
+    Access, ClientInfo, Credentials, ErrorKind, Gateway, GatewayError, Protocol, SessionRequest, Side,
+};
+use pgwire::messages::startup::{Authentication, BackendKeyData, NegotiateProtocolVersion, ParameterStatus, SecretKey};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::cancel::{CancelRegistry, CancelTarget};
+use crate::relay::relay;
+use crate::startup::{self, StartupPacket};
+use crate::stream::ClientStream;
+use crate::wire::{encode, error_response, ready_for_query, typed_header, HEADER_LEN};
+use crate::ListenerConfig;
+
+/// Largest password message accepted. PostgreSQL silently drops longer ones; the gateway answers
+/// them with a clean authentication error instead.
+const MAX_PASSWORD_MESSAGE: usize = 64 * 1024;
+
+/// Startup parameters a client may pass through to the upstream (lower-case). Everything else is
+/// dropped: `options` and `replication` could change what the session may do behind the policy.
+const FORWARDED_PARAMS: &[&str] = &[
+    "client_encoding",
+    "datestyle",
+    "timezone",
+    "extra_float_digits",
+    "intervalstyle",
+    "search_path",
+    "lc_monetary",
+    "lc_numeric",
+    "lc_time",
+    "bytea_output",
+    "statement_timeout",
+    "lock_timeout",
+    "idle_in_transaction_session_timeout",
+];
+
+pub(crate) struct Shared {
+    pub config: ListenerConfig,
+    pub gateway: Gateway,
+    pub cancels: CancelRegistry,
+}
+
+/// Drives one accepted connection to its end. Never panics on input; errors end only this
+/// connection.
+pub(crate) async fn serve(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr) {
+    let _ = tcp.set_nodelay(true);
+    let deadline = shared.config.handshake_timeout;
+    let handshake = tokio::time::timeout(deadline, handshake(&shared, tcp, peer)).await;
+    let (client, session_parts) = match handshake {
+        Ok(Ok(Some(done))) => done,
+        Ok(Ok(None)) => return,
+        Ok(Err((mut client, err))) => {
+            tracing::info!(%peer, error = %err, "connection refused during handshake");
+            if let Some(c) = client.as_mut() {
+                let _ = c.write_all(&error_response(&err, true)).await;
+                let _ = c.shutdown().await;
+            }
+            return;
+        }
+        Err(_) => {
+            // The handshake future (and with it the socket) is gone; PostgreSQL itself just closes
+            // here too ("canceling authentication due to timeout" goes to its log only).
+            tracing::info!(%peer, timeout = ?deadline, "handshake timed out");
+            return;
+        }
+    };
+    let (session, upstream, registration) = session_parts;
+    let result = relay(&shared, client, session.clone(), upstream).await;
+    drop(registration);
+    let error = result.err().map(|e| gateway_core::RecordedError::from(&e));
+    match Arc::try_unwrap(session) {
+        Ok(s) => s.close(error).await,
+        Err(_) => tracing::error!("session still referenced at close; close not recorded"),
+    }
+}
+
+type Handshake = (
+    ClientStream,
+    (Arc<gateway_core::Session>, crate::upstream::Upstream, crate::cancel::Registration),
+);
+type HandshakeError = (Option<ClientStream>, GatewayError);
+
+async fn read_startup<S: AsyncRead + Unpin>(s: &mut S) -> Result<Option<StartupPacket>, GatewayError> {
+    let mut len = [0u8; 4];
+    match s.read_exact(&mut len).await {
+        Ok(_) => {}
+        // A client that connects and closes (health checks, port scanners) is not an error.
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(GatewayError::protocol(Side::Client, format!("read startup packet: {e}"))),
+    }
+    let n = startup::packet_len(&len)
+        .map_err(|e| GatewayError::protocol(Side::Client, e.to_string()))?
+        .unwrap_or(0);
+    let mut packet = vec![0u8; n];
+    packet[..4].copy_from_slice(&len);
+    s.read_exact(&mut packet[4..])
+        .await
+        .map_err(|e| GatewayError::protocol(Side::Client, format!("read startup packet: {e}")))?;
+    startup::parse(&packet)
+        .map(Some)
+        .map_err(|e| GatewayError::protocol(Side::Client, e.to_string()))
+}
+
+async fn handshake(
+    shared: &Shared,
+    tcp: TcpStream,
+    peer: SocketAddr,
+) -> Result<Option<Handshake>, HandshakeError> {
+    let config = &shared.config;
+    let mut client = ClientStream::Plain(tcp);
+    let mut tls_done = false;
+    let mut gss_refused = false;
+    let (minor, params) = loop {
+        let packet = match read_startup(&mut client).await {
+            Ok(Some(p)) => p,
+            Ok(None) => return Ok(None),
+            Err(e) => return Err((Some(client), e)),
+        };
+        match packet {
+            StartupPacket::SslRequest if !tls_done => {
+                let Some(tls) = config.tls.clone() else {
+                    if let Err(e) = client.write_all(b"N").await {
+                        return Err((None, GatewayError::protocol(Side::Client, e.to_string())));
+                    }
+                    continue;
+                };
+                let ClientStream::Plain(mut tcp) = client else {
+                    return Err((None, GatewayError::protocol(Side::Client, "TLS requested twice")));
+                };
+                if let Err(e) = tcp.write_all(b"S").await {
+                    return Err((None, GatewayError::protocol(Side::Client, e.to_string())));
+                }
+                match tokio_rustls::TlsAcceptor::from(tls).accept(tcp).await {
+                    Ok(s) => client = ClientStream::Tls(Box::new(s)),
+                    Err(e) => {
+                        return Err((None, GatewayError::protocol(Side::Client, format!("TLS handshake failed: {e}"))))
+                    }
+                }
+                tls_done = true;
+            }
+            StartupPacket::GssEncRequest if !gss_refused && !tls_done => {
+                gss_refused = true;
+                if let Err(e) = client.write_all(b"N").await {
+                    return Err((None, GatewayError::protocol(Side::Client, e.to_string())));
+                }
+            }
+            StartupPacket::Cancel { pid, secret } => {
+                shared.cancels.cancel(pid, secret).await;
+                return Ok(None);
+            }
+            StartupPacket::Startup { minor, params, .. } => break (minor, params),
+            other => {
+                return Err((
+                    Some(client),
+                    GatewayError::protocol(Side::Client, format!("unexpected {other:?} during startup")),
+                ))
+            }
+        }
+    };
+
+    let tls = matches!(client, ClientStream::Tls(_));
+    if config.require_tls && !tls {
+        let e = GatewayError::new(ErrorKind::AccessDenied, Side::Client, "this gateway accepts only TLS connections")
+            .with_hint("connect with sslmode=require (or stronger)");
+        return Err((Some(client), e));
+    }
+    // Protocol 3.x newer than 3.0 and `_pq_.` options: answer as PostgreSQL does, then go on in 3.0.
+    let pq_options: Vec<String> = params.keys().filter(|k| k.starts_with("_pq_.")).cloned().collect();
+    if minor > 0 || !pq_options.is_empty() {
+        let m = NegotiateProtocolVersion::new(0, pq_options);
+        if let Err(e) = client.write_all(&encode(&m)).await {
+            return Err((None, GatewayError::protocol(Side::Client, e.to_string())));
+        }
+    }
+    let Some(user) = params.get("user").filter(|u| !u.is_empty()).cloned() else {
+        let e = GatewayError::new(ErrorKind::Authentication, Side::Client, "no user name in the startup message");
+        return Err((Some(client), e));
+    };
+    let database = params.get("database").filter(|d| !d.is_empty()).cloned().unwrap_or_else(|| user.clone());
+    let application = params.get("application_name").cloned().filter(|a| !a.is_empty());
+
+    let credentials = match peer_certificate(&client) {
+        Some(der) => Credentials::ClientCertificate { user: user.clone(), certificate_der: der },
+        None => {
+            if !tls && !peer.ip().is_loopback() && !config.allow_plaintext_password {
+                let e = GatewayError::new(
+                    ErrorKind::AccessDenied,
+                    Side::Client,
+                    "passwords and tokens are accepted only over TLS on this listener",
+                )
+                .with_hint("connect with sslmode=require");
+                return Err((Some(client), e));
+            }
+            match read_password(&mut client).await {
+                Ok(password) => Credentials::Password { user: user.clone(), password },
+                Err(e) => return Err((Some(client), e)),
+            }
+        }
+    };
+
+    let request = SessionRequest {
+        credentials,
+        client: ClientInfo { addr: peer, protocol: "postgres", tls, application: application.clone() },
+        protocol: Protocol::Postgres,
+        database,
+    };
+    let session = match shared.gateway.open_session(request).await {
+        Ok(s) => Arc::new(s),
+        Err(e) => return Err((Some(client), e)),
+    };
+
+    let upstream_params = upstream_params(&params, &session, application.as_deref());
+    let upstream = match crate::upstream::connect(session.target(), &upstream_params).await {
+        Ok(u) => u,
+        Err(e) => {
+            // The session was opened; record why it ended.
+            let recorded = gateway_core::RecordedError::from(&e);
+            if let Ok(s) = Arc::try_unwrap(session) {
+                s.close(Some(recorded)).await;
+            }
+            return Err((Some(client), e));
+        }
+    };
+    let target = session.target();
+    let (up_pid, up_secret) = upstream.backend_key.unwrap_or((0, 0));
+    let registration = shared.cancels.register(CancelTarget {
+        host: target.host.clone(),
+        port: target.port,
+        pid: up_pid,
+        secret: up_secret,
+    });
+
+    // Login complete on both sides: tell the client, relaying the server's parameters.
+    let mut out = BytesMut::with_capacity(512);
+    out.extend_from_slice(&encode(&Authentication::Ok));
+    for (name, value) in &upstream.parameter_status {
+        // The upstream reports the service account here; the client sees the name it logged in with.
+        let value = if name == "session_authorization" { user.as_str() } else { value.as_str() };
+        out.extend_from_slice(&encode(&ParameterStatus::new(name.clone(), value.to_owned())));
+    }
+    let (pid, secret) = registration.keys();
+    out.extend_from_slice(&encode(&BackendKeyData::new(pid, SecretKey::I32(secret))));
+    out.extend_from_slice(&ready_for_query(b'I'));
+    if let Err(e) = client.write_all(&out).await {
+        return Err((None, GatewayError::protocol(Side::Client, e.to_string())));
+    }
+    Ok(Some((client, (session, upstream, registration))))
+}
+
+fn peer_certificate(client: &ClientStream) -> Option<Vec<u8>> {
+    match client {
+        ClientStream::Tls(s) => s.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| c.to_vec()),
+        ClientStream::Plain(_) => None,
+    }
+}
+
+async fn read_password(client: &mut ClientStream) -> Result<String, GatewayError> {
+    client
+        .write_all(&encode(&Authentication::CleartextPassword))
+        .await
+        .map_err(|e| GatewayError::protocol(Side::Client, e.to_string()))?;
+    let mut header = [0u8; HEADER_LEN];
+    client.read_exact(&mut header).await.map_err(|_| {
+        GatewayError::new(ErrorKind::Authentication, Side::Client, "the client closed the connection before sending a password")
+    })?;
+    let (ty, len) = match typed_header(&header, MAX_PASSWORD_MESSAGE) {
+        Ok(Some(h)) => h,
+        Ok(None) => return Err(GatewayError::protocol(Side::Client, "truncated password message")),
+        Err(crate::wire::FrameError::TooLarge { .. }) => {
+            return Err(GatewayError::auth(format!(
+                "password message longer than {MAX_PASSWORD_MESSAGE} bytes refused"
+            )))
+        }
+        Err(e) => return Err(GatewayError::protocol(Side::Client, e.to_string())),
+    };
+    if ty != b'p' {
+        return Err(GatewayError::protocol(
+            Side::Client,
+            format!("expected a password message, got message type {:?}", ty as char),
+        ));
+    }
+    let mut body = vec![0u8; len - HEADER_LEN];
+    client
+        .read_exact(&mut body)
+        .await
+        .map_err(|e| GatewayError::protocol(Side::Client, format!("read password: {e}")))?;
+    if body.last() != Some(&0) {
+        return Err(GatewayError::protocol(Side::Client, "password message is not NUL-terminated"));
+    }
+    body.pop();
+    String::from_utf8(body).map_err(|_| GatewayError::auth("password is not valid UTF-8"))
+}
+
+fn upstream_params(
+    client_params: &BTreeMap<String, String>,
+    session: &gateway_core::Session,
+    application: Option<&str>,
+) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = client_params
+        .iter()
+        .filter(|(k, _)| FORWARDED_PARAMS.contains(&k.to_ascii_lowercase().as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    // application_name carries the identity, so pg_stat_activity and the server log show who.
+    let subject = &session.identity().subject;
+    let app = match application {
+        Some(a) => format!("{a} (portcullis:{subject})"),
+        None => format!("portcullis:{subject}"),
+    };
+    out.push(("application_name".into(), app));
+    if session.access() == Access::ReadOnly {
+        // A second fence behind the policy engine: the upstream itself refuses writes.
+        out.push(("default_transaction_read_only".into(), "on".into()));
+    }
+    out
+}

@@ -1,0 +1,574 @@
+//! The relay: after login, client frames go upstream and server frames go to the client, each
+//! direction inspected in place and forwarded as the original bytes.
+//!
+//! Client -> upstream: Query, Parse, Bind, Execute and Close are read (a few fields, no copy) so
+//! that every statement is judged and every execution audited before it is forwarded. A denied
+//! statement is not forwarded: in its place the gateway sends a *sentinel* statement that
+//! PostgreSQL rejects with a syntax error, and the upstream -> client direction swaps that error
+//! for the gateway's own. Because the upstream produces the error at the exact place of the denied
+//! message, pipelining order, skip-until-Sync, and the transaction's failed state all behave as if
+//! PostgreSQL itself had refused the statement, while nothing of the statement reaches it.
+//!
+//! Upstream -> client: only message headers are read, plus the bodies of CommandComplete,
+//! ErrorResponse and ReadyForQuery (to finish executions for the audit trail). DataRow and
+//! CopyData bodies stream through without being buffered whole.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use gateway_core::{ErrorKind, Execution, GatewayError, Outcome, RecordedError, Session, Side, Statement};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::connection::Shared;
+use crate::stream::{ClientStream, ReadSide, WriteSide};
+use crate::upstream::Upstream;
+use crate::wire::{error_fields, error_response, typed, typed_header, FrameError, Reader, HEADER_LEN};
+
+/// Upstream frames are trusted for size up to PostgreSQL's own limit (1 GB).
+const MAX_UPSTREAM_MESSAGE: usize = 0x3fff_ffff;
+const READ_CHUNK: usize = 64 * 1024;
+
+/// What the upstream owes the client, in order. The client direction pushes, the upstream
+/// direction pops as responses arrive.
+enum Pending {
+    /// A simple Query (ends at ReadyForQuery).
+    Query(Option<Execution>),
+    /// An extended-protocol Execute (ends at CommandComplete, EmptyQueryResponse, PortalSuspended
+    /// or ErrorResponse; skipped when the segment failed earlier).
+    Execute(Option<Execution>),
+    /// A denied message replaced by a sentinel; the sentinel's error is replaced by this one.
+    Denied(GatewayError),
+    /// A Sync (ends at ReadyForQuery).
+    Sync,
+}
+
+type Queue = Arc<Mutex<VecDeque<Pending>>>;
+
+fn push(queue: &Queue, p: Pending) {
+    queue.lock().unwrap_or_else(|e| e.into_inner()).push_back(p);
+}
+
+/// Runs the relay until either side ends. Executions still open at the end are finished in the
+/// audit trail as interrupted.
+pub(crate) async fn relay(
+    shared: &Shared,
+    client: ClientStream,
+    session: Arc<Session>,
+    upstream: Upstream,
+) -> Result<(), GatewayError> {
+    let (mut client_read, mut client_write) = client.split();
+    let (mut up_read, mut up_write) = upstream.stream.split();
+    let queue: Queue = Arc::default();
+    let nonce = format!("{:016x}", rand::random::<u64>());
+
+    let mut to_upstream = ClientDirection {
+        session: &session,
+        queue: &queue,
+        statements: HashMap::new(),
+        portals: HashMap::new(),
+        skipping: false,
+        marker: format!("PORTCULLIS_DENIED_{nonce}"),
+        denials: 0,
+        max_message: shared.config.max_message_bytes,
+        partial_timeout: shared.config.handshake_timeout,
+    };
+    let mut to_client = UpstreamDirection {
+        session: &session,
+        queue: &queue,
+        marker: format!("PORTCULLIS_DENIED_{nonce}"),
+        rows: 0,
+        tags: Vec::new(),
+        query_error: None,
+    };
+    let leftover = upstream.leftover;
+    let result = tokio::select! {
+        r = to_upstream.run(&mut client_read, &mut up_write) => r,
+        r = to_client.run(leftover, &mut up_read, &mut client_write) => r,
+    };
+    if let Err(e) = &result {
+        if e.side != Side::Upstream || e.kind != ErrorKind::UpstreamUnavailable {
+            let _ = client_write.write_all(&error_response(e, true)).await;
+        } else {
+            let _ = client_write
+                .write_all(&error_response(
+                    &GatewayError::upstream_unavailable("the connection to the database was lost"),
+                    true,
+                ))
+                .await;
+        }
+    }
+    let _ = client_write.shutdown().await;
+    let _ = up_write.shutdown().await;
+
+    // Whatever is still owed was interrupted: record it.
+    let leftovers: Vec<Pending> = queue.lock().unwrap_or_else(|e| e.into_inner()).drain(..).collect();
+    for p in leftovers {
+        if let Pending::Query(Some(exec)) | Pending::Execute(Some(exec)) = p {
+            let outcome = Outcome {
+                error: Some(RecordedError {
+                    side: result.as_ref().err().map(|e| e.side).unwrap_or(Side::Client),
+                    code: None,
+                    message: "the connection ended before the result completed".into(),
+                }),
+                ..Outcome::default()
+            };
+            let _ = session.finish(exec, outcome).await;
+        }
+    }
+    result
+}
+
+/// What to do with one client frame.
+enum Action {
+    Forward,
+    Drop,
+    Replace(Bytes),
+    Terminate,
+}
+
+struct ClientDirection<'a> {
+    session: &'a Session,
+    queue: &'a Queue,
+    /// Judged statements by name ("" is the unnamed statement).
+    statements: HashMap<String, Statement>,
+    /// Portals by name, with the statement they were bound to (`None` when unknown).
+    portals: HashMap<String, Option<Statement>>,
+    /// After a denial in the extended protocol: drop messages until Sync, as PostgreSQL skips them.
+    skipping: bool,
+    marker: String,
+    denials: u64,
+    max_message: usize,
+    partial_timeout: Duration,
+}
+
+impl ClientDirection<'_> {
+    async fn run(&mut self, client: &mut ReadSide, upstream: &mut WriteSide) -> Result<(), GatewayError> {
+        let mut buf = BytesMut::with_capacity(READ_CHUNK);
+        // Bytes of a CopyData frame still to pass through without inspection.
+        let mut streaming = 0usize;
+        loop {
+            let mut pos = 0usize;
+            loop {
+                if streaming > 0 {
+                    let n = streaming.min(buf.len() - pos);
+                    pos += n;
+                    streaming -= n;
+                    if streaming > 0 {
+                        break;
+                    }
+                }
+                let header = typed_header(&buf[pos..], self.max_message).map_err(|e| match e {
+                    FrameError::TooLarge { len, max } => GatewayError::protocol(
+                        Side::Client,
+                        format!("message of {len} bytes exceeds this gateway's limit of {max} bytes"),
+                    )
+                    .with_hint("raise gateway.max_message_bytes, or send smaller statements"),
+                    other => GatewayError::protocol(Side::Client, format!("invalid message from client: {other}")),
+                })?;
+                let Some((ty, len)) = header else { break };
+                let available = buf.len() - pos;
+                if available < len {
+                    if ty == b'd' {
+                        // CopyData can be large; forward it as it arrives.
+                        streaming = len - available;
+                        pos = buf.len();
+                    }
+                    break;
+                }
+                let body = &buf[pos + HEADER_LEN..pos + len];
+                match self.inspect(ty, body).await? {
+                    Action::Forward => pos += len,
+                    Action::Drop => {
+                        write(upstream, buf.split_to(pos)).await?;
+                        buf.advance(len);
+                        pos = 0;
+                    }
+                    Action::Replace(frame) => {
+                        write(upstream, buf.split_to(pos)).await?;
+                        buf.advance(len);
+                        pos = 0;
+                        write_bytes(upstream, &frame).await?;
+                    }
+                    Action::Terminate => {
+                        write(upstream, buf.split_to(pos + len)).await?;
+                        return Ok(());
+                    }
+                }
+            }
+            if pos > 0 {
+                write(upstream, buf.split_to(pos)).await?;
+            }
+            buf.reserve(READ_CHUNK);
+            let idle = buf.is_empty() || streaming > 0;
+            let read = client.read_buf(&mut buf);
+            let n = if idle {
+                read.await
+            } else {
+                // Half a message is pending: bound how long the rest may take.
+                tokio::time::timeout(self.partial_timeout, read).await.map_err(|_| {
+                    GatewayError::new(ErrorKind::Timeout, Side::Client, "the client sent half a message and stalled")
+                })?
+            }
+            .map_err(|e| GatewayError::protocol(Side::Client, format!("read from client: {e}")))?;
+            if n == 0 {
+                // The client went away without Terminate.
+                return Ok(());
+            }
+        }
+    }
+
+    fn sentinel(&mut self, err: GatewayError) -> String {
+        self.denials += 1;
+        push(self.queue, Pending::Denied(err));
+        format!("{}_{}", self.marker, self.denials)
+    }
+
+    /// A denial in the simple protocol: the sentinel runs as a Query, which ends at ReadyForQuery.
+    fn deny_simple(&mut self, err: GatewayError) -> Action {
+        let marker = self.sentinel(err);
+        push(self.queue, Pending::Sync);
+        let mut body = marker.into_bytes();
+        body.push(0);
+        Action::Replace(typed(b'Q', &body))
+    }
+
+    /// A denial in the extended protocol: the sentinel is a Parse that fails, and the rest of the
+    /// segment is dropped until Sync.
+    fn deny_extended(&mut self, err: GatewayError) -> Action {
+        let marker = self.sentinel(err);
+        self.skipping = true;
+        let mut body = b"portcullis_denied\0".to_vec();
+        body.extend_from_slice(marker.as_bytes());
+        body.extend_from_slice(&[0, 0, 0]);
+        Action::Replace(typed(b'P', &body))
+    }
+
+    async fn inspect(&mut self, ty: u8, body: &[u8]) -> Result<Action, GatewayError> {
+        let malformed = |what: &str| GatewayError::protocol(Side::Client, format!("malformed {what} message"));
+        if self.skipping && ty != b'S' && ty != b'X' {
+            return Ok(Action::Drop);
+        }
+        match ty {
+            b'Q' => {
+                let sql = Reader::new(body).cstr().ok_or_else(|| malformed("Query"))?;
+                let sql = String::from_utf8_lossy(sql);
+                let stmt = match self.session.prepare(&sql).await {
+                    Ok(s) => s,
+                    Err(e) => return Ok(self.deny_simple(e)),
+                };
+                match self.session.execute(&stmt).await {
+                    Ok(exec) => {
+                        push(self.queue, Pending::Query(Some(exec)));
+                        Ok(Action::Forward)
+                    }
+                    Err(e) => Ok(self.deny_simple(e)),
+                }
+            }
+            b'P' => {
+                let mut r = Reader::new(body);
+                let name = r.cstr().ok_or_else(|| malformed("Parse"))?;
+                let sql = r.cstr().ok_or_else(|| malformed("Parse"))?;
+                let name = String::from_utf8_lossy(name).into_owned();
+                let sql = String::from_utf8_lossy(sql);
+                match self.session.prepare(&sql).await {
+                    Ok(stmt) => {
+                        // A named statement that already exists is refused by the upstream; keep
+                        // the one it really has.
+                        if name.is_empty() || !self.statements.contains_key(&name) {
+                            self.statements.insert(name, stmt);
+                        }
+                        Ok(Action::Forward)
+                    }
+                    Err(e) => Ok(self.deny_extended(e)),
+                }
+            }
+            b'B' => {
+                let mut r = Reader::new(body);
+                let portal = r.cstr().ok_or_else(|| malformed("Bind"))?;
+                let statement = r.cstr().ok_or_else(|| malformed("Bind"))?;
+                let stmt = self.statements.get(&*String::from_utf8_lossy(statement)).cloned();
+                self.portals.insert(String::from_utf8_lossy(portal).into_owned(), stmt);
+                Ok(Action::Forward)
+            }
+            b'E' => {
+                let portal = Reader::new(body).cstr().ok_or_else(|| malformed("Execute"))?;
+                let stmt = self.portals.get(&*String::from_utf8_lossy(portal)).cloned().flatten();
+                let exec = match stmt {
+                    Some(stmt) => match self.session.execute(&stmt).await {
+                        Ok(exec) => Some(exec),
+                        Err(e) => return Ok(self.deny_extended(e)),
+                    },
+                    // Unknown portal: the upstream will report the error itself.
+                    None => None,
+                };
+                push(self.queue, Pending::Execute(exec));
+                Ok(Action::Forward)
+            }
+            b'C' => {
+                let mut r = Reader::new(body);
+                let kind = r.u8().ok_or_else(|| malformed("Close"))?;
+                let name = String::from_utf8_lossy(r.cstr().ok_or_else(|| malformed("Close"))?).into_owned();
+                match kind {
+                    b'S' => {
+                        self.statements.remove(&name);
+                    }
+                    b'P' => {
+                        self.portals.remove(&name);
+                    }
+                    _ => return Err(malformed("Close")),
+                }
+                Ok(Action::Forward)
+            }
+            b'S' => {
+                self.skipping = false;
+                push(self.queue, Pending::Sync);
+                Ok(Action::Forward)
+            }
+            b'F' => Ok(self.deny_simple(GatewayError::new(
+                ErrorKind::Unsupported,
+                Side::Client,
+                "the function-call sub-protocol (fastpath) is not available through the gateway",
+            )
+            .with_hint("call the function in a SQL statement instead"))),
+            b'X' => Ok(Action::Terminate),
+            b'D' | b'H' | b'd' | b'c' | b'f' | b'p' => Ok(Action::Forward),
+            other => Err(GatewayError::protocol(
+                Side::Client,
+                format!("invalid frontend message type {other} ({:?})", other as char),
+            )),
+        }
+    }
+}
+
+async fn write(w: &mut WriteSide, bytes: BytesMut) -> Result<(), GatewayError> {
+    if bytes.is_empty() {
+        return Ok(());
+    }
+    write_bytes(w, &bytes).await
+}
+
+async fn write_bytes(w: &mut WriteSide, bytes: &[u8]) -> Result<(), GatewayError> {
+    w.write_all(bytes)
+        .await
+        .map_err(|e| GatewayError::upstream_unavailable(format!("write to database: {e}")))
+}
+
+struct UpstreamDirection<'a> {
+    session: &'a Session,
+    queue: &'a Queue,
+    marker: String,
+    /// Rows seen since the current execution began.
+    rows: u64,
+    /// Command tags of the current simple Query.
+    tags: Vec<String>,
+    /// First error of the current simple Query.
+    query_error: Option<RecordedError>,
+}
+
+impl UpstreamDirection<'_> {
+    async fn run(
+        &mut self,
+        leftover: BytesMut,
+        upstream: &mut ReadSide,
+        client: &mut WriteSide,
+    ) -> Result<(), GatewayError> {
+        let mut buf = leftover;
+        let mut streaming = 0usize;
+        loop {
+            let mut pos = 0usize;
+            loop {
+                if streaming > 0 {
+                    let n = streaming.min(buf.len() - pos);
+                    pos += n;
+                    streaming -= n;
+                    if streaming > 0 {
+                        break;
+                    }
+                }
+                let header = typed_header(&buf[pos..], MAX_UPSTREAM_MESSAGE).map_err(|e| {
+                    GatewayError::new(ErrorKind::UpstreamUnavailable, Side::Upstream, format!("invalid message from the database: {e}"))
+                })?;
+                let Some((ty, len)) = header else { break };
+                let available = buf.len() - pos;
+                if available < len {
+                    if ty == b'D' || ty == b'd' {
+                        if ty == b'D' {
+                            self.rows += 1;
+                        }
+                        streaming = len - available;
+                        pos = buf.len();
+                    }
+                    break;
+                }
+                let body = &buf[pos + HEADER_LEN..pos + len];
+                let replacement = match ty {
+                    b'D' => {
+                        self.rows += 1;
+                        None
+                    }
+                    b'C' => {
+                        let tag = Reader::new(body).cstr().map(|t| String::from_utf8_lossy(t).into_owned());
+                        self.complete(tag, None, false).await;
+                        None
+                    }
+                    b'I' => {
+                        self.complete(None, None, false).await;
+                        None
+                    }
+                    b's' => {
+                        self.complete(Some("(portal suspended)".into()), None, false).await;
+                        None
+                    }
+                    b'E' => self.error(body).await,
+                    b'Z' => {
+                        self.ready().await;
+                        None
+                    }
+                    _ => None,
+                };
+                match replacement {
+                    None => pos += len,
+                    Some(frame) => {
+                        write_client(client, &buf[..pos]).await?;
+                        buf.advance(pos + len);
+                        pos = 0;
+                        write_client(client, &frame).await?;
+                    }
+                }
+            }
+            if pos > 0 {
+                let chunk = buf.split_to(pos);
+                write_client(client, &chunk).await?;
+            }
+            buf.reserve(READ_CHUNK);
+            let n = upstream.read_buf(&mut buf).await.map_err(|e| {
+                GatewayError::upstream_unavailable(format!("read from database: {e}"))
+            })?;
+            if n == 0 {
+                return Err(GatewayError::upstream_unavailable("the database closed the connection"));
+            }
+        }
+    }
+
+    fn head_is_query(&self) -> bool {
+        matches!(self.queue.lock().unwrap_or_else(|e| e.into_inner()).front(), Some(Pending::Query(_)))
+    }
+
+    /// A result completed (CommandComplete, EmptyQueryResponse, PortalSuspended) or failed.
+    async fn complete(&mut self, tag: Option<String>, error: Option<RecordedError>, _sentinel: bool) {
+        if self.head_is_query() {
+            if let Some(t) = tag {
+                self.tags.push(t);
+            }
+            if self.query_error.is_none() {
+                self.query_error = error;
+            }
+            return;
+        }
+        let popped = {
+            let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+            match q.front() {
+                Some(Pending::Execute(_)) => q.pop_front(),
+                _ => None,
+            }
+        };
+        let rows = std::mem::take(&mut self.rows);
+        if let Some(Pending::Execute(Some(exec))) = popped {
+            let outcome = Outcome { rows, tag, error, skipped: false };
+            self.finish(exec, outcome).await;
+        }
+    }
+
+    async fn error(&mut self, body: &[u8]) -> Option<Bytes> {
+        let fields = error_fields(body);
+        let message = fields.iter().find(|(c, _)| *c == b'M').map(|(_, m)| m.as_str()).unwrap_or("");
+        if message.contains(&self.marker) {
+            // The sentinel of a denied message: swap in the gateway's error. Entries ahead of it
+            // cannot have run, since the upstream processes messages in order.
+            let mut skipped = Vec::new();
+            let mut denial = None;
+            {
+                let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+                while let Some(p) = q.pop_front() {
+                    match p {
+                        Pending::Denied(e) => {
+                            denial = Some(e);
+                            break;
+                        }
+                        other => skipped.push(other),
+                    }
+                }
+            }
+            for p in skipped {
+                if let Pending::Execute(Some(exec)) | Pending::Query(Some(exec)) = p {
+                    self.finish(exec, Outcome { skipped: true, ..Outcome::default() }).await;
+                }
+            }
+            let denial = denial.unwrap_or_else(|| GatewayError::internal("statement refused by the gateway"));
+            if self.head_is_query() && self.query_error.is_none() {
+                self.query_error = Some(RecordedError::from(&denial));
+            }
+            return Some(error_response(&denial, false));
+        }
+        let code = fields.iter().find(|(c, _)| *c == b'C').map(|(_, m)| m.clone());
+        let recorded = RecordedError { side: Side::Upstream, code, message: message.to_owned() };
+        self.complete(None, Some(recorded), false).await;
+        None
+    }
+
+    /// ReadyForQuery: everything up to the first Query or Sync is over.
+    async fn ready(&mut self) {
+        let mut done = Vec::new();
+        {
+            let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+            while let Some(p) = q.pop_front() {
+                let boundary = matches!(p, Pending::Query(_) | Pending::Sync);
+                done.push(p);
+                if boundary {
+                    break;
+                }
+            }
+        }
+        let rows = std::mem::take(&mut self.rows);
+        for p in done {
+            match p {
+                Pending::Query(Some(exec)) => {
+                    let tags = std::mem::take(&mut self.tags);
+                    let outcome = Outcome {
+                        rows,
+                        tag: (!tags.is_empty()).then(|| tags.join("; ")),
+                        error: self.query_error.take(),
+                        skipped: false,
+                    };
+                    self.finish(exec, outcome).await;
+                }
+                Pending::Execute(Some(exec)) => {
+                    // Never answered: the segment failed before it.
+                    self.finish(exec, Outcome { skipped: true, ..Outcome::default() }).await;
+                }
+                _ => {}
+            }
+        }
+        self.tags.clear();
+        self.query_error = None;
+    }
+
+    async fn finish(&self, exec: Execution, outcome: Outcome) {
+        if let Err(e) = self.session.finish(exec, outcome).await {
+            // The statement already ran; a sink failure here is logged loudly, and the next
+            // statement's "started" record will fail closed if the sink stays down.
+            tracing::error!(error = %e, "could not record the end of a statement");
+        }
+    }
+}
+
+async fn write_client(w: &mut WriteSide, bytes: &[u8]) -> Result<(), GatewayError> {
+    if bytes.is_empty() {
+        return Ok(());
+    }
+    w.write_all(bytes)
+        .await
+        .map_err(|e| GatewayError::protocol(Side::Client, format!("write to client: {e}")))
+}

@@ -1,0 +1,225 @@
+//! Connecting to the upstream PostgreSQL with the target's service credentials: TCP or verified
+//! TLS, then trust, cleartext, MD5 or SCRAM-SHA-256 (SCRAM and MD5 from `postgres-protocol`).
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use gateway_core::{GatewayError, Target, UpstreamTls};
+use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
+use rustls_pki_types::ServerName;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::startup::{encode_ssl_request, encode_startup};
+use crate::stream::UpstreamStream;
+use crate::wire::{error_fields, typed, typed_header, Reader, HEADER_LEN};
+
+/// Largest message accepted from the upstream during login.
+const MAX_LOGIN_MESSAGE: usize = 1 << 20;
+
+/// A logged-in upstream connection, before the relay starts.
+pub struct Upstream {
+    /// The stream, positioned after the first ReadyForQuery.
+    pub stream: UpstreamStream,
+    /// ParameterStatus frames the server sent, in order, as raw frames.
+    pub parameter_status: Vec<(String, String)>,
+    /// The upstream's BackendKeyData (pid, secret).
+    pub backend_key: Option<(i32, i32)>,
+    /// Bytes already read past the first ReadyForQuery (normally empty).
+    pub leftover: BytesMut,
+}
+
+fn unavailable(target: &Target, detail: impl Into<String>) -> GatewayError {
+    GatewayError::upstream_unavailable(format!(
+        "the gateway could not connect to the database of target \"{}\"",
+        target.name
+    ))
+    .with_detail(detail)
+}
+
+/// Connects and logs in. `params` are the startup parameters besides user and database.
+pub async fn connect(
+    target: &Target,
+    params: &[(String, String)],
+) -> Result<Upstream, GatewayError> {
+    let tcp = TcpStream::connect((target.host.as_str(), target.port))
+        .await
+        .map_err(|e| unavailable(target, format!("connect to {}:{}: {e}", target.host, target.port)))?;
+    let _ = tcp.set_nodelay(true);
+    let mut stream = match &target.tls {
+        UpstreamTls::Disable => UpstreamStream::Plain(tcp),
+        UpstreamTls::VerifyFull { ca_file, server_name } => {
+            let mut tcp = tcp;
+            tcp.write_all(&encode_ssl_request())
+                .await
+                .map_err(|e| unavailable(target, format!("TLS request: {e}")))?;
+            let mut answer = [0u8; 1];
+            tcp.read_exact(&mut answer)
+                .await
+                .map_err(|e| unavailable(target, format!("TLS request: {e}")))?;
+            if answer[0] != b'S' {
+                return Err(unavailable(target, "the database refused TLS, and the target requires verify-full"));
+            }
+            let config = client_tls_config(ca_file.as_deref()).map_err(|e| unavailable(target, e))?;
+            let name = server_name.clone().unwrap_or_else(|| target.host.clone());
+            let name = ServerName::try_from(name)
+                .map_err(|e| unavailable(target, format!("invalid TLS server name: {e}")))?;
+            let tls = tokio_rustls::TlsConnector::from(config)
+                .connect(name, tcp)
+                .await
+                .map_err(|e| unavailable(target, format!("TLS handshake: {e}")))?;
+            UpstreamStream::Tls(Box::new(tls))
+        }
+    };
+
+    let mut startup: Vec<(&str, &str)> = vec![("user", &target.user), ("database", &target.database)];
+    startup.extend(params.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    stream
+        .write_all(&encode_startup(&startup))
+        .await
+        .map_err(|e| unavailable(target, format!("send startup: {e}")))?;
+
+    let mut buf = BytesMut::with_capacity(4096);
+    let mut scram: Option<ScramSha256> = None;
+    let mut parameter_status = Vec::new();
+    let mut backend_key = None;
+    loop {
+        let (ty, body) = read_message(&mut stream, &mut buf).await.map_err(|e| unavailable(target, e))?;
+        let mut r = Reader::new(&body);
+        match ty {
+            b'R' => {
+                let code = r.i32().ok_or_else(|| unavailable(target, "malformed authentication request"))?;
+                let reply = match code {
+                    0 => None,
+                    3 => Some(password_message(target.password.as_deref().unwrap_or("").as_bytes())),
+                    5 => {
+                        let salt = r
+                            .bytes(4)
+                            .and_then(|s| <[u8; 4]>::try_from(s).ok())
+                            .ok_or_else(|| unavailable(target, "malformed MD5 request"))?;
+                        let hash = postgres_protocol::authentication::md5_hash(
+                            target.user.as_bytes(),
+                            target.password.as_deref().unwrap_or("").as_bytes(),
+                            salt,
+                        );
+                        Some(password_message(hash.as_bytes()))
+                    }
+                    10 => {
+                        let mut offered = Vec::new();
+                        while let Some(m) = r.str().filter(|m| !m.is_empty()) {
+                            offered.push(m);
+                        }
+                        if !offered.contains(&"SCRAM-SHA-256") {
+                            return Err(unavailable(
+                                target,
+                                format!("the database offers SASL mechanisms {offered:?}; the gateway speaks SCRAM-SHA-256"),
+                            ));
+                        }
+                        let password = target.password.as_deref().unwrap_or("");
+                        let s = ScramSha256::new(password.as_bytes(), ChannelBinding::unsupported());
+                        let mut body = Vec::new();
+                        body.extend_from_slice(b"SCRAM-SHA-256\0");
+                        body.extend_from_slice(&(s.message().len() as i32).to_be_bytes());
+                        body.extend_from_slice(s.message());
+                        scram = Some(s);
+                        Some(typed(b'p', &body))
+                    }
+                    11 => {
+                        let s = scram.as_mut().ok_or_else(|| unavailable(target, "unexpected SASL continue"))?;
+                        s.update(r.rest()).map_err(|e| unavailable(target, format!("SCRAM: {e}")))?;
+                        Some(typed(b'p', s.message()))
+                    }
+                    12 => {
+                        let s = scram.as_mut().ok_or_else(|| unavailable(target, "unexpected SASL final"))?;
+                        s.finish(r.rest())
+                            .map_err(|e| unavailable(target, format!("SCRAM server signature: {e}")))?;
+                        None
+                    }
+                    other => {
+                        return Err(unavailable(
+                            target,
+                            format!("the database asks for authentication method {other}, which the gateway does not support"),
+                        ))
+                    }
+                };
+                if let Some(reply) = reply {
+                    stream
+                        .write_all(&reply)
+                        .await
+                        .map_err(|e| unavailable(target, format!("send credentials: {e}")))?;
+                }
+            }
+            b'S' => {
+                let name = r.str().unwrap_or_default().to_owned();
+                let value = r.str().unwrap_or_default().to_owned();
+                parameter_status.push((name, value));
+            }
+            b'K' => {
+                if let (Some(pid), Some(secret)) = (r.i32(), r.i32()) {
+                    backend_key = Some((pid, secret));
+                }
+            }
+            b'N' | b'v' => {}
+            b'E' => {
+                let fields = error_fields(&body);
+                let get = |c: u8| fields.iter().find(|(k, _)| *k == c).map(|(_, v)| v.as_str()).unwrap_or("");
+                // The upstream's own words go to the gateway's log; the client learns only that the
+                // gateway could not log in, because the message names the service account.
+                tracing::warn!(target = %target.name, code = get(b'C'), message = get(b'M'), "upstream refused login");
+                return Err(unavailable(target, format!("the database refused the gateway's login (SQLSTATE {})", get(b'C'))));
+            }
+            b'Z' => {
+                return Ok(Upstream { stream, parameter_status, backend_key, leftover: buf });
+            }
+            other => {
+                return Err(unavailable(target, format!("unexpected message {:?} during login", other as char)));
+            }
+        }
+    }
+}
+
+fn password_message(password: &[u8]) -> Bytes {
+    let mut body = Vec::with_capacity(password.len() + 1);
+    body.extend_from_slice(password);
+    body.push(0);
+    typed(b'p', &body)
+}
+
+async fn read_message(stream: &mut UpstreamStream, buf: &mut BytesMut) -> Result<(u8, Bytes), String> {
+    loop {
+        match typed_header(buf, MAX_LOGIN_MESSAGE) {
+            Err(e) => return Err(format!("invalid message from the database: {e}")),
+            Ok(Some((ty, len))) if buf.len() >= len => {
+                let frame = buf.split_to(len).freeze();
+                return Ok((ty, frame.slice(HEADER_LEN..)));
+            }
+            Ok(_) => {}
+        }
+        let n = stream.read_buf(buf).await.map_err(|e| format!("read: {e}"))?;
+        if n == 0 {
+            return Err("the database closed the connection during login".into());
+        }
+    }
+}
+
+fn client_tls_config(ca_file: Option<&std::path::Path>) -> Result<Arc<rustls::ClientConfig>, String> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::CertificateDer;
+    let mut roots = rustls::RootCertStore::empty();
+    let Some(ca) = ca_file else {
+        return Err("verify-full needs tls_ca_file: the gateway does not read system trust stores".into());
+    };
+    let certs = CertificateDer::pem_file_iter(ca)
+        .map_err(|e| format!("read CA file {}: {e}", ca.display()))?;
+    for cert in certs {
+        let cert = cert.map_err(|e| format!("parse CA file {}: {e}", ca.display()))?;
+        roots.add(cert).map_err(|e| format!("CA certificate in {}: {e}", ca.display()))?;
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS setup: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}

@@ -1,0 +1,185 @@
+//! The relay against the real local PostgreSQL (127.0.0.1:5432, trust), driven by tokio-postgres.
+//! The authenticator here is a fixed-password test double; the full identity stack is exercised by
+//! the workspace's end-to-end tests.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use gateway_core::*;
+use proto_postgres::{ListenerConfig, PostgresListener};
+use tokio_postgres::{NoTls, SimpleQueryMessage};
+
+struct FixedPassword;
+
+#[async_trait::async_trait]
+impl Authenticator for FixedPassword {
+    async fn authenticate(&self, c: &Credentials, _: &ClientInfo) -> Result<Identity, GatewayError> {
+        match c {
+            Credentials::Password { user, password } if password == "secret" => Ok(Identity {
+                subject: user.clone(),
+                groups: vec![],
+                auth_method: AuthMethod::Password,
+                claims: BTreeMap::new(),
+            }),
+            _ => Err(GatewayError::auth("wrong password")),
+        }
+    }
+}
+
+/// Denies any statement whose text contains "forbidden".
+struct DenyForbidden;
+
+impl PolicyEngine for DenyForbidden {
+    fn access(&self, _: &Identity, _: &Target) -> Result<Access, GatewayError> {
+        Ok(Access::ReadWrite)
+    }
+    fn judge(&self, _: &StatementContext<'_>, sql: &str) -> Arc<Judgement> {
+        let verdict = if sql.contains("forbidden") {
+            Verdict::deny("no-forbidden", "statements mentioning forbidden things are refused")
+        } else {
+            Verdict::allow(None)
+        };
+        Arc::new(Judgement { verdict, classification: None })
+    }
+}
+
+async fn start() -> std::net::SocketAddr {
+    let target = Target {
+        name: "postgres".into(),
+        protocol: Protocol::Postgres,
+        host: "127.0.0.1".into(),
+        port: 5432,
+        database: "postgres".into(),
+        user: "postgres".into(),
+        password: None,
+        tls: UpstreamTls::Disable,
+        labels: BTreeMap::new(),
+    };
+    let gateway = Gateway::builder()
+        .authenticator(Arc::new(FixedPassword))
+        .policy(Arc::new(DenyForbidden))
+        .targets(Targets::new([target]))
+        .build();
+    let config = ListenerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        tls: None,
+        require_tls: false,
+        allow_plaintext_password: false,
+        handshake_timeout: Duration::from_secs(5),
+        max_message_bytes: 1 << 20,
+    };
+    let listener = PostgresListener::bind(config, gateway).await.unwrap();
+    let addr = listener.local_addr();
+    tokio::spawn(listener.run());
+    addr
+}
+
+async fn connect(addr: std::net::SocketAddr) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(
+        &format!("host=127.0.0.1 port={} user=alice password=secret dbname=postgres", addr.port()),
+        NoTls,
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    client
+}
+
+#[tokio::test]
+async fn simple_and_extended_queries_pass_through() {
+    let addr = start().await;
+    let client = connect(addr).await;
+    let rows = client.query("select $1::int + 1 as n, $2::text as t", &[&41i32, &"x"]).await.unwrap();
+    assert_eq!(rows[0].get::<_, i32>("n"), 42);
+    assert_eq!(rows[0].get::<_, &str>("t"), "x");
+    let msgs = client.simple_query("select 1; select 2").await.unwrap();
+    let n = msgs.iter().filter(|m| matches!(m, SimpleQueryMessage::Row(_))).count();
+    assert_eq!(n, 2);
+    let app: String = client.query_one("select current_setting('application_name')", &[]).await.unwrap().get(0);
+    assert_eq!(app, "portcullis:alice");
+}
+
+#[tokio::test]
+async fn denied_statement_keeps_session_usable_and_transaction_failed() {
+    let addr = start().await;
+    let client = connect(addr).await;
+    let err = client.simple_query("select 'forbidden'").await.unwrap_err();
+    let db = err.as_db_error().expect("server error");
+    assert_eq!(db.code().code(), "42501");
+    assert!(db.message().contains("no-forbidden"), "{}", db.message());
+    // Extended protocol denial.
+    let err = client.query("select 'forbidden'::text", &[]).await.unwrap_err();
+    assert_eq!(err.as_db_error().unwrap().code().code(), "42501");
+    // Still usable.
+    let v: i32 = client.query_one("select 7", &[]).await.unwrap().get(0);
+    assert_eq!(v, 7);
+    // Inside a transaction, a denial fails the transaction as PostgreSQL would.
+    client.batch_execute("begin").await.unwrap();
+    assert!(client.simple_query("select 'forbidden'").await.is_err());
+    let err = client.simple_query("select 1").await.unwrap_err();
+    assert_eq!(err.as_db_error().unwrap().code().code(), "25P02");
+    client.batch_execute("rollback").await.unwrap();
+}
+
+#[tokio::test]
+async fn pipelined_queries_with_a_denial_in_the_middle_keep_their_order() {
+    let addr = start().await;
+    let client = connect(addr).await;
+    let a = client.query_one("select 1::int", &[]);
+    let b = client.query_one("select 'forbidden'::text", &[]);
+    let c = client.query_one("select 3::int", &[]);
+    let (a, b, c) = tokio::join!(a, b, c);
+    assert_eq!(a.unwrap().get::<_, i32>(0), 1);
+    assert_eq!(b.unwrap_err().as_db_error().unwrap().code().code(), "42501");
+    assert_eq!(c.unwrap().get::<_, i32>(0), 3);
+}
+
+#[tokio::test]
+async fn copy_in_and_out() {
+    let addr = start().await;
+    let client = connect(addr).await;
+    client.batch_execute("create temp table c (a int, b text)").await.unwrap();
+    let sink = client.copy_in("copy c from stdin").await.unwrap();
+    futures_util::pin_mut!(sink);
+    let mut data = String::new();
+    for i in 0..5000 {
+        data.push_str(&format!("{i}\tvalue {i}\n"));
+    }
+    sink.send(bytes::Bytes::from(data)).await.unwrap();
+    assert_eq!(sink.finish().await.unwrap(), 5000);
+    let stream = client.copy_out("copy (select * from c order by a) to stdout").await.unwrap();
+    futures_util::pin_mut!(stream);
+    let mut out = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        out.extend_from_slice(&chunk.unwrap());
+    }
+    assert!(out.starts_with(b"0\tvalue 0\n"));
+    assert_eq!(out.iter().filter(|&&b| b == b'\n').count(), 5000);
+}
+
+#[tokio::test]
+async fn wrong_password_is_refused_with_28p01() {
+    let addr = start().await;
+    let err = tokio_postgres::connect(
+        &format!("host=127.0.0.1 port={} user=alice password=nope dbname=postgres", addr.port()),
+        NoTls,
+    )
+    .await
+    .err()
+    .unwrap();
+    assert_eq!(err.as_db_error().unwrap().code().code(), "28P01");
+}
+
+#[tokio::test]
+async fn cancel_reaches_the_upstream() {
+    let addr = start().await;
+    let client = connect(addr).await;
+    let token = client.cancel_token();
+    let sleeper = tokio::spawn(async move { client.simple_query("select pg_sleep(30)").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    token.cancel_query(NoTls).await.unwrap();
+    let err = tokio::time::timeout(Duration::from_secs(10), sleeper).await.unwrap().unwrap().unwrap_err();
+    assert_eq!(err.as_db_error().unwrap().code().code(), "57014");
+}
