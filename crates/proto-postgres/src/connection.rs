@@ -46,6 +46,7 @@ pub(crate) struct Shared {
     pub config: ListenerConfig,
     pub gateway: Gateway,
     pub cancels: CancelRegistry,
+    pub upstream_tls: crate::upstream::TlsConfigs,
 }
 
 /// Drives one accepted connection to its end. Never panics on input; errors end only this
@@ -218,7 +219,7 @@ async fn handshake(
     };
 
     let upstream_params = upstream_params(&params, &session, application.as_deref());
-    let upstream = match crate::upstream::connect(session.target(), &upstream_params).await {
+    let upstream = match crate::upstream::connect(session.target(), &upstream_params, &shared.upstream_tls).await {
         Ok(u) => u,
         Err(e) => {
             // The session was opened; record why it ended.

@@ -16,6 +16,7 @@
 //! [`cancel`] (CancelRequest routing).
 
 pub mod cancel;
+pub mod fuzzing;
 mod connection;
 mod relay;
 pub mod startup;
@@ -71,7 +72,7 @@ impl PostgresListener {
     /// Binds the listener.
     pub async fn bind(config: ListenerConfig, gateway: Gateway) -> std::io::Result<Self> {
         let listener = TcpListener::bind(config.listen).await?;
-        let shared = Arc::new(connection::Shared { config, gateway, cancels: cancel::CancelRegistry::default() });
+        let shared = Arc::new(connection::Shared { config, gateway, cancels: cancel::CancelRegistry::default(), upstream_tls: Default::default() });
         Ok(Self { listener, shared })
     }
 

@@ -24,7 +24,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::connection::Shared;
 use crate::stream::{ClientStream, ReadSide, WriteSide};
 use crate::upstream::Upstream;
-use crate::wire::{error_fields, error_response, typed, typed_header, FrameError, Reader, HEADER_LEN};
+use crate::wire::{error_fields, error_response, frontend, typed, typed_header, FrameError, Frontend, Reader, HEADER_LEN};
 
 /// Upstream frames are trusted for size up to PostgreSQL's own limit (1 GB).
 const MAX_UPSTREAM_MESSAGE: usize = 0x3fff_ffff;
@@ -246,15 +246,14 @@ impl ClientDirection<'_> {
     }
 
     async fn inspect(&mut self, ty: u8, body: &[u8]) -> Result<Action, GatewayError> {
-        let malformed = |what: &str| GatewayError::protocol(Side::Client, format!("malformed {what} message"));
         if self.skipping && ty != b'S' && ty != b'X' {
             return Ok(Action::Drop);
         }
-        match ty {
-            b'Q' => {
-                let sql = Reader::new(body).cstr().ok_or_else(|| malformed("Query"))?;
-                let sql = String::from_utf8_lossy(sql);
-                let stmt = match self.session.prepare(&sql).await {
+        let message = frontend(ty, body).map_err(|e| GatewayError::protocol(Side::Client, e.to_string()))?;
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        match message {
+            Frontend::Query { sql } => {
+                let stmt = match self.session.prepare(&String::from_utf8_lossy(sql)).await {
                     Ok(s) => s,
                     Err(e) => return Ok(self.deny_simple(e)),
                 };
@@ -266,78 +265,58 @@ impl ClientDirection<'_> {
                     Err(e) => Ok(self.deny_simple(e)),
                 }
             }
-            b'P' => {
-                let mut r = Reader::new(body);
-                let name = r.cstr().ok_or_else(|| malformed("Parse"))?;
-                let sql = r.cstr().ok_or_else(|| malformed("Parse"))?;
-                let name = String::from_utf8_lossy(name).into_owned();
-                let sql = String::from_utf8_lossy(sql);
-                match self.session.prepare(&sql).await {
-                    Ok(stmt) => {
-                        // A named statement that already exists is refused by the upstream; keep
-                        // the one it really has.
-                        if name.is_empty() || !self.statements.contains_key(&name) {
-                            self.statements.insert(name, stmt);
-                        }
-                        Ok(Action::Forward)
+            Frontend::Parse { name, sql } => match self.session.prepare(&String::from_utf8_lossy(sql)).await {
+                Ok(stmt) => {
+                    // A named statement that already exists is refused by the upstream; keep the
+                    // one it really has.
+                    let name = text(name);
+                    if name.is_empty() || !self.statements.contains_key(&name) {
+                        self.statements.insert(name, stmt);
                     }
-                    Err(e) => Ok(self.deny_extended(e)),
+                    Ok(Action::Forward)
                 }
-            }
-            b'B' => {
-                let mut r = Reader::new(body);
-                let portal = r.cstr().ok_or_else(|| malformed("Bind"))?;
-                let statement = r.cstr().ok_or_else(|| malformed("Bind"))?;
-                let stmt = self.statements.get(&*String::from_utf8_lossy(statement)).cloned();
-                self.portals.insert(String::from_utf8_lossy(portal).into_owned(), stmt);
+                Err(e) => Ok(self.deny_extended(e)),
+            },
+            Frontend::Bind { portal, statement } => {
+                let stmt = self.statements.get(&text(statement)).cloned();
+                self.portals.insert(text(portal), stmt);
                 Ok(Action::Forward)
             }
-            b'E' => {
-                let portal = Reader::new(body).cstr().ok_or_else(|| malformed("Execute"))?;
-                let stmt = self.portals.get(&*String::from_utf8_lossy(portal)).cloned().flatten();
-                let exec = match stmt {
+            Frontend::Execute { portal } => {
+                let exec = match self.portals.get(&text(portal)).cloned().flatten() {
                     Some(stmt) => match self.session.execute(&stmt).await {
                         Ok(exec) => Some(exec),
                         Err(e) => return Ok(self.deny_extended(e)),
                     },
-                    // Unknown portal: the upstream will report the error itself.
+                    // Unknown portal: the upstream reports the error itself.
                     None => None,
                 };
                 push(self.queue, Pending::Execute(exec));
                 Ok(Action::Forward)
             }
-            b'C' => {
-                let mut r = Reader::new(body);
-                let kind = r.u8().ok_or_else(|| malformed("Close"))?;
-                let name = String::from_utf8_lossy(r.cstr().ok_or_else(|| malformed("Close"))?).into_owned();
-                match kind {
-                    b'S' => {
-                        self.statements.remove(&name);
-                    }
-                    b'P' => {
-                        self.portals.remove(&name);
-                    }
-                    _ => return Err(malformed("Close")),
+            Frontend::Close { kind, name } => {
+                if kind == b'S' {
+                    self.statements.remove(&text(name));
+                } else {
+                    self.portals.remove(&text(name));
                 }
                 Ok(Action::Forward)
             }
-            b'S' => {
+            Frontend::Sync => {
                 self.skipping = false;
                 push(self.queue, Pending::Sync);
                 Ok(Action::Forward)
             }
-            b'F' => Ok(self.deny_simple(GatewayError::new(
-                ErrorKind::Unsupported,
-                Side::Client,
-                "the function-call sub-protocol (fastpath) is not available through the gateway",
-            )
-            .with_hint("call the function in a SQL statement instead"))),
-            b'X' => Ok(Action::Terminate),
-            b'D' | b'H' | b'd' | b'c' | b'f' | b'p' => Ok(Action::Forward),
-            other => Err(GatewayError::protocol(
-                Side::Client,
-                format!("invalid frontend message type {other} ({:?})", other as char),
+            Frontend::FunctionCall => Ok(self.deny_simple(
+                GatewayError::new(
+                    ErrorKind::Unsupported,
+                    Side::Client,
+                    "the function-call sub-protocol (fastpath) is not available through the gateway",
+                )
+                .with_hint("call the function in a SQL statement instead"),
             )),
+            Frontend::Terminate => Ok(Action::Terminate),
+            Frontend::Other => Ok(Action::Forward),
         }
     }
 }

@@ -37,10 +37,32 @@ fn unavailable(target: &Target, detail: impl Into<String>) -> GatewayError {
     .with_detail(detail)
 }
 
+/// Upstream TLS client configurations, built once per CA file rather than once per connection.
+#[derive(Debug, Default)]
+pub struct TlsConfigs {
+    by_ca: std::sync::Mutex<std::collections::HashMap<std::path::PathBuf, Arc<rustls::ClientConfig>>>,
+}
+
+impl TlsConfigs {
+    fn get(&self, ca_file: Option<&std::path::Path>) -> Result<Arc<rustls::ClientConfig>, String> {
+        let Some(ca) = ca_file else {
+            return Err("verify-full needs tls_ca_file: the gateway does not read system trust stores".into());
+        };
+        let mut map = self.by_ca.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = map.get(ca) {
+            return Ok(Arc::clone(c));
+        }
+        let config = client_tls_config(ca)?;
+        map.insert(ca.to_path_buf(), Arc::clone(&config));
+        Ok(config)
+    }
+}
+
 /// Connects and logs in. `params` are the startup parameters besides user and database.
 pub async fn connect(
     target: &Target,
     params: &[(String, String)],
+    tls_configs: &TlsConfigs,
 ) -> Result<Upstream, GatewayError> {
     let tcp = TcpStream::connect((target.host.as_str(), target.port))
         .await
@@ -60,7 +82,7 @@ pub async fn connect(
             if answer[0] != b'S' {
                 return Err(unavailable(target, "the database refused TLS, and the target requires verify-full"));
             }
-            let config = client_tls_config(ca_file.as_deref()).map_err(|e| unavailable(target, e))?;
+            let config = tls_configs.get(ca_file.as_deref()).map_err(|e| unavailable(target, e))?;
             let name = server_name.clone().unwrap_or_else(|| target.host.clone());
             let name = ServerName::try_from(name)
                 .map_err(|e| unavailable(target, format!("invalid TLS server name: {e}")))?;
@@ -202,13 +224,10 @@ async fn read_message(stream: &mut UpstreamStream, buf: &mut BytesMut) -> Result
     }
 }
 
-fn client_tls_config(ca_file: Option<&std::path::Path>) -> Result<Arc<rustls::ClientConfig>, String> {
+fn client_tls_config(ca: &std::path::Path) -> Result<Arc<rustls::ClientConfig>, String> {
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::CertificateDer;
     let mut roots = rustls::RootCertStore::empty();
-    let Some(ca) = ca_file else {
-        return Err("verify-full needs tls_ca_file: the gateway does not read system trust stores".into());
-    };
     let certs = CertificateDer::pem_file_iter(ca)
         .map_err(|e| format!("read CA file {}: {e}", ca.display()))?;
     for cert in certs {

@@ -108,6 +108,90 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// The client messages the relay reads, with their fields borrowed from the frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frontend<'a> {
+    /// Simple Query.
+    Query {
+        /// Statement text (raw bytes in the client encoding).
+        sql: &'a [u8],
+    },
+    /// Parse.
+    Parse {
+        /// Statement name ("" is the unnamed statement).
+        name: &'a [u8],
+        /// Statement text.
+        sql: &'a [u8],
+    },
+    /// Bind.
+    Bind {
+        /// Portal name.
+        portal: &'a [u8],
+        /// Statement name.
+        statement: &'a [u8],
+    },
+    /// Execute.
+    Execute {
+        /// Portal name.
+        portal: &'a [u8],
+    },
+    /// Close of a statement (`b'S'`) or portal (`b'P'`).
+    Close {
+        /// `b'S'` or `b'P'`.
+        kind: u8,
+        /// Name.
+        name: &'a [u8],
+    },
+    /// Sync.
+    Sync,
+    /// Terminate.
+    Terminate,
+    /// FunctionCall (fastpath).
+    FunctionCall,
+    /// Describe, Flush, CopyData, CopyDone, CopyFail, password messages: forwarded unread.
+    Other,
+}
+
+/// Why a client message could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MessageError {
+    /// A known message whose body is too short or lacks a terminator.
+    #[error("malformed {0} message")]
+    Malformed(&'static str),
+    /// A type byte no PostgreSQL frontend sends.
+    #[error("invalid frontend message type {0}")]
+    UnknownType(u8),
+}
+
+/// Reads the fields the relay needs from one client message body.
+pub fn frontend(ty: u8, body: &[u8]) -> Result<Frontend<'_>, MessageError> {
+    let mut r = Reader::new(body);
+    let m = MessageError::Malformed;
+    Ok(match ty {
+        b'Q' => Frontend::Query { sql: r.cstr().ok_or(m("Query"))? },
+        b'P' => {
+            let name = r.cstr().ok_or(m("Parse"))?;
+            let sql = r.cstr().ok_or(m("Parse"))?;
+            Frontend::Parse { name, sql }
+        }
+        b'B' => {
+            let portal = r.cstr().ok_or(m("Bind"))?;
+            let statement = r.cstr().ok_or(m("Bind"))?;
+            Frontend::Bind { portal, statement }
+        }
+        b'E' => Frontend::Execute { portal: r.cstr().ok_or(m("Execute"))? },
+        b'C' => {
+            let kind = r.u8().filter(|k| *k == b'S' || *k == b'P').ok_or(m("Close"))?;
+            Frontend::Close { kind, name: r.cstr().ok_or(m("Close"))? }
+        }
+        b'S' => Frontend::Sync,
+        b'X' => Frontend::Terminate,
+        b'F' => Frontend::FunctionCall,
+        b'D' | b'H' | b'd' | b'c' | b'f' | b'p' => Frontend::Other,
+        other => return Err(MessageError::UnknownType(other)),
+    })
+}
+
 /// The fields of an ErrorResponse or NoticeResponse body, as (field type, value) pairs.
 pub fn error_fields(body: &[u8]) -> Vec<(u8, String)> {
     let mut r = Reader::new(body);
@@ -231,6 +315,30 @@ mod tests {
         assert!(fields.contains(&(b'M', "no drops (rule \"guard\")".into())));
         assert!(fields.contains(&(b'H', "ask".into())));
         assert!(fields.contains(&(b'S', "ERROR".into())));
+    }
+
+    #[test]
+    fn frontend_messages_read_their_fields_or_fail_cleanly() {
+        assert_eq!(frontend(b'Q', b"select 1\0"), Ok(Frontend::Query { sql: b"select 1" }));
+        assert_eq!(
+            frontend(b'P', b"s1\0select $1\0\0\x01\0\0\0\x17"),
+            Ok(Frontend::Parse { name: b"s1", sql: b"select $1" })
+        );
+        assert_eq!(frontend(b'B', b"\0s1\0\0\0"), Ok(Frontend::Bind { portal: b"", statement: b"s1" }));
+        assert_eq!(frontend(b'E', b"p\0\0\0\0\0"), Ok(Frontend::Execute { portal: b"p" }));
+        assert_eq!(frontend(b'C', b"Sx\0"), Ok(Frontend::Close { kind: b'S', name: b"x" }));
+        // Table: (type, body, why it must fail)
+        let bad: &[(u8, &[u8], &str)] = &[
+            (b'Q', b"select 1", "query without terminator"),
+            (b'P', b"s1\0", "parse without statement text"),
+            (b'B', b"", "empty bind"),
+            (b'C', b"Z\0", "close of neither statement nor portal"),
+            (b'C', b"", "empty close"),
+            (b'?', b"", "unknown type"),
+        ];
+        for (ty, body, why) in bad {
+            assert!(frontend(*ty, body).is_err(), "{why}");
+        }
     }
 
     #[test]
