@@ -1,0 +1,396 @@
+#!/usr/bin/env bash
+# Whole-path PostgreSQL benchmark: pgbench -S (select-only) against PostgreSQL directly, through
+# Portcullis, and through pgbouncer, in the same run and the same order. See bench/README.md.
+#
+# Environment:
+#   BENCH_SECONDS   duration of each pgbench run (default 15)
+#   BENCH_SCALE     pgbench scale factor for portcullis_bench (default 10; 1 = 100k accounts)
+#   BENCH_ROUNDS    how many times to repeat the whole sequence; the table shows medians (default 1)
+#   BENCH_SYSTEMS   which systems to drive, in order (default "direct portcullis pgbouncer")
+#   BENCH_REINIT=1  drop and re-create portcullis_bench even if it already has the right scale
+#   PORTCULLIS_BIN  use this portcullis binary instead of building target/release/portcullis
+#   BENCH_RUST_LOG  RUST_LOG for the gateway during the runs (default warn)
+#   BENCH_OUT       where to write the markdown table (default bench/results/latest.md)
+#
+# Exit status: 0 when every pgbench run that was attempted succeeded (a system that could not be
+# started is reported as "skipped" in the table), 1 otherwise.
+set -euo pipefail
+
+ROOT="$(cd -P -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+SECONDS_PER_RUN="${BENCH_SECONDS:-15}"
+SCALE="${BENCH_SCALE:-10}"
+ROUNDS="${BENCH_ROUNDS:-1}"
+SYSTEMS="${BENCH_SYSTEMS:-direct portcullis pgbouncer}"
+OUT="${BENCH_OUT:-$ROOT/bench/results/latest.md}"
+MODES=(simple prepared)
+CLIENTS=(1 16)
+DB=portcullis_bench
+PG_HOST=127.0.0.1
+PG_PORT=5432
+
+# TLS is not what is measured here: PostgreSQL on Debian has ssl=on, and libpq's default
+# sslmode=prefer would put TLS on the direct path only. Every system is driven in plaintext.
+export PGSSLMODE=disable
+unset PGPASSWORD PGUSER PGDATABASE PGHOST PGPORT PGSERVICE
+
+section() { printf '\n==> %s\n' "$*" >&2; }
+note() { printf '%s\n' "$*" >&2; }
+die() { printf 'pgbench.sh: error: %s\n' "$*" >&2; exit 1; }
+
+for c in pgbench psql pg_isready python3 awk; do
+    command -v "$c" >/dev/null 2>&1 || die "missing command: $c"
+done
+[[ "$SECONDS_PER_RUN" =~ ^[1-9][0-9]*$ ]] || die "BENCH_SECONDS must be a positive integer"
+[[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || die "BENCH_ROUNDS must be a positive integer"
+for s in $SYSTEMS; do
+    case "$s" in direct | portcullis | pgbouncer) ;; *) die "unknown system in BENCH_SYSTEMS: $s" ;; esac
+done
+
+TMP="$(mktemp -d /tmp/portcullis-bench.XXXXXX)"
+chmod 755 "$TMP"
+PORTCULLIS_PID=""
+PGBOUNCER_PIDFILE=""
+
+cleanup() {
+    local rc=$?
+    if [[ -n "$PORTCULLIS_PID" ]] && kill -0 "$PORTCULLIS_PID" 2>/dev/null; then
+        kill "$PORTCULLIS_PID" 2>/dev/null || true
+        wait "$PORTCULLIS_PID" 2>/dev/null || true
+    fi
+    if [[ -n "$PGBOUNCER_PIDFILE" && -s "$PGBOUNCER_PIDFILE" ]]; then
+        kill "$(cat "$PGBOUNCER_PIDFILE")" 2>/dev/null || true
+    fi
+    rm -rf "$TMP"
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# psql_through PORT USER: can a client run `select 1` through this port?
+psql_through() {
+    psql -X -q -w -h 127.0.0.1 -p "$1" -U "$2" -d "$DB" -Atc 'select 1' >/dev/null 2>"$TMP/psql.err"
+}
+
+wait_until() { # wait_until SECONDS COMMAND...
+    local deadline=$((SECONDS + $1))
+    shift
+    until "$@"; do
+        ((SECONDS < deadline)) || return 1
+        sleep 0.2
+    done
+}
+
+# Where each system listens and whom pgbench logs in as; a system that could not be started is
+# marked "skipped: reason" and its columns say so.
+declare -A PORT=() USER_OF=() SKIP=() TPS=() LAT=()
+
+# --- PostgreSQL and the benchmark database ---------------------------------------------------
+
+section "PostgreSQL"
+pg_isready -q -h "$PG_HOST" -p "$PG_PORT" -t 5 ||
+    die "PostgreSQL does not answer on $PG_HOST:$PG_PORT (scripts/test.sh starts it; or: pg_ctlcluster --skip-systemctl-redirect \$(ls /etc/postgresql) main start)"
+pg() { psql -X -q -w -h "$PG_HOST" -p "$PG_PORT" -U postgres "$@"; }
+PG_VERSION="$(pg -d postgres -Atc 'show server_version')"
+note "PostgreSQL $PG_VERSION on $PG_HOST:$PG_PORT"
+
+current_scale="$(pg -d "$DB" -Atc 'select count(*) from pgbench_branches' 2>/dev/null || echo 0)"
+if [[ "${BENCH_REINIT:-0}" == 1 || "$current_scale" != "$SCALE" ]]; then
+    section "initialising $DB (pgbench -i -s $SCALE)"
+    pg -d postgres -c "drop database if exists $DB" -c "create database $DB"
+    pgbench -i -q -s "$SCALE" -h "$PG_HOST" -p "$PG_PORT" -U postgres "$DB" 2>&1 | tail -n 2 >&2
+else
+    note "$DB already initialised at scale $SCALE (BENCH_REINIT=1 re-creates it)"
+fi
+# pgbench runs with -n (no vacuum of its own, which a gateway's policy might refuse); vacuum once
+# here, directly, so every system starts from the same table state.
+pg -d "$DB" -c 'vacuum analyze' >/dev/null
+PORT[direct]=$PG_PORT
+USER_OF[direct]=postgres
+
+# --- Portcullis --------------------------------------------------------------------------------
+
+start_portcullis() {
+    local bin="${PORTCULLIS_BIN:-}"
+    if [[ -z "$bin" ]]; then
+        section "building Portcullis (cargo build --release --bin portcullis)"
+        if ! cargo build --release --bin portcullis >&2; then
+            SKIP[portcullis]="skipped: release build failed"
+            return
+        fi
+        bin="$ROOT/target/release/portcullis"
+    fi
+    [[ -x "$bin" ]] || { SKIP[portcullis]="skipped: no executable at $bin"; return; }
+
+    section "starting Portcullis ($bin)"
+    local port secret token
+    port="$(free_port)"
+    secret="$TMP/hs256.secret"
+    (umask 077 && od -An -tx1 -N32 /dev/urandom | tr -d ' \n' >"$secret")
+    cat >"$TMP/bench.toml" <<EOF
+[gateway]
+node = "bench"
+
+[postgres]
+listen = "127.0.0.1:$port"
+allow_plaintext_password = true
+
+[identity.jwt]
+issuer = "bench"
+audience = ["portcullis"]
+algorithms = ["HS256"]
+hs256_secret_file = "$secret"
+
+[[targets]]
+name = "$DB"
+host = "$PG_HOST"
+port = $PG_PORT
+database = "$DB"
+user = "postgres"
+EOF
+    local mint=("$bin" token mint --key "$secret" --iss bench --aud portcullis --sub bench --ttl 2h) rc=0
+    "${mint[@]}" >"$TMP/mint.out" 2>"$TMP/mint.err" || rc=$?
+    token="$(tail -n1 "$TMP/mint.out" | tr -d '[:space:]')"
+    if ((rc != 0)) || [[ -z "$token" ]]; then
+        note "'portcullis token mint' gave no token (exit status $rc, ${#token} characters on stdout); its stderr:"
+        sed 's/^/    /' "$TMP/mint.err" >&2
+        SKIP[portcullis]="skipped: token mint failed"
+        return
+    fi
+    # Logging per statement would be measured too: warnings only, unless asked otherwise.
+    RUST_LOG="${BENCH_RUST_LOG:-warn}" "$bin" run --config "$TMP/bench.toml" >"$TMP/portcullis.log" 2>&1 &
+    PORTCULLIS_PID=$!
+    export PGPASSWORD="$token"
+    local deadline=$((SECONDS + 30)) listening=0
+    while kill -0 "$PORTCULLIS_PID" 2>/dev/null && ((SECONDS < deadline)); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then listening=1 && break; fi
+        sleep 0.2
+    done
+    if ((!listening)); then
+        note "Portcullis did not listen on 127.0.0.1:$port (exited, or not within 30 s); last lines of its log:"
+        tail -n 20 "$TMP/portcullis.log" | sed 's/^/    /' >&2
+        SKIP[portcullis]="skipped: gateway did not start"
+    elif ! psql_through "$port" bench; then
+        note "psql through Portcullis failed:"
+        sed 's/^/    /' "$TMP/psql.err" >&2
+        tail -n 20 "$TMP/portcullis.log" | sed 's/^/    /' >&2
+        SKIP[portcullis]="skipped: login through the gateway failed"
+    else
+        note "Portcullis listening on 127.0.0.1:$port"
+        PORT[portcullis]=$port
+        USER_OF[portcullis]=bench
+    fi
+    unset PGPASSWORD
+    # The token is needed by the pgbench runs only: keep it in a file, not in the environment.
+    printf '%s' "$token" >"$TMP/token"
+}
+
+# --- pgbouncer ---------------------------------------------------------------------------------
+
+start_pgbouncer() {
+    local bin
+    bin="$(command -v pgbouncer || true)"
+    [[ -z "$bin" && -x /usr/sbin/pgbouncer ]] && bin=/usr/sbin/pgbouncer
+    if [[ -z "$bin" ]]; then
+        section "installing pgbouncer (apt-get install -y -qq pgbouncer)"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get install -y -qq pgbouncer >/dev/null 2>&1 ||
+            { apt-get update -qq && apt-get install -y -qq pgbouncer >/dev/null; } ||
+            { SKIP[pgbouncer]="skipped: could not install pgbouncer"; return; }
+        bin="$(command -v pgbouncer || echo /usr/sbin/pgbouncer)"
+    fi
+
+    section "starting pgbouncer ($("$bin" --version | head -n1))"
+    local dir="$TMP/pgbouncer" port
+    port="$(free_port)"
+    mkdir -p "$dir"
+    # pgbouncer 1.18 (Debian 12) cannot keep protocol-level prepared statements in transaction
+    # pooling (max_prepared_statements arrived in 1.21), so -M prepared needs session pooling;
+    # with one pgbench connection per server connection, session mode is the fair comparison.
+    cat >"$dir/pgbouncer.ini" <<EOF
+[databases]
+$DB = host=$PG_HOST port=$PG_PORT dbname=$DB user=postgres
+
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $port
+unix_socket_dir =
+auth_type = trust
+auth_file = $dir/userlist.txt
+pool_mode = session
+default_pool_size = 20
+max_client_conn = 100
+logfile = $dir/pgbouncer.log
+pidfile = $dir/pgbouncer.pid
+log_connections = 0
+log_disconnections = 0
+EOF
+    printf '"postgres" ""\n' >"$dir/userlist.txt"
+    PGBOUNCER_PIDFILE="$dir/pgbouncer.pid"
+    # pgbouncer refuses to run as root.
+    local as=()
+    if ((EUID == 0)); then
+        chown -R postgres: "$dir"
+        as=(runuser -u postgres --)
+    fi
+    if ! "${as[@]}" "$bin" -d -q "$dir/pgbouncer.ini" || ! wait_until 15 psql_through "$port" postgres; then
+        note "pgbouncer did not start; last lines of its log:"
+        tail -n 20 "$dir/pgbouncer.log" 2>/dev/null | sed 's/^/    /' >&2
+        SKIP[pgbouncer]="skipped: pgbouncer did not start"
+        return
+    fi
+    note "pgbouncer listening on 127.0.0.1:$port (pool_mode = session)"
+    PORT[pgbouncer]=$port
+    USER_OF[pgbouncer]=postgres
+    PGBOUNCER_VERSION="$("$bin" --version | head -n1 | awk '{print $NF}')"
+}
+
+PGBOUNCER_VERSION=""
+for s in $SYSTEMS; do
+    case "$s" in
+    portcullis) start_portcullis ;;
+    pgbouncer) start_pgbouncer ;;
+    esac
+done
+
+# --- runs ------------------------------------------------------------------------------------
+
+run_pgbench() { # run_pgbench SYSTEM MODE CLIENTS ROUND: appends to RUN_TPS / RUN_LAT
+    local sys=$1 mode=$2 c=$3 round=$4 j out key="$1,$2,$3" pw="" tps lat
+    j=$((c < 2 ? c : 2))
+    out="$TMP/$sys-$mode-$c-$round.out"
+    [[ "$sys" == portcullis ]] && pw="$(cat "$TMP/token")"
+    note "$(printf 'round %s  %-10s -M %-8s -c %-2s -j %s -T %s' "$round" "$sys" "$mode" "$c" "$j" "$SECONDS_PER_RUN")"
+    if PGPASSWORD="$pw" pgbench -n -S -M "$mode" -c "$c" -j "$j" -T "$SECONDS_PER_RUN" \
+        -h 127.0.0.1 -p "${PORT[$sys]}" -U "${USER_OF[$sys]}" "$DB" >"$out" 2>&1; then
+        tps="$(awk '/^tps = .*without initial connection time/ {print $3}' "$out" | tail -n1)"
+        lat="$(awk '/^latency average = / {print $4}' "$out" | tail -n1)"
+    fi
+    if [[ -z "${tps:-}" || -z "${lat:-}" ]]; then
+        note "  pgbench failed through $sys:"
+        tail -n 5 "$out" | sed 's/^/    /' >&2
+        if [[ "$sys" == portcullis ]] && ! kill -0 "$PORTCULLIS_PID" 2>/dev/null; then
+            note "  the gateway process has exited; last lines of its log:"
+            tail -n 20 "$TMP/portcullis.log" | sed 's/^/    /' >&2
+        fi
+        RUN_FAILED[$key]=$((${RUN_FAILED[$key]:-0} + 1))
+        return
+    fi
+    note "  tps $tps, latency $lat ms"
+    RUN_TPS[$key]="${RUN_TPS[$key]:-} $tps"
+    RUN_LAT[$key]="${RUN_LAT[$key]:-} $lat"
+}
+
+median() { # median VALUES...: prints nothing for no values
+    printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END {
+        if (NR == 0) exit;
+        if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+
+ACTIVE=()
+for s in $SYSTEMS; do [[ -z "${SKIP[$s]:-}" ]] && ACTIVE+=("$s"); done
+declare -A RUN_TPS=() RUN_LAT=() RUN_FAILED=()
+
+section "pgbench -S, ${SECONDS_PER_RUN}s per run, $ROUNDS round(s), systems: ${ACTIVE[*]}"
+# Every (mode, clients) cell drives the systems back to back, so that drift on a shared machine
+# (other builds, frequency, caches) falls on all of them alike; from one round to the next the
+# order rotates, so that no system always runs first (after a pause) or last.
+for ((round = 1; round <= ROUNDS; round++)); do
+    n=${#ACTIVE[@]}
+    order=()
+    for ((i = 0; i < n; i++)); do order+=("${ACTIVE[$(((i + round - 1) % n))]}"); done
+    for mode in "${MODES[@]}"; do
+        for c in "${CLIENTS[@]}"; do
+            for s in "${order[@]}"; do
+                run_pgbench "$s" "$mode" "$c" "$round"
+            done
+        done
+    done
+done
+
+for key in "${!RUN_TPS[@]}"; do
+    # shellcheck disable=SC2086 # the lists are space-separated numbers
+    TPS[$key]="$(median ${RUN_TPS[$key]})"
+    # shellcheck disable=SC2086
+    LAT[$key]="$(median ${RUN_LAT[$key]})"
+done
+
+# --- report ----------------------------------------------------------------------------------
+
+tps_cell() { # tps_cell SYSTEM KEY: "12345 (0.87x)" relative to direct
+    local sys=$1 key=$2
+    if [[ -n "${SKIP[$sys]:-}" ]]; then echo "${SKIP[$sys]%%:*}"; return; fi
+    [[ " $SYSTEMS " == *" $sys "* ]] || { echo "not run"; return; }
+    local v="${TPS[$sys,$key]:-}" d="${TPS[direct,$key]:-}"
+    [[ -z "$v" ]] && { echo failed; return; }
+    awk -v v="$v" -v d="$d" -v base="$sys" 'BEGIN {
+        if (base == "direct" || d == "" || d == 0) printf "%.0f", v;
+        else printf "%.0f (%.2fx)", v, v / d }'
+    failed_note "$sys,$key"
+}
+
+failed_note() { # failed_note KEY: " [N/ROUNDS runs failed]" when some rounds failed for this cell
+    local n="${RUN_FAILED[$1]:-0}"
+    ((n == 0)) || printf ' [%s/%s runs failed]' "$n" "$ROUNDS"
+    echo
+}
+
+lat_cell() { # lat_cell SYSTEM KEY: "0.123 (+45)" with the difference to direct in microseconds
+    local sys=$1 key=$2
+    if [[ -n "${SKIP[$sys]:-}" ]]; then echo "${SKIP[$sys]%%:*}"; return; fi
+    [[ " $SYSTEMS " == *" $sys "* ]] || { echo "not run"; return; }
+    local v="${LAT[$sys,$key]:-}" d="${LAT[direct,$key]:-}"
+    [[ -z "$v" ]] && { echo failed; return; }
+    awk -v v="$v" -v d="$d" -v base="$sys" 'BEGIN {
+        if (base == "direct" || d == "") printf "%.3f", v;
+        else printf "%.3f (%+.0f)", v, (v - d) * 1000 }'
+    failed_note "$sys,$key"
+}
+
+rounds_text="1 round"
+((ROUNDS > 1)) && rounds_text="median of $ROUNDS rounds"
+cpu_model="$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)"
+revision="$(git rev-parse --short HEAD 2>/dev/null || echo "no commit")"
+[[ -n "$(git status --porcelain 2>/dev/null | head -n1)" ]] && revision="$revision+local changes"
+
+{
+    echo "# pgbench -S: direct vs Portcullis vs pgbouncer"
+    echo
+    echo "$(date -u +%Y-%m-%dT%H:%MZ) · machine: $(nproc) cores, ${cpu_model:-unknown CPU} · PostgreSQL $PG_VERSION · pgbench -S -n, ${SECONDS_PER_RUN} s per run, $rounds_text, scale $SCALE · Portcullis $revision · pgbouncer ${PGBOUNCER_VERSION:-n/a} (pool_mode = session)"
+    echo
+    echo "| mode | clients | direct TPS | portcullis TPS (ratio) | pgbouncer TPS (ratio) | direct lat ms | portcullis lat ms (+us) | pgbouncer lat ms (+us) |"
+    echo "|---|---:|---:|---:|---:|---:|---:|---:|"
+    for mode in "${MODES[@]}"; do
+        for c in "${CLIENTS[@]}"; do
+            k="$mode,$c"
+            echo "| $mode | $c | $(tps_cell direct "$k") | $(tps_cell portcullis "$k") | $(tps_cell pgbouncer "$k") | $(lat_cell direct "$k") | $(lat_cell portcullis "$k") | $(lat_cell pgbouncer "$k") |"
+        done
+    done
+    echo
+    echo "- TPS: pgbench's \"tps ... (without initial connection time)\"; ratio = system / direct."
+    echo "- lat: pgbench's \"latency average\"; (+us) = extra microseconds per statement over direct."
+    echo "- Each cell's systems ran back to back (order: ${ACTIVE[*]}, rotated each round). Plaintext (sslmode=disable) everywhere."
+    echo "- pgbouncer 1.18 runs in pool_mode = session: its transaction mode cannot carry -M prepared before 1.21."
+    echo "- Client, proxy and PostgreSQL share this machine's $(nproc) cores; see bench/README.md before comparing numbers."
+    for s in portcullis pgbouncer; do
+        [[ -n "${SKIP[$s]:-}" ]] && echo "- $s: ${SKIP[$s]}."
+    done
+} >"$TMP/latest.md"
+
+mkdir -p "$(dirname "$OUT")"
+cp "$TMP/latest.md" "$OUT"
+section "results (written to ${OUT#"$ROOT"/})"
+cat "$OUT"
+
+# The table is written either way; a pgbench run that failed makes the run fail (a system that
+# was skipped at start-up does not: its reason is in the table).
+if ((${#RUN_FAILED[@]})); then
+    note "pgbench.sh: some pgbench runs failed (see the messages above)"
+    exit 1
+fi

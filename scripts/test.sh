@@ -1,0 +1,176 @@
+#!/usr/bin/env bash
+# The Portcullis test command: every test of the workspace, against real databases.
+#
+#   scripts/test.sh                  services + test tools, then all tests and doctests
+#   scripts/test.sh -E 'test(jwt)'   same set-up, then only the nextest tests the arguments select
+#                                    (arguments go to `cargo nextest run`; doctests are skipped)
+#   PORTCULLIS_TEST_SETUP_ONLY=1 scripts/test.sh
+#                                    only the set-up (databases up, test tools installed), no cargo
+#
+# What it needs on the machine: PostgreSQL on 127.0.0.1:5432 (user postgres, trust) and MariaDB on
+# 127.0.0.1:3306 (root, no password), both started here if they are down; psql, pg_isready,
+# pgbench, mariadb, mariadb-admin; python3 with venv; cargo with cargo-nextest (installed if
+# missing).
+#
+# What it provides to the tests:
+#   PORTCULLIS_TEST_PYTHON  a Python 3 interpreter (venv in target/test-venv) with psycopg 3 and
+#                           asyncpg, for the tests that drive the gateway from Python.
+#
+# The last line it prints is nextest's own summary line; the exit status is non-zero if any test
+# or doctest failed, or if the set-up could not be completed.
+set -euo pipefail
+
+ROOT="$(cd -P -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+PG_HOST=127.0.0.1
+PG_PORT=5432
+MY_HOST=127.0.0.1
+MY_PORT=3306
+SERVICE_WAIT_SECONDS=30
+VENV="$ROOT/target/test-venv"
+
+section() { printf '\n==> %s\n' "$*"; }
+die() { printf 'test.sh: error: %s\n' "$*" >&2; exit 1; }
+
+require_commands() {
+    local missing=()
+    for c in "$@"; do command -v "$c" >/dev/null 2>&1 || missing+=("$c"); done
+    if ((${#missing[@]})); then
+        die "missing commands: ${missing[*]} (install the PostgreSQL 15 / MariaDB clients, python3 and Rust)"
+    fi
+}
+
+# --- databases ------------------------------------------------------------------------------
+
+pg_answers() {
+    pg_isready -q -h "$PG_HOST" -p "$PG_PORT" -U postgres -t 2 &&
+        psql -X -q -h "$PG_HOST" -p "$PG_PORT" -U postgres -d postgres -w -Atc 'select 1' >/dev/null 2>&1
+}
+
+mariadb_answers() {
+    # `mariadb-admin ping` succeeds even when the login is refused, so also log in.
+    mariadb-admin --protocol=TCP -h "$MY_HOST" -P "$MY_PORT" -uroot --connect-timeout=2 ping >/dev/null 2>&1 &&
+        mariadb --protocol=TCP -h "$MY_HOST" -P "$MY_PORT" -uroot --connect-timeout=2 -e 'select 1' >/dev/null 2>&1
+}
+
+wait_for() { # wait_for NAME CHECK_FUNCTION
+    local name=$1 check=$2 waited=0
+    until "$check"; do
+        if ((waited >= SERVICE_WAIT_SECONDS)); then return 1; fi
+        sleep 1
+        waited=$((waited + 1))
+    done
+    echo "$name: answering after ${waited}s"
+}
+
+ensure_postgres() {
+    if pg_answers; then
+        echo "PostgreSQL: answering on $PG_HOST:$PG_PORT"
+        return
+    fi
+    echo "PostgreSQL: not answering on $PG_HOST:$PG_PORT, starting it"
+    local version="" dir
+    for dir in /etc/postgresql/*/main; do [[ -d "$dir" ]] && version="$(basename "$(dirname "$dir")")"; done
+    [[ -n "$version" ]] || die "PostgreSQL is down and no cluster is configured under /etc/postgresql"
+    # Exit status 2 means "already running" (e.g. listening, but not yet accepting): wait anyway.
+    pg_ctlcluster --skip-systemctl-redirect "$version" main start || true
+    wait_for PostgreSQL pg_answers ||
+        die "PostgreSQL does not answer on $PG_HOST:$PG_PORT as user postgres (trust) after ${SERVICE_WAIT_SECONDS}s; see /var/log/postgresql/postgresql-$version-main.log"
+}
+
+ensure_mariadb() {
+    if mariadb_answers; then
+        echo "MariaDB: answering on $MY_HOST:$MY_PORT"
+        return
+    fi
+    echo "MariaDB: not answering on $MY_HOST:$MY_PORT, starting it"
+    start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd || true
+    wait_for MariaDB mariadb_answers ||
+        die "MariaDB does not answer on $MY_HOST:$MY_PORT as root without a password after ${SERVICE_WAIT_SECONDS}s; see the MariaDB error log under /var/log/mysql/"
+}
+
+# --- test tools -----------------------------------------------------------------------------
+
+ensure_python_venv() {
+    if [[ ! -x "$VENV/bin/python" ]]; then
+        echo "creating $VENV"
+        python3 -m venv "$VENV" ||
+            die "python3 -m venv failed (on Debian's own python3: apt-get install python3-venv)"
+    fi
+    if "$VENV/bin/python" -c 'import psycopg, asyncpg, sys; sys.exit(0 if psycopg.__version__.startswith("3.") else 1)' 2>/dev/null; then
+        echo "Python test venv: psycopg 3 and asyncpg present"
+    else
+        echo "Python test venv: installing psycopg[binary] 3 and asyncpg"
+        "$VENV/bin/python" -m pip install -q --disable-pip-version-check 'psycopg[binary]>=3.1,<4' 'asyncpg>=0.29' ||
+            die "pip could not install psycopg[binary] and asyncpg into $VENV"
+    fi
+    export PORTCULLIS_TEST_PYTHON="$VENV/bin/python"
+    echo "PORTCULLIS_TEST_PYTHON=$PORTCULLIS_TEST_PYTHON"
+}
+
+ensure_nextest() {
+    if cargo nextest --version >/dev/null 2>&1; then
+        cargo nextest --version | head -n1
+    else
+        echo "cargo-nextest missing: cargo install cargo-nextest --locked"
+        cargo install --quiet cargo-nextest --locked
+    fi
+}
+
+# --- main -----------------------------------------------------------------------------------
+
+section "tools"
+require_commands cargo python3 psql pg_isready pgbench mariadb mariadb-admin
+
+section "databases"
+ensure_postgres
+ensure_mariadb
+
+section "test tools"
+ensure_python_venv
+ensure_nextest
+
+if [[ "${PORTCULLIS_TEST_SETUP_ONLY:-0}" == 1 ]]; then
+    section "set-up done (PORTCULLIS_TEST_SETUP_ONLY=1: no tests run)"
+    exit 0
+fi
+
+NEXTEST_LOG="$ROOT/target/nextest/test-sh.log"
+mkdir -p "$(dirname "$NEXTEST_LOG")"
+nextest_profile=default
+[[ -n "${CI:-}" && "${CI}" != false ]] && nextest_profile=ci
+color=never
+[[ -t 1 ]] && color=always
+
+section "cargo nextest run (profile $nextest_profile)"
+set +e
+cargo nextest run --workspace --all-targets --no-fail-fast --profile "$nextest_profile" \
+    --color "$color" "$@" 2>&1 | tee "$NEXTEST_LOG"
+nextest_rc=${PIPESTATUS[0]}
+set -e
+
+doc_rc=0
+doc_result="skipped (nextest arguments given)"
+if (($# == 0)); then
+    section "cargo test --workspace --doc"
+    set +e
+    cargo test --workspace --doc
+    doc_rc=$?
+    set -e
+    if ((doc_rc == 0)); then doc_result="passed"; else doc_result="FAILED (exit $doc_rc)"; fi
+fi
+
+section "summary"
+echo "doctests: $doc_result"
+plain_log="$(sed -e 's/\x1b\[[0-9;]*m//g' "$NEXTEST_LOG")"
+summary="$(grep -E '^[[:space:]]*Summary \[' <<<"$plain_log" | tail -n1 || true)"
+if [[ -n "$summary" ]]; then
+    # The tests that did not pass (nextest lists them under its summary), then the summary itself.
+    awk '/^[[:space:]]*Summary \[/ { after = 1; next } after && /^[[:space:]]+[A-Z][A-Z-]* +\[/' <<<"$plain_log"
+    echo "$summary"
+else
+    echo "test.sh: nextest printed no summary line (exit status $nextest_rc): the build failed or no tests were found, see above"
+fi
+
+if ((nextest_rc != 0 || doc_rc != 0)); then exit 1; fi

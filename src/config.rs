@@ -1,0 +1,1700 @@
+//! The configuration file: one TOML document, read into a checked [`Config`].
+//!
+//! Reading happens in two steps. First the text is deserialized into the file schema below
+//! (unknown keys are refused, and every string value has its `${ENV_VAR}` references replaced
+//! while it is read, so that a missing variable is reported at that value). Then the schema is
+//! checked as a whole: every problem found is collected into [`ConfigErrors`], each with the
+//! file, line and column of the value at fault, so that one run of `portcullis check-config`
+//! shows all of them.
+//!
+//! Relative paths in the file are resolved against the directory of the file itself, never
+//! against the working directory of the process.
+//!
+//! # Keys
+//!
+//! The doc comments on the schema structs below (`GatewaySection`, `PostgresSection`, ...) are
+//! the reference for every key; `examples/full.toml` shows all of them in use.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use gateway_core::{Protocol, Target, UpstreamTls};
+use serde::{Deserialize, Deserializer};
+use toml::Spanned;
+
+// ---------------------------------------------------------------------------------------------
+// Checked configuration: what the rest of the binary uses.
+// ---------------------------------------------------------------------------------------------
+
+/// A checked configuration, ready to start a gateway from. Paths are absolute or relative to the
+/// working directory (already resolved against the config file's directory).
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file the configuration came from, as given.
+    pub source: PathBuf,
+    /// Settings of this gateway node.
+    pub gateway: GatewaySettings,
+    /// The PostgreSQL listener, if configured.
+    pub postgres: Option<PostgresListenerSettings>,
+    /// How clients prove who they are.
+    pub identity: IdentitySettings,
+    /// The upstream databases, in file order.
+    pub targets: Vec<Target>,
+}
+
+/// `[gateway]`, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatewaySettings {
+    /// Node name recorded in every audit record.
+    pub node: String,
+    /// Longest time from accept to an authenticated session.
+    pub handshake_timeout: Duration,
+    /// Largest single protocol message accepted from a client.
+    pub max_message_bytes: usize,
+    /// `tracing` filter directive used when `RUST_LOG` is not set.
+    pub log_level: String,
+}
+
+/// `[postgres]`, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PostgresListenerSettings {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// TLS for clients, if configured.
+    pub tls: Option<ListenerTlsFiles>,
+    /// Refuse clients that do not negotiate TLS.
+    pub require_tls: bool,
+    /// Accept passwords and tokens over plain TCP from non-loopback clients.
+    pub allow_plaintext_password: bool,
+}
+
+/// The PEM files that make up a listener's TLS configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerTlsFiles {
+    /// Certificate chain, leaf first.
+    pub cert_file: PathBuf,
+    /// Private key of the leaf certificate.
+    pub key_file: PathBuf,
+    /// CA certificates that client certificates are verified against; `None`: no client
+    /// certificates are requested.
+    pub client_ca_file: Option<PathBuf>,
+}
+
+/// `[identity]`, checked.
+#[derive(Debug, Clone, Default)]
+pub struct IdentitySettings {
+    /// Tokens presented in the password field.
+    pub jwt: Option<JwtSettings>,
+    /// Static local users.
+    pub users: Vec<StaticUserSettings>,
+    /// Identity from verified TLS client certificates.
+    pub client_cert: Option<ClientCertSettings>,
+}
+
+/// `[identity.jwt]`, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JwtSettings {
+    /// Required `iss`, if set.
+    pub issuer: Option<String>,
+    /// Accepted `aud` values (at least one).
+    pub audience: Vec<String>,
+    /// Accepted signature algorithms (JOSE names, never `none`).
+    pub algorithms: Vec<String>,
+    /// Where the verification keys come from.
+    pub keys: JwtKeys,
+    /// Claim that names the subject.
+    pub subject_claim: String,
+    /// Claim that lists the groups.
+    pub groups_claim: String,
+    /// Clock skew tolerated on `exp` and `nbf`.
+    pub leeway: Duration,
+}
+
+/// Where JWT verification keys come from. `hs256_secret_file` is read while the configuration is
+/// loaded and becomes [`JwtKeys::Hs256Secret`].
+#[derive(Clone, PartialEq, Eq)]
+pub enum JwtKeys {
+    /// A shared secret for the HMAC algorithms.
+    Hs256Secret(String),
+    /// A PEM public key file.
+    PublicKeyPemFile(PathBuf),
+    /// A JWKS document on disk.
+    JwksFile(PathBuf),
+    /// A JWKS document fetched from a URL.
+    JwksUrl(String),
+}
+
+impl fmt::Debug for JwtKeys {
+    // Hand-written so that the shared secret can never reach a log through `{:?}`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            JwtKeys::Hs256Secret(_) => f.write_str("Hs256Secret(<redacted>)"),
+            JwtKeys::PublicKeyPemFile(p) => f.debug_tuple("PublicKeyPemFile").field(p).finish(),
+            JwtKeys::JwksFile(p) => f.debug_tuple("JwksFile").field(p).finish(),
+            JwtKeys::JwksUrl(u) => f.debug_tuple("JwksUrl").field(u).finish(),
+        }
+    }
+}
+
+/// One `[[identity.users]]` entry, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaticUserSettings {
+    /// User name clients log in with.
+    pub name: String,
+    /// Argon2 PHC string.
+    pub password_hash: String,
+    /// Groups of the user.
+    pub groups: Vec<String>,
+}
+
+/// `[identity.client_cert]`, checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientCertSettings {
+    /// Which part of the certificate subject becomes the identity's subject.
+    pub subject: CertSubject,
+    /// Whether the subject's organizational units become groups.
+    pub groups_from_ou: bool,
+}
+
+/// Which part of a client certificate names the subject.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CertSubject {
+    /// The subject's common name (`cn`).
+    CommonName,
+    /// The whole distinguished name, RFC 4514 style (`dn`).
+    DistinguishedName,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Errors
+// ---------------------------------------------------------------------------------------------
+
+/// A position in the configuration file, both 1-based; the column counts characters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Location {
+    /// Line number.
+    pub line: usize,
+    /// Column number.
+    pub column: usize,
+}
+
+/// One problem in a configuration file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The file, as given.
+    pub file: PathBuf,
+    /// Where in the file; `None` when the file as a whole is at fault (e.g. unreadable).
+    pub location: Option<Location>,
+    /// What is wrong and, where it helps, what to write instead.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.location {
+            Some(Location { line, column }) => {
+                write!(
+                    f,
+                    "{}:{line}:{column}: {}",
+                    self.file.display(),
+                    self.message
+                )
+            }
+            None => write!(f, "{}: {}", self.file.display(), self.message),
+        }
+    }
+}
+
+/// Every problem found in a configuration file, in file order; displayed one per line as
+/// `file:line:col: message`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors {
+    errors: Vec<ConfigError>,
+}
+
+impl ConfigErrors {
+    /// The individual errors; never empty.
+    pub fn errors(&self) -> &[ConfigError] {
+        &self.errors
+    }
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.errors.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+// ---------------------------------------------------------------------------------------------
+// Loading
+// ---------------------------------------------------------------------------------------------
+
+impl Config {
+    /// Reads and checks the configuration file at `path`.
+    pub fn load(path: impl AsRef<Path>) -> Result<Config, ConfigErrors> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
+            errors: vec![ConfigError {
+                file: path.to_path_buf(),
+                location: None,
+                message: format!("cannot read the configuration file: {e}"),
+            }],
+        })?;
+        Config::from_toml_str(&text, path)
+    }
+
+    /// Parses and checks `text`. `origin` is the path of the file it came from: it names the file
+    /// in error messages, and relative paths in the file are resolved against its directory.
+    pub fn from_toml_str(text: &str, origin: &Path) -> Result<Config, ConfigErrors> {
+        let mut checker = Checker::new(text, origin);
+        let file: FileConfig = match toml::from_str(text) {
+            Ok(file) => file,
+            Err(e) => {
+                let span = e.span().unwrap_or(0..0);
+                checker.error(span, e.message().trim_end().to_owned());
+                return Err(checker.into_errors());
+            }
+        };
+        let config = checker.check(file);
+        if checker.errors.is_empty() {
+            Ok(config)
+        } else {
+            Err(checker.into_errors())
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Strings with `${ENV_VAR}` interpolation, and durations
+// ---------------------------------------------------------------------------------------------
+
+/// A string value with `${NAME}` replaced by the environment variable `NAME` as it is
+/// deserialized; `$${` stands for a literal `${`. A variable that is not set is an error at the
+/// value. Deliberately not `Debug`: it may hold a secret.
+#[derive(Clone, PartialEq, Eq)]
+struct ConfigString(String);
+
+impl ConfigString {
+    fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for ConfigString {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(deserializer)?;
+        interpolate(&raw, |name| match std::env::var(name) {
+            Ok(value) => Ok(value),
+            Err(std::env::VarError::NotPresent) => Err(format!(
+                "environment variable `{name}` is not set (write `$${{` for a literal `${{`)"
+            )),
+            Err(std::env::VarError::NotUnicode(_)) => {
+                Err(format!("environment variable `{name}` is not valid UTF-8"))
+            }
+        })
+        .map(ConfigString)
+        .map_err(serde::de::Error::custom)
+    }
+}
+
+/// Replaces `${NAME}` in `raw` with `lookup(NAME)` and `$${` with `${`. Replacements are not
+/// scanned again.
+fn interpolate(
+    raw: &str,
+    lookup: impl Fn(&str) -> Result<String, String>,
+) -> Result<String, String> {
+    let mut out = String::with_capacity(raw.len());
+    let mut rest = raw;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        let tail = &rest[i..];
+        if let Some(after) = tail.strip_prefix("$${") {
+            out.push_str("${");
+            rest = after;
+        } else if let Some(body) = tail.strip_prefix("${") {
+            let end = body.find('}').ok_or_else(|| {
+                "unterminated `${`: write `${NAME}` for an environment variable or `$${` for a literal `${`"
+                    .to_owned()
+            })?;
+            let name = &body[..end];
+            let valid = name
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !valid {
+                return Err(format!(
+                    "`${{{name}}}` is not a valid environment variable reference: names are letters, digits and `_`, not starting with a digit"
+                ));
+            }
+            out.push_str(&lookup(name)?);
+            rest = &body[end + 1..];
+        } else {
+            out.push('$');
+            rest = &tail[1..];
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// Parses a duration such as `500ms`, `10s`, `5m`, `1h30m` or `2d`: one or more whole numbers,
+/// each followed by a unit (`ms`, `s`, `m`, `h`, `d`; `sec`, `min`, `hour`, `day` and plurals are
+/// accepted too).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    const HINT: &str = "write a whole number and a unit, e.g. \"500ms\", \"10s\", \"5m\", \"1h\"";
+    let s = text.trim();
+    if s.is_empty() {
+        return Err(format!("empty duration: {HINT}"));
+    }
+    let mut total_ms: u64 = 0;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        if digits == 0 {
+            return Err(format!("invalid duration `{text}`: {HINT}"));
+        }
+        let n: u64 = rest[..digits]
+            .parse()
+            .map_err(|_| format!("duration `{text}` is too large"))?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let unit_ms: u64 = match &rest[..unit_len] {
+            "ms" | "msec" | "msecs" => 1,
+            "s" | "sec" | "secs" | "second" | "seconds" => 1_000,
+            "m" | "min" | "mins" | "minute" | "minutes" => 60_000,
+            "h" | "hr" | "hrs" | "hour" | "hours" => 3_600_000,
+            "d" | "day" | "days" => 86_400_000,
+            "" => {
+                return Err(format!(
+                    "duration `{text}` has a number without a unit: {HINT}"
+                ))
+            }
+            other => {
+                return Err(format!(
+                    "unknown unit `{other}` in duration `{text}`: {HINT}"
+                ))
+            }
+        };
+        rest = &rest[unit_len..];
+        total_ms = n
+            .checked_mul(unit_ms)
+            .and_then(|ms| total_ms.checked_add(ms))
+            .ok_or_else(|| format!("duration `{text}` is too large"))?;
+    }
+    Ok(Duration::from_millis(total_ms))
+}
+
+// ---------------------------------------------------------------------------------------------
+// The file schema. The doc comments here are the reference for every key.
+// ---------------------------------------------------------------------------------------------
+
+type Str = Spanned<ConfigString>;
+
+/// The whole file.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    /// `[gateway]`: settings of this node. Optional.
+    #[serde(default)]
+    gateway: GatewaySection,
+    /// `[postgres]`: the PostgreSQL listener. Without it no PostgreSQL client can connect.
+    postgres: Option<Spanned<PostgresSection>>,
+    /// `[identity]`: how clients prove who they are. Without any method every login is refused.
+    #[serde(default)]
+    identity: IdentitySection,
+    /// `[[targets]]`: the upstream databases.
+    #[serde(default)]
+    targets: Vec<Spanned<TargetSection>>,
+}
+
+/// `[gateway]`
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct GatewaySection {
+    /// Node name recorded in every audit record. Default `"portcullis"`.
+    node: Option<Str>,
+    /// Longest time a client may take from connecting to being authenticated (TLS, startup,
+    /// authentication). Duration string. Default `"10s"`.
+    handshake_timeout: Option<Str>,
+    /// Largest single protocol message accepted from a client, in bytes. Default `67108864`
+    /// (64 MiB).
+    max_message_bytes: Option<Spanned<u64>>,
+    /// Log filter, a `tracing` EnvFilter directive such as `"info"` or
+    /// `"info,proto_postgres=debug"`. The `RUST_LOG` environment variable overrides it.
+    /// Default `"info"`.
+    log_level: Option<Str>,
+}
+
+/// `[postgres]`
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PostgresSection {
+    /// Address and port to listen on, `IP:PORT` (`[::1]:6432` for IPv6). Port 0 picks a free
+    /// port. Default `"127.0.0.1:6432"`.
+    listen: Option<Str>,
+    /// PEM file with the server certificate chain, leaf first. With `tls_key` it enables TLS.
+    tls_cert: Option<Str>,
+    /// PEM file with the private key of `tls_cert` (PKCS#8, PKCS#1 or SEC1).
+    tls_key: Option<Str>,
+    /// PEM file with the CA certificates that client certificates are verified against. When
+    /// set, clients may present a certificate (those that do not can still log in with a
+    /// password or token); needs `tls_cert` and `tls_key`.
+    tls_client_ca: Option<Str>,
+    /// Refuse clients that do not negotiate TLS. Needs `tls_cert` and `tls_key`. Default `false`.
+    require_tls: Option<Spanned<bool>>,
+    /// Accept passwords and tokens over unencrypted connections from non-loopback clients.
+    /// Loopback clients may always use them. Default `false`.
+    allow_plaintext_password: Option<bool>,
+}
+
+/// `[identity]`
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct IdentitySection {
+    /// `[identity.jwt]`: JWTs presented in the password field.
+    jwt: Option<Spanned<JwtSection>>,
+    /// `[[identity.users]]`: static local users (break-glass access, or no identity provider).
+    #[serde(default)]
+    users: Vec<Spanned<UserSection>>,
+    /// `[identity.client_cert]`: identity from verified TLS client certificates.
+    client_cert: Option<Spanned<ClientCertSection>>,
+}
+
+/// `[identity.jwt]`
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JwtSection {
+    /// Required value of the `iss` claim. Optional: when absent the issuer is not checked.
+    issuer: Option<Str>,
+    /// Accepted values of the `aud` claim; a token must name at least one. Required, non-empty.
+    #[serde(default)]
+    audience: Vec<Str>,
+    /// Accepted signature algorithms: `HS256`, `HS384`, `HS512` with `hs256_secret` or
+    /// `hs256_secret_file`; `RS256`, `RS384`, `RS512`, `PS256`, `PS384`, `PS512`, `ES256`,
+    /// `ES384`, `EdDSA` with a public key or JWKS. Required, non-empty; `none` is refused.
+    algorithms: Option<Spanned<Vec<Str>>>,
+    /// Shared HMAC secret, at least 32 bytes. Use an environment variable:
+    /// `"${PORTCULLIS_JWT_SECRET}"`. One of the four key sources.
+    hs256_secret: Option<Str>,
+    /// File holding the shared HMAC secret (surrounding whitespace is ignored), at least 32
+    /// bytes. One of the key sources.
+    hs256_secret_file: Option<Str>,
+    /// PEM file with the issuer's public key. One of the key sources.
+    public_key_file: Option<Str>,
+    /// JWKS document on disk; tokens choose a key by `kid`. One of the key sources.
+    jwks_file: Option<Str>,
+    /// URL of the issuer's JWKS document (`https://`; `http://` only for a loopback host). One of
+    /// the key sources.
+    jwks_url: Option<Str>,
+    /// Claim that names the subject. Default `"sub"`.
+    subject_claim: Option<Str>,
+    /// Claim that lists the subject's groups (an array of strings, or one string). Default
+    /// `"groups"`.
+    groups_claim: Option<Str>,
+    /// Clock skew tolerated when checking `exp` and `nbf`. Duration string. Default `"30s"`.
+    leeway: Option<Str>,
+}
+
+/// `[[identity.users]]`
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UserSection {
+    /// User name clients log in with. Required, unique.
+    name: Str,
+    /// Argon2 password hash in PHC form (`$argon2id$v=19$...`), as printed by
+    /// `portcullis hash-password`. Required.
+    password_hash: Str,
+    /// Groups of the user, for rules. Default `[]`.
+    #[serde(default)]
+    groups: Vec<ConfigString>,
+}
+
+/// `[identity.client_cert]`
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClientCertSection {
+    /// What names the subject: `"cn"` (the certificate's common name) or `"dn"` (the whole
+    /// distinguished name). Default `"cn"`.
+    subject: Option<Str>,
+    /// Whether the certificate's organizational units (`OU`) become groups. Default `false`.
+    groups_from_ou: Option<bool>,
+}
+
+/// `[[targets]]`
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TargetSection {
+    /// The database name clients ask for. Required, unique per protocol.
+    name: Str,
+    /// Wire protocol: `"postgres"` or `"mysql"`. Default `"postgres"`.
+    protocol: Option<Str>,
+    /// Upstream host name or IP address. Required.
+    host: Str,
+    /// Upstream port. Default 5432 for postgres, 3306 for mysql.
+    port: Option<Spanned<u16>>,
+    /// Database name on the upstream. Default: `name`.
+    database: Option<Str>,
+    /// Service user the gateway logs in as upstream. Required.
+    user: Str,
+    /// Service password. Use an environment variable: `"${APP_DB_PASSWORD}"`. Optional (trust).
+    password: Option<Str>,
+    /// Upstream TLS: `"disable"` or `"verify-full"` (certificate chain and host name verified).
+    /// Default `"disable"`.
+    tls: Option<Str>,
+    /// PEM file with the CA certificates to trust for `verify-full`. Default: the system roots.
+    tls_ca_file: Option<Str>,
+    /// Host name to verify for `verify-full` instead of `host`. Optional.
+    tls_server_name: Option<Str>,
+    /// Free-form labels for rules, e.g. `{ env = "prod", team = "payments" }`. Default `{}`.
+    #[serde(default)]
+    labels: BTreeMap<String, ConfigString>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Checking
+// ---------------------------------------------------------------------------------------------
+
+const DEFAULT_NODE: &str = "portcullis";
+const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+const DEFAULT_LOG_LEVEL: &str = "info";
+const DEFAULT_POSTGRES_LISTEN: &str = "127.0.0.1:6432";
+const DEFAULT_LEEWAY: Duration = Duration::from_secs(30);
+const MIN_HMAC_SECRET_BYTES: usize = 32;
+
+const HMAC_ALGORITHMS: &[&str] = &["HS256", "HS384", "HS512"];
+const PUBLIC_KEY_ALGORITHMS: &[&str] = &[
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
+];
+
+/// Collects errors with their positions while turning the file schema into a [`Config`].
+struct Checker<'a> {
+    text: &'a str,
+    origin: &'a Path,
+    base: PathBuf,
+    errors: Vec<(usize, ConfigError)>,
+}
+
+impl<'a> Checker<'a> {
+    fn new(text: &'a str, origin: &'a Path) -> Self {
+        let base = match origin.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        Checker {
+            text,
+            origin,
+            base,
+            errors: Vec::new(),
+        }
+    }
+
+    fn location(&self, offset: usize) -> Location {
+        let mut offset = offset.min(self.text.len());
+        while !self.text.is_char_boundary(offset) {
+            offset -= 1;
+        }
+        let before = &self.text[..offset];
+        let line = before.matches('\n').count() + 1;
+        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+        let column = before[line_start..].chars().count() + 1;
+        Location { line, column }
+    }
+
+    fn error(&mut self, span: Range<usize>, message: impl Into<String>) {
+        let error = ConfigError {
+            file: self.origin.to_path_buf(),
+            location: Some(self.location(span.start)),
+            message: message.into(),
+        };
+        self.errors.push((span.start, error));
+    }
+
+    fn into_errors(mut self) -> ConfigErrors {
+        self.errors.sort_by_key(|(offset, _)| *offset);
+        ConfigErrors {
+            errors: self.errors.into_iter().map(|(_, e)| e).collect(),
+        }
+    }
+
+    /// Resolves a path value against the config file's directory.
+    fn resolve(&self, value: &str) -> PathBuf {
+        let path = Path::new(value);
+        if path.is_absolute() {
+            path.to_path_buf()
+        } else {
+            self.base.join(path)
+        }
+    }
+
+    /// Resolves a path value and checks that it names a readable file.
+    fn existing_file(&mut self, key: &str, value: &Str) -> PathBuf {
+        let path = self.resolve(value.get_ref().as_str());
+        if value.get_ref().as_str().is_empty() {
+            self.error(value.span(), format!("`{key}` is empty: name a file"));
+            return path;
+        }
+        let problem = match std::fs::metadata(&path) {
+            Ok(meta) if meta.is_file() => match std::fs::File::open(&path) {
+                Ok(_) => None,
+                Err(e) => Some(format!("cannot read {}: {e}", path.display())),
+            },
+            Ok(_) => Some(format!("{} is not a file", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some(format!(
+                "file not found: {} (relative paths are resolved against the directory of the configuration file)",
+                path.display()
+            )),
+            Err(e) => Some(format!("cannot read {}: {e}", path.display())),
+        };
+        if let Some(problem) = problem {
+            self.error(value.span(), format!("`{key}`: {problem}"));
+        }
+        path
+    }
+
+    fn duration(&mut self, key: &str, value: Option<&Str>, default: Duration) -> Duration {
+        let Some(value) = value else { return default };
+        match parse_duration(value.get_ref().as_str()) {
+            Ok(d) => d,
+            Err(e) => {
+                self.error(value.span(), format!("`{key}`: {e}"));
+                default
+            }
+        }
+    }
+
+    fn non_empty(&mut self, key: &str, value: &Str) -> String {
+        let s = value.get_ref().as_str();
+        if s.trim().is_empty() {
+            self.error(value.span(), format!("`{key}` must not be empty"));
+        }
+        s.to_owned()
+    }
+
+    fn check(&mut self, file: FileConfig) -> Config {
+        let gateway = self.check_gateway(&file.gateway);
+        let postgres = file.postgres.as_ref().map(|p| self.check_postgres(p));
+        let identity =
+            self.check_identity(&file.identity, file.postgres.as_ref().map(|p| p.get_ref()));
+        let targets = self.check_targets(&file.targets);
+        Config {
+            source: self.origin.to_path_buf(),
+            gateway,
+            postgres,
+            identity,
+            targets,
+        }
+    }
+
+    fn check_gateway(&mut self, section: &GatewaySection) -> GatewaySettings {
+        let node = match &section.node {
+            Some(v) => self.non_empty("node", v),
+            None => DEFAULT_NODE.to_owned(),
+        };
+        let handshake_timeout = self.duration(
+            "handshake_timeout",
+            section.handshake_timeout.as_ref(),
+            DEFAULT_HANDSHAKE_TIMEOUT,
+        );
+        if handshake_timeout.is_zero() {
+            if let Some(v) = &section.handshake_timeout {
+                self.error(v.span(), "`handshake_timeout` must be longer than zero");
+            }
+        }
+        let max_message_bytes = match &section.max_message_bytes {
+            Some(v) => match usize::try_from(*v.get_ref()) {
+                Ok(0) => {
+                    self.error(v.span(), "`max_message_bytes` must be at least 1");
+                    DEFAULT_MAX_MESSAGE_BYTES
+                }
+                Ok(n) => n,
+                Err(_) => {
+                    self.error(
+                        v.span(),
+                        "`max_message_bytes` is too large for this machine",
+                    );
+                    DEFAULT_MAX_MESSAGE_BYTES
+                }
+            },
+            None => DEFAULT_MAX_MESSAGE_BYTES,
+        };
+        let log_level = match &section.log_level {
+            Some(v) => {
+                let directive = v.get_ref().as_str();
+                if let Err(e) = tracing_subscriber::EnvFilter::try_new(directive) {
+                    self.error(
+                        v.span(),
+                        format!("`log_level`: {e}; write a level such as \"info\" or directives such as \"info,proto_postgres=debug\""),
+                    );
+                }
+                directive.to_owned()
+            }
+            None => DEFAULT_LOG_LEVEL.to_owned(),
+        };
+        GatewaySettings {
+            node,
+            handshake_timeout,
+            max_message_bytes,
+            log_level,
+        }
+    }
+
+    fn check_postgres(&mut self, section: &Spanned<PostgresSection>) -> PostgresListenerSettings {
+        let span = section.span();
+        let section = section.get_ref();
+        let listen = match &section.listen {
+            Some(v) => match v.get_ref().as_str().parse::<SocketAddr>() {
+                Ok(addr) => addr,
+                Err(_) => {
+                    self.error(
+                        v.span(),
+                        format!(
+                            "`listen`: `{}` is not an IP:PORT address; write e.g. \"127.0.0.1:6432\", \"0.0.0.0:6432\" or \"[::1]:6432\"",
+                            v.get_ref().as_str()
+                        ),
+                    );
+                    SocketAddr::from(([127, 0, 0, 1], 0))
+                }
+            },
+            None => DEFAULT_POSTGRES_LISTEN
+                .parse()
+                .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 6432))),
+        };
+        let cert = section
+            .tls_cert
+            .as_ref()
+            .map(|v| self.existing_file("tls_cert", v));
+        let key = section
+            .tls_key
+            .as_ref()
+            .map(|v| self.existing_file("tls_key", v));
+        let client_ca = section
+            .tls_client_ca
+            .as_ref()
+            .map(|v| self.existing_file("tls_client_ca", v));
+        let tls = match (cert, key) {
+            (Some(cert_file), Some(key_file)) => Some(ListenerTlsFiles {
+                cert_file,
+                key_file,
+                client_ca_file: client_ca,
+            }),
+            (Some(_), None) => {
+                let at = section.tls_cert.as_ref().map_or(span.clone(), |v| v.span());
+                self.error(at, "`tls_cert` is set but `tls_key` is not: TLS needs both the certificate chain and its private key");
+                None
+            }
+            (None, Some(_)) => {
+                let at = section.tls_key.as_ref().map_or(span.clone(), |v| v.span());
+                self.error(at, "`tls_key` is set but `tls_cert` is not: TLS needs both the certificate chain and its private key");
+                None
+            }
+            (None, None) => {
+                if let Some(v) = &section.tls_client_ca {
+                    self.error(
+                        v.span(),
+                        "`tls_client_ca` needs TLS: set `tls_cert` and `tls_key` too",
+                    );
+                }
+                None
+            }
+        };
+        let require_tls = section.require_tls.as_ref().is_some_and(|v| *v.get_ref());
+        if require_tls && section.tls_cert.is_none() && section.tls_key.is_none() {
+            if let Some(v) = &section.require_tls {
+                self.error(
+                    v.span(),
+                    "`require_tls = true` needs `tls_cert` and `tls_key`",
+                );
+            }
+        }
+        PostgresListenerSettings {
+            listen,
+            tls,
+            require_tls,
+            allow_plaintext_password: section.allow_plaintext_password.unwrap_or(false),
+        }
+    }
+
+    fn check_identity(
+        &mut self,
+        section: &IdentitySection,
+        postgres: Option<&PostgresSection>,
+    ) -> IdentitySettings {
+        let jwt = section.jwt.as_ref().map(|j| self.check_jwt(j));
+
+        let mut users = Vec::new();
+        let mut seen = HashSet::new();
+        for user in &section.users {
+            let u = user.get_ref();
+            let name = self.non_empty("name", &u.name);
+            if !seen.insert(name.clone()) {
+                self.error(
+                    u.name.span(),
+                    format!(
+                        "duplicate user `{name}`: each `[[identity.users]]` name must be unique"
+                    ),
+                );
+            }
+            let hash = u.password_hash.get_ref().as_str();
+            if let Err(problem) = check_password_hash(hash) {
+                self.error(
+                    u.password_hash.span(),
+                    format!(
+                        "`password_hash` {problem}: generate one with `portcullis hash-password`"
+                    ),
+                );
+            }
+            users.push(StaticUserSettings {
+                name,
+                password_hash: hash.to_owned(),
+                groups: u.groups.iter().map(|g| g.as_str().to_owned()).collect(),
+            });
+        }
+
+        let client_cert = section.client_cert.as_ref().map(|c| {
+            let has_client_ca = postgres.is_some_and(|p| p.tls_client_ca.is_some());
+            if !has_client_ca {
+                self.error(
+                    c.span(),
+                    "`[identity.client_cert]` needs `tls_client_ca` in `[postgres]`: without it no client certificate is ever verified",
+                );
+            }
+            let c = c.get_ref();
+            let subject = match &c.subject {
+                None => CertSubject::CommonName,
+                Some(v) => match v.get_ref().as_str() {
+                    "cn" => CertSubject::CommonName,
+                    "dn" => CertSubject::DistinguishedName,
+                    other => {
+                        self.error(v.span(), format!("`subject`: unknown value `{other}`; write \"cn\" or \"dn\""));
+                        CertSubject::CommonName
+                    }
+                },
+            };
+            ClientCertSettings { subject, groups_from_ou: c.groups_from_ou.unwrap_or(false) }
+        });
+
+        IdentitySettings {
+            jwt,
+            users,
+            client_cert,
+        }
+    }
+
+    fn check_jwt(&mut self, section: &Spanned<JwtSection>) -> JwtSettings {
+        let span = section.span();
+        let j = section.get_ref();
+
+        let mut algorithms = Vec::new();
+        match &j.algorithms {
+            None => self.error(
+                span.clone(),
+                "`[identity.jwt]` needs `algorithms`, e.g. [\"RS256\"] or [\"HS256\"]",
+            ),
+            Some(list) if list.get_ref().is_empty() => {
+                self.error(list.span(), "`algorithms` must name at least one algorithm")
+            }
+            Some(list) => {
+                for alg in list.get_ref() {
+                    let name = alg.get_ref().as_str();
+                    if name.eq_ignore_ascii_case("none") {
+                        self.error(alg.span(), "algorithm `none` is refused: unsigned tokens would let anyone claim any identity");
+                    } else if HMAC_ALGORITHMS.contains(&name)
+                        || PUBLIC_KEY_ALGORITHMS.contains(&name)
+                    {
+                        algorithms.push(name.to_owned());
+                    } else {
+                        self.error(
+                            alg.span(),
+                            format!(
+                                "unknown algorithm `{name}`; expected one of {}, {}",
+                                HMAC_ALGORITHMS.join(", "),
+                                PUBLIC_KEY_ALGORITHMS.join(", ")
+                            ),
+                        );
+                    }
+                }
+            }
+        }
+
+        let mut sources: Vec<(&str, &Str)> = [
+            ("hs256_secret", &j.hs256_secret),
+            ("hs256_secret_file", &j.hs256_secret_file),
+            ("public_key_file", &j.public_key_file),
+            ("jwks_file", &j.jwks_file),
+            ("jwks_url", &j.jwks_url),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| v.as_ref().map(|v| (k, v)))
+        .collect();
+        // In file order, so that the first one written is the one the others are reported against.
+        sources.sort_by_key(|(_, v)| v.span().start);
+        let mut keys = JwtKeys::JwksUrl(String::new());
+        match sources.as_slice() {
+            [] => self.error(
+                span.clone(),
+                "`[identity.jwt]` needs exactly one key source: `hs256_secret`, `hs256_secret_file`, `public_key_file`, `jwks_file` or `jwks_url`",
+            ),
+            [(key, value)] => keys = self.jwt_keys(key, value),
+            [(first, _), rest @ ..] => {
+                for (key, value) in rest {
+                    self.error(
+                        value.span(),
+                        format!("`{key}` and `{first}` are both set: `[identity.jwt]` takes exactly one key source"),
+                    );
+                }
+            }
+        }
+        if let [(key, value)] = sources.as_slice() {
+            let symmetric = matches!(*key, "hs256_secret" | "hs256_secret_file");
+            let mismatched: Vec<&str> = algorithms
+                .iter()
+                .map(String::as_str)
+                .filter(|a| HMAC_ALGORITHMS.contains(a) != symmetric)
+                .collect();
+            if !mismatched.is_empty() {
+                let kind = if symmetric {
+                    "a shared secret"
+                } else {
+                    "public keys"
+                };
+                self.error(
+                    value.span(),
+                    format!(
+                        "`{key}` provides {kind}, which cannot verify {}: use HS* algorithms with a shared secret and public-key algorithms with public keys, never both",
+                        mismatched.join(", ")
+                    ),
+                );
+            }
+        }
+
+        if j.audience.is_empty() {
+            self.error(
+                span.clone(),
+                "`[identity.jwt]` needs `audience`, e.g. [\"portcullis\"]: without it a token minted for any other application would be accepted",
+            );
+        }
+        let audience = j
+            .audience
+            .iter()
+            .map(|a| self.non_empty("audience", a))
+            .collect();
+        let issuer = j.issuer.as_ref().map(|v| self.non_empty("issuer", v));
+        let subject_claim = j
+            .subject_claim
+            .as_ref()
+            .map_or("sub".to_owned(), |v| self.non_empty("subject_claim", v));
+        let groups_claim = j
+            .groups_claim
+            .as_ref()
+            .map_or("groups".to_owned(), |v| self.non_empty("groups_claim", v));
+        let leeway = self.duration("leeway", j.leeway.as_ref(), DEFAULT_LEEWAY);
+
+        JwtSettings {
+            issuer,
+            audience,
+            algorithms,
+            keys,
+            subject_claim,
+            groups_claim,
+            leeway,
+        }
+    }
+
+    fn jwt_keys(&mut self, key: &str, value: &Str) -> JwtKeys {
+        let text = value.get_ref().as_str();
+        match key {
+            "hs256_secret" => {
+                self.check_secret_length(key, value.span(), text);
+                JwtKeys::Hs256Secret(text.to_owned())
+            }
+            "hs256_secret_file" => {
+                let path = self.existing_file(key, value);
+                match std::fs::read_to_string(&path) {
+                    Ok(contents) => {
+                        let secret = contents.trim();
+                        self.check_secret_length(key, value.span(), secret);
+                        JwtKeys::Hs256Secret(secret.to_owned())
+                    }
+                    // `existing_file` has already reported a missing or unreadable file.
+                    Err(e) if e.kind() != std::io::ErrorKind::InvalidData => {
+                        JwtKeys::Hs256Secret(String::new())
+                    }
+                    Err(_) => {
+                        self.error(
+                            value.span(),
+                            format!("`{key}`: {} is not UTF-8 text", path.display()),
+                        );
+                        JwtKeys::Hs256Secret(String::new())
+                    }
+                }
+            }
+            "public_key_file" => JwtKeys::PublicKeyPemFile(self.existing_file(key, value)),
+            "jwks_file" => JwtKeys::JwksFile(self.existing_file(key, value)),
+            _ => {
+                if !jwks_url_is_acceptable(text) {
+                    self.error(
+                        value.span(),
+                        "`jwks_url` must be an https:// URL (http:// is accepted only for localhost, 127.0.0.1 or [::1])",
+                    );
+                }
+                JwtKeys::JwksUrl(text.to_owned())
+            }
+        }
+    }
+
+    fn check_secret_length(&mut self, key: &str, span: Range<usize>, secret: &str) {
+        if secret.len() < MIN_HMAC_SECRET_BYTES {
+            self.error(
+                span,
+                format!(
+                    "`{key}`: the secret is {} bytes; it must be at least {MIN_HMAC_SECRET_BYTES} bytes (generate one with `openssl rand -base64 48`)",
+                    secret.len()
+                ),
+            );
+        }
+    }
+
+    fn check_targets(&mut self, sections: &[Spanned<TargetSection>]) -> Vec<Target> {
+        let mut targets = Vec::new();
+        let mut seen = HashSet::new();
+        for section in sections {
+            let t = section.get_ref();
+            let name = self.non_empty("name", &t.name);
+            let protocol = match &t.protocol {
+                None => Protocol::Postgres,
+                Some(v) => match v.get_ref().as_str() {
+                    "postgres" => Protocol::Postgres,
+                    "mysql" => Protocol::Mysql,
+                    other => {
+                        self.error(v.span(), format!("`protocol`: unknown value `{other}`; write \"postgres\" or \"mysql\""));
+                        Protocol::Postgres
+                    }
+                },
+            };
+            if !seen.insert((protocol, name.clone())) {
+                self.error(
+                    t.name.span(),
+                    format!("duplicate target `{name}` for protocol {}: target names must be unique per protocol", protocol.as_str()),
+                );
+            }
+            let host = self.non_empty("host", &t.host);
+            let port = match &t.port {
+                Some(p) if *p.get_ref() == 0 => {
+                    self.error(p.span(), "`port` must be between 1 and 65535");
+                    0
+                }
+                Some(p) => *p.get_ref(),
+                None => match protocol {
+                    Protocol::Postgres => 5432,
+                    Protocol::Mysql => 3306,
+                },
+            };
+            let database = t
+                .database
+                .as_ref()
+                .map_or_else(|| name.clone(), |v| self.non_empty("database", v));
+            let user = self.non_empty("user", &t.user);
+            let password = t.password.as_ref().map(|v| v.get_ref().as_str().to_owned());
+
+            let tls = match t.tls.as_ref().map(|v| (v, v.get_ref().as_str())) {
+                None | Some((_, "disable")) => {
+                    for (key, value) in [
+                        ("tls_ca_file", &t.tls_ca_file),
+                        ("tls_server_name", &t.tls_server_name),
+                    ] {
+                        if let Some(v) = value {
+                            self.error(v.span(), format!("`{key}` is set but `tls` is \"disable\": set `tls = \"verify-full\"` or remove `{key}`"));
+                        }
+                    }
+                    UpstreamTls::Disable
+                }
+                Some((_, "verify-full")) => UpstreamTls::VerifyFull {
+                    ca_file: t
+                        .tls_ca_file
+                        .as_ref()
+                        .map(|v| self.existing_file("tls_ca_file", v)),
+                    server_name: t
+                        .tls_server_name
+                        .as_ref()
+                        .map(|v| self.non_empty("tls_server_name", v)),
+                },
+                Some((v, other)) => {
+                    self.error(
+                        v.span(),
+                        format!(
+                            "`tls`: unknown value `{other}`; write \"disable\" or \"verify-full\""
+                        ),
+                    );
+                    UpstreamTls::Disable
+                }
+            };
+            let labels = t
+                .labels
+                .iter()
+                .map(|(k, v)| (k.clone(), v.as_str().to_owned()))
+                .collect();
+            targets.push(Target {
+                name,
+                protocol,
+                host,
+                port,
+                database,
+                user,
+                password,
+                tls,
+                labels,
+            });
+        }
+        targets
+    }
+}
+
+/// Checks that `hash` is an argon2id PHC string with parameters, salt and hash.
+fn check_password_hash(hash: &str) -> Result<(), String> {
+    let parsed = argon2::PasswordHash::new(hash)
+        .map_err(|e| format!("is not a valid argon2id PHC string ({e})"))?;
+    if parsed.algorithm.as_str() != "argon2id" {
+        return Err(format!("uses `{}`, not argon2id", parsed.algorithm));
+    }
+    argon2::Params::try_from(&parsed)
+        .map_err(|e| format!("has invalid argon2 parameters ({e})"))?;
+    if parsed.salt.is_none() || parsed.hash.is_none() {
+        return Err("has no salt or no hash".to_owned());
+    }
+    Ok(())
+}
+
+fn jwks_url_is_acceptable(url: &str) -> bool {
+    if let Some(rest) = url.strip_prefix("https://") {
+        return !rest.is_empty();
+    }
+    let Some(rest) = url.strip_prefix("http://") else {
+        return false;
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => authority.split(':').next().unwrap_or(""),
+    };
+    matches!(host, "localhost" | "127.0.0.1" | "::1")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const VALID_HASH: &str =
+        "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$dGhpcyBpcyBub3QgYSByZWFsIGhhc2ggYnV0IGl0IHBhcnNlcw";
+
+    fn parse(text: &str) -> Result<Config, ConfigErrors> {
+        Config::from_toml_str(text, Path::new("/etc/portcullis/gw.toml"))
+    }
+
+    fn messages(text: &str) -> Vec<String> {
+        match parse(text) {
+            Ok(_) => panic!("expected errors for:\n{text}"),
+            Err(e) => e.errors().iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    fn assert_one_error(text: &str, location: &str, fragment: &str) {
+        let m = messages(text);
+        assert_eq!(m.len(), 1, "expected exactly one error, got {m:#?}");
+        assert!(
+            m[0].starts_with(&format!("/etc/portcullis/gw.toml:{location}: ")),
+            "{m:#?}"
+        );
+        assert!(m[0].contains(fragment), "{m:#?}");
+    }
+
+    #[test]
+    fn minimal_file_gets_defaults() {
+        let c = parse("").unwrap();
+        assert_eq!(c.gateway.node, "portcullis");
+        assert_eq!(c.gateway.handshake_timeout, Duration::from_secs(10));
+        assert_eq!(c.gateway.max_message_bytes, 64 * 1024 * 1024);
+        assert_eq!(c.gateway.log_level, "info");
+        assert!(c.postgres.is_none());
+        assert!(c.identity.jwt.is_none());
+        assert!(c.targets.is_empty());
+
+        let c = parse("[postgres]\n[[targets]]\nname = \"app\"\nhost = \"db\"\nuser = \"svc\"\n")
+            .unwrap();
+        let pg = c.postgres.unwrap();
+        assert_eq!(pg.listen, "127.0.0.1:6432".parse().unwrap());
+        assert!(pg.tls.is_none() && !pg.require_tls && !pg.allow_plaintext_password);
+        let t = &c.targets[0];
+        assert_eq!(
+            (t.protocol, t.port, t.database.as_str()),
+            (Protocol::Postgres, 5432, "app")
+        );
+        assert_eq!(t.tls, UpstreamTls::Disable);
+        assert!(t.password.is_none());
+    }
+
+    #[test]
+    fn unknown_key_is_rejected_with_location() {
+        assert_one_error(
+            "[gateway]\nnode = \"a\"\nnodes = \"b\"\n",
+            "3:1",
+            "unknown field `nodes`",
+        );
+        assert_one_error(
+            "[[targets]]\nname = \"a\"\nhost = \"h\"\nuser = \"u\"\npasword = \"x\"\n",
+            "5:1",
+            "pasword",
+        );
+        assert_one_error(
+            "[identity.jwt]\nissuer = \"x\"\nsecret = \"y\"\n",
+            "3:1",
+            "secret",
+        );
+    }
+
+    #[test]
+    fn syntax_and_type_errors_have_locations() {
+        assert_one_error("[gateway]\nnode = \n", "2:8", "");
+        assert_one_error("[gateway]\nmax_message_bytes = \"big\"\n", "2:21", "");
+        assert_one_error(
+            "[[targets]]\nname = \"a\"\nhost = \"h\"\nuser = \"u\"\nport = 70000\n",
+            "5:8",
+            "",
+        );
+        assert_one_error(
+            "[[targets]]\nname = \"a\"\nuser = \"u\"\n",
+            "1:1",
+            "missing field `host`",
+        );
+    }
+
+    #[test]
+    fn interpolation_replaces_escapes_and_rejects_bad_references() {
+        let env = |name: &str| match name {
+            "A" => Ok("alpha".to_owned()),
+            "B_2" => Ok("${NOT_AGAIN}".to_owned()),
+            _ => Err(format!("`{name}` not set")),
+        };
+        assert_eq!(interpolate("x${A}y", env).unwrap(), "xalphay");
+        assert_eq!(interpolate("${A}${B_2}", env).unwrap(), "alpha${NOT_AGAIN}");
+        assert_eq!(interpolate("$${A} $A $", env).unwrap(), "${A} $A $");
+        assert_eq!(
+            interpolate("$argon2id$v=19$m=1", env).unwrap(),
+            "$argon2id$v=19$m=1"
+        );
+        assert!(interpolate("${MISSING}", env)
+            .unwrap_err()
+            .contains("MISSING"));
+        assert!(interpolate("${A", env)
+            .unwrap_err()
+            .contains("unterminated"));
+        assert!(interpolate("${1A}", env)
+            .unwrap_err()
+            .contains("not a valid"));
+        assert!(interpolate("${}", env).unwrap_err().contains("not a valid"));
+    }
+
+    #[test]
+    fn env_vars_are_interpolated_in_string_values() {
+        std::env::set_var("PORTCULLIS_TEST_CFG_DB_PASSWORD", "s3cret");
+        std::env::set_var("PORTCULLIS_TEST_CFG_ENV", "prod");
+        let c = parse(
+            "[[targets]]\nname = \"app\"\nhost = \"db\"\nuser = \"svc\"\npassword = \"${PORTCULLIS_TEST_CFG_DB_PASSWORD}\"\nlabels = { env = \"${PORTCULLIS_TEST_CFG_ENV}-$${x}\" }\n",
+        )
+        .unwrap();
+        assert_eq!(c.targets[0].password.as_deref(), Some("s3cret"));
+        assert_eq!(c.targets[0].labels["env"], "prod-${x}");
+    }
+
+    #[test]
+    fn missing_env_var_is_reported_at_its_value() {
+        assert_one_error(
+            "[[targets]]\nname = \"app\"\nhost = \"db\"\nuser = \"svc\"\npassword = \"${PORTCULLIS_TEST_CFG_SURELY_UNSET}\"\n",
+            "5:12",
+            "environment variable `PORTCULLIS_TEST_CFG_SURELY_UNSET` is not set",
+        );
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
+        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
+        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse_duration("2d").unwrap(), Duration::from_secs(172_800));
+        assert!(parse_duration("10").unwrap_err().contains("without a unit"));
+        assert!(parse_duration("10 parsecs").is_err());
+        assert!(parse_duration("s").is_err());
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("99999999999999999999h").is_err());
+        assert_one_error(
+            "[gateway]\nhandshake_timeout = \"10 seconds\"\n",
+            "2:21",
+            "handshake_timeout",
+        );
+        assert_one_error(
+            "[gateway]\nhandshake_timeout = \"0s\"\n",
+            "2:21",
+            "longer than zero",
+        );
+    }
+
+    #[test]
+    fn bad_listen_address() {
+        assert_one_error(
+            "[postgres]\nlisten = \"localhost:6432\"\n",
+            "2:10",
+            "not an IP:PORT address",
+        );
+    }
+
+    #[test]
+    fn bad_log_level() {
+        assert_one_error("[gateway]\nlog_level = \"info,=[\"\n", "2:13", "log_level");
+    }
+
+    #[test]
+    fn tls_cert_without_key_and_the_reverse() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("server.pem"), "x").unwrap();
+        std::fs::write(dir.path().join("server.key"), "x").unwrap();
+        let origin = dir.path().join("gw.toml");
+        let err =
+            Config::from_toml_str("[postgres]\ntls_cert = \"server.pem\"\n", &origin).unwrap_err();
+        assert_eq!(err.errors().len(), 1);
+        assert!(
+            err.errors()[0].message.contains("`tls_key` is not"),
+            "{err}"
+        );
+        assert_eq!(
+            err.errors()[0].location,
+            Some(Location {
+                line: 2,
+                column: 12
+            })
+        );
+        let err =
+            Config::from_toml_str("[postgres]\ntls_key = \"server.key\"\n", &origin).unwrap_err();
+        assert!(err.to_string().contains("`tls_cert` is not"), "{err}");
+        let err = Config::from_toml_str("[postgres]\nrequire_tls = true\n", &origin).unwrap_err();
+        assert!(
+            err.to_string().contains("needs `tls_cert` and `tls_key`"),
+            "{err}"
+        );
+        let err = Config::from_toml_str("[postgres]\ntls_client_ca = \"server.pem\"\n", &origin)
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("`tls_client_ca` needs TLS"),
+            "{err}"
+        );
+
+        let c = Config::from_toml_str(
+            "[postgres]\ntls_cert = \"server.pem\"\ntls_key = \"server.key\"\nrequire_tls = true\n",
+            &origin,
+        )
+        .unwrap();
+        let tls = c.postgres.unwrap().tls.unwrap();
+        assert_eq!(tls.cert_file, dir.path().join("server.pem"));
+        assert_eq!(tls.key_file, dir.path().join("server.key"));
+    }
+
+    #[test]
+    fn relative_paths_resolve_against_the_config_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("certs")).unwrap();
+        std::fs::write(dir.path().join("certs/db-ca.pem"), "x").unwrap();
+        let origin = dir.path().join("gw.toml");
+        let c = Config::from_toml_str(
+            "[[targets]]\nname = \"a\"\nhost = \"h\"\nuser = \"u\"\ntls = \"verify-full\"\ntls_ca_file = \"certs/db-ca.pem\"\ntls_server_name = \"db.internal\"\n",
+            &origin,
+        )
+        .unwrap();
+        assert_eq!(
+            c.targets[0].tls,
+            UpstreamTls::VerifyFull {
+                ca_file: Some(dir.path().join("certs/db-ca.pem")),
+                server_name: Some("db.internal".into())
+            }
+        );
+        // A bare file name as origin resolves against the working directory.
+        let checker = Checker::new("", Path::new("gw.toml"));
+        assert_eq!(checker.resolve("a.pem"), PathBuf::from("./a.pem"));
+        assert_eq!(checker.resolve("/abs/a.pem"), PathBuf::from("/abs/a.pem"));
+    }
+
+    #[test]
+    fn verify_full_ca_file_missing() {
+        assert_one_error(
+            "[[targets]]\nname = \"a\"\nhost = \"h\"\nuser = \"u\"\ntls = \"verify-full\"\ntls_ca_file = \"nope/ca.pem\"\n",
+            "6:15",
+            "file not found: /etc/portcullis/nope/ca.pem",
+        );
+        assert_one_error(
+            "[[targets]]\nname = \"a\"\nhost = \"h\"\nuser = \"u\"\ntls_ca_file = \"ca.pem\"\n",
+            "5:15",
+            "`tls` is \"disable\"",
+        );
+        assert_one_error(
+            "[[targets]]\nname = \"a\"\nhost = \"h\"\nuser = \"u\"\ntls = \"verify\"\n",
+            "5:7",
+            "write \"disable\" or \"verify-full\"",
+        );
+    }
+
+    #[test]
+    fn duplicate_targets_per_protocol() {
+        let base = "[[targets]]\nname = \"app\"\nhost = \"h\"\nuser = \"u\"\n";
+        let mysql =
+            "[[targets]]\nname = \"app\"\nprotocol = \"mysql\"\nhost = \"h\"\nuser = \"u\"\n";
+        assert_one_error(
+            &format!("{base}{base}"),
+            "6:8",
+            "duplicate target `app` for protocol postgres",
+        );
+        let c = parse(&format!("{base}{mysql}")).unwrap();
+        assert_eq!(c.targets[1].port, 3306);
+        assert_one_error(
+            "[[targets]]\nname = \"a\"\nprotocol = \"oracle\"\nhost = \"h\"\nuser = \"u\"\n",
+            "3:12",
+            "unknown value `oracle`",
+        );
+    }
+
+    #[test]
+    fn client_cert_needs_client_ca() {
+        assert_one_error(
+            "[postgres]\n[identity.client_cert]\nsubject = \"cn\"\n",
+            "2:1",
+            "needs `tls_client_ca`",
+        );
+        let m = messages("[identity.client_cert]\nsubject = \"email\"\n");
+        assert_eq!(m.len(), 2, "{m:#?}");
+        assert!(m[1].contains("write \"cn\" or \"dn\""), "{m:#?}");
+    }
+
+    const JWT_OK: &str = "[identity.jwt]\naudience = [\"portcullis\"]\nalgorithms = [\"HS256\"]\nhs256_secret = \"0123456789abcdef0123456789abcdef\"\n";
+
+    #[test]
+    fn jwt_valid_section() {
+        let c = parse(JWT_OK).unwrap();
+        let jwt = c.identity.jwt.unwrap();
+        assert_eq!(
+            jwt.keys,
+            JwtKeys::Hs256Secret("0123456789abcdef0123456789abcdef".into())
+        );
+        assert_eq!(
+            (jwt.subject_claim.as_str(), jwt.groups_claim.as_str()),
+            ("sub", "groups")
+        );
+        assert_eq!(jwt.leeway, Duration::from_secs(30));
+        assert!(!format!("{:?}", jwt.keys).contains("0123"));
+    }
+
+    #[test]
+    fn jwt_key_sources_zero_or_several() {
+        assert_one_error(
+            "[identity.jwt]\naudience = [\"p\"]\nalgorithms = [\"RS256\"]\n",
+            "1:1",
+            "exactly one key source",
+        );
+        assert_one_error(
+            "[identity.jwt]\naudience = [\"p\"]\nalgorithms = [\"RS256\"]\njwks_url = \"https://idp/jwks\"\npublic_key_file = \"k.pem\"\n",
+            "5:19",
+            "`public_key_file` and `jwks_url` are both set",
+        );
+    }
+
+    #[test]
+    fn jwt_algorithms() {
+        assert_one_error(
+            "[identity.jwt]\naudience = [\"p\"]\nalgorithms = [\"RS256\", \"none\"]\njwks_url = \"https://idp/jwks\"\n",
+            "3:24",
+            "`none` is refused",
+        );
+        assert_one_error(
+            "[identity.jwt]\naudience = [\"p\"]\nalgorithms = [\"RS257\"]\njwks_url = \"https://idp/jwks\"\n",
+            "3:15",
+            "unknown algorithm `RS257`",
+        );
+        assert_one_error(
+            "[identity.jwt]\naudience = [\"p\"]\nalgorithms = []\njwks_url = \"https://idp/jwks\"\n",
+            "3:14",
+            "at least one algorithm",
+        );
+        assert_one_error(
+            "[identity.jwt]\naudience = [\"p\"]\nalgorithms = [\"HS256\"]\njwks_url = \"https://idp/jwks\"\n",
+            "4:12",
+            "cannot verify HS256",
+        );
+        assert_one_error(
+            "[identity.jwt]\naudience = [\"p\"]\nalgorithms = [\"RS256\"]\njwks_url = \"http://idp.example.com/jwks\"\n",
+            "4:12",
+            "https://",
+        );
+        assert!(parse("[identity.jwt]\naudience = [\"p\"]\nalgorithms = [\"ES256\"]\njwks_url = \"http://127.0.0.1:8080/jwks\"\n").is_ok());
+    }
+
+    #[test]
+    fn jwt_secret_rules() {
+        assert_one_error(
+            "[identity.jwt]\naudience = [\"p\"]\nalgorithms = [\"HS256\"]\nhs256_secret = \"short\"\n",
+            "4:16",
+            "at least 32 bytes",
+        );
+        assert_one_error(
+            "[identity.jwt]\nalgorithms = [\"HS256\"]\nhs256_secret = \"0123456789abcdef0123456789abcdef\"\n",
+            "1:1",
+            "needs `audience`",
+        );
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("secret"),
+            "  0123456789abcdef0123456789abcdef\n",
+        )
+        .unwrap();
+        let c = Config::from_toml_str(
+            "[identity.jwt]\naudience = [\"p\"]\nalgorithms = [\"HS256\"]\nhs256_secret_file = \"secret\"\n",
+            &dir.path().join("gw.toml"),
+        )
+        .unwrap();
+        assert_eq!(
+            c.identity.jwt.unwrap().keys,
+            JwtKeys::Hs256Secret("0123456789abcdef0123456789abcdef".into())
+        );
+    }
+
+    #[test]
+    fn static_users() {
+        let ok = format!("[[identity.users]]\nname = \"bg\"\npassword_hash = \"{VALID_HASH}\"\ngroups = [\"admin\"]\n");
+        let c = parse(&ok).unwrap();
+        assert_eq!(c.identity.users[0].groups, vec!["admin".to_owned()]);
+        assert_one_error(
+            "[[identity.users]]\nname = \"bg\"\npassword_hash = \"change-me\"\n",
+            "3:17",
+            "not a valid argon2id PHC string",
+        );
+        assert_one_error(
+            "[[identity.users]]\nname = \"bg\"\npassword_hash = \"$pbkdf2-sha256$i=1000$c2FsdHNhbHQ$aGFzaGhhc2doYXNoaGFzaGhhc2g\"\n",
+            "3:17",
+            "not argon2id",
+        );
+        assert_one_error(&format!("{ok}{ok}"), "6:8", "duplicate user `bg`");
+    }
+
+    #[test]
+    fn all_errors_are_reported_together_in_file_order() {
+        let text = "\
+[gateway]
+handshake_timeout = \"soon\"
+
+[postgres]
+listen = \"nowhere\"
+
+[identity.jwt]
+audience = [\"p\"]
+algorithms = [\"none\"]
+
+[[targets]]
+name = \"app\"
+host = \"h\"
+user = \"u\"
+tls = \"verify-full\"
+tls_ca_file = \"missing-ca.pem\"
+
+[[targets]]
+name = \"app\"
+host = \"h\"
+user = \"u\"
+";
+        let err = parse(text).unwrap_err();
+        let lines: Vec<String> = err.to_string().lines().map(str::to_owned).collect();
+        assert_eq!(lines.len(), 6, "{lines:#?}");
+        let locations: Vec<&str> = lines
+            .iter()
+            .map(|l| {
+                l.trim_start_matches("/etc/portcullis/gw.toml:")
+                    .split(": ")
+                    .next()
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(
+            locations,
+            ["2:21", "5:10", "7:1", "9:15", "16:15", "19:8"],
+            "{lines:#?}"
+        );
+    }
+
+    #[test]
+    fn unreadable_file_has_no_location() {
+        let err = Config::load("/nonexistent/portcullis.toml").unwrap_err();
+        assert_eq!(err.errors()[0].location, None);
+        assert!(err
+            .to_string()
+            .starts_with("/nonexistent/portcullis.toml: cannot read"));
+    }
+
+    #[test]
+    fn example_files_parse() {
+        // full.toml names certificate and key files under certs/; give it a directory that has them.
+        std::env::set_var(
+            "PORTCULLIS_JWT_SECRET",
+            "example-secret-example-secret-example-secret",
+        );
+        std::env::set_var("APP_DB_PASSWORD", "example-password");
+        std::env::set_var("REPORTING_DB_PASSWORD", "example-password");
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("certs")).unwrap();
+        for f in ["server.pem", "server.key", "client-ca.pem", "db-ca.pem"] {
+            std::fs::write(dir.path().join("certs").join(f), "x").unwrap();
+        }
+        let full = Config::from_toml_str(
+            include_str!("../examples/full.toml"),
+            &dir.path().join("full.toml"),
+        )
+        .unwrap_or_else(|e| panic!("examples/full.toml:\n{e}"));
+        assert_eq!(full.gateway.node, "gw-1");
+        assert!(full
+            .postgres
+            .as_ref()
+            .unwrap()
+            .tls
+            .as_ref()
+            .unwrap()
+            .client_ca_file
+            .is_some());
+        assert!(full.identity.client_cert.is_some());
+        assert_eq!(full.targets.len(), 2);
+
+        let quickstart = Config::load(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/examples/quickstart.toml"
+        ))
+        .unwrap_or_else(|e| panic!("examples/quickstart.toml:\n{e}"));
+        assert_eq!(
+            quickstart.postgres.unwrap().listen,
+            "127.0.0.1:6432".parse().unwrap()
+        );
+        assert!(matches!(
+            quickstart.identity.jwt.unwrap().keys,
+            JwtKeys::Hs256Secret(_)
+        ));
+    }
+}

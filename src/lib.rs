@@ -1,0 +1,24 @@
+//! The `portcullis` gateway binary, as a library: configuration, TLS and wiring.
+//!
+//! This crate turns one TOML file into running listeners. It holds no protocol logic (that lives
+//! in the `proto-*` crates), no authentication logic (`identity`) and no phase order
+//! (`gateway-core`); it only reads, checks and connects them. Integration tests and embedders use
+//! it to run a gateway in-process.
+//!
+//! In the order data meets them:
+//! - [`Config`] reads and checks the file ([`Config::load`], [`Config::from_toml_str`]); every
+//!   problem is reported at once as [`ConfigErrors`], each with file, line and column;
+//! - [`tls::server_config`] builds a listener's TLS configuration from PEM files;
+//! - [`Server::start`] builds the [`gateway_core::Gateway`] (identity chain, targets) and binds the
+//!   configured listeners, returning a [`RunningServer`] that reports their addresses and stops
+//!   them on [`RunningServer::shutdown`].
+//!
+//! Logging setup is left to the caller (`main.rs` for the binary), so that nothing here is
+//! process-global.
+
+pub mod config;
+pub mod server;
+pub mod tls;
+
+pub use config::{Config, ConfigError, ConfigErrors};
+pub use server::{RunningServer, Server};

@@ -1,0 +1,249 @@
+//! Wiring: a checked [`Config`] becomes a [`Gateway`] with its identity chain and targets, and the
+//! configured listeners are bound and run. Nothing here is global, so one process (a test) can run
+//! many servers side by side, each on port 0.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use gateway_core::{Gateway, Targets};
+use identity::{
+    CertAuthenticator, CertConfig, CertSubjectField, IdentityChain, JwtAuthenticator, JwtConfig,
+    JwtKeySource, StaticUser, StaticUsers,
+};
+use proto_postgres::{ListenerConfig, PostgresListener};
+use tokio::task::JoinHandle;
+
+use crate::config::{CertSubject, Config, IdentitySettings, JwtKeys, JwtSettings};
+use crate::tls;
+
+/// ALPN protocol id of PostgreSQL over TLS (used by direct TLS connections, PostgreSQL 17+).
+const POSTGRES_ALPN: &[u8] = b"postgresql";
+
+/// Starts gateways from configuration.
+pub struct Server;
+
+impl Server {
+    /// Builds the gateway described by `config` and starts its listeners. Returns once every
+    /// listener is bound, so a client may connect as soon as this returns.
+    pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
+        let authenticator = identity_chain(&config.identity).await?;
+        let gateway = Gateway::builder()
+            .node(config.gateway.node.clone())
+            .authenticator(Arc::new(authenticator))
+            .targets(Targets::new(config.targets.iter().cloned()))
+            .build();
+
+        let mut tasks = Vec::new();
+        let mut postgres_addr = None;
+        if let Some(pg) = &config.postgres {
+            let tls = pg
+                .tls
+                .as_ref()
+                .map(|files| tls::server_config(files, &[POSTGRES_ALPN]))
+                .transpose()
+                .context("cannot set up TLS for [postgres]")?;
+            let listener_config = ListenerConfig {
+                listen: pg.listen,
+                tls,
+                require_tls: pg.require_tls,
+                allow_plaintext_password: pg.allow_plaintext_password,
+                handshake_timeout: config.gateway.handshake_timeout,
+                max_message_bytes: config.gateway.max_message_bytes,
+            };
+            let listener = PostgresListener::bind(listener_config, gateway.clone())
+                .await
+                .with_context(|| {
+                    format!(
+                        "cannot listen on {} for [postgres] (is another process using the port?)",
+                        pg.listen
+                    )
+                })?;
+            let addr = listener.local_addr();
+            if pg.tls.is_none() && !addr.ip().is_loopback() {
+                if pg.allow_plaintext_password {
+                    tracing::warn!(%addr, "PostgreSQL listener without TLS accepts passwords and tokens in plain text from the network (allow_plaintext_password = true)");
+                } else {
+                    tracing::warn!(%addr, "PostgreSQL listener without TLS: clients off this host cannot log in with a password or token; set tls_cert and tls_key");
+                }
+            }
+            postgres_addr = Some(addr);
+            tasks.push(tokio::spawn(listener.run()));
+        }
+
+        Ok(RunningServer {
+            gateway,
+            postgres_addr,
+            tasks,
+        })
+    }
+}
+
+/// A started server: its gateway and the tasks running its listeners. Dropping it stops the
+/// listeners too; [`RunningServer::shutdown`] also waits for them to stop.
+pub struct RunningServer {
+    gateway: Gateway,
+    postgres_addr: Option<SocketAddr>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl RunningServer {
+    /// The address the PostgreSQL listener is bound to, if one is configured (with the real port
+    /// when the configuration asked for port 0).
+    pub fn postgres_addr(&self) -> Option<SocketAddr> {
+        self.postgres_addr
+    }
+
+    /// The gateway the listeners serve.
+    pub fn gateway(&self) -> &Gateway {
+        &self.gateway
+    }
+
+    /// Stops accepting connections: aborts the listener tasks and waits until they have stopped.
+    pub async fn shutdown(mut self) {
+        let tasks = std::mem::take(&mut self.tasks);
+        for task in &tasks {
+            task.abort();
+        }
+        for task in tasks {
+            if let Err(e) = task.await {
+                if e.is_panic() {
+                    tracing::error!("a listener task panicked: {e}");
+                }
+            }
+        }
+    }
+}
+
+impl Drop for RunningServer {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// Builds the identity chain. Key files are read and a JWKS URL is fetched here, off the async
+/// workers, so a broken key source stops the start with an error that names it.
+async fn identity_chain(settings: &IdentitySettings) -> anyhow::Result<IdentityChain> {
+    let jwt = match &settings.jwt {
+        Some(jwt) => {
+            let jwt_config = jwt_config(jwt);
+            let authenticator =
+                tokio::task::spawn_blocking(move || JwtAuthenticator::new(jwt_config))
+                    .await
+                    .context("setting up [identity.jwt] failed unexpectedly")?
+                    .context("cannot set up [identity.jwt]")?;
+            Some(authenticator)
+        }
+        None => None,
+    };
+    let users = StaticUsers::new(
+        settings
+            .users
+            .iter()
+            .map(|u| StaticUser {
+                name: u.name.clone(),
+                password_hash: u.password_hash.clone(),
+                groups: u.groups.clone(),
+            })
+            .collect(),
+    )
+    .context("cannot set up [[identity.users]]")?;
+    let cert = settings.client_cert.map(|c| {
+        CertAuthenticator::new(CertConfig {
+            subject_from: match c.subject {
+                CertSubject::CommonName => CertSubjectField::CommonName,
+                CertSubject::DistinguishedName => CertSubjectField::DistinguishedName,
+            },
+            groups_from_ou: c.groups_from_ou,
+        })
+    });
+    if jwt.is_none() && users.is_empty() && cert.is_none() {
+        tracing::warn!("no authentication method is configured ([identity.jwt], [[identity.users]] or [identity.client_cert]): every login will be refused");
+    }
+    Ok(IdentityChain { jwt, users, cert })
+}
+
+fn jwt_config(settings: &JwtSettings) -> JwtConfig {
+    JwtConfig {
+        issuer: settings.issuer.clone(),
+        audience: settings.audience.clone(),
+        algorithms: settings.algorithms.clone(),
+        keys: match &settings.keys {
+            JwtKeys::Hs256Secret(secret) => JwtKeySource::Hs256Secret(secret.clone()),
+            JwtKeys::PublicKeyPemFile(path) => JwtKeySource::PublicKeyPemFile(path.clone()),
+            JwtKeys::JwksFile(path) => JwtKeySource::JwksFile(path.clone()),
+            JwtKeys::JwksUrl(url) => JwtKeySource::JwksUrl(url.clone()),
+        },
+        subject_claim: settings.subject_claim.clone(),
+        groups_claim: settings.groups_claim.clone(),
+        leeway: settings.leeway,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn parse_config(text: &str, dir: &Path) -> Config {
+        Config::from_toml_str(text, &dir.join("gw.toml")).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[tokio::test]
+    async fn starts_on_port_zero_and_stops() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = parse_config(
+            "[gateway]\nnode = \"t1\"\n[postgres]\nlisten = \"127.0.0.1:0\"\n\
+             [identity.jwt]\naudience = [\"p\"]\nalgorithms = [\"HS256\"]\nhs256_secret = \"0123456789abcdef0123456789abcdef\"\n\
+             [[targets]]\nname = \"app\"\nhost = \"127.0.0.1\"\nuser = \"u\"\n",
+            dir.path(),
+        );
+        let server = Server::start(config.clone()).await.unwrap();
+        let addr = server.postgres_addr().unwrap();
+        assert_ne!(addr.port(), 0);
+        assert!(server
+            .gateway()
+            .targets()
+            .get(gateway_core::Protocol::Postgres, "app")
+            .is_some());
+        // Two servers from one configuration live side by side.
+        let second = Server::start(config).await.unwrap();
+        assert_ne!(second.postgres_addr(), Some(addr));
+        tokio::net::TcpStream::connect(addr).await.unwrap();
+        server.shutdown().await;
+        assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+        second.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn without_listener_nothing_is_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = Server::start(parse_config("", dir.path())).await.unwrap();
+        assert_eq!(server.postgres_addr(), None);
+        server.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn start_errors_name_what_failed() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("server.pem"), "not a certificate").unwrap();
+        std::fs::write(dir.path().join("server.key"), "not a key").unwrap();
+        let config = parse_config(
+            "[postgres]\nlisten = \"127.0.0.1:0\"\ntls_cert = \"server.pem\"\ntls_key = \"server.key\"\n",
+            dir.path(),
+        );
+        let e = format!("{:#}", Server::start(config).await.err().unwrap());
+        assert!(e.contains("[postgres]") && e.contains("server.pem"), "{e}");
+
+        let taken = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let config = parse_config(
+            &format!("[postgres]\nlisten = \"{}\"\n", taken.local_addr().unwrap()),
+            dir.path(),
+        );
+        let e = format!("{:#}", Server::start(config).await.err().unwrap());
+        assert!(e.contains("cannot listen on"), "{e}");
+    }
+}
