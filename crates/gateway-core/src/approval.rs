@@ -38,7 +38,7 @@ impl ApprovalService for NoApprovals {
             verdict.reason.clone().unwrap_or_else(|| "this statement requires approval".into()),
         )
         .with_hint("approvals are not configured on this gateway; ask an administrator");
-        e.rule = verdict.rule.clone();
+        e.rule = verdict.rule.as_deref().map(str::to_owned);
         ApprovalOutcome::Refused(e)
     }
 }

@@ -1,6 +1,7 @@
 //! The audit seam: every session event and statement becomes an [`AuditEvent`] handed to an
 //! [`AuditSink`] before the gateway proceeds.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use crate::error::{ErrorKind, GatewayError, Side};
@@ -60,7 +61,7 @@ pub enum AuditEvent {
         /// Statement id within the session.
         statement_id: u64,
         /// Statement text.
-        sql: String,
+        sql: Arc<str>,
         /// The verdict, with its rule.
         verdict: Verdict,
     },
@@ -69,11 +70,11 @@ pub enum AuditEvent {
         /// Statement id within the session.
         statement_id: u64,
         /// Statement text.
-        sql: String,
+        sql: Arc<str>,
         /// Classification, when the policy engine analysed it.
-        classification: Option<String>,
+        classification: Option<Arc<str>>,
         /// The rule that allowed it, if any.
-        rule: Option<String>,
+        rule: Option<Arc<str>>,
     },
     /// A statement finished.
     StatementFinished {
@@ -98,15 +99,15 @@ pub struct AuditRecord {
     /// When the event happened.
     pub time: SystemTime,
     /// The gateway node that saw it.
-    pub node: String,
+    pub node: Arc<str>,
     /// Session id (unique per node).
-    pub session_id: String,
+    pub session_id: Arc<str>,
     /// The subject, when authenticated.
-    pub subject: Option<String>,
+    pub subject: Option<Arc<str>>,
     /// The target name.
-    pub target: Option<String>,
+    pub target: Option<Arc<str>>,
     /// The client connection.
-    pub client: ClientInfo,
+    pub client: Arc<ClientInfo>,
     /// The event.
     #[serde(flatten)]
     pub event: AuditEvent,

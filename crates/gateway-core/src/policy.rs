@@ -34,19 +34,19 @@ pub struct Verdict {
     /// What to do.
     pub decision: Decision,
     /// Name of the deciding rule (`None` only for the built-in allow-all engine).
-    pub rule: Option<String>,
+    pub rule: Option<Arc<str>>,
     /// Message for the user when the statement is not simply allowed.
     pub reason: Option<String>,
 }
 
 impl Verdict {
     /// Allowed by `rule`.
-    pub fn allow(rule: Option<String>) -> Self {
+    pub fn allow(rule: Option<Arc<str>>) -> Self {
         Self { decision: Decision::Allow, rule, reason: None }
     }
 
     /// Denied by `rule` for `reason`.
-    pub fn deny(rule: impl Into<String>, reason: impl Into<String>) -> Self {
+    pub fn deny(rule: impl Into<Arc<str>>, reason: impl Into<String>) -> Self {
         Self { decision: Decision::Deny, rule: Some(rule.into()), reason: Some(reason.into()) }
     }
 }
@@ -58,7 +58,7 @@ pub struct Judgement {
     /// The verdict.
     pub verdict: Verdict,
     /// Statement classification (read, write, ddl, ...) when the engine analysed it.
-    pub classification: Option<String>,
+    pub classification: Option<Arc<str>>,
 }
 
 /// The context a statement is judged in.

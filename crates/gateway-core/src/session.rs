@@ -15,7 +15,7 @@ use crate::policy::{Access, AllowAll, Decision, Judgement, PolicyEngine, Stateme
 use crate::target::{Protocol, Target, Targets};
 
 struct Inner {
-    node: String,
+    node: Arc<str>,
     authenticator: Arc<dyn Authenticator>,
     policy: Arc<dyn PolicyEngine>,
     masker: Arc<dyn Masker>,
@@ -96,7 +96,7 @@ impl GatewayBuilder {
     pub fn build(self) -> Gateway {
         Gateway {
             inner: Arc::new(Inner {
-                node: self.node,
+                node: Arc::from(self.node),
                 authenticator: self.authenticator,
                 policy: self.policy,
                 masker: self.masker,
@@ -125,7 +125,7 @@ pub struct SessionRequest {
 #[derive(Debug)]
 pub struct SessionContext {
     /// Session id, unique per node.
-    pub id: String,
+    pub id: Arc<str>,
     /// Who.
     pub identity: Identity,
     /// Where.
@@ -133,7 +133,9 @@ pub struct SessionContext {
     /// With what access.
     pub access: Access,
     /// From where.
-    pub client: ClientInfo,
+    pub client: Arc<ClientInfo>,
+    subject: Arc<str>,
+    target_name: Arc<str>,
 }
 
 impl Gateway {
@@ -151,10 +153,13 @@ impl Gateway {
     /// session. Failed logins are audited too (without the credential). The protocol crate
     /// connects upstream only after this succeeds.
     pub async fn open_session(&self, req: SessionRequest) -> Result<Session, GatewayError> {
-        let id = new_session_id();
+        let id: Arc<str> = Arc::from(new_session_id());
+        let client = Arc::new(req.client.clone());
         match self.admit(&req).await {
             Ok((identity, target, access)) => {
-                let ctx = Arc::new(SessionContext { id, identity, target, access, client: req.client });
+                let subject = Arc::from(identity.subject.as_str());
+                let target_name = Arc::from(target.name.as_str());
+                let ctx = Arc::new(SessionContext { id, identity, target, access, client, subject, target_name });
                 let session = Session { gateway: self.clone(), ctx, statements: AtomicU64::new(0) };
                 session
                     .record(AuditEvent::SessionOpened {
@@ -168,11 +173,11 @@ impl Gateway {
             Err(e) => {
                 let record = AuditRecord {
                     time: now(),
-                    node: self.inner.node.clone(),
+                    node: Arc::clone(&self.inner.node),
                     session_id: id,
                     subject: None,
-                    target: Some(req.database.clone()),
-                    client: req.client.clone(),
+                    target: Some(Arc::from(req.database.as_str())),
+                    client,
                     event: AuditEvent::LoginFailed {
                         user: req.credentials.user().to_owned(),
                         database: req.database.clone(),
@@ -291,11 +296,11 @@ impl Session {
     async fn record(&self, event: AuditEvent) -> Result<(), GatewayError> {
         let record = AuditRecord {
             time: now(),
-            node: self.gateway.inner.node.clone(),
-            session_id: self.ctx.id.clone(),
-            subject: Some(self.ctx.identity.subject.clone()),
-            target: Some(self.ctx.target.name.clone()),
-            client: self.ctx.client.clone(),
+            node: Arc::clone(&self.gateway.inner.node),
+            session_id: Arc::clone(&self.ctx.id),
+            subject: Some(Arc::clone(&self.ctx.subject)),
+            target: Some(Arc::clone(&self.ctx.target_name)),
+            client: Arc::clone(&self.ctx.client),
             event,
         };
         self.gateway.inner.audit.record(record).await.map_err(|e| {
@@ -324,7 +329,7 @@ impl Session {
             let statement_id = self.statements.fetch_add(1, Ordering::Relaxed);
             self.record(AuditEvent::StatementDenied {
                 statement_id,
-                sql: sql.to_owned(),
+                sql: Arc::from(sql),
                 verdict: judgement.verdict.clone(),
             })
             .await?;
@@ -333,7 +338,7 @@ impl Session {
                 Side::Gateway,
                 judgement.verdict.reason.clone().unwrap_or_else(|| "statement denied by policy".into()),
             );
-            e.rule = judgement.verdict.rule.clone();
+            e.rule = judgement.verdict.rule.as_deref().map(str::to_owned);
             return Err(e);
         }
         Ok(Statement { sql: Arc::from(sql), judgement })
@@ -353,11 +358,13 @@ impl Session {
                 .request(&self.ctx.identity, &self.ctx.target, &stmt.sql, verdict)
                 .await
             {
-                ApprovalOutcome::Approved { id } => rule = Some(format!("{} (approval {id})", rule.unwrap_or_default())),
+                ApprovalOutcome::Approved { id } => {
+                    rule = Some(Arc::from(format!("{} (approval {id})", rule.as_deref().unwrap_or_default())))
+                }
                 ApprovalOutcome::Refused(e) => {
                     self.record(AuditEvent::StatementDenied {
                         statement_id,
-                        sql: stmt.sql.to_string(),
+                        sql: Arc::clone(&stmt.sql),
                         verdict: verdict.clone(),
                     })
                     .await?;
@@ -367,7 +374,7 @@ impl Session {
         }
         self.record(AuditEvent::StatementStarted {
             statement_id,
-            sql: stmt.sql.to_string(),
+            sql: Arc::clone(&stmt.sql),
             classification: stmt.judgement.classification.clone(),
             rule,
         })

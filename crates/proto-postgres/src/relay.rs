@@ -131,10 +131,11 @@ enum Action {
 struct ClientDirection<'a> {
     session: &'a Session,
     queue: &'a Queue,
-    /// Judged statements by name ("" is the unnamed statement).
-    statements: HashMap<String, Statement>,
+    /// Judged statements by name ("" is the unnamed statement). Keyed by the raw name bytes so
+    /// that the per-execution lookups allocate nothing.
+    statements: HashMap<Vec<u8>, Statement>,
     /// Portals by name, with the statement they were bound to (`None` when unknown).
-    portals: HashMap<String, Option<Statement>>,
+    portals: HashMap<Vec<u8>, Option<Statement>>,
     /// After a denial in the extended protocol: drop messages until Sync, as PostgreSQL skips them.
     skipping: bool,
     marker: String,
@@ -250,7 +251,6 @@ impl ClientDirection<'_> {
             return Ok(Action::Drop);
         }
         let message = frontend(ty, body).map_err(|e| GatewayError::protocol(Side::Client, e.to_string()))?;
-        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
         match message {
             Frontend::Query { sql } => {
                 let stmt = match self.session.prepare(&String::from_utf8_lossy(sql)).await {
@@ -269,21 +269,25 @@ impl ClientDirection<'_> {
                 Ok(stmt) => {
                     // A named statement that already exists is refused by the upstream; keep the
                     // one it really has.
-                    let name = text(name);
-                    if name.is_empty() || !self.statements.contains_key(&name) {
-                        self.statements.insert(name, stmt);
+                    if name.is_empty() || !self.statements.contains_key(name) {
+                        self.statements.insert(name.to_vec(), stmt);
                     }
                     Ok(Action::Forward)
                 }
                 Err(e) => Ok(self.deny_extended(e)),
             },
             Frontend::Bind { portal, statement } => {
-                let stmt = self.statements.get(&text(statement)).cloned();
-                self.portals.insert(text(portal), stmt);
+                let stmt = self.statements.get(statement).cloned();
+                match self.portals.get_mut(portal) {
+                    Some(slot) => *slot = stmt,
+                    None => {
+                        self.portals.insert(portal.to_vec(), stmt);
+                    }
+                }
                 Ok(Action::Forward)
             }
             Frontend::Execute { portal } => {
-                let exec = match self.portals.get(&text(portal)).cloned().flatten() {
+                let exec = match self.portals.get(portal).cloned().flatten() {
                     Some(stmt) => match self.session.execute(&stmt).await {
                         Ok(exec) => Some(exec),
                         Err(e) => return Ok(self.deny_extended(e)),
@@ -296,9 +300,9 @@ impl ClientDirection<'_> {
             }
             Frontend::Close { kind, name } => {
                 if kind == b'S' {
-                    self.statements.remove(&text(name));
+                    self.statements.remove(name);
                 } else {
-                    self.portals.remove(&text(name));
+                    self.portals.remove(name);
                 }
                 Ok(Action::Forward)
             }
