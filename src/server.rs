@@ -50,6 +50,7 @@ impl Server {
                 allow_plaintext_password: pg.allow_plaintext_password,
                 handshake_timeout: config.gateway.handshake_timeout,
                 max_message_bytes: config.gateway.max_message_bytes,
+                drain_timeout: std::time::Duration::from_secs(30),
             };
             let listener = PostgresListener::bind(listener_config, gateway.clone())
                 .await

@@ -40,6 +40,8 @@ pub enum ErrorKind {
     UpstreamUnavailable,
     /// The audit trail could not record the event, so the statement was refused.
     AuditUnavailable,
+    /// The gateway is shutting down and ends the session.
+    ShuttingDown,
     /// A bug or an unexpected condition inside the gateway.
     Internal,
 }

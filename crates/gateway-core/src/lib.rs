@@ -33,6 +33,6 @@ pub use audit::{AuditEvent, AuditRecord, AuditSink, LogAuditSink, RecordedError}
 pub use error::{ErrorKind, GatewayError, Side};
 pub use identity::{AuthMethod, Authenticator, ClientInfo, Credentials, DenyAllAuthenticator, Identity};
 pub use masking::{Masker, NoMasking, ResultColumn, RowMasker};
-pub use policy::{Access, AllowAll, Decision, Judgement, PolicyEngine, StatementContext, Verdict};
+pub use policy::{Access, AllowAll, Decision, Judgement, PolicyEngine, SqlSettings, StatementContext, Verdict};
 pub use session::{Execution, Gateway, GatewayBuilder, Outcome, Session, SessionContext, SessionRequest, Statement};
 pub use target::{Protocol, Target, Targets, UpstreamTls};

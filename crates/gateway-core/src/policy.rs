@@ -61,6 +61,28 @@ pub struct Judgement {
     pub classification: Option<Arc<str>>,
 }
 
+/// Session settings that change how a statement text is read. Protocol crates keep them current
+/// from the wire (ParameterStatus, handshake, `USE`), and policy engines key their caches on them:
+/// the same text can mean different things under different settings.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SqlSettings {
+    /// The schema (PostgreSQL) or database (MySQL) unqualified names resolve to, when known.
+    pub default_schema: Option<Arc<str>>,
+    /// PostgreSQL `standard_conforming_strings` (on by default since 9.1): when off, backslashes
+    /// escape inside ordinary string literals.
+    pub standard_conforming_strings: bool,
+    /// MySQL `sql_mode` ANSI_QUOTES: double quotes delimit identifiers.
+    pub ansi_quotes: bool,
+    /// MySQL `sql_mode` NO_BACKSLASH_ESCAPES: backslash is an ordinary character in strings.
+    pub no_backslash_escapes: bool,
+}
+
+impl Default for SqlSettings {
+    fn default() -> Self {
+        Self { default_schema: None, standard_conforming_strings: true, ansi_quotes: false, no_backslash_escapes: false }
+    }
+}
+
 /// The context a statement is judged in.
 #[derive(Debug)]
 pub struct StatementContext<'a> {
@@ -70,6 +92,8 @@ pub struct StatementContext<'a> {
     pub target: &'a Target,
     /// What the session was admitted with.
     pub access: Access,
+    /// How the session reads SQL right now.
+    pub settings: &'a SqlSettings,
 }
 
 /// Decides access and judges statements. Called on every connection and statement, so both

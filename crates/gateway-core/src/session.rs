@@ -11,7 +11,7 @@ use crate::audit::{now, AuditEvent, AuditRecord, AuditSink, LogAuditSink, Record
 use crate::error::{ErrorKind, GatewayError, Side};
 use crate::identity::{Authenticator, ClientInfo, Credentials, DenyAllAuthenticator, Identity};
 use crate::masking::{Masker, NoMasking, ResultColumn, RowMasker};
-use crate::policy::{Access, AllowAll, Decision, Judgement, PolicyEngine, StatementContext};
+use crate::policy::{Access, AllowAll, Decision, Judgement, PolicyEngine, SqlSettings, StatementContext};
 use crate::target::{Protocol, Target, Targets};
 
 struct Inner {
@@ -313,15 +313,16 @@ impl Session {
         })
     }
 
-    /// Judges a statement text. A denial is audited here and returned as an
+    /// Judges a statement text read under `settings`. A denial is audited here and returned as an
     /// [`ErrorKind::PolicyDenied`] error naming the rule; nothing of the statement may then be
     /// forwarded upstream.
-    pub async fn prepare(&self, sql: &str) -> Result<Statement, GatewayError> {
+    pub async fn prepare(&self, sql: &str, settings: &SqlSettings) -> Result<Statement, GatewayError> {
         let judgement = {
             let ctx = StatementContext {
                 identity: &self.ctx.identity,
                 target: &self.ctx.target,
                 access: self.ctx.access,
+                settings,
             };
             self.gateway.inner.policy.judge(&ctx, sql)
         };

@@ -47,6 +47,7 @@ pub(crate) struct Shared {
     pub gateway: Gateway,
     pub cancels: CancelRegistry,
     pub upstream_tls: crate::upstream::TlsConfigs,
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
 /// Drives one accepted connection to its end. Never panics on input; errors end only this

@@ -47,6 +47,9 @@ pub struct ListenerConfig {
     pub handshake_timeout: Duration,
     /// Largest single message accepted from a client.
     pub max_message_bytes: usize,
+    /// After [`Shutdown::trigger`], how long sessions may take to finish their work in flight
+    /// before they are cut off.
+    pub drain_timeout: Duration,
 }
 
 impl std::fmt::Debug for ListenerConfig {
@@ -58,6 +61,7 @@ impl std::fmt::Debug for ListenerConfig {
             .field("allow_plaintext_password", &self.allow_plaintext_password)
             .field("handshake_timeout", &self.handshake_timeout)
             .field("max_message_bytes", &self.max_message_bytes)
+            .field("drain_timeout", &self.drain_timeout)
             .finish()
     }
 }
@@ -66,14 +70,42 @@ impl std::fmt::Debug for ListenerConfig {
 pub struct PostgresListener {
     listener: TcpListener,
     shared: Arc<connection::Shared>,
+    shutdown: Shutdown,
+}
+
+/// Tells a running listener to stop: it stops accepting at once, lets each session finish what the
+/// upstream still owes it, then ends the session with SQLSTATE 57P01 (admin shutdown).
+#[derive(Clone, Debug)]
+pub struct Shutdown {
+    tx: Arc<tokio::sync::watch::Sender<bool>>,
+}
+
+impl Shutdown {
+    /// Starts the shutdown; [`PostgresListener::run`] returns once sessions have ended or
+    /// `drain_timeout` has passed.
+    pub fn trigger(&self) {
+        self.tx.send_replace(true);
+    }
 }
 
 impl PostgresListener {
     /// Binds the listener.
     pub async fn bind(config: ListenerConfig, gateway: Gateway) -> std::io::Result<Self> {
         let listener = TcpListener::bind(config.listen).await?;
-        let shared = Arc::new(connection::Shared { config, gateway, cancels: cancel::CancelRegistry::default(), upstream_tls: Default::default() });
-        Ok(Self { listener, shared })
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let shared = Arc::new(connection::Shared {
+            config,
+            gateway,
+            cancels: cancel::CancelRegistry::default(),
+            upstream_tls: Default::default(),
+            shutdown: rx,
+        });
+        Ok(Self { listener, shared, shutdown: Shutdown { tx: Arc::new(tx) } })
+    }
+
+    /// A handle that stops [`run`](Self::run) gracefully.
+    pub fn shutdown_handle(&self) -> Shutdown {
+        self.shutdown.clone()
     }
 
     /// The bound address.
@@ -82,21 +114,38 @@ impl PostgresListener {
         self.listener.local_addr().unwrap_or(self.shared.config.listen)
     }
 
-    /// Accepts connections until the task is aborted; each connection runs in its own task, and a
-    /// failing connection never affects the others.
+    /// Accepts connections until [`Shutdown::trigger`] (or until the task is aborted); each
+    /// connection runs in its own task, and a failing connection never affects the others. After
+    /// a shutdown it returns once every session has ended, or after the drain timeout.
     pub async fn run(self) {
+        let mut sessions = tokio::task::JoinSet::new();
+        let mut stop = self.shared.shutdown.clone();
         loop {
-            match self.listener.accept().await {
-                Ok((tcp, peer)) => {
-                    let shared = Arc::clone(&self.shared);
-                    tokio::spawn(connection::serve(shared, tcp, peer));
-                }
-                Err(e) => {
-                    // Typically EMFILE: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
+            tokio::select! {
+                accepted = self.listener.accept() => match accepted {
+                    Ok((tcp, peer)) => {
+                        sessions.spawn(connection::serve(Arc::clone(&self.shared), tcp, peer));
+                    }
+                    Err(e) => {
+                        // Typically EMFILE: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+                // Reap finished sessions so the set does not grow with every connection ever made.
+                Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
+                () = async { let _ = stop.wait_for(|stopping| *stopping).await; } => break,
             }
+        }
+        drop(self.listener);
+        tracing::info!(sessions = sessions.len(), "PostgreSQL listener stopped accepting; draining sessions");
+        let drained = tokio::time::timeout(self.shared.config.drain_timeout, async {
+            while sessions.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(sessions = sessions.len(), "sessions still open after the drain timeout; cutting them off");
+            sessions.shutdown().await;
         }
     }
 }

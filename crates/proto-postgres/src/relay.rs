@@ -14,11 +14,12 @@
 //! CopyData bodies stream through without being buffered whole.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use gateway_core::{ErrorKind, Execution, GatewayError, Outcome, RecordedError, Session, Side, Statement};
+use gateway_core::{ErrorKind, Execution, GatewayError, Outcome, RecordedError, Session, Side, SqlSettings, Statement};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::connection::Shared;
@@ -62,6 +63,13 @@ pub(crate) async fn relay(
     let (mut up_read, mut up_write) = upstream.stream.split();
     let queue: Queue = Arc::default();
     let nonce = format!("{:016x}", rand::random::<u64>());
+    let scs = AtomicBool::new(
+        upstream
+            .parameter_status
+            .iter()
+            .find(|(k, _)| k == "standard_conforming_strings")
+            .is_none_or(|(_, v)| v == "on"),
+    );
 
     let mut to_upstream = ClientDirection {
         session: &session,
@@ -71,6 +79,8 @@ pub(crate) async fn relay(
         skipping: false,
         marker: format!("PORTCULLIS_DENIED_{nonce}"),
         denials: 0,
+        settings: SqlSettings::default(),
+        scs: &scs,
         max_message: shared.config.max_message_bytes,
         partial_timeout: shared.config.handshake_timeout,
     };
@@ -78,14 +88,21 @@ pub(crate) async fn relay(
         session: &session,
         queue: &queue,
         marker: format!("PORTCULLIS_DENIED_{nonce}"),
+        scs: &scs,
         rows: 0,
         tags: Vec::new(),
         query_error: None,
     };
     let leftover = upstream.leftover;
+    let mut stop = shared.shutdown.clone();
     let result = tokio::select! {
         r = to_upstream.run(&mut client_read, &mut up_write) => r,
         r = to_client.run(leftover, &mut up_read, &mut client_write) => r,
+        () = idle_after_shutdown(&mut stop, &queue) => Err(GatewayError::new(
+            ErrorKind::ShuttingDown,
+            Side::Gateway,
+            "the gateway is shutting down; reconnect to continue",
+        )),
     };
     if let Err(e) = &result {
         if e.side != Side::Upstream || e.kind != ErrorKind::UpstreamUnavailable {
@@ -120,6 +137,18 @@ pub(crate) async fn relay(
     result
 }
 
+/// Resolves once a shutdown was requested and the upstream owes this session nothing more.
+async fn idle_after_shutdown(stop: &mut tokio::sync::watch::Receiver<bool>, queue: &Queue) {
+    let listener_gone = stop.wait_for(|stopping| *stopping).await.is_err();
+    if listener_gone {
+        // The listener is gone without a shutdown: nothing will ever ask this session to stop.
+        std::future::pending::<()>().await;
+    }
+    while !queue.lock().unwrap_or_else(|e| e.into_inner()).is_empty() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// What to do with one client frame.
 enum Action {
     Forward,
@@ -140,6 +169,10 @@ struct ClientDirection<'a> {
     skipping: bool,
     marker: String,
     denials: u64,
+    /// How statement texts are read.
+    settings: SqlSettings,
+    /// `standard_conforming_strings` as the upstream last reported it.
+    scs: &'a AtomicBool,
     max_message: usize,
     partial_timeout: Duration,
 }
@@ -220,6 +253,12 @@ impl ClientDirection<'_> {
         }
     }
 
+    /// The reading settings, refreshed from what the upstream last reported.
+    fn settings(&mut self) -> &SqlSettings {
+        self.settings.standard_conforming_strings = self.scs.load(Ordering::Relaxed);
+        &self.settings
+    }
+
     fn sentinel(&mut self, err: GatewayError) -> String {
         self.denials += 1;
         push(self.queue, Pending::Denied(err));
@@ -253,7 +292,7 @@ impl ClientDirection<'_> {
         let message = frontend(ty, body).map_err(|e| GatewayError::protocol(Side::Client, e.to_string()))?;
         match message {
             Frontend::Query { sql } => {
-                let stmt = match self.session.prepare(&String::from_utf8_lossy(sql)).await {
+                let stmt = match self.session.prepare(&String::from_utf8_lossy(sql), self.settings()).await {
                     Ok(s) => s,
                     Err(e) => return Ok(self.deny_simple(e)),
                 };
@@ -265,7 +304,7 @@ impl ClientDirection<'_> {
                     Err(e) => Ok(self.deny_simple(e)),
                 }
             }
-            Frontend::Parse { name, sql } => match self.session.prepare(&String::from_utf8_lossy(sql)).await {
+            Frontend::Parse { name, sql } => match self.session.prepare(&String::from_utf8_lossy(sql), self.settings()).await {
                 Ok(stmt) => {
                     // A named statement that already exists is refused by the upstream; keep the
                     // one it really has.
@@ -342,6 +381,8 @@ struct UpstreamDirection<'a> {
     session: &'a Session,
     queue: &'a Queue,
     marker: String,
+    /// `standard_conforming_strings` as reported by ParameterStatus.
+    scs: &'a AtomicBool,
     /// Rows seen since the current execution began.
     rows: u64,
     /// Command tags of the current simple Query.
@@ -407,6 +448,13 @@ impl UpstreamDirection<'_> {
                     b'E' => self.error(body).await,
                     b'Z' => {
                         self.ready().await;
+                        None
+                    }
+                    b'S' => {
+                        let mut r = Reader::new(body);
+                        if r.cstr() == Some(b"standard_conforming_strings") {
+                            self.scs.store(r.cstr() == Some(b"on"), Ordering::Relaxed);
+                        }
                         None
                     }
                     _ => None,

@@ -220,6 +220,7 @@ pub fn sqlstate(kind: ErrorKind) -> &'static str {
         ErrorKind::Timeout => "08P01",
         ErrorKind::UpstreamUnavailable => "08001",
         ErrorKind::AuditUnavailable => "58000",
+        ErrorKind::ShuttingDown => "57P01",
         ErrorKind::Internal => "XX000",
     }
 }

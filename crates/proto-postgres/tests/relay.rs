@@ -69,6 +69,7 @@ async fn start() -> std::net::SocketAddr {
         allow_plaintext_password: false,
         handshake_timeout: Duration::from_secs(5),
         max_message_bytes: 1 << 20,
+        drain_timeout: Duration::from_secs(5),
     };
     let listener = PostgresListener::bind(config, gateway).await.unwrap();
     let addr = listener.local_addr();
@@ -182,4 +183,46 @@ async fn cancel_reaches_the_upstream() {
     token.cancel_query(NoTls).await.unwrap();
     let err = tokio::time::timeout(Duration::from_secs(10), sleeper).await.unwrap().unwrap().unwrap_err();
     assert_eq!(err.as_db_error().unwrap().code().code(), "57014");
+}
+
+#[tokio::test]
+async fn shutdown_lets_running_statements_finish_then_ends_sessions_with_57p01() {
+    let target = Target {
+        name: "postgres".into(),
+        protocol: Protocol::Postgres,
+        host: "127.0.0.1".into(),
+        port: 5432,
+        database: "postgres".into(),
+        user: "postgres".into(),
+        password: None,
+        tls: UpstreamTls::Disable,
+        labels: BTreeMap::new(),
+    };
+    let gateway = Gateway::builder().authenticator(Arc::new(FixedPassword)).targets(Targets::new([target])).build();
+    let config = ListenerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        tls: None,
+        require_tls: false,
+        allow_plaintext_password: false,
+        handshake_timeout: Duration::from_secs(5),
+        max_message_bytes: 1 << 20,
+        drain_timeout: Duration::from_secs(10),
+    };
+    let listener = PostgresListener::bind(config, gateway).await.unwrap();
+    let addr = listener.local_addr();
+    let shutdown = listener.shutdown_handle();
+    let running = tokio::spawn(listener.run());
+    let idle = connect(addr).await;
+    let busy = connect(addr).await;
+    let slow = tokio::spawn(async move { busy.query_one("select pg_sleep(0.5)::text, 42", &[]).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    shutdown.trigger();
+    // The statement in flight completes...
+    let row = slow.await.unwrap().unwrap();
+    assert_eq!(row.get::<_, i32>(1), 42);
+    // ...the listener returns once sessions have ended, well before the drain timeout...
+    tokio::time::timeout(Duration::from_secs(5), running).await.unwrap().unwrap();
+    // ...the idle session was told why, and new connections are refused.
+    assert!(idle.is_closed() || idle.simple_query("select 1").await.is_err());
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err());
 }

@@ -161,6 +161,7 @@ async fn logs_in_upstream_with_every_password_method_and_verified_tls() {
         allow_plaintext_password: false,
         handshake_timeout: Duration::from_secs(10),
         max_message_bytes: 1 << 20,
+        drain_timeout: Duration::from_secs(5),
     };
     let listener = PostgresListener::bind(config, gateway).await.unwrap();
     let port = listener.local_addr().port();
