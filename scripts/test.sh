@@ -109,6 +109,25 @@ ensure_python_venv() {
     echo "PORTCULLIS_TEST_PYTHON=$PORTCULLIS_TEST_PYTHON"
 }
 
+# pg_query (the policy crate's PostgreSQL parser) generates its bindings with bindgen at build time,
+# which loads libclang; a fresh machine of this kind has gcc but not libclang.
+ensure_build_packages() {
+    local missing=()
+    for p in libclang1-14 libclang-common-14-dev; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+    done
+    if ((${#missing[@]} == 0)); then
+        echo "build packages: libclang present"
+        return
+    fi
+    echo "build packages: installing ${missing[*]}"
+    if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null 2>&1; then
+        apt-get update -qq >/dev/null 2>&1 || true
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null ||
+            die "apt-get could not install ${missing[*]} (needed to build pg_query)"
+    fi
+}
+
 ensure_nextest() {
     if cargo nextest --version >/dev/null 2>&1; then
         cargo nextest --version | head -n1
@@ -128,6 +147,7 @@ ensure_postgres
 ensure_mariadb
 
 section "test tools"
+ensure_build_packages
 ensure_python_venv
 ensure_nextest
 
