@@ -116,8 +116,25 @@ pub(crate) async fn relay(
                 .await;
         }
     }
-    let _ = client_write.shutdown().await;
     let _ = up_write.shutdown().await;
+    if result.is_err() {
+        // Lingering close. The client may still be sending (the rest of an oversized message):
+        // closing with unread input makes the kernel reset the connection, and the reset destroys
+        // the error just written before the client reads it. So discard the client's input until
+        // it pauses (it is then reading our answer) or closes, bounded in total, and only then
+        // send FIN: libpq treats an EOF seen while it is still writing as a lost connection.
+        let _ = client_write.flush().await;
+        let mut sink = vec![0u8; READ_CHUNK];
+        let _ = tokio::time::timeout(shared.config.handshake_timeout, async {
+            while let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(250), client_read.read(&mut sink)).await {
+                if n == 0 {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
+    let _ = client_write.shutdown().await;
 
     // Whatever is still owed was interrupted: record it.
     let leftovers: Vec<Pending> = queue.lock().unwrap_or_else(|e| e.into_inner()).drain(..).collect();
@@ -182,7 +199,10 @@ impl ClientDirection<'_> {
         let mut buf = BytesMut::with_capacity(READ_CHUNK);
         // Bytes of a CopyData frame still to pass through without inspection.
         let mut streaming = 0usize;
+        // When the (still incomplete) message at the head of `buf` began to arrive.
+        let mut partial_since: Option<tokio::time::Instant> = None;
         loop {
+            let before = buf.len();
             let mut pos = 0usize;
             loop {
                 if streaming > 0 {
@@ -234,14 +254,21 @@ impl ClientDirection<'_> {
             if pos > 0 {
                 write(upstream, buf.split_to(pos)).await?;
             }
+            if buf.is_empty() || buf.len() < before {
+                // A message completed or streamed on: the next partial one gets a fresh bound.
+                partial_since = None;
+            }
             buf.reserve(READ_CHUNK);
-            let idle = buf.is_empty() || streaming > 0;
+            // A CopyData frame being streamed is half a message too.
+            let idle = buf.is_empty() && streaming == 0;
             let read = client.read_buf(&mut buf);
             let n = if idle {
                 read.await
             } else {
-                // Half a message is pending: bound how long the rest may take.
-                tokio::time::timeout(self.partial_timeout, read).await.map_err(|_| {
+                // Half a message is pending: bound how long the rest may take, in total (a client
+                // trickling one byte a second must not reset the clock with every byte).
+                let since = *partial_since.get_or_insert_with(tokio::time::Instant::now);
+                tokio::time::timeout_at(since + self.partial_timeout, read).await.map_err(|_| {
                     GatewayError::new(ErrorKind::Timeout, Side::Client, "the client sent half a message and stalled")
                 })?
             }
