@@ -44,6 +44,9 @@ pub struct Config {
     pub identity: IdentitySettings,
     /// The upstream databases, in file order.
     pub targets: Vec<Target>,
+    /// `[policy]`: access rules, statement rules and built-in guardrails. `None`: every
+    /// authenticated identity may run anything on every target.
+    pub policy: Option<policy::RuleSet>,
 }
 
 /// `[gateway]`, checked.
@@ -220,6 +223,18 @@ impl ConfigErrors {
     /// The individual errors; never empty.
     pub fn errors(&self) -> &[ConfigError] {
         &self.errors
+    }
+
+    /// A single problem with the file as a whole (no line or column), e.g. a change that a
+    /// running gateway cannot take without a restart.
+    pub fn whole_file(file: impl Into<PathBuf>, message: impl Into<String>) -> Self {
+        ConfigErrors {
+            errors: vec![ConfigError {
+                file: file.into(),
+                location: None,
+                message: message.into(),
+            }],
+        }
     }
 }
 
@@ -422,6 +437,10 @@ struct FileConfig {
     /// `[[targets]]`: the upstream databases.
     #[serde(default)]
     targets: Vec<Spanned<TargetSection>>,
+    /// `[policy]`: who may open which targets and run which statements. The schema and its
+    /// reference live in `policy::rules::PolicySection` (values are taken literally: `${VAR}` is
+    /// not expanded inside `[policy]`, so a policy reads the same wherever it is deployed).
+    policy: Option<Spanned<policy::rules::PolicySection>>,
 }
 
 /// `[gateway]`
@@ -694,12 +713,29 @@ impl<'a> Checker<'a> {
         let identity =
             self.check_identity(&file.identity, file.postgres.as_ref().map(|p| p.get_ref()));
         let targets = self.check_targets(&file.targets);
+        let policy = file.policy.as_ref().and_then(|p| self.check_policy(p));
         Config {
             source: self.origin.to_path_buf(),
             gateway,
             postgres,
             identity,
             targets,
+            policy,
+        }
+    }
+
+    fn check_policy(
+        &mut self,
+        section: &Spanned<policy::rules::PolicySection>,
+    ) -> Option<policy::RuleSet> {
+        match policy::RuleSet::from_section(section) {
+            Ok(rules) => Some(rules),
+            Err(errors) => {
+                for e in errors {
+                    self.error(e.span, e.message);
+                }
+                None
+            }
         }
     }
 
@@ -1649,6 +1685,87 @@ user = \"u\"
         assert!(err
             .to_string()
             .starts_with("/nonexistent/portcullis.toml: cannot read"));
+    }
+
+    #[test]
+    fn policy_section_is_checked_into_a_rule_set() {
+        let c = parse(
+            "[policy]\n[[policy.access]]\nname = \"analysts\"\ngroups = [\"analyst\"]\ntargets = [\"app*\"]\nmode = \"read-only\"\n\
+             [[policy.rules]]\nname = \"no-drop\"\naction = \"deny\"\nkinds = [\"drop\"]\n",
+        )
+        .unwrap();
+        let rules = c.policy.unwrap();
+        assert_eq!(rules.access.len(), 1);
+        assert_eq!(&*rules.rules[0].name, "no-drop");
+        assert!(parse("").unwrap().policy.is_none());
+    }
+
+    #[test]
+    fn policy_errors_have_locations() {
+        // One row per mistake: the text, where it is reported, and what the message says.
+        let cases: &[(&str, &str, &str)] = &[
+            ("[policy]\nunparsable = \"maybe\"\n", "2:14", "write \"deny\" or \"allow\""),
+            ("[policy]\nfail_open = true\n", "2:1", "unknown field `fail_open`"),
+            (
+                "[[policy.access]]\nname = \"a\"\ngroups = [\"x\"]\nmode = \"rw\"\n",
+                "4:8",
+                "write \"read-only\" or \"read-write\"",
+            ),
+            ("[[policy.access]]\nname = \"a\"\nmode = \"read-only\"\n", "1:1", "needs `groups` or `subjects`"),
+            (
+                "[[policy.rules]]\nname = \"r\"\naction = \"block\"\n",
+                "3:10",
+                "unknown value `block`",
+            ),
+            (
+                "[[policy.rules]]\nname = \"r\"\naction = \"deny\"\nkinds = [\"drop-table\"]\n",
+                "4:10",
+                "neither a class",
+            ),
+            (
+                "[[policy.rules]]\nname = \"r\"\naction = \"deny\"\nobjects = [\"a.b.c\"]\n",
+                "4:12",
+                "not an object pattern",
+            ),
+            (
+                "[[policy.rules]]\nname = \"r\"\naction = \"deny\"\nkinds = []\n",
+                "4:9",
+                "would match nothing",
+            ),
+            (
+                "[[policy.rules]]\nname = \"r\"\naction = \"deny\"\noverrides = [\"builtin:read-only\"]\n",
+                "4:13",
+                "only for `action = \"allow\"`",
+            ),
+            (
+                "[[policy.rules]]\nname = \"r\"\naction = \"allow\"\noverrides = [\"builtin:unparsable\"]\n",
+                "4:14",
+                "unparsable = \"allow\"",
+            ),
+            (
+                "[[policy.rules]]\nname = \"builtin:mine\"\naction = \"deny\"\n",
+                "2:8",
+                "reserved",
+            ),
+            (
+                "[[policy.access]]\nname = \"x\"\ngroups = [\"*\"]\nmode = \"read-only\"\n[[policy.rules]]\nname = \"x\"\naction = \"deny\"\n",
+                "6:8",
+                "duplicate rule name `x`",
+            ),
+            (
+                "[[policy.rules]]\nname = \"r\"\naction = \"deny\"\nfilter = \"none\"\n",
+                "4:10",
+                "write \"missing\"",
+            ),
+            (
+                "[[policy.rules]]\nname = \"r\"\naction = \"deny\"\nkind = [\"drop\"]\n",
+                "4:1",
+                "unknown field `kind`",
+            ),
+        ];
+        for (text, location, fragment) in cases {
+            assert_one_error(text, location, fragment);
+        }
     }
 
     #[test]

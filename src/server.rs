@@ -3,22 +3,28 @@
 //! many servers side by side, each on port 0.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use anyhow::Context as _;
-use gateway_core::{Gateway, Targets};
+use gateway_core::{Gateway, PolicyEngine, Targets};
 use identity::{
     CertAuthenticator, CertConfig, CertSubjectField, IdentityChain, JwtAuthenticator, JwtConfig,
     JwtKeySource, StaticUser, StaticUsers,
 };
+use policy::RuleEngine;
 use proto_postgres::{ListenerConfig, PostgresListener};
 use tokio::task::JoinHandle;
 
-use crate::config::{CertSubject, Config, IdentitySettings, JwtKeys, JwtSettings};
+use crate::config::{CertSubject, Config, ConfigErrors, IdentitySettings, JwtKeys, JwtSettings};
 use crate::tls;
 
 /// ALPN protocol id of PostgreSQL over TLS (used by direct TLS connections, PostgreSQL 17+).
 const POSTGRES_ALPN: &[u8] = b"postgresql";
+
+/// How often the configuration file is checked for changes.
+const CONFIG_POLL_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Starts gateways from configuration.
 pub struct Server;
@@ -26,13 +32,39 @@ pub struct Server;
 impl Server {
     /// Builds the gateway described by `config` and starts its listeners. Returns once every
     /// listener is bound, so a client may connect as soon as this returns.
+    ///
+    /// With a `[policy]` section the gateway runs a [`RuleEngine`]; the configuration file is then
+    /// watched (checked every second) and a changed `[policy]` replaces the running one, as does
+    /// [`RunningServer::reload`]. Without it every authenticated identity may do anything, and a
+    /// warning says so.
     pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         let authenticator = identity_chain(&config.identity).await?;
-        let gateway = Gateway::builder()
+        let mut builder = Gateway::builder()
             .node(config.gateway.node.clone())
             .authenticator(Arc::new(authenticator))
-            .targets(Targets::new(config.targets.iter().cloned()))
-            .build();
+            .targets(Targets::new(config.targets.iter().cloned()));
+        let engine = match &config.policy {
+            Some(rules) => {
+                if rules.access.is_empty() {
+                    tracing::warn!(
+                        "[policy] has no [[policy.access]] rule: every session will be refused"
+                    );
+                }
+                let engine = Arc::new(RuleEngine::new(rules.clone()));
+                builder = builder.policy(Arc::clone(&engine) as Arc<dyn PolicyEngine>);
+                Some(engine)
+            }
+            None => {
+                tracing::warn!("no [policy] section: every authenticated identity has read-write access to every target and may run any statement");
+                None
+            }
+        };
+        let gateway = builder.build();
+        let reloader = Arc::new(Reloader {
+            path: config.source.clone(),
+            engine,
+            last_seen: Mutex::new(std::fs::read(&config.source).ok()),
+        });
 
         let mut tasks = Vec::new();
         let mut postgres_addr = None;
@@ -72,10 +104,13 @@ impl Server {
             tasks.push(tokio::spawn(listener.run()));
         }
 
+        tasks.push(tokio::spawn(watch_config(Arc::clone(&reloader))));
+
         Ok(RunningServer {
             gateway,
             postgres_addr,
             tasks,
+            reloader,
         })
     }
 }
@@ -86,6 +121,7 @@ pub struct RunningServer {
     gateway: Gateway,
     postgres_addr: Option<SocketAddr>,
     tasks: Vec<JoinHandle<()>>,
+    reloader: Arc<Reloader>,
 }
 
 impl RunningServer {
@@ -98,6 +134,17 @@ impl RunningServer {
     /// The gateway the listeners serve.
     pub fn gateway(&self) -> &Gateway {
         &self.gateway
+    }
+
+    /// Reads the configuration file again and, when all of it is valid, replaces the running
+    /// `[policy]`: open sessions judge their next statement under the new rules (their access
+    /// mode, and with it the upstream read-only fence, can only become stricter until they
+    /// reconnect). When the file has errors, each is logged with its line and column, returned,
+    /// and the running policy stays. Adding or removing the whole `[policy]` section needs a
+    /// restart. Other sections (listeners, identity, targets) take effect at the next start.
+    /// The binary calls this on SIGHUP; the file watcher calls it when the file changes.
+    pub fn reload(&self) -> Result<(), ConfigErrors> {
+        self.reloader.reload()
     }
 
     /// Stops accepting connections: aborts the listener tasks and waits until they have stopped.
@@ -120,6 +167,100 @@ impl Drop for RunningServer {
     fn drop(&mut self) {
         for task in &self.tasks {
             task.abort();
+        }
+    }
+}
+
+/// Reloads the policy from the configuration file; shared by [`RunningServer::reload`] and the
+/// file watcher.
+struct Reloader {
+    path: PathBuf,
+    /// `None` when the gateway started without `[policy]` (allow-all).
+    engine: Option<Arc<RuleEngine>>,
+    /// The file's contents when last loaded or tried, so the watcher acts on changes only.
+    last_seen: Mutex<Option<Vec<u8>>>,
+}
+
+impl Reloader {
+    fn reload(&self) -> Result<(), ConfigErrors> {
+        if let Ok(mut last) = self.last_seen.lock() {
+            *last = std::fs::read(&self.path).ok();
+        }
+        let result = self.apply();
+        match &result {
+            Ok(()) => {}
+            Err(errors) => {
+                for e in errors.errors() {
+                    tracing::error!("{e}");
+                }
+                tracing::error!(
+                    file = %self.path.display(),
+                    "the configuration was not reloaded; the running policy stays"
+                );
+            }
+        }
+        result
+    }
+
+    fn apply(&self) -> Result<(), ConfigErrors> {
+        let config = Config::load(&self.path)?;
+        match (&self.engine, config.policy) {
+            (Some(engine), Some(rules)) => {
+                let (access, statements) = (rules.access.len(), rules.rules.len());
+                engine.replace(rules);
+                tracing::info!(
+                    file = %self.path.display(),
+                    access_rules = access,
+                    statement_rules = statements,
+                    "policy reloaded; other sections take effect at the next start"
+                );
+                Ok(())
+            }
+            (Some(_), None) => Err(ConfigErrors::whole_file(
+                &self.path,
+                "[policy] was removed: removing the whole policy needs a restart (the running policy stays)",
+            )),
+            (None, Some(_)) => Err(ConfigErrors::whole_file(
+                &self.path,
+                "[policy] was added: the gateway started without a policy and needs a restart to enforce one",
+            )),
+            (None, None) => {
+                tracing::info!(file = %self.path.display(), "configuration checked; no [policy] to reload");
+                Ok(())
+            }
+        }
+    }
+
+    /// Whether the file differs from what was last loaded or tried.
+    fn changed(&self) -> bool {
+        let now = std::fs::read(&self.path).ok();
+        match self.last_seen.lock() {
+            Ok(last) => now.is_some() && *last != now,
+            Err(_) => false,
+        }
+    }
+}
+
+/// Checks the configuration file every second and reloads it when its contents change. Comparing
+/// contents rather than modification times catches edits within the same second; an invalid
+/// intermediate state (an editor saving in several writes) is reported once and replaced by the
+/// next valid one.
+async fn watch_config(reloader: Arc<Reloader>) {
+    let mut tick = tokio::time::interval(CONFIG_POLL_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let r = Arc::clone(&reloader);
+        // File reads and the whole configuration check are blocking work.
+        let outcome = tokio::task::spawn_blocking(move || {
+            if r.changed() {
+                tracing::info!(file = %r.path.display(), "configuration file changed; reloading");
+                let _ = r.reload();
+            }
+        })
+        .await;
+        if let Err(e) = outcome {
+            tracing::error!("the configuration watcher failed: {e}");
         }
     }
 }

@@ -617,3 +617,31 @@ async fn oversized_statement_from_psql_gets_the_limit_error() {
     gw.assert_serves_normal_clients().await;
     gw.shutdown().await;
 }
+
+/// In SJIS (and BIG5, GBK, ...) the second byte of a character can be a backslash or quote, so the
+/// gateway and the server would read the same bytes as different statements. Such sessions are
+/// refused at startup; the statement below, which smuggles a DROP past a UTF-8 reader, never runs.
+#[tokio::test]
+async fn unsafe_client_encodings_are_refused_at_startup() {
+    use common::{stderr, stdout};
+    let gw = TestGateway::start().await;
+    let direct = gw.db.connect_direct().await;
+    direct.batch_execute("create table victim (id int)").await.unwrap();
+    // 0x95 0x5c is one SJIS character whose second byte is a backslash. The bytes are not UTF-8,
+    // so they go to psql in a file.
+    let file = gw.scratch().join("smuggle.sql");
+    std::fs::write(&file, b"SELECT E'\x95\\'; DROP TABLE victim; --';\n").unwrap();
+    let out = gw.psql(&["-f", file.to_str().unwrap()], &[("PGCLIENTENCODING", "SJIS")]).await;
+    assert!(!out.status.success(), "psql should be refused");
+    let err = stderr(&out);
+    assert!(err.contains("client_encoding SJIS is not accepted"), "{err}");
+    let exists: bool = direct
+        .query_one("select exists (select 1 from pg_class where relname = 'victim')", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(exists, "the table must survive");
+    // UTF8 and other ASCII-safe encodings still work.
+    let out = gw.psql(&["-At", "-c", "select 1"], &[("PGCLIENTENCODING", "LATIN1")]).await;
+    assert_eq!(stdout(&out).trim(), "1", "{}", stderr(&out));
+}

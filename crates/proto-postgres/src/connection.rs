@@ -42,6 +42,33 @@ const FORWARDED_PARAMS: &[&str] = &[
     "idle_in_transaction_session_timeout",
 ];
 
+/// Client encodings in which the trailing byte of a multibyte character can be an ASCII quote or
+/// backslash (PostgreSQL accepts them for clients only). A statement in one of them reads
+/// differently to the gateway (which reads SQL as UTF-8-compatible text) and to the server: a
+/// quote hidden in a character would let a statement smuggle another past the policy. Names are
+/// PostgreSQL's and its aliases, compared without case, `_` or `-`.
+const UNSAFE_CLIENT_ENCODINGS: &[&str] = &[
+    "sjis", "shiftjis", "mskanji", "win932", "windows932", "cp932", "big5", "win950", "windows950", "cp950",
+    "gbk", "win936", "windows936", "cp936", "gb18030", "uhc", "win949", "windows949", "cp949", "johab",
+];
+
+/// Whether `name` is one of [`UNSAFE_CLIENT_ENCODINGS`].
+pub(crate) fn unsafe_client_encoding(name: &str) -> bool {
+    let normalised: String = name.chars().filter(|c| *c != '_' && *c != '-').collect::<String>().to_ascii_lowercase();
+    UNSAFE_CLIENT_ENCODINGS.contains(&normalised.as_str())
+}
+
+/// The error for a session that asks for an unsafe client encoding.
+pub(crate) fn unsafe_encoding_error(name: &str) -> GatewayError {
+    GatewayError::new(
+        ErrorKind::Unsupported,
+        Side::Client,
+        format!("client_encoding {name} is not accepted through the gateway"),
+    )
+    .with_detail("in this encoding a multibyte character can hide a quote or backslash from the gateway's SQL reader")
+    .with_hint("use client_encoding UTF8 (for example PGCLIENTENCODING=UTF8)")
+}
+
 pub(crate) struct Shared {
     pub config: ListenerConfig,
     pub gateway: Gateway,
@@ -186,6 +213,10 @@ async fn handshake(
         let e = GatewayError::new(ErrorKind::Authentication, Side::Client, "no user name in the startup message");
         return Err((Some(client), e));
     };
+    if let Some((_, enc)) = params.iter().find(|(k, v)| k.eq_ignore_ascii_case("client_encoding") && unsafe_client_encoding(v)) {
+        let e = unsafe_encoding_error(enc);
+        return Err((Some(client), e));
+    }
     let database = params.get("database").filter(|d| !d.is_empty()).cloned().unwrap_or_else(|| user.clone());
     let application = params.get("application_name").cloned().filter(|a| !a.is_empty());
 

@@ -479,8 +479,19 @@ impl UpstreamDirection<'_> {
                     }
                     b'S' => {
                         let mut r = Reader::new(body);
-                        if r.cstr() == Some(b"standard_conforming_strings") {
-                            self.scs.store(r.cstr() == Some(b"on"), Ordering::Relaxed);
+                        match r.cstr() {
+                            Some(b"standard_conforming_strings") => {
+                                self.scs.store(r.cstr() == Some(b"on"), Ordering::Relaxed);
+                            }
+                            Some(b"client_encoding") => {
+                                // The policy refuses SET client_encoding; this is the fence behind
+                                // it, for any other way the server's encoding could change.
+                                let name = String::from_utf8_lossy(r.cstr().unwrap_or_default());
+                                if crate::connection::unsafe_client_encoding(&name) {
+                                    return Err(crate::connection::unsafe_encoding_error(&name));
+                                }
+                            }
+                            _ => {}
                         }
                         None
                     }

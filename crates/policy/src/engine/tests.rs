@@ -1,0 +1,630 @@
+//! The decision logic, one row per case with the reason in the row.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use gateway_core::{
+    Access, AuthMethod, Decision, Identity, PolicyEngine, Protocol, SqlSettings, StatementContext,
+    Target, UpstreamTls,
+};
+
+use super::RuleEngine;
+use crate::rules::RuleSet;
+
+const RULES: &str = r#"
+[policy]
+[[policy.access]]
+name = "analysts-read"
+groups = ["analyst"]
+targets = ["app*"]
+mode = "read-only"
+
+[[policy.access]]
+name = "devs"
+groups = ["dev"]
+mode = "read-write"
+
+[[policy.access]]
+name = "dba"
+groups = ["dba"]
+mode = "read-write"
+
+[[policy.access]]
+name = "everyone-docs"
+groups = ["*"]
+targets = ["docs"]
+except_groups = ["contractor"]
+mode = "read-only"
+
+[[policy.rules]]
+name = "no-drop-in-prod"
+action = "deny"
+kinds = ["drop", "truncate"]
+labels = { env = "prod" }
+except_groups = ["dba"]
+message = "Dropping tables in production is not allowed"
+
+[[policy.rules]]
+name = "no-unfiltered-delete"
+action = "deny"
+kinds = ["delete", "update"]
+filter = "missing"
+message = "DELETE and UPDATE need a WHERE clause"
+
+[[policy.rules]]
+name = "approve-ddl"
+action = "require-approval"
+kinds = ["ddl"]
+message = "schema changes need a second pair of eyes"
+
+[[policy.rules]]
+name = "protect-secrets"
+action = "deny"
+objects = ["vault.secrets"]
+message = "the vault is off limits"
+
+[[policy.rules]]
+name = "approve-payments"
+action = "require-approval"
+writes = ["billing.payments"]
+
+[[policy.rules]]
+name = "allow-sandbox"
+action = "allow"
+writes = ["sandbox.*"]
+
+[[policy.rules]]
+name = "no-sleep-for-mallory"
+action = "deny"
+functions = ["pg_sleep"]
+subjects = ["mallory"]
+
+[[policy.rules]]
+name = "dba-may-set-role"
+action = "allow"
+groups = ["dba"]
+kinds = ["set_role", "reset_role"]
+overrides = ["builtin:session-fence"]
+
+[[policy.rules]]
+name = "dba-dblink"
+action = "allow"
+groups = ["dba"]
+functions = ["dblink"]
+overrides = ["builtin:dangerous-function"]
+"#;
+
+fn target(name: &str, protocol: Protocol, env: &str) -> Target {
+    Target {
+        name: name.to_owned(),
+        protocol,
+        host: "127.0.0.1".into(),
+        port: 5432,
+        database: name.to_owned(),
+        user: "svc".into(),
+        password: None,
+        tls: UpstreamTls::Disable,
+        labels: BTreeMap::from([("env".to_owned(), env.to_owned())]),
+    }
+}
+
+fn targets() -> Vec<Target> {
+    vec![
+        target("app-prod", Protocol::Postgres, "prod"),
+        target("app-dev", Protocol::Postgres, "dev"),
+        target("docs", Protocol::Postgres, "prod"),
+        target("other", Protocol::Postgres, "prod"),
+        target("shop", Protocol::Mysql, "prod"),
+    ]
+}
+
+fn identity(subject: &str, groups: &[&str]) -> Identity {
+    Identity {
+        subject: subject.to_owned(),
+        groups: groups.iter().map(|g| (*g).to_owned()).collect(),
+        auth_method: AuthMethod::Jwt,
+        claims: BTreeMap::new(),
+    }
+}
+
+fn engine(text: &str) -> RuleEngine {
+    RuleEngine::new(RuleSet::from_toml(text).unwrap_or_else(|e| panic!("{e:?}")))
+}
+
+use Decision::{Allow, Deny, NeedsApproval as Approval};
+
+/// (subject, groups, target, sql, decision, rule, why)
+type Row = (
+    &'static str,
+    &'static [&'static str],
+    &'static str,
+    &'static str,
+    Decision,
+    &'static str,
+    &'static str,
+);
+
+#[rustfmt::skip]
+const ROWS: &[Row] = &[
+    // Access and the default allow.
+    ("ann", &["analyst"], "app-prod", "select * from orders", Allow, "analysts-read", "a read needs no rule; the access rule is named"),
+    ("dan", &["dev"], "app-prod", "delete from orders where id = 5", Allow, "devs", "a real WHERE passes"),
+    ("eve", &[], "docs", "select 1", Allow, "everyone-docs", "groups = [\"*\"] admits identities without groups"),
+    ("", &[], "app-prod", "   -- only a comment", Deny, "builtin:no-access", "no access rule admits an identity without groups to app-prod"),
+    // Read-only built-in.
+    ("ann", &["analyst"], "app-prod", "insert into orders values (1)", Deny, "builtin:read-only", "a write in a read-only session"),
+    ("ann", &["analyst"], "app-prod", "select * from orders for update", Deny, "builtin:read-only", "row locks are not reads"),
+    ("ann", &["analyst"], "app-prod", "explain select * from orders", Allow, "analysts-read", "plain EXPLAIN only plans"),
+    ("ann", &["analyst"], "app-prod", "explain analyze delete from orders where id = 1", Deny, "builtin:read-only", "EXPLAIN ANALYZE runs the write"),
+    ("ann", &["analyst"], "app-prod", "with d as (delete from orders where id = 1 returning *) select * from d", Deny, "builtin:read-only", "a write hidden in a CTE"),
+    ("ann", &["analyst"], "app-prod", "do $$ begin perform 1; end $$", Deny, "builtin:read-only", "procedural code may do anything"),
+    ("ann", &["analyst"], "app-prod", "vacuum orders", Deny, "builtin:read-only", "maintenance is not a read"),
+    ("ann", &["analyst"], "app-prod", "begin", Allow, "analysts-read", "transactions are fine"),
+    ("ann", &["analyst"], "app-prod", "begin read only", Allow, "analysts-read", "a read-only transaction is fine"),
+    ("ann", &["analyst"], "app-prod", "begin read write", Deny, "builtin:read-only", "READ WRITE lifts the upstream fence"),
+    ("ann", &["analyst"], "app-prod", "start transaction isolation level serializable, read /* x */ write", Deny, "builtin:read-only", "READ WRITE behind a comment"),
+    ("ann", &["analyst"], "app-prod", "set session characteristics as transaction read write", Deny, "builtin:read-only", "session default READ WRITE"),
+    ("ann", &["analyst"], "app-prod", "set default_transaction_read_only = off", Deny, "builtin:read-only", "the fence's own setting"),
+    ("ann", &["analyst"], "app-prod", "set transaction_read_only = off", Deny, "builtin:read-only", "the fence's own setting, per transaction"),
+    ("ann", &["analyst"], "app-prod", "set search_path = reporting, public", Allow, "analysts-read", "harmless SETs pass"),
+    ("ann", &["analyst"], "app-prod", "show search_path", Allow, "analysts-read", "SHOW reads"),
+    ("ann", &["analyst"], "app-prod", "declare c cursor for select 1", Allow, "analysts-read", "cursors over reads"),
+    ("ann", &["analyst"], "app-prod", "select my_writing_function()", Allow, "analysts-read", "invisible writes are the upstream fence's job"),
+    // Deny beats approval beats allow.
+    ("dan", &["dev"], "app-prod", "drop table orders", Deny, "no-drop-in-prod", "deny beats the DDL approval"),
+    ("dot", &["dba"], "app-prod", "drop table orders", Approval, "approve-ddl", "except_groups lifts the deny; approval remains"),
+    ("dan", &["dev"], "app-dev", "drop table orders", Approval, "approve-ddl", "labels: the deny is for env=prod only"),
+    ("dan", &["dev"], "app-prod", "truncate orders", Deny, "no-drop-in-prod", "truncate is listed too"),
+    ("dan", &["dev"], "app-prod", "update billing.payments set amount = 0 where id = 1", Approval, "approve-payments", "writes to the payments table"),
+    ("dan", &["dev"], "app-prod", "select * from billing.payments", Allow, "devs", "reading it is not a write"),
+    ("dan", &["dev"], "app-prod", "update billing.payments set amount = 0", Deny, "no-unfiltered-delete", "deny beats approval"),
+    // filter = "missing".
+    ("dan", &["dev"], "app-prod", "delete from orders", Deny, "no-unfiltered-delete", "no WHERE"),
+    ("dan", &["dev"], "app-prod", "delete from orders where 1 = 1", Deny, "no-unfiltered-delete", "trivial WHERE"),
+    ("dan", &["dev"], "app-prod", "update orders set x = 1 where true", Deny, "no-unfiltered-delete", "WHERE true"),
+    ("dan", &["dev"], "app-prod", "DeLeTe/**/FROM orders", Deny, "no-unfiltered-delete", "case and comments change nothing"),
+    // Objects: qualified, unqualified, case.
+    ("dan", &["dev"], "app-prod", "select * from vault.secrets", Deny, "protect-secrets", "qualified"),
+    ("dan", &["dev"], "app-prod", "select * from secrets", Deny, "protect-secrets", "unqualified: search_path cannot fool a deny rule"),
+    ("dan", &["dev"], "app-prod", "select * from \"VAULT\".\"SECRETS\"", Deny, "protect-secrets", "restricting rules ignore case"),
+    ("dan", &["dev"], "app-prod", "select * from public.secrets", Allow, "devs", "another schema is another table"),
+    ("dan", &["dev"], "app-prod", "insert into sandbox.scratch values (1)", Allow, "allow-sandbox", "an allow rule names itself"),
+    ("dan", &["dev"], "app-prod", "insert into scratch values (1)", Allow, "devs", "allow rules do not widen through unqualified names"),
+    // Functions and subjects.
+    ("mallory", &["dev"], "app-prod", "select pg_sleep(10)", Deny, "no-sleep-for-mallory", "subjects"),
+    ("dan", &["dev"], "app-prod", "select pg_sleep(10)", Allow, "devs", "the rule is for mallory only"),
+    // Multi-statement: the strictest statement wins.
+    ("ann", &["analyst"], "app-prod", "select 1; drop table orders", Deny, "no-drop-in-prod", "smuggled DROP"),
+    ("dan", &["dev"], "app-dev", "select 1; create table t (a int); delete from t", Deny, "no-unfiltered-delete", "deny beats the approval of the second"),
+    ("dan", &["dev"], "app-dev", "select 1; create table t (a int)", Approval, "approve-ddl", "approval beats allow"),
+    // Session fences, for everyone.
+    ("dan", &["dev"], "app-prod", "set role postgres", Deny, "builtin:session-fence", "SET ROLE"),
+    ("dan", &["dev"], "app-prod", "reset role", Deny, "builtin:session-fence", "RESET ROLE"),
+    ("dan", &["dev"], "app-prod", "set session authorization postgres", Deny, "builtin:session-fence", "SET SESSION AUTHORIZATION"),
+    ("dan", &["dev"], "app-prod", "select set_config('role', 'postgres', false)", Deny, "builtin:session-fence", "set_config"),
+    ("dan", &["dev"], "app-prod", "select pg_catalog.set_config('application_name', 'x', false)", Deny, "builtin:session-fence", "set_config, qualified"),
+    ("dan", &["dev"], "app-prod", "set application_name = 'PostgreSQL JDBC Driver'", Allow, "devs", "drivers set it; protect_application_name is off by default"),
+    ("dan", &["dev"], "app-prod", "set standard_conforming_strings = off", Deny, "builtin:session-fence", "changes how strings are read"),
+    ("dan", &["dev"], "app-prod", "set client_encoding = 'SJIS'", Deny, "builtin:session-fence", "changes how bytes are read"),
+    ("dan", &["dev"], "app-prod", "set default_transaction_read_only = off", Allow, "devs", "a read-write session has no read-only fence to lift"),
+    ("dot", &["dba"], "app-prod", "set role postgres", Allow, "dba-may-set-role", "an allow rule lifts the fence explicitly"),
+    // Dangerous functions and server files.
+    ("dan", &["dev"], "app-prod", "select pg_read_file('/etc/passwd')", Deny, "builtin:dangerous-function", "default list"),
+    ("dan", &["dev"], "app-prod", "select * from pg_catalog.pg_read_file('/etc/passwd')", Deny, "builtin:dangerous-function", "qualified"),
+    ("dan", &["dev"], "app-prod", "select query_to_xml('delete from orders', true, false, '')", Deny, "builtin:dangerous-function", "SQL hidden in a string"),
+    ("dot", &["dba"], "app-prod", "select * from dblink('host=x', 'select 1') as t(a int)", Allow, "dba-dblink", "lifted for dblink"),
+    ("dot", &["dba"], "app-prod", "select dblink_exec('host=x', 'drop table t')", Deny, "builtin:dangerous-function", "only dblink was lifted"),
+    ("dan", &["dev"], "app-prod", "copy orders to program 'id'", Deny, "builtin:server-files", "runs a program"),
+    ("dan", &["dev"], "app-prod", "copy orders from '/etc/passwd'", Deny, "builtin:server-files", "reads a server file"),
+    ("dan", &["dev"], "app-prod", "copy orders to stdout", Allow, "devs", "COPY to the client is fine"),
+    // Unparsable.
+    ("dan", &["dev"], "app-prod", "selec 1", Deny, "builtin:unparsable", "fail closed"),
+    ("dan", &["dev"], "app-prod", "select 1; selec 2", Deny, "builtin:unparsable", "one bad statement fails the text"),
+    // MySQL.
+    ("dan", &["dev"], "shop", "delete from orders", Deny, "no-unfiltered-delete", "same rules, other dialect"),
+    ("dan", &["dev"], "shop", "set sql_mode = 'ANSI_QUOTES'", Deny, "builtin:session-fence", "sql_mode changes how text is read"),
+    ("dan", &["dev"], "shop", "select * into outfile '/tmp/x' from orders", Deny, "builtin:server-files", "writes a server file"),
+    ("dan", &["dev"], "shop", "select load_file('/etc/passwd')", Deny, "builtin:dangerous-function", "reads a server file"),
+    ("dan", &["dev"], "shop", "select * from orders where id = 1", Allow, "devs", "plain read"),
+];
+
+fn judge_row(
+    engine: &RuleEngine,
+    row: &Row,
+    settings: &SqlSettings,
+) -> Arc<gateway_core::Judgement> {
+    let (subject, groups, target_name, sql, ..) = *row;
+    let id = identity(subject, groups);
+    let targets = targets();
+    let target = targets.iter().find(|t| t.name == target_name).unwrap();
+    let access = engine.access(&id, target).unwrap_or(Access::ReadOnly);
+    let ctx = StatementContext {
+        identity: &id,
+        target,
+        access,
+        settings,
+    };
+    engine.judge(&ctx, sql)
+}
+
+#[test]
+fn decision_table() {
+    let engine = engine(RULES);
+    let settings = SqlSettings::default();
+    let mut failures = Vec::new();
+    for row in ROWS {
+        let (subject, _, target, sql, decision, rule, why) = *row;
+        let j = judge_row(&engine, row, &settings);
+        let v = &j.verdict;
+        if v.decision != decision || v.rule.as_deref() != Some(rule) {
+            failures.push(format!(
+                "{subject}@{target}: {sql:?} ({why}): expected {decision:?} by {rule}, got {:?} by {:?}: {:?}",
+                v.decision, v.rule, v.reason
+            ));
+        }
+        if decision != Allow && v.reason.as_deref().is_none_or(str::is_empty) {
+            failures.push(format!("{sql:?}: a refusal must carry a reason"));
+        }
+        // The cached answer is the same answer.
+        let again = judge_row(&engine, row, &settings);
+        assert!(
+            Arc::ptr_eq(&j, &again),
+            "{sql:?}: the second judgement must come from the cache"
+        );
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} rows failed:\n{}",
+        failures.len(),
+        ROWS.len(),
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn access_decisions() {
+    let engine = engine(RULES);
+    let t = targets();
+    let by = |name: &str| t.iter().find(|x| x.name == name).unwrap();
+    assert_eq!(
+        engine
+            .access(&identity("ann", &["analyst"]), by("app-prod"))
+            .unwrap(),
+        Access::ReadOnly
+    );
+    assert_eq!(
+        engine
+            .access(&identity("ann", &["analyst", "dev"]), by("app-prod"))
+            .unwrap(),
+        Access::ReadOnly,
+        "first match wins"
+    );
+    assert_eq!(
+        engine
+            .access(&identity("dan", &["dev"]), by("other"))
+            .unwrap(),
+        Access::ReadWrite
+    );
+    let refused = engine
+        .access(&identity("ann", &["analyst"]), by("other"))
+        .unwrap_err();
+    assert_eq!(refused.kind, gateway_core::ErrorKind::AccessDenied);
+    assert!(
+        refused.rule.is_none(),
+        "a refusal for lack of a rule names no rule"
+    );
+    assert!(
+        refused.message.contains("\"ann\"") && refused.message.contains("\"other\""),
+        "{}",
+        refused.message
+    );
+    assert!(
+        engine
+            .access(&identity("carl", &["contractor"]), by("docs"))
+            .is_err(),
+        "except_groups"
+    );
+}
+
+#[test]
+fn reasons_and_classifications() {
+    let engine = engine(RULES);
+    let s = SqlSettings::default();
+    let j = judge_row(
+        &engine,
+        &(
+            "dan",
+            &["dev"],
+            "app-prod",
+            "drop table orders",
+            Deny,
+            "",
+            "",
+        ),
+        &s,
+    );
+    assert_eq!(
+        j.verdict.reason.as_deref(),
+        Some("Dropping tables in production is not allowed")
+    );
+    assert_eq!(j.classification.as_deref(), Some("ddl:drop"));
+    let j = judge_row(
+        &engine,
+        &(
+            "dan",
+            &["dev"],
+            "app-prod",
+            "select 1; delete from orders",
+            Deny,
+            "",
+            "",
+        ),
+        &s,
+    );
+    assert_eq!(j.classification.as_deref(), Some("read; write:delete"));
+    assert_eq!(
+        j.verdict.reason.as_deref(),
+        Some("statement 2 of 2 (write:delete): DELETE and UPDATE need a WHERE clause")
+    );
+    let j = judge_row(
+        &engine,
+        &("dan", &["dev"], "app-prod", "select * from", Deny, "", ""),
+        &s,
+    );
+    let reason = j.verdict.reason.clone().unwrap_or_default();
+    assert!(
+        reason.starts_with("the gateway could not parse this statement: syntax error"),
+        "{reason}"
+    );
+    assert!(reason.ends_with("at position 13"), "{reason}");
+    let j = judge_row(
+        &engine,
+        &(
+            "dan",
+            &["dev"],
+            "app-dev",
+            "create table t (a int)",
+            Approval,
+            "",
+            "",
+        ),
+        &s,
+    );
+    assert_eq!(
+        j.verdict.reason.as_deref(),
+        Some("approval is required: schema changes need a second pair of eyes")
+    );
+    let j = judge_row(
+        &engine,
+        &(
+            "ann",
+            &["analyst"],
+            "app-prod",
+            "insert into orders values (1)",
+            Deny,
+            "",
+            "",
+        ),
+        &s,
+    );
+    assert_eq!(
+        j.verdict.reason.as_deref(),
+        Some("your access to target \"app-prod\" is read-only: this statement is write:insert")
+    );
+    assert_eq!(j.classification.as_deref(), Some("write:insert"));
+}
+
+#[test]
+fn standard_conforming_strings_off_fails_closed() {
+    let engine = engine(RULES);
+    let off = SqlSettings {
+        standard_conforming_strings: false,
+        ..SqlSettings::default()
+    };
+    let j = judge_row(
+        &engine,
+        &("dan", &["dev"], "app-prod", "select 1", Allow, "", ""),
+        &off,
+    );
+    assert_eq!(
+        (j.verdict.decision, j.verdict.rule.as_deref()),
+        (Deny, Some("builtin:reading-settings"))
+    );
+    assert!(j
+        .verdict
+        .reason
+        .as_deref()
+        .unwrap_or_default()
+        .contains("standard_conforming_strings is off"));
+    // MySQL has no such setting; the flag is ignored there.
+    let j = judge_row(
+        &engine,
+        &("dan", &["dev"], "shop", "select 1", Allow, "", ""),
+        &off,
+    );
+    assert_eq!(j.verdict.decision, Allow);
+}
+
+#[test]
+fn unparsable_allow() {
+    let engine = engine("[policy]\nunparsable = \"allow\"\n[[policy.access]]\nname = \"all\"\ngroups = [\"*\"]\nmode = \"read-write\"\n");
+    let j = judge_row(
+        &engine,
+        &("dan", &[], "app-prod", "selec 1", Allow, "", ""),
+        &SqlSettings::default(),
+    );
+    assert_eq!(
+        (j.verdict.decision, j.verdict.rule.as_deref()),
+        (Allow, Some("builtin:unparsable"))
+    );
+    assert_eq!(j.classification.as_deref(), Some("unparsed"));
+}
+
+#[test]
+fn protect_application_name() {
+    let engine = engine(
+        "[policy]\nprotect_application_name = true\n[[policy.access]]\nname = \"all\"\ngroups = [\"*\"]\nmode = \"read-write\"\n",
+    );
+    let row: Row = (
+        "dan",
+        &[],
+        "app-prod",
+        "set application_name = 'someone else'",
+        Allow,
+        "",
+        "",
+    );
+    let j = judge_row(&engine, &row, &SqlSettings::default());
+    assert_eq!(
+        (j.verdict.decision, j.verdict.rule.as_deref()),
+        (Deny, Some("builtin:session-fence"))
+    );
+}
+
+#[test]
+fn dangerous_function_list_and_switch() {
+    let access = "[[policy.access]]\nname = \"all\"\ngroups = [\"*\"]\nmode = \"read-write\"\n";
+    let s = SqlSettings::default();
+    let replaced = engine(&format!(
+        "[policy]\ndangerous_functions = [\"pg_sleep\"]\n{access}"
+    ));
+    let row = |sql: &'static str| -> Row { ("dan", &[], "app-prod", sql, Allow, "", "") };
+    assert_eq!(
+        judge_row(&replaced, &row("select pg_sleep(1)"), &s)
+            .verdict
+            .decision,
+        Deny
+    );
+    assert_eq!(
+        judge_row(&replaced, &row("select pg_read_file('x')"), &s)
+            .verdict
+            .decision,
+        Allow,
+        "the key replaces the default list"
+    );
+    let off = engine(&format!(
+        "[policy]\ndeny_dangerous_functions = false\n{access}"
+    ));
+    assert_eq!(
+        judge_row(&off, &row("select pg_read_file('x')"), &s)
+            .verdict
+            .decision,
+        Allow
+    );
+}
+
+#[test]
+fn a_stricter_policy_applies_to_open_sessions_at_once() {
+    let engine = engine(RULES);
+    let id = identity("ann", &["analyst"]);
+    let t = targets();
+    let target = t.iter().find(|x| x.name == "app-prod").unwrap();
+    // The session was admitted read-write under an earlier policy; now the rule says read-only.
+    let ctx = StatementContext {
+        identity: &id,
+        target,
+        access: Access::ReadWrite,
+        settings: &SqlSettings::default(),
+    };
+    let j = engine.judge(&ctx, "insert into orders values (1)");
+    assert_eq!(j.verdict.rule.as_deref(), Some("builtin:read-only"));
+}
+
+#[test]
+fn default_schema_is_part_of_the_cache_key() {
+    let engine = engine(RULES);
+    let row: Row = (
+        "dan",
+        &["dev"],
+        "app-prod",
+        "insert into scratch values (1)",
+        Allow,
+        "",
+        "",
+    );
+    let plain = judge_row(&engine, &row, &SqlSettings::default());
+    let sandbox = SqlSettings {
+        default_schema: Some(Arc::from("sandbox")),
+        ..SqlSettings::default()
+    };
+    let resolved = judge_row(&engine, &row, &sandbox);
+    assert_eq!(plain.verdict.rule.as_deref(), Some("devs"));
+    assert_eq!(
+        resolved.verdict.rule.as_deref(),
+        Some("allow-sandbox"),
+        "the session resolves it to sandbox.scratch"
+    );
+}
+
+#[test]
+fn replace_swaps_rules_and_clears_caches() {
+    let engine = engine(RULES);
+    let row: Row = (
+        "dan",
+        &["dev"],
+        "app-prod",
+        "select * from orders",
+        Allow,
+        "",
+        "",
+    );
+    let s = SqlSettings::default();
+    assert_eq!(judge_row(&engine, &row, &s).verdict.decision, Allow);
+    let stricter = format!(
+        "{RULES}\n[[policy.rules]]\nname = \"no-orders\"\naction = \"deny\"\nreads = [\"orders\"]\nmessage = \"orders are closed\"\n"
+    );
+    engine.replace(RuleSet::from_toml(&stricter).unwrap());
+    let j = judge_row(&engine, &row, &s);
+    assert_eq!(
+        (j.verdict.decision, j.verdict.rule.as_deref()),
+        (Deny, Some("no-orders"))
+    );
+    engine.replace(RuleSet::default());
+    let j = judge_row(&engine, &row, &s);
+    assert_eq!(
+        j.verdict.rule.as_deref(),
+        Some("builtin:no-access"),
+        "no access rule any more"
+    );
+}
+
+#[test]
+fn explain_matches_judge() {
+    let engine = engine(RULES);
+    let t = targets();
+    let target = t.iter().find(|x| x.name == "app-prod").unwrap();
+    let e = engine.explain(
+        &identity("ann", &["analyst"]),
+        target,
+        &SqlSettings::default(),
+        "select 1; delete from orders where id = 2",
+    );
+    assert_eq!(e.access.mode, Some(Access::ReadOnly));
+    assert_eq!(e.access.rule.as_deref(), Some("analysts-read"));
+    assert_eq!(e.statements.len(), 2);
+    assert_eq!(e.statements[0].verdict.decision, Allow);
+    assert_eq!(
+        e.statements[1].verdict.rule.as_deref(),
+        Some("builtin:read-only")
+    );
+    assert_eq!(e.verdict.rule.as_deref(), Some("builtin:read-only"));
+    let json = serde_json::to_value(&e).unwrap();
+    assert_eq!(json["statements"][1]["facts"]["kinds"][0], "delete");
+    let refused = engine.explain(
+        &identity("zed", &[]),
+        target,
+        &SqlSettings::default(),
+        "select 1",
+    );
+    assert!(refused.access.mode.is_none() && refused.access.reason.is_some());
+    assert_eq!(refused.verdict.rule.as_deref(), Some("builtin:no-access"));
+}
+
+#[test]
+fn rule_set_errors_carry_spans() {
+    let text = "[policy]\nunparsable = \"sometimes\"\n[[policy.rules]]\nname = \"r\"\naction = \"deny\"\nobjects = [\"a.b.c\"]\n";
+    let errors = RuleSet::from_toml(text).unwrap_err();
+    assert_eq!(errors.len(), 2, "{errors:?}");
+    assert_eq!(&text[errors[0].span.clone()], "\"sometimes\"");
+    assert_eq!(&text[errors[1].span.clone()], "\"a.b.c\"");
+}
