@@ -47,6 +47,18 @@ pub struct Config {
     /// `[policy]`: access rules, statement rules and built-in guardrails. `None`: every
     /// authenticated identity may run anything on every target.
     pub policy: Option<policy::RuleSet>,
+    /// `[audit]`, checked, with paths resolved and the default SQLite sink in `gateway.data_dir`
+    /// when no sink is configured.
+    pub audit: audit::AuditConfig,
+    /// `[admin]`: the admin HTTP listener (metrics, health, readiness), if configured.
+    pub admin: Option<AdminSettings>,
+}
+
+/// `[admin]`, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminSettings {
+    /// Address of the admin HTTP listener.
+    pub listen: SocketAddr,
 }
 
 /// `[gateway]`, checked.
@@ -54,8 +66,13 @@ pub struct Config {
 pub struct GatewaySettings {
     /// Node name recorded in every audit record.
     pub node: String,
+    /// Directory for the node's own files (the default SQLite audit trail).
+    pub data_dir: PathBuf,
     /// Longest time from accept to an authenticated session.
     pub handshake_timeout: Duration,
+    /// On shutdown, how long sessions may take to finish the work in flight before they are cut
+    /// off.
+    pub drain_timeout: Duration,
     /// Largest single protocol message accepted from a client.
     pub max_message_bytes: usize,
     /// `tracing` filter directive used when `RUST_LOG` is not set.
@@ -310,17 +327,18 @@ impl ConfigString {
 impl<'de> Deserialize<'de> for ConfigString {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let raw = String::deserialize(deserializer)?;
-        interpolate(&raw, |name| match std::env::var(name) {
-            Ok(value) => Ok(value),
-            Err(std::env::VarError::NotPresent) => Err(format!(
-                "environment variable `{name}` is not set (write `$${{` for a literal `${{`)"
-            )),
-            Err(std::env::VarError::NotUnicode(_)) => {
-                Err(format!("environment variable `{name}` is not valid UTF-8"))
-            }
-        })
-        .map(ConfigString)
-        .map_err(serde::de::Error::custom)
+        interpolate(&raw, env_lookup).map(ConfigString).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Looks up `${NAME}` in the environment, with the error messages config values show.
+fn env_lookup(name: &str) -> Result<String, String> {
+    match std::env::var(name) {
+        Ok(value) => Ok(value),
+        Err(std::env::VarError::NotPresent) => Err(format!(
+            "environment variable `{name}` is not set (write `$${{` for a literal `${{`)"
+        )),
+        Err(std::env::VarError::NotUnicode(_)) => Err(format!("environment variable `{name}` is not valid UTF-8")),
     }
 }
 
@@ -441,6 +459,22 @@ struct FileConfig {
     /// reference live in `policy::rules::PolicySection` (values are taken literally: `${VAR}` is
     /// not expanded inside `[policy]`, so a policy reads the same wherever it is deployed).
     policy: Option<Spanned<policy::rules::PolicySection>>,
+    /// `[audit]`: where the audit trail goes and how durably. The schema and its reference live in
+    /// `audit::AuditConfig` (docs/audit.md). Paths are resolved against the config file's
+    /// directory; `${VAR}` is expanded in a PostgreSQL sink's `url` only.
+    audit: Option<Spanned<audit::AuditConfig>>,
+    /// `[admin]`: the admin HTTP listener serving `/metrics`, `/healthz` and `/readyz`. Without it
+    /// none runs.
+    admin: Option<Spanned<AdminSection>>,
+}
+
+/// `[admin]`
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AdminSection {
+    /// Address and port of the admin HTTP listener, `IP:PORT`. It has no authentication: keep it
+    /// on loopback or a management network. Default `"127.0.0.1:9090"`.
+    listen: Option<Str>,
 }
 
 /// `[gateway]`
@@ -449,9 +483,16 @@ struct FileConfig {
 struct GatewaySection {
     /// Node name recorded in every audit record. Default `"portcullis"`.
     node: Option<Str>,
+    /// Directory for the node's own files, such as the default SQLite audit trail (created at
+    /// start when missing). Default `"data"` next to the configuration file.
+    data_dir: Option<Str>,
     /// Longest time a client may take from connecting to being authenticated (TLS, startup,
     /// authentication). Duration string. Default `"10s"`.
     handshake_timeout: Option<Str>,
+    /// On shutdown (SIGTERM, SIGINT), how long sessions may take to finish the statements in
+    /// flight; each session ends as soon as the database owes it nothing more. Duration string.
+    /// Default `"30s"`.
+    drain_timeout: Option<Str>,
     /// Largest single protocol message accepted from a client, in bytes. Default `67108864`
     /// (64 MiB).
     max_message_bytes: Option<Spanned<u64>>,
@@ -577,7 +618,8 @@ struct TargetSection {
     /// Upstream TLS: `"disable"` or `"verify-full"` (certificate chain and host name verified).
     /// Default `"disable"`.
     tls: Option<Str>,
-    /// PEM file with the CA certificates to trust for `verify-full`. Default: the system roots.
+    /// PEM file with the CA certificates to trust for `verify-full`. Default: the Mozilla root set
+    /// bundled with the gateway (webpki-roots); the system trust store is not read.
     tls_ca_file: Option<Str>,
     /// Host name to verify for `verify-full` instead of `host`. Optional.
     tls_server_name: Option<Str>,
@@ -592,6 +634,8 @@ struct TargetSection {
 
 const DEFAULT_NODE: &str = "portcullis";
 const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+const DEFAULT_DATA_DIR: &str = "data";
 const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 const DEFAULT_LOG_LEVEL: &str = "info";
 const DEFAULT_POSTGRES_LISTEN: &str = "127.0.0.1:6432";
@@ -714,6 +758,8 @@ impl<'a> Checker<'a> {
             self.check_identity(&file.identity, file.postgres.as_ref().map(|p| p.get_ref()));
         let targets = self.check_targets(&file.targets);
         let policy = file.policy.as_ref().and_then(|p| self.check_policy(p));
+        let audit = self.check_audit(file.audit.as_ref(), &gateway.data_dir);
+        let admin = file.admin.as_ref().map(|a| self.check_admin(a));
         Config {
             source: self.origin.to_path_buf(),
             gateway,
@@ -721,7 +767,55 @@ impl<'a> Checker<'a> {
             identity,
             targets,
             policy,
+            audit,
+            admin,
         }
+    }
+
+    fn check_admin(&mut self, section: &Spanned<AdminSection>) -> AdminSettings {
+        let listen = match &section.get_ref().listen {
+            Some(v) => v.get_ref().as_str().parse::<SocketAddr>().unwrap_or_else(|_| {
+                self.error(
+                    v.span(),
+                    format!(
+                        "`admin.listen`: `{}` is not an IP:PORT address; write e.g. \"127.0.0.1:9090\"",
+                        v.get_ref().as_str()
+                    ),
+                );
+                SocketAddr::from(([127, 0, 0, 1], 0))
+            }),
+            None => SocketAddr::from(([127, 0, 0, 1], 9090)),
+        };
+        AdminSettings { listen }
+    }
+
+    fn check_audit(&mut self, section: Option<&Spanned<audit::AuditConfig>>, data_dir: &Path) -> audit::AuditConfig {
+        let Some(section) = section else { return audit::AuditConfig::default_for(data_dir) };
+        let span = section.span();
+        let mut config = section.get_ref().clone();
+        if let Some(key) = &config.signing_key_file {
+            let path = self.resolve(&key.to_string_lossy());
+            if !path.is_file() {
+                self.error(span.clone(), format!("`audit.signing_key_file`: file not found: {}", path.display()));
+            }
+            config.signing_key_file = Some(path);
+        }
+        for sink in &mut config.sinks {
+            match sink {
+                audit::SinkConfig::Sqlite { path } => *path = self.resolve(&path.to_string_lossy()),
+                audit::SinkConfig::Jsonl { dir, .. } => *dir = self.resolve(&dir.to_string_lossy()),
+                audit::SinkConfig::Postgres { url, .. } => match interpolate(url, env_lookup) {
+                    Ok(expanded) => *url = expanded,
+                    Err(e) => self.error(span.clone(), format!("`audit.sinks.url`: {e}")),
+                },
+            }
+        }
+        if let Err(errors) = config.check(data_dir) {
+            for e in errors {
+                self.error(span.clone(), format!("[audit]: {e}"));
+            }
+        }
+        config
     }
 
     fn check_policy(
@@ -754,6 +848,14 @@ impl<'a> Checker<'a> {
                 self.error(v.span(), "`handshake_timeout` must be longer than zero");
             }
         }
+        let data_dir = match &section.data_dir {
+            Some(v) => {
+                let dir = self.non_empty("data_dir", v);
+                self.resolve(&dir)
+            }
+            None => self.resolve(DEFAULT_DATA_DIR),
+        };
+        let drain_timeout = self.duration("drain_timeout", section.drain_timeout.as_ref(), DEFAULT_DRAIN_TIMEOUT);
         let max_message_bytes = match &section.max_message_bytes {
             Some(v) => match usize::try_from(*v.get_ref()) {
                 Ok(0) => {
@@ -786,7 +888,9 @@ impl<'a> Checker<'a> {
         };
         GatewaySettings {
             node,
+            data_dir,
             handshake_timeout,
+            drain_timeout,
             max_message_bytes,
             log_level,
         }

@@ -22,3 +22,4 @@ pub mod tls;
 
 pub use config::{Config, ConfigError, ConfigErrors};
 pub use server::{RunningServer, Server};
+pub mod admin;

@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -59,14 +60,45 @@ impl Server {
                 None
             }
         };
+        // The audit trail opens before any listener: no statement may run unrecorded.
+        if let Err(e) = std::fs::create_dir_all(&config.gateway.data_dir) {
+            anyhow::bail!("cannot create the data directory {}: {e}", config.gateway.data_dir.display());
+        }
+        let audit_log = Arc::new(
+            audit::AuditLog::open(&config.audit, &config.gateway.node)
+                .await
+                .context("cannot open the audit trail ([audit])")?,
+        );
+        builder = builder.audit(Arc::clone(&audit_log) as Arc<dyn gateway_core::AuditSink>);
         let gateway = builder.build();
+        let stats = audit_log.stats();
+        gateway.metrics().register_audit_queue_depth(Box::new(move || {
+            i64::try_from(stats.queue_depth.load(Ordering::Relaxed)).unwrap_or(i64::MAX)
+        }));
+        let ready = Arc::new(AtomicBool::new(false));
+        let mut admin_addr = None;
+        let mut admin_task = None;
+        if let Some(admin) = &config.admin {
+            let server = crate::admin::bind(admin.listen, gateway.clone(), Arc::clone(&ready))
+                .await
+                .with_context(|| {
+                    format!("cannot listen on {} for [admin] (is another process using the port?)", admin.listen)
+                })?;
+            let addr = server.local_addr();
+            if !addr.ip().is_loopback() {
+                tracing::warn!(%addr, "the admin listener has no authentication and is reachable from the network");
+            }
+            admin_addr = Some(addr);
+            admin_task = Some(tokio::spawn(server.run()));
+        }
         let reloader = Arc::new(Reloader {
             path: config.source.clone(),
             engine,
             last_seen: Mutex::new(std::fs::read(&config.source).ok()),
         });
 
-        let mut tasks = Vec::new();
+        let mut listeners = Vec::new();
+        let mut shutdowns = Vec::new();
         let mut postgres_addr = None;
         if let Some(pg) = &config.postgres {
             let tls = pg
@@ -82,7 +114,7 @@ impl Server {
                 allow_plaintext_password: pg.allow_plaintext_password,
                 handshake_timeout: config.gateway.handshake_timeout,
                 max_message_bytes: config.gateway.max_message_bytes,
-                drain_timeout: std::time::Duration::from_secs(30),
+                drain_timeout: config.gateway.drain_timeout,
             };
             let listener = PostgresListener::bind(listener_config, gateway.clone())
                 .await
@@ -101,25 +133,43 @@ impl Server {
                 }
             }
             postgres_addr = Some(addr);
-            tasks.push(tokio::spawn(listener.run()));
+            shutdowns.push(listener.shutdown_handle());
+            listeners.push(tokio::spawn(listener.run()));
         }
 
-        tasks.push(tokio::spawn(watch_config(Arc::clone(&reloader))));
+        let tasks = vec![tokio::spawn(watch_config(Arc::clone(&reloader)))];
 
+        ready.store(true, Ordering::Release);
         Ok(RunningServer {
             gateway,
             postgres_addr,
+            admin_addr,
+            admin: admin_task,
+            ready,
+            audit: audit_log,
+            listeners,
+            shutdowns,
             tasks,
             reloader,
         })
     }
 }
 
-/// A started server: its gateway and the tasks running its listeners. Dropping it stops the
-/// listeners too; [`RunningServer::shutdown`] also waits for them to stop.
+/// A started server: its gateway and the tasks running its listeners. Dropping it stops
+/// everything at once; [`RunningServer::shutdown`] stops gracefully.
 pub struct RunningServer {
     gateway: Gateway,
     postgres_addr: Option<SocketAddr>,
+    admin_addr: Option<SocketAddr>,
+    /// The admin listener; it keeps serving (503 on /readyz) until sessions and the audit trail
+    /// have stopped.
+    admin: Option<JoinHandle<()>>,
+    ready: Arc<AtomicBool>,
+    audit: Arc<audit::AuditLog>,
+    /// Listener tasks; each returns after its graceful shutdown.
+    listeners: Vec<JoinHandle<()>>,
+    shutdowns: Vec<proto_postgres::Shutdown>,
+    /// Background tasks (the config watcher), aborted on shutdown.
     tasks: Vec<JoinHandle<()>>,
     reloader: Arc<Reloader>,
 }
@@ -129,6 +179,11 @@ impl RunningServer {
     /// when the configuration asked for port 0).
     pub fn postgres_addr(&self) -> Option<SocketAddr> {
         self.postgres_addr
+    }
+
+    /// The address the admin listener is bound to, if `[admin]` is configured.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
     }
 
     /// The gateway the listeners serve.
@@ -147,25 +202,42 @@ impl RunningServer {
         self.reloader.reload()
     }
 
-    /// Stops accepting connections: aborts the listener tasks and waits until they have stopped.
+    /// Stops gracefully: the listeners stop accepting at once, every session ends (SQLSTATE
+    /// 57P01) as soon as the database owes it nothing more, and this returns when all sessions
+    /// have ended or `gateway.drain_timeout` has passed.
     pub async fn shutdown(mut self) {
-        let tasks = std::mem::take(&mut self.tasks);
-        for task in &tasks {
+        self.ready.store(false, Ordering::Release);
+        for task in std::mem::take(&mut self.tasks) {
             task.abort();
         }
-        for task in tasks {
+        for s in &self.shutdowns {
+            s.trigger();
+        }
+        for task in std::mem::take(&mut self.listeners) {
             if let Err(e) = task.await {
                 if e.is_panic() {
                     tracing::error!("a listener task panicked: {e}");
                 }
             }
         }
+        // Sessions have ended: write what is queued and a final checkpoint.
+        if let Err(e) = self.audit.shutdown().await {
+            tracing::error!(error = %e, "the audit trail could not be closed cleanly");
+        }
+        if let Some(admin) = self.admin.take() {
+            admin.abort();
+        }
+    }
+
+    /// The audit trail's counters (queue depth, written, failed, dropped).
+    pub fn audit_stats(&self) -> Arc<audit::AuditStats> {
+        self.audit.stats()
     }
 }
 
 impl Drop for RunningServer {
     fn drop(&mut self) {
-        for task in &self.tasks {
+        for task in self.tasks.iter().chain(&self.listeners).chain(&self.admin) {
             task.abort();
         }
     }

@@ -16,6 +16,17 @@ pub enum Side {
     Gateway,
 }
 
+impl Side {
+    /// Lower-case name, as in audit records and metric labels (`client`, `upstream`, `gateway`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Side::Client => "client",
+            Side::Upstream => "upstream",
+            Side::Gateway => "gateway",
+        }
+    }
+}
+
 /// What went wrong, independent of any wire protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -44,6 +55,27 @@ pub enum ErrorKind {
     ShuttingDown,
     /// A bug or an unexpected condition inside the gateway.
     Internal,
+}
+
+impl ErrorKind {
+    /// Snake-case name, as in audit records and metric labels (`authentication`,
+    /// `access_denied`, `unknown_target`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Authentication => "authentication",
+            ErrorKind::AccessDenied => "access_denied",
+            ErrorKind::UnknownTarget => "unknown_target",
+            ErrorKind::PolicyDenied => "policy_denied",
+            ErrorKind::ApprovalRequired => "approval_required",
+            ErrorKind::Protocol => "protocol",
+            ErrorKind::Unsupported => "unsupported",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::UpstreamUnavailable => "upstream_unavailable",
+            ErrorKind::AuditUnavailable => "audit_unavailable",
+            ErrorKind::ShuttingDown => "shutting_down",
+            ErrorKind::Internal => "internal",
+        }
+    }
 }
 
 /// An error with its kind, the side that caused it, a message for the client, and the rule that

@@ -15,7 +15,9 @@
 //! - result columns go to [`Execution::row_masker`]; `None` means the protocol crate forwards rows
 //!   untouched;
 //! - every step is an [`AuditRecord`] handed to an [`AuditSink`]; when it cannot be recorded the
-//!   statement is refused.
+//!   statement is refused;
+//! - along the way each phase counts into the gateway's own [`Metrics`] ([`Gateway::metrics`]),
+//!   served in the Prometheus text format by the binary's admin listener.
 //!
 //! Errors are [`GatewayError`]s: a neutral [`ErrorKind`] plus the [`Side`] that caused it.
 
@@ -24,6 +26,7 @@ pub mod audit;
 pub mod error;
 pub mod identity;
 pub mod masking;
+pub mod metrics;
 pub mod policy;
 pub mod session;
 pub mod target;
@@ -33,6 +36,7 @@ pub use audit::{AuditEvent, AuditRecord, AuditSink, LogAuditSink, RecordedError}
 pub use error::{ErrorKind, GatewayError, Side};
 pub use identity::{AuthMethod, Authenticator, ClientInfo, Credentials, DenyAllAuthenticator, Identity};
 pub use masking::{Masker, NoMasking, ResultColumn, RowMasker};
+pub use metrics::{ActiveSession, Metrics};
 pub use policy::{Access, AllowAll, Decision, Judgement, PolicyEngine, SqlSettings, StatementContext, Verdict};
 pub use session::{Execution, Gateway, GatewayBuilder, Outcome, Session, SessionContext, SessionRequest, Statement};
 pub use target::{Protocol, Target, Targets, UpstreamTls};

@@ -11,6 +11,7 @@ use crate::audit::{now, AuditEvent, AuditRecord, AuditSink, LogAuditSink, Record
 use crate::error::{ErrorKind, GatewayError, Side};
 use crate::identity::{Authenticator, ClientInfo, Credentials, DenyAllAuthenticator, Identity};
 use crate::masking::{Masker, NoMasking, ResultColumn, RowMasker};
+use crate::metrics::{Metrics, ProtocolMetrics};
 use crate::policy::{Access, AllowAll, Decision, Judgement, PolicyEngine, SqlSettings, StatementContext};
 use crate::target::{Protocol, Target, Targets};
 
@@ -22,6 +23,7 @@ struct Inner {
     audit: Arc<dyn AuditSink>,
     approvals: Arc<dyn ApprovalService>,
     targets: Targets,
+    metrics: Arc<Metrics>,
 }
 
 /// A gateway: the configured seams and targets. Cheap to clone; many can live in one process.
@@ -92,7 +94,7 @@ impl GatewayBuilder {
         self.targets = t;
         self
     }
-    /// Finishes the gateway.
+    /// Finishes the gateway, with its own fresh [`Metrics`].
     pub fn build(self) -> Gateway {
         Gateway {
             inner: Arc::new(Inner {
@@ -103,6 +105,7 @@ impl GatewayBuilder {
                 audit: self.audit,
                 approvals: self.approvals,
                 targets: self.targets,
+                metrics: Arc::new(Metrics::new()),
             }),
         }
     }
@@ -149,6 +152,12 @@ impl Gateway {
         &self.inner.targets
     }
 
+    /// This gateway's metrics: the session phases record into them, protocol crates add accepted
+    /// connections and active sessions, an admin listener serves [`Metrics::encode`].
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
+    }
+
     /// Phase 1 of every connection: authenticate, choose the target, check access, record the
     /// session. Failed logins are audited too (without the credential). The protocol crate
     /// connects upstream only after this succeeds.
@@ -160,7 +169,8 @@ impl Gateway {
                 let subject = Arc::from(identity.subject.as_str());
                 let target_name = Arc::from(target.name.as_str());
                 let ctx = Arc::new(SessionContext { id, identity, target, access, client, subject, target_name });
-                let session = Session { gateway: self.clone(), ctx, statements: AtomicU64::new(0) };
+                let metrics = Arc::clone(self.inner.metrics.protocol(req.protocol));
+                let session = Session { gateway: self.clone(), ctx, statements: AtomicU64::new(0), metrics };
                 session
                     .record(AuditEvent::SessionOpened {
                         auth_method: session.ctx.identity.auth_method,
@@ -171,6 +181,7 @@ impl Gateway {
                 Ok(session)
             }
             Err(e) => {
+                self.inner.metrics.login_failed(req.protocol, e.kind);
                 let record = AuditRecord {
                     time: now(),
                     node: Arc::clone(&self.inner.node),
@@ -188,6 +199,7 @@ impl Gateway {
                 // The login is refused either way; a failing sink must not turn a wrong password
                 // into a different error, but it must be visible.
                 if let Err(audit_err) = self.inner.audit.record(record).await {
+                    self.inner.metrics.audit_failure();
                     tracing::error!(error = %audit_err, "could not record a failed login");
                 }
                 Err(e)
@@ -223,11 +235,13 @@ fn new_session_id() -> String {
 
 /// An admitted session. Protocol crates call [`prepare`](Self::prepare) for every statement text,
 /// [`execute`](Self::execute) right before forwarding an execution, and
-/// [`Execution::finish`] when its result completes.
+/// [`Session::finish`] when its result completes.
 pub struct Session {
     gateway: Gateway,
     ctx: Arc<SessionContext>,
     statements: AtomicU64,
+    /// This session's protocol's series, resolved once.
+    metrics: Arc<ProtocolMetrics>,
 }
 
 /// A judged statement text, ready to execute (possibly many times).
@@ -261,7 +275,7 @@ pub struct Outcome {
     pub skipped: bool,
 }
 
-/// One execution in flight. Dropping it without [`finish`](Self::finish) records nothing more;
+/// One execution in flight. Dropping it without [`Session::finish`] records nothing more;
 /// protocol crates finish every execution, including skipped ones.
 pub struct Execution {
     statement_id: u64,
@@ -304,6 +318,7 @@ impl Session {
             event,
         };
         self.gateway.inner.audit.record(record).await.map_err(|e| {
+            self.metrics.audit_failure();
             GatewayError::new(
                 ErrorKind::AuditUnavailable,
                 Side::Gateway,
@@ -327,6 +342,7 @@ impl Session {
             self.gateway.inner.policy.judge(&ctx, sql)
         };
         if judgement.verdict.decision == Decision::Deny {
+            self.metrics.denied.inc();
             let statement_id = self.statements.fetch_add(1, Ordering::Relaxed);
             self.record(AuditEvent::StatementDenied {
                 statement_id,
@@ -363,6 +379,7 @@ impl Session {
                     rule = Some(Arc::from(format!("{} (approval {id})", rule.as_deref().unwrap_or_default())))
                 }
                 ApprovalOutcome::Refused(e) => {
+                    self.metrics.approval_required.inc();
                     self.record(AuditEvent::StatementDenied {
                         statement_id,
                         sql: Arc::clone(&stmt.sql),
@@ -373,13 +390,19 @@ impl Session {
                 }
             }
         }
-        self.record(AuditEvent::StatementStarted {
-            statement_id,
-            sql: Arc::clone(&stmt.sql),
-            classification: stmt.judgement.classification.clone(),
-            rule,
-        })
-        .await?;
+        let started = self
+            .record(AuditEvent::StatementStarted {
+                statement_id,
+                sql: Arc::clone(&stmt.sql),
+                classification: stmt.judgement.classification.clone(),
+                rule,
+            })
+            .await;
+        if let Err(e) = started {
+            self.metrics.audit_refused.inc();
+            return Err(e);
+        }
+        self.metrics.allowed.inc();
         Ok(Execution {
             statement_id,
             started: Instant::now(),
@@ -390,12 +413,21 @@ impl Session {
 
     /// Records the end of an execution.
     pub async fn finish(&self, exec: Execution, outcome: Outcome) -> Result<(), GatewayError> {
+        let duration = exec.started.elapsed();
+        if !outcome.skipped {
+            // A skipped execution never ran: its "duration" would only measure the wait for the
+            // error ahead of it.
+            self.metrics.duration.observe(duration.as_secs_f64());
+        }
+        if let Some(error) = &outcome.error {
+            self.metrics.statement_error(error.side);
+        }
         self.record(AuditEvent::StatementFinished {
             statement_id: exec.statement_id,
             rows: outcome.rows,
             tag: outcome.tag,
             error: outcome.error,
-            duration: exec.started.elapsed(),
+            duration,
             skipped: outcome.skipped,
         })
         .await

@@ -102,7 +102,9 @@ pub(crate) async fn serve(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr)
         }
     };
     let (session, upstream, registration) = session_parts;
+    let active = shared.gateway.metrics().session_active(Protocol::Postgres);
     let result = relay(&shared, client, session.clone(), upstream).await;
+    drop(active);
     drop(registration);
     let error = result.err().map(|e| gateway_core::RecordedError::from(&e));
     match Arc::try_unwrap(session) {

@@ -28,7 +28,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use gateway_core::Gateway;
+use gateway_core::{Gateway, Protocol};
 use tokio::net::TcpListener;
 
 /// Settings of one PostgreSQL listener.
@@ -124,6 +124,7 @@ impl PostgresListener {
             tokio::select! {
                 accepted = self.listener.accept() => match accepted {
                     Ok((tcp, peer)) => {
+                        self.shared.gateway.metrics().connection_accepted(Protocol::Postgres);
                         sessions.spawn(connection::serve(Arc::clone(&self.shared), tcp, peer));
                     }
                     Err(e) => {

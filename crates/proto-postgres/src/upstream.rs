@@ -45,15 +45,13 @@ pub struct TlsConfigs {
 
 impl TlsConfigs {
     fn get(&self, ca_file: Option<&std::path::Path>) -> Result<Arc<rustls::ClientConfig>, String> {
-        let Some(ca) = ca_file else {
-            return Err("verify-full needs tls_ca_file: the gateway does not read system trust stores".into());
-        };
+        let key = ca_file.map(std::path::Path::to_path_buf).unwrap_or_default();
         let mut map = self.by_ca.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(c) = map.get(ca) {
+        if let Some(c) = map.get(&key) {
             return Ok(Arc::clone(c));
         }
-        let config = client_tls_config(ca)?;
-        map.insert(ca.to_path_buf(), Arc::clone(&config));
+        let config = client_tls_config(ca_file)?;
+        map.insert(key, Arc::clone(&config));
         Ok(config)
     }
 }
@@ -224,16 +222,27 @@ async fn read_message(stream: &mut UpstreamStream, buf: &mut BytesMut) -> Result
     }
 }
 
-fn client_tls_config(ca: &std::path::Path) -> Result<Arc<rustls::ClientConfig>, String> {
+/// A verify-full client configuration trusting the CAs in `ca_file`, or the Mozilla root set
+/// bundled with `webpki-roots` when no file is given (the gateway does not read the system's trust
+/// store, so what it trusts is the same on every machine).
+fn client_tls_config(ca_file: Option<&std::path::Path>) -> Result<Arc<rustls::ClientConfig>, String> {
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::CertificateDer;
     let mut roots = rustls::RootCertStore::empty();
+    let Some(ca) = ca_file else {
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        return finish_client_config(roots);
+    };
     let certs = CertificateDer::pem_file_iter(ca)
         .map_err(|e| format!("read CA file {}: {e}", ca.display()))?;
     for cert in certs {
         let cert = cert.map_err(|e| format!("parse CA file {}: {e}", ca.display()))?;
         roots.add(cert).map_err(|e| format!("CA certificate in {}: {e}", ca.display()))?;
     }
+    finish_client_config(roots)
+}
+
+fn finish_client_config(roots: rustls::RootCertStore) -> Result<Arc<rustls::ClientConfig>, String> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()

@@ -1,0 +1,314 @@
+//! `[audit]` configuration: plain serde structs the gateway config embeds.
+//!
+//! Durations are strings in the gateway's format (`"500ms"`, `"10s"`, `"5m"`, `"1h30m"`).
+//! Paths are used as given: the gateway config resolves relative paths before it hands them over.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+/// `[audit]`.
+///
+/// ```toml
+/// [audit]
+/// durability = "sync"              # or "batched"
+/// on_failure = "closed"            # or "open"
+/// queue_capacity = 8192
+/// batch_max_records = 512
+/// batch_max_delay = "0ms"
+/// checkpoint_every_records = 1000
+/// checkpoint_every = "1m"
+/// retry_for = "2s"
+/// signing_key_file = "/etc/portcullis/audit-signing.pem"
+///
+/// [[audit.sinks]]
+/// kind = "sqlite"
+/// path = "/var/lib/portcullis/audit.db"
+///
+/// [[audit.sinks]]
+/// kind = "jsonl"
+/// dir = "/var/log/portcullis/audit"
+/// max_file_bytes = 104857600
+///
+/// [[audit.sinks]]
+/// kind = "postgres"
+/// url = "postgresql://audit@db.internal/audit"
+/// table = "audit_records"
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// `"sync"` (default): a statement runs only after its record is durable in every sink.
+    /// `"batched"`: `record()` returns once the record is queued.
+    #[serde(default)]
+    pub durability: Durability,
+    /// `"closed"` (default): when the sinks cannot take records, statements are refused.
+    /// `"open"`: records are dropped (logged at ERROR and counted) and statements go on.
+    #[serde(default)]
+    pub on_failure: OnFailure,
+    /// Records that may wait for the writer. Default 8192.
+    #[serde(default = "default_queue_capacity")]
+    pub queue_capacity: usize,
+    /// Most records in one write. Default 512.
+    #[serde(default = "default_batch_max_records")]
+    pub batch_max_records: usize,
+    /// How long the writer waits for a batch to fill before writing what it has. Default `"0ms"`:
+    /// write as soon as the writer is free; records that arrive during a write form the next
+    /// batch (group commit).
+    #[serde(default, deserialize_with = "de_duration")]
+    pub batch_max_delay: Duration,
+    /// A signed checkpoint after this many records. Default 1000.
+    #[serde(default = "default_checkpoint_every_records")]
+    pub checkpoint_every_records: u64,
+    /// A signed checkpoint at least this often while records arrive. Default `"1m"`.
+    #[serde(default = "default_checkpoint_every", deserialize_with = "de_duration")]
+    pub checkpoint_every: Duration,
+    /// How long a failing write is retried before the records waiting on it fail, and how long
+    /// `record()` waits for room in a full queue. Default `"2s"`. The writer keeps retrying
+    /// after that (backing off to once a second) and resumes when a sink recovers.
+    #[serde(default = "default_retry_for", deserialize_with = "de_duration")]
+    pub retry_for: Duration,
+    /// PKCS#8 Ed25519 private key (PEM or DER) that signs checkpoints. Without one the chain is
+    /// hash-linked but unsigned, and a warning is logged at start.
+    #[serde(default)]
+    pub signing_key_file: Option<PathBuf>,
+    /// Where records go; every record goes to every sink. The first is the primary: its tail is
+    /// where the chain continues, and tail/search read it. Default: one SQLite file
+    /// `<data_dir>/audit.db`.
+    #[serde(default)]
+    pub sinks: Vec<SinkConfig>,
+}
+
+/// When `record()` returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Durability {
+    /// After the batch holding the record is durable in every sink (SQLite `synchronous=FULL`,
+    /// JSONL fsync per batch, PostgreSQL commit).
+    #[default]
+    Sync,
+    /// After the record is queued (SQLite `synchronous=NORMAL`, JSONL written without fsync).
+    Batched,
+}
+
+/// What happens to statements when no record can be written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnFailure {
+    /// Refuse: `record()` fails, and the gateway refuses the statement.
+    #[default]
+    Closed,
+    /// Carry on: `record()` succeeds, the record is dropped, logged at ERROR and counted.
+    Open,
+}
+
+/// One `[[audit.sinks]]` entry.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum SinkConfig {
+    /// `kind = "sqlite"`: one SQLite file (WAL).
+    Sqlite {
+        /// The database file; created if missing.
+        path: PathBuf,
+    },
+    /// `kind = "jsonl"`: JSON lines in numbered files `audit-000001.jsonl`, ... in `dir`.
+    Jsonl {
+        /// The directory; created if missing. One gateway node per directory.
+        dir: PathBuf,
+        /// A new file is started before a record would make the current one larger than this.
+        /// Default 104857600 (100 MiB).
+        #[serde(default = "default_max_file_bytes")]
+        max_file_bytes: u64,
+    },
+    /// `kind = "postgres"`: a table in PostgreSQL, shared by several gateway nodes.
+    Postgres {
+        /// Connection string (`postgresql://user@host/db` or `host=... dbname=...`).
+        url: String,
+        /// Table name, optionally schema-qualified; created if missing, with a companion
+        /// `<table>_checkpoints`. Default `audit_records`.
+        #[serde(default = "default_table")]
+        table: String,
+    },
+}
+
+impl AuditConfig {
+    /// The configuration when `[audit]` is absent: one SQLite sink at `<data_dir>/audit.db`,
+    /// sync durability, fail closed, no signing key.
+    pub fn default_for(data_dir: &Path) -> Self {
+        AuditConfig {
+            durability: Durability::Sync,
+            on_failure: OnFailure::Closed,
+            queue_capacity: default_queue_capacity(),
+            batch_max_records: default_batch_max_records(),
+            batch_max_delay: Duration::ZERO,
+            checkpoint_every_records: default_checkpoint_every_records(),
+            checkpoint_every: default_checkpoint_every(),
+            retry_for: default_retry_for(),
+            signing_key_file: None,
+            sinks: vec![SinkConfig::Sqlite { path: data_dir.join("audit.db") }],
+        }
+    }
+
+    /// Fills in the default sink when none is configured, and checks the numbers. Every problem
+    /// is returned, one message each.
+    pub fn check(&mut self, data_dir: &Path) -> Result<(), Vec<String>> {
+        if self.sinks.is_empty() {
+            self.sinks.push(SinkConfig::Sqlite { path: data_dir.join("audit.db") });
+        }
+        let mut errors = Vec::new();
+        if self.queue_capacity == 0 {
+            errors.push("`audit.queue_capacity` must be at least 1".to_owned());
+        }
+        if self.batch_max_records == 0 {
+            errors.push("`audit.batch_max_records` must be at least 1".to_owned());
+        }
+        if self.checkpoint_every_records == 0 {
+            errors.push("`audit.checkpoint_every_records` must be at least 1".to_owned());
+        }
+        if self.checkpoint_every.is_zero() {
+            errors.push("`audit.checkpoint_every` must be longer than 0".to_owned());
+        }
+        for (i, sink) in self.sinks.iter().enumerate() {
+            match sink {
+                SinkConfig::Jsonl { max_file_bytes, .. } if *max_file_bytes < 4096 => {
+                    errors.push(format!("`audit.sinks[{i}].max_file_bytes` must be at least 4096"))
+                }
+                SinkConfig::Postgres { table, .. } => {
+                    if let Err(e) = crate::sink::postgres::quote_table(table) {
+                        errors.push(format!("`audit.sinks[{i}].table`: {e}"));
+                    }
+                }
+                _ => {}
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors)
+        }
+    }
+}
+
+fn default_queue_capacity() -> usize {
+    8192
+}
+fn default_batch_max_records() -> usize {
+    512
+}
+fn default_checkpoint_every_records() -> u64 {
+    1000
+}
+fn default_checkpoint_every() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_retry_for() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_max_file_bytes() -> u64 {
+    100 * 1024 * 1024
+}
+fn default_table() -> String {
+    "audit_records".to_owned()
+}
+
+fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_duration(&s).map_err(serde::de::Error::custom)
+}
+
+/// Parses `"500ms"`, `"10s"`, `"5m"`, `"1h30m"`, `"2d"`: whole numbers with units `ms`, `s`,
+/// `m`, `h`, `d` (and their long names), the grammar of the gateway config.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    const HINT: &str = "write a whole number and a unit, e.g. \"500ms\", \"10s\", \"5m\", \"1h\"";
+    let s = text.trim();
+    if s.is_empty() {
+        return Err(format!("empty duration: {HINT}"));
+    }
+    let mut total_ms: u64 = 0;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        if digits == 0 {
+            return Err(format!("invalid duration `{text}`: {HINT}"));
+        }
+        let n: u64 = rest[..digits].parse().map_err(|_| format!("duration `{text}` is too large"))?;
+        rest = &rest[digits..];
+        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit_ms: u64 = match &rest[..unit_len] {
+            "ms" | "msec" | "msecs" => 1,
+            "s" | "sec" | "secs" | "second" | "seconds" => 1_000,
+            "m" | "min" | "mins" | "minute" | "minutes" => 60_000,
+            "h" | "hr" | "hrs" | "hour" | "hours" => 3_600_000,
+            "d" | "day" | "days" => 86_400_000,
+            "" => return Err(format!("duration `{text}` has a number without a unit: {HINT}")),
+            other => return Err(format!("unknown unit `{other}` in duration `{text}`: {HINT}")),
+        };
+        rest = &rest[unit_len..];
+        total_ms = n
+            .checked_mul(unit_ms)
+            .and_then(|ms| total_ms.checked_add(ms))
+            .ok_or_else(|| format!("duration `{text}` is too large"))?;
+    }
+    Ok(Duration::from_millis(total_ms))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Doc {
+        audit: AuditConfig,
+    }
+
+    #[test]
+    fn reads_every_key() {
+        let doc: Doc = toml::from_str(
+            r#"
+            [audit]
+            durability = "batched"
+            on_failure = "open"
+            queue_capacity = 10
+            batch_max_records = 5
+            batch_max_delay = "3ms"
+            checkpoint_every_records = 7
+            checkpoint_every = "1m30s"
+            retry_for = "500ms"
+            signing_key_file = "k.pem"
+            [[audit.sinks]]
+            kind = "sqlite"
+            path = "a.db"
+            [[audit.sinks]]
+            kind = "jsonl"
+            dir = "logs"
+            [[audit.sinks]]
+            kind = "postgres"
+            url = "host=localhost"
+            "#,
+        )
+        .unwrap();
+        let a = doc.audit;
+        assert_eq!(a.durability, Durability::Batched);
+        assert_eq!(a.on_failure, OnFailure::Open);
+        assert_eq!(a.batch_max_delay, Duration::from_millis(3));
+        assert_eq!(a.checkpoint_every, Duration::from_secs(90));
+        assert_eq!(a.sinks[1], SinkConfig::Jsonl { dir: "logs".into(), max_file_bytes: 100 * 1024 * 1024 });
+        assert_eq!(a.sinks[2], SinkConfig::Postgres { url: "host=localhost".into(), table: "audit_records".into() });
+    }
+
+    #[test]
+    fn defaults_and_refusals() {
+        let mut a: AuditConfig = toml::from_str("").unwrap();
+        a.check(Path::new("/data")).unwrap();
+        assert_eq!(a, AuditConfig::default_for(Path::new("/data")));
+        assert!(toml::from_str::<AuditConfig>("durability = \"eventually\"").is_err());
+        assert!(toml::from_str::<AuditConfig>("surprise = 1").is_err());
+        assert!(toml::from_str::<AuditConfig>("checkpoint_every = \"10\"").is_err());
+        assert!(toml::from_str::<AuditConfig>("[[sinks]]\nkind = \"sqlite\"\npath = \"x\"\ndir = \"y\"").is_err());
+        let mut bad: AuditConfig =
+            toml::from_str("queue_capacity = 0\n[[sinks]]\nkind = \"postgres\"\nurl = \"x\"\ntable = \"a;drop\"").unwrap();
+        assert_eq!(bad.check(Path::new("/d")).unwrap_err().len(), 2);
+    }
+}

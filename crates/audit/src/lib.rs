@@ -1,0 +1,35 @@
+//! The tamper-evident audit trail of Portcullis. Every [`gateway_core::AuditRecord`] the gateway
+//! hands to [`AuditLog`] (its [`gateway_core::AuditSink`]) is serialized once to JSON; those
+//! bytes become the payload of a [`StoredRecord`] that carries a per-node sequence number and the
+//! SHA-256 [`chain_hash`] of the record before it. Every N records or T seconds, and at shutdown,
+//! the writer appends a checkpoint signed with Ed25519 ([`CheckpointSigner`]). Records go to
+//! every configured [`Sink`] ([`SqliteSink`], [`JsonlSink`], [`PostgresSink`]) through a bounded
+//! queue and one batching writer task, durably before `record()` returns in `sync` durability;
+//! when the sinks fail, `record()` fails and the gateway refuses statements (fail closed).
+//! [`verify()`] checks a sink end to end and names the first broken record; [`tail`] and
+//! [`search`] read it. [`AuditConfig`] is the `[audit]` section of the gateway config.
+//!
+//! This crate is not the gateway's decision about what to record (that is `gateway-core`), nor a
+//! log shipper: it stores, chains, signs and checks. `docs/audit.md` describes the record schema,
+//! the exact hash input, and what verify can and cannot prove.
+
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod error;
+pub mod record;
+pub mod signing;
+pub mod sink;
+pub mod verify;
+pub mod writer;
+
+pub use config::{parse_duration, AuditConfig, Durability, OnFailure, SinkConfig};
+pub use error::{AuditError, SinkError};
+pub use record::{chain_hash, format_time, ChainHash, RecordKind, StoredRecord, SCHEMA_VERSION};
+pub use signing::{
+    checkpoint_message, generate_signing_key, parse_public_key, read_public_key_file, verify_checkpoint_signature,
+    CheckpointPayload, CheckpointSigner, NoticePayload,
+};
+pub use sink::{open_sink, JsonlSink, OpenMode, PostgresSink, ScanCursor, ScanItem, ScanPage, SearchFilter, Sink, SqliteSink};
+pub use verify::{search, tail, verify, NodeReport, Problem, VerifyFailure, VerifyReport};
+pub use writer::{AuditLog, AuditStats};

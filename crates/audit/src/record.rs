@@ -1,0 +1,360 @@
+//! The stored form of a record and the chain hash that links it to the one before.
+
+use std::fmt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// Version of the stored-record schema and of the hash input. Bumped whenever either changes;
+/// verify refuses versions it does not know rather than guessing.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// A SHA-256 chain hash. Shown and stored as 64 lowercase hex digits.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct ChainHash(pub [u8; 32]);
+
+impl ChainHash {
+    /// The `prev_hash` of the first record of every chain: 32 zero bytes.
+    pub const GENESIS: ChainHash = ChainHash([0; 32]);
+
+    /// Parses 64 hex digits (either case).
+    pub fn from_hex(s: &str) -> Option<Self> {
+        let b = s.as_bytes();
+        if b.len() != 64 {
+            return None;
+        }
+        let mut out = [0u8; 32];
+        for (i, pair) in b.chunks_exact(2).enumerate() {
+            let hi = hex_val(pair[0])?;
+            let lo = hex_val(pair[1])?;
+            out[i] = (hi << 4) | lo;
+        }
+        Some(ChainHash(out))
+    }
+
+    /// The hash as 64 lowercase hex digits.
+    pub fn to_hex(&self) -> String {
+        to_hex(&self.0)
+    }
+}
+
+impl fmt::Display for ChainHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+impl fmt::Debug for ChainHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ChainHash({})", self.to_hex())
+    }
+}
+
+fn hex_val(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    }
+}
+
+pub(crate) fn to_hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(DIGITS[usize::from(b >> 4)] as char);
+        s.push(DIGITS[usize::from(b & 0xf)] as char);
+    }
+    s
+}
+
+/// What a record is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordKind {
+    /// A gateway event: the payload is the JSON of a `gateway_core::AuditRecord`.
+    Event,
+    /// A signed checkpoint over the record before it (see [`crate::CheckpointPayload`]).
+    Checkpoint,
+    /// Something the audit log itself has to say: opened, recovered after a sink failure, dropped
+    /// records (fail open), truncated a torn final line (see [`crate::NoticePayload`]).
+    Notice,
+}
+
+impl RecordKind {
+    /// The name stored in the `kind` column and hashed.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecordKind::Event => "event",
+            RecordKind::Checkpoint => "checkpoint",
+            RecordKind::Notice => "notice",
+        }
+    }
+
+    /// Parses a stored kind name.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "event" => Some(RecordKind::Event),
+            "checkpoint" => Some(RecordKind::Checkpoint),
+            "notice" => Some(RecordKind::Notice),
+            _ => None,
+        }
+    }
+}
+
+/// One record as every sink stores it.
+///
+/// `version`, `node`, `seq`, `kind`, `prev_hash` and `payload` are the hashed content; `hash` is
+/// the result. `time_us`, `subject`, `target`, `event` and `verdict` are derived from the payload
+/// when the record is made (for indexes and search); verify derives them again and reports a
+/// record whose stored columns disagree with its payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredRecord {
+    /// Schema version ([`SCHEMA_VERSION`] for records written by this build).
+    pub version: u32,
+    /// The gateway node whose chain this record belongs to.
+    pub node: String,
+    /// Position in the node's chain, starting at 1, without gaps.
+    pub seq: u64,
+    /// What the record is.
+    pub kind: RecordKind,
+    /// Hash of the record at `seq - 1` ([`ChainHash::GENESIS`] for seq 1).
+    pub prev_hash: ChainHash,
+    /// [`chain_hash`] of this record.
+    pub hash: ChainHash,
+    /// When it happened, in microseconds since the Unix epoch (from the payload).
+    pub time_us: i64,
+    /// Subject, for events of authenticated sessions (from the payload).
+    pub subject: Option<String>,
+    /// Target name (from the payload).
+    pub target: Option<String>,
+    /// Event name (`statement_started`, `login_failed`, ...), `checkpoint`, or the notice name.
+    pub event: String,
+    /// `allow`, `deny` or `needs_approval` where the event carries a decision (from the payload).
+    pub verdict: Option<String>,
+    /// The exact JSON bytes that were hashed.
+    pub payload: Vec<u8>,
+}
+
+impl StoredRecord {
+    /// Builds the next record of a chain: derives the index columns from `payload` and computes
+    /// the hash. Fails only when the payload is not a JSON object with the fields the kind needs.
+    pub fn seal(
+        node: &str,
+        seq: u64,
+        kind: RecordKind,
+        prev_hash: ChainHash,
+        payload: Vec<u8>,
+    ) -> Result<Self, String> {
+        let index = RecordIndex::derive(kind, &payload)?;
+        let hash = chain_hash(SCHEMA_VERSION, node, seq, kind, &prev_hash, &payload);
+        Ok(StoredRecord {
+            version: SCHEMA_VERSION,
+            node: node.to_owned(),
+            seq,
+            kind,
+            prev_hash,
+            hash,
+            time_us: index.time_us,
+            subject: index.subject,
+            target: index.target,
+            event: index.event,
+            verdict: index.verdict,
+            payload,
+        })
+    }
+
+    /// The hash recomputed from the stored content.
+    pub fn computed_hash(&self) -> ChainHash {
+        chain_hash(self.version, &self.node, self.seq, self.kind, &self.prev_hash, &self.payload)
+    }
+
+    /// `time_us` as a [`SystemTime`].
+    pub fn time(&self) -> SystemTime {
+        time_from_micros(self.time_us)
+    }
+
+    /// The payload as text (lossy only if the stored bytes were damaged).
+    pub fn payload_text(&self) -> std::borrow::Cow<'_, str> {
+        String::from_utf8_lossy(&self.payload)
+    }
+
+    pub(crate) fn index(&self) -> RecordIndex {
+        RecordIndex {
+            time_us: self.time_us,
+            subject: self.subject.clone(),
+            target: self.target.clone(),
+            event: self.event.clone(),
+            verdict: self.verdict.clone(),
+        }
+    }
+}
+
+/// SHA-256 over the length-prefixed encoding of a record's hashed content (schema version 1):
+///
+/// ```text
+/// u32 BE version
+/// u64 BE len(node)    || node (UTF-8)
+/// u64 BE seq
+/// u64 BE len(kind)    || kind ("event" | "checkpoint" | "notice")
+/// 32 bytes prev_hash
+/// u64 BE len(payload) || payload (the stored bytes, verbatim)
+/// ```
+pub fn chain_hash(
+    version: u32,
+    node: &str,
+    seq: u64,
+    kind: RecordKind,
+    prev_hash: &ChainHash,
+    payload: &[u8],
+) -> ChainHash {
+    let mut h = Sha256::new();
+    h.update(version.to_be_bytes());
+    h.update((node.len() as u64).to_be_bytes());
+    h.update(node.as_bytes());
+    h.update(seq.to_be_bytes());
+    let kind = kind.as_str();
+    h.update((kind.len() as u64).to_be_bytes());
+    h.update(kind.as_bytes());
+    h.update(prev_hash.0);
+    h.update((payload.len() as u64).to_be_bytes());
+    h.update(payload);
+    ChainHash(h.finalize().into())
+}
+
+/// The columns derived from a payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RecordIndex {
+    pub time_us: i64,
+    pub subject: Option<String>,
+    pub target: Option<String>,
+    pub event: String,
+    pub verdict: Option<String>,
+}
+
+/// The fields of a payload the index needs; everything else is skipped.
+#[derive(Deserialize)]
+struct IndexFields {
+    time: Option<SerdeTime>,
+    subject: Option<String>,
+    target: Option<String>,
+    event: Option<String>,
+    notice: Option<String>,
+    verdict: Option<VerdictFields>,
+}
+
+#[derive(Deserialize)]
+struct VerdictFields {
+    decision: Option<String>,
+}
+
+/// `SystemTime` as serde writes it.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+struct SerdeTime {
+    secs_since_epoch: u64,
+    nanos_since_epoch: u32,
+}
+
+impl RecordIndex {
+    pub(crate) fn derive(kind: RecordKind, payload: &[u8]) -> Result<Self, String> {
+        let f: IndexFields =
+            serde_json::from_slice(payload).map_err(|e| format!("payload is not a JSON object: {e}"))?;
+        let time = f.time.ok_or("payload has no `time`")?;
+        let time_us = i64::try_from(time.secs_since_epoch)
+            .ok()
+            .and_then(|s| s.checked_mul(1_000_000))
+            .and_then(|us| us.checked_add(i64::from(time.nanos_since_epoch / 1000)))
+            .ok_or("payload `time` is out of range")?;
+        let event = match kind {
+            RecordKind::Event => f.event.ok_or("event payload has no `event`")?,
+            RecordKind::Checkpoint => "checkpoint".to_owned(),
+            RecordKind::Notice => f.notice.ok_or("notice payload has no `notice`")?,
+        };
+        let verdict = match (f.verdict.and_then(|v| v.decision), event.as_str()) {
+            (Some(d), _) => Some(d),
+            (None, "statement_started") => Some("allow".to_owned()),
+            (None, "login_failed") => Some("deny".to_owned()),
+            _ => None,
+        };
+        Ok(RecordIndex { time_us, subject: f.subject, target: f.target, event, verdict })
+    }
+}
+
+pub(crate) fn time_from_micros(us: i64) -> SystemTime {
+    if us >= 0 {
+        UNIX_EPOCH + Duration::from_micros(us.unsigned_abs())
+    } else {
+        UNIX_EPOCH - Duration::from_micros(us.unsigned_abs())
+    }
+}
+
+pub(crate) fn micros_since_epoch(t: SystemTime) -> i64 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_micros()).unwrap_or(i64::MAX),
+        Err(e) => i64::try_from(e.duration().as_micros()).map(|v| -v).unwrap_or(i64::MIN),
+    }
+}
+
+/// Formats a time as RFC 3339 in UTC with microseconds, e.g. `2025-01-31T12:00:00.123456Z`.
+pub fn format_time(t: SystemTime) -> String {
+    let us = micros_since_epoch(t);
+    let secs = us.div_euclid(1_000_000);
+    let micros = us.rem_euclid(1_000_000);
+    let days = secs.div_euclid(86_400);
+    let sod = secs.rem_euclid(86_400);
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{micros:06}Z",
+        sod / 3600,
+        (sod % 3600) / 60,
+        sod % 60
+    )
+}
+
+// Howard Hinnant's days-to-civil algorithm (proleptic Gregorian calendar).
+fn civil_from_days(z: i64) -> (i64, i64, i64) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+/// The current time in the payload format serde uses for `SystemTime`.
+pub(crate) fn now_for_payload() -> SystemTime {
+    SystemTime::now()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_round_trip() {
+        let h = chain_hash(1, "n", 1, RecordKind::Event, &ChainHash::GENESIS, b"{}");
+        assert_eq!(ChainHash::from_hex(&h.to_hex()), Some(h));
+        assert_eq!(ChainHash::from_hex("zz"), None);
+    }
+
+    #[test]
+    fn hash_input_is_length_prefixed() {
+        // Moving a byte from node to payload must change the hash.
+        let a = chain_hash(1, "ab", 1, RecordKind::Event, &ChainHash::GENESIS, b"c");
+        let b = chain_hash(1, "a", 1, RecordKind::Event, &ChainHash::GENESIS, b"bc");
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn formats_rfc3339() {
+        let t = UNIX_EPOCH + Duration::from_micros(1_738_324_800_123_456);
+        assert_eq!(format_time(t), "2025-01-31T12:00:00.123456Z");
+        assert_eq!(format_time(UNIX_EPOCH), "1970-01-01T00:00:00.000000Z");
+    }
+}

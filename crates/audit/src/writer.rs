@@ -1,0 +1,675 @@
+//! [`AuditLog`]: the gateway's durable [`AuditSink`]. A bounded queue feeds one writer task that
+//! chains, batches, checkpoints and writes records to every sink.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use gateway_core::{AuditRecord, AuditSink, ErrorKind, GatewayError, Side};
+use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::config::{AuditConfig, Durability, OnFailure};
+use crate::error::{AuditError, SinkError};
+use crate::record::{now_for_payload, ChainHash, RecordKind, StoredRecord};
+use crate::signing::{CheckpointSigner, NoticePayload};
+use crate::sink::{open_sink, OpenMode, Sink};
+
+/// Counters for metrics. Read them with `load(Ordering::Relaxed)`.
+#[derive(Debug, Default)]
+pub struct AuditStats {
+    /// Records waiting in the queue.
+    pub queue_depth: AtomicU64,
+    /// Records (events, checkpoints, notices) durable in every sink.
+    pub written: AtomicU64,
+    /// Sink writes that failed (each attempt counts).
+    pub failed: AtomicU64,
+    /// Records dropped because the trail was unavailable and `on_failure = "open"`.
+    pub dropped: AtomicU64,
+    /// `record()` calls refused because the trail was unavailable (`on_failure = "closed"`).
+    pub refused: AtomicU64,
+    /// Signed checkpoints written.
+    pub checkpoints: AtomicU64,
+}
+
+struct Shared {
+    stats: Arc<AuditStats>,
+    /// False from the first failed write until a write succeeds again.
+    healthy: AtomicBool,
+    /// Set by `shutdown`.
+    closed: AtomicBool,
+    /// The last sink error, for messages; only touched outside any `.await`.
+    last_error: Mutex<String>,
+    /// Seconds (since the log opened) of the last fail-open ERROR line, to keep the log readable.
+    last_drop_log: AtomicU64,
+    opened: Instant,
+}
+
+struct Entry {
+    payload: Vec<u8>,
+    done: Option<oneshot::Sender<Result<(), String>>>,
+}
+
+/// The durable audit log: implements [`AuditSink`] for the gateway.
+///
+/// `record()` serializes the record once (those bytes are the stored payload) and queues it. In
+/// `sync` durability it then waits until the batch holding the record is durable in every sink;
+/// in `batched` it returns at once. While the sinks fail, `record()` returns `Err` (fail closed)
+/// or drops the record and returns `Ok` (fail open); the writer keeps retrying and resumes on its
+/// own. Call [`shutdown`](Self::shutdown) before the process exits.
+pub struct AuditLog {
+    tx: mpsc::Sender<Entry>,
+    shared: Arc<Shared>,
+    durability: Durability,
+    on_failure: OnFailure,
+    retry_for: Duration,
+    shutdown: Arc<Notify>,
+    writer: Mutex<Option<JoinHandle<Result<(), AuditError>>>>,
+}
+
+impl std::fmt::Debug for AuditLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditLog").field("durability", &self.durability).field("on_failure", &self.on_failure).finish()
+    }
+}
+
+impl AuditLog {
+    /// Opens every configured sink for writing, reads the chain's tail for `node` from the
+    /// primary, brings lagging secondary sinks up to it, loads the signing key and starts the
+    /// writer. Must run inside a tokio runtime. Without `signing_key_file` a warning is logged.
+    pub async fn open(config: &AuditConfig, node: &str) -> Result<AuditLog, AuditError> {
+        if config.sinks.is_empty() {
+            return Err(AuditError::Config("no audit sink configured".into()));
+        }
+        let signer = match &config.signing_key_file {
+            Some(path) => Some(CheckpointSigner::from_file(path)?),
+            None => {
+                tracing::warn!(
+                    "audit: no `audit.signing_key_file`: the trail is hash-chained but not signed, so whoever can \
+                     write to the sinks can rewrite it undetected"
+                );
+                None
+            }
+        };
+        let mut sinks = Vec::with_capacity(config.sinks.len());
+        for sink in &config.sinks {
+            sinks.push(open_sink(sink, OpenMode::Write(config.durability)).await?);
+        }
+        Self::with_sinks(node, config, sinks, signer).await
+    }
+
+    /// Like [`open`](Self::open) with sinks and signer already made (embedding, tests). The first
+    /// sink is the primary.
+    pub async fn with_sinks(
+        node: &str,
+        config: &AuditConfig,
+        sinks: Vec<Box<dyn Sink>>,
+        signer: Option<CheckpointSigner>,
+    ) -> Result<AuditLog, AuditError> {
+        let Some(primary) = sinks.first() else {
+            return Err(AuditError::Config("no audit sink configured".into()));
+        };
+        let tail = primary.tail(node).await?;
+        let (head_seq, head_hash) = tail.as_ref().map(|t| (t.seq, t.hash)).unwrap_or((0, ChainHash::GENESIS));
+        if let Some(t) = &tail {
+            if t.computed_hash() != t.hash {
+                tracing::error!(node, seq = t.seq, sink = primary.name(), "audit: the last stored record does not match its hash; continuing the chain from the stored hash, verify will name it");
+            }
+        }
+        let mut durable = vec![head_seq; sinks.len()];
+        for (i, sink) in sinks.iter().enumerate().skip(1) {
+            durable[i] = catch_up(primary.as_ref(), sink.as_ref(), node, head_seq, &head_hash).await?;
+        }
+        let mut repairs = Vec::new();
+        for sink in &sinks {
+            repairs.extend(sink.take_repairs());
+        }
+
+        let stats = Arc::new(AuditStats::default());
+        let shared = Arc::new(Shared {
+            stats,
+            healthy: AtomicBool::new(true),
+            closed: AtomicBool::new(false),
+            last_error: Mutex::new(String::new()),
+            last_drop_log: AtomicU64::new(u64::MAX),
+            opened: Instant::now(),
+        });
+        let (tx, rx) = mpsc::channel(config.queue_capacity.max(1));
+        let shutdown = Arc::new(Notify::new());
+        let mut writer = Writer {
+            node: node.to_owned(),
+            sinks,
+            durable,
+            dirty: Vec::new(),
+            head_seq,
+            head_hash,
+            pending: Vec::new(),
+            waiters: Vec::new(),
+            signer,
+            since_checkpoint: 0,
+            last_checkpoint_at: Instant::now(),
+            config: config.clone(),
+            shared: Arc::clone(&shared),
+            outage: None,
+        };
+        writer.dirty = vec![false; writer.sinks.len()];
+        let mut opened = serde_json::Map::new();
+        opened.insert("previous_seq".into(), head_seq.into());
+        opened.insert("durability".into(), format!("{:?}", config.durability).to_lowercase().into());
+        opened.insert("on_failure".into(), format!("{:?}", config.on_failure).to_lowercase().into());
+        opened.insert("signing_key_id".into(), writer.signer.as_ref().map(|s| s.key_id().to_owned()).into());
+        opened.insert("sinks".into(), writer.sinks.iter().map(|s| s.name().to_owned()).collect::<Vec<_>>().into());
+        writer.notice(NoticePayload {
+            notice: "log_opened".into(),
+            time: now_for_payload(),
+            message: format!("audit log opened; the chain continues after seq {head_seq}"),
+            details: opened,
+        });
+        for repair in repairs {
+            writer.notice(repair);
+        }
+        // The opening notices are written before the gateway takes any statement: a sink that
+        // cannot take them fails the start.
+        writer.flush().await.map_err(|e| AuditError::Sink(SinkError::new("audit", e)))?;
+        let handle = tokio::spawn(writer.run(rx, Arc::clone(&shutdown)));
+        Ok(AuditLog {
+            tx,
+            shared,
+            durability: config.durability,
+            on_failure: config.on_failure,
+            retry_for: config.retry_for,
+            shutdown,
+            writer: Mutex::new(Some(handle)),
+        })
+    }
+
+    /// The counters, shared; they stay valid after shutdown.
+    pub fn stats(&self) -> Arc<AuditStats> {
+        Arc::clone(&self.shared.stats)
+    }
+
+    /// Whether the last write succeeded (false while the sinks fail).
+    pub fn is_healthy(&self) -> bool {
+        self.shared.healthy.load(Ordering::Acquire)
+    }
+
+    /// Stops taking records, writes what is queued, writes a final signed checkpoint, and waits
+    /// for the writer. Records still unwritten after `retry_for` of failing sinks are reported as
+    /// [`AuditError::Unwritten`]. Calling it again returns `Ok` at once.
+    pub async fn shutdown(&self) -> Result<(), AuditError> {
+        self.shared.closed.store(true, Ordering::Release);
+        self.shutdown.notify_one();
+        let handle = match self.writer.lock() {
+            Ok(mut g) => g.take(),
+            Err(_) => None,
+        };
+        match handle {
+            Some(h) => h.await.map_err(|e| AuditError::Config(format!("audit writer task failed: {e}")))?,
+            None => Ok(()),
+        }
+    }
+
+    fn unavailable(&self, why: &str) -> Result<(), GatewayError> {
+        match self.on_failure {
+            OnFailure::Closed => {
+                self.shared.stats.refused.fetch_add(1, Ordering::Relaxed);
+                Err(GatewayError::new(ErrorKind::AuditUnavailable, Side::Gateway, format!("audit trail unavailable: {why}")))
+            }
+            OnFailure::Open => {
+                let dropped = self.shared.stats.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                let now = self.shared.opened.elapsed().as_secs();
+                if self.shared.last_drop_log.swap(now, Ordering::Relaxed) != now {
+                    tracing::error!(dropped_total = dropped, reason = why, "audit: record dropped (on_failure = \"open\")");
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn last_error(&self) -> String {
+        self.shared.last_error.lock().map(|e| e.clone()).unwrap_or_default()
+    }
+
+    async fn enqueue(&self, entry: Entry) -> Result<(), &'static str> {
+        let depth = &self.shared.stats.queue_depth;
+        depth.fetch_add(1, Ordering::Relaxed);
+        let sent = match self.tx.try_send(entry) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(entry)) => {
+                match tokio::time::timeout(self.retry_for, self.tx.send(entry)).await {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(_)) => Err("the audit writer has stopped"),
+                    Err(_) => Err("the audit queue is full"),
+                }
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Err("the audit writer has stopped"),
+        };
+        if sent.is_err() {
+            depth.fetch_sub(1, Ordering::Relaxed);
+        }
+        sent
+    }
+}
+
+#[async_trait::async_trait]
+impl AuditSink for AuditLog {
+    async fn record(&self, record: AuditRecord) -> Result<(), GatewayError> {
+        if self.shared.closed.load(Ordering::Acquire) {
+            return self.unavailable("the audit log is shut down");
+        }
+        if !self.shared.healthy.load(Ordering::Acquire) {
+            return self.unavailable(&self.last_error());
+        }
+        let payload = serde_json::to_vec(&record)
+            .map_err(|e| GatewayError::internal(format!("audit record encoding failed: {e}")))?;
+        match self.durability {
+            Durability::Batched => match self.enqueue(Entry { payload, done: None }).await {
+                Ok(()) => Ok(()),
+                Err(why) => self.unavailable(why),
+            },
+            Durability::Sync => {
+                let (done, wait) = oneshot::channel();
+                if let Err(why) = self.enqueue(Entry { payload, done: Some(done) }).await {
+                    return self.unavailable(why);
+                }
+                match wait.await {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(why)) => match self.on_failure {
+                        OnFailure::Closed => self.unavailable(&why),
+                        OnFailure::Open => {
+                            // Queued, so it stays pending and is written once a sink recovers.
+                            tracing::error!(reason = %why, "audit: record not yet durable (on_failure = \"open\")");
+                            Ok(())
+                        }
+                    },
+                    Err(_) => self.unavailable("the audit writer has stopped"),
+                }
+            }
+        }
+    }
+}
+
+/// Brings `sink` up to the primary's tail `(head_seq, head_hash)` by copying what it lacks.
+/// Returns the sink's tail seq afterwards.
+async fn catch_up(
+    primary: &dyn Sink,
+    sink: &dyn Sink,
+    node: &str,
+    head_seq: u64,
+    head_hash: &ChainHash,
+) -> Result<u64, AuditError> {
+    let tail = sink.tail(node).await?;
+    let (mut seq, hash) = tail.map(|t| (t.seq, t.hash)).unwrap_or((0, ChainHash::GENESIS));
+    if seq > head_seq {
+        return Err(AuditError::Diverged(format!(
+            "{} holds node `{node}` up to seq {seq}, the primary {} only up to {head_seq}; verify both and remove \
+             the sink that is wrong, or make the longer one primary",
+            sink.name(),
+            primary.name()
+        )));
+    }
+    if seq == head_seq {
+        if hash != *head_hash {
+            return Err(AuditError::Diverged(format!(
+                "{} and the primary {} hold different records at node `{node}` seq {seq}",
+                sink.name(),
+                primary.name()
+            )));
+        }
+        return Ok(seq);
+    }
+    if seq > 0 {
+        let ours = primary.read_range(node, seq, 1).await?;
+        if ours.first().map(|r| r.hash) != Some(hash) {
+            return Err(AuditError::Diverged(format!(
+                "{} and the primary {} hold different records at node `{node}` seq {seq}",
+                sink.name(),
+                primary.name()
+            )));
+        }
+    }
+    tracing::warn!(sink = sink.name(), node, from = seq + 1, to = head_seq, "audit: copying records the sink lacks from the primary");
+    while seq < head_seq {
+        let chunk = primary.read_range(node, seq + 1, 1000).await?;
+        let Some(last) = chunk.last() else { break };
+        if chunk.first().map(|r| r.seq) != Some(seq + 1) {
+            return Err(AuditError::Diverged(format!("the primary {} has a gap after seq {seq}", primary.name())));
+        }
+        let last_seq = last.seq;
+        sink.write_batch(&chunk).await?;
+        seq = last_seq;
+    }
+    Ok(seq)
+}
+
+struct Outage {
+    since: Instant,
+    started_at: std::time::SystemTime,
+    refused_before: u64,
+    dropped_before: u64,
+    /// Seqs of records whose callers were told the trail was unavailable.
+    late: Option<(u64, u64)>,
+    backoff: Duration,
+}
+
+struct Writer {
+    node: String,
+    sinks: Vec<Box<dyn Sink>>,
+    /// Per sink: highest seq known durable there.
+    durable: Vec<u64>,
+    /// Per sink: a write failed, so ask its tail before writing again.
+    dirty: Vec<bool>,
+    head_seq: u64,
+    head_hash: ChainHash,
+    /// Chained records not yet durable in every sink.
+    pending: Vec<StoredRecord>,
+    /// Callers waiting (sync durability) on pending records, by seq.
+    waiters: Vec<(u64, oneshot::Sender<Result<(), String>>)>,
+    signer: Option<CheckpointSigner>,
+    since_checkpoint: u64,
+    last_checkpoint_at: Instant,
+    config: AuditConfig,
+    shared: Arc<Shared>,
+    outage: Option<Outage>,
+}
+
+impl Writer {
+    fn append(&mut self, kind: RecordKind, payload: Vec<u8>) -> Result<u64, String> {
+        let seq = self.head_seq + 1;
+        let r = StoredRecord::seal(&self.node, seq, kind, self.head_hash, payload)?;
+        self.head_seq = seq;
+        self.head_hash = r.hash;
+        self.pending.push(r);
+        if kind != RecordKind::Checkpoint {
+            self.since_checkpoint += 1;
+        }
+        Ok(seq)
+    }
+
+    fn notice(&mut self, notice: NoticePayload) {
+        match serde_json::to_vec(&notice) {
+            Ok(payload) => {
+                if let Err(e) = self.append(RecordKind::Notice, payload) {
+                    tracing::error!(error = %e, "audit: could not chain a notice");
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "audit: could not encode a notice"),
+        }
+    }
+
+    fn checkpoint(&mut self) {
+        let Some(signer) = &self.signer else { return };
+        if self.since_checkpoint == 0 {
+            return;
+        }
+        let cp = signer.checkpoint(&self.node, self.head_seq, &self.head_hash, now_for_payload());
+        match serde_json::to_vec(&cp).map_err(|e| e.to_string()).and_then(|p| self.append(RecordKind::Checkpoint, p)) {
+            Ok(_) => {
+                self.since_checkpoint = 0;
+                self.last_checkpoint_at = Instant::now();
+            }
+            Err(e) => tracing::error!(error = %e, "audit: could not make a checkpoint"),
+        }
+    }
+
+    fn take_entry(&mut self, entry: Entry) {
+        self.shared.stats.queue_depth.fetch_sub(1, Ordering::Relaxed);
+        match self.append(RecordKind::Event, entry.payload) {
+            Ok(seq) => {
+                if let Some(done) = entry.done {
+                    if self.outage.as_ref().is_some_and(|o| o.since.elapsed() >= self.config.retry_for) {
+                        let why = self.outage_message();
+                        self.mark_late(seq);
+                        let _ = done.send(Err(why));
+                    } else {
+                        self.waiters.push((seq, done));
+                    }
+                }
+            }
+            Err(e) => {
+                if let Some(done) = entry.done {
+                    let _ = done.send(Err(format!("record cannot be stored: {e}")));
+                }
+            }
+        }
+        if self.since_checkpoint >= self.config.checkpoint_every_records {
+            self.checkpoint();
+        }
+    }
+
+    fn mark_late(&mut self, seq: u64) {
+        if let Some(o) = self.outage.as_mut() {
+            o.late = Some(match o.late {
+                Some((a, b)) => (a.min(seq), b.max(seq)),
+                None => (seq, seq),
+            });
+        }
+    }
+
+    fn outage_message(&self) -> String {
+        self.shared.last_error.lock().map(|e| e.clone()).unwrap_or_default()
+    }
+
+    /// Writes pending records to every sink that lacks them. On success every waiter is told.
+    async fn flush(&mut self) -> Result<(), String> {
+        let Some(last) = self.pending.last().map(|r| r.seq) else { return Ok(()) };
+        let call_timeout = self.config.retry_for.max(Duration::from_secs(1));
+        for i in 0..self.sinks.len() {
+            if self.dirty[i] {
+                self.resync(i, call_timeout).await?;
+                self.dirty[i] = false;
+            }
+            let from = self.durable[i];
+            let todo: Vec<StoredRecord> = self.pending.iter().filter(|r| r.seq > from).cloned().collect();
+            if todo.is_empty() {
+                continue;
+            }
+            let sink = &self.sinks[i];
+            let result = match tokio::time::timeout(call_timeout, sink.write_batch(&todo)).await {
+                Ok(r) => r.map_err(|e| e.to_string()),
+                Err(_) => Err(format!("{}: write did not finish within {call_timeout:?}", sink.name())),
+            };
+            if let Err(e) = result {
+                self.dirty[i] = true;
+                return Err(e);
+            }
+            self.durable[i] = last;
+        }
+        let n = self.pending.len() as u64;
+        let checkpoints = self.pending.iter().filter(|r| r.kind == RecordKind::Checkpoint).count() as u64;
+        self.pending.clear();
+        self.shared.stats.written.fetch_add(n, Ordering::Relaxed);
+        self.shared.stats.checkpoints.fetch_add(checkpoints, Ordering::Relaxed);
+        for (_, done) in self.waiters.drain(..) {
+            let _ = done.send(Ok(()));
+        }
+        Ok(())
+    }
+
+    /// After a failed write some prefix may have landed: continue from what the sink holds.
+    async fn resync(&mut self, i: usize, call_timeout: Duration) -> Result<(), String> {
+        let sink = &self.sinks[i];
+        let tail = match tokio::time::timeout(call_timeout, sink.tail(&self.node)).await {
+            Ok(r) => r.map_err(|e| e.to_string())?,
+            Err(_) => return Err(format!("{}: reading the tail did not finish within {call_timeout:?}", sink.name())),
+        };
+        let (seq, hash) = tail.map(|t| (t.seq, t.hash)).unwrap_or((0, ChainHash::GENESIS));
+        if seq == self.durable[i] {
+            return Ok(());
+        }
+        match self.pending.iter().find(|r| r.seq == seq) {
+            Some(r) if r.hash == hash => {
+                self.durable[i] = seq;
+                Ok(())
+            }
+            _ => Err(format!(
+                "{} now ends at seq {seq}, which is not a record this writer sent (expected seq {} or a pending one): \
+                 another writer or a restore changed it; verify it before restarting",
+                sink.name(),
+                self.durable[i]
+            )),
+        }
+    }
+
+    fn on_failure(&mut self, error: String) {
+        self.shared.stats.failed.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut e) = self.shared.last_error.lock() {
+            e.clone_from(&error);
+        }
+        match self.outage.as_mut() {
+            None => {
+                tracing::error!(error = %error, pending = self.pending.len(), "audit: sink write failed; refusing new records until it recovers");
+                self.shared.healthy.store(false, Ordering::Release);
+                self.outage = Some(Outage {
+                    since: Instant::now(),
+                    started_at: std::time::SystemTime::now(),
+                    refused_before: self.shared.stats.refused.load(Ordering::Relaxed),
+                    dropped_before: self.shared.stats.dropped.load(Ordering::Relaxed),
+                    late: None,
+                    backoff: Duration::from_millis(50),
+                });
+            }
+            Some(o) => {
+                o.backoff = (o.backoff * 2).min(Duration::from_secs(1));
+                tracing::warn!(error = %error, "audit: sink still failing");
+            }
+        }
+        // Callers that have waited long enough are told; their records stay pending and are
+        // written once a sink recovers (the recovery notice lists them).
+        if self.outage.as_ref().is_some_and(|o| o.since.elapsed() >= self.config.retry_for) && !self.waiters.is_empty() {
+            let waiters = std::mem::take(&mut self.waiters);
+            for (seq, done) in waiters {
+                self.mark_late(seq);
+                let _ = done.send(Err(error.clone()));
+            }
+        }
+    }
+
+    fn on_recovered(&mut self) {
+        let Some(o) = self.outage.take() else { return };
+        let refused = self.shared.stats.refused.load(Ordering::Relaxed).saturating_sub(o.refused_before);
+        let dropped = self.shared.stats.dropped.load(Ordering::Relaxed).saturating_sub(o.dropped_before);
+        let failed_for = o.since.elapsed();
+        let mut details = serde_json::Map::new();
+        details.insert("failed_for_ms".into(), u64::try_from(failed_for.as_millis()).unwrap_or(u64::MAX).into());
+        details.insert("refused".into(), refused.into());
+        details.insert("dropped".into(), dropped.into());
+        details.insert("error".into(), self.outage_message().into());
+        let mut message = format!(
+            "audit sinks recovered after failing for {} ms since {}; {refused} record(s) refused and {dropped} dropped meanwhile",
+            failed_for.as_millis(),
+            crate::record::format_time(o.started_at)
+        );
+        if let Some((a, b)) = o.late {
+            details.insert("late_from_seq".into(), a.into());
+            details.insert("late_to_seq".into(), b.into());
+            message.push_str(&format!(
+                "; records {a}..{b} were written after their callers had been told the trail was unavailable"
+            ));
+        }
+        self.shared.healthy.store(true, Ordering::Release);
+        tracing::warn!("{message}");
+        self.notice(NoticePayload { notice: "sink_recovered".into(), time: now_for_payload(), message, details });
+        // A sink that repaired itself while recovering (a torn JSONL line) says so too.
+        let repairs: Vec<NoticePayload> = self.sinks.iter().flat_map(|s| s.take_repairs()).collect();
+        for repair in repairs {
+            self.notice(repair);
+        }
+    }
+
+    async fn write_with_state(&mut self) {
+        match self.flush().await {
+            Ok(()) => {
+                if self.outage.is_some() {
+                    self.on_recovered();
+                    if let Err(e) = self.flush().await {
+                        self.on_failure(e);
+                    }
+                }
+            }
+            Err(e) => self.on_failure(e),
+        }
+    }
+
+    async fn run(mut self, mut rx: mpsc::Receiver<Entry>, shutdown: Arc<Notify>) -> Result<(), AuditError> {
+        let max = self.config.batch_max_records.max(1);
+        let mut closing = false;
+        loop {
+            if let Some(backoff) = self.outage.as_ref().map(|o| o.backoff) {
+                // Failing: wait, take what was queued before the failure, and try again.
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    () = shutdown.notified(), if !closing => { closing = true; rx.close(); }
+                }
+                while let Ok(entry) = rx.try_recv() {
+                    self.take_entry(entry);
+                }
+                if closing && rx.is_empty() {
+                    break;
+                }
+                self.write_with_state().await;
+                continue;
+            }
+            let checkpoint_due = self.last_checkpoint_at + self.config.checkpoint_every;
+            let wants_timed_checkpoint = self.signer.is_some() && self.since_checkpoint > 0;
+            tokio::select! {
+                entry = rx.recv() => {
+                    let Some(entry) = entry else { break };
+                    self.take_entry(entry);
+                    let mut taken = 1;
+                    while taken < max {
+                        match rx.try_recv() {
+                            Ok(entry) => { self.take_entry(entry); taken += 1; }
+                            Err(_) => break,
+                        }
+                    }
+                    if !self.config.batch_max_delay.is_zero() && taken < max {
+                        let deadline = Instant::now() + self.config.batch_max_delay;
+                        while taken < max {
+                            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                                Ok(Some(entry)) => { self.take_entry(entry); taken += 1; }
+                                _ => break,
+                            }
+                        }
+                    }
+                }
+                () = tokio::time::sleep_until(checkpoint_due), if wants_timed_checkpoint => {}
+                () = shutdown.notified(), if !closing => {
+                    // Refuse new sends, then drain what is buffered (recv returns None when empty).
+                    closing = true;
+                    rx.close();
+                    continue;
+                }
+            }
+            if wants_timed_checkpoint && Instant::now() >= checkpoint_due {
+                self.checkpoint();
+            }
+            self.write_with_state().await;
+        }
+        self.finish().await
+    }
+
+    /// The queue is closed and drained: final checkpoint, last attempts, report.
+    async fn finish(mut self) -> Result<(), AuditError> {
+        self.checkpoint();
+        let deadline = Instant::now() + self.config.retry_for;
+        loop {
+            self.write_with_state().await;
+            if self.pending.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                let unwritten = self.pending.len() as u64;
+                let reason = self.outage_message();
+                for (_, done) in self.waiters.drain(..) {
+                    let _ = done.send(Err(reason.clone()));
+                }
+                tracing::error!(unwritten, reason = %reason, "audit: shut down with records no sink took");
+                return Err(AuditError::Unwritten { unwritten, reason });
+            }
+            let backoff = self.outage.as_ref().map(|o| o.backoff).unwrap_or(Duration::from_millis(50));
+            tokio::time::sleep(backoff).await;
+        }
+    }
+}

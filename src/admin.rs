@@ -1,0 +1,81 @@
+//! The admin listener: a small HTTP server for operators and orchestrators.
+//!
+//! - `GET /metrics`: the gateway's [`Metrics`](gateway_core::Metrics) in the OpenMetrics text
+//!   format, for Prometheus to scrape;
+//! - `GET /healthz`: `200 ok` while the process serves at all (liveness);
+//! - `GET /readyz`: `200 ready` while the gateway takes connections, `503 not ready` before its
+//!   listeners are bound and once it is shutting down (readiness: a load balancer stops sending
+//!   new clients while sessions drain).
+//!
+//! Configured as `[admin] listen = "127.0.0.1:9090"`; without `[admin]` no admin listener runs.
+//! It has no authentication: bind it to loopback or a management network.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use gateway_core::{Gateway, Metrics};
+use tokio::net::TcpListener;
+
+/// What the handlers read.
+#[derive(Clone)]
+struct AdminState {
+    gateway: Gateway,
+    ready: Arc<AtomicBool>,
+}
+
+/// A bound admin listener; [`run`](Self::run) serves it.
+pub struct AdminServer {
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    router: Router,
+}
+
+/// Binds the admin listener for `gateway`. `/readyz` answers 200 exactly while `ready` is true:
+/// the server sets it once every listener is bound and clears it when shutting down.
+pub async fn bind(addr: SocketAddr, gateway: Gateway, ready: Arc<AtomicBool>) -> std::io::Result<AdminServer> {
+    let listener = TcpListener::bind(addr).await?;
+    let local_addr = listener.local_addr()?;
+    let router = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(AdminState { gateway, ready });
+    Ok(AdminServer { listener, local_addr, router })
+}
+
+impl AdminServer {
+    /// The bound address (with the real port when bound to port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Serves requests until the task is aborted. Failed accepts are retried, so this does not
+    /// return on its own in practice; if it does, the reason is logged.
+    pub async fn run(self) {
+        if let Err(e) = axum::serve(self.listener, self.router).await {
+            tracing::error!(addr = %self.local_addr, error = %e, "the admin listener stopped");
+        }
+    }
+}
+
+async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, Metrics::CONTENT_TYPE)], state.gateway.metrics().encode())
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+async fn readyz(State(state): State<AdminState>) -> (StatusCode, &'static str) {
+    if state.ready.load(Ordering::Acquire) {
+        (StatusCode::OK, "ready")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+    }
+}
