@@ -11,6 +11,7 @@
 #   PORTCULLIS_BIN  use this portcullis binary instead of building target/release/portcullis
 #   BENCH_RUST_LOG  RUST_LOG for the gateway during the runs (default warn)
 #   BENCH_OUT       where to write the markdown table (default bench/results/latest.md)
+#   BENCH_AUDIT     the gateway's audit durability, "batched" (default) or "sync" (SQLite trail)
 #
 # Exit status: 0 when every pgbench run that was attempted succeeded (a system that could not be
 # started is reported as "skipped" in the table), 1 otherwise.
@@ -24,6 +25,7 @@ SCALE="${BENCH_SCALE:-10}"
 ROUNDS="${BENCH_ROUNDS:-1}"
 SYSTEMS="${BENCH_SYSTEMS:-direct portcullis pgbouncer}"
 OUT="${BENCH_OUT:-$ROOT/bench/results/latest.md}"
+AUDIT_DURABILITY="${BENCH_AUDIT:-batched}"
 MODES=(simple prepared)
 CLIENTS=(1 16)
 DB=portcullis_bench
@@ -44,6 +46,7 @@ for c in pgbench psql pg_isready python3 awk; do
 done
 [[ "$SECONDS_PER_RUN" =~ ^[1-9][0-9]*$ ]] || die "BENCH_SECONDS must be a positive integer"
 [[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || die "BENCH_ROUNDS must be a positive integer"
+[[ "$AUDIT_DURABILITY" == batched || "$AUDIT_DURABILITY" == sync ]] || die "BENCH_AUDIT must be batched or sync"
 for s in $SYSTEMS; do
     case "$s" in direct | portcullis | pgbouncer) ;; *) die "unknown system in BENCH_SYSTEMS: $s" ;; esac
 done
@@ -136,6 +139,10 @@ start_portcullis() {
     cat >"$TMP/bench.toml" <<EOF
 [gateway]
 node = "bench"
+data_dir = "$TMP/data"
+
+[audit]
+durability = "$AUDIT_DURABILITY"
 
 [postgres]
 listen = "127.0.0.1:$port"
@@ -362,7 +369,7 @@ revision="$(git rev-parse --short HEAD 2>/dev/null || echo "no commit")"
 {
     echo "# pgbench -S: direct vs Portcullis vs pgbouncer"
     echo
-    echo "$(date -u +%Y-%m-%dT%H:%MZ) · machine: $(nproc) cores, ${cpu_model:-unknown CPU} · PostgreSQL $PG_VERSION · pgbench -S -n, ${SECONDS_PER_RUN} s per run, $rounds_text, scale $SCALE · Portcullis $revision · pgbouncer ${PGBOUNCER_VERSION:-n/a} (pool_mode = session)"
+    echo "$(date -u +%Y-%m-%dT%H:%MZ) · machine: $(nproc) cores, ${cpu_model:-unknown CPU} · PostgreSQL $PG_VERSION · pgbench -S -n, ${SECONDS_PER_RUN} s per run, $rounds_text, scale $SCALE · Portcullis $revision (audit: SQLite, $AUDIT_DURABILITY) · pgbouncer ${PGBOUNCER_VERSION:-n/a} (pool_mode = session)"
     echo
     echo "| mode | clients | direct TPS | portcullis TPS (ratio) | pgbouncer TPS (ratio) | direct lat ms | portcullis lat ms (+us) | pgbouncer lat ms (+us) |"
     echo "|---|---:|---:|---:|---:|---:|---:|---:|"

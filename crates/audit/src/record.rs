@@ -250,11 +250,25 @@ struct VerdictFields {
     decision: Option<String>,
 }
 
-/// `SystemTime` as serde writes it.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
-struct SerdeTime {
-    secs_since_epoch: u64,
-    nanos_since_epoch: u32,
+/// The record's time: RFC 3339 as the gateway writes it, or `SystemTime`'s own serde shape
+/// (records written before the gateway switched to RFC 3339).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum SerdeTime {
+    Rfc3339(String),
+    Struct { secs_since_epoch: u64, nanos_since_epoch: u32 },
+}
+
+impl SerdeTime {
+    fn micros(&self) -> Option<i64> {
+        match self {
+            SerdeTime::Rfc3339(s) => humantime::parse_rfc3339(s).ok().map(micros_since_epoch),
+            SerdeTime::Struct { secs_since_epoch, nanos_since_epoch } => i64::try_from(*secs_since_epoch)
+                .ok()
+                .and_then(|s| s.checked_mul(1_000_000))
+                .and_then(|us| us.checked_add(i64::from(nanos_since_epoch / 1000))),
+        }
+    }
 }
 
 impl RecordIndex {
@@ -262,11 +276,7 @@ impl RecordIndex {
         let f: IndexFields =
             serde_json::from_slice(payload).map_err(|e| format!("payload is not a JSON object: {e}"))?;
         let time = f.time.ok_or("payload has no `time`")?;
-        let time_us = i64::try_from(time.secs_since_epoch)
-            .ok()
-            .and_then(|s| s.checked_mul(1_000_000))
-            .and_then(|us| us.checked_add(i64::from(time.nanos_since_epoch / 1000)))
-            .ok_or("payload `time` is out of range")?;
+        let time_us = time.micros().ok_or("payload `time` is not an RFC 3339 time in range")?;
         let event = match kind {
             RecordKind::Event => f.event.ok_or("event payload has no `event`")?,
             RecordKind::Checkpoint => "checkpoint".to_owned(),

@@ -96,7 +96,8 @@ pub enum AuditEvent {
 /// One record: an event plus who, where and when.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct AuditRecord {
-    /// When the event happened.
+    /// When the event happened; serialized as RFC 3339 UTC with microseconds.
+    #[serde(serialize_with = "rfc3339")]
     pub time: SystemTime,
     /// The gateway node that saw it.
     pub node: Arc<str>,
@@ -136,6 +137,10 @@ impl AuditSink for LogAuditSink {
         }
         Ok(())
     }
+}
+
+fn rfc3339<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&humantime::format_rfc3339_micros(*t))
 }
 
 /// Current time, for records.
