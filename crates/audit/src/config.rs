@@ -8,6 +8,13 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
+/// Default `batch_max_delay`.
+const DEFAULT_BATCH_MAX_DELAY: Duration = Duration::ZERO;
+
+fn default_batch_max_delay() -> Duration {
+    DEFAULT_BATCH_MAX_DELAY
+}
+
 /// `[audit]`.
 ///
 /// ```toml
@@ -53,10 +60,11 @@ pub struct AuditConfig {
     /// Most records in one write. Default 512.
     #[serde(default = "default_batch_max_records")]
     pub batch_max_records: usize,
-    /// How long the writer waits for a batch to fill before writing what it has. Default `"0ms"`:
-    /// write as soon as the writer is free; records that arrive during a write form the next
-    /// batch (group commit).
-    #[serde(default, deserialize_with = "de_duration")]
+    /// Batched durability only: how long the writer lets a batch fill before writing it (it
+    /// sleeps, so senders do not wake it per record). Default `"0ms"`: write as soon as the
+    /// writer is free. In sync durability the writer never waits (statements wait for their
+    /// batch); records that arrive during a write form the next batch (group commit).
+    #[serde(default = "default_batch_max_delay", deserialize_with = "de_duration")]
     pub batch_max_delay: Duration,
     /// A signed checkpoint after this many records. Default 1000.
     #[serde(default = "default_checkpoint_every_records")]
@@ -141,7 +149,7 @@ impl AuditConfig {
             on_failure: OnFailure::Closed,
             queue_capacity: default_queue_capacity(),
             batch_max_records: default_batch_max_records(),
-            batch_max_delay: Duration::ZERO,
+            batch_max_delay: DEFAULT_BATCH_MAX_DELAY,
             checkpoint_every_records: default_checkpoint_every_records(),
             checkpoint_every: default_checkpoint_every(),
             retry_for: default_retry_for(),

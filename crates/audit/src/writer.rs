@@ -592,6 +592,15 @@ impl Writer {
         }
     }
 
+    /// How long to let a batch fill. In sync durability every statement waits for its batch, so
+    /// the writer never waits there: what arrives during a write forms the next batch.
+    fn batch_delay(&self) -> Duration {
+        match self.config.durability {
+            Durability::Sync => Duration::ZERO,
+            Durability::Batched => self.config.batch_max_delay,
+        }
+    }
+
     async fn run(mut self, mut rx: mpsc::Receiver<Entry>, shutdown: Arc<Notify>) -> Result<(), AuditError> {
         let max = self.config.batch_max_records.max(1);
         let mut closing = false;
@@ -624,12 +633,15 @@ impl Writer {
                             Err(_) => break,
                         }
                     }
-                    if !self.config.batch_max_delay.is_zero() && taken < max {
-                        let deadline = Instant::now() + self.config.batch_max_delay;
+                    let delay = self.batch_delay();
+                    if !delay.is_zero() && taken < max {
+                        // Sleep rather than wait on the queue: waiting would wake this task for
+                        // every record sent, which is exactly the per-record cost batching avoids.
+                        tokio::time::sleep(delay).await;
                         while taken < max {
-                            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                                Ok(Some(entry)) => { self.take_entry(entry); taken += 1; }
-                                _ => break,
+                            match rx.try_recv() {
+                                Ok(entry) => { self.take_entry(entry); taken += 1; }
+                                Err(_) => break,
                             }
                         }
                     }
