@@ -652,15 +652,15 @@ async fn sigkill_under_load_keeps_every_acknowledged_statement_throwaway() {
 /// again, and the record of the refused statement (queued before the failure) is written late and
 /// named as such in the `sink_recovered` notice.
 ///
-/// The sink appends to its current file through an open descriptor, which keeps working after the
-/// directory is moved; the checkpoint copies are opened by path for every batch that holds a
-/// checkpoint, so a checkpoint after every record makes the very next write fail.
+/// The sink appends through an open descriptor, which keeps working after the directory is moved;
+/// it therefore checks after every batch that its path still names the file it writes, so the
+/// very next write fails even without a checkpoint in the batch.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refuses_statements_while_the_trail_cannot_be_written() {
     let setup = Setup::new(
         "closed",
         "[audit]\ndurability = \"sync\"\non_failure = \"closed\"\nretry_for = \"300ms\"\n\
-         signing_key_file = \"audit-signing.pem\"\ncheckpoint_every_records = 1\n\n\
+         signing_key_file = \"audit-signing.pem\"\n\n\
          [[audit.sinks]]\nkind = \"jsonl\"\ndir = \"trail\"\n",
     )
     .await;

@@ -309,6 +309,7 @@ fn write_blocking(dir: &Path, inner: &mut Inner, records: &[StoredRecord]) -> Re
             pending.extend_from_slice(&line);
         }
         flush(cur, &mut pending, sync)?;
+        still_in_place(dir, cur)?;
         if !checkpoints.is_empty() {
             let path = dir.join(CHECKPOINTS_FILE);
             let mut f = OpenOptions::new()
@@ -329,6 +330,20 @@ fn write_blocking(dir: &Path, inner: &mut Inner, records: &[StoredRecord]) -> Re
         inner.current = None;
     }
     result
+}
+
+/// Fails when the configured path no longer names the file being appended to (the directory or
+/// file was moved or deleted): writes through the open handle would succeed, but the records
+/// would not be where the trail is read from.
+fn still_in_place(dir: &Path, cur: &Current) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let path = dir.join(file_name(cur.number));
+    let open = cur.file.metadata().map_err(|e| format!("cannot stat {}: {e}", path.display()))?;
+    match std::fs::metadata(&path) {
+        Ok(on_disk) if on_disk.dev() == open.dev() && on_disk.ino() == open.ino() => Ok(()),
+        Ok(_) => Err(format!("{} was replaced while the trail was being written", path.display())),
+        Err(e) => Err(format!("{} is gone ({e}): the trail's directory was moved or deleted", path.display())),
+    }
 }
 
 fn flush(cur: &mut Current, pending: &mut Vec<u8>, sync: bool) -> Result<(), String> {
