@@ -38,7 +38,11 @@ pub struct AdminServer {
 
 /// Binds the admin listener for `gateway`. `/readyz` answers 200 exactly while `ready` is true:
 /// the server sets it once every listener is bound and clears it when shutting down.
-pub async fn bind(addr: SocketAddr, gateway: Gateway, ready: Arc<AtomicBool>) -> std::io::Result<AdminServer> {
+pub async fn bind(
+    addr: SocketAddr,
+    gateway: Gateway,
+    ready: Arc<AtomicBool>,
+) -> std::io::Result<AdminServer> {
     let listener = TcpListener::bind(addr).await?;
     let local_addr = listener.local_addr()?;
     let router = Router::new()
@@ -46,7 +50,11 @@ pub async fn bind(addr: SocketAddr, gateway: Gateway, ready: Arc<AtomicBool>) ->
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(AdminState { gateway, ready });
-    Ok(AdminServer { listener, local_addr, router })
+    Ok(AdminServer {
+        listener,
+        local_addr,
+        router,
+    })
 }
 
 impl AdminServer {
@@ -65,7 +73,10 @@ impl AdminServer {
 }
 
 async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, Metrics::CONTENT_TYPE)], state.gateway.metrics().encode())
+    (
+        [(header::CONTENT_TYPE, Metrics::CONTENT_TYPE)],
+        state.gateway.metrics().encode(),
+    )
 }
 
 async fn healthz() -> &'static str {

@@ -327,7 +327,9 @@ impl ConfigString {
 impl<'de> Deserialize<'de> for ConfigString {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let raw = String::deserialize(deserializer)?;
-        interpolate(&raw, env_lookup).map(ConfigString).map_err(serde::de::Error::custom)
+        interpolate(&raw, env_lookup)
+            .map(ConfigString)
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -338,7 +340,9 @@ fn env_lookup(name: &str) -> Result<String, String> {
         Err(std::env::VarError::NotPresent) => Err(format!(
             "environment variable `{name}` is not set (write `$${{` for a literal `${{`)"
         )),
-        Err(std::env::VarError::NotUnicode(_)) => Err(format!("environment variable `{name}` is not valid UTF-8")),
+        Err(std::env::VarError::NotUnicode(_)) => {
+            Err(format!("environment variable `{name}` is not valid UTF-8"))
+        }
     }
 }
 
@@ -789,14 +793,26 @@ impl<'a> Checker<'a> {
         AdminSettings { listen }
     }
 
-    fn check_audit(&mut self, section: Option<&Spanned<audit::AuditConfig>>, data_dir: &Path) -> audit::AuditConfig {
-        let Some(section) = section else { return audit::AuditConfig::default_for(data_dir) };
+    fn check_audit(
+        &mut self,
+        section: Option<&Spanned<audit::AuditConfig>>,
+        data_dir: &Path,
+    ) -> audit::AuditConfig {
+        let Some(section) = section else {
+            return audit::AuditConfig::default_for(data_dir);
+        };
         let span = section.span();
         let mut config = section.get_ref().clone();
         if let Some(key) = &config.signing_key_file {
             let path = self.resolve(&key.to_string_lossy());
             if !path.is_file() {
-                self.error(span.clone(), format!("`audit.signing_key_file`: file not found: {}", path.display()));
+                self.error(
+                    span.clone(),
+                    format!(
+                        "`audit.signing_key_file`: file not found: {}",
+                        path.display()
+                    ),
+                );
             }
             config.signing_key_file = Some(path);
         }
@@ -855,7 +871,11 @@ impl<'a> Checker<'a> {
             }
             None => self.resolve(DEFAULT_DATA_DIR),
         };
-        let drain_timeout = self.duration("drain_timeout", section.drain_timeout.as_ref(), DEFAULT_DRAIN_TIMEOUT);
+        let drain_timeout = self.duration(
+            "drain_timeout",
+            section.drain_timeout.as_ref(),
+            DEFAULT_DRAIN_TIMEOUT,
+        );
         let max_message_bytes = match &section.max_message_bytes {
             Some(v) => match usize::try_from(*v.get_ref()) {
                 Ok(0) => {

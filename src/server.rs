@@ -62,7 +62,10 @@ impl Server {
         };
         // The audit trail opens before any listener: no statement may run unrecorded.
         if let Err(e) = std::fs::create_dir_all(&config.gateway.data_dir) {
-            anyhow::bail!("cannot create the data directory {}: {e}", config.gateway.data_dir.display());
+            anyhow::bail!(
+                "cannot create the data directory {}: {e}",
+                config.gateway.data_dir.display()
+            );
         }
         let audit_log = Arc::new(
             audit::AuditLog::open(&config.audit, &config.gateway.node)
@@ -72,9 +75,11 @@ impl Server {
         builder = builder.audit(Arc::clone(&audit_log) as Arc<dyn gateway_core::AuditSink>);
         let gateway = builder.build();
         let stats = audit_log.stats();
-        gateway.metrics().register_audit_queue_depth(Box::new(move || {
-            i64::try_from(stats.queue_depth.load(Ordering::Relaxed)).unwrap_or(i64::MAX)
-        }));
+        gateway
+            .metrics()
+            .register_audit_queue_depth(Box::new(move || {
+                i64::try_from(stats.queue_depth.load(Ordering::Relaxed)).unwrap_or(i64::MAX)
+            }));
         let ready = Arc::new(AtomicBool::new(false));
         let mut admin_addr = None;
         let mut admin_task = None;
@@ -82,7 +87,10 @@ impl Server {
             let server = crate::admin::bind(admin.listen, gateway.clone(), Arc::clone(&ready))
                 .await
                 .with_context(|| {
-                    format!("cannot listen on {} for [admin] (is another process using the port?)", admin.listen)
+                    format!(
+                        "cannot listen on {} for [admin] (is another process using the port?)",
+                        admin.listen
+                    )
                 })?;
             let addr = server.local_addr();
             if !addr.ip().is_loopback() {

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gateway_core::{
-    Access, Gateway, GatewayError, Identity, Judgement, PolicyEngine, Protocol, StatementContext, Target, Targets,
-    UpstreamTls, Verdict,
+    Access, Gateway, GatewayError, Identity, Judgement, PolicyEngine, Protocol, StatementContext,
+    Target, Targets, UpstreamTls, Verdict,
 };
 use identity::{hash_password, IdentityChain, StaticUser, StaticUsers};
 use proto_postgres::{ListenerConfig, PostgresListener};
@@ -26,11 +26,17 @@ impl PolicyEngine for DenyForbidden {
     }
     fn judge(&self, _: &StatementContext<'_>, sql: &str) -> Arc<Judgement> {
         let verdict = if sql.contains("forbidden") {
-            Verdict::deny("no-forbidden", "statements mentioning forbidden things are refused")
+            Verdict::deny(
+                "no-forbidden",
+                "statements mentioning forbidden things are refused",
+            )
         } else {
             Verdict::allow(None)
         };
-        Arc::new(Judgement { verdict, classification: None })
+        Arc::new(Judgement {
+            verdict,
+            classification: None,
+        })
     }
 }
 
@@ -56,7 +62,11 @@ async fn start_gateway() -> (Gateway, SocketAddr) {
     };
     let gateway = Gateway::builder()
         .node("admin-test")
-        .authenticator(Arc::new(IdentityChain { jwt: None, users, cert: None }))
+        .authenticator(Arc::new(IdentityChain {
+            jwt: None,
+            users,
+            cert: None,
+        }))
         .policy(Arc::new(DenyForbidden))
         .targets(Targets::new([target]))
         .build();
@@ -69,15 +79,23 @@ async fn start_gateway() -> (Gateway, SocketAddr) {
         max_message_bytes: 1 << 20,
         drain_timeout: Duration::from_secs(5),
     };
-    let listener = PostgresListener::bind(config, gateway.clone()).await.unwrap();
+    let listener = PostgresListener::bind(config, gateway.clone())
+        .await
+        .unwrap();
     let addr = listener.local_addr();
     tokio::spawn(listener.run());
     (gateway, addr)
 }
 
-async fn connect(addr: SocketAddr, password: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+async fn connect(
+    addr: SocketAddr,
+    password: &str,
+) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
     let (client, conn) = tokio_postgres::connect(
-        &format!("host=127.0.0.1 port={} user=alice password={password} dbname=postgres", addr.port()),
+        &format!(
+            "host=127.0.0.1 port={} user=alice password={password} dbname=postgres",
+            addr.port()
+        ),
         NoTls,
     )
     .await?;
@@ -94,7 +112,10 @@ struct Response {
 
 impl Response {
     fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -109,26 +130,44 @@ async fn get(addr: SocketAddr, path: &str) -> Response {
         .expect("the admin listener answers within 10 s")
         .unwrap();
     let raw = String::from_utf8(raw).unwrap();
-    let (head, body) = raw.split_once("\r\n\r\n").expect("a complete HTTP response");
+    let (head, body) = raw
+        .split_once("\r\n\r\n")
+        .expect("a complete HTTP response");
     let mut lines = head.lines();
-    let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
     let headers = lines
         .filter_map(|l| l.split_once(':'))
         .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
         .collect();
-    Response { status, headers, body: body.to_owned() }
+    Response {
+        status,
+        headers,
+        body: body.to_owned(),
+    }
 }
 
 /// The value of one series in an exposition, or `None` when the series is absent.
 fn value(exposition: &str, series: &str) -> Option<f64> {
-    exposition.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    exposition
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
 
 #[tokio::test]
 async fn metrics_health_and_readiness_over_http() {
     let (gateway, pg_addr) = start_gateway().await;
     let ready = Arc::new(AtomicBool::new(false));
-    let admin = portcullis::admin::bind("127.0.0.1:0".parse().unwrap(), gateway, Arc::clone(&ready)).await.unwrap();
+    let admin =
+        portcullis::admin::bind("127.0.0.1:0".parse().unwrap(), gateway, Arc::clone(&ready))
+            .await
+            .unwrap();
     let admin_addr = admin.local_addr();
     assert_ne!(admin_addr.port(), 0);
     let admin_task = tokio::spawn(admin.run());
@@ -149,20 +188,43 @@ async fn metrics_health_and_readiness_over_http() {
 
     let response = get(admin_addr, "/metrics").await;
     assert_eq!(response.status, 200);
-    assert_eq!(response.header("content-type"), Some("application/openmetrics-text; version=1.0.0; charset=utf-8"));
+    assert_eq!(
+        response.header("content-type"),
+        Some("application/openmetrics-text; version=1.0.0; charset=utf-8")
+    );
     let text = &response.body;
     let statements = |verdict: &str| {
-        value(text, &format!("portcullis_statements_total{{protocol=\"postgres\",verdict=\"{verdict}\"}}"))
+        value(
+            text,
+            &format!("portcullis_statements_total{{protocol=\"postgres\",verdict=\"{verdict}\"}}"),
+        )
     };
     assert_eq!(statements("allowed"), Some(1.0), "{text}");
     assert_eq!(statements("denied"), Some(1.0), "{text}");
-    assert_eq!(value(text, "portcullis_connections_total{protocol=\"postgres\"}"), Some(1.0), "{text}");
-    assert_eq!(value(text, "portcullis_sessions_active{protocol=\"postgres\"}"), Some(1.0), "{text}");
-    assert_eq!(value(text, "portcullis_statement_duration_seconds_count{protocol=\"postgres\"}"), Some(1.0), "{text}");
+    assert_eq!(
+        value(text, "portcullis_connections_total{protocol=\"postgres\"}"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        value(text, "portcullis_sessions_active{protocol=\"postgres\"}"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        value(
+            text,
+            "portcullis_statement_duration_seconds_count{protocol=\"postgres\"}"
+        ),
+        Some(1.0),
+        "{text}"
+    );
     assert!(text.ends_with("# EOF\n"), "{text}");
 
     // A wrong password is a failed login; the session that ends leaves the active gauge.
-    let wrong = connect(pg_addr, "wrong").await.expect_err("a wrong password is refused");
+    let wrong = connect(pg_addr, "wrong")
+        .await
+        .expect_err("a wrong password is refused");
     assert_eq!(wrong.as_db_error().unwrap().code().code(), "28P01");
     drop(client);
     let mut text = String::new();
@@ -173,10 +235,21 @@ async fn metrics_health_and_readiness_over_http() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(value(&text, "portcullis_sessions_active{protocol=\"postgres\"}"), Some(0.0), "{text}");
-    assert_eq!(value(&text, "portcullis_connections_total{protocol=\"postgres\"}"), Some(2.0), "{text}");
     assert_eq!(
-        value(&text, "portcullis_logins_failed_total{protocol=\"postgres\",reason=\"authentication\"}"),
+        value(&text, "portcullis_sessions_active{protocol=\"postgres\"}"),
+        Some(0.0),
+        "{text}"
+    );
+    assert_eq!(
+        value(&text, "portcullis_connections_total{protocol=\"postgres\"}"),
+        Some(2.0),
+        "{text}"
+    );
+    assert_eq!(
+        value(
+            &text,
+            "portcullis_logins_failed_total{protocol=\"postgres\",reason=\"authentication\"}"
+        ),
         Some(1.0),
         "{text}"
     );

@@ -89,7 +89,12 @@ message = "tables are not dropped through the gateway"
         );
         let config = dir.path().join("portcullis.toml");
         std::fs::write(&config, text).expect("write config");
-        Setup { dir, secret, config, db }
+        Setup {
+            dir,
+            secret,
+            config,
+            db,
+        }
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -98,13 +103,18 @@ message = "tables are not dropped through the gateway"
 
     /// The default SQLite trail.
     fn sqlite_trail(&self) -> audit::SinkConfig {
-        audit::SinkConfig::Sqlite { path: self.path("data/audit.db") }
+        audit::SinkConfig::Sqlite {
+            path: self.path("data/audit.db"),
+        }
     }
 
     /// Starts the gateway in-process.
     async fn start_in_process(&self) -> (portcullis::RunningServer, SocketAddr) {
-        let config = Config::load(&self.config).unwrap_or_else(|e| panic!("the test configuration was refused:\n{e}"));
-        let server = Server::start(config).await.unwrap_or_else(|e| panic!("gateway did not start: {e:#}"));
+        let config = Config::load(&self.config)
+            .unwrap_or_else(|e| panic!("the test configuration was refused:\n{e}"));
+        let server = Server::start(config)
+            .await
+            .unwrap_or_else(|e| panic!("gateway did not start: {e:#}"));
         let addr = server.postgres_addr().expect("a PostgreSQL listener");
         (server, addr)
     }
@@ -115,7 +125,12 @@ message = "tables are not dropped through the gateway"
     }
 
     /// Connects through the gateway at `addr` as `user` with `password`.
-    async fn connect(&self, addr: SocketAddr, user: &str, password: &str) -> Result<Client, tokio_postgres::Error> {
+    async fn connect(
+        &self,
+        addr: SocketAddr,
+        user: &str,
+        password: &str,
+    ) -> Result<Client, tokio_postgres::Error> {
         let (client, conn) = tokio_postgres::Config::new()
             .host("127.0.0.1")
             .port(addr.port())
@@ -134,13 +149,22 @@ message = "tables are not dropped through the gateway"
     /// Runs `portcullis audit ARGS`.
     async fn audit_cli(&self, args: &[&str]) -> Output {
         let mut cmd = Command::new(BIN);
-        cmd.arg("audit").args(args).env_remove("PORTCULLIS_CONFIG").current_dir(self.dir.path());
-        tokio::task::spawn_blocking(move || run_with_timeout(cmd, Duration::from_secs(60))).await.expect("cli runner")
+        cmd.arg("audit")
+            .args(args)
+            .env_remove("PORTCULLIS_CONFIG")
+            .current_dir(self.dir.path());
+        tokio::task::spawn_blocking(move || run_with_timeout(cmd, Duration::from_secs(60)))
+            .await
+            .expect("cli runner")
     }
 }
 
 fn token_signed_with(secret: &str, subject: &str) -> String {
-    let mut request = MintRequest::new(MintKey::Hs256(secret.to_owned()), subject, Duration::from_secs(600));
+    let mut request = MintRequest::new(
+        MintKey::Hs256(secret.to_owned()),
+        subject,
+        Duration::from_secs(600),
+    );
     request.audience = Some(AUDIENCE.into());
     request.groups = vec!["engineering".into()];
     identity::mint_token(&request).expect("mint token")
@@ -148,9 +172,12 @@ fn token_signed_with(secret: &str, subject: &str) -> String {
 
 /// Every record of a sink, in chain order, with its payload parsed.
 async fn read_trail(sink: &audit::SinkConfig) -> Vec<(audit::StoredRecord, Value)> {
-    let sink = audit::open_sink(sink, audit::OpenMode::Read).await.expect("open the trail");
-    let mut records =
-        audit::search(sink.as_ref(), &audit::SearchFilter::default(), 10_000_000).await.expect("read the trail");
+    let sink = audit::open_sink(sink, audit::OpenMode::Read)
+        .await
+        .expect("open the trail");
+    let mut records = audit::search(sink.as_ref(), &audit::SearchFilter::default(), 10_000_000)
+        .await
+        .expect("read the trail");
     records.sort_by_key(|r| (r.node.clone(), r.seq));
     records
         .into_iter()
@@ -164,7 +191,10 @@ async fn read_trail(sink: &audit::SinkConfig) -> Vec<(audit::StoredRecord, Value
 /// `(session_id, statement_id)` of a statement event.
 fn statement_key(payload: &Value) -> (String, u64) {
     (
-        payload["session_id"].as_str().expect("session_id").to_owned(),
+        payload["session_id"]
+            .as_str()
+            .expect("session_id")
+            .to_owned(),
         payload["statement_id"].as_u64().expect("statement_id"),
     )
 }
@@ -181,19 +211,42 @@ fn describe(out: &Output) -> String {
 /// Writes a fresh Ed25519 checkpoint key pair with `portcullis audit keygen`; returns the paths
 /// of the private and the public key.
 async fn keygen(setup: &Setup) -> (PathBuf, PathBuf) {
-    let (private, public) = (setup.path("audit-signing.pem"), setup.path("audit-signing.pub"));
+    let (private, public) = (
+        setup.path("audit-signing.pem"),
+        setup.path("audit-signing.pub"),
+    );
     let out = setup
-        .audit_cli(&["keygen", "--out", &private.to_string_lossy(), "--public-out", &public.to_string_lossy()])
+        .audit_cli(&[
+            "keygen",
+            "--out",
+            &private.to_string_lossy(),
+            "--public-out",
+            &public.to_string_lossy(),
+        ])
         .await;
     assert!(out.status.success(), "keygen failed: {}", describe(&out));
     {
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(&private).expect("private key written").permissions().mode();
-        assert_eq!(mode & 0o777, 0o600, "the private key must be readable by its owner only");
+        let mode = std::fs::metadata(&private)
+            .expect("private key written")
+            .permissions()
+            .mode();
+        assert_eq!(
+            mode & 0o777,
+            0o600,
+            "the private key must be readable by its owner only"
+        );
     }
     // Never overwritten.
-    let again = setup.audit_cli(&["keygen", "--out", &private.to_string_lossy()]).await;
-    assert_eq!(again.status.code(), Some(1), "keygen over an existing key: {}", describe(&again));
+    let again = setup
+        .audit_cli(&["keygen", "--out", &private.to_string_lossy()])
+        .await;
+    assert_eq!(
+        again.status.code(),
+        Some(1),
+        "keygen over an existing key: {}",
+        describe(&again)
+    );
     (private, public)
 }
 
@@ -207,19 +260,38 @@ async fn records_sessions_statements_denials_and_failed_logins_but_no_credential
     let (server, addr) = setup.start_in_process().await;
 
     let good_token = setup.token("alice");
-    let client = setup.connect(addr, "alice", &good_token).await.expect("alice logs in");
-    client.batch_execute("create table audit_probe (id int)").await.expect("create");
-    client.execute("insert into audit_probe values (4242)", &[]).await.expect("insert");
-    let n: i64 = client.query_one("select count(*) from audit_probe", &[]).await.expect("count").get(0);
+    let client = setup
+        .connect(addr, "alice", &good_token)
+        .await
+        .expect("alice logs in");
+    client
+        .batch_execute("create table audit_probe (id int)")
+        .await
+        .expect("create");
+    client
+        .execute("insert into audit_probe values (4242)", &[])
+        .await
+        .expect("insert");
+    let n: i64 = client
+        .query_one("select count(*) from audit_probe", &[])
+        .await
+        .expect("count")
+        .get(0);
     assert_eq!(n, 1);
-    let denied = client.batch_execute("drop table audit_probe").await.expect_err("DROP is denied");
+    let denied = client
+        .batch_execute("drop table audit_probe")
+        .await
+        .expect_err("DROP is denied");
     assert_eq!(sqlstate(&denied), "42501");
     drop(client);
 
     // A well-formed token signed with a key the gateway does not know.
     let forged_secret = format!("forged-secret-{:032x}", rand::random::<u128>());
     let forged_token = token_signed_with(&forged_secret, "mallory");
-    let refused = setup.connect(addr, "mallory", &forged_token).await.expect_err("a forged token is refused");
+    let refused = setup
+        .connect(addr, "mallory", &forged_token)
+        .await
+        .expect_err("a forged token is refused");
     assert_eq!(sqlstate(&refused), "28P01");
 
     // Shutdown ends the sessions (session_closed) and writes everything queued.
@@ -230,19 +302,30 @@ async fn records_sessions_statements_denials_and_failed_logins_but_no_credential
     assert_eq!(events.first(), Some(&"log_opened"), "{events:?}");
 
     let find = |event: &str, pred: &dyn Fn(&Value) -> bool| -> Vec<&(audit::StoredRecord, Value)> {
-        trail.iter().filter(|(r, p)| r.event == event && pred(p)).collect()
+        trail
+            .iter()
+            .filter(|(r, p)| r.event == event && pred(p))
+            .collect()
     };
 
     let opened = find("session_opened", &|p| p["subject"] == "alice");
     assert_eq!(opened.len(), 1, "one session for alice: {events:?}");
     let (opened_record, opened_payload) = opened[0];
-    let session = opened_payload["session_id"].as_str().expect("session id").to_owned();
+    let session = opened_payload["session_id"]
+        .as_str()
+        .expect("session id")
+        .to_owned();
     assert_eq!(opened_payload["auth_method"], "jwt");
     assert_eq!(opened_payload["groups"], serde_json::json!(["engineering"]));
-    assert_eq!(opened_record.target.as_deref(), Some(setup.db.name.as_str()));
+    assert_eq!(
+        opened_record.target.as_deref(),
+        Some(setup.db.name.as_str())
+    );
 
     // The INSERT: started (allowed, by rule `everyone`) and then finished with its tag.
-    let started = find("statement_started", &|p| p["sql"] == "insert into audit_probe values (4242)");
+    let started = find("statement_started", &|p| {
+        p["sql"] == "insert into audit_probe values (4242)"
+    });
     assert_eq!(started.len(), 1, "{events:?}");
     let (started_record, started_payload) = started[0];
     assert_eq!(started_payload["session_id"], session.as_str());
@@ -251,26 +334,38 @@ async fn records_sessions_statements_denials_and_failed_logins_but_no_credential
     assert_eq!(started_record.subject.as_deref(), Some("alice"));
     let key = statement_key(started_payload);
     let finished = find("statement_finished", &|p| statement_key(p) == key);
-    assert_eq!(finished.len(), 1, "the INSERT's statement_finished: {events:?}");
+    assert_eq!(
+        finished.len(),
+        1,
+        "the INSERT's statement_finished: {events:?}"
+    );
     let (finished_record, finished_payload) = finished[0];
     assert!(finished_record.seq > started_record.seq);
     assert_eq!(finished_payload["tag"], "INSERT 0 1");
     assert!(finished_payload["error"].is_null(), "{finished_payload}");
 
     // The SELECT reports the rows it returned.
-    let select = find("statement_started", &|p| p["sql"] == "select count(*) from audit_probe");
+    let select = find("statement_started", &|p| {
+        p["sql"] == "select count(*) from audit_probe"
+    });
     assert_eq!(select.len(), 1);
-    let select_finished = find("statement_finished", &|p| statement_key(p) == statement_key(&select[0].1));
+    let select_finished = find("statement_finished", &|p| {
+        statement_key(p) == statement_key(&select[0].1)
+    });
     assert_eq!(select_finished[0].1["rows"], 1);
 
     // The DROP: denied with its rule, never started.
-    let drop = find("statement_denied", &|p| p["sql"] == "drop table audit_probe");
+    let drop = find("statement_denied", &|p| {
+        p["sql"] == "drop table audit_probe"
+    });
     assert_eq!(drop.len(), 1, "{events:?}");
     let (drop_record, drop_payload) = drop[0];
     assert_eq!(drop_payload["verdict"]["decision"], "deny");
     assert_eq!(drop_payload["verdict"]["rule"], "no-drop");
     assert_eq!(drop_record.verdict.as_deref(), Some("deny"));
-    assert!(find("statement_started", &|p| p["sql"] == "drop table audit_probe").is_empty());
+    assert!(find("statement_started", &|p| p["sql"]
+        == "drop table audit_probe")
+    .is_empty());
 
     // The failed login: who tried and which check failed, no subject (nobody was authenticated).
     let failed = find("login_failed", &|p| p["user"] == "mallory");
@@ -279,20 +374,39 @@ async fn records_sessions_statements_denials_and_failed_logins_but_no_credential
     assert!(failed_record.subject.is_none());
     assert_eq!(failed_record.verdict.as_deref(), Some("deny"));
     assert_eq!(failed_payload["database"], setup.db.name.as_str());
-    assert!(!failed_payload["reason"].as_str().unwrap_or_default().is_empty(), "{failed_payload}");
+    assert!(
+        !failed_payload["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .is_empty(),
+        "{failed_payload}"
+    );
 
     let closed = find("session_closed", &|p| p["session_id"] == session.as_str());
     assert_eq!(closed.len(), 1, "{events:?}");
-    assert_eq!(closed[0].1["statements"], 4, "create, insert, select and the denied drop");
+    assert_eq!(
+        closed[0].1["statements"], 4,
+        "create, insert, select and the denied drop"
+    );
 
     // No credential anywhere in the files of the trail: neither token (nor any part of one that
     // is not the standard header), nor the gateway's secret, nor the forger's.
     let mut secrets: Vec<(&str, String)> = vec![("the HS256 secret", setup.secret.clone())];
     secrets.push(("the forged token's secret", forged_secret.clone()));
-    for (name, token) in [("alice's token", &good_token), ("the forged token", &forged_token)] {
+    for (name, token) in [
+        ("alice's token", &good_token),
+        ("the forged token", &forged_token),
+    ] {
         secrets.push((name, token.clone()));
         for (i, part) in token.split('.').enumerate().skip(1) {
-            secrets.push((if i == 1 { "a token's claims" } else { "a token's signature" }, part.to_owned()));
+            secrets.push((
+                if i == 1 {
+                    "a token's claims"
+                } else {
+                    "a token's signature"
+                },
+                part.to_owned(),
+            ));
         }
     }
     let data = setup.path("data");
@@ -302,7 +416,11 @@ async fn records_sessions_statements_denials_and_failed_logins_but_no_credential
         let bytes = std::fs::read(&path).expect("read trail file");
         files += 1;
         for (name, secret) in &secrets {
-            assert!(!bytes.windows(secret.len()).any(|w| w == secret.as_bytes()), "{name} is in {}", path.display());
+            assert!(
+                !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                "{name} is in {}",
+                path.display()
+            );
         }
     }
     assert!(files >= 1 && data.join("audit.db").is_file());
@@ -316,10 +434,19 @@ async fn records_sessions_statements_denials_and_failed_logins_but_no_credential
 async fn verify_passes_on_a_clean_trail_and_names_the_edited_record() {
     let setup = Setup::new("edited", "").await;
     let (server, addr) = setup.start_in_process().await;
-    let client = setup.connect(addr, "alice", &setup.token("alice")).await.expect("alice logs in");
-    client.batch_execute("create table audit_probe (id int)").await.expect("create");
+    let client = setup
+        .connect(addr, "alice", &setup.token("alice"))
+        .await
+        .expect("alice logs in");
+    client
+        .batch_execute("create table audit_probe (id int)")
+        .await
+        .expect("create");
     for id in [1, 7777, 3] {
-        client.execute(&format!("insert into audit_probe values ({id})"), &[]).await.expect("insert");
+        client
+            .execute(&format!("insert into audit_probe values ({id})"), &[])
+            .await
+            .expect("insert");
     }
     drop(client);
     server.shutdown().await;
@@ -329,18 +456,35 @@ async fn verify_passes_on_a_clean_trail_and_names_the_edited_record() {
     let out = String::from_utf8_lossy(&clean.stdout).into_owned();
     assert_eq!(clean.status.code(), Some(0), "{}", describe(&clean));
     assert!(out.contains("signatures: NOT checked"), "{out}");
-    assert!(out.contains("node edited: ") && out.contains(": ok\n"), "{out}");
+    assert!(
+        out.contains("node edited: ") && out.contains(": ok\n"),
+        "{out}"
+    );
     assert!(out.contains("ok: 1 chain verifies"), "{out}");
 
     // tail: one line per record, the newest last.
-    let tail = setup.audit_cli(&["tail", "--config", &config, "-n", "3"]).await;
+    let tail = setup
+        .audit_cli(&["tail", "--config", &config, "-n", "3"])
+        .await;
     assert!(tail.status.success(), "{}", describe(&tail));
-    let lines: Vec<String> = String::from_utf8_lossy(&tail.stdout).lines().map(str::to_owned).collect();
+    let lines: Vec<String> = String::from_utf8_lossy(&tail.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect();
     assert_eq!(lines.len(), 3, "{lines:?}");
     assert!(lines[2].contains(" session_closed alice "), "{lines:?}");
 
     // search: the one record that holds the statement text, as JSON.
-    let search = setup.audit_cli(&["search", "--config", &config, "--text", "values (7777)", "--json"]).await;
+    let search = setup
+        .audit_cli(&[
+            "search",
+            "--config",
+            &config,
+            "--text",
+            "values (7777)",
+            "--json",
+        ])
+        .await;
     assert!(search.status.success(), "{}", describe(&search));
     let found: Vec<Value> = String::from_utf8_lossy(&search.stdout)
         .lines()
@@ -348,7 +492,10 @@ async fn verify_passes_on_a_clean_trail_and_names_the_edited_record() {
         .collect();
     assert_eq!(found.len(), 1, "{found:?}");
     assert_eq!(found[0]["event"], "statement_started");
-    assert_eq!(found[0]["payload"]["sql"], "insert into audit_probe values (7777)");
+    assert_eq!(
+        found[0]["payload"]["sql"],
+        "insert into audit_probe values (7777)"
+    );
     let seq = found[0]["seq"].as_u64().expect("seq");
 
     // Edit that record's payload in place, as someone with write access to the file could.
@@ -360,7 +507,9 @@ async fn verify_passes_on_a_clean_trail_and_names_the_edited_record() {
     sqlite3.arg(&db).arg(&edit);
     let edited = tokio::task::spawn_blocking(move || match sqlite3.output() {
         Ok(out) => out,
-        Err(e) => panic!("cannot run the sqlite3 shell ({e}); install it (Debian: apt-get install sqlite3)"),
+        Err(e) => panic!(
+            "cannot run the sqlite3 shell ({e}); install it (Debian: apt-get install sqlite3)"
+        ),
     })
     .await
     .expect("sqlite3 runner");
@@ -369,19 +518,33 @@ async fn verify_passes_on_a_clean_trail_and_names_the_edited_record() {
     let broken = setup.audit_cli(&["verify", "--config", &config]).await;
     assert_eq!(broken.status.code(), Some(1), "{}", describe(&broken));
     let out = String::from_utf8_lossy(&broken.stdout).into_owned();
-    assert!(out.contains(&format!("FAILED: node edited seq {seq}: hash mismatch")), "{out}");
+    assert!(
+        out.contains(&format!("FAILED: node edited seq {seq}: hash mismatch")),
+        "{out}"
+    );
     assert!(out.contains(&format!("BROKEN at seq {seq}")), "{out}");
 
-    let json = setup.audit_cli(&["verify", "--sqlite", &db.to_string_lossy(), "--json"]).await;
+    let json = setup
+        .audit_cli(&["verify", "--sqlite", &db.to_string_lossy(), "--json"])
+        .await;
     assert_eq!(json.status.code(), Some(1), "{}", describe(&json));
     let report: Value = serde_json::from_slice(&json.stdout).expect("a JSON report");
     assert_eq!(report["ok"], false);
     assert_eq!(report["first_failure"]["seq"], seq);
     assert_eq!(report["first_failure"]["problem"], "hash_mismatch");
-    assert_eq!(report["first_failure"]["location"], format!("audit_records row id {seq}"));
+    assert_eq!(
+        report["first_failure"]["location"],
+        format!("audit_records row id {seq}")
+    );
 
     // A sink that cannot be read is exit 2, not a verdict on the trail.
-    let missing = setup.audit_cli(&["verify", "--sqlite", &setup.path("nothing.db").to_string_lossy()]).await;
+    let missing = setup
+        .audit_cli(&[
+            "verify",
+            "--sqlite",
+            &setup.path("nothing.db").to_string_lossy(),
+        ])
+        .await;
     assert_eq!(missing.status.code(), Some(2), "{}", describe(&missing));
 }
 
@@ -418,7 +581,12 @@ impl GatewayProcess {
                 let Ok(line) = line else { break };
                 // `INFO portcullis: PostgreSQL listener ready addr=127.0.0.1:PORT node=...`
                 if let Some(rest) = line.split("listener ready addr=").nth(1) {
-                    if let Ok(addr) = rest.split_whitespace().next().unwrap_or_default().parse::<SocketAddr>() {
+                    if let Ok(addr) = rest
+                        .split_whitespace()
+                        .next()
+                        .unwrap_or_default()
+                        .parse::<SocketAddr>()
+                    {
                         let _ = ready.send(addr);
                     }
                 }
@@ -434,7 +602,10 @@ impl GatewayProcess {
                 let _ = child.kill();
                 let _ = child.wait();
                 std::thread::sleep(Duration::from_millis(100));
-                panic!("the gateway did not start listening:\n{}", log.lock().map(|l| l.clone()).unwrap_or_default());
+                panic!(
+                    "the gateway did not start listening:\n{}",
+                    log.lock().map(|l| l.clone()).unwrap_or_default()
+                );
             }
         }
     }
@@ -453,14 +624,21 @@ impl GatewayProcess {
     /// SIGTERM, then waits (at most a minute) for the graceful exit.
     fn terminate(&mut self) -> ExitStatus {
         let pid = self.child.id().to_string();
-        let sent = Command::new("kill").args(["-TERM", &pid]).status().expect("run kill");
+        let sent = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("run kill");
         assert!(sent.success(), "kill -TERM {pid} failed");
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Some(status) = self.child.try_wait().expect("wait for the gateway") {
                 return status;
             }
-            assert!(Instant::now() < deadline, "the gateway did not stop after SIGTERM:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "the gateway did not stop after SIGTERM:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -526,7 +704,13 @@ async fn sigkill_under_load_keeps_every_acknowledged_statement_throwaway() {
     let stop = Arc::new(AtomicBool::new(false));
     let mut clients = Vec::new();
     for c in 0..4u32 {
-        let client = setup.connect(gateway.addr, &format!("loader{c}"), &setup.token(&format!("loader{c}"))).await;
+        let client = setup
+            .connect(
+                gateway.addr,
+                &format!("loader{c}"),
+                &setup.token(&format!("loader{c}")),
+            )
+            .await;
         let client = client.expect("a loader logs in");
         let acknowledged = Arc::clone(&acknowledged);
         let stop = Arc::clone(&stop);
@@ -554,26 +738,51 @@ async fn sigkill_under_load_keeps_every_acknowledged_statement_throwaway() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     stop.store(true, Ordering::Relaxed);
     for client in clients {
-        tokio::time::timeout(Duration::from_secs(30), client).await.expect("loaders stop").expect("loader task");
+        tokio::time::timeout(Duration::from_secs(30), client)
+            .await
+            .expect("loaders stop")
+            .expect("loader task");
     }
     let acknowledged = std::mem::take(&mut *acknowledged.lock().expect("ack list"));
-    assert!(acknowledged.len() >= 20, "only {} INSERTs were acknowledged in 2 s", acknowledged.len());
+    assert!(
+        acknowledged.len() >= 20,
+        "only {} INSERTs were acknowledged in 2 s",
+        acknowledged.len()
+    );
 
     // Restart on the same data directory, run one more statement, stop gracefully.
     let mut gateway = tokio::task::block_in_place(|| GatewayProcess::start(&config));
-    let after = setup.connect(gateway.addr, "after", &setup.token("after")).await.expect("log in after the restart");
+    let after = setup
+        .connect(gateway.addr, "after", &setup.token("after"))
+        .await
+        .expect("log in after the restart");
     after
         .batch_execute("insert into crash_probe (client, n, note) values (99, 1, 'after-restart')")
         .await
         .expect("insert");
     drop(after);
     let status = tokio::task::block_in_place(|| gateway.terminate());
-    assert!(status.success(), "graceful stop failed ({status}):\n{}", gateway.log());
+    assert!(
+        status.success(),
+        "graceful stop failed ({status}):\n{}",
+        gateway.log()
+    );
 
     let verify = setup
-        .audit_cli(&["verify", "--config", &config.to_string_lossy(), "--public-key", &public_key.to_string_lossy()])
+        .audit_cli(&[
+            "verify",
+            "--config",
+            &config.to_string_lossy(),
+            "--public-key",
+            &public_key.to_string_lossy(),
+        ])
         .await;
-    assert_eq!(verify.status.code(), Some(0), "verify after SIGKILL and restart: {}", describe(&verify));
+    assert_eq!(
+        verify.status.code(),
+        Some(0),
+        "verify after SIGKILL and restart: {}",
+        describe(&verify)
+    );
     assert!(String::from_utf8_lossy(&verify.stdout).contains("signatures: checked with public key"));
 
     let trail = read_trail(&setup.sqlite_trail()).await;
@@ -600,14 +809,24 @@ async fn sigkill_under_load_keeps_every_acknowledged_statement_throwaway() {
             .get(sql)
             .unwrap_or_else(|| panic!("acknowledged but no statement_started in the trail: {sql}"));
         let (started_seq, _) = started[key];
-        let (finished_seq, outcome) =
-            finished.get(key).unwrap_or_else(|| panic!("acknowledged but no statement_finished in the trail: {sql}"));
-        assert!(*finished_seq > started_seq, "{sql}: finished at seq {finished_seq}, started at {started_seq}");
+        let (finished_seq, outcome) = finished.get(key).unwrap_or_else(|| {
+            panic!("acknowledged but no statement_finished in the trail: {sql}")
+        });
+        assert!(
+            *finished_seq > started_seq,
+            "{sql}: finished at seq {finished_seq}, started at {started_seq}"
+        );
         assert_eq!(outcome["tag"], "INSERT 0 1", "{sql}: {outcome}");
         assert!(outcome["error"].is_null(), "{sql}: {outcome}");
     }
     // Nothing reached the database unrecorded: every row has its started record.
-    let rows = setup.db.connect_direct().await.query("select client, n from crash_probe", &[]).await.expect("rows");
+    let rows = setup
+        .db
+        .connect_direct()
+        .await
+        .query("select client, n from crash_probe", &[])
+        .await
+        .expect("rows");
     let mut in_database = HashSet::new();
     for row in rows {
         let (c, n): (i32, i32) = (row.get(0), row.get(1));
@@ -616,19 +835,29 @@ async fn sigkill_under_load_keeps_every_acknowledged_statement_throwaway() {
         } else {
             crash_insert(c as u32, n as u32)
         };
-        assert!(started_by_sql.contains_key(&sql), "in the database but not in the trail: {sql}");
+        assert!(
+            started_by_sql.contains_key(&sql),
+            "in the database but not in the trail: {sql}"
+        );
         in_database.insert(sql);
     }
     for sql in &acknowledged {
-        assert!(in_database.contains(sql), "acknowledged but not in the database: {sql}");
+        assert!(
+            in_database.contains(sql),
+            "acknowledged but not in the database: {sql}"
+        );
     }
     // No finished record without its started record before it.
     for (key, (seq, _)) in &finished {
-        let (started_seq, _) =
-            started.get(key).unwrap_or_else(|| panic!("statement_finished without started: {key:?}"));
+        let (started_seq, _) = started
+            .get(key)
+            .unwrap_or_else(|| panic!("statement_finished without started: {key:?}"));
         assert!(started_seq < seq, "{key:?}");
     }
-    let unfinished = started.keys().filter(|k| !finished.contains_key(*k)).count();
+    let unfinished = started
+        .keys()
+        .filter(|k| !finished.contains_key(*k))
+        .count();
     eprintln!(
         "{} INSERTs acknowledged, {} rows in the database, {unfinished} started records without a finished one",
         acknowledged.len(),
@@ -637,10 +866,16 @@ async fn sigkill_under_load_keeps_every_acknowledged_statement_throwaway() {
 
     // Two runs of one chain: two log_opened notices, the second continuing the first; a clean
     // stop ends with a checkpoint.
-    let opened: Vec<&(audit::StoredRecord, Value)> = trail.iter().filter(|(r, _)| r.event == "log_opened").collect();
+    let opened: Vec<&(audit::StoredRecord, Value)> = trail
+        .iter()
+        .filter(|(r, _)| r.event == "log_opened")
+        .collect();
     assert_eq!(opened.len(), 2);
     assert_eq!(opened[1].1["details"]["previous_seq"], opened[1].0.seq - 1);
-    assert_eq!(trail.last().map(|(r, _)| r.event.as_str()), Some("checkpoint"));
+    assert_eq!(
+        trail.last().map(|(r, _)| r.event.as_str()),
+        Some("checkpoint")
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -668,15 +903,28 @@ async fn refuses_statements_while_the_trail_cannot_be_written() {
     std::fs::write(setup.path("audit-signing.pem"), private_pem).expect("write key");
     std::fs::write(setup.path("audit-signing.pub"), public_pem).expect("write public key");
     let upstream = setup.db.connect_direct().await;
-    upstream.batch_execute("create table guarded (id int)").await.expect("create");
+    upstream
+        .batch_execute("create table guarded (id int)")
+        .await
+        .expect("create");
     let count = || async {
-        let n: i64 = upstream.query_one("select count(*) from guarded", &[]).await.expect("count").get(0);
+        let n: i64 = upstream
+            .query_one("select count(*) from guarded", &[])
+            .await
+            .expect("count")
+            .get(0);
         n
     };
 
     let (server, addr) = setup.start_in_process().await;
-    let client = setup.connect(addr, "alice", &setup.token("alice")).await.expect("alice logs in");
-    client.execute("insert into guarded values (1)", &[]).await.expect("insert while the trail is fine");
+    let client = setup
+        .connect(addr, "alice", &setup.token("alice"))
+        .await
+        .expect("alice logs in");
+    client
+        .execute("insert into guarded values (1)", &[])
+        .await
+        .expect("insert while the trail is fine");
     assert_eq!(count().await, 1);
 
     let trail = setup.path("trail");
@@ -684,14 +932,27 @@ async fn refuses_statements_while_the_trail_cannot_be_written() {
     std::fs::rename(&trail, &moved).expect("move the trail away");
     std::fs::write(&trail, "not a directory").expect("put a file in its place");
 
-    let refused = client.execute("insert into guarded values (2)", &[]).await.expect_err("refused");
+    let refused = client
+        .execute("insert into guarded values (2)", &[])
+        .await
+        .expect_err("refused");
     assert_eq!(sqlstate(&refused), "58000", "{refused:?}");
-    let message = refused.as_db_error().map(|e| e.message().to_owned()).unwrap_or_default();
+    let message = refused
+        .as_db_error()
+        .map(|e| e.message().to_owned())
+        .unwrap_or_default();
     assert!(message.contains("audit trail is unavailable"), "{message}");
     // While the trail is down every statement is refused, reads too, at once.
-    let read = client.query_one("select count(*) from guarded", &[]).await.expect_err("refused");
+    let read = client
+        .query_one("select count(*) from guarded", &[])
+        .await
+        .expect_err("refused");
     assert_eq!(sqlstate(&read), "58000");
-    assert_eq!(count().await, 1, "a refused statement must not reach the database");
+    assert_eq!(
+        count().await,
+        1,
+        "a refused statement must not reach the database"
+    );
 
     std::fs::remove_file(&trail).expect("remove the file");
     std::fs::rename(&moved, &trail).expect("put the trail back");
@@ -717,12 +978,26 @@ async fn refuses_statements_while_the_trail_cannot_be_written() {
     server.shutdown().await;
 
     let verify = setup
-        .audit_cli(&["verify", "--jsonl", "trail", "--public-key", &setup.path("audit-signing.pub").to_string_lossy()])
+        .audit_cli(&[
+            "verify",
+            "--jsonl",
+            "trail",
+            "--public-key",
+            &setup.path("audit-signing.pub").to_string_lossy(),
+        ])
         .await;
     assert_eq!(verify.status.code(), Some(0), "{}", describe(&verify));
 
-    let records = read_trail(&audit::SinkConfig::Jsonl { dir: trail, max_file_bytes: 1 << 20 }).await;
-    let recovered: Vec<&Value> = records.iter().filter(|(r, _)| r.event == "sink_recovered").map(|(_, p)| p).collect();
+    let records = read_trail(&audit::SinkConfig::Jsonl {
+        dir: trail,
+        max_file_bytes: 1 << 20,
+    })
+    .await;
+    let recovered: Vec<&Value> = records
+        .iter()
+        .filter(|(r, _)| r.event == "sink_recovered")
+        .map(|(_, p)| p)
+        .collect();
     assert_eq!(recovered.len(), 1, "one outage, one recovery notice");
     let details = &recovered[0]["details"];
     assert!(details["refused"].as_u64().unwrap_or(0) >= 1, "{details}");
@@ -730,11 +1005,21 @@ async fn refuses_statements_while_the_trail_cannot_be_written() {
     // and the notice names it as written after its caller was refused.
     let (late, key) = records
         .iter()
-        .find(|(r, p)| r.event == "statement_started" && p["sql"] == "insert into guarded values (2)")
+        .find(|(r, p)| {
+            r.event == "statement_started" && p["sql"] == "insert into guarded values (2)"
+        })
         .map(|(r, p)| (r.seq, statement_key(p)))
         .expect("the refused statement's record");
-    let (from, to) = (details["late_from_seq"].as_u64(), details["late_to_seq"].as_u64());
-    assert!(from.zip(to).is_some_and(|(a, b)| (a..=b).contains(&late)), "seq {late} not in {details}");
+    let (from, to) = (
+        details["late_from_seq"].as_u64(),
+        details["late_to_seq"].as_u64(),
+    );
+    assert!(
+        from.zip(to).is_some_and(|(a, b)| (a..=b).contains(&late)),
+        "seq {late} not in {details}"
+    );
     // It never ran, so it never finished.
-    assert!(!records.iter().any(|(r, p)| r.event == "statement_finished" && statement_key(p) == key));
+    assert!(!records
+        .iter()
+        .any(|(r, p)| r.event == "statement_finished" && statement_key(p) == key));
 }

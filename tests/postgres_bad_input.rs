@@ -68,7 +68,9 @@ fn error_in(bytes: &[u8]) -> Option<(String, String, String)> {
     let (_, body) = messages(bytes).into_iter().find(|(t, _)| *t == b'E')?;
     let (mut severity, mut code, mut message) = (String::new(), String::new(), String::new());
     for field in body.split(|b| *b == 0) {
-        let Some((&kind, value)) = field.split_first() else { continue };
+        let Some((&kind, value)) = field.split_first() else {
+            continue;
+        };
         let value = String::from_utf8_lossy(value).into_owned();
         match kind {
             b'S' => severity = value,
@@ -82,11 +84,20 @@ fn error_in(bytes: &[u8]) -> Option<(String, String, String)> {
 
 fn assert_error(what: &str, closed: &Closed, code: &str, message_contains: &str) {
     let Some((severity, got, message)) = error_in(&closed.bytes) else {
-        panic!("{what}: no ErrorResponse before the close; got {:?}", closed.bytes);
+        panic!(
+            "{what}: no ErrorResponse before the close; got {:?}",
+            closed.bytes
+        );
     };
-    assert_eq!((severity.as_str(), got.as_str()), ("FATAL", code), "{what}: {message}");
+    assert_eq!(
+        (severity.as_str(), got.as_str()),
+        ("FATAL", code),
+        "{what}: {message}"
+    );
     assert!(
-        message.to_lowercase().contains(&message_contains.to_lowercase()),
+        message
+            .to_lowercase()
+            .contains(&message_contains.to_lowercase()),
         "{what}: message {message:?} lacks {message_contains:?}"
     );
 }
@@ -116,16 +127,26 @@ async fn read_until(s: &mut TcpStream, until: u8, what: &str) -> Vec<u8> {
         }
         let n = tokio::time::timeout_at(deadline, s.read(&mut buf))
             .await
-            .unwrap_or_else(|_| panic!("{what}: no {:?} message within 10s; got {bytes:?}", until as char))
+            .unwrap_or_else(|_| {
+                panic!(
+                    "{what}: no {:?} message within 10s; got {bytes:?}",
+                    until as char
+                )
+            })
             .unwrap_or_else(|e| panic!("{what}: read failed: {e}"));
-        assert!(n > 0, "{what}: the gateway closed the connection; got {bytes:?}");
+        assert!(
+            n > 0,
+            "{what}: the gateway closed the connection; got {bytes:?}"
+        );
         bytes.extend_from_slice(&buf[..n]);
     }
 }
 
 /// A raw connection logged in with a token, positioned after the first ReadyForQuery.
 async fn raw_login(gw: &TestGateway) -> TcpStream {
-    raw_login_with(gw, &startup_packet("alice", gw.database())).await.0
+    raw_login_with(gw, &startup_packet("alice", gw.database()))
+        .await
+        .0
 }
 
 /// Sends `startup`, answers the password request with a token, and returns the stream after the
@@ -134,8 +155,15 @@ async fn raw_login_with(gw: &TestGateway, startup: &[u8]) -> (TcpStream, Vec<u8>
     let mut s = TcpStream::connect(gw.addr).await.unwrap();
     s.write_all(startup).await.unwrap();
     let mut got = read_until(&mut s, b'R', "startup").await;
-    let (_, body) = messages(&got).into_iter().find(|(t, _)| *t == b'R').unwrap();
-    assert_eq!(body, 3i32.to_be_bytes(), "the gateway should ask for a cleartext password");
+    let (_, body) = messages(&got)
+        .into_iter()
+        .find(|(t, _)| *t == b'R')
+        .unwrap();
+    assert_eq!(
+        body,
+        3i32.to_be_bytes(),
+        "the gateway should ask for a cleartext password"
+    );
     let mut password = gw.token("alice").into_bytes();
     password.push(0);
     s.write_all(&frame(b'p', &password)).await.unwrap();
@@ -149,7 +177,10 @@ async fn raw_query_value(s: &mut TcpStream, sql: &str) -> String {
     body.push(0);
     s.write_all(&frame(b'Q', &body)).await.unwrap();
     let got = read_until(s, b'Z', sql).await;
-    let (_, row) = messages(&got).into_iter().find(|(t, _)| *t == b'D').expect("a DataRow");
+    let (_, row) = messages(&got)
+        .into_iter()
+        .find(|(t, _)| *t == b'D')
+        .expect("a DataRow");
     // DataRow: int16 column count, then int32 length + bytes per column.
     let len = i32::from_be_bytes([row[2], row[3], row[4], row[5]]) as usize;
     String::from_utf8(row[6..6 + len].to_vec()).unwrap()
@@ -167,17 +198,28 @@ async fn startup_negotiation_and_cancel_keys() {
     let mut answer = [0u8; 1];
     s.read_exact(&mut answer).await.unwrap();
     assert_eq!(&answer, b"N", "GSSENCRequest");
-    s.write_all(&proto_postgres::startup::encode_ssl_request()).await.unwrap();
+    s.write_all(&proto_postgres::startup::encode_ssl_request())
+        .await
+        .unwrap();
     s.read_exact(&mut answer).await.unwrap();
     assert_eq!(&answer, b"N", "SSLRequest without TLS configured");
-    s.write_all(&startup_packet("alice", gw.database())).await.unwrap();
+    s.write_all(&startup_packet("alice", gw.database()))
+        .await
+        .unwrap();
     read_until(&mut s, b'R', "startup after the declined requests").await;
     drop(s);
 
     // Protocol 3.2 with an unknown `_pq_.` option: NegotiateProtocolVersion (newest minor 0, the
     // option listed), then the session goes on in 3.0.
     let mut body = 0x0003_0002i32.to_be_bytes().to_vec();
-    for kv in ["user", "alice", "database", gw.database(), "_pq_.fancy_feature", "1"] {
+    for kv in [
+        "user",
+        "alice",
+        "database",
+        gw.database(),
+        "_pq_.fancy_feature",
+        "1",
+    ] {
         body.extend_from_slice(kv.as_bytes());
         body.push(0);
     }
@@ -188,33 +230,61 @@ async fn startup_negotiation_and_cancel_keys() {
     s.write_all(&packet).await.unwrap();
     let got = read_until(&mut s, b'R', "protocol 3.2 startup").await;
     let msgs = messages(&got);
-    let (_, v) = msgs.iter().find(|(t, _)| *t == b'v').expect("NegotiateProtocolVersion");
+    let (_, v) = msgs
+        .iter()
+        .find(|(t, _)| *t == b'v')
+        .expect("NegotiateProtocolVersion");
     let mut expected = 0i32.to_be_bytes().to_vec();
     expected.extend_from_slice(&1i32.to_be_bytes());
     expected.extend_from_slice(b"_pq_.fancy_feature\0");
     assert_eq!(v, &expected, "NegotiateProtocolVersion body");
     drop(s);
     let (mut s, got) = raw_login_with(&gw, &packet).await;
-    assert_eq!(raw_query_value(&mut s, "select 'negotiated'").await, "negotiated");
+    assert_eq!(
+        raw_query_value(&mut s, "select 'negotiated'").await,
+        "negotiated"
+    );
 
     // The BackendKeyData a client sees is the gateway's, never the upstream's process id.
-    let (_, key) = messages(&got).into_iter().find(|(t, _)| *t == b'K').expect("BackendKeyData");
+    let (_, key) = messages(&got)
+        .into_iter()
+        .find(|(t, _)| *t == b'K')
+        .expect("BackendKeyData");
     let client_pid = i32::from_be_bytes([key[0], key[1], key[2], key[3]]);
-    let upstream_pid: i32 = raw_query_value(&mut s, "select pg_backend_pid()").await.parse().unwrap();
-    assert_ne!(client_pid, upstream_pid, "the client learned the upstream's process id");
+    let upstream_pid: i32 = raw_query_value(&mut s, "select pg_backend_pid()")
+        .await
+        .parse()
+        .unwrap();
+    assert_ne!(
+        client_pid, upstream_pid,
+        "the client learned the upstream's process id"
+    );
     // The server's parameters are relayed; session_authorization names the client's user, not the
     // service account.
     let params: Vec<(String, String)> = messages(&got)
         .into_iter()
         .filter(|(t, _)| *t == b'S')
         .map(|(_, b)| {
-            let mut parts = b.split(|c| *c == 0).map(|p| String::from_utf8_lossy(p).into_owned());
-            (parts.next().unwrap_or_default(), parts.next().unwrap_or_default())
+            let mut parts = b
+                .split(|c| *c == 0)
+                .map(|p| String::from_utf8_lossy(p).into_owned());
+            (
+                parts.next().unwrap_or_default(),
+                parts.next().unwrap_or_default(),
+            )
         })
         .collect();
-    let get = |name: &str| params.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+    let get = |name: &str| {
+        params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
     assert_eq!(get("server_encoding").as_deref(), Some("UTF8"));
-    assert!(get("server_version").is_some_and(|v| v.starts_with("15")), "{params:?}");
+    assert!(
+        get("server_version").is_some_and(|v| v.starts_with("15")),
+        "{params:?}"
+    );
     assert_eq!(get("session_authorization").as_deref(), Some("alice"));
     gw.assert_serves_normal_clients().await;
     gw.shutdown().await;
@@ -222,16 +292,29 @@ async fn startup_negotiation_and_cancel_keys() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_tls_handshakes_are_closed_after_the_timeout() {
-    let gw = TestGateway::start_with(Options { tls: true, handshake_timeout: "2s".into(), ..Options::default() }).await;
+    let gw = TestGateway::start_with(Options {
+        tls: true,
+        handshake_timeout: "2s".into(),
+        ..Options::default()
+    })
+    .await;
     let limit = HANDSHAKE_TIMEOUT + MARGIN;
     // SSLRequest accepted ('S'), then: nothing; half a ClientHello; plain text instead of TLS.
     for (what, after) in [
         ("no ClientHello", Vec::new()),
-        ("half a ClientHello", vec![0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00]),
-        ("plain text after 'S'", startup_packet("alice", gw.database())),
+        (
+            "half a ClientHello",
+            vec![0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00],
+        ),
+        (
+            "plain text after 'S'",
+            startup_packet("alice", gw.database()),
+        ),
     ] {
         let mut s = TcpStream::connect(gw.addr).await.unwrap();
-        s.write_all(&proto_postgres::startup::encode_ssl_request()).await.unwrap();
+        s.write_all(&proto_postgres::startup::encode_ssl_request())
+            .await
+            .unwrap();
         let mut answer = [0u8; 1];
         s.read_exact(&mut answer).await.unwrap();
         assert_eq!(&answer, b"S", "{what}");
@@ -239,7 +322,10 @@ async fn stalled_tls_handshakes_are_closed_after_the_timeout() {
         read_until_closed(&mut s, limit, what).await;
     }
     // A TLS client still gets in.
-    let client = gw.try_connect_tls("alice", Some(&gw.token("alice")), None).await.expect("TLS login");
+    let client = gw
+        .try_connect_tls("alice", Some(&gw.token("alice")), None)
+        .await
+        .expect("TLS login");
     let v: i32 = client.query_one("select 3", &[]).await.unwrap().get(0);
     assert_eq!(v, 3);
     gw.shutdown().await;
@@ -258,8 +344,16 @@ async fn garbage_instead_of_a_startup_packet() {
     let mut random_raw = vec![0xffu8];
     random_raw.extend_from_slice(&random);
     let probes: Vec<(&str, Vec<u8>)> = vec![
-        ("HTTP request", b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n".to_vec()),
-        ("TLS ClientHello without SSLRequest", vec![0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03]),
+        (
+            "HTTP request",
+            b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n".to_vec(),
+        ),
+        (
+            "TLS ClientHello without SSLRequest",
+            vec![
+                0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03,
+            ],
+        ),
         ("random bytes", random_raw),
         ("random body with a valid length", random_with_length),
         ("protocol 2.0", {
@@ -284,7 +378,12 @@ async fn garbage_instead_of_a_startup_packet() {
     }
     // A startup without a user name.
     let mut s = TcpStream::connect(gw.addr).await.unwrap();
-    s.write_all(&proto_postgres::startup::encode_startup(&[("database", gw.database())])).await.unwrap();
+    s.write_all(&proto_postgres::startup::encode_startup(&[(
+        "database",
+        gw.database(),
+    )]))
+    .await
+    .unwrap();
     let closed = read_until_closed(&mut s, HANDSHAKE_TIMEOUT + MARGIN, "no user").await;
     assert_error("no user", &closed, "28P01", "user");
     gw.assert_serves_normal_clients().await;
@@ -309,7 +408,11 @@ async fn startup_lengths_out_of_range() {
         let closed = read_until_closed(&mut s, HANDSHAKE_TIMEOUT + MARGIN, what).await;
         assert_error(what, &closed, "08P01", "length");
         // The answer comes at once, not after the handshake timeout.
-        assert!(closed.after < HANDSHAKE_TIMEOUT + MARGIN, "{what}: closed after {:?}", closed.after);
+        assert!(
+            closed.after < HANDSHAKE_TIMEOUT + MARGIN,
+            "{what}: closed after {:?}",
+            closed.after
+        );
     }
     gw.assert_serves_normal_clients().await;
     gw.shutdown().await;
@@ -321,7 +424,9 @@ async fn truncated_startup_then_close() {
     for cut in [1usize, 3, 4, 9, 20] {
         let packet = startup_packet("alice", gw.database());
         let mut s = TcpStream::connect(gw.addr).await.unwrap();
-        s.write_all(&packet[..cut.min(packet.len() - 1)]).await.unwrap();
+        s.write_all(&packet[..cut.min(packet.len() - 1)])
+            .await
+            .unwrap();
         s.shutdown().await.unwrap();
         let what = format!("startup cut after {cut} bytes");
         read_until_closed(&mut s, HANDSHAKE_TIMEOUT + MARGIN, &what).await;
@@ -340,10 +445,26 @@ async fn stalled_handshakes_are_closed_after_the_timeout() {
     let limit = HANDSHAKE_TIMEOUT + MARGIN;
     let stalls = [
         ("nothing sent", Vec::new(), false),
-        ("half a startup packet", startup_packet("alice", gw.database())[..12].to_vec(), false),
-        ("startup but no password", startup_packet("alice", gw.database()), false),
-        ("half a password message", startup_packet("alice", gw.database()), true),
-        ("SSLRequest then nothing", proto_postgres::startup::encode_ssl_request().to_vec(), false),
+        (
+            "half a startup packet",
+            startup_packet("alice", gw.database())[..12].to_vec(),
+            false,
+        ),
+        (
+            "startup but no password",
+            startup_packet("alice", gw.database()),
+            false,
+        ),
+        (
+            "half a password message",
+            startup_packet("alice", gw.database()),
+            true,
+        ),
+        (
+            "SSLRequest then nothing",
+            proto_postgres::startup::encode_ssl_request().to_vec(),
+            false,
+        ),
     ];
     let mut tasks = Vec::new();
     for (what, bytes, half_password) in stalls {
@@ -353,7 +474,9 @@ async fn stalled_handshakes_are_closed_after_the_timeout() {
             s.write_all(&bytes).await.unwrap();
             if half_password {
                 read_until(&mut s, b'R', what).await;
-                s.write_all(&frame(b'p', b"eyJhbGciOiJIUzI1NiJ9.partial\0")[..20]).await.unwrap();
+                s.write_all(&frame(b'p', b"eyJhbGciOiJIUzI1NiJ9.partial\0")[..20])
+                    .await
+                    .unwrap();
             }
             // Stay connected and silent: the gateway must hang up by itself.
             read_until_closed(&mut s, limit, what).await;
@@ -377,11 +500,21 @@ async fn message_over_the_limit_after_login() {
     bytes.extend_from_slice(&[b'x'; 1000]);
     s.write_all(&bytes).await.unwrap();
     let closed = read_until_closed(&mut s, HANDSHAKE_TIMEOUT + MARGIN, "oversized Query").await;
-    assert_error("oversized Query", &closed, "08P01", &MAX_MESSAGE.to_string());
+    assert_error(
+        "oversized Query",
+        &closed,
+        "08P01",
+        &MAX_MESSAGE.to_string(),
+    );
 
     // The same for a CopyData frame in the middle of a COPY.
     let mut s = raw_login(&gw).await;
-    s.write_all(&frame(b'Q', b"create temp table t (a text); copy t from stdin\0")).await.unwrap();
+    s.write_all(&frame(
+        b'Q',
+        b"create temp table t (a text); copy t from stdin\0",
+    ))
+    .await
+    .unwrap();
     read_until(&mut s, b'G', "COPY FROM STDIN").await;
     let mut bytes = frame(b'd', b"ok\n");
     bytes.push(b'd');
@@ -389,12 +522,21 @@ async fn message_over_the_limit_after_login() {
     bytes.extend_from_slice(&[b'y'; 100]);
     s.write_all(&bytes).await.unwrap();
     let closed = read_until_closed(&mut s, HANDSHAKE_TIMEOUT + MARGIN, "oversized CopyData").await;
-    assert_error("oversized CopyData", &closed, "08P01", &MAX_MESSAGE.to_string());
+    assert_error(
+        "oversized CopyData",
+        &closed,
+        "08P01",
+        &MAX_MESSAGE.to_string(),
+    );
 
     // A message just under the limit is fine.
     let client = gw.connect_tokio_postgres(&gw.token("alice")).await;
     let text = "y".repeat(MAX_MESSAGE - 1000);
-    let n: i32 = client.query_one(&format!("select length('{text}')"), &[]).await.unwrap().get(0);
+    let n: i32 = client
+        .query_one(&format!("select length('{text}')"), &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(n as usize, text.len());
     gw.assert_serves_normal_clients().await;
     gw.shutdown().await;
@@ -410,11 +552,15 @@ async fn oversized_query_from_a_real_client_gets_the_limit_error() {
     for attempt in 1..=5 {
         let client = gw.connect_tokio_postgres(&gw.token("alice")).await;
         let e = client.simple_query(&sql).await.unwrap_err();
-        let db = e
-            .as_db_error()
-            .unwrap_or_else(|| panic!("attempt {attempt}: the client saw no error from the gateway, only: {e:?}"));
+        let db = e.as_db_error().unwrap_or_else(|| {
+            panic!("attempt {attempt}: the client saw no error from the gateway, only: {e:?}")
+        });
         assert_eq!(db.code().code(), "08P01");
-        assert!(db.message().contains(&MAX_MESSAGE.to_string()), "{}", db.message());
+        assert!(
+            db.message().contains(&MAX_MESSAGE.to_string()),
+            "{}",
+            db.message()
+        );
     }
     gw.assert_serves_normal_clients().await;
     gw.shutdown().await;
@@ -484,14 +630,20 @@ async fn half_a_copydata_frame_then_silence() {
     // through one holds the connection (and the upstream's COPY) just like any other half message.
     let gw = gateway().await;
     let mut s = raw_login(&gw).await;
-    s.write_all(&frame(b'Q', b"create temp table t (a text); copy t from stdin\0")).await.unwrap();
+    s.write_all(&frame(
+        b'Q',
+        b"create temp table t (a text); copy t from stdin\0",
+    ))
+    .await
+    .unwrap();
     read_until(&mut s, b'G', "COPY FROM STDIN").await;
     let mut bytes = frame(b'd', b"complete row\n");
     bytes.push(b'd');
     bytes.extend_from_slice(&100_004i32.to_be_bytes());
     bytes.extend_from_slice(&[b'x'; 100]);
     s.write_all(&bytes).await.unwrap();
-    let closed = read_until_closed(&mut s, HANDSHAKE_TIMEOUT + MARGIN, "half a CopyData frame").await;
+    let closed =
+        read_until_closed(&mut s, HANDSHAKE_TIMEOUT + MARGIN, "half a CopyData frame").await;
     assert_error("half a CopyData frame", &closed, "08P01", "half a message");
     gw.assert_serves_normal_clients().await;
     gw.shutdown().await;
@@ -529,7 +681,9 @@ async fn password_message_of_100_kb() {
     let gw = gateway().await;
     // Raw: the whole 100 KB message is sent before reading the answer.
     let mut s = TcpStream::connect(gw.addr).await.unwrap();
-    s.write_all(&startup_packet("alice", gw.database())).await.unwrap();
+    s.write_all(&startup_packet("alice", gw.database()))
+        .await
+        .unwrap();
     read_until(&mut s, b'R', "startup").await;
     let mut password = vec![b'a'; 100 * 1024];
     password.push(0);
@@ -539,13 +693,22 @@ async fn password_message_of_100_kb() {
 
     // The same through tokio-postgres.
     let long = "b".repeat(100 * 1024);
-    let Err(e) = gw.try_connect(&long).await else { panic!("a 100 KB password was admitted") };
-    let db = e.as_db_error().unwrap_or_else(|| panic!("the client saw no 28P01, only: {e:?}"));
+    let Err(e) = gw.try_connect(&long).await else {
+        panic!("a 100 KB password was admitted")
+    };
+    let db = e
+        .as_db_error()
+        .unwrap_or_else(|| panic!("the client saw no 28P01, only: {e:?}"));
     assert_eq!(db.code().code(), "28P01");
-    assert!(!db.message().contains("bbbbbbbbbbbbbbbb"), "the error repeats the password");
+    assert!(
+        !db.message().contains("bbbbbbbbbbbbbbbb"),
+        "the error repeats the password"
+    );
     // Just over the identity layer's token limit but within the message limit: still a clean 28P01.
     let long = "c".repeat(20 * 1024);
-    let Err(e) = gw.try_connect(&long).await else { panic!("a 20 KB password was admitted") };
+    let Err(e) = gw.try_connect(&long).await else {
+        panic!("a 20 KB password was admitted")
+    };
     assert_eq!(common::sqlstate(&e), "28P01");
     gw.assert_serves_normal_clients().await;
     gw.shutdown().await;
@@ -589,7 +752,11 @@ async fn a_crowd_of_broken_clients_does_not_disturb_a_good_one() {
     }
     // Meanwhile the established session keeps working.
     for i in 0..20i32 {
-        let v: i32 = good.query_one("select $1::int4 + 1", &[&i]).await.unwrap().get(0);
+        let v: i32 = good
+            .query_one("select $1::int4 + 1", &[&i])
+            .await
+            .unwrap()
+            .get(0);
         assert_eq!(v, i + 1);
     }
     for t in tasks {
@@ -603,11 +770,21 @@ async fn oversized_statement_from_psql_gets_the_limit_error() {
     // What a psql user sees when a script holds a statement over the limit.
     let gw = gateway().await;
     let script = gw.scratch().join("huge.sql");
-    std::fs::write(&script, format!("select length('{}');\n", "w".repeat(16 * MAX_MESSAGE))).unwrap();
+    std::fs::write(
+        &script,
+        format!("select length('{}');\n", "w".repeat(16 * MAX_MESSAGE)),
+    )
+    .unwrap();
     // Whether a connection reset destroys the answer is a race: try a few times.
     for attempt in 1..=3 {
-        let out = gw.psql(&["-At", "-f", &script.display().to_string()], &[]).await;
-        assert!(!out.status.success(), "psql ran an over-limit statement: {}", common::stdout(&out));
+        let out = gw
+            .psql(&["-At", "-f", &script.display().to_string()], &[])
+            .await;
+        assert!(
+            !out.status.success(),
+            "psql ran an over-limit statement: {}",
+            common::stdout(&out)
+        );
         let err = common::stderr(&out);
         assert!(
             err.contains(&MAX_MESSAGE.to_string()) && err.contains("max_message_bytes"),
@@ -626,22 +803,41 @@ async fn unsafe_client_encodings_are_refused_at_startup() {
     use common::{stderr, stdout};
     let gw = TestGateway::start().await;
     let direct = gw.db.connect_direct().await;
-    direct.batch_execute("create table victim (id int)").await.unwrap();
+    direct
+        .batch_execute("create table victim (id int)")
+        .await
+        .unwrap();
     // 0x95 0x5c is one SJIS character whose second byte is a backslash. The bytes are not UTF-8,
     // so they go to psql in a file.
     let file = gw.scratch().join("smuggle.sql");
     std::fs::write(&file, b"SELECT E'\x95\\'; DROP TABLE victim; --';\n").unwrap();
-    let out = gw.psql(&["-f", file.to_str().unwrap()], &[("PGCLIENTENCODING", "SJIS")]).await;
+    let out = gw
+        .psql(
+            &["-f", file.to_str().unwrap()],
+            &[("PGCLIENTENCODING", "SJIS")],
+        )
+        .await;
     assert!(!out.status.success(), "psql should be refused");
     let err = stderr(&out);
-    assert!(err.contains("client_encoding SJIS is not accepted"), "{err}");
+    assert!(
+        err.contains("client_encoding SJIS is not accepted"),
+        "{err}"
+    );
     let exists: bool = direct
-        .query_one("select exists (select 1 from pg_class where relname = 'victim')", &[])
+        .query_one(
+            "select exists (select 1 from pg_class where relname = 'victim')",
+            &[],
+        )
         .await
         .unwrap()
         .get(0);
     assert!(exists, "the table must survive");
     // UTF8 and other ASCII-safe encodings still work.
-    let out = gw.psql(&["-At", "-c", "select 1"], &[("PGCLIENTENCODING", "LATIN1")]).await;
+    let out = gw
+        .psql(
+            &["-At", "-c", "select 1"],
+            &[("PGCLIENTENCODING", "LATIN1")],
+        )
+        .await;
     assert_eq!(stdout(&out).trim(), "1", "{}", stderr(&out));
 }

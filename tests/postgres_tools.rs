@@ -10,17 +10,35 @@ use common::{assert_success, stderr, stdout, TestGateway};
 async fn psql_meta_commands_copy_and_multi_statements() {
     let gw = TestGateway::start().await;
     let out = gw
-        .psql(&["-q", "-c", "create table items (id int primary key, name text not null, price numeric(10,2))"], &[])
+        .psql(
+            &[
+                "-q",
+                "-c",
+                "create table items (id int primary key, name text not null, price numeric(10,2))",
+            ],
+            &[],
+        )
         .await;
     assert_success("psql create table", &out);
 
     // \dt and \d run psql's catalog queries through the gateway.
     let dt = assert_success("psql \\dt", &gw.psql(&["-c", "\\dt"], &[]).await);
-    assert!(dt.contains("items") && dt.contains("table"), "\\dt output:\n{dt}");
+    assert!(
+        dt.contains("items") && dt.contains("table"),
+        "\\dt output:\n{dt}"
+    );
     let d = assert_success("psql \\d items", &gw.psql(&["-c", "\\d items"], &[]).await);
-    for expected in
-        ["Table \"public.items\"", "id", "integer", "name", "text", "not null", "price", "numeric(10,2)", "items_pkey"]
-    {
+    for expected in [
+        "Table \"public.items\"",
+        "id",
+        "integer",
+        "name",
+        "text",
+        "not null",
+        "price",
+        "numeric(10,2)",
+        "items_pkey",
+    ] {
         assert!(d.contains(expected), "\\d items lacks {expected:?}:\n{d}");
     }
 
@@ -29,17 +47,28 @@ async fn psql_meta_commands_copy_and_multi_statements() {
     let output = gw.scratch().join("out.csv");
     let mut csv = String::new();
     for i in 1..=3000 {
-        let name = if i % 10 == 0 { format!("\"name, with comma {i}\"") } else { format!("name {i}") };
+        let name = if i % 10 == 0 {
+            format!("\"name, with comma {i}\"")
+        } else {
+            format!("name {i}")
+        };
         csv.push_str(&format!("{i},{name},{}.{:02}\n", i * 7, i % 100));
     }
     std::fs::write(&input, &csv).unwrap();
     let copy_in = format!("\\copy items from '{}' with (format csv)", input.display());
     let out = assert_success("psql \\copy from", &gw.psql(&["-c", &copy_in], &[]).await);
     assert!(out.contains("COPY 3000"), "\\copy from output: {out}");
-    let copy_out = format!("\\copy (select * from items order by id) to '{}' with (format csv)", output.display());
+    let copy_out = format!(
+        "\\copy (select * from items order by id) to '{}' with (format csv)",
+        output.display()
+    );
     let out = assert_success("psql \\copy to", &gw.psql(&["-c", &copy_out], &[]).await);
     assert!(out.contains("COPY 3000"), "\\copy to output: {out}");
-    assert_eq!(std::fs::read_to_string(&output).unwrap(), csv, "\\copy out differs from what \\copy in loaded");
+    assert_eq!(
+        std::fs::read_to_string(&output).unwrap(),
+        csv,
+        "\\copy out differs from what \\copy in loaded"
+    );
 
     // One -c with several statements is one simple Query; psql 15 prints every result.
     let out = gw
@@ -52,10 +81,27 @@ async fn psql_meta_commands_copy_and_multi_statements() {
             &[],
         )
         .await;
-    assert_eq!(assert_success("psql multi-statement -c", &out), "INSERT 0 1\nINSERT 0 1\n3002\n");
+    assert_eq!(
+        assert_success("psql multi-statement -c", &out),
+        "INSERT 0 1\nINSERT 0 1\n3002\n"
+    );
     // Several -c options run one after the other on one connection.
-    let out = gw.psql(&["-At", "-c", "select 1", "-c", "select current_setting('application_name')"], &[]).await;
-    assert_eq!(assert_success("psql several -c", &out), "1\npsql (portcullis:alice)\n");
+    let out = gw
+        .psql(
+            &[
+                "-At",
+                "-c",
+                "select 1",
+                "-c",
+                "select current_setting('application_name')",
+            ],
+            &[],
+        )
+        .await;
+    assert_eq!(
+        assert_success("psql several -c", &out),
+        "1\npsql (portcullis:alice)\n"
+    );
     // A script from a file, with a transaction and a variable.
     let script = gw.scratch().join("script.sql");
     std::fs::write(
@@ -63,7 +109,9 @@ async fn psql_meta_commands_copy_and_multi_statements() {
         "\\set n 5\nbegin;\ndelete from items where id > :n;\nselect count(*) from items;\nrollback;\nselect count(*) from items;\n",
     )
     .unwrap();
-    let out = gw.psql(&["-q", "-At", "-f", &script.display().to_string()], &[]).await;
+    let out = gw
+        .psql(&["-q", "-At", "-f", &script.display().to_string()], &[])
+        .await;
     assert_eq!(assert_success("psql -f", &out), "5\n3002\n");
 
     // Large objects: libpq's lo_* functions use the function-call sub-protocol, which the gateway
@@ -71,16 +119,46 @@ async fn psql_meta_commands_copy_and_multi_statements() {
     let blob = gw.scratch().join("blob.bin");
     std::fs::write(&blob, vec![7u8; 10_000]).unwrap();
     let lo_import = format!("\\lo_import '{}'", blob.display());
-    let out = gw.psql(&["-v", "ON_ERROR_STOP=0", "-At", "-c", &lo_import, "-c", "select 'after'"], &[]).await;
-    assert!(stderr(&out).contains("function-call sub-protocol"), "\\lo_import: {}", stderr(&out));
-    assert_eq!(stdout(&out), "after\n", "the session did not survive the refused function call");
-    let out = gw.psql(&["-At", "-c", "select lo_from_bytea(0, '\\x0102')::int > 0"], &[]).await;
+    let out = gw
+        .psql(
+            &[
+                "-v",
+                "ON_ERROR_STOP=0",
+                "-At",
+                "-c",
+                &lo_import,
+                "-c",
+                "select 'after'",
+            ],
+            &[],
+        )
+        .await;
+    assert!(
+        stderr(&out).contains("function-call sub-protocol"),
+        "\\lo_import: {}",
+        stderr(&out)
+    );
+    assert_eq!(
+        stdout(&out),
+        "after\n",
+        "the session did not survive the refused function call"
+    );
+    let out = gw
+        .psql(
+            &["-At", "-c", "select lo_from_bytea(0, '\\x0102')::int > 0"],
+            &[],
+        )
+        .await;
     assert_eq!(assert_success("server-side large object", &out), "t\n");
 
     // An error reaches psql with the database's message and a failing exit status.
     let out = gw.psql(&["-c", "select 1/0"], &[]).await;
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("division by zero"), "stderr: {}", stderr(&out));
+    assert!(
+        stderr(&out).contains("division by zero"),
+        "stderr: {}",
+        stderr(&out)
+    );
     gw.shutdown().await;
 }
 
@@ -89,9 +167,16 @@ async fn pgbench_run(gw: &TestGateway, args: &[&str], expected: u64) -> String {
     let out = gw.pgbench(args).await;
     let text = assert_success(&format!("pgbench {}", args.join(" ")), &out);
     let line = format!("number of transactions actually processed: {expected}/{expected}");
-    assert!(text.contains(&line), "pgbench {args:?} did not report {line:?}:\n{text}\n{}", stderr(&out));
+    assert!(
+        text.contains(&line),
+        "pgbench {args:?} did not report {line:?}:\n{text}\n{}",
+        stderr(&out)
+    );
     if text.contains("number of failed transactions") {
-        assert!(text.contains("number of failed transactions: 0 "), "pgbench {args:?} reports failures:\n{text}");
+        assert!(
+            text.contains("number of failed transactions: 0 "),
+            "pgbench {args:?} reports failures:\n{text}"
+        );
     }
     text
 }
@@ -102,17 +187,39 @@ async fn pgbench_initialises_and_runs_in_every_query_mode() {
     // -i: DROP/CREATE, a 100,000-row COPY, VACUUM and primary keys, all through the gateway.
     let out = gw.pgbench(&["-i", "-s", "1", "-q"]).await;
     assert_success("pgbench -i -s 1", &out);
-    assert!(stderr(&out).contains("done in"), "pgbench -i output:\n{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("done in"),
+        "pgbench -i output:\n{}",
+        stderr(&out)
+    );
     let direct = gw.db.connect_direct().await;
-    let n: i64 = direct.query_one("select count(*) from pgbench_accounts", &[]).await.unwrap().get(0);
+    let n: i64 = direct
+        .query_one("select count(*) from pgbench_accounts", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(n, 100_000);
 
     for mode in ["simple", "extended", "prepared"] {
-        pgbench_run(&gw, &["-n", "-S", "-t", "200", "-c", "4", "-j", "2", "-M", mode], 800).await;
+        pgbench_run(
+            &gw,
+            &["-n", "-S", "-t", "200", "-c", "4", "-j", "2", "-M", mode],
+            800,
+        )
+        .await;
     }
     // The default TPC-B-like script writes: 4 clients x 50 transactions.
-    pgbench_run(&gw, &["-n", "-t", "50", "-c", "4", "-j", "2", "-M", "prepared"], 200).await;
-    let n: i64 = direct.query_one("select count(*) from pgbench_history", &[]).await.unwrap().get(0);
+    pgbench_run(
+        &gw,
+        &["-n", "-t", "50", "-c", "4", "-j", "2", "-M", "prepared"],
+        200,
+    )
+    .await;
+    let n: i64 = direct
+        .query_one("select count(*) from pgbench_history", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(n, 200);
     gw.shutdown().await;
 }
@@ -121,8 +228,12 @@ async fn pgbench_initialises_and_runs_in_every_query_mode() {
 fn script_result(what: &str, out: &std::process::Output) -> serde_json::Value {
     let text = assert_success(what, out);
     let last = text.lines().last().unwrap_or_default();
-    serde_json::from_str(last)
-        .unwrap_or_else(|e| panic!("{what} printed no JSON result ({e}):\n{text}\n{}", stderr(out)))
+    serde_json::from_str(last).unwrap_or_else(|e| {
+        panic!(
+            "{what} printed no JSON result ({e}):\n{text}\n{}",
+            stderr(out)
+        )
+    })
 }
 
 const PSYCOPG_SCRIPT: &str = r#"
@@ -264,8 +375,20 @@ async fn asyncpg_prepared_copy_records_and_fetch() {
         r["fetched"],
         serde_json::json!([
             [0, "n0", "0", "2024-01-02T03:04:05.678901+00:00", ""],
-            [5, "n5", "1.25", "2024-01-02T03:04:10.678901+00:00", "0505050505"],
-            [19999, "n19999", "4999.75", "2024-01-02T08:37:24.678901+00:00", ""]
+            [
+                5,
+                "n5",
+                "1.25",
+                "2024-01-02T03:04:10.678901+00:00",
+                "0505050505"
+            ],
+            [
+                19999,
+                "n19999",
+                "4999.75",
+                "2024-01-02T08:37:24.678901+00:00",
+                ""
+            ]
         ]),
         "{r}"
     );

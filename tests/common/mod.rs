@@ -74,7 +74,10 @@ impl TestDb {
         // that is transient, so retry a few times.
         let mut attempt = 0;
         loop {
-            match admin.batch_execute(&format!("CREATE DATABASE {name}")).await {
+            match admin
+                .batch_execute(&format!("CREATE DATABASE {name}"))
+                .await
+            {
                 Ok(()) => break,
                 Err(e) if attempt < 10 => {
                     attempt += 1;
@@ -100,16 +103,27 @@ async fn sweep_stale_databases(admin: &Client) {
     if SWEPT.swap(true, std::sync::atomic::Ordering::SeqCst) {
         return;
     }
-    let Ok(rows) = admin.query("select datname from pg_database where datname ~ '^pc_[0-9]+_[0-9a-f]+$'", &[]).await
+    let Ok(rows) = admin
+        .query(
+            "select datname from pg_database where datname ~ '^pc_[0-9]+_[0-9a-f]+$'",
+            &[],
+        )
+        .await
     else {
         return;
     };
     let cutoff = unix_now().saturating_sub(3600);
     for row in rows {
         let name: String = row.get(0);
-        let created = name.split('_').nth(1).and_then(|t| t.parse::<u64>().ok()).unwrap_or(u64::MAX);
+        let created = name
+            .split('_')
+            .nth(1)
+            .and_then(|t| t.parse::<u64>().ok())
+            .unwrap_or(u64::MAX);
         if created < cutoff {
-            let _ = admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await;
+            let _ = admin
+                .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                .await;
         }
     }
 }
@@ -118,8 +132,23 @@ impl Drop for TestDb {
     fn drop(&mut self) {
         // Synchronous on purpose: Drop cannot await, and psql is always there.
         let result = Command::new("psql")
-            .args(["-X", "-q", "-w", "-h", UPSTREAM_HOST, "-p", &UPSTREAM_PORT.to_string(), "-U", "postgres"])
-            .args(["-d", "postgres", "-c", &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name)])
+            .args([
+                "-X",
+                "-q",
+                "-w",
+                "-h",
+                UPSTREAM_HOST,
+                "-p",
+                &UPSTREAM_PORT.to_string(),
+                "-U",
+                "postgres",
+            ])
+            .args([
+                "-d",
+                "postgres",
+                "-c",
+                &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+            ])
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .stdout(Stdio::null())
@@ -127,7 +156,11 @@ impl Drop for TestDb {
             .output();
         match result {
             Ok(out) if out.status.success() => {}
-            Ok(out) => eprintln!("dropping {}: {}", self.name, String::from_utf8_lossy(&out.stderr)),
+            Ok(out) => eprintln!(
+                "dropping {}: {}",
+                self.name,
+                String::from_utf8_lossy(&out.stderr)
+            ),
             Err(e) => eprintln!("dropping {}: cannot run psql: {e}", self.name),
         }
     }
@@ -167,18 +200,31 @@ impl Pki {
     pub fn generate(name: &str) -> Pki {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
-        ca_params.distinguished_name.push(rcgen::DnType::CommonName, format!("{name} test CA"));
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, format!("{name} test CA"));
         ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        ca_params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign];
-        let ca = rcgen::CertifiedIssuer::self_signed(ca_params, rcgen::KeyPair::generate().expect("CA key"))
-            .expect("CA certificate");
+        ca_params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+        ];
+        let ca = rcgen::CertifiedIssuer::self_signed(
+            ca_params,
+            rcgen::KeyPair::generate().expect("CA key"),
+        )
+        .expect("CA certificate");
 
         let server_key = rcgen::KeyPair::generate().expect("server key");
         let mut server_params =
-            rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()]).expect("server params");
-        server_params.distinguished_name.push(rcgen::DnType::CommonName, "portcullis test server");
+            rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+                .expect("server params");
+        server_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "portcullis test server");
         server_params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
-        let server = server_params.signed_by(&server_key, &ca).expect("server certificate");
+        let server = server_params
+            .signed_by(&server_key, &ca)
+            .expect("server certificate");
 
         let ca_file = dir.path().join("ca.pem");
         let server_cert_file = dir.path().join("server.pem");
@@ -186,22 +232,38 @@ impl Pki {
         std::fs::write(&ca_file, ca.pem()).expect("write CA");
         std::fs::write(&server_cert_file, server.pem()).expect("write server cert");
         write_private(&server_key_file, server_key.serialize_pem().as_bytes());
-        Pki { dir, ca, ca_file, server_cert_file, server_key_file }
+        Pki {
+            dir,
+            ca,
+            ca_file,
+            server_cert_file,
+            server_key_file,
+        }
     }
 
     /// Issues a client certificate whose subject CN is `cn`.
     pub fn client_cert(&self, cn: &str) -> ClientCert {
         let key = rcgen::KeyPair::generate().expect("client key");
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("client params");
-        params.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        let mut params =
+            rcgen::CertificateParams::new(Vec::<String>::new()).expect("client params");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
         params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
-        let cert = params.signed_by(&key, &self.ca).expect("client certificate");
+        let cert = params
+            .signed_by(&key, &self.ca)
+            .expect("client certificate");
         let stem = format!("client-{:08x}", rand::random::<u32>());
         let cert_file = self.dir.path().join(format!("{stem}.pem"));
         let key_file = self.dir.path().join(format!("{stem}.key"));
         std::fs::write(&cert_file, cert.pem()).expect("write client cert");
         write_private(&key_file, key.serialize_pem().as_bytes());
-        ClientCert { cert_file, key_file, cert_der: cert.der().to_vec(), key_der: key.serialize_der() }
+        ClientCert {
+            cert_file,
+            key_file,
+            cert_der: cert.der().to_vec(),
+            key_der: key.serialize_der(),
+        }
     }
 
     /// The directory holding the files.
@@ -212,7 +274,9 @@ impl Pki {
     /// A rustls client configuration trusting this CA, optionally presenting `cert`.
     pub fn rustls_client(&self, cert: Option<&ClientCert>) -> Arc<rustls::ClientConfig> {
         let mut roots = rustls::RootCertStore::empty();
-        roots.add(self.ca.der().clone()).expect("CA into root store");
+        roots
+            .add(self.ca.der().clone())
+            .expect("CA into root store");
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let builder = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
@@ -276,7 +340,10 @@ pub mod tls {
         fn make_tls_connect(&mut self, domain: &str) -> io::Result<RustlsConnect> {
             let name = rustls::pki_types::ServerName::try_from(domain.to_owned())
                 .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-            Ok(RustlsConnect { config: self.0.clone(), name })
+            Ok(RustlsConnect {
+                config: self.0.clone(),
+                name,
+            })
         }
     }
 
@@ -290,20 +357,30 @@ pub mod tls {
 
         fn connect(self, stream: S) -> Self::Future {
             Box::pin(async move {
-                let s = tokio_rustls::TlsConnector::from(self.config).connect(self.name, stream).await?;
+                let s = tokio_rustls::TlsConnector::from(self.config)
+                    .connect(self.name, stream)
+                    .await?;
                 Ok(RustlsStream(s))
             })
         }
     }
 
     impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for RustlsStream<S> {
-        fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
             Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
         }
     }
 
     impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for RustlsStream<S> {
-        fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
             Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
         }
         fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -435,17 +512,26 @@ impl TestGateway {
                 toml_str(&pki.server_key_file.display().to_string())
             ));
             if options.client_certs {
-                text.push_str(&format!("tls_client_ca = {}\n", toml_str(&pki.ca_file.display().to_string())));
+                text.push_str(&format!(
+                    "tls_client_ca = {}\n",
+                    toml_str(&pki.ca_file.display().to_string())
+                ));
             }
         }
-        text.push_str(&format!("require_tls = {}\nallow_plaintext_password = false\n\n", options.require_tls));
+        text.push_str(&format!(
+            "require_tls = {}\nallow_plaintext_password = false\n\n",
+            options.require_tls
+        ));
 
         text.push_str(&format!(
             "[identity.jwt]\nissuer = \"{ISSUER}\"\naudience = [\"{AUDIENCE}\"]\nsubject_claim = \"sub\"\ngroups_claim = \"groups\"\nleeway = \"5s\"\n"
         ));
         match &options.jwt {
             JwtKeys::Hs256 => {
-                text.push_str(&format!("algorithms = [\"HS256\"]\nhs256_secret = {}\n\n", toml_str(&secret)));
+                text.push_str(&format!(
+                    "algorithms = [\"HS256\"]\nhs256_secret = {}\n\n",
+                    toml_str(&secret)
+                ));
             }
             JwtKeys::PublicKey { alg, pem } => {
                 let key_file = dir.path().join("jwt-public.pem");
@@ -483,11 +569,24 @@ impl TestGateway {
 
         let origin = dir.path().join("portcullis.toml");
         std::fs::write(&origin, &text).expect("write config");
-        let config = Config::from_toml_str(&text, &origin)
-            .unwrap_or_else(|e| panic!("the test configuration was refused:\n{e}\n--- config ---\n{text}"));
-        let server = Server::start(config).await.unwrap_or_else(|e| panic!("gateway did not start: {e:#}"));
-        let addr = server.postgres_addr().expect("the configuration has a [postgres] listener");
-        TestGateway { server: Some(server), db, addr, secret, pki, config_text: text, dir }
+        let config = Config::from_toml_str(&text, &origin).unwrap_or_else(|e| {
+            panic!("the test configuration was refused:\n{e}\n--- config ---\n{text}")
+        });
+        let server = Server::start(config)
+            .await
+            .unwrap_or_else(|e| panic!("gateway did not start: {e:#}"));
+        let addr = server
+            .postgres_addr()
+            .expect("the configuration has a [postgres] listener");
+        TestGateway {
+            server: Some(server),
+            db,
+            addr,
+            secret,
+            pki,
+            config_text: text,
+            dir,
+        }
     }
 
     /// The target (database) name clients ask for.
@@ -507,7 +606,11 @@ impl TestGateway {
 
     /// A mint request for `subject` with the gateway's issuer, audience and key, valid 10 minutes.
     pub fn mint_request(&self, subject: &str) -> MintRequest {
-        let mut req = MintRequest::new(MintKey::Hs256(self.secret.clone()), subject, Duration::from_secs(600));
+        let mut req = MintRequest::new(
+            MintKey::Hs256(self.secret.clone()),
+            subject,
+            Duration::from_secs(600),
+        );
         req.issuer = Some(ISSUER.into());
         req.audience = Some(AUDIENCE.into());
         req.groups = vec!["engineering".into()];
@@ -534,7 +637,9 @@ impl TestGateway {
 
     /// Connects with tokio-postgres (plain TCP) using `token` as the password. Panics on error.
     pub async fn connect_tokio_postgres(&self, token: &str) -> Client {
-        self.try_connect(token).await.unwrap_or_else(|e| panic!("connect through the gateway: {e:?}"))
+        self.try_connect(token)
+            .await
+            .unwrap_or_else(|e| panic!("connect through the gateway: {e:?}"))
     }
 
     /// Connects with tokio-postgres (plain TCP) using `password`; returns the error.
@@ -553,8 +658,11 @@ impl TestGateway {
         &self,
         token: &str,
     ) -> (Client, tokio::sync::mpsc::UnboundedReceiver<AsyncMessage>) {
-        let (client, mut conn) =
-            self.pg_config("alice", token).connect(NoTls).await.expect("connect through the gateway");
+        let (client, mut conn) = self
+            .pg_config("alice", token)
+            .connect(NoTls)
+            .await
+            .expect("connect through the gateway");
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(async move {
             let mut messages = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
@@ -593,7 +701,9 @@ impl TestGateway {
         if let Some(p) = password {
             config.password(p);
         }
-        let (client, conn) = config.connect(tls::RustlsConnector(pki.rustls_client(cert))).await?;
+        let (client, conn) = config
+            .connect(tls::RustlsConnector(pki.rustls_client(cert)))
+            .await?;
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 eprintln!("gateway connection ended: {e}");
@@ -605,9 +715,16 @@ impl TestGateway {
     /// Asserts that a fresh, well-behaved client still logs in and queries.
     pub async fn assert_serves_normal_clients(&self) {
         let client = self.connect_tokio_postgres(&self.token("healthy")).await;
-        let v: i32 = client.query_one("select 40 + $1::int4", &[&2i32]).await.expect("query").get(0);
+        let v: i32 = client
+            .query_one("select 40 + $1::int4", &[&2i32])
+            .await
+            .expect("query")
+            .get(0);
         assert_eq!(v, 42);
-        let rows = client.simple_query("select 'still here'").await.expect("simple query");
+        let rows = client
+            .simple_query("select 'still here'")
+            .await
+            .expect("simple query");
         let first = rows.iter().find_map(|m| match m {
             tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
             _ => None,
@@ -645,10 +762,15 @@ impl TestGateway {
 
     /// Runs a Python script (with psycopg 3 and asyncpg available) against the gateway.
     pub async fn python(&self, script: &str) -> Output {
-        let file = self.dir.path().join(format!("script-{:08x}.py", rand::random::<u32>()));
+        let file = self
+            .dir
+            .path()
+            .join(format!("script-{:08x}.py", rand::random::<u32>()));
         std::fs::write(&file, script).expect("write script");
         let mut cmd = Command::new(python());
-        cmd.arg(&file).env("PYTHONDONTWRITEBYTECODE", "1").env("PYTHONUNBUFFERED", "1");
+        cmd.arg(&file)
+            .env("PYTHONDONTWRITEBYTECODE", "1")
+            .env("PYTHONUNBUFFERED", "1");
         self.run_client(cmd, &[]).await
     }
 
@@ -702,8 +824,12 @@ pub fn toml_str(s: &str) -> String {
 /// failure and stderr says so).
 pub fn run_with_timeout(mut cmd: Command, timeout: Duration) -> Output {
     let program = format!("{:?}", cmd.get_program());
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
     let mut stdout = child.stdout.take().expect("stdout");
     let mut stderr = child.stderr.take().expect("stderr");
     let out_reader = std::thread::spawn(move || {
@@ -732,9 +858,15 @@ pub fn run_with_timeout(mut cmd: Command, timeout: Duration) -> Output {
     let stdout = out_reader.join().unwrap_or_default();
     let mut stderr = err_reader.join().unwrap_or_default();
     if killed {
-        stderr.extend_from_slice(format!("\n[harness: {program} killed after {timeout:?}]\n").as_bytes());
+        stderr.extend_from_slice(
+            format!("\n[harness: {program} killed after {timeout:?}]\n").as_bytes(),
+        );
     }
-    Output { status, stdout, stderr }
+    Output {
+        status,
+        stdout,
+        stderr,
+    }
 }
 
 /// The Python interpreter for driver tests: `PORTCULLIS_TEST_PYTHON`, else
@@ -742,7 +874,11 @@ pub fn run_with_timeout(mut cmd: Command, timeout: Duration) -> Output {
 pub fn python() -> PathBuf {
     if let Some(p) = std::env::var_os("PORTCULLIS_TEST_PYTHON").filter(|p| !p.is_empty()) {
         let p = PathBuf::from(p);
-        assert!(p.exists(), "PORTCULLIS_TEST_PYTHON={} does not exist", p.display());
+        assert!(
+            p.exists(),
+            "PORTCULLIS_TEST_PYTHON={} does not exist",
+            p.display()
+        );
         return p;
     }
     let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-venv/bin/python");
@@ -789,7 +925,10 @@ pub fn sqlstate(e: &tokio_postgres::Error) -> String {
 
 /// Seconds since the epoch, for hand-made claims.
 pub fn unix_now() -> u64 {
-    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).expect("clock").as_secs()
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
 }
 
 fn init_logging() {

@@ -154,7 +154,9 @@ impl AuditConfig {
             checkpoint_every: default_checkpoint_every(),
             retry_for: default_retry_for(),
             signing_key_file: None,
-            sinks: vec![SinkConfig::Sqlite { path: data_dir.join("audit.db") }],
+            sinks: vec![SinkConfig::Sqlite {
+                path: data_dir.join("audit.db"),
+            }],
         }
     }
 
@@ -162,7 +164,9 @@ impl AuditConfig {
     /// is returned, one message each.
     pub fn check(&mut self, data_dir: &Path) -> Result<(), Vec<String>> {
         if self.sinks.is_empty() {
-            self.sinks.push(SinkConfig::Sqlite { path: data_dir.join("audit.db") });
+            self.sinks.push(SinkConfig::Sqlite {
+                path: data_dir.join("audit.db"),
+            });
         }
         let mut errors = Vec::new();
         if self.queue_capacity == 0 {
@@ -179,9 +183,9 @@ impl AuditConfig {
         }
         for (i, sink) in self.sinks.iter().enumerate() {
             match sink {
-                SinkConfig::Jsonl { max_file_bytes, .. } if *max_file_bytes < 4096 => {
-                    errors.push(format!("`audit.sinks[{i}].max_file_bytes` must be at least 4096"))
-                }
+                SinkConfig::Jsonl { max_file_bytes, .. } if *max_file_bytes < 4096 => errors.push(
+                    format!("`audit.sinks[{i}].max_file_bytes` must be at least 4096"),
+                ),
                 SinkConfig::Postgres { table, .. } => {
                     if let Err(e) = crate::sink::postgres::quote_table(table) {
                         errors.push(format!("`audit.sinks[{i}].table`: {e}"));
@@ -236,21 +240,35 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let mut total_ms: u64 = 0;
     let mut rest = s;
     while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
         if digits == 0 {
             return Err(format!("invalid duration `{text}`: {HINT}"));
         }
-        let n: u64 = rest[..digits].parse().map_err(|_| format!("duration `{text}` is too large"))?;
+        let n: u64 = rest[..digits]
+            .parse()
+            .map_err(|_| format!("duration `{text}` is too large"))?;
         rest = &rest[digits..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
         let unit_ms: u64 = match &rest[..unit_len] {
             "ms" | "msec" | "msecs" => 1,
             "s" | "sec" | "secs" | "second" | "seconds" => 1_000,
             "m" | "min" | "mins" | "minute" | "minutes" => 60_000,
             "h" | "hr" | "hrs" | "hour" | "hours" => 3_600_000,
             "d" | "day" | "days" => 86_400_000,
-            "" => return Err(format!("duration `{text}` has a number without a unit: {HINT}")),
-            other => return Err(format!("unknown unit `{other}` in duration `{text}`: {HINT}")),
+            "" => {
+                return Err(format!(
+                    "duration `{text}` has a number without a unit: {HINT}"
+                ))
+            }
+            other => {
+                return Err(format!(
+                    "unknown unit `{other}` in duration `{text}`: {HINT}"
+                ))
+            }
         };
         rest = &rest[unit_len..];
         total_ms = n
@@ -302,8 +320,20 @@ mod tests {
         assert_eq!(a.on_failure, OnFailure::Open);
         assert_eq!(a.batch_max_delay, Duration::from_millis(3));
         assert_eq!(a.checkpoint_every, Duration::from_secs(90));
-        assert_eq!(a.sinks[1], SinkConfig::Jsonl { dir: "logs".into(), max_file_bytes: 100 * 1024 * 1024 });
-        assert_eq!(a.sinks[2], SinkConfig::Postgres { url: "host=localhost".into(), table: "audit_records".into() });
+        assert_eq!(
+            a.sinks[1],
+            SinkConfig::Jsonl {
+                dir: "logs".into(),
+                max_file_bytes: 100 * 1024 * 1024
+            }
+        );
+        assert_eq!(
+            a.sinks[2],
+            SinkConfig::Postgres {
+                url: "host=localhost".into(),
+                table: "audit_records".into()
+            }
+        );
     }
 
     #[test]
@@ -314,9 +344,14 @@ mod tests {
         assert!(toml::from_str::<AuditConfig>("durability = \"eventually\"").is_err());
         assert!(toml::from_str::<AuditConfig>("surprise = 1").is_err());
         assert!(toml::from_str::<AuditConfig>("checkpoint_every = \"10\"").is_err());
-        assert!(toml::from_str::<AuditConfig>("[[sinks]]\nkind = \"sqlite\"\npath = \"x\"\ndir = \"y\"").is_err());
-        let mut bad: AuditConfig =
-            toml::from_str("queue_capacity = 0\n[[sinks]]\nkind = \"postgres\"\nurl = \"x\"\ntable = \"a;drop\"").unwrap();
+        assert!(toml::from_str::<AuditConfig>(
+            "[[sinks]]\nkind = \"sqlite\"\npath = \"x\"\ndir = \"y\""
+        )
+        .is_err());
+        let mut bad: AuditConfig = toml::from_str(
+            "queue_capacity = 0\n[[sinks]]\nkind = \"postgres\"\nurl = \"x\"\ntable = \"a;drop\"",
+        )
+        .unwrap();
         assert_eq!(bad.check(Path::new("/d")).unwrap_err().len(), 2);
     }
 }

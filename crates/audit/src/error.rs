@@ -39,6 +39,9 @@ pub struct SinkError {
 impl SinkError {
     /// An error of `sink`.
     pub fn new(sink: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { sink: sink.into(), message: message.into() }
+        Self {
+            sink: sink.into(),
+            message: message.into(),
+        }
     }
 }

@@ -27,9 +27,12 @@ pub use config::{parse_duration, AuditConfig, Durability, OnFailure, SinkConfig}
 pub use error::{AuditError, SinkError};
 pub use record::{chain_hash, format_time, ChainHash, RecordKind, StoredRecord, SCHEMA_VERSION};
 pub use signing::{
-    checkpoint_message, generate_signing_key, parse_public_key, read_public_key_file, verify_checkpoint_signature,
-    CheckpointPayload, CheckpointSigner, NoticePayload,
+    checkpoint_message, generate_signing_key, parse_public_key, read_public_key_file,
+    verify_checkpoint_signature, CheckpointPayload, CheckpointSigner, NoticePayload,
 };
-pub use sink::{open_sink, JsonlSink, OpenMode, PostgresSink, ScanCursor, ScanItem, ScanPage, SearchFilter, Sink, SqliteSink};
+pub use sink::{
+    open_sink, JsonlSink, OpenMode, PostgresSink, ScanCursor, ScanItem, ScanPage, SearchFilter,
+    Sink, SqliteSink,
+};
 pub use verify::{search, tail, verify, NodeReport, Problem, VerifyFailure, VerifyReport};
 pub use writer::{AuditLog, AuditStats};

@@ -168,7 +168,14 @@ impl StoredRecord {
 
     /// The hash recomputed from the stored content.
     pub fn computed_hash(&self) -> ChainHash {
-        chain_hash(self.version, &self.node, self.seq, self.kind, &self.prev_hash, &self.payload)
+        chain_hash(
+            self.version,
+            &self.node,
+            self.seq,
+            self.kind,
+            &self.prev_hash,
+            &self.payload,
+        )
     }
 
     /// `time_us` as a [`SystemTime`].
@@ -256,14 +263,20 @@ struct VerdictFields {
 #[serde(untagged)]
 enum SerdeTime {
     Rfc3339(String),
-    Struct { secs_since_epoch: u64, nanos_since_epoch: u32 },
+    Struct {
+        secs_since_epoch: u64,
+        nanos_since_epoch: u32,
+    },
 }
 
 impl SerdeTime {
     fn micros(&self) -> Option<i64> {
         match self {
             SerdeTime::Rfc3339(s) => humantime::parse_rfc3339(s).ok().map(micros_since_epoch),
-            SerdeTime::Struct { secs_since_epoch, nanos_since_epoch } => i64::try_from(*secs_since_epoch)
+            SerdeTime::Struct {
+                secs_since_epoch,
+                nanos_since_epoch,
+            } => i64::try_from(*secs_since_epoch)
                 .ok()
                 .and_then(|s| s.checked_mul(1_000_000))
                 .and_then(|us| us.checked_add(i64::from(nanos_since_epoch / 1000))),
@@ -273,10 +286,12 @@ impl SerdeTime {
 
 impl RecordIndex {
     pub(crate) fn derive(kind: RecordKind, payload: &[u8]) -> Result<Self, String> {
-        let f: IndexFields =
-            serde_json::from_slice(payload).map_err(|e| format!("payload is not a JSON object: {e}"))?;
+        let f: IndexFields = serde_json::from_slice(payload)
+            .map_err(|e| format!("payload is not a JSON object: {e}"))?;
         let time = f.time.ok_or("payload has no `time`")?;
-        let time_us = time.micros().ok_or("payload `time` is not an RFC 3339 time in range")?;
+        let time_us = time
+            .micros()
+            .ok_or("payload `time` is not an RFC 3339 time in range")?;
         let event = match kind {
             RecordKind::Event => f.event.ok_or("event payload has no `event`")?,
             RecordKind::Checkpoint => "checkpoint".to_owned(),
@@ -288,7 +303,13 @@ impl RecordIndex {
             (None, "login_failed") => Some("deny".to_owned()),
             _ => None,
         };
-        Ok(RecordIndex { time_us, subject: f.subject, target: f.target, event, verdict })
+        Ok(RecordIndex {
+            time_us,
+            subject: f.subject,
+            target: f.target,
+            event,
+            verdict,
+        })
     }
 }
 
@@ -303,7 +324,9 @@ pub(crate) fn time_from_micros(us: i64) -> SystemTime {
 pub(crate) fn micros_since_epoch(t: SystemTime) -> i64 {
     match t.duration_since(UNIX_EPOCH) {
         Ok(d) => i64::try_from(d.as_micros()).unwrap_or(i64::MAX),
-        Err(e) => i64::try_from(e.duration().as_micros()).map(|v| -v).unwrap_or(i64::MIN),
+        Err(e) => i64::try_from(e.duration().as_micros())
+            .map(|v| -v)
+            .unwrap_or(i64::MIN),
     }
 }
 

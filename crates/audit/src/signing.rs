@@ -14,7 +14,9 @@ use crate::error::AuditError;
 use crate::record::{to_hex, ChainHash};
 
 /// DER prefix of an Ed25519 SubjectPublicKeyInfo (RFC 8410); the 32 key bytes follow.
-const ED25519_SPKI_PREFIX: [u8; 12] = [0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00];
+const ED25519_SPKI_PREFIX: [u8; 12] = [
+    0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
+];
 
 /// Domain separation for checkpoint signatures, so a signature over a chain position can never be
 /// mistaken for a signature over anything else made with the same key.
@@ -29,15 +31,18 @@ pub struct CheckpointSigner {
 impl std::fmt::Debug for CheckpointSigner {
     // Never prints key material.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CheckpointSigner").field("key_id", &self.key_id).finish()
+        f.debug_struct("CheckpointSigner")
+            .field("key_id", &self.key_id)
+            .finish()
     }
 }
 
 impl CheckpointSigner {
     /// Reads an unencrypted PKCS#8 Ed25519 private key from a PEM (`PRIVATE KEY`) or DER file.
     pub fn from_file(path: &Path) -> Result<Self, AuditError> {
-        let bytes = std::fs::read(path)
-            .map_err(|e| AuditError::Key(format!("cannot read signing key {}: {e}", path.display())))?;
+        let bytes = std::fs::read(path).map_err(|e| {
+            AuditError::Key(format!("cannot read signing key {}: {e}", path.display()))
+        })?;
         Self::from_pkcs8(&bytes)
             .map_err(|e| AuditError::Key(format!("signing key {}: {e}", path.display())))
     }
@@ -48,8 +53,11 @@ impl CheckpointSigner {
             Some(der) => der,
             None => pem_or_der.to_vec(),
         };
-        let key = Ed25519KeyPair::from_pkcs8(&der)
-            .map_err(|e| AuditError::Key(format!("not an unencrypted PKCS#8 Ed25519 private key ({e})")))?;
+        let key = Ed25519KeyPair::from_pkcs8(&der).map_err(|e| {
+            AuditError::Key(format!(
+                "not an unencrypted PKCS#8 Ed25519 private key ({e})"
+            ))
+        })?;
         let key_id = key_id(key.public_key().as_ref());
         Ok(Self { key, key_id })
     }
@@ -65,7 +73,13 @@ impl CheckpointSigner {
     }
 
     /// Signs `(node, seq, hash)`: the payload of the checkpoint record that follows that record.
-    pub fn checkpoint(&self, node: &str, seq: u64, hash: &ChainHash, time: SystemTime) -> CheckpointPayload {
+    pub fn checkpoint(
+        &self,
+        node: &str,
+        seq: u64,
+        hash: &ChainHash,
+        time: SystemTime,
+    ) -> CheckpointPayload {
         let sig = self.key.sign(&checkpoint_message(node, seq, hash));
         CheckpointPayload {
             checkpoint: "ed25519".to_owned(),
@@ -100,7 +114,9 @@ pub fn checkpoint_message(node: &str, seq: u64, hash: &ChainHash) -> Vec<u8> {
 
 /// Checks a checkpoint signature with a raw 32-byte Ed25519 public key.
 pub fn verify_checkpoint_signature(public_key: &[u8], node: &str, cp: &CheckpointPayload) -> bool {
-    let Some(hash) = ChainHash::from_hex(&cp.signed_hash) else { return false };
+    let Some(hash) = ChainHash::from_hex(&cp.signed_hash) else {
+        return false;
+    };
     let Ok(sig) = base64::engine::general_purpose::STANDARD.decode(cp.signature.as_bytes()) else {
         return false;
     };
@@ -151,7 +167,10 @@ pub fn generate_signing_key() -> Result<(String, String), AuditError> {
         .map_err(|e| AuditError::Key(format!("generated key rejected: {e}")))?;
     let mut spki = ED25519_SPKI_PREFIX.to_vec();
     spki.extend_from_slice(pair.public_key().as_ref());
-    Ok((pem_encode("PRIVATE KEY", doc.as_ref()), pem_encode("PUBLIC KEY", &spki)))
+    Ok((
+        pem_encode("PRIVATE KEY", doc.as_ref()),
+        pem_encode("PUBLIC KEY", &spki),
+    ))
 }
 
 /// Reads an Ed25519 public key given as PEM (`PUBLIC KEY`), DER SubjectPublicKeyInfo, or the raw
@@ -166,7 +185,9 @@ pub fn parse_public_key(bytes: &[u8]) -> Result<Vec<u8>, AuditError> {
     }
     match der.strip_prefix(&ED25519_SPKI_PREFIX[..]) {
         Some(raw) if raw.len() == 32 => Ok(raw.to_vec()),
-        _ => Err(AuditError::Key("not an Ed25519 public key (PEM, DER SubjectPublicKeyInfo or 32 raw bytes)".into())),
+        _ => Err(AuditError::Key(
+            "not an Ed25519 public key (PEM, DER SubjectPublicKeyInfo or 32 raw bytes)".into(),
+        )),
     }
 }
 
@@ -196,20 +217,29 @@ fn pem_encode(label: &str, der: &[u8]) -> String {
 
 /// The DER inside a PEM block with `label`; `None` if the input is not PEM at all.
 fn pem_body(input: &[u8], label: &str) -> Result<Option<Vec<u8>>, AuditError> {
-    let Ok(text) = std::str::from_utf8(input) else { return Ok(None) };
+    let Ok(text) = std::str::from_utf8(input) else {
+        return Ok(None);
+    };
     let begin = format!("-----BEGIN {label}-----");
     let end = format!("-----END {label}-----");
     let Some(start) = text.find(&begin) else {
         if text.contains("-----BEGIN ") {
-            return Err(AuditError::Key(format!("PEM file holds no `{label}` block")));
+            return Err(AuditError::Key(format!(
+                "PEM file holds no `{label}` block"
+            )));
         }
         return Ok(None);
     };
     let rest = &text[start + begin.len()..];
     let Some(stop) = rest.find(&end) else {
-        return Err(AuditError::Key(format!("PEM `{label}` block has no END line")));
+        return Err(AuditError::Key(format!(
+            "PEM `{label}` block has no END line"
+        )));
     };
-    let b64: String = rest[..stop].chars().filter(|c| !c.is_ascii_whitespace()).collect();
+    let b64: String = rest[..stop]
+        .chars()
+        .filter(|c| !c.is_ascii_whitespace())
+        .collect();
     base64::engine::general_purpose::STANDARD
         .decode(b64.as_bytes())
         .map(Some)
@@ -266,7 +296,10 @@ mod tests {
     #[test]
     fn refuses_garbage_keys() {
         assert!(CheckpointSigner::from_pkcs8(b"not a key").is_err());
-        assert!(parse_public_key(b"-----BEGIN PUBLIC KEY-----\n!!\n-----END PUBLIC KEY-----\n").is_err());
+        assert!(
+            parse_public_key(b"-----BEGIN PUBLIC KEY-----\n!!\n-----END PUBLIC KEY-----\n")
+                .is_err()
+        );
         assert!(parse_public_key(&[0u8; 31]).is_err());
     }
 }

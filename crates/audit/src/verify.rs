@@ -29,7 +29,10 @@ impl VerifyReport {
 
     /// The first failure in storage order (chain failures before checkpoint-copy failures).
     pub fn first_failure(&self) -> Option<&VerifyFailure> {
-        self.nodes.iter().filter_map(|n| n.failure.as_ref()).min_by_key(|f| f.order)
+        self.nodes
+            .iter()
+            .filter_map(|n| n.failure.as_ref())
+            .min_by_key(|f| f.order)
     }
 }
 
@@ -70,7 +73,11 @@ pub struct VerifyFailure {
 
 impl fmt::Display for VerifyFailure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "node {} seq {}: {} ({})", self.node, self.seq, self.problem, self.location)
+        write!(
+            f,
+            "node {} seq {}: {} ({})",
+            self.node, self.seq, self.problem, self.location
+        )
     }
 }
 
@@ -182,8 +189,13 @@ impl NodeState {
 
     fn fail(&mut self, seq: u64, problem: Problem, location: &str, order: u64) {
         if self.report.failure.is_none() {
-            self.report.failure =
-                Some(VerifyFailure { node: self.report.node.clone(), seq, problem, location: location.to_owned(), order });
+            self.report.failure = Some(VerifyFailure {
+                node: self.report.node.clone(),
+                seq,
+                problem,
+                location: location.to_owned(),
+                order,
+            });
         }
     }
 }
@@ -204,14 +216,30 @@ pub async fn verify(sink: &dyn Sink, public_key: Option<&[u8]>) -> Result<Verify
             match item {
                 ScanItem::Record { location, record } => {
                     last_node = Some(record.node.clone());
-                    let s = nodes.entry(record.node.clone()).or_insert_with(|| NodeState::new(&record.node));
+                    let s = nodes
+                        .entry(record.node.clone())
+                        .or_insert_with(|| NodeState::new(&record.node));
                     check_record(s, &record, &location, order, public_key);
                 }
-                ScanItem::Damaged { location, node, seq, problem, torn_final } => {
-                    let node = node.or_else(|| last_node.clone()).unwrap_or_else(|| "?".to_owned());
-                    let s = nodes.entry(node.clone()).or_insert_with(|| NodeState::new(&node));
+                ScanItem::Damaged {
+                    location,
+                    node,
+                    seq,
+                    problem,
+                    torn_final,
+                } => {
+                    let node = node
+                        .or_else(|| last_node.clone())
+                        .unwrap_or_else(|| "?".to_owned());
+                    let s = nodes
+                        .entry(node.clone())
+                        .or_insert_with(|| NodeState::new(&node));
                     let at = seq.unwrap_or(s.expected).min(s.expected);
-                    let problem = if torn_final { Problem::TornFinalRecord } else { Problem::Unreadable(problem) };
+                    let problem = if torn_final {
+                        Problem::TornFinalRecord
+                    } else {
+                        Problem::Unreadable(problem)
+                    };
                     s.fail(at, problem, &location, order);
                 }
             }
@@ -224,7 +252,9 @@ pub async fn verify(sink: &dyn Sink, public_key: Option<&[u8]>) -> Result<Verify
 
     let mut beyond_end: HashMap<String, (u64, String)> = HashMap::new();
     for (location, copy) in sink.checkpoint_copies().await? {
-        let s = nodes.entry(copy.node.clone()).or_insert_with(|| NodeState::new(&copy.node));
+        let s = nodes
+            .entry(copy.node.clone())
+            .or_insert_with(|| NodeState::new(&copy.node));
         if s.report.failure.is_some() {
             continue;
         }
@@ -236,19 +266,31 @@ pub async fn verify(sink: &dyn Sink, public_key: Option<&[u8]>) -> Result<Verify
         let payload: CheckpointPayload = match serde_json::from_slice(&copy.payload) {
             Ok(p) => p,
             Err(e) => {
-                s.fail(copy.seq, Problem::CheckpointMalformed(e.to_string()), &location, order);
+                s.fail(
+                    copy.seq,
+                    Problem::CheckpointMalformed(e.to_string()),
+                    &location,
+                    order,
+                );
                 continue;
             }
         };
         if let Some(key) = public_key {
             if !verify_checkpoint_signature(key, &copy.node, &payload) {
-                s.fail(copy.seq, Problem::CheckpointSignatureInvalid(signature_hint(key, &payload)), &location, order);
+                s.fail(
+                    copy.seq,
+                    Problem::CheckpointSignatureInvalid(signature_hint(key, &payload)),
+                    &location,
+                    order,
+                );
                 continue;
             }
         }
         if copy.seq > s.report.last_seq {
             // Reported after all copies are seen, naming the last one.
-            let beyond = beyond_end.entry(copy.node.clone()).or_insert((0, String::new()));
+            let beyond = beyond_end
+                .entry(copy.node.clone())
+                .or_insert((0, String::new()));
             if copy.seq > beyond.0 {
                 *beyond = (copy.seq, location);
             }
@@ -260,7 +302,15 @@ pub async fn verify(sink: &dyn Sink, public_key: Option<&[u8]>) -> Result<Verify
     for (node, (checkpoint_seq, location)) in beyond_end {
         if let Some(s) = nodes.get_mut(&node) {
             let last_seq = s.report.last_seq;
-            s.fail(last_seq + 1, Problem::ChainEndsBeforeCheckpoint { checkpoint_seq, last_seq }, &location, u64::MAX);
+            s.fail(
+                last_seq + 1,
+                Problem::ChainEndsBeforeCheckpoint {
+                    checkpoint_seq,
+                    last_seq,
+                },
+                &location,
+                u64::MAX,
+            );
         }
     }
 
@@ -291,7 +341,12 @@ pub async fn verify(sink: &dyn Sink, public_key: Option<&[u8]>) -> Result<Verify
         }
         reports.push(s.report);
     }
-    Ok(VerifyReport { sink: sink.name().to_owned(), nodes: reports, signatures_checked: public_key.is_some(), warnings })
+    Ok(VerifyReport {
+        sink: sink.name().to_owned(),
+        nodes: reports,
+        signatures_checked: public_key.is_some(),
+        warnings,
+    })
 }
 
 fn signature_hint(key: &[u8], cp: &CheckpointPayload) -> String {
@@ -303,7 +358,13 @@ fn signature_hint(key: &[u8], cp: &CheckpointPayload) -> String {
     }
 }
 
-fn check_record(s: &mut NodeState, r: &StoredRecord, location: &str, order: u64, public_key: Option<&[u8]>) {
+fn check_record(
+    s: &mut NodeState,
+    r: &StoredRecord,
+    location: &str,
+    order: u64,
+    public_key: Option<&[u8]>,
+) {
     s.report.records += 1;
     s.report.last_seq = s.report.last_seq.max(r.seq);
     if s.report.failure.is_some() {
@@ -312,7 +373,10 @@ fn check_record(s: &mut NodeState, r: &StoredRecord, location: &str, order: u64,
             if (from..=to).contains(&r.seq) {
                 if let Problem::SeqGap { .. } = f.problem {
                     let found = s.expected;
-                    f.problem = Problem::OutOfOrder { found: found.max(to + 1), expected: from };
+                    f.problem = Problem::OutOfOrder {
+                        found: found.max(to + 1),
+                        expected: from,
+                    };
                 }
                 s.gap = None;
             }
@@ -320,7 +384,12 @@ fn check_record(s: &mut NodeState, r: &StoredRecord, location: &str, order: u64,
         return;
     }
     if r.version != SCHEMA_VERSION {
-        s.fail(r.seq, Problem::UnsupportedVersion(r.version), location, order);
+        s.fail(
+            r.seq,
+            Problem::UnsupportedVersion(r.version),
+            location,
+            order,
+        );
         return;
     }
     if r.computed_hash() != r.hash {
@@ -330,7 +399,12 @@ fn check_record(s: &mut NodeState, r: &StoredRecord, location: &str, order: u64,
     match RecordIndex::derive(r.kind, &r.payload) {
         Ok(index) if index == r.index() => {}
         Ok(index) => {
-            s.fail(r.seq, Problem::ColumnsMismatch(describe_mismatch(&index, &r.index())), location, order);
+            s.fail(
+                r.seq,
+                Problem::ColumnsMismatch(describe_mismatch(&index, &r.index())),
+                location,
+                order,
+            );
             return;
         }
         Err(e) => {
@@ -340,20 +414,41 @@ fn check_record(s: &mut NodeState, r: &StoredRecord, location: &str, order: u64,
     }
     if r.seq > s.expected {
         s.gap = Some((s.expected, r.seq - 1));
-        s.fail(s.expected, Problem::SeqGap { from: s.expected, to: r.seq - 1 }, location, order);
+        s.fail(
+            s.expected,
+            Problem::SeqGap {
+                from: s.expected,
+                to: r.seq - 1,
+            },
+            location,
+            order,
+        );
         // Remember what was found, for a later "out of order".
         s.expected = r.seq;
         return;
     }
     if r.seq < s.expected {
-        s.fail(s.expected, Problem::OutOfOrder { found: r.seq, expected: s.expected }, location, order);
+        s.fail(
+            s.expected,
+            Problem::OutOfOrder {
+                found: r.seq,
+                expected: s.expected,
+            },
+            location,
+            order,
+        );
         return;
     }
     if r.prev_hash != s.prev_hash {
         if r.seq == 1 {
             s.fail(1, Problem::Replaced { next: 1 }, location, order);
         } else {
-            s.fail(r.seq - 1, Problem::Replaced { next: r.seq }, location, order);
+            s.fail(
+                r.seq - 1,
+                Problem::Replaced { next: r.seq },
+                location,
+                order,
+            );
         }
         return;
     }
@@ -362,11 +457,18 @@ fn check_record(s: &mut NodeState, r: &StoredRecord, location: &str, order: u64,
         s.checkpoints_in_chain.insert(r.seq, r.hash);
         match serde_json::from_slice::<CheckpointPayload>(&r.payload) {
             Err(e) => {
-                s.fail(r.seq, Problem::CheckpointMalformed(e.to_string()), location, order);
+                s.fail(
+                    r.seq,
+                    Problem::CheckpointMalformed(e.to_string()),
+                    location,
+                    order,
+                );
                 return;
             }
             Ok(cp) => {
-                if cp.signed_seq + 1 != r.seq || ChainHash::from_hex(&cp.signed_hash) != Some(r.prev_hash) {
+                if cp.signed_seq + 1 != r.seq
+                    || ChainHash::from_hex(&cp.signed_hash) != Some(r.prev_hash)
+                {
                     // The chain before it was rewritten (or the checkpoint moved): what it signs
                     // is not what the chain holds.
                     s.fail(
@@ -385,7 +487,12 @@ fn check_record(s: &mut NodeState, r: &StoredRecord, location: &str, order: u64,
                 }
                 if let Some(key) = public_key {
                     if !verify_checkpoint_signature(key, &r.node, &cp) {
-                        s.fail(r.seq, Problem::CheckpointSignatureInvalid(signature_hint(key, &cp)), location, order);
+                        s.fail(
+                            r.seq,
+                            Problem::CheckpointSignatureInvalid(signature_hint(key, &cp)),
+                            location,
+                            order,
+                        );
                         return;
                     }
                 }
@@ -418,12 +525,27 @@ fn describe_mismatch(payload: &RecordIndex, stored: &RecordIndex) -> String {
 }
 
 /// The newest `n` records (of `node`, when given), oldest first.
-pub async fn tail(sink: &dyn Sink, n: usize, node: Option<&str>) -> Result<Vec<StoredRecord>, SinkError> {
-    sink.search(&SearchFilter { node: node.map(str::to_owned), ..SearchFilter::default() }, n).await
+pub async fn tail(
+    sink: &dyn Sink,
+    n: usize,
+    node: Option<&str>,
+) -> Result<Vec<StoredRecord>, SinkError> {
+    sink.search(
+        &SearchFilter {
+            node: node.map(str::to_owned),
+            ..SearchFilter::default()
+        },
+        n,
+    )
+    .await
 }
 
 /// The newest `limit` records matching `filter`, oldest first. SQLite and PostgreSQL answer from
 /// their indexes; JSONL is scanned.
-pub async fn search(sink: &dyn Sink, filter: &SearchFilter, limit: usize) -> Result<Vec<StoredRecord>, SinkError> {
+pub async fn search(
+    sink: &dyn Sink,
+    filter: &SearchFilter,
+    limit: usize,
+) -> Result<Vec<StoredRecord>, SinkError> {
     sink.search(filter, limit).await
 }

@@ -70,7 +70,10 @@ pub struct AuditLog {
 
 impl std::fmt::Debug for AuditLog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AuditLog").field("durability", &self.durability).field("on_failure", &self.on_failure).finish()
+        f.debug_struct("AuditLog")
+            .field("durability", &self.durability)
+            .field("on_failure", &self.on_failure)
+            .finish()
     }
 }
 
@@ -111,7 +114,10 @@ impl AuditLog {
             return Err(AuditError::Config("no audit sink configured".into()));
         };
         let tail = primary.tail(node).await?;
-        let (head_seq, head_hash) = tail.as_ref().map(|t| (t.seq, t.hash)).unwrap_or((0, ChainHash::GENESIS));
+        let (head_seq, head_hash) = tail
+            .as_ref()
+            .map(|t| (t.seq, t.hash))
+            .unwrap_or((0, ChainHash::GENESIS));
         if let Some(t) = &tail {
             if t.computed_hash() != t.hash {
                 tracing::error!(node, seq = t.seq, sink = primary.name(), "audit: the last stored record does not match its hash; continuing the chain from the stored hash, verify will name it");
@@ -119,7 +125,8 @@ impl AuditLog {
         }
         let mut durable = vec![head_seq; sinks.len()];
         for (i, sink) in sinks.iter().enumerate().skip(1) {
-            durable[i] = catch_up(primary.as_ref(), sink.as_ref(), node, head_seq, &head_hash).await?;
+            durable[i] =
+                catch_up(primary.as_ref(), sink.as_ref(), node, head_seq, &head_hash).await?;
         }
         let mut repairs = Vec::new();
         for sink in &sinks {
@@ -156,10 +163,27 @@ impl AuditLog {
         writer.dirty = vec![false; writer.sinks.len()];
         let mut opened = serde_json::Map::new();
         opened.insert("previous_seq".into(), head_seq.into());
-        opened.insert("durability".into(), format!("{:?}", config.durability).to_lowercase().into());
-        opened.insert("on_failure".into(), format!("{:?}", config.on_failure).to_lowercase().into());
-        opened.insert("signing_key_id".into(), writer.signer.as_ref().map(|s| s.key_id().to_owned()).into());
-        opened.insert("sinks".into(), writer.sinks.iter().map(|s| s.name().to_owned()).collect::<Vec<_>>().into());
+        opened.insert(
+            "durability".into(),
+            format!("{:?}", config.durability).to_lowercase().into(),
+        );
+        opened.insert(
+            "on_failure".into(),
+            format!("{:?}", config.on_failure).to_lowercase().into(),
+        );
+        opened.insert(
+            "signing_key_id".into(),
+            writer.signer.as_ref().map(|s| s.key_id().to_owned()).into(),
+        );
+        opened.insert(
+            "sinks".into(),
+            writer
+                .sinks
+                .iter()
+                .map(|s| s.name().to_owned())
+                .collect::<Vec<_>>()
+                .into(),
+        );
         writer.notice(NoticePayload {
             notice: "log_opened".into(),
             time: now_for_payload(),
@@ -171,7 +195,10 @@ impl AuditLog {
         }
         // The opening notices are written before the gateway takes any statement: a sink that
         // cannot take them fails the start.
-        writer.flush().await.map_err(|e| AuditError::Sink(SinkError::new("audit", e)))?;
+        writer
+            .flush()
+            .await
+            .map_err(|e| AuditError::Sink(SinkError::new("audit", e)))?;
         let handle = tokio::spawn(writer.run(rx, Arc::clone(&shutdown)));
         Ok(AuditLog {
             tx,
@@ -205,7 +232,9 @@ impl AuditLog {
             Err(_) => None,
         };
         match handle {
-            Some(h) => h.await.map_err(|e| AuditError::Config(format!("audit writer task failed: {e}")))?,
+            Some(h) => h
+                .await
+                .map_err(|e| AuditError::Config(format!("audit writer task failed: {e}")))?,
             None => Ok(()),
         }
     }
@@ -214,13 +243,21 @@ impl AuditLog {
         match self.on_failure {
             OnFailure::Closed => {
                 self.shared.stats.refused.fetch_add(1, Ordering::Relaxed);
-                Err(GatewayError::new(ErrorKind::AuditUnavailable, Side::Gateway, format!("audit trail unavailable: {why}")))
+                Err(GatewayError::new(
+                    ErrorKind::AuditUnavailable,
+                    Side::Gateway,
+                    format!("audit trail unavailable: {why}"),
+                ))
             }
             OnFailure::Open => {
                 let dropped = self.shared.stats.dropped.fetch_add(1, Ordering::Relaxed) + 1;
                 let now = self.shared.opened.elapsed().as_secs();
                 if self.shared.last_drop_log.swap(now, Ordering::Relaxed) != now {
-                    tracing::error!(dropped_total = dropped, reason = why, "audit: record dropped (on_failure = \"open\")");
+                    tracing::error!(
+                        dropped_total = dropped,
+                        reason = why,
+                        "audit: record dropped (on_failure = \"open\")"
+                    );
                 }
                 Ok(())
             }
@@ -228,7 +265,11 @@ impl AuditLog {
     }
 
     fn last_error(&self) -> String {
-        self.shared.last_error.lock().map(|e| e.clone()).unwrap_or_default()
+        self.shared
+            .last_error
+            .lock()
+            .map(|e| e.clone())
+            .unwrap_or_default()
     }
 
     async fn enqueue(&self, entry: Entry) -> Result<(), &'static str> {
@@ -264,13 +305,25 @@ impl AuditSink for AuditLog {
         let payload = serde_json::to_vec(&record)
             .map_err(|e| GatewayError::internal(format!("audit record encoding failed: {e}")))?;
         match self.durability {
-            Durability::Batched => match self.enqueue(Entry { payload, done: None }).await {
+            Durability::Batched => match self
+                .enqueue(Entry {
+                    payload,
+                    done: None,
+                })
+                .await
+            {
                 Ok(()) => Ok(()),
                 Err(why) => self.unavailable(why),
             },
             Durability::Sync => {
                 let (done, wait) = oneshot::channel();
-                if let Err(why) = self.enqueue(Entry { payload, done: Some(done) }).await {
+                if let Err(why) = self
+                    .enqueue(Entry {
+                        payload,
+                        done: Some(done),
+                    })
+                    .await
+                {
                     return self.unavailable(why);
                 }
                 match wait.await {
@@ -300,7 +353,9 @@ async fn catch_up(
     head_hash: &ChainHash,
 ) -> Result<u64, AuditError> {
     let tail = sink.tail(node).await?;
-    let (mut seq, hash) = tail.map(|t| (t.seq, t.hash)).unwrap_or((0, ChainHash::GENESIS));
+    let (mut seq, hash) = tail
+        .map(|t| (t.seq, t.hash))
+        .unwrap_or((0, ChainHash::GENESIS));
     if seq > head_seq {
         return Err(AuditError::Diverged(format!(
             "{} holds node `{node}` up to seq {seq}, the primary {} only up to {head_seq}; verify both and remove \
@@ -329,12 +384,21 @@ async fn catch_up(
             )));
         }
     }
-    tracing::warn!(sink = sink.name(), node, from = seq + 1, to = head_seq, "audit: copying records the sink lacks from the primary");
+    tracing::warn!(
+        sink = sink.name(),
+        node,
+        from = seq + 1,
+        to = head_seq,
+        "audit: copying records the sink lacks from the primary"
+    );
     while seq < head_seq {
         let chunk = primary.read_range(node, seq + 1, 1000).await?;
         let Some(last) = chunk.last() else { break };
         if chunk.first().map(|r| r.seq) != Some(seq + 1) {
-            return Err(AuditError::Diverged(format!("the primary {} has a gap after seq {seq}", primary.name())));
+            return Err(AuditError::Diverged(format!(
+                "the primary {} has a gap after seq {seq}",
+                primary.name()
+            )));
         }
         let last_seq = last.seq;
         sink.write_batch(&chunk).await?;
@@ -403,8 +467,16 @@ impl Writer {
         if self.since_checkpoint == 0 {
             return;
         }
-        let cp = signer.checkpoint(&self.node, self.head_seq, &self.head_hash, now_for_payload());
-        match serde_json::to_vec(&cp).map_err(|e| e.to_string()).and_then(|p| self.append(RecordKind::Checkpoint, p)) {
+        let cp = signer.checkpoint(
+            &self.node,
+            self.head_seq,
+            &self.head_hash,
+            now_for_payload(),
+        );
+        match serde_json::to_vec(&cp)
+            .map_err(|e| e.to_string())
+            .and_then(|p| self.append(RecordKind::Checkpoint, p))
+        {
             Ok(_) => {
                 self.since_checkpoint = 0;
                 self.last_checkpoint_at = Instant::now();
@@ -414,11 +486,18 @@ impl Writer {
     }
 
     fn take_entry(&mut self, entry: Entry) {
-        self.shared.stats.queue_depth.fetch_sub(1, Ordering::Relaxed);
+        self.shared
+            .stats
+            .queue_depth
+            .fetch_sub(1, Ordering::Relaxed);
         match self.append(RecordKind::Event, entry.payload) {
             Ok(seq) => {
                 if let Some(done) = entry.done {
-                    if self.outage.as_ref().is_some_and(|o| o.since.elapsed() >= self.config.retry_for) {
+                    if self
+                        .outage
+                        .as_ref()
+                        .is_some_and(|o| o.since.elapsed() >= self.config.retry_for)
+                    {
                         let why = self.outage_message();
                         self.mark_late(seq);
                         let _ = done.send(Err(why));
@@ -448,12 +527,18 @@ impl Writer {
     }
 
     fn outage_message(&self) -> String {
-        self.shared.last_error.lock().map(|e| e.clone()).unwrap_or_default()
+        self.shared
+            .last_error
+            .lock()
+            .map(|e| e.clone())
+            .unwrap_or_default()
     }
 
     /// Writes pending records to every sink that lacks them. On success every waiter is told.
     async fn flush(&mut self) -> Result<(), String> {
-        let Some(last) = self.pending.last().map(|r| r.seq) else { return Ok(()) };
+        let Some(last) = self.pending.last().map(|r| r.seq) else {
+            return Ok(());
+        };
         let call_timeout = self.config.retry_for.max(Duration::from_secs(1));
         for i in 0..self.sinks.len() {
             if self.dirty[i] {
@@ -461,14 +546,22 @@ impl Writer {
                 self.dirty[i] = false;
             }
             let from = self.durable[i];
-            let todo: Vec<StoredRecord> = self.pending.iter().filter(|r| r.seq > from).cloned().collect();
+            let todo: Vec<StoredRecord> = self
+                .pending
+                .iter()
+                .filter(|r| r.seq > from)
+                .cloned()
+                .collect();
             if todo.is_empty() {
                 continue;
             }
             let sink = &self.sinks[i];
             let result = match tokio::time::timeout(call_timeout, sink.write_batch(&todo)).await {
                 Ok(r) => r.map_err(|e| e.to_string()),
-                Err(_) => Err(format!("{}: write did not finish within {call_timeout:?}", sink.name())),
+                Err(_) => Err(format!(
+                    "{}: write did not finish within {call_timeout:?}",
+                    sink.name()
+                )),
             };
             if let Err(e) = result {
                 self.dirty[i] = true;
@@ -477,10 +570,17 @@ impl Writer {
             self.durable[i] = last;
         }
         let n = self.pending.len() as u64;
-        let checkpoints = self.pending.iter().filter(|r| r.kind == RecordKind::Checkpoint).count() as u64;
+        let checkpoints = self
+            .pending
+            .iter()
+            .filter(|r| r.kind == RecordKind::Checkpoint)
+            .count() as u64;
         self.pending.clear();
         self.shared.stats.written.fetch_add(n, Ordering::Relaxed);
-        self.shared.stats.checkpoints.fetch_add(checkpoints, Ordering::Relaxed);
+        self.shared
+            .stats
+            .checkpoints
+            .fetch_add(checkpoints, Ordering::Relaxed);
         for (_, done) in self.waiters.drain(..) {
             let _ = done.send(Ok(()));
         }
@@ -492,9 +592,16 @@ impl Writer {
         let sink = &self.sinks[i];
         let tail = match tokio::time::timeout(call_timeout, sink.tail(&self.node)).await {
             Ok(r) => r.map_err(|e| e.to_string())?,
-            Err(_) => return Err(format!("{}: reading the tail did not finish within {call_timeout:?}", sink.name())),
+            Err(_) => {
+                return Err(format!(
+                    "{}: reading the tail did not finish within {call_timeout:?}",
+                    sink.name()
+                ))
+            }
         };
-        let (seq, hash) = tail.map(|t| (t.seq, t.hash)).unwrap_or((0, ChainHash::GENESIS));
+        let (seq, hash) = tail
+            .map(|t| (t.seq, t.hash))
+            .unwrap_or((0, ChainHash::GENESIS));
         if seq == self.durable[i] {
             return Ok(());
         }
@@ -537,7 +644,12 @@ impl Writer {
         }
         // Callers that have waited long enough are told; their records stay pending and are
         // written once a sink recovers (the recovery notice lists them).
-        if self.outage.as_ref().is_some_and(|o| o.since.elapsed() >= self.config.retry_for) && !self.waiters.is_empty() {
+        if self
+            .outage
+            .as_ref()
+            .is_some_and(|o| o.since.elapsed() >= self.config.retry_for)
+            && !self.waiters.is_empty()
+        {
             let waiters = std::mem::take(&mut self.waiters);
             for (seq, done) in waiters {
                 self.mark_late(seq);
@@ -548,11 +660,26 @@ impl Writer {
 
     fn on_recovered(&mut self) {
         let Some(o) = self.outage.take() else { return };
-        let refused = self.shared.stats.refused.load(Ordering::Relaxed).saturating_sub(o.refused_before);
-        let dropped = self.shared.stats.dropped.load(Ordering::Relaxed).saturating_sub(o.dropped_before);
+        let refused = self
+            .shared
+            .stats
+            .refused
+            .load(Ordering::Relaxed)
+            .saturating_sub(o.refused_before);
+        let dropped = self
+            .shared
+            .stats
+            .dropped
+            .load(Ordering::Relaxed)
+            .saturating_sub(o.dropped_before);
         let failed_for = o.since.elapsed();
         let mut details = serde_json::Map::new();
-        details.insert("failed_for_ms".into(), u64::try_from(failed_for.as_millis()).unwrap_or(u64::MAX).into());
+        details.insert(
+            "failed_for_ms".into(),
+            u64::try_from(failed_for.as_millis())
+                .unwrap_or(u64::MAX)
+                .into(),
+        );
         details.insert("refused".into(), refused.into());
         details.insert("dropped".into(), dropped.into());
         details.insert("error".into(), self.outage_message().into());
@@ -570,9 +697,15 @@ impl Writer {
         }
         self.shared.healthy.store(true, Ordering::Release);
         tracing::warn!("{message}");
-        self.notice(NoticePayload { notice: "sink_recovered".into(), time: now_for_payload(), message, details });
+        self.notice(NoticePayload {
+            notice: "sink_recovered".into(),
+            time: now_for_payload(),
+            message,
+            details,
+        });
         // A sink that repaired itself while recovering (a torn JSONL line) says so too.
-        let repairs: Vec<NoticePayload> = self.sinks.iter().flat_map(|s| s.take_repairs()).collect();
+        let repairs: Vec<NoticePayload> =
+            self.sinks.iter().flat_map(|s| s.take_repairs()).collect();
         for repair in repairs {
             self.notice(repair);
         }
@@ -601,7 +734,11 @@ impl Writer {
         }
     }
 
-    async fn run(mut self, mut rx: mpsc::Receiver<Entry>, shutdown: Arc<Notify>) -> Result<(), AuditError> {
+    async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Entry>,
+        shutdown: Arc<Notify>,
+    ) -> Result<(), AuditError> {
         let max = self.config.batch_max_records.max(1);
         let mut closing = false;
         loop {
@@ -680,7 +817,11 @@ impl Writer {
                 tracing::error!(unwritten, reason = %reason, "audit: shut down with records no sink took");
                 return Err(AuditError::Unwritten { unwritten, reason });
             }
-            let backoff = self.outage.as_ref().map(|o| o.backoff).unwrap_or(Duration::from_millis(50));
+            let backoff = self
+                .outage
+                .as_ref()
+                .map(|o| o.backoff)
+                .unwrap_or(Duration::from_millis(50));
             tokio::time::sleep(backoff).await;
         }
     }

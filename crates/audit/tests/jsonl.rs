@@ -16,8 +16,12 @@ const SMALL: u64 = 4096;
 async fn write_signed(dir: &Path, n: u64) -> Vec<u8> {
     let (signer, public) = keys();
     let cfg = config(vec![], Durability::Sync);
-    let sink = JsonlSink::open(dir, SMALL, OpenMode::Write(Durability::Sync)).await.unwrap();
-    let log = AuditLog::with_sinks(NODE, &cfg, vec![Box::new(sink)], Some(signer)).await.unwrap();
+    let sink = JsonlSink::open(dir, SMALL, OpenMode::Write(Durability::Sync))
+        .await
+        .unwrap();
+    let log = AuditLog::with_sinks(NODE, &cfg, vec![Box::new(sink)], Some(signer))
+        .await
+        .unwrap();
     for i in 0..n {
         log.record(event(NODE, i)).await.unwrap();
     }
@@ -34,7 +38,13 @@ fn files(dir: &Path) -> Vec<(PathBuf, Vec<String>)> {
     let mut names: Vec<PathBuf> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())
-        .filter(|p| p.file_name().unwrap().to_str().unwrap().starts_with("audit-"))
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .starts_with("audit-")
+        })
         .collect();
     names.sort();
     names
@@ -78,7 +88,10 @@ fn copy_dir(from: &Path, to: &Path) {
 
 async fn failure(dir: &Path, key: &[u8]) -> (u64, Problem) {
     let report = verify(&reader(dir).await, Some(key)).await.unwrap();
-    let f = report.first_failure().unwrap_or_else(|| panic!("verify passed: {report:?}")).clone();
+    let f = report
+        .first_failure()
+        .unwrap_or_else(|| panic!("verify passed: {report:?}"))
+        .clone();
     (f.seq, f.problem)
 }
 
@@ -88,8 +101,14 @@ async fn rotated_files_verify_in_order_and_tampering_is_named() {
     let base = tmp.path().join("base");
     let public = write_signed(&base, 40).await;
     let original = files(&base);
-    assert!(original.len() >= 4, "expected rotation into several files, got {}", original.len());
-    assert!(original.iter().all(|(p, _)| std::fs::metadata(p).unwrap().len() <= SMALL));
+    assert!(
+        original.len() >= 4,
+        "expected rotation into several files, got {}",
+        original.len()
+    );
+    assert!(original
+        .iter()
+        .all(|(p, _)| std::fs::metadata(p).unwrap().len() <= SMALL));
     let report = verify(&reader(&base).await, Some(&public)).await.unwrap();
     assert!(report.is_ok(), "{report:?}");
 
@@ -122,7 +141,14 @@ async fn rotated_files_verify_in_order_and_tampering_is_named() {
     let line = &f[fi].1[li];
     let at = line.find("\"hash\":\"").unwrap() + 8;
     let mut edited = line.clone();
-    edited.replace_range(at..at + 2, if &line[at..at + 2] == "00" { "11" } else { "00" });
+    edited.replace_range(
+        at..at + 2,
+        if &line[at..at + 2] == "00" {
+            "11"
+        } else {
+            "00"
+        },
+    );
     f[fi].1[li] = edited;
     store(&f);
     assert_eq!(failure(&d, &public).await, (k, Problem::HashMismatch));
@@ -133,7 +159,10 @@ async fn rotated_files_verify_in_order_and_tampering_is_named() {
     let (fi, li) = locate(&f, k);
     f[fi].1.remove(li);
     store(&f);
-    assert_eq!(failure(&d, &public).await, (k, Problem::SeqGap { from: k, to: k }));
+    assert_eq!(
+        failure(&d, &public).await,
+        (k, Problem::SeqGap { from: k, to: k })
+    );
 
     // Swap two lines.
     let d = case("swap");
@@ -141,16 +170,38 @@ async fn rotated_files_verify_in_order_and_tampering_is_named() {
     let (fi, li) = locate(&f, k);
     f[fi].1.swap(li, li + 1);
     store(&f);
-    assert_eq!(failure(&d, &public).await, (k, Problem::OutOfOrder { found: k + 1, expected: k }));
+    assert_eq!(
+        failure(&d, &public).await,
+        (
+            k,
+            Problem::OutOfOrder {
+                found: k + 1,
+                expected: k
+            }
+        )
+    );
 
     // Delete a whole rotated file in the middle.
     let d = case("file");
     let f = files(&d);
-    let first_missing: u64 = serde_json::from_str::<serde_json::Value>(&f[1].1[0]).unwrap()["seq"].as_u64().unwrap();
-    let last_missing: u64 =
-        serde_json::from_str::<serde_json::Value>(f[1].1.last().unwrap()).unwrap()["seq"].as_u64().unwrap();
+    let first_missing: u64 = serde_json::from_str::<serde_json::Value>(&f[1].1[0]).unwrap()["seq"]
+        .as_u64()
+        .unwrap();
+    let last_missing: u64 = serde_json::from_str::<serde_json::Value>(f[1].1.last().unwrap())
+        .unwrap()["seq"]
+        .as_u64()
+        .unwrap();
     std::fs::remove_file(&f[1].0).unwrap();
-    assert_eq!(failure(&d, &public).await, (first_missing, Problem::SeqGap { from: first_missing, to: last_missing }));
+    assert_eq!(
+        failure(&d, &public).await,
+        (
+            first_missing,
+            Problem::SeqGap {
+                from: first_missing,
+                to: last_missing
+            }
+        )
+    );
 
     // Truncate the tail: delete the last file and cut the one before.
     let d = case("truncate");
@@ -166,14 +217,23 @@ async fn rotated_files_verify_in_order_and_tampering_is_named() {
     store(&f);
     let (seq, problem) = failure(&d, &public).await;
     assert_eq!(seq, k);
-    assert!(matches!(problem, Problem::ChainEndsBeforeCheckpoint { last_seq, .. } if last_seq == k - 1), "{problem}");
+    assert!(
+        matches!(problem, Problem::ChainEndsBeforeCheckpoint { last_seq, .. } if last_seq == k - 1),
+        "{problem}"
+    );
 
     // Forge a checkpoint with another key and recompute the chain after it.
     let d = case("forge");
     let cp_seq = checkpoints(&records)[2];
     let before = records.iter().find(|r| r.seq == cp_seq - 1).unwrap();
     let (other, _) = keys();
-    let forged = serde_json::to_vec(&other.checkpoint(NODE, before.seq, &before.hash, std::time::SystemTime::now())).unwrap();
+    let forged = serde_json::to_vec(&other.checkpoint(
+        NODE,
+        before.seq,
+        &before.hash,
+        std::time::SystemTime::now(),
+    ))
+    .unwrap();
     let rewritten = rewrite_from(&records, cp_seq, |p| *p = forged);
     let mut f = files(&d);
     for r in &rewritten {
@@ -184,7 +244,12 @@ async fn rotated_files_verify_in_order_and_tampering_is_named() {
     store(&f);
     let (seq, problem) = failure(&d, &public).await;
     assert_eq!(seq, cp_seq);
-    assert!(problem.to_string().starts_with("checkpoint signature invalid"), "{problem}");
+    assert!(
+        problem
+            .to_string()
+            .starts_with("checkpoint signature invalid"),
+        "{problem}"
+    );
 }
 
 #[tokio::test]
@@ -199,19 +264,37 @@ async fn a_torn_final_line_is_reported_then_repaired_on_reopen() {
     let mut bytes = std::fs::read(path).unwrap();
     bytes.extend_from_slice(br#"{"version":1,"node":"gw-j","seq":"#);
     std::fs::write(path, &bytes).unwrap();
-    assert_eq!(failure(&dir, &public).await, (last_seq + 1, Problem::TornFinalRecord));
+    assert_eq!(
+        failure(&dir, &public).await,
+        (last_seq + 1, Problem::TornFinalRecord)
+    );
 
     // The writer truncates it, says so in the chain, and continues.
     let (signer, _) = keys();
     let cfg = config(vec![], Durability::Sync);
-    let sink = JsonlSink::open(&dir, SMALL, OpenMode::Write(Durability::Sync)).await.unwrap();
-    let log = AuditLog::with_sinks(NODE, &cfg, vec![Box::new(sink)], Some(signer)).await.unwrap();
+    let sink = JsonlSink::open(&dir, SMALL, OpenMode::Write(Durability::Sync))
+        .await
+        .unwrap();
+    let log = AuditLog::with_sinks(NODE, &cfg, vec![Box::new(sink)], Some(signer))
+        .await
+        .unwrap();
     log.record(event(NODE, 100)).await.unwrap();
     log.shutdown().await.unwrap();
     let records = all_records(&reader(&dir).await).await;
-    let repaired = records.iter().find(|r| r.event == "torn_record_truncated").expect("repair notice");
-    assert_eq!(repaired.seq, last_seq + 2, "right after the log_opened notice");
-    assert!(repaired.payload_text().contains("\"bytes\":33"), "{}", repaired.payload_text());
+    let repaired = records
+        .iter()
+        .find(|r| r.event == "torn_record_truncated")
+        .expect("repair notice");
+    assert_eq!(
+        repaired.seq,
+        last_seq + 2,
+        "right after the log_opened notice"
+    );
+    assert!(
+        repaired.payload_text().contains("\"bytes\":33"),
+        "{}",
+        repaired.payload_text()
+    );
     let report = verify(&reader(&dir).await, None).await.unwrap();
     assert!(report.is_ok(), "{report:?}");
 }
@@ -223,7 +306,13 @@ async fn a_vanished_directory_fails_closed_and_recovers() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("j");
     let aside = tmp.path().join("aside");
-    let cfg = config(vec![SinkConfig::Jsonl { dir: dir.clone(), max_file_bytes: SMALL }], Durability::Sync);
+    let cfg = config(
+        vec![SinkConfig::Jsonl {
+            dir: dir.clone(),
+            max_file_bytes: SMALL,
+        }],
+        Durability::Sync,
+    );
     let log = AuditLog::open(&cfg, NODE).await.unwrap();
     log.record(event(NODE, 0)).await.unwrap();
     std::fs::rename(&dir, &aside).unwrap();

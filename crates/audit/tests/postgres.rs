@@ -5,7 +5,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use audit::{verify, AuditLog, Durability, OpenMode, PostgresSink, Problem, SearchFilter, Sink, SinkConfig};
+use audit::{
+    verify, AuditLog, Durability, OpenMode, PostgresSink, Problem, SearchFilter, Sink, SinkConfig,
+};
 use common::*;
 use gateway_core::AuditSink;
 use tokio_postgres::{Client, NoTls};
@@ -17,17 +19,30 @@ struct TestDb {
 
 impl TestDb {
     async fn new() -> TestDb {
-        let (admin, conn) =
-            tokio_postgres::connect("host=127.0.0.1 port=5432 user=postgres dbname=postgres", NoTls).await.unwrap();
+        let (admin, conn) = tokio_postgres::connect(
+            "host=127.0.0.1 port=5432 user=postgres dbname=postgres",
+            NoTls,
+        )
+        .await
+        .unwrap();
         tokio::spawn(conn);
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
         let name = format!("audit_test_{}_{nanos}", std::process::id());
-        admin.batch_execute(&format!("CREATE DATABASE {name}")).await.unwrap();
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .unwrap();
         TestDb { name, admin }
     }
 
     fn url(&self) -> String {
-        format!("host=127.0.0.1 port=5432 user=postgres dbname={}", self.name)
+        format!(
+            "host=127.0.0.1 port=5432 user=postgres dbname={}",
+            self.name
+        )
     }
 
     async fn client(&self) -> Client {
@@ -37,7 +52,13 @@ impl TestDb {
     }
 
     async fn drop_db(self) {
-        let _ = self.admin.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name)).await;
+        let _ = self
+            .admin
+            .batch_execute(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ))
+            .await;
     }
 }
 
@@ -49,7 +70,9 @@ async fn write_signed(db: &TestDb, table: &str, node: &str, n: u64) -> Vec<u8> {
     let (signer, public) = keys();
     let cfg = config(vec![], Durability::Sync);
     let s = sink(db, table, OpenMode::Write(Durability::Sync)).await;
-    let log = AuditLog::with_sinks(node, &cfg, vec![Box::new(s)], Some(signer)).await.unwrap();
+    let log = AuditLog::with_sinks(node, &cfg, vec![Box::new(s)], Some(signer))
+        .await
+        .unwrap();
     for i in 0..n {
         log.record(event(node, i)).await.unwrap();
     }
@@ -69,8 +92,13 @@ async fn copy_table(c: &Client, base: &str, to: &str) {
 }
 
 async fn failure(db: &TestDb, table: &str, key: &[u8]) -> (u64, Problem) {
-    let report = verify(&sink(db, table, OpenMode::Read).await, Some(key)).await.unwrap();
-    let f = report.first_failure().unwrap_or_else(|| panic!("verify passed: {report:?}")).clone();
+    let report = verify(&sink(db, table, OpenMode::Read).await, Some(key))
+        .await
+        .unwrap();
+    let f = report
+        .first_failure()
+        .unwrap_or_else(|| panic!("verify passed: {report:?}"))
+        .clone();
     (f.seq, f.problem)
 }
 
@@ -78,7 +106,9 @@ async fn failure(db: &TestDb, table: &str, key: &[u8]) -> (u64, Problem) {
 async fn postgres_chain_verifies_and_tampering_is_named() {
     let db = TestDb::new().await;
     let public = write_signed(&db, "base", "gw-p", 23).await;
-    let report = verify(&sink(&db, "base", OpenMode::Read).await, Some(&public)).await.unwrap();
+    let report = verify(&sink(&db, "base", OpenMode::Read).await, Some(&public))
+        .await
+        .unwrap();
     assert!(report.is_ok(), "{report:?}");
     let records = all_records(&sink(&db, "base", OpenMode::Read).await).await;
     let k = nth_event(&records, 6);
@@ -91,27 +121,64 @@ async fn postgres_chain_verifies_and_tampering_is_named() {
     )
     .await
     .unwrap();
-    assert_eq!(failure(&db, "edit", &public).await, (k, Problem::HashMismatch));
+    assert_eq!(
+        failure(&db, "edit", &public).await,
+        (k, Problem::HashMismatch)
+    );
 
     copy_table(&c, "base", "del").await;
-    c.execute("DELETE FROM del WHERE seq = $1", &[&(k as i64)]).await.unwrap();
-    assert_eq!(failure(&db, "del", &public).await, (k, Problem::SeqGap { from: k, to: k }));
+    c.execute("DELETE FROM del WHERE seq = $1", &[&(k as i64)])
+        .await
+        .unwrap();
+    assert_eq!(
+        failure(&db, "del", &public).await,
+        (k, Problem::SeqGap { from: k, to: k })
+    );
 
     copy_table(&c, "base", "reorder").await;
     let id = |row: tokio_postgres::Row| -> i64 { row.get(0) };
-    let ida = id(c.query_one("SELECT id FROM reorder WHERE seq = $1", &[&(k as i64)]).await.unwrap());
-    let idb = id(c.query_one("SELECT id FROM reorder WHERE seq = $1", &[&(k as i64 + 1)]).await.unwrap());
-    c.execute("UPDATE reorder SET id = -1 WHERE id = $1", &[&ida]).await.unwrap();
-    c.execute("UPDATE reorder SET id = $1 WHERE id = $2", &[&ida, &idb]).await.unwrap();
-    c.execute("UPDATE reorder SET id = $1 WHERE id = -1", &[&idb]).await.unwrap();
-    assert_eq!(failure(&db, "reorder", &public).await, (k, Problem::OutOfOrder { found: k + 1, expected: k }));
+    let ida = id(c
+        .query_one("SELECT id FROM reorder WHERE seq = $1", &[&(k as i64)])
+        .await
+        .unwrap());
+    let idb = id(c
+        .query_one("SELECT id FROM reorder WHERE seq = $1", &[&(k as i64 + 1)])
+        .await
+        .unwrap());
+    c.execute("UPDATE reorder SET id = -1 WHERE id = $1", &[&ida])
+        .await
+        .unwrap();
+    c.execute("UPDATE reorder SET id = $1 WHERE id = $2", &[&ida, &idb])
+        .await
+        .unwrap();
+    c.execute("UPDATE reorder SET id = $1 WHERE id = -1", &[&idb])
+        .await
+        .unwrap();
+    assert_eq!(
+        failure(&db, "reorder", &public).await,
+        (
+            k,
+            Problem::OutOfOrder {
+                found: k + 1,
+                expected: k
+            }
+        )
+    );
 
     copy_table(&c, "base", "trunc").await;
-    c.execute("DELETE FROM trunc WHERE seq >= $1", &[&(k as i64)]).await.unwrap();
+    c.execute("DELETE FROM trunc WHERE seq >= $1", &[&(k as i64)])
+        .await
+        .unwrap();
     let last_cp = *checkpoints(&records).last().unwrap();
     assert_eq!(
         failure(&db, "trunc", &public).await,
-        (k, Problem::ChainEndsBeforeCheckpoint { checkpoint_seq: last_cp, last_seq: k - 1 })
+        (
+            k,
+            Problem::ChainEndsBeforeCheckpoint {
+                checkpoint_seq: last_cp,
+                last_seq: k - 1
+            }
+        )
     );
     db.drop_db().await;
 }
@@ -125,16 +192,35 @@ async fn postgres_holds_several_nodes_and_searches_them() {
     let s = sink(&db, "audit_records", OpenMode::Read).await;
     let report = verify(&s, None).await.unwrap();
     assert!(report.is_ok(), "{report:?}");
-    assert_eq!(report.nodes.iter().map(|n| n.node.as_str()).collect::<Vec<_>>(), ["gw-a", "gw-b"]);
+    assert_eq!(
+        report
+            .nodes
+            .iter()
+            .map(|n| n.node.as_str())
+            .collect::<Vec<_>>(),
+        ["gw-a", "gw-b"]
+    );
     let with_key = verify(&s, Some(&public)).await.unwrap();
     assert!(with_key.nodes[0].failure.is_none());
     assert!(with_key.nodes[1].failure.is_some());
-    let b_denied = SearchFilter { node: Some("gw-b".into()), verdict: Some("deny".into()), ..Default::default() };
+    let b_denied = SearchFilter {
+        node: Some("gw-b".into()),
+        verdict: Some("deny".into()),
+        ..Default::default()
+    };
     let found = audit::search(&s, &b_denied, 100).await.unwrap();
     assert_eq!(found.len(), (0..12).filter(|i| i % 7 == 3).count());
     assert!(found.iter().all(|r| r.node == "gw-b"));
-    let text = SearchFilter { text: Some("select 4 ".into()), subject: Some("alice".into()), ..Default::default() };
-    assert_eq!(audit::search(&s, &text, 100).await.unwrap().len(), 2, "one per node");
+    let text = SearchFilter {
+        text: Some("select 4 ".into()),
+        subject: Some("alice".into()),
+        ..Default::default()
+    };
+    assert_eq!(
+        audit::search(&s, &text, 100).await.unwrap().len(),
+        2,
+        "one per node"
+    );
     let last = audit::tail(&s, 2, Some("gw-a")).await.unwrap();
     assert_eq!(last.len(), 2);
     assert_eq!(last[1].event, "checkpoint");
@@ -144,7 +230,13 @@ async fn postgres_holds_several_nodes_and_searches_them() {
 #[tokio::test]
 async fn postgres_database_gone_fails_closed_and_recovers() {
     let db = TestDb::new().await;
-    let mut cfg = config(vec![SinkConfig::Postgres { url: db.url(), table: "audit_records".into() }], Durability::Sync);
+    let mut cfg = config(
+        vec![SinkConfig::Postgres {
+            url: db.url(),
+            table: "audit_records".into(),
+        }],
+        Durability::Sync,
+    );
     cfg.retry_for = Duration::from_millis(500);
     let log = AuditLog::open(&cfg, "gw-p").await.unwrap();
     log.record(event("gw-p", 0)).await.unwrap();
@@ -159,10 +251,17 @@ async fn postgres_database_gone_fails_closed_and_recovers() {
         .unwrap();
     let started = Instant::now();
     let e = log.record(event("gw-p", 1)).await.unwrap_err();
-    assert!(started.elapsed() < Duration::from_secs(8), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        started.elapsed()
+    );
     assert_eq!(e.kind, gateway_core::ErrorKind::AuditUnavailable);
     assert!(log.record(event("gw-p", 2)).await.is_err());
-    db.admin.batch_execute(&format!("ALTER DATABASE {away} RENAME TO {}", db.name)).await.unwrap();
+    db.admin
+        .batch_execute(&format!("ALTER DATABASE {away} RENAME TO {}", db.name))
+        .await
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     while !log.is_healthy() {
         assert!(Instant::now() < deadline, "did not recover");
@@ -176,7 +275,9 @@ async fn postgres_database_gone_fails_closed_and_recovers() {
     let records = all_records(&s).await;
     assert!(records.iter().any(|r| r.event == "sink_recovered"));
     // The record whose caller was refused is in the trail, flagged as late by the notice.
-    assert!(records.iter().any(|r| r.payload_text().contains("\"statement_id\":1,")));
+    assert!(records
+        .iter()
+        .any(|r| r.payload_text().contains("\"statement_id\":1,")));
     db.drop_db().await;
 }
 
@@ -186,24 +287,39 @@ async fn a_secondary_sink_that_lags_is_filled_from_the_primary() {
     let tmp = tempfile::tempdir().unwrap();
     let path = tmp.path().join("audit.db");
     let sqlite = SinkConfig::Sqlite { path: path.clone() };
-    let pg = SinkConfig::Postgres { url: db.url(), table: "audit_records".into() };
+    let pg = SinkConfig::Postgres {
+        url: db.url(),
+        table: "audit_records".into(),
+    };
     // First only SQLite.
-    let log = AuditLog::open(&config(vec![sqlite.clone()], Durability::Sync), "gw-m").await.unwrap();
+    let log = AuditLog::open(&config(vec![sqlite.clone()], Durability::Sync), "gw-m")
+        .await
+        .unwrap();
     for i in 0..10 {
         log.record(event("gw-m", i)).await.unwrap();
     }
     log.shutdown().await.unwrap();
     // Then SQLite (primary) and PostgreSQL: PostgreSQL gets the history first.
-    let log = AuditLog::open(&config(vec![sqlite, pg], Durability::Sync), "gw-m").await.unwrap();
+    let log = AuditLog::open(&config(vec![sqlite, pg], Durability::Sync), "gw-m")
+        .await
+        .unwrap();
     for i in 10..15 {
         log.record(event("gw-m", i)).await.unwrap();
     }
     log.shutdown().await.unwrap();
-    let a = all_records(&audit::SqliteSink::open(&path, OpenMode::Read).await.unwrap()).await;
+    let a = all_records(
+        &audit::SqliteSink::open(&path, OpenMode::Read)
+            .await
+            .unwrap(),
+    )
+    .await;
     let pg_sink = sink(&db, "audit_records", OpenMode::Read).await;
     let b = all_records(&pg_sink).await;
     assert_eq!(a, b);
     assert!(verify(&pg_sink, None).await.unwrap().is_ok());
-    assert_eq!(pg_sink.tail("gw-m").await.unwrap().map(|r| r.seq), a.last().map(|r| r.seq));
+    assert_eq!(
+        pg_sink.tail("gw-m").await.unwrap().map(|r| r.seq),
+        a.last().map(|r| r.seq)
+    );
     db.drop_db().await;
 }

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use audit::{
-    verify, AuditLog, Durability, OnFailure, OpenMode, Problem, RecordKind, SearchFilter, Sink, SinkConfig,
-    SqliteSink, StoredRecord,
+    verify, AuditLog, Durability, OnFailure, OpenMode, Problem, RecordKind, SearchFilter, Sink,
+    SinkConfig, SqliteSink, StoredRecord,
 };
 use common::*;
 use gateway_core::AuditSink;
@@ -21,9 +21,16 @@ const NODE: &str = "gw-1";
 /// Writes `n` events through a signed log and shuts it down; returns the public key.
 async fn write_signed(path: &Path, n: u64) -> Vec<u8> {
     let (signer, public) = keys();
-    let cfg = config(vec![SinkConfig::Sqlite { path: path.into() }], Durability::Sync);
-    let sink = SqliteSink::open(path, OpenMode::Write(Durability::Sync)).await.unwrap();
-    let log = AuditLog::with_sinks(NODE, &cfg, vec![Box::new(sink)], Some(signer)).await.unwrap();
+    let cfg = config(
+        vec![SinkConfig::Sqlite { path: path.into() }],
+        Durability::Sync,
+    );
+    let sink = SqliteSink::open(path, OpenMode::Write(Durability::Sync))
+        .await
+        .unwrap();
+    let log = AuditLog::with_sinks(NODE, &cfg, vec![Box::new(sink)], Some(signer))
+        .await
+        .unwrap();
     for i in 0..n {
         log.record(event(NODE, i)).await.unwrap();
     }
@@ -63,7 +70,10 @@ fn write_rows(conn: &Connection, records: &[StoredRecord]) {
 
 async fn failure(path: &Path, key: Option<&[u8]>) -> (u64, Problem) {
     let report = verify(&reader(path).await, key).await.unwrap();
-    let f = report.first_failure().unwrap_or_else(|| panic!("verify passed: {report:?}")).clone();
+    let f = report
+        .first_failure()
+        .unwrap_or_else(|| panic!("verify passed: {report:?}"))
+        .clone();
     (f.seq, f.problem)
 }
 
@@ -77,10 +87,16 @@ async fn an_untouched_chain_verifies_and_ends_signed() {
     let node = &report.nodes[0];
     assert_eq!(node.node, NODE);
     assert!(node.checkpoints >= 5, "{node:?}");
-    assert_eq!(node.unsigned_tail, 1, "only the final checkpoint itself follows the last signed record");
+    assert_eq!(
+        node.unsigned_tail, 1,
+        "only the final checkpoint itself follows the last signed record"
+    );
     assert!(report.warnings.is_empty(), "{:?}", report.warnings);
     let records = all_records(&reader(&path).await).await;
-    assert_eq!(records.first().map(|r| r.event.as_str()), Some("log_opened"));
+    assert_eq!(
+        records.first().map(|r| r.event.as_str()),
+        Some("log_opened")
+    );
     assert_eq!(records.last().map(|r| r.kind), Some(RecordKind::Checkpoint));
 }
 
@@ -93,7 +109,9 @@ async fn tampering_is_named_at_the_right_record() {
     let copy = |name: &str| {
         let p = dir.path().join(name);
         // A consistent copy: checkpoint the WAL into the main file first.
-        db(&base).execute_batch("PRAGMA wal_checkpoint(TRUNCATE)").unwrap();
+        db(&base)
+            .execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
+            .unwrap();
         std::fs::copy(&base, &p).unwrap();
         p
     };
@@ -103,74 +121,159 @@ async fn tampering_is_named_at_the_right_record() {
     let p = copy("edit.db");
     let mut payload = records.iter().find(|r| r.seq == k).unwrap().payload.clone();
     replace_bytes(&mut payload, "from orders", "from ordert");
-    db(&p).execute("UPDATE audit_records SET payload = ?1 WHERE seq = ?2", params![payload, k as i64]).unwrap();
+    db(&p)
+        .execute(
+            "UPDATE audit_records SET payload = ?1 WHERE seq = ?2",
+            params![payload, k as i64],
+        )
+        .unwrap();
     assert_eq!(failure(&p, Some(&public)).await, (k, Problem::HashMismatch));
 
     // Edit a stored hash.
     let p = copy("hash.db");
-    db(&p).execute("UPDATE audit_records SET hash = ?1 WHERE seq = ?2", params!["ab".repeat(32), k as i64]).unwrap();
+    db(&p)
+        .execute(
+            "UPDATE audit_records SET hash = ?1 WHERE seq = ?2",
+            params!["ab".repeat(32), k as i64],
+        )
+        .unwrap();
     assert_eq!(failure(&p, Some(&public)).await, (k, Problem::HashMismatch));
 
     // Edit an index column only (hide a record from a subject search).
     let p = copy("subject.db");
-    db(&p).execute("UPDATE audit_records SET subject = 'mallory' WHERE seq = ?1", params![k as i64]).unwrap();
+    db(&p)
+        .execute(
+            "UPDATE audit_records SET subject = 'mallory' WHERE seq = ?1",
+            params![k as i64],
+        )
+        .unwrap();
     let (seq, problem) = failure(&p, Some(&public)).await;
-    assert_eq!((seq, problem.to_string().contains("subject")), (k, true), "{problem}");
+    assert_eq!(
+        (seq, problem.to_string().contains("subject")),
+        (k, true),
+        "{problem}"
+    );
 
     // Delete a record.
     let p = copy("delete.db");
-    db(&p).execute("DELETE FROM audit_records WHERE seq = ?1", params![k as i64]).unwrap();
-    assert_eq!(failure(&p, Some(&public)).await, (k, Problem::SeqGap { from: k, to: k }));
+    db(&p)
+        .execute(
+            "DELETE FROM audit_records WHERE seq = ?1",
+            params![k as i64],
+        )
+        .unwrap();
+    assert_eq!(
+        failure(&p, Some(&public)).await,
+        (k, Problem::SeqGap { from: k, to: k })
+    );
 
     // Delete two.
     let p = copy("delete2.db");
-    db(&p).execute("DELETE FROM audit_records WHERE seq IN (?1, ?2)", params![k as i64, k as i64 + 1]).unwrap();
-    assert_eq!(failure(&p, Some(&public)).await, (k, Problem::SeqGap { from: k, to: k + 1 }));
+    db(&p)
+        .execute(
+            "DELETE FROM audit_records WHERE seq IN (?1, ?2)",
+            params![k as i64, k as i64 + 1],
+        )
+        .unwrap();
+    assert_eq!(
+        failure(&p, Some(&public)).await,
+        (k, Problem::SeqGap { from: k, to: k + 1 })
+    );
 
     // Reorder two records (swap their rows).
     let p = copy("reorder.db");
     {
         let c = db(&p);
         let id = |seq: u64| -> i64 {
-            c.query_row("SELECT id FROM audit_records WHERE seq = ?1", params![seq as i64], |r| r.get(0)).unwrap()
+            c.query_row(
+                "SELECT id FROM audit_records WHERE seq = ?1",
+                params![seq as i64],
+                |r| r.get(0),
+            )
+            .unwrap()
         };
         let (a, b) = (id(k), id(k + 1));
-        c.execute("UPDATE audit_records SET id = -1 WHERE id = ?1", params![a]).unwrap();
-        c.execute("UPDATE audit_records SET id = ?1 WHERE id = ?2", params![a, b]).unwrap();
-        c.execute("UPDATE audit_records SET id = ?1 WHERE id = -1", params![b]).unwrap();
+        c.execute("UPDATE audit_records SET id = -1 WHERE id = ?1", params![a])
+            .unwrap();
+        c.execute(
+            "UPDATE audit_records SET id = ?1 WHERE id = ?2",
+            params![a, b],
+        )
+        .unwrap();
+        c.execute("UPDATE audit_records SET id = ?1 WHERE id = -1", params![b])
+            .unwrap();
     }
-    assert_eq!(failure(&p, Some(&public)).await, (k, Problem::OutOfOrder { found: k + 1, expected: k }));
+    assert_eq!(
+        failure(&p, Some(&public)).await,
+        (
+            k,
+            Problem::OutOfOrder {
+                found: k + 1,
+                expected: k
+            }
+        )
+    );
 
     // Truncate the tail (the final checkpoint goes with it): the copy beside the chain tells.
     let p = copy("truncate.db");
-    db(&p).execute("DELETE FROM audit_records WHERE seq >= ?1", params![k as i64]).unwrap();
+    db(&p)
+        .execute(
+            "DELETE FROM audit_records WHERE seq >= ?1",
+            params![k as i64],
+        )
+        .unwrap();
     let last_cp = *checkpoints(&records).last().unwrap();
     assert_eq!(
         failure(&p, Some(&public)).await,
-        (k, Problem::ChainEndsBeforeCheckpoint { checkpoint_seq: last_cp, last_seq: k - 1 })
+        (
+            k,
+            Problem::ChainEndsBeforeCheckpoint {
+                checkpoint_seq: last_cp,
+                last_seq: k - 1
+            }
+        )
     );
 
     // Replace a record with a self-consistent one (recomputed hash): the next one no longer links.
     let p = copy("replace.db");
-    let forged = StoredRecord::seal(NODE, k, RecordKind::Event, records[(k - 1) as usize].prev_hash, {
-        let mut p = records[(k - 1) as usize].payload.clone();
-        replace_bytes(&mut p, "from orders", "from ordert");
-        p
-    })
+    let forged = StoredRecord::seal(
+        NODE,
+        k,
+        RecordKind::Event,
+        records[(k - 1) as usize].prev_hash,
+        {
+            let mut p = records[(k - 1) as usize].payload.clone();
+            replace_bytes(&mut p, "from orders", "from ordert");
+            p
+        },
+    )
     .unwrap();
     write_rows(&db(&p), &[forged]);
-    assert_eq!(failure(&p, Some(&public)).await, (k, Problem::Replaced { next: k + 1 }));
+    assert_eq!(
+        failure(&p, Some(&public)).await,
+        (k, Problem::Replaced { next: k + 1 })
+    );
 
     // Rewrite history from an event on, recomputing every hash: only the signature tells, at the
     // first checkpoint after the edit.
     let p = copy("rewrite.db");
-    let rewritten = rewrite_from(&records, k, |p| replace_bytes(p, "from orders", "from ordert"));
+    let rewritten = rewrite_from(&records, k, |p| {
+        replace_bytes(p, "from orders", "from ordert")
+    });
     write_rows(&db(&p), &rewritten);
     let next_cp = checkpoints(&records).into_iter().find(|&c| c > k).unwrap();
     let (seq, problem) = failure(&p, Some(&public)).await;
     assert_eq!(seq, next_cp);
-    assert!(matches!(problem, Problem::CheckpointSignatureInvalid(_)), "{problem}");
-    assert!(problem.to_string().starts_with("checkpoint signature invalid"), "{problem}");
+    assert!(
+        matches!(problem, Problem::CheckpointSignatureInvalid(_)),
+        "{problem}"
+    );
+    assert!(
+        problem
+            .to_string()
+            .starts_with("checkpoint signature invalid"),
+        "{problem}"
+    );
 
     // Forge a checkpoint: a signature by another key over the right position.
     let p = copy("forge.db");
@@ -197,8 +300,16 @@ async fn truncation_to_a_checkpoint_with_its_copies_cannot_be_seen() {
     let records = all_records(&reader(&path).await).await;
     let cut = checkpoints(&records)[1];
     let c = db(&path);
-    c.execute("DELETE FROM audit_records WHERE seq > ?1", params![cut as i64]).unwrap();
-    c.execute("DELETE FROM audit_checkpoints WHERE seq > ?1", params![cut as i64]).unwrap();
+    c.execute(
+        "DELETE FROM audit_records WHERE seq > ?1",
+        params![cut as i64],
+    )
+    .unwrap();
+    c.execute(
+        "DELETE FROM audit_checkpoints WHERE seq > ?1",
+        params![cut as i64],
+    )
+    .unwrap();
     let report = verify(&reader(&path).await, Some(&public)).await.unwrap();
     assert!(report.is_ok());
     assert_eq!(report.nodes[0].last_seq, cut);
@@ -210,7 +321,9 @@ async fn no_public_key_means_no_signature_check_and_a_warning() {
     let path = dir.path().join("audit.db");
     write_signed(&path, 8).await;
     let records = all_records(&reader(&path).await).await;
-    let rewritten = rewrite_from(&records, nth_event(&records, 2), |p| replace_bytes(p, "from orders", "from ordert"));
+    let rewritten = rewrite_from(&records, nth_event(&records, 2), |p| {
+        replace_bytes(p, "from orders", "from ordert")
+    });
     write_rows(&db(&path), &rewritten);
     let report = verify(&reader(&path).await, None).await.unwrap();
     // Without the key the rewritten checkpoint's signed hash still disagrees with its chain.
@@ -227,12 +340,19 @@ async fn the_chain_continues_across_reopen() {
     let first = all_records(&reader(&path).await).await;
     // Reopen with the same key: write_signed makes a new key, so reopen by hand.
     let (signer, _) = keys();
-    let cfg = config(vec![SinkConfig::Sqlite { path: path.clone() }], Durability::Batched);
+    let cfg = config(
+        vec![SinkConfig::Sqlite { path: path.clone() }],
+        Durability::Batched,
+    );
     let log = AuditLog::open(&cfg, NODE).await.unwrap();
     log.record(event(NODE, 100)).await.unwrap();
     log.shutdown().await.unwrap();
-    let sink = SqliteSink::open(&path, OpenMode::Write(Durability::Sync)).await.unwrap();
-    let log = AuditLog::with_sinks(NODE, &cfg, vec![Box::new(sink)], Some(signer)).await.unwrap();
+    let sink = SqliteSink::open(&path, OpenMode::Write(Durability::Sync))
+        .await
+        .unwrap();
+    let log = AuditLog::with_sinks(NODE, &cfg, vec![Box::new(sink)], Some(signer))
+        .await
+        .unwrap();
     log.record(event(NODE, 101)).await.unwrap();
     log.shutdown().await.unwrap();
     let all = all_records(&reader(&path).await).await;
@@ -240,7 +360,9 @@ async fn the_chain_continues_across_reopen() {
     assert_eq!(reopened.seq, first.len() as u64 + 1);
     assert_eq!(reopened.prev_hash, first.last().unwrap().hash);
     assert_eq!(reopened.event, "log_opened");
-    assert!(reopened.payload_text().contains(&format!("\"previous_seq\":{}", first.len())));
+    assert!(reopened
+        .payload_text()
+        .contains(&format!("\"previous_seq\":{}", first.len())));
     // Checkpoints made with the first key verify with it; the later key's do not.
     let report = verify(&reader(&path).await, Some(&public)).await.unwrap();
     let f = report.first_failure().unwrap();
@@ -252,7 +374,10 @@ async fn the_chain_continues_across_reopen() {
 async fn sync_records_are_readable_from_a_fresh_connection_when_record_returns() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("audit.db");
-    let cfg = config(vec![SinkConfig::Sqlite { path: path.clone() }], Durability::Sync);
+    let cfg = config(
+        vec![SinkConfig::Sqlite { path: path.clone() }],
+        Durability::Sync,
+    );
     let log = AuditLog::open(&cfg, NODE).await.unwrap();
     for i in 0..20u64 {
         log.record(event(NODE, i)).await.unwrap();
@@ -281,10 +406,17 @@ async fn flaky_log(
     let mut cfg = config(vec![SinkConfig::Sqlite { path: path.clone() }], durability);
     cfg.on_failure = on_failure;
     let failing = Arc::new(AtomicBool::new(false));
-    let inner = SqliteSink::open(&path, OpenMode::Write(durability)).await.unwrap();
-    let sink = FlakySink { inner: Box::new(inner), failing: Arc::clone(&failing) };
+    let inner = SqliteSink::open(&path, OpenMode::Write(durability))
+        .await
+        .unwrap();
+    let sink = FlakySink {
+        inner: Box::new(inner),
+        failing: Arc::clone(&failing),
+    };
     let (signer, _) = keys();
-    let log = AuditLog::with_sinks(NODE, &cfg, vec![Box::new(sink)], Some(signer)).await.unwrap();
+    let log = AuditLog::with_sinks(NODE, &cfg, vec![Box::new(sink)], Some(signer))
+        .await
+        .unwrap();
     (log, failing, path)
 }
 
@@ -296,7 +428,11 @@ async fn fails_closed_within_a_bound_and_recovers() {
     failing.store(true, Ordering::SeqCst);
     let started = Instant::now();
     let err = log.record(event(NODE, 1)).await.unwrap_err();
-    assert!(started.elapsed() < Duration::from_secs(3), "took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        started.elapsed()
+    );
     assert_eq!(err.kind, gateway_core::ErrorKind::AuditUnavailable);
     assert!(err.message.contains("disk full"), "{err}");
     // Meanwhile every record() fails at once.
@@ -316,9 +452,15 @@ async fn fails_closed_within_a_bound_and_recovers() {
     assert!(stats.refused.load(Ordering::Relaxed) >= 2);
     assert!(stats.failed.load(Ordering::Relaxed) >= 1);
     let records = all_records(&reader(&path).await).await;
-    let recovered = records.iter().find(|r| r.event == "sink_recovered").expect("recovery notice");
+    let recovered = records
+        .iter()
+        .find(|r| r.event == "sink_recovered")
+        .expect("recovery notice");
     let text = recovered.payload_text();
-    assert!(text.contains("were written after their callers had been told"), "{text}");
+    assert!(
+        text.contains("were written after their callers had been told"),
+        "{text}"
+    );
     let report = verify(&reader(&path).await, None).await.unwrap();
     assert!(report.is_ok(), "{report:?}");
 }
@@ -343,10 +485,19 @@ async fn fail_open_counts_drops_and_keeps_going() {
     failing.store(false, Ordering::SeqCst);
     log.shutdown().await.unwrap();
     let records = all_records(&reader(&path).await).await;
-    let notice = records.iter().find(|r| r.event == "sink_recovered").expect("recovery notice");
-    assert!(notice.payload_text().contains("\"dropped\":10"), "{}", notice.payload_text());
+    let notice = records
+        .iter()
+        .find(|r| r.event == "sink_recovered")
+        .expect("recovery notice");
+    assert!(
+        notice.payload_text().contains("\"dropped\":10"),
+        "{}",
+        notice.payload_text()
+    );
     // The record queued before the failure was kept.
-    assert!(records.iter().any(|r| r.payload_text().contains("\"statement_id\":1,")));
+    assert!(records
+        .iter()
+        .any(|r| r.payload_text().contains("\"statement_id\":1,")));
     assert!(verify(&reader(&path).await, None).await.unwrap().is_ok());
 }
 
@@ -355,34 +506,64 @@ async fn shutdown_drains_the_queue_and_signs_the_end() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("audit.db");
     let (signer, public) = keys();
-    let mut cfg = config(vec![SinkConfig::Sqlite { path: path.clone() }], Durability::Batched);
+    let mut cfg = config(
+        vec![SinkConfig::Sqlite { path: path.clone() }],
+        Durability::Batched,
+    );
     cfg.checkpoint_every_records = 100_000;
-    let sink = SqliteSink::open(&path, OpenMode::Write(Durability::Batched)).await.unwrap();
-    let log = Arc::new(AuditLog::with_sinks(NODE, &cfg, vec![Box::new(sink)], Some(signer)).await.unwrap());
+    let sink = SqliteSink::open(&path, OpenMode::Write(Durability::Batched))
+        .await
+        .unwrap();
+    let log = Arc::new(
+        AuditLog::with_sinks(NODE, &cfg, vec![Box::new(sink)], Some(signer))
+            .await
+            .unwrap(),
+    );
     for i in 0..500 {
         log.record(event(NODE, i)).await.unwrap();
     }
     log.shutdown().await.unwrap();
-    assert!(log.record(event(NODE, 9999)).await.is_err(), "a shut-down log refuses records");
+    assert!(
+        log.record(event(NODE, 9999)).await.is_err(),
+        "a shut-down log refuses records"
+    );
     let records = all_records(&reader(&path).await).await;
-    assert_eq!(records.iter().filter(|r| r.kind == RecordKind::Event).count(), 500);
+    assert_eq!(
+        records
+            .iter()
+            .filter(|r| r.kind == RecordKind::Event)
+            .count(),
+        500
+    );
     assert_eq!(records.last().unwrap().kind, RecordKind::Checkpoint);
     let report = verify(&reader(&path).await, Some(&public)).await.unwrap();
-    assert!(report.is_ok() && report.nodes[0].unsigned_tail == 1, "{report:?}");
+    assert!(
+        report.is_ok() && report.nodes[0].unsigned_tail == 1,
+        "{report:?}"
+    );
 }
 
 #[tokio::test]
 async fn batched_throughput_smoke() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("audit.db");
-    let mut cfg = config(vec![SinkConfig::Sqlite { path: path.clone() }], Durability::Batched);
+    let mut cfg = config(
+        vec![SinkConfig::Sqlite { path: path.clone() }],
+        Durability::Batched,
+    );
     cfg.queue_capacity = 4096;
     cfg.batch_max_records = 512;
     cfg.checkpoint_every_records = 1000;
     cfg.retry_for = Duration::from_secs(5);
-    let sink = SqliteSink::open(&path, OpenMode::Write(Durability::Batched)).await.unwrap();
+    let sink = SqliteSink::open(&path, OpenMode::Write(Durability::Batched))
+        .await
+        .unwrap();
     let (signer, public) = keys();
-    let log = Arc::new(AuditLog::with_sinks(NODE, &cfg, vec![Box::new(sink)], Some(signer)).await.unwrap());
+    let log = Arc::new(
+        AuditLog::with_sinks(NODE, &cfg, vec![Box::new(sink)], Some(signer))
+            .await
+            .unwrap(),
+    );
     let started = Instant::now();
     let mut tasks = Vec::new();
     for t in 0..4u64 {
@@ -412,9 +593,16 @@ async fn tail_and_search_use_the_indexes() {
     let last = audit::tail(&sink, 3, Some(NODE)).await.unwrap();
     assert_eq!(last.len(), 3);
     assert!(last[0].seq < last[2].seq);
-    let denied = audit::search(&sink, &SearchFilter { verdict: Some("deny".into()), ..Default::default() }, 100)
-        .await
-        .unwrap();
+    let denied = audit::search(
+        &sink,
+        &SearchFilter {
+            verdict: Some("deny".into()),
+            ..Default::default()
+        },
+        100,
+    )
+    .await
+    .unwrap();
     assert_eq!(denied.len(), (0..30).filter(|i| i % 7 == 3).count());
     assert!(denied.iter().all(|r| r.event == "statement_denied"));
     let alice_text = SearchFilter {
@@ -425,7 +613,10 @@ async fn tail_and_search_use_the_indexes() {
     };
     let found = audit::search(&sink, &alice_text, 100).await.unwrap();
     assert_eq!(found.len(), 1);
-    let future = SearchFilter { since: Some(std::time::SystemTime::now() + Duration::from_secs(60)), ..Default::default() };
+    let future = SearchFilter {
+        since: Some(std::time::SystemTime::now() + Duration::from_secs(60)),
+        ..Default::default()
+    };
     assert!(audit::search(&sink, &future, 100).await.unwrap().is_empty());
     // The generic scan-based search agrees with the SQL one.
     struct Scanning<'a>(&'a SqliteSink);
@@ -440,13 +631,22 @@ async fn tail_and_search_use_the_indexes() {
         async fn tail(&self, n: &str) -> Result<Option<StoredRecord>, audit::SinkError> {
             self.0.tail(n).await
         }
-        async fn scan(&self, c: audit::ScanCursor, l: usize) -> Result<audit::ScanPage, audit::SinkError> {
+        async fn scan(
+            &self,
+            c: audit::ScanCursor,
+            l: usize,
+        ) -> Result<audit::ScanPage, audit::SinkError> {
             self.0.scan(c, l).await
         }
         async fn checkpoint_copies(&self) -> Result<Vec<(String, StoredRecord)>, audit::SinkError> {
             self.0.checkpoint_copies().await
         }
     }
-    assert_eq!(audit::search(&Scanning(&sink), &alice_text, 100).await.unwrap(), found);
+    assert_eq!(
+        audit::search(&Scanning(&sink), &alice_text, 100)
+            .await
+            .unwrap(),
+        found
+    );
     assert_eq!(audit::tail(&Scanning(&sink), 3, None).await.unwrap(), last);
 }

@@ -22,7 +22,13 @@ pub enum ApprovalOutcome {
 #[async_trait::async_trait]
 pub trait ApprovalService: Send + Sync {
     /// May wait (bounded by the implementation) for a decision.
-    async fn request(&self, identity: &Identity, target: &Target, sql: &str, verdict: &Verdict) -> ApprovalOutcome;
+    async fn request(
+        &self,
+        identity: &Identity,
+        target: &Target,
+        sql: &str,
+        verdict: &Verdict,
+    ) -> ApprovalOutcome;
 }
 
 /// Refuses every held statement, naming the rule: the built-in until approvals are configured.
@@ -31,11 +37,20 @@ pub struct NoApprovals;
 
 #[async_trait::async_trait]
 impl ApprovalService for NoApprovals {
-    async fn request(&self, _: &Identity, _: &Target, _: &str, verdict: &Verdict) -> ApprovalOutcome {
+    async fn request(
+        &self,
+        _: &Identity,
+        _: &Target,
+        _: &str,
+        verdict: &Verdict,
+    ) -> ApprovalOutcome {
         let mut e = GatewayError::new(
             ErrorKind::ApprovalRequired,
             Side::Gateway,
-            verdict.reason.clone().unwrap_or_else(|| "this statement requires approval".into()),
+            verdict
+                .reason
+                .clone()
+                .unwrap_or_else(|| "this statement requires approval".into()),
         )
         .with_hint("approvals are not configured on this gateway; ask an administrator");
         e.rule = verdict.rule.as_deref().map(str::to_owned);

@@ -21,7 +21,11 @@ pub struct RecordedError {
 
 impl From<&GatewayError> for RecordedError {
     fn from(e: &GatewayError) -> Self {
-        Self { side: e.side, code: None, message: e.to_string() }
+        Self {
+            side: e.side,
+            code: None,
+            message: e.to_string(),
+        }
     }
 }
 

@@ -99,7 +99,14 @@ pub struct GatewayError {
 impl GatewayError {
     /// A new error of `kind` caused by `side`.
     pub fn new(kind: ErrorKind, side: Side, message: impl Into<String>) -> Self {
-        Self { kind, side, message: message.into(), detail: None, hint: None, rule: None }
+        Self {
+            kind,
+            side,
+            message: message.into(),
+            detail: None,
+            hint: None,
+            rule: None,
+        }
     }
 
     /// Authentication failure caused by the client's credentials.

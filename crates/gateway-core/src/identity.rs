@@ -61,7 +61,9 @@ impl Credentials {
     /// The user name the client asked for.
     pub fn user(&self) -> &str {
         match self {
-            Credentials::Password { user, .. } | Credentials::ClientCertificate { user, .. } => user,
+            Credentials::Password { user, .. } | Credentials::ClientCertificate { user, .. } => {
+                user
+            }
         }
     }
 }
@@ -70,10 +72,15 @@ impl std::fmt::Debug for Credentials {
     // Hand-written so that a password or token can never reach a log through `{:?}`.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Credentials::Password { user, .. } => {
-                f.debug_struct("Password").field("user", user).field("password", &"<redacted>").finish()
-            }
-            Credentials::ClientCertificate { user, certificate_der } => f
+            Credentials::Password { user, .. } => f
+                .debug_struct("Password")
+                .field("user", user)
+                .field("password", &"<redacted>")
+                .finish(),
+            Credentials::ClientCertificate {
+                user,
+                certificate_der,
+            } => f
                 .debug_struct("ClientCertificate")
                 .field("user", user)
                 .field("certificate_len", &certificate_der.len())
@@ -114,7 +121,13 @@ pub struct DenyAllAuthenticator;
 
 #[async_trait::async_trait]
 impl Authenticator for DenyAllAuthenticator {
-    async fn authenticate(&self, _: &Credentials, _: &ClientInfo) -> Result<Identity, GatewayError> {
-        Err(GatewayError::auth("no authentication method is configured on this gateway"))
+    async fn authenticate(
+        &self,
+        _: &Credentials,
+        _: &ClientInfo,
+    ) -> Result<Identity, GatewayError> {
+        Err(GatewayError::auth(
+            "no authentication method is configured on this gateway",
+        ))
     }
 }

@@ -34,9 +34,15 @@ pub mod target;
 pub use approval::{ApprovalOutcome, ApprovalService, NoApprovals};
 pub use audit::{AuditEvent, AuditRecord, AuditSink, LogAuditSink, RecordedError};
 pub use error::{ErrorKind, GatewayError, Side};
-pub use identity::{AuthMethod, Authenticator, ClientInfo, Credentials, DenyAllAuthenticator, Identity};
+pub use identity::{
+    AuthMethod, Authenticator, ClientInfo, Credentials, DenyAllAuthenticator, Identity,
+};
 pub use masking::{Masker, NoMasking, ResultColumn, RowMasker};
 pub use metrics::{ActiveSession, Metrics};
-pub use policy::{Access, AllowAll, Decision, Judgement, PolicyEngine, SqlSettings, StatementContext, Verdict};
-pub use session::{Execution, Gateway, GatewayBuilder, Outcome, Session, SessionContext, SessionRequest, Statement};
+pub use policy::{
+    Access, AllowAll, Decision, Judgement, PolicyEngine, SqlSettings, StatementContext, Verdict,
+};
+pub use session::{
+    Execution, Gateway, GatewayBuilder, Outcome, Session, SessionContext, SessionRequest, Statement,
+};
 pub use target::{Protocol, Target, Targets, UpstreamTls};

@@ -28,7 +28,11 @@ pub trait Masker: Send + Sync {
     fn is_active(&self, session: &SessionContext) -> bool;
 
     /// Runs once per result set, when its column metadata arrives. `None` means forward untouched.
-    fn row_masker(&self, session: &SessionContext, columns: &[ResultColumn]) -> Option<Box<dyn RowMasker>>;
+    fn row_masker(
+        &self,
+        session: &SessionContext,
+        columns: &[ResultColumn],
+    ) -> Option<Box<dyn RowMasker>>;
 }
 
 /// Masks nothing: the built-in until masking rules are configured.

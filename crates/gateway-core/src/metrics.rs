@@ -36,8 +36,10 @@ use crate::error::{ErrorKind, Side};
 use crate::target::Protocol;
 
 /// Upper bounds of the statement duration buckets, in seconds: 100 µs to 10 s in 1-2.5-5 steps.
-const DURATION_BUCKETS: [f64; 16] =
-    [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+const DURATION_BUCKETS: [f64; 16] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
 
 /// A source of the audit queue depth, read at every scrape.
 pub type QueueDepthFn = Box<dyn Fn() -> i64 + Send + Sync>;
@@ -103,15 +105,24 @@ impl Default for Metrics {
 impl Metrics {
     /// The HTTP `Content-Type` of [`encode`](Self::encode)'s output (OpenMetrics text 1.0, which
     /// Prometheus scrapes natively).
-    pub const CONTENT_TYPE: &'static str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+    pub const CONTENT_TYPE: &'static str =
+        "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
     /// A fresh set of metrics, all at zero.
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("portcullis");
         let connections = Family::<ProtocolLabels, Counter>::default();
-        registry.register("connections", "Client connections accepted", connections.clone());
+        registry.register(
+            "connections",
+            "Client connections accepted",
+            connections.clone(),
+        );
         let sessions_active = Family::<ProtocolLabels, Gauge>::default();
-        registry.register("sessions_active", "Sessions logged in and relaying", sessions_active.clone());
+        registry.register(
+            "sessions_active",
+            "Sessions logged in and relaying",
+            sessions_active.clone(),
+        );
         let logins_failed = Family::<LoginLabels, Counter>::default();
         registry.register(
             "logins_failed",
@@ -139,13 +150,25 @@ impl Metrics {
             statement_errors.clone(),
         );
         let audit_failures = Counter::default();
-        registry.register("audit_failures", "Audit records the audit sink refused", audit_failures.clone());
+        registry.register(
+            "audit_failures",
+            "Audit records the audit sink refused",
+            audit_failures.clone(),
+        );
         let audit_queue_depth = Arc::new(QueueDepth::default());
         registry.register_collector(Box::new(Arc::clone(&audit_queue_depth)));
         let masked_values = Counter::default();
-        registry.register("masked_values", "Values rewritten by maskers", masked_values.clone());
+        registry.register(
+            "masked_values",
+            "Values rewritten by maskers",
+            masked_values.clone(),
+        );
         let approvals_pending = Gauge::default();
-        registry.register("approvals_pending", "Approval requests waiting for a decision", approvals_pending.clone());
+        registry.register(
+            "approvals_pending",
+            "Approval requests waiting for a decision",
+            approvals_pending.clone(),
+        );
         Self {
             registry,
             connections,
@@ -196,7 +219,11 @@ impl Metrics {
     /// replaces the earlier source. Until one is registered the gauge is absent. `depth` runs on
     /// the scraping task, so it must be cheap (an atomic load).
     pub fn register_audit_queue_depth(&self, depth: QueueDepthFn) {
-        *self.audit_queue_depth.source.write().unwrap_or_else(|e| e.into_inner()) = Some(depth);
+        *self
+            .audit_queue_depth
+            .source
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = Some(depth);
     }
 
     /// Adds `n` values rewritten by a masker.
@@ -211,7 +238,12 @@ impl Metrics {
 
     /// Counts a refused login of `protocol`, labelled with the error kind.
     pub(crate) fn login_failed(&self, protocol: Protocol, kind: ErrorKind) {
-        self.logins_failed.get_or_create(&LoginLabels { protocol: protocol.as_str(), reason: kind.as_str() }).inc();
+        self.logins_failed
+            .get_or_create(&LoginLabels {
+                protocol: protocol.as_str(),
+                reason: kind.as_str(),
+            })
+            .inc();
     }
 
     /// The pre-resolved series of `protocol`.
@@ -253,8 +285,16 @@ pub(crate) struct ProtocolMetrics {
 
 impl ProtocolMetrics {
     fn resolve(m: &Metrics, protocol: &'static str) -> Self {
-        let verdict = |verdict| m.statements.get_or_create_owned(&VerdictLabels { protocol, verdict });
-        let side = |side: Side| m.statement_errors.get_or_create_owned(&SideLabels { protocol, side: side.as_str() });
+        let verdict = |verdict| {
+            m.statements
+                .get_or_create_owned(&VerdictLabels { protocol, verdict })
+        };
+        let side = |side: Side| {
+            m.statement_errors.get_or_create_owned(&SideLabels {
+                protocol,
+                side: side.as_str(),
+            })
+        };
         let labels = ProtocolLabels { protocol };
         Self {
             connections: m.connections.get_or_create_owned(&labels),
@@ -264,7 +304,11 @@ impl ProtocolMetrics {
             approval_required: verdict("approval_required"),
             audit_refused: verdict("audit_refused"),
             duration: m.statement_duration.get_or_create_owned(&labels),
-            errors: [side(Side::Client), side(Side::Upstream), side(Side::Gateway)],
+            errors: [
+                side(Side::Client),
+                side(Side::Upstream),
+                side(Side::Gateway),
+            ],
             audit_failures: m.audit_failures.clone(),
         }
     }
@@ -300,7 +344,9 @@ impl fmt::Debug for QueueDepth {
 impl Collector for QueueDepth {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
         let source = self.source.read().unwrap_or_else(|e| e.into_inner());
-        let Some(depth) = source.as_ref() else { return Ok(()) };
+        let Some(depth) = source.as_ref() else {
+            return Ok(());
+        };
         let gauge = ConstGauge::new(depth());
         let metric = encoder.encode_descriptor(
             "audit_queue_depth",
@@ -319,9 +365,9 @@ mod tests {
 
     use super::*;
     use crate::{
-        Access, AuditRecord, AuditSink, AuthMethod, Authenticator, ClientInfo, Credentials, Decision, Gateway,
-        GatewayError, Identity, Judgement, Outcome, PolicyEngine, RecordedError, SessionRequest, SqlSettings,
-        StatementContext, Target, Targets, UpstreamTls, Verdict,
+        Access, AuditRecord, AuditSink, AuthMethod, Authenticator, ClientInfo, Credentials,
+        Decision, Gateway, GatewayError, Identity, Judgement, Outcome, PolicyEngine, RecordedError,
+        SessionRequest, SqlSettings, StatementContext, Target, Targets, UpstreamTls, Verdict,
     };
 
     /// Admits `alice` with the password `secret`.
@@ -329,14 +375,22 @@ mod tests {
 
     #[async_trait::async_trait]
     impl Authenticator for FixedPassword {
-        async fn authenticate(&self, c: &Credentials, _: &ClientInfo) -> Result<Identity, GatewayError> {
+        async fn authenticate(
+            &self,
+            c: &Credentials,
+            _: &ClientInfo,
+        ) -> Result<Identity, GatewayError> {
             match c {
-                Credentials::Password { user, password } if user == "alice" && password == "secret" => Ok(Identity {
-                    subject: user.clone(),
-                    groups: vec![],
-                    auth_method: AuthMethod::Password,
-                    claims: BTreeMap::new(),
-                }),
+                Credentials::Password { user, password }
+                    if user == "alice" && password == "secret" =>
+                {
+                    Ok(Identity {
+                        subject: user.clone(),
+                        groups: vec![],
+                        auth_method: AuthMethod::Password,
+                        claims: BTreeMap::new(),
+                    })
+                }
                 _ => Err(GatewayError::auth("wrong password")),
             }
         }
@@ -353,11 +407,18 @@ mod tests {
             let verdict = if sql.contains("forbidden") {
                 Verdict::deny("no-forbidden", "forbidden")
             } else if sql.contains("risky") {
-                Verdict { decision: Decision::NeedsApproval, rule: Some(Arc::from("hold-risky")), reason: None }
+                Verdict {
+                    decision: Decision::NeedsApproval,
+                    rule: Some(Arc::from("hold-risky")),
+                    reason: None,
+                }
             } else {
                 Verdict::allow(None)
             };
-            Arc::new(Judgement { verdict, classification: None })
+            Arc::new(Judgement {
+                verdict,
+                classification: None,
+            })
         }
     }
 
@@ -400,7 +461,10 @@ mod tests {
 
     fn request(password: &str, database: &str) -> SessionRequest {
         SessionRequest {
-            credentials: Credentials::Password { user: "alice".into(), password: password.into() },
+            credentials: Credentials::Password {
+                user: "alice".into(),
+                password: password.into(),
+            },
             client: ClientInfo {
                 addr: "127.0.0.1:40000".parse().unwrap(),
                 protocol: "postgres",
@@ -414,11 +478,16 @@ mod tests {
 
     /// The value of one series in the exposition, or `None` when the series is absent.
     fn value(exposition: &str, series: &str) -> Option<f64> {
-        exposition.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        exposition
+            .lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
     }
 
     fn statements(exposition: &str, verdict: &str) -> Option<f64> {
-        value(exposition, &format!("portcullis_statements_total{{protocol=\"postgres\",verdict=\"{verdict}\"}}"))
+        value(
+            exposition,
+            &format!("portcullis_statements_total{{protocol=\"postgres\",verdict=\"{verdict}\"}}"),
+        )
     }
 
     #[tokio::test]
@@ -433,20 +502,57 @@ mod tests {
         // Allowed, completes with rows.
         let stmt = session.prepare("select 1", &settings).await.unwrap();
         let exec = session.execute(&stmt).await.unwrap();
-        session.finish(exec, Outcome { rows: 1, tag: Some("SELECT 1".into()), ..Outcome::default() }).await.unwrap();
+        session
+            .finish(
+                exec,
+                Outcome {
+                    rows: 1,
+                    tag: Some("SELECT 1".into()),
+                    ..Outcome::default()
+                },
+            )
+            .await
+            .unwrap();
         // Allowed, fails upstream.
         let exec = session.execute(&stmt).await.unwrap();
-        let error =
-            RecordedError { side: Side::Upstream, code: Some("22012".into()), message: "division by zero".into() };
-        session.finish(exec, Outcome { error: Some(error), ..Outcome::default() }).await.unwrap();
+        let error = RecordedError {
+            side: Side::Upstream,
+            code: Some("22012".into()),
+            message: "division by zero".into(),
+        };
+        session
+            .finish(
+                exec,
+                Outcome {
+                    error: Some(error),
+                    ..Outcome::default()
+                },
+            )
+            .await
+            .unwrap();
         // Allowed, skipped after the error ahead of it: counted, but never timed.
         let exec = session.execute(&stmt).await.unwrap();
-        session.finish(exec, Outcome { skipped: true, ..Outcome::default() }).await.unwrap();
+        session
+            .finish(
+                exec,
+                Outcome {
+                    skipped: true,
+                    ..Outcome::default()
+                },
+            )
+            .await
+            .unwrap();
         // Denied by policy.
-        let denied = session.prepare("select 'forbidden'", &settings).await.unwrap_err();
+        let denied = session
+            .prepare("select 'forbidden'", &settings)
+            .await
+            .unwrap_err();
         assert_eq!(denied.kind, ErrorKind::PolicyDenied);
         // Held for approval, and no approval service grants it.
-        let held = session.prepare("delete from t -- risky", &settings).await.unwrap();
+        let held = session
+            .prepare("delete from t -- risky", &settings)
+            .await
+            .unwrap();
         let refused = session.execute(&held).await.err().unwrap();
         assert_eq!(refused.kind, ErrorKind::ApprovalRequired);
         session.close(None).await;
@@ -457,30 +563,57 @@ mod tests {
         assert_eq!(statements(&text, "approval_required"), Some(1.0), "{text}");
         assert_eq!(statements(&text, "audit_refused"), Some(0.0), "{text}");
         let login = |reason: &str| {
-            value(&text, &format!("portcullis_logins_failed_total{{protocol=\"postgres\",reason=\"{reason}\"}}"))
+            value(
+                &text,
+                &format!(
+                    "portcullis_logins_failed_total{{protocol=\"postgres\",reason=\"{reason}\"}}"
+                ),
+            )
         };
         assert_eq!(login("authentication"), Some(1.0), "{text}");
         assert_eq!(login("unknown_target"), Some(1.0), "{text}");
-        assert_eq!(login("access_denied"), None, "only reasons that happened have a series: {text}");
+        assert_eq!(
+            login("access_denied"),
+            None,
+            "only reasons that happened have a series: {text}"
+        );
         let errors = |side: &str| {
-            value(&text, &format!("portcullis_statement_errors_total{{protocol=\"postgres\",side=\"{side}\"}}"))
+            value(
+                &text,
+                &format!(
+                    "portcullis_statement_errors_total{{protocol=\"postgres\",side=\"{side}\"}}"
+                ),
+            )
         };
         assert_eq!(errors("upstream"), Some(1.0), "{text}");
         assert_eq!(errors("client"), Some(0.0), "{text}");
         assert_eq!(errors("gateway"), Some(0.0), "{text}");
         assert_eq!(
-            value(&text, "portcullis_statement_duration_seconds_count{protocol=\"postgres\"}"),
+            value(
+                &text,
+                "portcullis_statement_duration_seconds_count{protocol=\"postgres\"}"
+            ),
             Some(2.0),
             "{text}"
         );
         // The buckets span 100 µs to 10 s; a unit-test execution finishes within the largest.
         assert_eq!(
-            value(&text, "portcullis_statement_duration_seconds_bucket{le=\"10.0\",protocol=\"postgres\"}"),
+            value(
+                &text,
+                "portcullis_statement_duration_seconds_bucket{le=\"10.0\",protocol=\"postgres\"}"
+            ),
             Some(2.0),
             "{text}"
         );
-        assert!(text.contains("# UNIT portcullis_statement_duration_seconds seconds"), "{text}");
-        assert_eq!(value(&text, "portcullis_audit_failures_total"), Some(0.0), "{text}");
+        assert!(
+            text.contains("# UNIT portcullis_statement_duration_seconds seconds"),
+            "{text}"
+        );
+        assert_eq!(
+            value(&text, "portcullis_audit_failures_total"),
+            Some(0.0),
+            "{text}"
+        );
         // A protocol nobody used has no series.
         assert!(!text.contains("protocol=\"mysql\""), "{text}");
         assert!(text.ends_with("# EOF\n"), "{text}");
@@ -503,7 +636,11 @@ mod tests {
         let text = gw.metrics().encode();
         assert_eq!(statements(&text, "audit_refused"), Some(1.0), "{text}");
         assert_eq!(statements(&text, "allowed"), Some(0.0), "{text}");
-        assert_eq!(value(&text, "portcullis_audit_failures_total"), Some(2.0), "{text}");
+        assert_eq!(
+            value(&text, "portcullis_audit_failures_total"),
+            Some(2.0),
+            "{text}"
+        );
     }
 
     #[tokio::test]
@@ -524,29 +661,58 @@ mod tests {
         metrics.add_masked_values(3);
         metrics.set_approvals_pending(2);
         let text = metrics.encode();
-        assert_eq!(value(&text, "portcullis_connections_total{protocol=\"postgres\"}"), Some(2.0), "{text}");
+        assert_eq!(
+            value(&text, "portcullis_connections_total{protocol=\"postgres\"}"),
+            Some(2.0),
+            "{text}"
+        );
         assert_eq!(value(&text, active), Some(0.0), "{text}");
-        assert_eq!(value(&text, "portcullis_masked_values_total"), Some(3.0), "{text}");
-        assert_eq!(value(&text, "portcullis_approvals_pending"), Some(2.0), "{text}");
+        assert_eq!(
+            value(&text, "portcullis_masked_values_total"),
+            Some(3.0),
+            "{text}"
+        );
+        assert_eq!(
+            value(&text, "portcullis_approvals_pending"),
+            Some(2.0),
+            "{text}"
+        );
         // No audit queue registered: no gauge rather than a made-up zero.
         assert!(!text.contains("portcullis_audit_queue_depth"), "{text}");
 
         let depth = Arc::new(AtomicI64::new(7));
         let source = Arc::clone(&depth);
         metrics.register_audit_queue_depth(Box::new(move || source.load(Ordering::Relaxed)));
-        assert_eq!(value(&metrics.encode(), "portcullis_audit_queue_depth"), Some(7.0));
+        assert_eq!(
+            value(&metrics.encode(), "portcullis_audit_queue_depth"),
+            Some(7.0)
+        );
         depth.store(0, Ordering::Relaxed);
         let text = metrics.encode();
-        assert_eq!(value(&text, "portcullis_audit_queue_depth"), Some(0.0), "{text}");
-        assert!(text.contains("# TYPE portcullis_audit_queue_depth gauge"), "{text}");
+        assert_eq!(
+            value(&text, "portcullis_audit_queue_depth"),
+            Some(0.0),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE portcullis_audit_queue_depth gauge"),
+            "{text}"
+        );
     }
 
     #[tokio::test]
     async fn gateways_in_one_process_count_separately() {
         let (a, b) = (gateway(Arc::default()), gateway(Arc::default()));
-        a.open_session(request("secret", "app")).await.unwrap().close(None).await;
+        a.open_session(request("secret", "app"))
+            .await
+            .unwrap()
+            .close(None)
+            .await;
         let session = a.open_session(request("secret", "app")).await.unwrap();
-        let stmt = session.prepare("select 1", &SqlSettings::default()).await.unwrap();
+        let stmt = session
+            .prepare("select 1", &SqlSettings::default())
+            .await
+            .unwrap();
         let exec = session.execute(&stmt).await.unwrap();
         session.finish(exec, Outcome::default()).await.unwrap();
         assert_eq!(statements(&a.metrics().encode(), "allowed"), Some(1.0));
@@ -573,10 +739,18 @@ mod tests {
             Internal,
         ];
         for kind in kinds {
-            assert_eq!(serde_json::to_value(kind).unwrap(), kind.as_str(), "{kind:?}");
+            assert_eq!(
+                serde_json::to_value(kind).unwrap(),
+                kind.as_str(),
+                "{kind:?}"
+            );
         }
         for side in [Side::Client, Side::Upstream, Side::Gateway] {
-            assert_eq!(serde_json::to_value(side).unwrap(), side.as_str(), "{side:?}");
+            assert_eq!(
+                serde_json::to_value(side).unwrap(),
+                side.as_str(),
+                "{side:?}"
+            );
         }
     }
 }

@@ -42,12 +42,20 @@ pub struct Verdict {
 impl Verdict {
     /// Allowed by `rule`.
     pub fn allow(rule: Option<Arc<str>>) -> Self {
-        Self { decision: Decision::Allow, rule, reason: None }
+        Self {
+            decision: Decision::Allow,
+            rule,
+            reason: None,
+        }
     }
 
     /// Denied by `rule` for `reason`.
     pub fn deny(rule: impl Into<Arc<str>>, reason: impl Into<String>) -> Self {
-        Self { decision: Decision::Deny, rule: Some(rule.into()), reason: Some(reason.into()) }
+        Self {
+            decision: Decision::Deny,
+            rule: Some(rule.into()),
+            reason: Some(reason.into()),
+        }
     }
 }
 
@@ -79,7 +87,12 @@ pub struct SqlSettings {
 
 impl Default for SqlSettings {
     fn default() -> Self {
-        Self { default_schema: None, standard_conforming_strings: true, ansi_quotes: false, no_backslash_escapes: false }
+        Self {
+            default_schema: None,
+            standard_conforming_strings: true,
+            ansi_quotes: false,
+            no_backslash_escapes: false,
+        }
     }
 }
 
@@ -116,7 +129,12 @@ pub struct AllowAll {
 
 impl Default for AllowAll {
     fn default() -> Self {
-        Self { allowed: Arc::new(Judgement { verdict: Verdict::allow(None), classification: None }) }
+        Self {
+            allowed: Arc::new(Judgement {
+                verdict: Verdict::allow(None),
+                classification: None,
+            }),
+        }
     }
 }
 

@@ -12,7 +12,9 @@ use crate::error::{ErrorKind, GatewayError, Side};
 use crate::identity::{Authenticator, ClientInfo, Credentials, DenyAllAuthenticator, Identity};
 use crate::masking::{Masker, NoMasking, ResultColumn, RowMasker};
 use crate::metrics::{Metrics, ProtocolMetrics};
-use crate::policy::{Access, AllowAll, Decision, Judgement, PolicyEngine, SqlSettings, StatementContext};
+use crate::policy::{
+    Access, AllowAll, Decision, Judgement, PolicyEngine, SqlSettings, StatementContext,
+};
 use crate::target::{Protocol, Target, Targets};
 
 struct Inner {
@@ -168,9 +170,22 @@ impl Gateway {
             Ok((identity, target, access)) => {
                 let subject = Arc::from(identity.subject.as_str());
                 let target_name = Arc::from(target.name.as_str());
-                let ctx = Arc::new(SessionContext { id, identity, target, access, client, subject, target_name });
+                let ctx = Arc::new(SessionContext {
+                    id,
+                    identity,
+                    target,
+                    access,
+                    client,
+                    subject,
+                    target_name,
+                });
                 let metrics = Arc::clone(self.inner.metrics.protocol(req.protocol));
-                let session = Session { gateway: self.clone(), ctx, statements: AtomicU64::new(0), metrics };
+                let session = Session {
+                    gateway: self.clone(),
+                    ctx,
+                    statements: AtomicU64::new(0),
+                    metrics,
+                };
                 session
                     .record(AuditEvent::SessionOpened {
                         auth_method: session.ctx.identity.auth_method,
@@ -207,16 +222,30 @@ impl Gateway {
         }
     }
 
-    async fn admit(&self, req: &SessionRequest) -> Result<(Identity, Arc<Target>, Access), GatewayError> {
-        let identity = self.inner.authenticator.authenticate(&req.credentials, &req.client).await?;
-        let target = self.inner.targets.get(req.protocol, &req.database).ok_or_else(|| {
-            GatewayError::new(
-                ErrorKind::UnknownTarget,
-                Side::Client,
-                format!("database \"{}\" is not a target of this gateway", req.database),
-            )
-            .with_hint("connect with the database name of a configured target")
-        })?;
+    async fn admit(
+        &self,
+        req: &SessionRequest,
+    ) -> Result<(Identity, Arc<Target>, Access), GatewayError> {
+        let identity = self
+            .inner
+            .authenticator
+            .authenticate(&req.credentials, &req.client)
+            .await?;
+        let target = self
+            .inner
+            .targets
+            .get(req.protocol, &req.database)
+            .ok_or_else(|| {
+                GatewayError::new(
+                    ErrorKind::UnknownTarget,
+                    Side::Client,
+                    format!(
+                        "database \"{}\" is not a target of this gateway",
+                        req.database
+                    ),
+                )
+                .with_hint("connect with the database name of a configured target")
+            })?;
         let access = self.inner.policy.access(&identity, &target)?;
         Ok((identity, target, access))
     }
@@ -331,7 +360,11 @@ impl Session {
     /// Judges a statement text read under `settings`. A denial is audited here and returned as an
     /// [`ErrorKind::PolicyDenied`] error naming the rule; nothing of the statement may then be
     /// forwarded upstream.
-    pub async fn prepare(&self, sql: &str, settings: &SqlSettings) -> Result<Statement, GatewayError> {
+    pub async fn prepare(
+        &self,
+        sql: &str,
+        settings: &SqlSettings,
+    ) -> Result<Statement, GatewayError> {
         let judgement = {
             let ctx = StatementContext {
                 identity: &self.ctx.identity,
@@ -353,12 +386,19 @@ impl Session {
             let mut e = GatewayError::new(
                 ErrorKind::PolicyDenied,
                 Side::Gateway,
-                judgement.verdict.reason.clone().unwrap_or_else(|| "statement denied by policy".into()),
+                judgement
+                    .verdict
+                    .reason
+                    .clone()
+                    .unwrap_or_else(|| "statement denied by policy".into()),
             );
             e.rule = judgement.verdict.rule.as_deref().map(str::to_owned);
             return Err(e);
         }
-        Ok(Statement { sql: Arc::from(sql), judgement })
+        Ok(Statement {
+            sql: Arc::from(sql),
+            judgement,
+        })
     }
 
     /// Called right before an execution is forwarded upstream: holds it for approval when the
@@ -376,7 +416,10 @@ impl Session {
                 .await
             {
                 ApprovalOutcome::Approved { id } => {
-                    rule = Some(Arc::from(format!("{} (approval {id})", rule.as_deref().unwrap_or_default())))
+                    rule = Some(Arc::from(format!(
+                        "{} (approval {id})",
+                        rule.as_deref().unwrap_or_default()
+                    )))
                 }
                 ApprovalOutcome::Refused(e) => {
                     self.metrics.approval_required.inc();
@@ -436,7 +479,10 @@ impl Session {
     /// Records the end of the session.
     pub async fn close(self, error: Option<RecordedError>) {
         let statements = self.statements.load(Ordering::Relaxed);
-        if let Err(e) = self.record(AuditEvent::SessionClosed { statements, error }).await {
+        if let Err(e) = self
+            .record(AuditEvent::SessionClosed { statements, error })
+            .await
+        {
             tracing::error!(session = %self.ctx.id, error = %e, "could not record session close");
         }
     }
@@ -450,6 +496,8 @@ impl Execution {
 
     /// Runs when a result set's column metadata arrives. `None` means forward rows untouched.
     pub fn row_masker(&self, columns: &[ResultColumn]) -> Option<Box<dyn RowMasker>> {
-        self.masker.as_ref().and_then(|m| m.row_masker(&self.ctx, columns))
+        self.masker
+            .as_ref()
+            .and_then(|m| m.row_masker(&self.ctx, columns))
     }
 }

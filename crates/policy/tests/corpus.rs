@@ -47,7 +47,12 @@ fn filter_name(f: Option<Filter>) -> &'static str {
     }
 }
 
-fn check_set(what: &str, expected: &Option<Vec<String>>, actual: Vec<String>, problems: &mut Vec<String>) {
+fn check_set(
+    what: &str,
+    expected: &Option<Vec<String>>,
+    actual: Vec<String>,
+    problems: &mut Vec<String>,
+) {
     if let Some(expected) = expected {
         let e: BTreeSet<&String> = expected.iter().collect();
         let a: BTreeSet<&String> = actual.iter().collect();
@@ -73,7 +78,10 @@ fn check(case: &Case) -> Vec<String> {
     let analysis = analyze(&case.sql, &ctx);
     if case.fails {
         if analysis.failure.is_none() {
-            problems.push(format!("expected a parse failure, got {:?}", analysis.statements));
+            problems.push(format!(
+                "expected a parse failure, got {:?}",
+                analysis.statements
+            ));
         }
         if !analysis.statements.is_empty() {
             problems.push("a failure must come with no statements".to_owned());
@@ -81,12 +89,18 @@ fn check(case: &Case) -> Vec<String> {
         return problems;
     }
     if let Some(f) = &analysis.failure {
-        problems.push(format!("unexpected failure: {} at {:?}", f.message, f.position));
+        problems.push(format!(
+            "unexpected failure: {} at {:?}",
+            f.message, f.position
+        ));
         return problems;
     }
     if let Some(count) = case.count {
         if analysis.statements.len() != count {
-            problems.push(format!("expected {count} statements, got {}", analysis.statements.len()));
+            problems.push(format!(
+                "expected {count} statements, got {}",
+                analysis.statements.len()
+            ));
         }
     }
     let Some(facts): Option<&StatementFacts> = analysis.statements.get(case.statement) else {
@@ -110,12 +124,30 @@ fn check(case: &Case) -> Vec<String> {
             problems.push(format!("kind {k} must not be in {:?}", facts.kinds));
         }
     }
-    check_set("reads", &case.reads, facts.reads.iter().map(|o| o.to_string()).collect(), &mut problems);
-    check_set("writes", &case.writes, facts.writes.iter().map(|o| o.to_string()).collect(), &mut problems);
-    check_set("functions", &case.functions, facts.functions.clone(), &mut problems);
+    check_set(
+        "reads",
+        &case.reads,
+        facts.reads.iter().map(|o| o.to_string()).collect(),
+        &mut problems,
+    );
+    check_set(
+        "writes",
+        &case.writes,
+        facts.writes.iter().map(|o| o.to_string()).collect(),
+        &mut problems,
+    );
+    check_set(
+        "functions",
+        &case.functions,
+        facts.functions.clone(),
+        &mut problems,
+    );
     if let Some(filter) = &case.filter {
         if filter_name(facts.filter) != filter {
-            problems.push(format!("filter: expected {filter}, got {}", filter_name(facts.filter)));
+            problems.push(format!(
+                "filter: expected {filter}, got {}",
+                filter_name(facts.filter)
+            ));
         }
     }
     problems
@@ -125,7 +157,10 @@ fn check(case: &Case) -> Vec<String> {
 fn corpus() {
     let text = include_str!("corpus.toml");
     let corpus: Corpus = toml::from_str(text).expect("corpus.toml is valid");
-    assert!(corpus.case.len() >= 150, "the corpus keeps at least 150 cases");
+    assert!(
+        corpus.case.len() >= 150,
+        "the corpus keeps at least 150 cases"
+    );
     let mut failures = Vec::new();
     for (i, case) in corpus.case.iter().enumerate() {
         let problems = check(case);
@@ -139,5 +174,11 @@ fn corpus() {
             ));
         }
     }
-    assert!(failures.is_empty(), "{} of {} corpus cases failed:\n{}", failures.len(), corpus.case.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} corpus cases failed:\n{}",
+        failures.len(),
+        corpus.case.len(),
+        failures.join("\n")
+    );
 }

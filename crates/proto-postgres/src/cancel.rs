@@ -40,7 +40,10 @@ impl CancelRegistry {
             let key = (rand::random::<i32>() & i32::MAX, rand::random::<i32>());
             if let std::collections::hash_map::Entry::Vacant(v) = keys.entry(key) {
                 v.insert(target);
-                return Registration { registry: self.clone(), key };
+                return Registration {
+                    registry: self.clone(),
+                    key,
+                };
             }
         }
     }

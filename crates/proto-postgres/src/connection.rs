@@ -7,9 +7,12 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 use gateway_core::{
-    Access, ClientInfo, Credentials, ErrorKind, Gateway, GatewayError, Protocol, SessionRequest, Side,
+    Access, ClientInfo, Credentials, ErrorKind, Gateway, GatewayError, Protocol, SessionRequest,
+    Side,
 };
-use pgwire::messages::startup::{Authentication, BackendKeyData, NegotiateProtocolVersion, ParameterStatus, SecretKey};
+use pgwire::messages::startup::{
+    Authentication, BackendKeyData, NegotiateProtocolVersion, ParameterStatus, SecretKey,
+};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -48,13 +51,35 @@ const FORWARDED_PARAMS: &[&str] = &[
 /// quote hidden in a character would let a statement smuggle another past the policy. Names are
 /// PostgreSQL's and its aliases, compared without case, `_` or `-`.
 const UNSAFE_CLIENT_ENCODINGS: &[&str] = &[
-    "sjis", "shiftjis", "mskanji", "win932", "windows932", "cp932", "big5", "win950", "windows950", "cp950",
-    "gbk", "win936", "windows936", "cp936", "gb18030", "uhc", "win949", "windows949", "cp949", "johab",
+    "sjis",
+    "shiftjis",
+    "mskanji",
+    "win932",
+    "windows932",
+    "cp932",
+    "big5",
+    "win950",
+    "windows950",
+    "cp950",
+    "gbk",
+    "win936",
+    "windows936",
+    "cp936",
+    "gb18030",
+    "uhc",
+    "win949",
+    "windows949",
+    "cp949",
+    "johab",
 ];
 
 /// Whether `name` is one of [`UNSAFE_CLIENT_ENCODINGS`].
 pub(crate) fn unsafe_client_encoding(name: &str) -> bool {
-    let normalised: String = name.chars().filter(|c| *c != '_' && *c != '-').collect::<String>().to_ascii_lowercase();
+    let normalised: String = name
+        .chars()
+        .filter(|c| *c != '_' && *c != '-')
+        .collect::<String>()
+        .to_ascii_lowercase();
     UNSAFE_CLIENT_ENCODINGS.contains(&normalised.as_str())
 }
 
@@ -115,17 +140,28 @@ pub(crate) async fn serve(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr)
 
 type Handshake = (
     ClientStream,
-    (Arc<gateway_core::Session>, crate::upstream::Upstream, crate::cancel::Registration),
+    (
+        Arc<gateway_core::Session>,
+        crate::upstream::Upstream,
+        crate::cancel::Registration,
+    ),
 );
 type HandshakeError = (Option<ClientStream>, GatewayError);
 
-async fn read_startup<S: AsyncRead + Unpin>(s: &mut S) -> Result<Option<StartupPacket>, GatewayError> {
+async fn read_startup<S: AsyncRead + Unpin>(
+    s: &mut S,
+) -> Result<Option<StartupPacket>, GatewayError> {
     let mut len = [0u8; 4];
     match s.read_exact(&mut len).await {
         Ok(_) => {}
         // A client that connects and closes (health checks, port scanners) is not an error.
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(GatewayError::protocol(Side::Client, format!("read startup packet: {e}"))),
+        Err(e) => {
+            return Err(GatewayError::protocol(
+                Side::Client,
+                format!("read startup packet: {e}"),
+            ))
+        }
     }
     let n = startup::packet_len(&len)
         .map_err(|e| GatewayError::protocol(Side::Client, e.to_string()))?
@@ -164,7 +200,10 @@ async fn handshake(
                     continue;
                 };
                 let ClientStream::Plain(mut tcp) = client else {
-                    return Err((None, GatewayError::protocol(Side::Client, "TLS requested twice")));
+                    return Err((
+                        None,
+                        GatewayError::protocol(Side::Client, "TLS requested twice"),
+                    ));
                 };
                 if let Err(e) = tcp.write_all(b"S").await {
                     return Err((None, GatewayError::protocol(Side::Client, e.to_string())));
@@ -172,7 +211,13 @@ async fn handshake(
                 match tokio_rustls::TlsAcceptor::from(tls).accept(tcp).await {
                     Ok(s) => client = ClientStream::Tls(Box::new(s)),
                     Err(e) => {
-                        return Err((None, GatewayError::protocol(Side::Client, format!("TLS handshake failed: {e}"))))
+                        return Err((
+                            None,
+                            GatewayError::protocol(
+                                Side::Client,
+                                format!("TLS handshake failed: {e}"),
+                            ),
+                        ))
                     }
                 }
                 tls_done = true;
@@ -191,7 +236,10 @@ async fn handshake(
             other => {
                 return Err((
                     Some(client),
-                    GatewayError::protocol(Side::Client, format!("unexpected {other:?} during startup")),
+                    GatewayError::protocol(
+                        Side::Client,
+                        format!("unexpected {other:?} during startup"),
+                    ),
                 ))
             }
         }
@@ -199,12 +247,20 @@ async fn handshake(
 
     let tls = matches!(client, ClientStream::Tls(_));
     if config.require_tls && !tls {
-        let e = GatewayError::new(ErrorKind::AccessDenied, Side::Client, "this gateway accepts only TLS connections")
-            .with_hint("connect with sslmode=require (or stronger)");
+        let e = GatewayError::new(
+            ErrorKind::AccessDenied,
+            Side::Client,
+            "this gateway accepts only TLS connections",
+        )
+        .with_hint("connect with sslmode=require (or stronger)");
         return Err((Some(client), e));
     }
     // Protocol 3.x newer than 3.0 and `_pq_.` options: answer as PostgreSQL does, then go on in 3.0.
-    let pq_options: Vec<String> = params.keys().filter(|k| k.starts_with("_pq_.")).cloned().collect();
+    let pq_options: Vec<String> = params
+        .keys()
+        .filter(|k| k.starts_with("_pq_."))
+        .cloned()
+        .collect();
     if minor > 0 || !pq_options.is_empty() {
         let m = NegotiateProtocolVersion::new(0, pq_options);
         if let Err(e) = client.write_all(&encode(&m)).await {
@@ -212,18 +268,35 @@ async fn handshake(
         }
     }
     let Some(user) = params.get("user").filter(|u| !u.is_empty()).cloned() else {
-        let e = GatewayError::new(ErrorKind::Authentication, Side::Client, "no user name in the startup message");
+        let e = GatewayError::new(
+            ErrorKind::Authentication,
+            Side::Client,
+            "no user name in the startup message",
+        );
         return Err((Some(client), e));
     };
-    if let Some((_, enc)) = params.iter().find(|(k, v)| k.eq_ignore_ascii_case("client_encoding") && unsafe_client_encoding(v)) {
+    if let Some((_, enc)) = params
+        .iter()
+        .find(|(k, v)| k.eq_ignore_ascii_case("client_encoding") && unsafe_client_encoding(v))
+    {
         let e = unsafe_encoding_error(enc);
         return Err((Some(client), e));
     }
-    let database = params.get("database").filter(|d| !d.is_empty()).cloned().unwrap_or_else(|| user.clone());
-    let application = params.get("application_name").cloned().filter(|a| !a.is_empty());
+    let database = params
+        .get("database")
+        .filter(|d| !d.is_empty())
+        .cloned()
+        .unwrap_or_else(|| user.clone());
+    let application = params
+        .get("application_name")
+        .cloned()
+        .filter(|a| !a.is_empty());
 
     let credentials = match peer_certificate(&client) {
-        Some(der) => Credentials::ClientCertificate { user: user.clone(), certificate_der: der },
+        Some(der) => Credentials::ClientCertificate {
+            user: user.clone(),
+            certificate_der: der,
+        },
         None => {
             if !tls && !peer.ip().is_loopback() && !config.allow_plaintext_password {
                 let e = GatewayError::new(
@@ -235,7 +308,10 @@ async fn handshake(
                 return Err((Some(client), e));
             }
             match read_password(&mut client).await {
-                Ok(password) => Credentials::Password { user: user.clone(), password },
+                Ok(password) => Credentials::Password {
+                    user: user.clone(),
+                    password,
+                },
                 Err(e) => return Err((Some(client), e)),
             }
         }
@@ -243,7 +319,12 @@ async fn handshake(
 
     let request = SessionRequest {
         credentials,
-        client: ClientInfo { addr: peer, protocol: "postgres", tls, application: application.clone() },
+        client: ClientInfo {
+            addr: peer,
+            protocol: "postgres",
+            tls,
+            application: application.clone(),
+        },
         protocol: Protocol::Postgres,
         database,
     };
@@ -253,17 +334,20 @@ async fn handshake(
     };
 
     let upstream_params = upstream_params(&params, &session, application.as_deref());
-    let upstream = match crate::upstream::connect(session.target(), &upstream_params, &shared.upstream_tls).await {
-        Ok(u) => u,
-        Err(e) => {
-            // The session was opened; record why it ended.
-            let recorded = gateway_core::RecordedError::from(&e);
-            if let Ok(s) = Arc::try_unwrap(session) {
-                s.close(Some(recorded)).await;
+    let upstream =
+        match crate::upstream::connect(session.target(), &upstream_params, &shared.upstream_tls)
+            .await
+        {
+            Ok(u) => u,
+            Err(e) => {
+                // The session was opened; record why it ended.
+                let recorded = gateway_core::RecordedError::from(&e);
+                if let Ok(s) = Arc::try_unwrap(session) {
+                    s.close(Some(recorded)).await;
+                }
+                return Err((Some(client), e));
             }
-            return Err((Some(client), e));
-        }
-    };
+        };
     let target = session.target();
     let (up_pid, up_secret) = upstream.backend_key.unwrap_or((0, 0));
     let registration = shared.cancels.register(CancelTarget {
@@ -278,8 +362,15 @@ async fn handshake(
     out.extend_from_slice(&encode(&Authentication::Ok));
     for (name, value) in &upstream.parameter_status {
         // The upstream reports the service account here; the client sees the name it logged in with.
-        let value = if name == "session_authorization" { user.as_str() } else { value.as_str() };
-        out.extend_from_slice(&encode(&ParameterStatus::new(name.clone(), value.to_owned())));
+        let value = if name == "session_authorization" {
+            user.as_str()
+        } else {
+            value.as_str()
+        };
+        out.extend_from_slice(&encode(&ParameterStatus::new(
+            name.clone(),
+            value.to_owned(),
+        )));
     }
     let (pid, secret) = registration.keys();
     out.extend_from_slice(&encode(&BackendKeyData::new(pid, SecretKey::I32(secret))));
@@ -292,7 +383,12 @@ async fn handshake(
 
 fn peer_certificate(client: &ClientStream) -> Option<Vec<u8>> {
     match client {
-        ClientStream::Tls(s) => s.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| c.to_vec()),
+        ClientStream::Tls(s) => s
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .map(|c| c.to_vec()),
         ClientStream::Plain(_) => None,
     }
 }
@@ -304,11 +400,20 @@ async fn read_password(client: &mut ClientStream) -> Result<String, GatewayError
         .map_err(|e| GatewayError::protocol(Side::Client, e.to_string()))?;
     let mut header = [0u8; HEADER_LEN];
     client.read_exact(&mut header).await.map_err(|_| {
-        GatewayError::new(ErrorKind::Authentication, Side::Client, "the client closed the connection before sending a password")
+        GatewayError::new(
+            ErrorKind::Authentication,
+            Side::Client,
+            "the client closed the connection before sending a password",
+        )
     })?;
     let (ty, len) = match typed_header(&header, MAX_PASSWORD_MESSAGE) {
         Ok(Some(h)) => h,
-        Ok(None) => return Err(GatewayError::protocol(Side::Client, "truncated password message")),
+        Ok(None) => {
+            return Err(GatewayError::protocol(
+                Side::Client,
+                "truncated password message",
+            ))
+        }
         Err(crate::wire::FrameError::TooLarge { .. }) => {
             return Err(GatewayError::auth(format!(
                 "password message longer than {MAX_PASSWORD_MESSAGE} bytes refused"
@@ -319,7 +424,10 @@ async fn read_password(client: &mut ClientStream) -> Result<String, GatewayError
     if ty != b'p' {
         return Err(GatewayError::protocol(
             Side::Client,
-            format!("expected a password message, got message type {:?}", ty as char),
+            format!(
+                "expected a password message, got message type {:?}",
+                ty as char
+            ),
         ));
     }
     let mut body = vec![0u8; len - HEADER_LEN];
@@ -328,7 +436,10 @@ async fn read_password(client: &mut ClientStream) -> Result<String, GatewayError
         .await
         .map_err(|e| GatewayError::protocol(Side::Client, format!("read password: {e}")))?;
     if body.last() != Some(&0) {
-        return Err(GatewayError::protocol(Side::Client, "password message is not NUL-terminated"));
+        return Err(GatewayError::protocol(
+            Side::Client,
+            "password message is not NUL-terminated",
+        ));
     }
     body.pop();
     String::from_utf8(body).map_err(|_| GatewayError::auth("password is not valid UTF-8"))

@@ -16,8 +16,8 @@
 //! [`cancel`] (CancelRequest routing).
 
 pub mod cancel;
-pub mod fuzzing;
 mod connection;
+pub mod fuzzing;
 mod relay;
 pub mod startup;
 pub mod stream;
@@ -100,7 +100,11 @@ impl PostgresListener {
             upstream_tls: Default::default(),
             shutdown: rx,
         });
-        Ok(Self { listener, shared, shutdown: Shutdown { tx: Arc::new(tx) } })
+        Ok(Self {
+            listener,
+            shared,
+            shutdown: Shutdown { tx: Arc::new(tx) },
+        })
     }
 
     /// A handle that stops [`run`](Self::run) gracefully.
@@ -111,7 +115,9 @@ impl PostgresListener {
     /// The bound address.
     pub fn local_addr(&self) -> SocketAddr {
         // A bound TcpListener always has a local address; fall back to the configured one.
-        self.listener.local_addr().unwrap_or(self.shared.config.listen)
+        self.listener
+            .local_addr()
+            .unwrap_or(self.shared.config.listen)
     }
 
     /// Accepts connections until [`Shutdown::trigger`] (or until the task is aborted); each
@@ -139,13 +145,19 @@ impl PostgresListener {
             }
         }
         drop(self.listener);
-        tracing::info!(sessions = sessions.len(), "PostgreSQL listener stopped accepting; draining sessions");
+        tracing::info!(
+            sessions = sessions.len(),
+            "PostgreSQL listener stopped accepting; draining sessions"
+        );
         let drained = tokio::time::timeout(self.shared.config.drain_timeout, async {
             while sessions.join_next().await.is_some() {}
         })
         .await;
         if drained.is_err() {
-            tracing::warn!(sessions = sessions.len(), "sessions still open after the drain timeout; cutting them off");
+            tracing::warn!(
+                sessions = sessions.len(),
+                "sessions still open after the drain timeout; cutting them off"
+            );
             sessions.shutdown().await;
         }
     }

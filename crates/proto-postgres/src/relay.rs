@@ -19,13 +19,19 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use gateway_core::{ErrorKind, Execution, GatewayError, Outcome, RecordedError, Session, Side, SqlSettings, Statement};
+use gateway_core::{
+    ErrorKind, Execution, GatewayError, Outcome, RecordedError, Session, Side, SqlSettings,
+    Statement,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::connection::Shared;
 use crate::stream::{ClientStream, ReadSide, WriteSide};
 use crate::upstream::Upstream;
-use crate::wire::{error_fields, error_response, frontend, typed, typed_header, FrameError, Frontend, Reader, HEADER_LEN};
+use crate::wire::{
+    error_fields, error_response, frontend, typed, typed_header, FrameError, Frontend, Reader,
+    HEADER_LEN,
+};
 
 /// Upstream frames are trusted for size up to PostgreSQL's own limit (1 GB).
 const MAX_UPSTREAM_MESSAGE: usize = 0x3fff_ffff;
@@ -126,7 +132,9 @@ pub(crate) async fn relay(
         let _ = client_write.flush().await;
         let mut sink = vec![0u8; READ_CHUNK];
         let _ = tokio::time::timeout(shared.config.handshake_timeout, async {
-            while let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(250), client_read.read(&mut sink)).await {
+            while let Ok(Ok(n)) =
+                tokio::time::timeout(Duration::from_millis(250), client_read.read(&mut sink)).await
+            {
                 if n == 0 {
                     break;
                 }
@@ -137,12 +145,20 @@ pub(crate) async fn relay(
     let _ = client_write.shutdown().await;
 
     // Whatever is still owed was interrupted: record it.
-    let leftovers: Vec<Pending> = queue.lock().unwrap_or_else(|e| e.into_inner()).drain(..).collect();
+    let leftovers: Vec<Pending> = queue
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .drain(..)
+        .collect();
     for p in leftovers {
         if let Pending::Query(Some(exec)) | Pending::Execute(Some(exec)) = p {
             let outcome = Outcome {
                 error: Some(RecordedError {
-                    side: result.as_ref().err().map(|e| e.side).unwrap_or(Side::Client),
+                    side: result
+                        .as_ref()
+                        .err()
+                        .map(|e| e.side)
+                        .unwrap_or(Side::Client),
                     code: None,
                     message: "the connection ended before the result completed".into(),
                 }),
@@ -195,7 +211,11 @@ struct ClientDirection<'a> {
 }
 
 impl ClientDirection<'_> {
-    async fn run(&mut self, client: &mut ReadSide, upstream: &mut WriteSide) -> Result<(), GatewayError> {
+    async fn run(
+        &mut self,
+        client: &mut ReadSide,
+        upstream: &mut WriteSide,
+    ) -> Result<(), GatewayError> {
         let mut buf = BytesMut::with_capacity(READ_CHUNK);
         // Bytes of a CopyData frame still to pass through without inspection.
         let mut streaming = 0usize;
@@ -216,10 +236,15 @@ impl ClientDirection<'_> {
                 let header = typed_header(&buf[pos..], self.max_message).map_err(|e| match e {
                     FrameError::TooLarge { len, max } => GatewayError::protocol(
                         Side::Client,
-                        format!("message of {len} bytes exceeds this gateway's limit of {max} bytes"),
+                        format!(
+                            "message of {len} bytes exceeds this gateway's limit of {max} bytes"
+                        ),
                     )
                     .with_hint("raise gateway.max_message_bytes, or send smaller statements"),
-                    other => GatewayError::protocol(Side::Client, format!("invalid message from client: {other}")),
+                    other => GatewayError::protocol(
+                        Side::Client,
+                        format!("invalid message from client: {other}"),
+                    ),
                 })?;
                 let Some((ty, len)) = header else { break };
                 let available = buf.len() - pos;
@@ -268,9 +293,15 @@ impl ClientDirection<'_> {
                 // Half a message is pending: bound how long the rest may take, in total (a client
                 // trickling one byte a second must not reset the clock with every byte).
                 let since = *partial_since.get_or_insert_with(tokio::time::Instant::now);
-                tokio::time::timeout_at(since + self.partial_timeout, read).await.map_err(|_| {
-                    GatewayError::new(ErrorKind::Timeout, Side::Client, "the client sent half a message and stalled")
-                })?
+                tokio::time::timeout_at(since + self.partial_timeout, read)
+                    .await
+                    .map_err(|_| {
+                        GatewayError::new(
+                            ErrorKind::Timeout,
+                            Side::Client,
+                            "the client sent half a message and stalled",
+                        )
+                    })?
             }
             .map_err(|e| GatewayError::protocol(Side::Client, format!("read from client: {e}")))?;
             if n == 0 {
@@ -316,7 +347,8 @@ impl ClientDirection<'_> {
         if self.skipping && ty != b'S' && ty != b'X' {
             return Ok(Action::Drop);
         }
-        let message = frontend(ty, body).map_err(|e| GatewayError::protocol(Side::Client, e.to_string()))?;
+        let message =
+            frontend(ty, body).map_err(|e| GatewayError::protocol(Side::Client, e.to_string()))?;
         match message {
             Frontend::Query { sql } => {
                 let stmt = match self.session.prepare(&String::from_utf8_lossy(sql), self.settings()).await {
@@ -439,7 +471,11 @@ impl UpstreamDirection<'_> {
                     }
                 }
                 let header = typed_header(&buf[pos..], MAX_UPSTREAM_MESSAGE).map_err(|e| {
-                    GatewayError::new(ErrorKind::UpstreamUnavailable, Side::Upstream, format!("invalid message from the database: {e}"))
+                    GatewayError::new(
+                        ErrorKind::UpstreamUnavailable,
+                        Side::Upstream,
+                        format!("invalid message from the database: {e}"),
+                    )
                 })?;
                 let Some((ty, len)) = header else { break };
                 let available = buf.len() - pos;
@@ -460,7 +496,9 @@ impl UpstreamDirection<'_> {
                         None
                     }
                     b'C' => {
-                        let tag = Reader::new(body).cstr().map(|t| String::from_utf8_lossy(t).into_owned());
+                        let tag = Reader::new(body)
+                            .cstr()
+                            .map(|t| String::from_utf8_lossy(t).into_owned());
                         self.complete(tag, None, false).await;
                         None
                     }
@@ -469,7 +507,8 @@ impl UpstreamDirection<'_> {
                         None
                     }
                     b's' => {
-                        self.complete(Some("(portal suspended)".into()), None, false).await;
+                        self.complete(Some("(portal suspended)".into()), None, false)
+                            .await;
                         None
                     }
                     b'E' => self.error(body).await,
@@ -516,17 +555,27 @@ impl UpstreamDirection<'_> {
                 GatewayError::upstream_unavailable(format!("read from database: {e}"))
             })?;
             if n == 0 {
-                return Err(GatewayError::upstream_unavailable("the database closed the connection"));
+                return Err(GatewayError::upstream_unavailable(
+                    "the database closed the connection",
+                ));
             }
         }
     }
 
     fn head_is_query(&self) -> bool {
-        matches!(self.queue.lock().unwrap_or_else(|e| e.into_inner()).front(), Some(Pending::Query(_)))
+        matches!(
+            self.queue.lock().unwrap_or_else(|e| e.into_inner()).front(),
+            Some(Pending::Query(_))
+        )
     }
 
     /// A result completed (CommandComplete, EmptyQueryResponse, PortalSuspended) or failed.
-    async fn complete(&mut self, tag: Option<String>, error: Option<RecordedError>, _sentinel: bool) {
+    async fn complete(
+        &mut self,
+        tag: Option<String>,
+        error: Option<RecordedError>,
+        _sentinel: bool,
+    ) {
         if self.head_is_query() {
             if let Some(t) = tag {
                 self.tags.push(t);
@@ -545,14 +594,23 @@ impl UpstreamDirection<'_> {
         };
         let rows = std::mem::take(&mut self.rows);
         if let Some(Pending::Execute(Some(exec))) = popped {
-            let outcome = Outcome { rows, tag, error, skipped: false };
+            let outcome = Outcome {
+                rows,
+                tag,
+                error,
+                skipped: false,
+            };
             self.finish(exec, outcome).await;
         }
     }
 
     async fn error(&mut self, body: &[u8]) -> Option<Bytes> {
         let fields = error_fields(body);
-        let message = fields.iter().find(|(c, _)| *c == b'M').map(|(_, m)| m.as_str()).unwrap_or("");
+        let message = fields
+            .iter()
+            .find(|(c, _)| *c == b'M')
+            .map(|(_, m)| m.as_str())
+            .unwrap_or("");
         if message.contains(&self.marker) {
             // The sentinel of a denied message: swap in the gateway's error. Entries ahead of it
             // cannot have run, since the upstream processes messages in order.
@@ -572,17 +630,32 @@ impl UpstreamDirection<'_> {
             }
             for p in skipped {
                 if let Pending::Execute(Some(exec)) | Pending::Query(Some(exec)) = p {
-                    self.finish(exec, Outcome { skipped: true, ..Outcome::default() }).await;
+                    self.finish(
+                        exec,
+                        Outcome {
+                            skipped: true,
+                            ..Outcome::default()
+                        },
+                    )
+                    .await;
                 }
             }
-            let denial = denial.unwrap_or_else(|| GatewayError::internal("statement refused by the gateway"));
+            let denial = denial
+                .unwrap_or_else(|| GatewayError::internal("statement refused by the gateway"));
             if self.head_is_query() && self.query_error.is_none() {
                 self.query_error = Some(RecordedError::from(&denial));
             }
             return Some(error_response(&denial, false));
         }
-        let code = fields.iter().find(|(c, _)| *c == b'C').map(|(_, m)| m.clone());
-        let recorded = RecordedError { side: Side::Upstream, code, message: message.to_owned() };
+        let code = fields
+            .iter()
+            .find(|(c, _)| *c == b'C')
+            .map(|(_, m)| m.clone());
+        let recorded = RecordedError {
+            side: Side::Upstream,
+            code,
+            message: message.to_owned(),
+        };
         self.complete(None, Some(recorded), false).await;
         None
     }
@@ -615,7 +688,14 @@ impl UpstreamDirection<'_> {
                 }
                 Pending::Execute(Some(exec)) => {
                     // Never answered: the segment failed before it.
-                    self.finish(exec, Outcome { skipped: true, ..Outcome::default() }).await;
+                    self.finish(
+                        exec,
+                        Outcome {
+                            skipped: true,
+                            ..Outcome::default()
+                        },
+                    )
+                    .await;
                 }
                 _ => {}
             }

@@ -54,7 +54,9 @@ pub enum StartupError {
 /// Reads the declared length of a startup packet from its first four bytes (`None` if fewer are
 /// available) and checks it.
 pub fn packet_len(buf: &[u8]) -> Result<Option<usize>, StartupError> {
-    let Some(b) = buf.first_chunk::<4>() else { return Ok(None) };
+    let Some(b) = buf.first_chunk::<4>() else {
+        return Ok(None);
+    };
     let len = i32::from_be_bytes(*b);
     if !(8..=MAX_STARTUP_PACKET as i32).contains(&len) {
         return Err(StartupError::BadLength(len));
@@ -101,7 +103,11 @@ pub fn parse(packet: &[u8]) -> Result<StartupPacket, StartupError> {
             if !r.rest().is_empty() {
                 return Err(StartupError::Malformed);
             }
-            Ok(StartupPacket::Startup { major, minor, params })
+            Ok(StartupPacket::Startup {
+                major,
+                minor,
+                params,
+            })
         }
     }
 }
@@ -147,9 +153,19 @@ mod tests {
     #[test]
     fn parses_every_kind_of_startup_packet() {
         assert_eq!(parse(&encode_ssl_request()), Ok(StartupPacket::SslRequest));
-        assert_eq!(parse(&encode_cancel(7, -9)), Ok(StartupPacket::Cancel { pid: 7, secret: -9 }));
+        assert_eq!(
+            parse(&encode_cancel(7, -9)),
+            Ok(StartupPacket::Cancel { pid: 7, secret: -9 })
+        );
         let p = encode_startup(&[("user", "alice"), ("database", "app")]);
-        let StartupPacket::Startup { major, minor, params } = parse(&p).unwrap() else { panic!() };
+        let StartupPacket::Startup {
+            major,
+            minor,
+            params,
+        } = parse(&p).unwrap()
+        else {
+            panic!()
+        };
         assert_eq!((major, minor), (3, 0));
         assert_eq!(params.get("user").map(String::as_str), Some("alice"));
         assert_eq!(params.get("database").map(String::as_str), Some("app"));
@@ -160,17 +176,32 @@ mod tests {
         // Table: (bytes, why it must fail)
         let cases: Vec<(Vec<u8>, &str)> = vec![
             (vec![0, 0, 0, 8, 0, 2, 0, 0], "protocol 2"),
-            (vec![0, 0, 0, 9, 0, 3, 0, 0, b'u'], "parameter without terminator"),
-            (vec![0, 0, 0, 12, 4, 210, 22, 47, 0, 0, 0, 1], "cancel without secret"),
-            (vec![0, 0, 0, 9, 4, 210, 22, 47, 0], "SSLRequest with a trailing byte"),
+            (
+                vec![0, 0, 0, 9, 0, 3, 0, 0, b'u'],
+                "parameter without terminator",
+            ),
+            (
+                vec![0, 0, 0, 12, 4, 210, 22, 47, 0, 0, 0, 1],
+                "cancel without secret",
+            ),
+            (
+                vec![0, 0, 0, 9, 4, 210, 22, 47, 0],
+                "SSLRequest with a trailing byte",
+            ),
             (vec![0, 0, 0, 8, 0, 3], "shorter than declared"),
-            (vec![0, 0, 0, 10, 0, 3, 0, 0, 0, 0], "bytes after the final terminator"),
+            (
+                vec![0, 0, 0, 10, 0, 3, 0, 0, 0, 0],
+                "bytes after the final terminator",
+            ),
         ];
         for (bytes, why) in cases {
             assert!(parse(&bytes).is_err(), "{why}");
         }
         assert_eq!(packet_len(&[0, 0, 0, 4]), Err(StartupError::BadLength(4)));
-        assert_eq!(packet_len(&[0, 1, 0, 0]), Err(StartupError::BadLength(65536)));
+        assert_eq!(
+            packet_len(&[0, 1, 0, 0]),
+            Err(StartupError::BadLength(65536))
+        );
         assert_eq!(packet_len(&[0, 0]), Ok(None));
     }
 }

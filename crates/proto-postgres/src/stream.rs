@@ -115,5 +115,15 @@ delegate_read!(ClientStream, ClientStream::Plain, ClientStream::Tls);
 delegate_write!(ClientStream, ClientStream::Plain, ClientStream::Tls);
 delegate_read!(UpstreamStream, UpstreamStream::Plain, UpstreamStream::Tls);
 delegate_write!(UpstreamStream, UpstreamStream::Plain, UpstreamStream::Tls);
-delegate_read!(ReadSide, ReadSide::Plain, ReadSide::ServerTls, ReadSide::ClientTls);
-delegate_write!(WriteSide, WriteSide::Plain, WriteSide::ServerTls, WriteSide::ClientTls);
+delegate_read!(
+    ReadSide,
+    ReadSide::Plain,
+    ReadSide::ServerTls,
+    ReadSide::ClientTls
+);
+delegate_write!(
+    WriteSide,
+    WriteSide::Plain,
+    WriteSide::ServerTls,
+    WriteSide::ClientTls
+);

@@ -40,12 +40,15 @@ fn unavailable(target: &Target, detail: impl Into<String>) -> GatewayError {
 /// Upstream TLS client configurations, built once per CA file rather than once per connection.
 #[derive(Debug, Default)]
 pub struct TlsConfigs {
-    by_ca: std::sync::Mutex<std::collections::HashMap<std::path::PathBuf, Arc<rustls::ClientConfig>>>,
+    by_ca:
+        std::sync::Mutex<std::collections::HashMap<std::path::PathBuf, Arc<rustls::ClientConfig>>>,
 }
 
 impl TlsConfigs {
     fn get(&self, ca_file: Option<&std::path::Path>) -> Result<Arc<rustls::ClientConfig>, String> {
-        let key = ca_file.map(std::path::Path::to_path_buf).unwrap_or_default();
+        let key = ca_file
+            .map(std::path::Path::to_path_buf)
+            .unwrap_or_default();
         let mut map = self.by_ca.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(c) = map.get(&key) {
             return Ok(Arc::clone(c));
@@ -64,11 +67,19 @@ pub async fn connect(
 ) -> Result<Upstream, GatewayError> {
     let tcp = TcpStream::connect((target.host.as_str(), target.port))
         .await
-        .map_err(|e| unavailable(target, format!("connect to {}:{}: {e}", target.host, target.port)))?;
+        .map_err(|e| {
+            unavailable(
+                target,
+                format!("connect to {}:{}: {e}", target.host, target.port),
+            )
+        })?;
     let _ = tcp.set_nodelay(true);
     let mut stream = match &target.tls {
         UpstreamTls::Disable => UpstreamStream::Plain(tcp),
-        UpstreamTls::VerifyFull { ca_file, server_name } => {
+        UpstreamTls::VerifyFull {
+            ca_file,
+            server_name,
+        } => {
             let mut tcp = tcp;
             tcp.write_all(&encode_ssl_request())
                 .await
@@ -78,9 +89,14 @@ pub async fn connect(
                 .await
                 .map_err(|e| unavailable(target, format!("TLS request: {e}")))?;
             if answer[0] != b'S' {
-                return Err(unavailable(target, "the database refused TLS, and the target requires verify-full"));
+                return Err(unavailable(
+                    target,
+                    "the database refused TLS, and the target requires verify-full",
+                ));
             }
-            let config = tls_configs.get(ca_file.as_deref()).map_err(|e| unavailable(target, e))?;
+            let config = tls_configs
+                .get(ca_file.as_deref())
+                .map_err(|e| unavailable(target, e))?;
             let name = server_name.clone().unwrap_or_else(|| target.host.clone());
             let name = ServerName::try_from(name)
                 .map_err(|e| unavailable(target, format!("invalid TLS server name: {e}")))?;
@@ -92,7 +108,8 @@ pub async fn connect(
         }
     };
 
-    let mut startup: Vec<(&str, &str)> = vec![("user", &target.user), ("database", &target.database)];
+    let mut startup: Vec<(&str, &str)> =
+        vec![("user", &target.user), ("database", &target.database)];
     startup.extend(params.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     stream
         .write_all(&encode_startup(&startup))
@@ -104,11 +121,15 @@ pub async fn connect(
     let mut parameter_status = Vec::new();
     let mut backend_key = None;
     loop {
-        let (ty, body) = read_message(&mut stream, &mut buf).await.map_err(|e| unavailable(target, e))?;
+        let (ty, body) = read_message(&mut stream, &mut buf)
+            .await
+            .map_err(|e| unavailable(target, e))?;
         let mut r = Reader::new(&body);
         match ty {
             b'R' => {
-                let code = r.i32().ok_or_else(|| unavailable(target, "malformed authentication request"))?;
+                let code = r
+                    .i32()
+                    .ok_or_else(|| unavailable(target, "malformed authentication request"))?;
                 let reply = match code {
                     0 => None,
                     3 => Some(password_message(target.password.as_deref().unwrap_or("").as_bytes())),
@@ -182,17 +203,37 @@ pub async fn connect(
             b'N' | b'v' => {}
             b'E' => {
                 let fields = error_fields(&body);
-                let get = |c: u8| fields.iter().find(|(k, _)| *k == c).map(|(_, v)| v.as_str()).unwrap_or("");
+                let get = |c: u8| {
+                    fields
+                        .iter()
+                        .find(|(k, _)| *k == c)
+                        .map(|(_, v)| v.as_str())
+                        .unwrap_or("")
+                };
                 // The upstream's own words go to the gateway's log; the client learns only that the
                 // gateway could not log in, because the message names the service account.
                 tracing::warn!(target = %target.name, code = get(b'C'), message = get(b'M'), "upstream refused login");
-                return Err(unavailable(target, format!("the database refused the gateway's login (SQLSTATE {})", get(b'C'))));
+                return Err(unavailable(
+                    target,
+                    format!(
+                        "the database refused the gateway's login (SQLSTATE {})",
+                        get(b'C')
+                    ),
+                ));
             }
             b'Z' => {
-                return Ok(Upstream { stream, parameter_status, backend_key, leftover: buf });
+                return Ok(Upstream {
+                    stream,
+                    parameter_status,
+                    backend_key,
+                    leftover: buf,
+                });
             }
             other => {
-                return Err(unavailable(target, format!("unexpected message {:?} during login", other as char)));
+                return Err(unavailable(
+                    target,
+                    format!("unexpected message {:?} during login", other as char),
+                ));
             }
         }
     }
@@ -205,7 +246,10 @@ fn password_message(password: &[u8]) -> Bytes {
     typed(b'p', &body)
 }
 
-async fn read_message(stream: &mut UpstreamStream, buf: &mut BytesMut) -> Result<(u8, Bytes), String> {
+async fn read_message(
+    stream: &mut UpstreamStream,
+    buf: &mut BytesMut,
+) -> Result<(u8, Bytes), String> {
     loop {
         match typed_header(buf, MAX_LOGIN_MESSAGE) {
             Err(e) => return Err(format!("invalid message from the database: {e}")),
@@ -215,7 +259,10 @@ async fn read_message(stream: &mut UpstreamStream, buf: &mut BytesMut) -> Result
             }
             Ok(_) => {}
         }
-        let n = stream.read_buf(buf).await.map_err(|e| format!("read: {e}"))?;
+        let n = stream
+            .read_buf(buf)
+            .await
+            .map_err(|e| format!("read: {e}"))?;
         if n == 0 {
             return Err("the database closed the connection during login".into());
         }
@@ -225,7 +272,9 @@ async fn read_message(stream: &mut UpstreamStream, buf: &mut BytesMut) -> Result
 /// A verify-full client configuration trusting the CAs in `ca_file`, or the Mozilla root set
 /// bundled with `webpki-roots` when no file is given (the gateway does not read the system's trust
 /// store, so what it trusts is the same on every machine).
-fn client_tls_config(ca_file: Option<&std::path::Path>) -> Result<Arc<rustls::ClientConfig>, String> {
+fn client_tls_config(
+    ca_file: Option<&std::path::Path>,
+) -> Result<Arc<rustls::ClientConfig>, String> {
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::CertificateDer;
     let mut roots = rustls::RootCertStore::empty();
@@ -237,7 +286,9 @@ fn client_tls_config(ca_file: Option<&std::path::Path>) -> Result<Arc<rustls::Cl
         .map_err(|e| format!("read CA file {}: {e}", ca.display()))?;
     for cert in certs {
         let cert = cert.map_err(|e| format!("parse CA file {}: {e}", ca.display()))?;
-        roots.add(cert).map_err(|e| format!("CA certificate in {}: {e}", ca.display()))?;
+        roots
+            .add(cert)
+            .map_err(|e| format!("CA certificate in {}: {e}", ca.display()))?;
     }
     finish_client_config(roots)
 }

@@ -33,7 +33,9 @@ pub enum FrameError {
 /// Reads the header of a typed message at the start of `buf`: its type byte and its total length
 /// on the wire (type byte included). `Ok(None)` when fewer than five bytes are available.
 pub fn typed_header(buf: &[u8], max_len: usize) -> Result<Option<(u8, usize)>, FrameError> {
-    let Some(header) = buf.get(..HEADER_LEN) else { return Ok(None) };
+    let Some(header) = buf.get(..HEADER_LEN) else {
+        return Ok(None);
+    };
     let len = i32::from_be_bytes([header[1], header[2], header[3], header[4]]);
     if len < 4 {
         return Err(FrameError::InvalidLength(len));
@@ -168,7 +170,9 @@ pub fn frontend(ty: u8, body: &[u8]) -> Result<Frontend<'_>, MessageError> {
     let mut r = Reader::new(body);
     let m = MessageError::Malformed;
     Ok(match ty {
-        b'Q' => Frontend::Query { sql: r.cstr().ok_or(m("Query"))? },
+        b'Q' => Frontend::Query {
+            sql: r.cstr().ok_or(m("Query"))?,
+        },
         b'P' => {
             let name = r.cstr().ok_or(m("Parse"))?;
             let sql = r.cstr().ok_or(m("Parse"))?;
@@ -179,10 +183,18 @@ pub fn frontend(ty: u8, body: &[u8]) -> Result<Frontend<'_>, MessageError> {
             let statement = r.cstr().ok_or(m("Bind"))?;
             Frontend::Bind { portal, statement }
         }
-        b'E' => Frontend::Execute { portal: r.cstr().ok_or(m("Execute"))? },
+        b'E' => Frontend::Execute {
+            portal: r.cstr().ok_or(m("Execute"))?,
+        },
         b'C' => {
-            let kind = r.u8().filter(|k| *k == b'S' || *k == b'P').ok_or(m("Close"))?;
-            Frontend::Close { kind, name: r.cstr().ok_or(m("Close"))? }
+            let kind = r
+                .u8()
+                .filter(|k| *k == b'S' || *k == b'P')
+                .ok_or(m("Close"))?;
+            Frontend::Close {
+                kind,
+                name: r.cstr().ok_or(m("Close"))?,
+            }
         }
         b'S' => Frontend::Sync,
         b'X' => Frontend::Terminate,
@@ -285,10 +297,22 @@ mod tests {
     #[test]
     fn header_rejects_short_and_oversized_lengths() {
         assert_eq!(typed_header(b"Q\0\0", 100), Ok(None));
-        assert_eq!(typed_header(b"Q\0\0\0\x03", 100), Err(FrameError::InvalidLength(3)));
-        assert_eq!(typed_header(b"Q\xff\xff\xff\xff", 100), Err(FrameError::InvalidLength(-1)));
-        assert_eq!(typed_header(b"Q\0\0\x01\0", 100), Err(FrameError::TooLarge { len: 256, max: 100 }));
-        assert_eq!(typed_header(b"Q\0\0\0\x09select", 100), Ok(Some((b'Q', 10))));
+        assert_eq!(
+            typed_header(b"Q\0\0\0\x03", 100),
+            Err(FrameError::InvalidLength(3))
+        );
+        assert_eq!(
+            typed_header(b"Q\xff\xff\xff\xff", 100),
+            Err(FrameError::InvalidLength(-1))
+        );
+        assert_eq!(
+            typed_header(b"Q\0\0\x01\0", 100),
+            Err(FrameError::TooLarge { len: 256, max: 100 })
+        );
+        assert_eq!(
+            typed_header(b"Q\0\0\0\x09select", 100),
+            Ok(Some((b'Q', 10)))
+        );
     }
 
     #[test]
@@ -305,9 +329,13 @@ mod tests {
 
     #[test]
     fn error_response_round_trips_through_the_field_reader() {
-        let e = GatewayError::new(ErrorKind::PolicyDenied, gateway_core::Side::Gateway, "no drops")
-            .with_rule("guard")
-            .with_hint("ask");
+        let e = GatewayError::new(
+            ErrorKind::PolicyDenied,
+            gateway_core::Side::Gateway,
+            "no drops",
+        )
+        .with_rule("guard")
+        .with_hint("ask");
         let frame = error_response(&e, false);
         let (ty, len) = typed_header(&frame, 1 << 20).unwrap().unwrap();
         assert_eq!((ty, len), (b'E', frame.len()));
@@ -320,14 +348,35 @@ mod tests {
 
     #[test]
     fn frontend_messages_read_their_fields_or_fail_cleanly() {
-        assert_eq!(frontend(b'Q', b"select 1\0"), Ok(Frontend::Query { sql: b"select 1" }));
+        assert_eq!(
+            frontend(b'Q', b"select 1\0"),
+            Ok(Frontend::Query { sql: b"select 1" })
+        );
         assert_eq!(
             frontend(b'P', b"s1\0select $1\0\0\x01\0\0\0\x17"),
-            Ok(Frontend::Parse { name: b"s1", sql: b"select $1" })
+            Ok(Frontend::Parse {
+                name: b"s1",
+                sql: b"select $1"
+            })
         );
-        assert_eq!(frontend(b'B', b"\0s1\0\0\0"), Ok(Frontend::Bind { portal: b"", statement: b"s1" }));
-        assert_eq!(frontend(b'E', b"p\0\0\0\0\0"), Ok(Frontend::Execute { portal: b"p" }));
-        assert_eq!(frontend(b'C', b"Sx\0"), Ok(Frontend::Close { kind: b'S', name: b"x" }));
+        assert_eq!(
+            frontend(b'B', b"\0s1\0\0\0"),
+            Ok(Frontend::Bind {
+                portal: b"",
+                statement: b"s1"
+            })
+        );
+        assert_eq!(
+            frontend(b'E', b"p\0\0\0\0\0"),
+            Ok(Frontend::Execute { portal: b"p" })
+        );
+        assert_eq!(
+            frontend(b'C', b"Sx\0"),
+            Ok(Frontend::Close {
+                kind: b'S',
+                name: b"x"
+            })
+        );
         // Table: (type, body, why it must fail)
         let bad: &[(u8, &[u8], &str)] = &[
             (b'Q', b"select 1", "query without terminator"),

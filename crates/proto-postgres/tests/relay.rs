@@ -15,7 +15,11 @@ struct FixedPassword;
 
 #[async_trait::async_trait]
 impl Authenticator for FixedPassword {
-    async fn authenticate(&self, c: &Credentials, _: &ClientInfo) -> Result<Identity, GatewayError> {
+    async fn authenticate(
+        &self,
+        c: &Credentials,
+        _: &ClientInfo,
+    ) -> Result<Identity, GatewayError> {
         match c {
             Credentials::Password { user, password } if password == "secret" => Ok(Identity {
                 subject: user.clone(),
@@ -37,11 +41,17 @@ impl PolicyEngine for DenyForbidden {
     }
     fn judge(&self, _: &StatementContext<'_>, sql: &str) -> Arc<Judgement> {
         let verdict = if sql.contains("forbidden") {
-            Verdict::deny("no-forbidden", "statements mentioning forbidden things are refused")
+            Verdict::deny(
+                "no-forbidden",
+                "statements mentioning forbidden things are refused",
+            )
         } else {
             Verdict::allow(None)
         };
-        Arc::new(Judgement { verdict, classification: None })
+        Arc::new(Judgement {
+            verdict,
+            classification: None,
+        })
     }
 }
 
@@ -79,7 +89,10 @@ async fn start() -> std::net::SocketAddr {
 
 async fn connect(addr: std::net::SocketAddr) -> tokio_postgres::Client {
     let (client, conn) = tokio_postgres::connect(
-        &format!("host=127.0.0.1 port={} user=alice password=secret dbname=postgres", addr.port()),
+        &format!(
+            "host=127.0.0.1 port={} user=alice password=secret dbname=postgres",
+            addr.port()
+        ),
         NoTls,
     )
     .await
@@ -92,13 +105,23 @@ async fn connect(addr: std::net::SocketAddr) -> tokio_postgres::Client {
 async fn simple_and_extended_queries_pass_through() {
     let addr = start().await;
     let client = connect(addr).await;
-    let rows = client.query("select $1::int + 1 as n, $2::text as t", &[&41i32, &"x"]).await.unwrap();
+    let rows = client
+        .query("select $1::int + 1 as n, $2::text as t", &[&41i32, &"x"])
+        .await
+        .unwrap();
     assert_eq!(rows[0].get::<_, i32>("n"), 42);
     assert_eq!(rows[0].get::<_, &str>("t"), "x");
     let msgs = client.simple_query("select 1; select 2").await.unwrap();
-    let n = msgs.iter().filter(|m| matches!(m, SimpleQueryMessage::Row(_))).count();
+    let n = msgs
+        .iter()
+        .filter(|m| matches!(m, SimpleQueryMessage::Row(_)))
+        .count();
     assert_eq!(n, 2);
-    let app: String = client.query_one("select current_setting('application_name')", &[]).await.unwrap().get(0);
+    let app: String = client
+        .query_one("select current_setting('application_name')", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(app, "portcullis:alice");
 }
 
@@ -111,7 +134,10 @@ async fn denied_statement_keeps_session_usable_and_transaction_failed() {
     assert_eq!(db.code().code(), "42501");
     assert!(db.message().contains("no-forbidden"), "{}", db.message());
     // Extended protocol denial.
-    let err = client.query("select 'forbidden'::text", &[]).await.unwrap_err();
+    let err = client
+        .query("select 'forbidden'::text", &[])
+        .await
+        .unwrap_err();
     assert_eq!(err.as_db_error().unwrap().code().code(), "42501");
     // Still usable.
     let v: i32 = client.query_one("select 7", &[]).await.unwrap().get(0);
@@ -141,7 +167,10 @@ async fn pipelined_queries_with_a_denial_in_the_middle_keep_their_order() {
 async fn copy_in_and_out() {
     let addr = start().await;
     let client = connect(addr).await;
-    client.batch_execute("create temp table c (a int, b text)").await.unwrap();
+    client
+        .batch_execute("create temp table c (a int, b text)")
+        .await
+        .unwrap();
     let sink = client.copy_in("copy c from stdin").await.unwrap();
     futures_util::pin_mut!(sink);
     let mut data = String::new();
@@ -150,7 +179,10 @@ async fn copy_in_and_out() {
     }
     sink.send(bytes::Bytes::from(data)).await.unwrap();
     assert_eq!(sink.finish().await.unwrap(), 5000);
-    let stream = client.copy_out("copy (select * from c order by a) to stdout").await.unwrap();
+    let stream = client
+        .copy_out("copy (select * from c order by a) to stdout")
+        .await
+        .unwrap();
     futures_util::pin_mut!(stream);
     let mut out = Vec::new();
     while let Some(chunk) = stream.next().await {
@@ -164,7 +196,10 @@ async fn copy_in_and_out() {
 async fn wrong_password_is_refused_with_28p01() {
     let addr = start().await;
     let err = tokio_postgres::connect(
-        &format!("host=127.0.0.1 port={} user=alice password=nope dbname=postgres", addr.port()),
+        &format!(
+            "host=127.0.0.1 port={} user=alice password=nope dbname=postgres",
+            addr.port()
+        ),
         NoTls,
     )
     .await
@@ -181,7 +216,11 @@ async fn cancel_reaches_the_upstream() {
     let sleeper = tokio::spawn(async move { client.simple_query("select pg_sleep(30)").await });
     tokio::time::sleep(Duration::from_millis(300)).await;
     token.cancel_query(NoTls).await.unwrap();
-    let err = tokio::time::timeout(Duration::from_secs(10), sleeper).await.unwrap().unwrap().unwrap_err();
+    let err = tokio::time::timeout(Duration::from_secs(10), sleeper)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap_err();
     assert_eq!(err.as_db_error().unwrap().code().code(), "57014");
 }
 
@@ -198,7 +237,10 @@ async fn shutdown_lets_running_statements_finish_then_ends_sessions_with_57p01()
         tls: UpstreamTls::Disable,
         labels: BTreeMap::new(),
     };
-    let gateway = Gateway::builder().authenticator(Arc::new(FixedPassword)).targets(Targets::new([target])).build();
+    let gateway = Gateway::builder()
+        .authenticator(Arc::new(FixedPassword))
+        .targets(Targets::new([target]))
+        .build();
     let config = ListenerConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         tls: None,
@@ -214,14 +256,18 @@ async fn shutdown_lets_running_statements_finish_then_ends_sessions_with_57p01()
     let running = tokio::spawn(listener.run());
     let idle = connect(addr).await;
     let busy = connect(addr).await;
-    let slow = tokio::spawn(async move { busy.query_one("select pg_sleep(0.5)::text, 42", &[]).await });
+    let slow =
+        tokio::spawn(async move { busy.query_one("select pg_sleep(0.5)::text, 42", &[]).await });
     tokio::time::sleep(Duration::from_millis(100)).await;
     shutdown.trigger();
     // The statement in flight completes...
     let row = slow.await.unwrap().unwrap();
     assert_eq!(row.get::<_, i32>(1), 42);
     // ...the listener returns once sessions have ended, well before the drain timeout...
-    tokio::time::timeout(Duration::from_secs(5), running).await.unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(5), running)
+        .await
+        .unwrap()
+        .unwrap();
     // ...the idle session was told why, and new connections are refused.
     assert!(idle.is_closed() || idle.simple_query("select 1").await.is_err());
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());

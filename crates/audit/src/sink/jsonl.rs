@@ -104,10 +104,12 @@ pub fn encode_line(r: &StoredRecord) -> Result<Vec<u8>, String> {
 }
 
 fn decode_line(bytes: &[u8]) -> Result<StoredRecord, Damage> {
-    let line: Line<'_> = serde_json::from_slice(bytes).map_err(|e| (None, None, format!("not a record: {e}")))?;
+    let line: Line<'_> =
+        serde_json::from_slice(bytes).map_err(|e| (None, None, format!("not a record: {e}")))?;
     let bad = |m: &str| (Some(line.node.clone()), Some(line.seq), m.to_owned());
     let kind = RecordKind::parse(&line.kind).ok_or_else(|| bad("unknown kind"))?;
-    let prev_hash = ChainHash::from_hex(&line.prev_hash).ok_or_else(|| bad("prev_hash is not 64 hex digits"))?;
+    let prev_hash = ChainHash::from_hex(&line.prev_hash)
+        .ok_or_else(|| bad("prev_hash is not 64 hex digits"))?;
     let hash = ChainHash::from_hex(&line.hash).ok_or_else(|| bad("hash is not 64 hex digits"))?;
     Ok(StoredRecord {
         version: line.version,
@@ -136,7 +138,10 @@ fn list_files(dir: &Path) -> std::io::Result<Vec<u64>> {
         let entry = entry?;
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        if let Some(n) = name.strip_prefix("audit-").and_then(|s| s.strip_suffix(".jsonl")) {
+        if let Some(n) = name
+            .strip_prefix("audit-")
+            .and_then(|s| s.strip_suffix(".jsonl"))
+        {
             if let Ok(n) = n.parse::<u64>() {
                 numbers.push(n);
             }
@@ -163,7 +168,10 @@ fn last_complete_line(file: &mut File) -> std::io::Result<(Option<Vec<u8>>, u64)
         chunk.extend_from_slice(&buf);
         buf = chunk;
         if end.is_none() {
-            end = buf.iter().rposition(|&b| b == b'\n').map(|i| pos + i as u64);
+            end = buf
+                .iter()
+                .rposition(|&b| b == b'\n')
+                .map(|i| pos + i as u64);
         }
         if let Some(e) = end {
             let e_rel = usize::try_from(e - pos).unwrap_or(0);
@@ -197,7 +205,12 @@ impl JsonlSink {
         let sink = JsonlSink {
             name: name.clone(),
             dir: dir.to_path_buf(),
-            inner: Arc::new(Mutex::new(Inner { max_file_bytes, durability, current: None, repairs: Vec::new() })),
+            inner: Arc::new(Mutex::new(Inner {
+                max_file_bytes,
+                durability,
+                current: None,
+                repairs: Vec::new(),
+            })),
         };
         match mode {
             OpenMode::Write(_) => {
@@ -205,8 +218,11 @@ impl JsonlSink {
                 let inner = Arc::clone(&sink.inner);
                 let n = name.clone();
                 tokio::task::spawn_blocking(move || {
-                    std::fs::create_dir_all(&d).map_err(|e| SinkError::new(&n, format!("cannot create directory: {e}")))?;
-                    let mut g = inner.lock().map_err(|_| SinkError::new(&n, "lock poisoned"))?;
+                    std::fs::create_dir_all(&d)
+                        .map_err(|e| SinkError::new(&n, format!("cannot create directory: {e}")))?;
+                    let mut g = inner
+                        .lock()
+                        .map_err(|_| SinkError::new(&n, "lock poisoned"))?;
                     open_current(&d, &mut g).map_err(|e| SinkError::new(&n, e))
                 })
                 .await
@@ -229,7 +245,9 @@ impl JsonlSink {
         let inner = Arc::clone(&self.inner);
         let name = self.name.clone();
         tokio::task::spawn_blocking(move || {
-            let mut g = inner.lock().map_err(|_| SinkError::new(&name, "lock poisoned"))?;
+            let mut g = inner
+                .lock()
+                .map_err(|_| SinkError::new(&name, "lock poisoned"))?;
             f(&dir, &mut g).map_err(|e| SinkError::new(&name, e))
         })
         .await
@@ -249,9 +267,11 @@ fn open_current(dir: &Path, inner: &mut Inner) -> Result<(), String> {
         .open(&path)
         .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
     let len = file.metadata().map_err(|e| e.to_string())?.len();
-    let (_, good_len) = last_complete_line(&mut file).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let (_, good_len) = last_complete_line(&mut file)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     if good_len < len {
-        file.set_len(good_len).map_err(|e| format!("cannot truncate torn line in {}: {e}", path.display()))?;
+        file.set_len(good_len)
+            .map_err(|e| format!("cannot truncate torn line in {}: {e}", path.display()))?;
         file.sync_all().map_err(|e| e.to_string())?;
         let mut details = serde_json::Map::new();
         details.insert("file".into(), file_name(number).into());
@@ -272,7 +292,11 @@ fn open_current(dir: &Path, inner: &mut Inner) -> Result<(), String> {
     if files.is_empty() {
         sync_dir(dir).map_err(|e| e.to_string())?;
     }
-    inner.current = Some(Current { number, file, len: good_len });
+    inner.current = Some(Current {
+        number,
+        file,
+        len: good_len,
+    });
     Ok(())
 }
 
@@ -283,7 +307,9 @@ fn write_blocking(dir: &Path, inner: &mut Inner, records: &[StoredRecord]) -> Re
     let sync = inner.durability == Some(Durability::Sync);
     let max = inner.max_file_bytes;
     let result = (|| -> Result<(), String> {
-        let Some(cur) = inner.current.as_mut() else { return Err("no open file".into()) };
+        let Some(cur) = inner.current.as_mut() else {
+            return Err("no open file".into());
+        };
         let mut pending: Vec<u8> = Vec::new();
         let mut checkpoints: Vec<u8> = Vec::new();
         for r in records {
@@ -291,7 +317,9 @@ fn write_blocking(dir: &Path, inner: &mut Inner, records: &[StoredRecord]) -> Re
             if r.kind == RecordKind::Checkpoint {
                 checkpoints.extend_from_slice(&line);
             }
-            if cur.len + pending.len() as u64 > 0 && cur.len + (pending.len() + line.len()) as u64 > max {
+            if cur.len + pending.len() as u64 > 0
+                && cur.len + (pending.len() + line.len()) as u64 > max
+            {
                 flush(cur, &mut pending, sync)?;
                 let next = cur.number + 1;
                 let path = dir.join(file_name(next));
@@ -304,7 +332,11 @@ fn write_blocking(dir: &Path, inner: &mut Inner, records: &[StoredRecord]) -> Re
                 if sync {
                     sync_dir(dir).map_err(|e| format!("cannot sync directory: {e}"))?;
                 }
-                *cur = Current { number: next, file, len: 0 };
+                *cur = Current {
+                    number: next,
+                    file,
+                    len: 0,
+                };
             }
             pending.extend_from_slice(&line);
         }
@@ -317,9 +349,11 @@ fn write_blocking(dir: &Path, inner: &mut Inner, records: &[StoredRecord]) -> Re
                 .create(true)
                 .open(&path)
                 .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-            f.write_all(&checkpoints).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+            f.write_all(&checkpoints)
+                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
             if sync {
-                f.sync_data().map_err(|e| format!("cannot sync {}: {e}", path.display()))?;
+                f.sync_data()
+                    .map_err(|e| format!("cannot sync {}: {e}", path.display()))?;
             }
         }
         Ok(())
@@ -338,11 +372,20 @@ fn write_blocking(dir: &Path, inner: &mut Inner, records: &[StoredRecord]) -> Re
 fn still_in_place(dir: &Path, cur: &Current) -> Result<(), String> {
     use std::os::unix::fs::MetadataExt;
     let path = dir.join(file_name(cur.number));
-    let open = cur.file.metadata().map_err(|e| format!("cannot stat {}: {e}", path.display()))?;
+    let open = cur
+        .file
+        .metadata()
+        .map_err(|e| format!("cannot stat {}: {e}", path.display()))?;
     match std::fs::metadata(&path) {
         Ok(on_disk) if on_disk.dev() == open.dev() && on_disk.ino() == open.ino() => Ok(()),
-        Ok(_) => Err(format!("{} was replaced while the trail was being written", path.display())),
-        Err(e) => Err(format!("{} is gone ({e}): the trail's directory was moved or deleted", path.display())),
+        Ok(_) => Err(format!(
+            "{} was replaced while the trail was being written",
+            path.display()
+        )),
+        Err(e) => Err(format!(
+            "{} is gone ({e}): the trail's directory was moved or deleted",
+            path.display()
+        )),
     }
 }
 
@@ -350,9 +393,13 @@ fn flush(cur: &mut Current, pending: &mut Vec<u8>, sync: bool) -> Result<(), Str
     if pending.is_empty() {
         return Ok(());
     }
-    cur.file.write_all(pending).map_err(|e| format!("cannot write {}: {e}", file_name(cur.number)))?;
+    cur.file
+        .write_all(pending)
+        .map_err(|e| format!("cannot write {}: {e}", file_name(cur.number)))?;
     if sync {
-        cur.file.sync_data().map_err(|e| format!("cannot sync {}: {e}", file_name(cur.number)))?;
+        cur.file
+            .sync_data()
+            .map_err(|e| format!("cannot sync {}: {e}", file_name(cur.number)))?;
     }
     cur.len += pending.len() as u64;
     pending.clear();
@@ -367,11 +414,17 @@ fn scan_blocking(dir: &Path, cursor: ScanCursor, limit: usize) -> Result<ScanPag
     let mut cursor = cursor;
     for &number in files.iter().filter(|&&n| n >= start) {
         if number != cursor.segment {
-            cursor = ScanCursor { segment: number, position: 0, line: 0 };
+            cursor = ScanCursor {
+                segment: number,
+                position: 0,
+                line: 0,
+            };
         }
         let path = dir.join(file_name(number));
-        let mut file = File::open(&path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-        file.seek(SeekFrom::Start(cursor.position)).map_err(|e| e.to_string())?;
+        let mut file =
+            File::open(&path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+        file.seek(SeekFrom::Start(cursor.position))
+            .map_err(|e| e.to_string())?;
         let mut reader = BufReader::new(file);
         let mut buf = Vec::new();
         loop {
@@ -380,7 +433,9 @@ fn scan_blocking(dir: &Path, cursor: ScanCursor, limit: usize) -> Result<ScanPag
                 return Ok(page);
             }
             buf.clear();
-            let n = reader.read_until(b'\n', &mut buf).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            let n = reader
+                .read_until(b'\n', &mut buf)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
             if n == 0 {
                 break;
             }
@@ -405,7 +460,13 @@ fn scan_blocking(dir: &Path, cursor: ScanCursor, limit: usize) -> Result<ScanPag
             let body = &buf[..buf.len() - 1];
             page.items.push(match decode_line(body) {
                 Ok(record) => ScanItem::Record { location, record },
-                Err((node, seq, problem)) => ScanItem::Damaged { location, node, seq, problem, torn_final: false },
+                Err((node, seq, problem)) => ScanItem::Damaged {
+                    location,
+                    node,
+                    seq,
+                    problem,
+                    torn_final: false,
+                },
             });
         }
     }
@@ -460,7 +521,8 @@ impl Sink for JsonlSink {
     }
 
     async fn scan(&self, cursor: ScanCursor, limit: usize) -> Result<ScanPage, SinkError> {
-        self.blocking(move |dir, _| scan_blocking(dir, cursor, limit)).await
+        self.blocking(move |dir, _| scan_blocking(dir, cursor, limit))
+            .await
     }
 
     async fn checkpoint_copies(&self) -> Result<Vec<(String, StoredRecord)>, SinkError> {
@@ -498,7 +560,14 @@ mod tests {
     #[test]
     fn line_round_trip_keeps_payload_bytes() {
         let payload = br#"{"time":{"secs_since_epoch":1,"nanos_since_epoch":0},"event":"x","sql":"a \"b\" \u00e9"}"#.to_vec();
-        let r = StoredRecord::seal("n", 1, RecordKind::Event, ChainHash::GENESIS, payload.clone()).unwrap();
+        let r = StoredRecord::seal(
+            "n",
+            1,
+            RecordKind::Event,
+            ChainHash::GENESIS,
+            payload.clone(),
+        )
+        .unwrap();
         let line = encode_line(&r).unwrap();
         let back = decode_line(&line[..line.len() - 1]).unwrap();
         assert_eq!(back, r);
@@ -517,7 +586,10 @@ mod tests {
         assert_eq!(good, 2 + 100_001);
         std::fs::write(&path, "only\n").unwrap();
         let mut f = File::open(&path).unwrap();
-        assert_eq!(last_complete_line(&mut f).unwrap(), (Some(b"only".to_vec()), 5));
+        assert_eq!(
+            last_complete_line(&mut f).unwrap(),
+            (Some(b"only".to_vec()), 5)
+        );
         std::fs::write(&path, "torn").unwrap();
         let mut f = File::open(&path).unwrap();
         assert_eq!(last_complete_line(&mut f).unwrap(), (None, 0));

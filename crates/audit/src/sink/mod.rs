@@ -46,7 +46,12 @@ pub trait Sink: Send + Sync {
 
     /// Records of `node` with `seq >= from_seq`, in seq order, at most `limit`.
     /// The default scans the whole sink; indexed sinks override it.
-    async fn read_range(&self, node: &str, from_seq: u64, limit: usize) -> Result<Vec<StoredRecord>, SinkError> {
+    async fn read_range(
+        &self,
+        node: &str,
+        from_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredRecord>, SinkError> {
         let mut out = Vec::new();
         let mut cursor = ScanCursor::default();
         loop {
@@ -70,7 +75,11 @@ pub trait Sink: Send + Sync {
 
     /// The newest `limit` records matching `filter`, oldest first. The default scans the whole
     /// sink; SQLite and PostgreSQL answer from their indexes.
-    async fn search(&self, filter: &SearchFilter, limit: usize) -> Result<Vec<StoredRecord>, SinkError> {
+    async fn search(
+        &self,
+        filter: &SearchFilter,
+        limit: usize,
+    ) -> Result<Vec<StoredRecord>, SinkError> {
         let mut out = VecDeque::new();
         let mut cursor = ScanCursor::default();
         loop {
@@ -180,9 +189,14 @@ impl SearchFilter {
             && eq(&self.target, r.target.as_deref())
             && eq(&self.event, Some(&r.event))
             && eq(&self.verdict, r.verdict.as_deref())
-            && self.since.is_none_or(|t| r.time_us >= micros_since_epoch(t))
+            && self
+                .since
+                .is_none_or(|t| r.time_us >= micros_since_epoch(t))
             && self.until.is_none_or(|t| r.time_us < micros_since_epoch(t))
-            && self.text.as_deref().is_none_or(|t| contains(&r.payload, t.as_bytes()))
+            && self
+                .text
+                .as_deref()
+                .is_none_or(|t| contains(&r.payload, t.as_bytes()))
     }
 }
 
@@ -200,11 +214,19 @@ pub enum OpenMode {
 }
 
 /// Opens the sink `config` describes.
-pub async fn open_sink(config: &crate::config::SinkConfig, mode: OpenMode) -> Result<Box<dyn Sink>, SinkError> {
+pub async fn open_sink(
+    config: &crate::config::SinkConfig,
+    mode: OpenMode,
+) -> Result<Box<dyn Sink>, SinkError> {
     use crate::config::SinkConfig;
     Ok(match config {
         SinkConfig::Sqlite { path } => Box::new(SqliteSink::open(path, mode).await?),
-        SinkConfig::Jsonl { dir, max_file_bytes } => Box::new(JsonlSink::open(dir, *max_file_bytes, mode).await?),
-        SinkConfig::Postgres { url, table } => Box::new(PostgresSink::open(url, table, mode).await?),
+        SinkConfig::Jsonl {
+            dir,
+            max_file_bytes,
+        } => Box::new(JsonlSink::open(dir, *max_file_bytes, mode).await?),
+        SinkConfig::Postgres { url, table } => {
+            Box::new(PostgresSink::open(url, table, mode).await?)
+        }
     })
 }

@@ -17,7 +17,8 @@ use crate::error::SinkError;
 use crate::record::{micros_since_epoch, ChainHash, RecordKind, StoredRecord};
 
 const COLUMNS: &str = "id, version, node, seq, kind, prev_hash, hash, time_us, subject, target, event, verdict, payload";
-const INSERT_COLUMNS: &str = "version, node, seq, kind, prev_hash, hash, time_us, subject, target, event, verdict, payload";
+const INSERT_COLUMNS: &str =
+    "version, node, seq, kind, prev_hash, hash, time_us, subject, target, event, verdict, payload";
 /// Rows per INSERT statement (12 parameters each, well under PostgreSQL's 65535).
 const ROWS_PER_INSERT: usize = 1000;
 
@@ -46,24 +47,34 @@ pub fn quote_table(table: &str) -> Result<String, String> {
             "`{table}` is not a table name: use letters, digits and `_`, optionally `schema.table`"
         ));
     }
-    Ok(parts.iter().map(|p| format!("\"{p}\"")).collect::<Vec<_>>().join("."))
+    Ok(parts
+        .iter()
+        .map(|p| format!("\"{p}\""))
+        .collect::<Vec<_>>()
+        .join("."))
 }
 
 impl PostgresSink {
     /// Connects; for writing, creates the tables if missing.
     pub async fn open(url: &str, table: &str, mode: OpenMode) -> Result<Self, SinkError> {
-        let mut config: tokio_postgres::Config =
-            url.parse().map_err(|e| SinkError::new("postgres", format!("invalid connection string: {e}")))?;
+        let mut config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e| SinkError::new("postgres", format!("invalid connection string: {e}")))?;
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(Duration::from_secs(5));
         }
         let name = format!(
             "postgres {}/{} table {table}",
-            config.get_hosts().first().map(host_name).unwrap_or_default(),
+            config
+                .get_hosts()
+                .first()
+                .map(host_name)
+                .unwrap_or_default(),
             config.get_dbname().unwrap_or_default()
         );
         let quoted = quote_table(table).map_err(|e| SinkError::new(&name, e))?;
-        let checkpoints = quote_table(&format!("{table}_checkpoints")).map_err(|e| SinkError::new(&name, e))?;
+        let checkpoints =
+            quote_table(&format!("{table}_checkpoints")).map_err(|e| SinkError::new(&name, e))?;
         let sink = PostgresSink {
             name,
             config,
@@ -115,7 +126,9 @@ impl PostgresSink {
             if unique {
                 for col in ["time_us", "subject", "target", "verdict", "event"] {
                     let idx = format!("{index_base}_{col}");
-                    sql.push_str(&format!("CREATE INDEX IF NOT EXISTS \"{idx}\" ON {t} ({col});\n"));
+                    sql.push_str(&format!(
+                        "CREATE INDEX IF NOT EXISTS \"{idx}\" ON {t} ({col});\n"
+                    ));
                 }
             }
         }
@@ -164,7 +177,10 @@ fn host_name(h: &tokio_postgres::config::Host) -> String {
 fn read_row(row: &Row) -> (i64, Result<StoredRecord, Damage>) {
     let id: i64 = row.try_get(0).unwrap_or(0);
     let node: Option<String> = row.try_get(2).ok();
-    let seq: Option<u64> = row.try_get::<_, i64>(3).ok().and_then(|s| u64::try_from(s).ok());
+    let seq: Option<u64> = row
+        .try_get::<_, i64>(3)
+        .ok()
+        .and_then(|s| u64::try_from(s).ok());
     let parsed = (|| -> Result<StoredRecord, String> {
         let version: i32 = row.try_get(1).map_err(|e| e.to_string())?;
         let kind_s: String = row.try_get(4).map_err(|e| e.to_string())?;
@@ -237,8 +253,10 @@ impl Sink for PostgresSink {
         let mut rows = Vec::with_capacity(records.len());
         for r in records {
             rows.push(InsertRow {
-                version: i32::try_from(r.version).map_err(|_| SinkError::new(&self.name, "version out of range"))?,
-                seq: i64::try_from(r.seq).map_err(|_| SinkError::new(&self.name, "seq out of range"))?,
+                version: i32::try_from(r.version)
+                    .map_err(|_| SinkError::new(&self.name, "version out of range"))?,
+                seq: i64::try_from(r.seq)
+                    .map_err(|_| SinkError::new(&self.name, "seq out of range"))?,
                 kind: r.kind.as_str(),
                 prev_hash: r.prev_hash.to_hex(),
                 hash: r.hash.to_hex(),
@@ -269,7 +287,8 @@ impl Sink for PostgresSink {
                             &r.payload,
                         ]);
                     }
-                    tx.execute(insert_sql(dest, chunk.len()).as_str(), &params).await?;
+                    tx.execute(insert_sql(dest, chunk.len()).as_str(), &params)
+                        .await?;
                 }
             }
             tx.commit().await
@@ -277,17 +296,26 @@ impl Sink for PostgresSink {
     }
 
     async fn tail(&self, node: &str) -> Result<Option<StoredRecord>, SinkError> {
-        let sql = format!("SELECT {COLUMNS} FROM {} WHERE node = $1 ORDER BY seq DESC LIMIT 1", self.table);
+        let sql = format!(
+            "SELECT {COLUMNS} FROM {} WHERE node = $1 ORDER BY seq DESC LIMIT 1",
+            self.table
+        );
         let row = on_client!(self, |c| c.query_opt(sql.as_str(), &[&node]))?;
         match row.as_ref().map(read_row) {
             None => Ok(None),
             Some((_, Ok(r))) => Ok(Some(r)),
-            Some((id, Err((_, _, p)))) => Err(SinkError::new(&self.name, format!("last record (id {id}) is damaged: {p}"))),
+            Some((id, Err((_, _, p)))) => Err(SinkError::new(
+                &self.name,
+                format!("last record (id {id}) is damaged: {p}"),
+            )),
         }
     }
 
     async fn scan(&self, cursor: ScanCursor, limit: usize) -> Result<ScanPage, SinkError> {
-        let sql = format!("SELECT {COLUMNS} FROM {} WHERE id > $1 ORDER BY id LIMIT $2", self.table);
+        let sql = format!(
+            "SELECT {COLUMNS} FROM {} WHERE id > $1 ORDER BY id LIMIT $2",
+            self.table
+        );
         let after = i64::try_from(cursor.position).unwrap_or(i64::MAX);
         let lim = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows = on_client!(self, |c| c.query(sql.as_str(), &[&after, &lim]))?;
@@ -299,11 +327,21 @@ impl Sink for PostgresSink {
             let location = format!("{} id {id}", self.table_plain);
             page.items.push(match parsed {
                 Ok(record) => ScanItem::Record { location, record },
-                Err((node, seq, problem)) => ScanItem::Damaged { location, node, seq, problem, torn_final: false },
+                Err((node, seq, problem)) => ScanItem::Damaged {
+                    location,
+                    node,
+                    seq,
+                    problem,
+                    torn_final: false,
+                },
             });
         }
         if page.items.len() == limit {
-            page.next = last.map(|id| ScanCursor { segment: 0, position: u64::try_from(id).unwrap_or(0), line: 0 });
+            page.next = last.map(|id| ScanCursor {
+                segment: 0,
+                position: u64::try_from(id).unwrap_or(0),
+                line: 0,
+            });
         }
         Ok(page)
     }
@@ -320,15 +358,27 @@ impl Sink for PostgresSink {
             .collect())
     }
 
-    async fn read_range(&self, node: &str, from_seq: u64, limit: usize) -> Result<Vec<StoredRecord>, SinkError> {
-        let sql = format!("SELECT {COLUMNS} FROM {} WHERE node = $1 AND seq >= $2 ORDER BY seq LIMIT $3", self.table);
+    async fn read_range(
+        &self,
+        node: &str,
+        from_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredRecord>, SinkError> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM {} WHERE node = $1 AND seq >= $2 ORDER BY seq LIMIT $3",
+            self.table
+        );
         let from = i64::try_from(from_seq).unwrap_or(i64::MAX);
         let lim = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows = on_client!(self, |c| c.query(sql.as_str(), &[&node, &from, &lim]))?;
         Ok(rows.iter().filter_map(|r| read_row(r).1.ok()).collect())
     }
 
-    async fn search(&self, filter: &SearchFilter, limit: usize) -> Result<Vec<StoredRecord>, SinkError> {
+    async fn search(
+        &self,
+        filter: &SearchFilter,
+        limit: usize,
+    ) -> Result<Vec<StoredRecord>, SinkError> {
         let sql = format!(
             "SELECT {COLUMNS} FROM {} WHERE \
              ($1::text IS NULL OR node = $1) AND ($2::text IS NULL OR subject = $2) AND ($3::text IS NULL OR target = $3) \

@@ -73,7 +73,10 @@ impl SqliteSink {
             .await
             .map_err(|e| SinkError::new(&n, format!("open task failed: {e}")))?
             .map_err(|e| SinkError::new(&n, e))?;
-        Ok(Self { name, conn: Arc::new(Mutex::new(conn)) })
+        Ok(Self {
+            name,
+            conn: Arc::new(Mutex::new(conn)),
+        })
     }
 
     async fn with_conn<T: Send + 'static>(
@@ -83,7 +86,9 @@ impl SqliteSink {
         let conn = Arc::clone(&self.conn);
         let name = self.name.clone();
         tokio::task::spawn_blocking(move || {
-            let mut guard = conn.lock().map_err(|_| SinkError::new(&name, "connection lock poisoned"))?;
+            let mut guard = conn
+                .lock()
+                .map_err(|_| SinkError::new(&name, "connection lock poisoned"))?;
             f(&mut guard).map_err(|e| SinkError::new(&name, e.to_string()))
         })
         .await
@@ -95,25 +100,32 @@ fn open_blocking(path: &Path, mode: OpenMode) -> Result<Connection, String> {
     let conn = match mode {
         OpenMode::Write(_) => {
             if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-                std::fs::create_dir_all(parent).map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+                std::fs::create_dir_all(parent)
+                    .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
             }
             Connection::open(path)
         }
         OpenMode::Read => Connection::open_with_flags(
             path,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI,
+            OpenFlags::SQLITE_OPEN_READ_ONLY
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX
+                | OpenFlags::SQLITE_OPEN_URI,
         ),
     }
     .map_err(|e| format!("cannot open: {e}"))?;
-    conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(|e| e.to_string())?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .map_err(|e| e.to_string())?;
     if let OpenMode::Write(durability) = mode {
         let sync = match durability {
             Durability::Sync => "FULL",
             Durability::Batched => "NORMAL",
         };
-        conn.execute_batch(&format!("PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync};"))
-            .map_err(|e| format!("cannot set WAL mode: {e}"))?;
-        conn.execute_batch(SCHEMA).map_err(|e| format!("cannot create tables: {e}"))?;
+        conn.execute_batch(&format!(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync};"
+        ))
+        .map_err(|e| format!("cannot set WAL mode: {e}"))?;
+        conn.execute_batch(SCHEMA)
+            .map_err(|e| format!("cannot create tables: {e}"))?;
     }
     Ok(conn)
 }
@@ -148,10 +160,19 @@ fn insert(tx: &rusqlite::Transaction<'_>, table: &str, r: &StoredRecord) -> rusq
 fn read_row(row: &Row<'_>) -> rusqlite::Result<(i64, Result<StoredRecord, Damage>)> {
     let id: i64 = row.get(0)?;
     let node: Option<String> = row.get(2).ok();
-    let seq: Option<u64> = row.get::<_, i64>(3).ok().and_then(|s| u64::try_from(s).ok());
+    let seq: Option<u64> = row
+        .get::<_, i64>(3)
+        .ok()
+        .and_then(|s| u64::try_from(s).ok());
     let parsed = (|| -> Result<StoredRecord, String> {
-        let text = |i: usize| row.get::<_, String>(i).map_err(|e| format!("column {i}: {e}"));
-        let opt_text = |i: usize| row.get::<_, Option<String>>(i).map_err(|e| format!("column {i}: {e}"));
+        let text = |i: usize| {
+            row.get::<_, String>(i)
+                .map_err(|e| format!("column {i}: {e}"))
+        };
+        let opt_text = |i: usize| {
+            row.get::<_, Option<String>>(i)
+                .map_err(|e| format!("column {i}: {e}"))
+        };
         let version: u32 = row.get(1).map_err(|e| format!("version: {e}"))?;
         let kind_s = text(4)?;
         let kind = RecordKind::parse(&kind_s).ok_or_else(|| format!("unknown kind `{kind_s}`"))?;
@@ -169,7 +190,9 @@ fn read_row(row: &Row<'_>) -> rusqlite::Result<(i64, Result<StoredRecord, Damage
             target: opt_text(9)?,
             event: text(10)?,
             verdict: opt_text(11)?,
-            payload: row.get::<_, Vec<u8>>(12).map_err(|e| format!("payload: {e}"))?,
+            payload: row
+                .get::<_, Vec<u8>>(12)
+                .map_err(|e| format!("payload: {e}"))?,
         })
     })();
     Ok((id, parsed.map_err(|problem| (node, seq, problem))))
@@ -209,8 +232,9 @@ impl Sink for SqliteSink {
     async fn tail(&self, node: &str) -> Result<Option<StoredRecord>, SinkError> {
         let node = node.to_owned();
         self.with_conn(move |conn| {
-            let mut stmt =
-                conn.prepare_cached(&format!("SELECT {COLUMNS} FROM audit_records WHERE node = ?1 ORDER BY seq DESC LIMIT 1"))?;
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM audit_records WHERE node = ?1 ORDER BY seq DESC LIMIT 1"
+            ))?;
             let row = stmt.query_row(params![node], read_row).optional()?;
             match row {
                 None => Ok(None),
@@ -228,7 +252,9 @@ impl Sink for SqliteSink {
     async fn scan(&self, cursor: ScanCursor, limit: usize) -> Result<ScanPage, SinkError> {
         let limit_i = i64::try_from(limit).unwrap_or(i64::MAX);
         self.with_conn(move |conn| {
-            let mut stmt = conn.prepare_cached(&format!("SELECT {COLUMNS} FROM audit_records WHERE id > ?1 ORDER BY id LIMIT ?2"))?;
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM audit_records WHERE id > ?1 ORDER BY id LIMIT ?2"
+            ))?;
             let after = i64::try_from(cursor.position).unwrap_or(i64::MAX);
             let mut rows = stmt.query(params![after, limit_i])?;
             let mut page = ScanPage::default();
@@ -239,11 +265,21 @@ impl Sink for SqliteSink {
                 let location = format!("audit_records row id {id}");
                 page.items.push(match parsed {
                     Ok(record) => ScanItem::Record { location, record },
-                    Err((node, seq, problem)) => ScanItem::Damaged { location, node, seq, problem, torn_final: false },
+                    Err((node, seq, problem)) => ScanItem::Damaged {
+                        location,
+                        node,
+                        seq,
+                        problem,
+                        torn_final: false,
+                    },
                 });
             }
             if page.items.len() == limit {
-                page.next = last.map(|id| ScanCursor { segment: 0, position: u64::try_from(id).unwrap_or(0), line: 0 });
+                page.next = last.map(|id| ScanCursor {
+                    segment: 0,
+                    position: u64::try_from(id).unwrap_or(0),
+                    line: 0,
+                });
             }
             Ok(page)
         })
@@ -252,7 +288,9 @@ impl Sink for SqliteSink {
 
     async fn checkpoint_copies(&self) -> Result<Vec<(String, StoredRecord)>, SinkError> {
         self.with_conn(|conn| {
-            let mut stmt = conn.prepare(&format!("SELECT {COLUMNS} FROM audit_checkpoints ORDER BY id"))?;
+            let mut stmt = conn.prepare(&format!(
+                "SELECT {COLUMNS} FROM audit_checkpoints ORDER BY id"
+            ))?;
             let mut rows = stmt.query([])?;
             let mut out = Vec::new();
             while let Some(row) = rows.next()? {
@@ -265,7 +303,12 @@ impl Sink for SqliteSink {
         .await
     }
 
-    async fn read_range(&self, node: &str, from_seq: u64, limit: usize) -> Result<Vec<StoredRecord>, SinkError> {
+    async fn read_range(
+        &self,
+        node: &str,
+        from_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredRecord>, SinkError> {
         let node = node.to_owned();
         let limit_i = i64::try_from(limit).unwrap_or(i64::MAX);
         self.with_conn(move |conn| {
@@ -278,7 +321,11 @@ impl Sink for SqliteSink {
         .await
     }
 
-    async fn search(&self, filter: &SearchFilter, limit: usize) -> Result<Vec<StoredRecord>, SinkError> {
+    async fn search(
+        &self,
+        filter: &SearchFilter,
+        limit: usize,
+    ) -> Result<Vec<StoredRecord>, SinkError> {
         let f = filter.clone();
         let limit_i = i64::try_from(limit).unwrap_or(i64::MAX);
         self.with_conn(move |conn| {

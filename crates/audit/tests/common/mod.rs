@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use audit::{
-    AuditConfig, CheckpointSigner, Durability, OnFailure, RecordKind, ScanCursor, ScanItem, ScanPage, Sink,
-    SinkConfig, SinkError, StoredRecord,
+    AuditConfig, CheckpointSigner, Durability, OnFailure, RecordKind, ScanCursor, ScanItem,
+    ScanPage, Sink, SinkConfig, SinkError, StoredRecord,
 };
 use gateway_core::{AuditEvent, AuditRecord, ClientInfo, Decision, Verdict};
 
@@ -95,17 +95,30 @@ pub async fn all_records(sink: &dyn Sink) -> Vec<StoredRecord> {
 
 /// The seq of the `n`-th event record (1-based) of a chain.
 pub fn nth_event(records: &[StoredRecord], n: usize) -> u64 {
-    records.iter().filter(|r| r.kind == RecordKind::Event).nth(n - 1).expect("enough events").seq
+    records
+        .iter()
+        .filter(|r| r.kind == RecordKind::Event)
+        .nth(n - 1)
+        .expect("enough events")
+        .seq
 }
 
 /// Seqs of the checkpoint records.
 pub fn checkpoints(records: &[StoredRecord]) -> Vec<u64> {
-    records.iter().filter(|r| r.kind == RecordKind::Checkpoint).map(|r| r.seq).collect()
+    records
+        .iter()
+        .filter(|r| r.kind == RecordKind::Checkpoint)
+        .map(|r| r.seq)
+        .collect()
 }
 
 /// Applies `edit` to the record at `seq` and recomputes every hash from there on, as an attacker
 /// with write access (but without the signing key) would.
-pub fn rewrite_from(records: &[StoredRecord], seq: u64, edit: impl FnOnce(&mut Vec<u8>)) -> Vec<StoredRecord> {
+pub fn rewrite_from(
+    records: &[StoredRecord],
+    seq: u64,
+    edit: impl FnOnce(&mut Vec<u8>),
+) -> Vec<StoredRecord> {
     let mut out = Vec::new();
     let mut prev = None;
     let mut edit = Some(edit);

@@ -45,7 +45,9 @@ impl Const {
 fn numeric_prefix(s: &str) -> Option<f64> {
     let end = s
         .char_indices()
-        .take_while(|(i, c)| c.is_ascii_digit() || *c == '.' || (*i == 0 && (*c == '-' || *c == '+')))
+        .take_while(|(i, c)| {
+            c.is_ascii_digit() || *c == '.' || (*i == 0 && (*c == '-' || *c == '+'))
+        })
         .map(|(i, c)| i + c.len_utf8())
         .last()?;
     s.get(..end).and_then(|p| p.parse::<f64>().ok())
@@ -54,7 +56,12 @@ fn numeric_prefix(s: &str) -> Option<f64> {
 /// Compares two constants with a comparison operator; `None` when the operator is not a
 /// comparison or the values do not compare. `case_insensitive` follows MySQL's default
 /// collations, where `'a' = 'A'` and trailing spaces do not count.
-pub(super) fn compare(op: &str, left: &Const, right: &Const, case_insensitive: bool) -> Option<bool> {
+pub(super) fn compare(
+    op: &str,
+    left: &Const,
+    right: &Const,
+    case_insensitive: bool,
+) -> Option<bool> {
     if op == "<=>" {
         return match (left, right) {
             (Const::Null, Const::Null) => Some(true),

@@ -232,9 +232,50 @@ mod tests {
     ];
 
     const FRAGMENTS: &[&str] = &[
-        "SELECT", "DELETE", "FROM", "WHERE", "(", ")", "'", "\"", "`", "$$", "$a$", "/*", "*/", "/*!", "--",
-        "#", ";", "\\", "E'", "U&\"", "WITH", "AS", "DO", "BEGIN", "END", "1=1", "OR", "NOT", "IN", ",", ".",
-        "::", "[", "]", "\u{0}", "é", "\u{1F600}", " ", "\n", "INTO", "OUTFILE", "LOAD", "DATA", "HANDLER",
+        "SELECT",
+        "DELETE",
+        "FROM",
+        "WHERE",
+        "(",
+        ")",
+        "'",
+        "\"",
+        "`",
+        "$$",
+        "$a$",
+        "/*",
+        "*/",
+        "/*!",
+        "--",
+        "#",
+        ";",
+        "\\",
+        "E'",
+        "U&\"",
+        "WITH",
+        "AS",
+        "DO",
+        "BEGIN",
+        "END",
+        "1=1",
+        "OR",
+        "NOT",
+        "IN",
+        ",",
+        ".",
+        "::",
+        "[",
+        "]",
+        "\u{0}",
+        "é",
+        "\u{1F600}",
+        " ",
+        "\n",
+        "INTO",
+        "OUTFILE",
+        "LOAD",
+        "DATA",
+        "HANDLER",
     ];
 
     /// Builds a mutated, truncated or spliced statement text from the seeds and fragments.
@@ -245,7 +286,10 @@ mod tests {
                 let seed = SEEDS[rng.below(SEEDS.len())];
                 let cut = rng.below(seed.len() + 1);
                 // Truncate at a char boundary at or before `cut`.
-                let cut = (0..=cut).rev().find(|&i| seed.is_char_boundary(i)).unwrap_or(0);
+                let cut = (0..=cut)
+                    .rev()
+                    .find(|&i| seed.is_char_boundary(i))
+                    .unwrap_or(0);
                 s.push_str(&seed[..cut]);
             }
             1 => {
@@ -268,7 +312,8 @@ mod tests {
             }
             _ => {
                 for _ in 0..rng.below(60) {
-                    let c = char::from_u32(u32::try_from(rng.below(0x80)).unwrap_or(32)).unwrap_or(' ');
+                    let c =
+                        char::from_u32(u32::try_from(rng.below(0x80)).unwrap_or(32)).unwrap_or(' ');
                     s.push(c);
                 }
             }
@@ -281,7 +326,10 @@ mod tests {
         let mut rng = Xorshift(0x9E37_79B9_7F4A_7C15);
         let contexts = [
             ReadingContext::new(Dialect::Postgres),
-            ReadingContext { default_schema: Some("app".into()), ..ReadingContext::new(Dialect::Postgres) },
+            ReadingContext {
+                default_schema: Some("app".into()),
+                ..ReadingContext::new(Dialect::Postgres)
+            },
             ReadingContext::new(Dialect::Mysql),
             ReadingContext {
                 dialect: Dialect::Mysql,
@@ -301,13 +349,22 @@ mod tests {
             };
             if let Some(failure) = &analysis.failure {
                 // `analyze` turns a parser panic into this failure: the test must still see it.
-                assert_ne!(failure.message, INTERNAL_FAILURE, "analysis panicked on {text:?}");
+                assert_ne!(
+                    failure.message, INTERNAL_FAILURE,
+                    "analysis panicked on {text:?}"
+                );
                 failures += 1;
-                assert!(analysis.statements.is_empty(), "a failure comes with no statements: {text:?}");
+                assert!(
+                    analysis.statements.is_empty(),
+                    "a failure comes with no statements: {text:?}"
+                );
             }
         }
         // Most garbage must be refused; this only guards against a generator that makes valid SQL.
-        assert!(failures > 1000, "only {failures} of 3000 garbage texts failed to parse");
+        assert!(
+            failures > 1000,
+            "only {failures} of 3000 garbage texts failed to parse"
+        );
     }
 
     #[test]

@@ -16,8 +16,8 @@ use std::collections::HashMap;
 use std::ops::ControlFlow;
 
 use sqlparser::ast::{
-    self, BinaryOperator, Expr, FromTable, ObjectNamePart, OnInsert, Query, SetExpr, Statement, TableFactor,
-    TableObject, TableWithJoins, UnaryOperator, Visit, Visitor,
+    self, BinaryOperator, Expr, FromTable, ObjectNamePart, OnInsert, Query, SetExpr, Statement,
+    TableFactor, TableObject, TableWithJoins, UnaryOperator, Visit, Visitor,
 };
 use sqlparser::dialect::{BindPlaceholderStyle, Dialect as SqlDialect, MySqlDialect};
 use sqlparser::keywords::Keyword;
@@ -68,7 +68,12 @@ impl SqlDialect for MysqlReading {
     fn ordered_bind_placeholder_style(&self) -> Option<BindPlaceholderStyle> {
         self.base.ordered_bind_placeholder_style()
     }
-    fn parse_infix(&self, parser: &mut Parser, expr: &Expr, precedence: u8) -> Option<Result<Expr, ParserError>> {
+    fn parse_infix(
+        &self,
+        parser: &mut Parser,
+        expr: &Expr,
+        precedence: u8,
+    ) -> Option<Result<Expr, ParserError>> {
         self.base.parse_infix(parser, expr, precedence)
     }
     fn parse_statement(&self, parser: &mut Parser) -> Option<Result<Statement, ParserError>> {
@@ -138,7 +143,10 @@ pub(super) fn analyze(sql: &str, ctx: &ReadingContext) -> Analysis {
                 walker.statement(stmt, &mut acc);
                 facts.push(acc.finish());
             }
-            Analysis { statements: facts, failure: None }
+            Analysis {
+                statements: facts,
+                failure: None,
+            }
         }
         Err(e) => statement_by_statement(&dialect, &text, &walker, &e),
     }
@@ -154,14 +162,24 @@ fn parser_message(e: &ParserError) -> String {
 /// The text did not parse as a whole. Some MySQL statements sqlparser does not know
 /// (`LOAD DATA INFILE`, `SELECT ... INTO OUTFILE`, `HANDLER`, `PREPARE s FROM '...'`) are
 /// recognised from their tokens, statement by statement; anything else still fails the text.
-fn statement_by_statement(dialect: &MysqlReading, text: &str, walker: &Walker<'_>, first: &ParserError) -> Analysis {
+fn statement_by_statement(
+    dialect: &MysqlReading,
+    text: &str,
+    walker: &Walker<'_>,
+    first: &ParserError,
+) -> Analysis {
     let message = parser_message(first);
     let failure = || failed(message.clone(), error_position(text, &message));
-    let Ok(tokens) = Tokenizer::new(dialect, text).tokenize_with_location() else { return failure() };
+    let Ok(tokens) = Tokenizer::new(dialect, text).tokenize_with_location() else {
+        return failure();
+    };
     let mut facts = Vec::new();
     for group in tokens.split(|t| t.token == Token::SemiColon) {
-        let group: Vec<TokenWithSpan> =
-            group.iter().filter(|t| !matches!(t.token, Token::Whitespace(_))).cloned().collect();
+        let group: Vec<TokenWithSpan> = group
+            .iter()
+            .filter(|t| !matches!(t.token, Token::Whitespace(_)))
+            .cloned()
+            .collect();
         if group.is_empty() {
             continue;
         }
@@ -173,7 +191,10 @@ fn statement_by_statement(dialect: &MysqlReading, text: &str, walker: &Walker<'_
         }
         facts.push(acc.finish());
     }
-    Analysis { statements: facts, failure: None }
+    Analysis {
+        statements: facts,
+        failure: None,
+    }
 }
 
 /// Parses one statement's tokens; `None` unless they form exactly one statement.
@@ -200,14 +221,25 @@ fn name_at(walker: &Walker<'_>, tokens: &[TokenWithSpan], at: usize) -> Option<O
     let first = ident(at)?;
     if tokens.get(at + 1).map(|t| &t.token) == Some(&Token::Period) {
         let second = ident(at + 2)?;
-        return Some(ObjectName { schema: Some(first), name: second });
+        return Some(ObjectName {
+            schema: Some(first),
+            name: second,
+        });
     }
-    Some(ObjectName { schema: walker.ctx.default_schema.clone(), name: first })
+    Some(ObjectName {
+        schema: walker.ctx.default_schema.clone(),
+        name: first,
+    })
 }
 
 /// Token-level reading of the MySQL statements sqlparser cannot parse. Returns false when the
 /// statement is not one of them (the caller then fails closed).
-fn recognise(dialect: &MysqlReading, tokens: &[TokenWithSpan], walker: &Walker<'_>, acc: &mut Collector) -> bool {
+fn recognise(
+    dialect: &MysqlReading,
+    tokens: &[TokenWithSpan],
+    walker: &Walker<'_>,
+    acc: &mut Collector,
+) -> bool {
     let kw = |i: usize| keyword(tokens.get(i));
     match (kw(0).as_str(), kw(1).as_str()) {
         ("LOAD", "DATA") | ("LOAD", "XML") => {
@@ -236,13 +268,18 @@ fn recognise(dialect: &MysqlReading, tokens: &[TokenWithSpan], walker: &Walker<'
         ("PREPARE", _) if kw(2) == "FROM" => {
             acc.kind("prepare");
             match tokens.get(3).map(|t| &t.token) {
-                Some(Token::SingleQuotedString(inner)) | Some(Token::DoubleQuotedString(inner)) if tokens.len() == 4 => {
+                Some(Token::SingleQuotedString(inner)) | Some(Token::DoubleQuotedString(inner))
+                    if tokens.len() == 4 =>
+                {
                     let ctx = walker.ctx.clone();
                     let inner = analyze(inner, &ctx);
                     if inner.failure.is_some() {
                         return false;
                     }
-                    inner.statements.into_iter().for_each(|s| acc.absorb(Collector::from_facts(s)));
+                    inner
+                        .statements
+                        .into_iter()
+                        .for_each(|s| acc.absorb(Collector::from_facts(s)));
                     if acc.class.is_none() {
                         acc.class(Class::Procedural);
                     }
@@ -256,7 +293,8 @@ fn recognise(dialect: &MysqlReading, tokens: &[TokenWithSpan], walker: &Walker<'
             true
         }
         _ => {
-            let Some(into) = (0..tokens.len()).find(|&i| kw(i) == "INTO" && matches!(kw(i + 1).as_str(), "OUTFILE" | "DUMPFILE"))
+            let Some(into) = (0..tokens.len())
+                .find(|&i| kw(i) == "INTO" && matches!(kw(i + 1).as_str(), "OUTFILE" | "DUMPFILE"))
             else {
                 return false;
             };
@@ -265,13 +303,24 @@ fn recognise(dialect: &MysqlReading, tokens: &[TokenWithSpan], walker: &Walker<'
                 .find(|&i| {
                     matches!(
                         kw(i).as_str(),
-                        "FROM" | "WHERE" | "GROUP" | "ORDER" | "LIMIT" | "FOR" | "UNION" | "HAVING" | "WINDOW" | "LOCK"
+                        "FROM"
+                            | "WHERE"
+                            | "GROUP"
+                            | "ORDER"
+                            | "LIMIT"
+                            | "FOR"
+                            | "UNION"
+                            | "HAVING"
+                            | "WINDOW"
+                            | "LOCK"
                     )
                 })
                 .unwrap_or(tokens.len());
             let mut rest: Vec<TokenWithSpan> = tokens.iter().take(into).cloned().collect();
             rest.extend(tokens.iter().skip(resume).cloned());
-            let Some(stmt) = parse_tokens(dialect, rest) else { return false };
+            let Some(stmt) = parse_tokens(dialect, rest) else {
+                return false;
+            };
             walker.statement(&stmt, acc);
             // Writes a file on the database server.
             acc.class(Class::Write);
@@ -285,7 +334,11 @@ fn recognise(dialect: &MysqlReading, tokens: &[TokenWithSpan], walker: &Walker<'
 fn error_position(sql: &str, message: &str) -> Option<usize> {
     let number_after = |label: &str| -> Option<usize> {
         let rest = message.rsplit(label).next()?;
-        let digits: String = rest.trim_start().chars().take_while(char::is_ascii_digit).collect();
+        let digits: String = rest
+            .trim_start()
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
         digits.parse().ok()
     };
     let line = number_after("Line:")?;
@@ -293,7 +346,11 @@ fn error_position(sql: &str, message: &str) -> Option<usize> {
     let mut offset = 0usize;
     for (i, l) in sql.split('\n').enumerate() {
         if i + 1 == line {
-            let within = l.char_indices().nth(column.saturating_sub(1)).map(|(b, _)| b).unwrap_or(l.len());
+            let within = l
+                .char_indices()
+                .nth(column.saturating_sub(1))
+                .map(|(b, _)| b)
+                .unwrap_or(l.len());
             return Some(offset + within);
         }
         offset += l.len() + 1;
@@ -312,9 +369,18 @@ fn object(ctx: &ReadingContext, name: &ast::ObjectName) -> ObjectName {
         })
         .collect();
     match parts.as_slice() {
-        [.., db, table] => ObjectName { schema: Some(db.clone()), name: table.clone() },
-        [table] => ObjectName { schema: ctx.default_schema.clone(), name: table.clone() },
-        [] => ObjectName { schema: ctx.default_schema.clone(), name: String::new() },
+        [.., db, table] => ObjectName {
+            schema: Some(db.clone()),
+            name: table.clone(),
+        },
+        [table] => ObjectName {
+            schema: ctx.default_schema.clone(),
+            name: table.clone(),
+        },
+        [] => ObjectName {
+            schema: ctx.default_schema.clone(),
+            name: String::new(),
+        },
     }
 }
 
@@ -350,12 +416,17 @@ impl Visitor for Objects<'_> {
         };
         let mut visible = base.clone();
         if let Some(with) = &query.with {
-            let names: Vec<String> = with.cte_tables.iter().map(|c| c.alias.name.value.clone()).collect();
+            let names: Vec<String> = with
+                .cte_tables
+                .iter()
+                .map(|c| c.alias.name.value.clone())
+                .collect();
             for (i, cte) in with.cte_tables.iter().enumerate() {
                 let own = if with.recursive { names.len() } else { i };
                 let mut scope = base.clone();
                 scope.extend(names.iter().take(own).cloned());
-                self.cte_bodies.insert(&*cte.query as *const Query as usize, scope);
+                self.cte_bodies
+                    .insert(&*cte.query as *const Query as usize, scope);
             }
             visible.extend(names);
         }
@@ -433,7 +504,10 @@ impl Walker<'_> {
         let mut out = Vec::new();
         let mut push = |factor: &TableFactor| {
             if let TableFactor::Table { name, alias, .. } = factor {
-                out.push((object(self.ctx, name), alias.as_ref().map(|a| a.name.value.clone())));
+                out.push((
+                    object(self.ctx, name),
+                    alias.as_ref().map(|a| a.name.value.clone()),
+                ));
             }
         };
         for t in from {
@@ -462,7 +536,10 @@ impl Walker<'_> {
                             acc.kind("select_into");
                             for target in &into.targets {
                                 if let Expr::Identifier(i) = target {
-                                    acc.write(ObjectName { schema: self.ctx.default_schema.clone(), name: i.value.clone() });
+                                    acc.write(ObjectName {
+                                        schema: self.ctx.default_schema.clone(),
+                                        name: i.value.clone(),
+                                    });
                                 }
                             }
                         }
@@ -474,7 +551,11 @@ impl Walker<'_> {
             }
             Statement::Insert(insert) => {
                 acc.class(Class::Write);
-                acc.kind(if insert.replace_into { "replace" } else { "insert" });
+                acc.kind(if insert.replace_into {
+                    "replace"
+                } else {
+                    "insert"
+                });
                 if let TableObject::TableName(name) = &insert.table {
                     acc.write(object(self.ctx, name));
                 }
@@ -512,7 +593,9 @@ impl Walker<'_> {
                         let named = object(self.ctx, target);
                         let by_alias = sources
                             .iter()
-                            .find(|(_, alias)| target.0.len() == 1 && alias.as_deref() == Some(named.name.as_str()))
+                            .find(|(_, alias)| {
+                                target.0.len() == 1 && alias.as_deref() == Some(named.name.as_str())
+                            })
                             .map(|(t, _)| t.clone());
                         acc.write(by_alias.unwrap_or(named));
                     }
@@ -536,7 +619,9 @@ impl Walker<'_> {
                 acc.kind("load_data");
                 acc.write(object(self.ctx, table_name));
             }
-            Statement::Explain { analyze, statement, .. } => {
+            Statement::Explain {
+                analyze, statement, ..
+            } => {
                 acc.kind("explain");
                 let mut inner = Collector::default();
                 self.statement(statement, &mut inner);
@@ -545,7 +630,11 @@ impl Walker<'_> {
                     acc.kind("explain_analyze");
                     acc.absorb(inner);
                 } else {
-                    inner.reads.into_iter().chain(inner.writes).for_each(|o| acc.read(o));
+                    inner
+                        .reads
+                        .into_iter()
+                        .chain(inner.writes)
+                        .for_each(|o| acc.read(o));
                     inner.functions.into_iter().for_each(|f| acc.function(f));
                 }
                 return;
@@ -562,7 +651,11 @@ impl Walker<'_> {
             }
             Statement::Execute { .. } | Statement::Call(_) => {
                 acc.class(Class::Procedural);
-                acc.kind(if matches!(stmt, Statement::Call(_)) { "call" } else { "execute" });
+                acc.kind(if matches!(stmt, Statement::Call(_)) {
+                    "call"
+                } else {
+                    "execute"
+                });
             }
             Statement::Deallocate { .. } => {
                 acc.class(Class::Session);
@@ -583,7 +676,11 @@ impl Walker<'_> {
             }
             Statement::Rollback { savepoint, .. } => {
                 acc.class(Class::Transaction);
-                acc.kind(if savepoint.is_some() { "rollback_to" } else { "rollback" });
+                acc.kind(if savepoint.is_some() {
+                    "rollback_to"
+                } else {
+                    "rollback"
+                });
             }
             Statement::Savepoint { .. } => {
                 acc.class(Class::Transaction);
@@ -626,7 +723,10 @@ impl Walker<'_> {
                 acc.class(Class::Utility);
                 acc.kind("unlock");
             }
-            Statement::Kill { .. } | Statement::Flush { .. } | Statement::Analyze(_) | Statement::OptimizeTable { .. } => {
+            Statement::Kill { .. }
+            | Statement::Flush { .. }
+            | Statement::Analyze(_)
+            | Statement::OptimizeTable { .. } => {
                 acc.class(Class::Utility);
                 acc.kind(&first_words(stmt, 1));
             }
@@ -641,14 +741,23 @@ impl Walker<'_> {
             Statement::CreateRole(_) | Statement::CreateUser(_) => {
                 acc.class(Class::Dcl);
                 acc.kind("create_role");
-                acc.kind(if matches!(stmt, Statement::CreateUser(_)) { "create_user" } else { "create_role" });
+                acc.kind(if matches!(stmt, Statement::CreateUser(_)) {
+                    "create_user"
+                } else {
+                    "create_role"
+                });
             }
             Statement::AlterRole { .. } | Statement::AlterUser(_) => {
                 acc.class(Class::Dcl);
                 acc.kind("alter_role");
             }
-            Statement::Drop { object_type, names, .. } => {
-                let obj = object_type.to_string().to_ascii_lowercase().replace(' ', "_");
+            Statement::Drop {
+                object_type, names, ..
+            } => {
+                let obj = object_type
+                    .to_string()
+                    .to_ascii_lowercase()
+                    .replace(' ', "_");
                 if matches!(obj.as_str(), "role" | "user") {
                     acc.class(Class::Dcl);
                     acc.kind("drop_role");
@@ -730,9 +839,9 @@ impl Walker<'_> {
             ast::Set::ParenthesizedAssignments { variables, .. } => {
                 variables.iter().for_each(|v| self.set_variable(v, acc))
             }
-            ast::Set::MultipleAssignments { assignments } => {
-                assignments.iter().for_each(|a| self.set_variable(&a.name, acc))
-            }
+            ast::Set::MultipleAssignments { assignments } => assignments
+                .iter()
+                .for_each(|a| self.set_variable(&a.name, acc)),
             ast::Set::SetSessionAuthorization(_) => {
                 acc.class(Class::Dcl);
                 acc.kind("set_session_authorization");
@@ -779,7 +888,9 @@ impl Walker<'_> {
             acc.kind(&format!("set_{name}"));
         }
         acc.class(match name {
-            "transaction_isolation" | "tx_isolation" | "transaction_read_only" | "tx_read_only" => Class::Transaction,
+            "transaction_isolation" | "tx_isolation" | "transaction_read_only" | "tx_read_only" => {
+                Class::Transaction
+            }
             _ => Class::Session,
         });
     }
@@ -811,7 +922,10 @@ fn truth(e: &Expr, depth: usize) -> Option<bool> {
     let d = depth + 1;
     match e {
         Expr::Nested(inner) => truth(inner, d),
-        Expr::UnaryOp { op: UnaryOperator::Not, expr } => truth(expr, d).map(|b| !b),
+        Expr::UnaryOp {
+            op: UnaryOperator::Not,
+            expr,
+        } => truth(expr, d).map(|b| !b),
         Expr::BinaryOp { left, op, right } => match op {
             BinaryOperator::And => filter::and([truth(left, d), truth(right, d)]),
             BinaryOperator::Or => filter::or([truth(left, d), truth(right, d)]),
@@ -824,9 +938,17 @@ fn truth(e: &Expr, depth: usize) -> Option<bool> {
                 filter::compare(&op, &constant(left, d)?, &constant(right, d)?, true)
             }
         },
-        Expr::In { expr, target: ast::InTarget::List(list), negated, .. } => {
+        Expr::In {
+            expr,
+            target: ast::InTarget::List(list),
+            negated,
+            ..
+        } => {
             let l = constant(expr, d)?;
-            let any = filter::or(list.iter().map(|i| constant(i, d).and_then(|r| filter::compare("=", &l, &r, true))));
+            let any = filter::or(
+                list.iter()
+                    .map(|i| constant(i, d).and_then(|r| filter::compare("=", &l, &r, true))),
+            );
             if *negated {
                 any.map(|b| !b)
             } else {
@@ -844,7 +966,10 @@ fn same_column(a: &Expr, b: &Expr) -> bool {
     match (a, b) {
         (Expr::Identifier(x), Expr::Identifier(y)) => x.value.eq_ignore_ascii_case(&y.value),
         (Expr::CompoundIdentifier(x), Expr::CompoundIdentifier(y)) => {
-            x.len() == y.len() && x.iter().zip(y).all(|(p, q)| p.value.eq_ignore_ascii_case(&q.value))
+            x.len() == y.len()
+                && x.iter()
+                    .zip(y)
+                    .all(|(p, q)| p.value.eq_ignore_ascii_case(&q.value))
         }
         _ => false,
     }
@@ -857,19 +982,26 @@ fn constant(e: &Expr, depth: usize) -> Option<Const> {
     match e {
         Expr::Value(v) => match &v.value {
             ast::Value::Number(n, _) => n.parse().ok().map(Const::Num),
-            ast::Value::SingleQuotedString(s) | ast::Value::DoubleQuotedString(s) => Some(Const::Str(s.clone())),
+            ast::Value::SingleQuotedString(s) | ast::Value::DoubleQuotedString(s) => {
+                Some(Const::Str(s.clone()))
+            }
             ast::Value::Boolean(b) => Some(Const::Bool(*b)),
             ast::Value::Null => Some(Const::Null),
             _ => None,
         },
         Expr::Nested(inner) => constant(inner, depth + 1),
-        Expr::UnaryOp { op: UnaryOperator::Minus, expr } => match constant(expr, depth + 1)? {
+        Expr::UnaryOp {
+            op: UnaryOperator::Minus,
+            expr,
+        } => match constant(expr, depth + 1)? {
             Const::Num(n) => Some(Const::Num(-n)),
             _ => None,
         },
-        Expr::BinaryOp { .. } | Expr::UnaryOp { .. } | Expr::In { .. } | Expr::IsNull(_) | Expr::IsNotNull(_) => {
-            truth(e, depth + 1).map(Const::Bool)
-        }
+        Expr::BinaryOp { .. }
+        | Expr::UnaryOp { .. }
+        | Expr::In { .. }
+        | Expr::IsNull(_)
+        | Expr::IsNotNull(_) => truth(e, depth + 1).map(Const::Bool),
         _ => None,
     }
 }

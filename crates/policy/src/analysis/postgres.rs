@@ -20,7 +20,10 @@ type Obj = Map<String, Value>;
 /// Analyses a PostgreSQL statement text.
 pub(super) fn analyze(sql: &str, ctx: &ReadingContext) -> Analysis {
     if let Some(pos) = sql.find('\0') {
-        return failed("the statement text contains a NUL byte".to_owned(), Some(pos));
+        return failed(
+            "the statement text contains a NUL byte".to_owned(),
+            Some(pos),
+        );
     }
     let parsed = match pg_query::parse(sql, pg_query::ParserOptions::DEFAULT) {
         Ok(parsed) => parsed,
@@ -28,21 +31,33 @@ pub(super) fn analyze(sql: &str, ctx: &ReadingContext) -> Analysis {
     };
     let mut statements = Vec::with_capacity(parsed.protobuf.stmts.len());
     for raw in &parsed.protobuf.stmts {
-        let Some(stmt) = raw.stmt.as_deref() else { continue };
+        let Some(stmt) = raw.stmt.as_deref() else {
+            continue;
+        };
         let tree = match serde_json::to_value(stmt) {
             Ok(tree) => tree,
             Err(e) => return failed(format!("could not read the parse tree: {e}"), None),
         };
         let text = statement_text(sql, raw.stmt_location, raw.stmt_len);
-        let mut walker = Walker { ctx, text, failure: None };
+        let mut walker = Walker {
+            ctx,
+            text,
+            failure: None,
+        };
         let mut acc = Collector::default();
         walker.top(&tree, &mut acc, &[], false, 0);
         if let Some(failure) = walker.failure {
-            return Analysis { statements: Vec::new(), failure: Some(failure) };
+            return Analysis {
+                statements: Vec::new(),
+                failure: Some(failure),
+            };
         }
         statements.push(acc.finish());
     }
-    Analysis { statements, failure: None }
+    Analysis {
+        statements,
+        failure: None,
+    }
 }
 
 /// The text of one statement of a multi-statement string (a length of 0 means "to the end").
@@ -57,7 +72,9 @@ fn statement_text(sql: &str, location: i32, len: i32) -> &str {
 
 fn error_message(e: &pg_query::Error) -> String {
     match e {
-        pg_query::Error::Parse(m) | pg_query::Error::Scan(m) | pg_query::Error::Split(m) => m.clone(),
+        pg_query::Error::Parse(m) | pg_query::Error::Scan(m) | pg_query::Error::Split(m) => {
+            m.clone()
+        }
         other => other.to_string(),
     }
 }
@@ -123,7 +140,8 @@ fn typed(v: &Value) -> Option<(&str, &Value)> {
         return None;
     }
     let (key, inner) = m.iter().next()?;
-    key.starts_with(|c: char| c.is_ascii_uppercase()).then_some((key.as_str(), inner))
+    key.starts_with(|c: char| c.is_ascii_uppercase())
+        .then_some((key.as_str(), inner))
 }
 
 fn text<'v>(m: &'v Obj, key: &str) -> &'v str {
@@ -135,11 +153,17 @@ fn flag(m: &Obj, key: &str) -> bool {
 }
 
 fn int(m: &Obj, key: &str) -> i32 {
-    m.get(key).and_then(Value::as_i64).and_then(|i| i32::try_from(i).ok()).unwrap_or(0)
+    m.get(key)
+        .and_then(Value::as_i64)
+        .and_then(|i| i32::try_from(i).ok())
+        .unwrap_or(0)
 }
 
 fn list<'v>(m: &'v Obj, key: &str) -> &'v [Value] {
-    m.get(key).and_then(Value::as_array).map(Vec::as_slice).unwrap_or(&[])
+    m.get(key)
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or(&[])
 }
 
 fn object<'v>(m: &'v Obj, key: &str) -> Option<&'v Obj> {
@@ -159,7 +183,9 @@ fn strings(items: &[Value]) -> Vec<String> {
 
 /// `OBJECT_MATVIEW` -> `matview`.
 fn enum_word(name: &str, prefix: &str) -> String {
-    name.strip_prefix(prefix).unwrap_or(name).to_ascii_lowercase()
+    name.strip_prefix(prefix)
+        .unwrap_or(name)
+        .to_ascii_lowercase()
 }
 
 fn object_type(v: i32) -> String {
@@ -170,7 +196,10 @@ fn object_type(v: i32) -> String {
 
 /// Object types whose names are relations (and so belong in reads/writes).
 fn is_relation_type(obj: &str) -> bool {
-    matches!(obj, "table" | "view" | "matview" | "index" | "sequence" | "foreign_table")
+    matches!(
+        obj,
+        "table" | "view" | "matview" | "index" | "sequence" | "foreign_table"
+    )
 }
 
 /// `CreateEventTrigStmt` -> `create_event_trig`.
@@ -195,7 +224,10 @@ fn ddl(acc: &mut Collector, verb: &str, object: &str) {
 impl Walker<'_> {
     fn fail(&mut self, message: String) {
         if self.failure.is_none() {
-            self.failure = Some(ParseFailure { message, position: None });
+            self.failure = Some(ParseFailure {
+                message,
+                position: None,
+            });
         }
     }
 
@@ -203,7 +235,11 @@ impl Walker<'_> {
     fn relation(&self, rv: &Obj) -> ObjectName {
         let schema = text(rv, "schemaname");
         ObjectName {
-            schema: if schema.is_empty() { self.ctx.default_schema.clone() } else { Some(schema.to_owned()) },
+            schema: if schema.is_empty() {
+                self.ctx.default_schema.clone()
+            } else {
+                Some(schema.to_owned())
+            },
             name: text(rv, "relname").to_owned(),
         }
     }
@@ -219,12 +255,25 @@ impl Walker<'_> {
     /// A qualified name given as a list of strings (DROP TABLE a.b).
     fn qualified(&self, names: &[String]) -> Option<ObjectName> {
         let (name, rest) = names.split_last()?;
-        let schema = rest.last().cloned().or_else(|| self.ctx.default_schema.clone());
-        Some(ObjectName { schema, name: name.clone() })
+        let schema = rest
+            .last()
+            .cloned()
+            .or_else(|| self.ctx.default_schema.clone());
+        Some(ObjectName {
+            schema,
+            name: name.clone(),
+        })
     }
 
     /// A statement node (possibly wrapped in `{"node": ...}`) at statement level.
-    fn top(&mut self, v: &Value, acc: &mut Collector, scope: &[String], nested: bool, depth: usize) {
+    fn top(
+        &mut self,
+        v: &Value,
+        acc: &mut Collector,
+        scope: &[String],
+        nested: bool,
+        depth: usize,
+    ) {
         match typed(v) {
             Some((name, Value::Object(m))) => self.statement(name, m, acc, scope, nested, depth),
             _ => self.walk(v, acc, scope, depth),
@@ -239,7 +288,9 @@ impl Walker<'_> {
             return;
         }
         match v {
-            Value::Array(items) => items.iter().for_each(|i| self.walk(i, acc, scope, depth + 1)),
+            Value::Array(items) => items
+                .iter()
+                .for_each(|i| self.walk(i, acc, scope, depth + 1)),
             Value::Object(m) => {
                 if let Some((name, inner)) = typed(v) {
                     match inner {
@@ -252,7 +303,8 @@ impl Walker<'_> {
                 }
                 if m.contains_key("relname") && m.contains_key("schemaname") {
                     let relname = text(m, "relname");
-                    let is_cte = text(m, "schemaname").is_empty() && scope.iter().any(|c| c == relname);
+                    let is_cte =
+                        text(m, "schemaname").is_empty() && scope.iter().any(|c| c == relname);
                     if !is_cte {
                         acc.read(self.relation(m));
                     }
@@ -271,7 +323,14 @@ impl Walker<'_> {
     }
 
     /// Walks every field of `m` except the ones listed (handled by the caller).
-    fn walk_except(&mut self, m: &Obj, skip: &[&str], acc: &mut Collector, scope: &[String], depth: usize) {
+    fn walk_except(
+        &mut self,
+        m: &Obj,
+        skip: &[&str],
+        acc: &mut Collector,
+        scope: &[String],
+        depth: usize,
+    ) {
         for (k, v) in m {
             if !skip.contains(&k.as_str()) {
                 self.walk(v, acc, scope, depth + 1);
@@ -282,8 +341,16 @@ impl Walker<'_> {
     /// Walks the CTE bodies of a WITH clause, each seeing only the CTE names visible to it, and
     /// returns the names visible to the rest of the statement. A non-recursive CTE named like a
     /// table still reads the table inside its own body.
-    fn with_scope(&mut self, m: &Obj, acc: &mut Collector, scope: &[String], depth: usize) -> Vec<String> {
-        let Some(with) = object(m, "with_clause") else { return scope.to_vec() };
+    fn with_scope(
+        &mut self,
+        m: &Obj,
+        acc: &mut Collector,
+        scope: &[String],
+        depth: usize,
+    ) -> Vec<String> {
+        let Some(with) = object(m, "with_clause") else {
+            return scope.to_vec();
+        };
         let recursive = flag(with, "recursive");
         let ctes: Vec<&Obj> = list(with, "ctes")
             .iter()
@@ -320,7 +387,15 @@ impl Walker<'_> {
     }
 
     #[allow(clippy::too_many_lines)]
-    fn statement(&mut self, name: &str, m: &Obj, acc: &mut Collector, scope: &[String], nested: bool, depth: usize) {
+    fn statement(
+        &mut self,
+        name: &str,
+        m: &Obj,
+        acc: &mut Collector,
+        scope: &[String],
+        nested: bool,
+        depth: usize,
+    ) {
         if depth > MAX_DEPTH {
             self.fail("the statement is nested too deeply to analyse".to_owned());
             return;
@@ -358,7 +433,11 @@ impl Walker<'_> {
             }
             "UpdateStmt" | "DeleteStmt" => {
                 acc.class(Class::Write);
-                acc.kind(if name == "UpdateStmt" { "update" } else { "delete" });
+                acc.kind(if name == "UpdateStmt" {
+                    "update"
+                } else {
+                    "delete"
+                });
                 self.write_relation(acc, object(m, "relation"));
                 acc.filter(self.where_filter(m, "where_clause"));
                 self.walk_except(m, &["with_clause", "relation"], acc, scope, d);
@@ -427,20 +506,30 @@ impl Walker<'_> {
             "VariableShowStmt" => {
                 acc.class(Class::Read);
                 acc.kind("show");
-                acc.kind(&format!("show_{}", text(m, "name").to_ascii_lowercase().replace(' ', "_")));
+                acc.kind(&format!(
+                    "show_{}",
+                    text(m, "name").to_ascii_lowercase().replace(' ', "_")
+                ));
             }
             "DiscardStmt" => {
                 acc.class(Class::Session);
                 acc.kind("discard");
                 if let Ok(mode) = protobuf::DiscardMode::try_from(int(m, "target")) {
-                    acc.kind(&format!("discard_{}", enum_word(mode.as_str_name(), "DISCARD_")));
+                    acc.kind(&format!(
+                        "discard_{}",
+                        enum_word(mode.as_str_name(), "DISCARD_")
+                    ));
                 }
             }
             "TransactionStmt" => {
                 acc.class(Class::Transaction);
                 if let Ok(kind) = protobuf::TransactionStmtKind::try_from(int(m, "kind")) {
                     let word = enum_word(kind.as_str_name(), "TRANS_STMT_");
-                    acc.kind(if word == "prepare" { "prepare_transaction" } else { &word });
+                    acc.kind(if word == "prepare" {
+                        "prepare_transaction"
+                    } else {
+                        &word
+                    });
                 }
             }
             "ConstraintsSetStmt" => {
@@ -449,11 +538,15 @@ impl Walker<'_> {
             }
             "VacuumStmt" => {
                 acc.class(Class::Utility);
-                acc.kind(if flag(m, "is_vacuumcmd") { "vacuum" } else { "analyze" });
+                acc.kind(if flag(m, "is_vacuumcmd") {
+                    "vacuum"
+                } else {
+                    "analyze"
+                });
                 self.walk_except(m, &[], acc, scope, d);
             }
-            "ClusterStmt" | "ReindexStmt" | "CheckPointStmt" | "ListenStmt" | "UnlistenStmt" | "NotifyStmt"
-            | "LockStmt" => {
+            "ClusterStmt" | "ReindexStmt" | "CheckPointStmt" | "ListenStmt" | "UnlistenStmt"
+            | "NotifyStmt" | "LockStmt" => {
                 acc.class(Class::Utility);
                 acc.kind(&snake(name));
                 self.walk_except(m, &[], acc, scope, d);
@@ -480,7 +573,11 @@ impl Walker<'_> {
             }
             "GrantStmt" => {
                 acc.class(Class::Dcl);
-                acc.kind(if flag(m, "is_grant") { "grant" } else { "revoke" });
+                acc.kind(if flag(m, "is_grant") {
+                    "grant"
+                } else {
+                    "revoke"
+                });
                 let obj = object_type(int(m, "objtype"));
                 if is_relation_type(&obj) {
                     for o in list(m, "objects") {
@@ -492,7 +589,11 @@ impl Walker<'_> {
             }
             "GrantRoleStmt" => {
                 acc.class(Class::Dcl);
-                acc.kind(if flag(m, "is_grant") { "grant_role" } else { "revoke_role" });
+                acc.kind(if flag(m, "is_grant") {
+                    "grant_role"
+                } else {
+                    "revoke_role"
+                });
             }
             "CreateRoleStmt" | "AlterRoleStmt" | "AlterRoleSetStmt" | "DropRoleStmt" => {
                 acc.class(Class::Dcl);
@@ -512,7 +613,15 @@ impl Walker<'_> {
                 self.write_relation(acc, object(m, "relation"));
             }
             "CreateStmt" | "CreateForeignTableStmt" => {
-                ddl(acc, "create", if name == "CreateStmt" { "table" } else { "foreign_table" });
+                ddl(
+                    acc,
+                    "create",
+                    if name == "CreateStmt" {
+                        "table"
+                    } else {
+                        "foreign_table"
+                    },
+                );
                 let base = object(m, "base_stmt").unwrap_or(m);
                 self.write_relation(acc, object(base, "relation"));
                 self.walk_except(base, &["relation"], acc, scope, d);
@@ -542,7 +651,15 @@ impl Walker<'_> {
                 self.walk_except(m, &["relation"], acc, scope, d);
             }
             "CreateSeqStmt" | "AlterSeqStmt" => {
-                ddl(acc, if name == "CreateSeqStmt" { "create" } else { "alter" }, "sequence");
+                ddl(
+                    acc,
+                    if name == "CreateSeqStmt" {
+                        "create"
+                    } else {
+                        "alter"
+                    },
+                    "sequence",
+                );
                 self.write_relation(acc, object(m, "sequence"));
             }
             "AlterTableStmt" => {
@@ -673,7 +790,11 @@ impl Walker<'_> {
             let mut inner = Collector::default();
             self.top(query, &mut inner, scope, true, d);
             acc.class(Class::Utility);
-            inner.reads.into_iter().chain(inner.writes).for_each(|o| acc.read(o));
+            inner
+                .reads
+                .into_iter()
+                .chain(inner.writes)
+                .for_each(|o| acc.read(o));
             inner.functions.into_iter().for_each(|f| acc.function(f));
         }
     }
@@ -683,7 +804,11 @@ impl Walker<'_> {
             .map(|k| k.as_str_name())
             .unwrap_or("");
         let setting = text(m, "name").to_ascii_lowercase().replace(' ', "_");
-        let verb = if kind.starts_with("VAR_RESET") { "reset" } else { "set" };
+        let verb = if kind.starts_with("VAR_RESET") {
+            "reset"
+        } else {
+            "set"
+        };
         acc.kind(verb);
         if kind == "VAR_RESET_ALL" {
             acc.class(Class::Session);
@@ -693,7 +818,10 @@ impl Walker<'_> {
         acc.kind(&format!("{verb}_{setting}"));
         acc.class(match setting.as_str() {
             "role" | "session_authorization" => Class::Dcl,
-            "transaction" | "transaction_isolation" | "transaction_read_only" | "transaction_deferrable"
+            "transaction"
+            | "transaction_isolation"
+            | "transaction_read_only"
+            | "transaction_deferrable"
             | "transaction_snapshot" => Class::Transaction,
             _ => Class::Session,
         });
@@ -725,12 +853,22 @@ impl Walker<'_> {
             n += 1;
             tag = format!("$portcullis{n}$");
         }
-        let wrapper = format!("CREATE FUNCTION portcullis_do() RETURNS void LANGUAGE plpgsql AS {tag}{body}{tag}");
+        let wrapper = format!(
+            "CREATE FUNCTION portcullis_do() RETURNS void LANGUAGE plpgsql AS {tag}{body}{tag}"
+        );
         self.plpgsql(&wrapper, acc, d);
     }
 
     fn create_function(&mut self, m: &Obj, acc: &mut Collector, scope: &[String], d: usize) {
-        ddl(acc, "create", if flag(m, "is_procedure") { "procedure" } else { "function" });
+        ddl(
+            acc,
+            "create",
+            if flag(m, "is_procedure") {
+                "procedure"
+            } else {
+                "function"
+            },
+        );
         let mut language = String::new();
         let mut body: Option<String> = None;
         for opt in list(m, "options") {
@@ -739,7 +877,9 @@ impl Walker<'_> {
                     "language" => language = opt.get("arg").and_then(def_arg).unwrap_or_default(),
                     "as" => {
                         body = opt.get("arg").and_then(|a| match typed(a) {
-                            Some(("List", Value::Object(l))) => strings(list(l, "items")).into_iter().next(),
+                            Some(("List", Value::Object(l))) => {
+                                strings(list(l, "items")).into_iter().next()
+                            }
                             _ => def_arg(a),
                         })
                     }
@@ -756,7 +896,10 @@ impl Walker<'_> {
             }
             ("sql", Some(body)) => match pg_query::parse(&body, pg_query::ParserOptions::DEFAULT) {
                 Ok(parsed) => self.parsed_statements(&parsed, acc, d),
-                Err(e) => self.fail(format!("could not parse the SQL function body: {}", error_message(&e))),
+                Err(e) => self.fail(format!(
+                    "could not parse the SQL function body: {}",
+                    error_message(&e)
+                )),
             },
             _ => {}
         }
@@ -769,7 +912,9 @@ impl Walker<'_> {
 
     fn parsed_statements(&mut self, parsed: &pg_query::ParseResult, acc: &mut Collector, d: usize) {
         for raw in &parsed.protobuf.stmts {
-            let Some(stmt) = raw.stmt.as_deref() else { continue };
+            let Some(stmt) = raw.stmt.as_deref() else {
+                continue;
+            };
             match serde_json::to_value(stmt) {
                 Ok(tree) => self.top(&tree, acc, &[], true, d),
                 Err(e) => self.fail(format!("could not read the parse tree: {e}")),
@@ -782,7 +927,10 @@ impl Walker<'_> {
     fn plpgsql(&mut self, create_function: &str, acc: &mut Collector, d: usize) {
         match pg_query::parse_plpgsql(create_function) {
             Ok(tree) => self.plpgsql_walk(&tree, acc, d),
-            Err(e) => self.fail(format!("could not parse the PL/pgSQL body: {}", error_message(&e))),
+            Err(e) => self.fail(format!(
+                "could not parse the PL/pgSQL body: {}",
+                error_message(&e)
+            )),
         }
     }
 
@@ -824,7 +972,10 @@ impl Walker<'_> {
         };
         match pg_query::parse(query, mode) {
             Ok(parsed) => self.parsed_statements(&parsed, acc, d),
-            Err(e) => self.fail(format!("could not parse SQL inside the PL/pgSQL body: {}", error_message(&e))),
+            Err(e) => self.fail(format!(
+                "could not parse SQL inside the PL/pgSQL body: {}",
+                error_message(&e)
+            )),
         }
     }
 }
@@ -870,7 +1021,10 @@ fn truth_at(v: &Value, depth: usize) -> Option<bool> {
             let rexpr = m.get("rexpr")?;
             match kind {
                 protobuf::AExprKind::AexprOp | protobuf::AExprKind::AexprDistinct => {
-                    if kind == protobuf::AExprKind::AexprOp && filter::reflexive(&op) && same_column(lexpr, rexpr) {
+                    if kind == protobuf::AExprKind::AexprOp
+                        && filter::reflexive(&op)
+                        && same_column(lexpr, rexpr)
+                    {
                         return Some(true);
                     }
                     let (l, r) = (constant(lexpr, depth + 1)?, constant(rexpr, depth + 1)?);
@@ -885,9 +1039,9 @@ fn truth_at(v: &Value, depth: usize) -> Option<bool> {
                         Some(("List", Value::Object(items))) => list(items, "items"),
                         _ => return None,
                     };
-                    let hits = items
-                        .iter()
-                        .map(|i| constant(i, depth + 1).and_then(|r| filter::compare("=", &l, &r, false)));
+                    let hits = items.iter().map(|i| {
+                        constant(i, depth + 1).and_then(|r| filter::compare("=", &l, &r, false))
+                    });
                     let any = filter::or(hits);
                     if op == "<>" {
                         any.map(|b| !b)
@@ -946,7 +1100,9 @@ fn constant(v: &Value, depth: usize) -> Option<Const> {
         }
         "TypeCast" => {
             let c = constant(m.get("arg")?, depth + 1)?;
-            let type_name = object(m, "type_name").map(|t| strings(list(t, "names"))).unwrap_or_default();
+            let type_name = object(m, "type_name")
+                .map(|t| strings(list(t, "names")))
+                .unwrap_or_default();
             match type_name.last().map(String::as_str) {
                 Some("bool") => c.truth().map(Const::Bool),
                 _ => Some(c),
