@@ -387,56 +387,9 @@ fn interpolate(
     Ok(out)
 }
 
-/// Parses a duration such as `500ms`, `10s`, `5m`, `1h30m` or `2d`: one or more whole numbers,
-/// each followed by a unit (`ms`, `s`, `m`, `h`, `d`; `sec`, `min`, `hour`, `day` and plurals are
-/// accepted too).
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    const HINT: &str = "write a whole number and a unit, e.g. \"500ms\", \"10s\", \"5m\", \"1h\"";
-    let s = text.trim();
-    if s.is_empty() {
-        return Err(format!("empty duration: {HINT}"));
-    }
-    let mut total_ms: u64 = 0;
-    let mut rest = s;
-    while !rest.is_empty() {
-        let digits = rest
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        if digits == 0 {
-            return Err(format!("invalid duration `{text}`: {HINT}"));
-        }
-        let n: u64 = rest[..digits]
-            .parse()
-            .map_err(|_| format!("duration `{text}` is too large"))?;
-        rest = &rest[digits..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        let unit_ms: u64 = match &rest[..unit_len] {
-            "ms" | "msec" | "msecs" => 1,
-            "s" | "sec" | "secs" | "second" | "seconds" => 1_000,
-            "m" | "min" | "mins" | "minute" | "minutes" => 60_000,
-            "h" | "hr" | "hrs" | "hour" | "hours" => 3_600_000,
-            "d" | "day" | "days" => 86_400_000,
-            "" => {
-                return Err(format!(
-                    "duration `{text}` has a number without a unit: {HINT}"
-                ))
-            }
-            other => {
-                return Err(format!(
-                    "unknown unit `{other}` in duration `{text}`: {HINT}"
-                ))
-            }
-        };
-        rest = &rest[unit_len..];
-        total_ms = n
-            .checked_mul(unit_ms)
-            .and_then(|ms| total_ms.checked_add(ms))
-            .ok_or_else(|| format!("duration `{text}` is too large"))?;
-    }
-    Ok(Duration::from_millis(total_ms))
-}
+/// Parses a duration string (`"500ms"`, `"10s"`, `"5m"`, `"1h30m"`, `"2d"`): one grammar for the
+/// whole config, defined beside the `[audit]` keys that use it too.
+pub use audit::parse_duration;
 
 // ---------------------------------------------------------------------------------------------
 // The file schema. The doc comments here are the reference for every key.
