@@ -56,6 +56,14 @@ impl PolicyEngine for DenyForbidden {
 }
 
 async fn start() -> std::net::SocketAddr {
+    let listener = bind().await;
+    let addr = listener.local_addr();
+    tokio::spawn(listener.run());
+    addr
+}
+
+/// A listener in front of the local PostgreSQL, with the test authenticator and policy.
+async fn bind() -> PostgresListener {
     let target = Target {
         name: "postgres".into(),
         protocol: Protocol::Postgres,
@@ -79,12 +87,9 @@ async fn start() -> std::net::SocketAddr {
         allow_plaintext_password: false,
         handshake_timeout: Duration::from_secs(5),
         max_message_bytes: 1 << 20,
-        drain_timeout: Duration::from_secs(5),
+        drain_timeout: Duration::from_secs(10),
     };
-    let listener = PostgresListener::bind(config, gateway).await.unwrap();
-    let addr = listener.local_addr();
-    tokio::spawn(listener.run());
-    addr
+    PostgresListener::bind(config, gateway).await.unwrap()
 }
 
 async fn connect(addr: std::net::SocketAddr) -> tokio_postgres::Client {
@@ -226,31 +231,7 @@ async fn cancel_reaches_the_upstream() {
 
 #[tokio::test]
 async fn shutdown_lets_running_statements_finish_then_ends_sessions_with_57p01() {
-    let target = Target {
-        name: "postgres".into(),
-        protocol: Protocol::Postgres,
-        host: "127.0.0.1".into(),
-        port: 5432,
-        database: "postgres".into(),
-        user: "postgres".into(),
-        password: None,
-        tls: UpstreamTls::Disable,
-        labels: BTreeMap::new(),
-    };
-    let gateway = Gateway::builder()
-        .authenticator(Arc::new(FixedPassword))
-        .targets(Targets::new([target]))
-        .build();
-    let config = ListenerConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        tls: None,
-        require_tls: false,
-        allow_plaintext_password: false,
-        handshake_timeout: Duration::from_secs(5),
-        max_message_bytes: 1 << 20,
-        drain_timeout: Duration::from_secs(10),
-    };
-    let listener = PostgresListener::bind(config, gateway).await.unwrap();
+    let listener = bind().await;
     let addr = listener.local_addr();
     let shutdown = listener.shutdown_handle();
     let running = tokio::spawn(listener.run());
