@@ -36,6 +36,7 @@ impl PolicyEngine for DenyForbidden {
         Arc::new(Judgement {
             verdict,
             classification: None,
+            objects: None,
         })
     }
 }

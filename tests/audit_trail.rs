@@ -330,6 +330,11 @@ async fn records_sessions_statements_denials_and_failed_logins_but_no_credential
     let (started_record, started_payload) = started[0];
     assert_eq!(started_payload["session_id"], session.as_str());
     assert_eq!(started_payload["rule"], "everyone");
+    assert_eq!(
+        started_payload["objects"]["writes"],
+        serde_json::json!(["audit_probe"]),
+        "the analysis' objects are on the record: {started_payload}"
+    );
     assert_eq!(started_record.verdict.as_deref(), Some("allow"));
     assert_eq!(started_record.subject.as_deref(), Some("alice"));
     let key = statement_key(started_payload);

@@ -68,6 +68,9 @@ pub enum AuditEvent {
         sql: Arc<str>,
         /// The verdict, with its rule.
         verdict: Verdict,
+        /// Relations read and written and functions called, when the policy engine analysed it.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        objects: Option<Arc<crate::policy::StatementObjects>>,
     },
     /// A statement is about to be forwarded upstream.
     StatementStarted {
@@ -77,6 +80,9 @@ pub enum AuditEvent {
         sql: Arc<str>,
         /// Classification, when the policy engine analysed it.
         classification: Option<Arc<str>>,
+        /// Relations read and written and functions called, when the policy engine analysed it.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        objects: Option<Arc<crate::policy::StatementObjects>>,
         /// The rule that allowed it, if any.
         rule: Option<Arc<str>>,
     },

@@ -40,7 +40,8 @@ pub use identity::{
 pub use masking::{Masker, NoMasking, ResultColumn, RowMasker};
 pub use metrics::{ActiveSession, Metrics};
 pub use policy::{
-    Access, AllowAll, Decision, Judgement, PolicyEngine, SqlSettings, StatementContext, Verdict,
+    Access, AllowAll, Decision, Judgement, PolicyEngine, SqlSettings, StatementContext,
+    StatementObjects, Verdict,
 };
 pub use session::{
     Execution, Gateway, GatewayBuilder, Outcome, Session, SessionContext, SessionRequest, Statement,

@@ -418,6 +418,7 @@ mod tests {
             Arc::new(Judgement {
                 verdict,
                 classification: None,
+                objects: None,
             })
         }
     }

@@ -67,6 +67,27 @@ pub struct Judgement {
     pub verdict: Verdict,
     /// Statement classification (read, write, ddl, ...) when the engine analysed it.
     pub classification: Option<Arc<str>>,
+    /// What the statement touches, when the engine analysed it; the audit trail records it.
+    pub objects: Option<Arc<StatementObjects>>,
+}
+
+/// Relations and functions a statement text touches (all its statements together), normalised
+/// by the policy engine (`schema.name` where known).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct StatementObjects {
+    /// Relations read.
+    pub reads: Vec<String>,
+    /// Relations written (inserted, updated, deleted, created, altered, dropped, ...).
+    pub writes: Vec<String>,
+    /// Functions called.
+    pub functions: Vec<String>,
+}
+
+impl StatementObjects {
+    /// Whether nothing is listed.
+    pub fn is_empty(&self) -> bool {
+        self.reads.is_empty() && self.writes.is_empty() && self.functions.is_empty()
+    }
 }
 
 /// Session settings that change how a statement text is read. Protocol crates keep them current
@@ -133,6 +154,7 @@ impl Default for AllowAll {
             allowed: Arc::new(Judgement {
                 verdict: Verdict::allow(None),
                 classification: None,
+                objects: None,
             }),
         }
     }

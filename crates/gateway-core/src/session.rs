@@ -381,6 +381,7 @@ impl Session {
                 statement_id,
                 sql: Arc::from(sql),
                 verdict: judgement.verdict.clone(),
+                objects: judgement.objects.clone(),
             })
             .await?;
             let mut e = GatewayError::new(
@@ -427,6 +428,7 @@ impl Session {
                         statement_id,
                         sql: Arc::clone(&stmt.sql),
                         verdict: verdict.clone(),
+                        objects: stmt.judgement.objects.clone(),
                     })
                     .await?;
                     return Err(e);
@@ -438,6 +440,7 @@ impl Session {
                 statement_id,
                 sql: Arc::clone(&stmt.sql),
                 classification: stmt.judgement.classification.clone(),
+                objects: stmt.judgement.objects.clone(),
                 rule,
             })
             .await;

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use gateway_core::{
     Access, Decision, ErrorKind, GatewayError, Identity, Judgement, PolicyEngine, Protocol, Side,
-    SqlSettings, StatementContext, Target, Verdict,
+    SqlSettings, StatementContext, StatementObjects, Target, Verdict,
 };
 use quick_cache::sync::Cache;
 use quick_cache::{Equivalent, Weighter};
@@ -259,10 +259,33 @@ fn deny_all(b: Builtin, reason: String, analysis: Option<Arc<Analysis>>) -> Eval
         judgement: Judgement {
             verdict: Verdict::deny(builtin_rule(b), reason),
             classification: None,
+            objects: analysis.as_deref().map(objects_of),
         },
         analysis,
         statements: Vec::new(),
     }
+}
+
+/// Everything the statements of `analysis` touch, each name once, in first-seen order.
+fn objects_of(analysis: &Analysis) -> Arc<StatementObjects> {
+    fn push(list: &mut Vec<String>, name: String) {
+        if !list.contains(&name) {
+            list.push(name);
+        }
+    }
+    let mut objects = StatementObjects::default();
+    for st in &analysis.statements {
+        st.reads
+            .iter()
+            .for_each(|o| push(&mut objects.reads, o.to_string()));
+        st.writes
+            .iter()
+            .for_each(|o| push(&mut objects.writes, o.to_string()));
+        st.functions
+            .iter()
+            .for_each(|f| push(&mut objects.functions, f.clone()));
+    }
+    Arc::new(objects)
 }
 
 fn dialect(protocol: Protocol) -> Dialect {
@@ -324,6 +347,7 @@ fn evaluate(state: &Compiled, ctx: &StatementContext<'_>, sql: &str) -> Evaluati
                         reason: Some(reason),
                     },
                     classification: Some(Arc::from("unparsed")),
+                    objects: None,
                 },
                 analysis: Some(analysis),
                 statements: Vec::new(),
@@ -377,6 +401,7 @@ fn evaluate(state: &Compiled, ctx: &StatementContext<'_>, sql: &str) -> Evaluati
         judgement: Judgement {
             verdict,
             classification,
+            objects: Some(objects_of(&analysis)),
         },
         analysis: Some(analysis),
         statements,

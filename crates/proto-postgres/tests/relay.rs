@@ -51,6 +51,7 @@ impl PolicyEngine for DenyForbidden {
         Arc::new(Judgement {
             verdict,
             classification: None,
+            objects: None,
         })
     }
 }

@@ -33,12 +33,14 @@ pub fn event(node: &str, i: u64) -> AuditRecord {
                 rule: Some(Arc::from("no-deletes")),
                 reason: Some("deletes need approval".into()),
             },
+            objects: None,
         }
     } else {
         AuditEvent::StatementStarted {
             statement_id: i,
             sql: Arc::from(format!("select {i} from orders")),
             classification: Some(Arc::from("read")),
+            objects: None,
             rule: None,
         }
     };
