@@ -46,7 +46,7 @@ enum Pending {
     /// or ErrorResponse; skipped when the segment failed earlier).
     Execute(Option<Execution>),
     /// A denied message replaced by a sentinel; the sentinel's error is replaced by this one.
-    Denied(GatewayError),
+    Denied(u64, GatewayError),
     /// A Sync (ends at ReadyForQuery).
     Sync,
 }
@@ -319,7 +319,7 @@ impl ClientDirection<'_> {
 
     fn sentinel(&mut self, err: GatewayError) -> String {
         self.denials += 1;
-        push(self.queue, Pending::Denied(err));
+        push(self.queue, Pending::Denied(self.denials, err));
         format!("{}_{}", self.marker, self.denials)
     }
 
@@ -604,6 +604,26 @@ impl UpstreamDirection<'_> {
         }
     }
 
+    /// Whether an ErrorResponse is the syntax error of the next pending sentinel: SQLSTATE 42601
+    /// naming exactly that sentinel's token. Anything else (even text that mentions the marker,
+    /// such as a RAISE a client wrote after reading its own sentinel in pg_stat_activity) is an
+    /// ordinary upstream error, so a client cannot make its own statements look skipped.
+    fn is_sentinel_error(&self, fields: &[(u8, String)], message: &str) -> bool {
+        let code = fields
+            .iter()
+            .find(|(c, _)| *c == b'C')
+            .map(|(_, v)| v.as_str());
+        if code != Some("42601") {
+            return false;
+        }
+        let q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        let next = q.iter().find_map(|p| match p {
+            Pending::Denied(n, _) => Some(*n),
+            _ => None,
+        });
+        next.is_some_and(|n| message.contains(&format!("\"{}_{n}\"", self.marker)))
+    }
+
     async fn error(&mut self, body: &[u8]) -> Option<Bytes> {
         let fields = error_fields(body);
         let message = fields
@@ -611,7 +631,7 @@ impl UpstreamDirection<'_> {
             .find(|(c, _)| *c == b'M')
             .map(|(_, m)| m.as_str())
             .unwrap_or("");
-        if message.contains(&self.marker) {
+        if self.is_sentinel_error(&fields, message) {
             // The sentinel of a denied message: swap in the gateway's error. Entries ahead of it
             // cannot have run, since the upstream processes messages in order.
             let mut skipped = Vec::new();
@@ -620,7 +640,7 @@ impl UpstreamDirection<'_> {
                 let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
                 while let Some(p) = q.pop_front() {
                     match p {
-                        Pending::Denied(e) => {
+                        Pending::Denied(_, e) => {
                             denial = Some(e);
                             break;
                         }
