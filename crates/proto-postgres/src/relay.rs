@@ -621,7 +621,14 @@ impl UpstreamDirection<'_> {
             Pending::Denied(n, _) => Some(*n),
             _ => None,
         });
-        next.is_some_and(|n| message.contains(&format!("\"{}_{n}\"", self.marker)))
+        // Match the token, not PostgreSQL's wording or quotes around it: both follow the upstream's
+        // lc_messages. `_1` must not match `_10`.
+        next.is_some_and(|n| {
+            let token = format!("{}_{n}", self.marker);
+            message.match_indices(&token).any(|(at, _)| {
+                !message[at + token.len()..].starts_with(|c: char| c.is_ascii_digit())
+            })
+        })
     }
 
     async fn error(&mut self, body: &[u8]) -> Option<Bytes> {

@@ -254,3 +254,37 @@ async fn shutdown_lets_running_statements_finish_then_ends_sessions_with_57p01()
     assert!(idle.is_closed() || idle.simple_query("select 1").await.is_err());
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
 }
+
+#[tokio::test]
+async fn many_denials_in_one_pipeline_each_get_their_own_error() {
+    let addr = start().await;
+    let client = connect(addr).await;
+    // Twelve denials and twelve allowed statements interleaved in one pipeline: denial 1 must not be
+    // confused with denial 10, 11 or 12.
+    let mut queries = Vec::new();
+    for i in 0..24i32 {
+        let sql = if i % 2 == 0 {
+            format!("select 'forbidden {i}'::text")
+        } else {
+            format!("select '{i}'::text")
+        };
+        queries.push(sql);
+    }
+    let results =
+        futures_util::future::join_all(queries.iter().map(|q| client.query_one(q.as_str(), &[])))
+            .await;
+    for (i, r) in results.into_iter().enumerate() {
+        if i % 2 == 0 {
+            let err = r.expect_err("denied");
+            let db = err.as_db_error().expect("server error");
+            assert_eq!(db.code().code(), "42501", "statement {i}");
+            assert!(
+                !db.message().contains("PORTCULLIS_DENIED"),
+                "{}",
+                db.message()
+            );
+        } else {
+            assert_eq!(r.expect("allowed").get::<_, String>(0), i.to_string());
+        }
+    }
+}
