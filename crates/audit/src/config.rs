@@ -112,7 +112,7 @@ pub enum OnFailure {
 }
 
 /// One `[[audit.sinks]]` entry.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum SinkConfig {
     /// `kind = "sqlite"`: one SQLite file (WAL).
@@ -138,6 +138,28 @@ pub enum SinkConfig {
         #[serde(default = "default_table")]
         table: String,
     },
+}
+
+impl std::fmt::Debug for SinkConfig {
+    // Hand-written: a PostgreSQL connection string may carry a password, and configs get logged.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SinkConfig::Sqlite { path } => f.debug_struct("Sqlite").field("path", path).finish(),
+            SinkConfig::Jsonl {
+                dir,
+                max_file_bytes,
+            } => f
+                .debug_struct("Jsonl")
+                .field("dir", dir)
+                .field("max_file_bytes", max_file_bytes)
+                .finish(),
+            SinkConfig::Postgres { table, .. } => f
+                .debug_struct("Postgres")
+                .field("url", &"<redacted>")
+                .field("table", table)
+                .finish(),
+        }
+    }
 }
 
 impl AuditConfig {
@@ -287,6 +309,19 @@ mod tests {
     #[serde(deny_unknown_fields)]
     struct Doc {
         audit: AuditConfig,
+    }
+
+    #[test]
+    fn debug_output_never_shows_a_postgres_url() {
+        let sink = SinkConfig::Postgres {
+            url: "postgresql://audit:s3cret@db/audit".into(),
+            table: "t".into(),
+        };
+        let shown = format!("{sink:?}");
+        assert!(
+            !shown.contains("s3cret") && shown.contains("<redacted>"),
+            "{shown}"
+        );
     }
 
     #[test]
