@@ -131,6 +131,35 @@ pub struct ScanPage {
     pub next: Option<ScanCursor>,
 }
 
+impl ScanPage {
+    /// Adds one row of a table-backed sink (SQLite, PostgreSQL): its record, or why it could not
+    /// be read.
+    pub(crate) fn push_row(&mut self, location: String, parsed: Result<StoredRecord, Damage>) {
+        self.items.push(match parsed {
+            Ok(record) => ScanItem::Record { location, record },
+            Err((node, seq, problem)) => ScanItem::Damaged {
+                location,
+                node,
+                seq,
+                problem,
+                torn_final: false,
+            },
+        });
+    }
+
+    /// After a table-backed page of `limit` rows whose last row id was `last`, points the cursor
+    /// past it; a shorter page is the end.
+    pub(crate) fn set_next_row(&mut self, limit: usize, last: Option<i64>) {
+        if self.items.len() == limit {
+            self.next = last.map(|id| ScanCursor {
+                segment: 0,
+                position: u64::try_from(id).unwrap_or(0),
+                line: 0,
+            });
+        }
+    }
+}
+
 /// One stored entry.
 #[derive(Debug)]
 pub enum ScanItem {

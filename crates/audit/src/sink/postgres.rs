@@ -12,7 +12,7 @@ use tokio::sync::Mutex;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, NoTls, Row};
 
-use super::{Damage, OpenMode, ScanCursor, ScanItem, ScanPage, SearchFilter, Sink};
+use super::{Damage, OpenMode, ScanCursor, ScanPage, SearchFilter, Sink};
 use crate::error::SinkError;
 use crate::record::{micros_since_epoch, ChainHash, RecordKind, StoredRecord};
 
@@ -324,25 +324,9 @@ impl Sink for PostgresSink {
         for row in &rows {
             let (id, parsed) = read_row(row);
             last = Some(id);
-            let location = format!("{} id {id}", self.table_plain);
-            page.items.push(match parsed {
-                Ok(record) => ScanItem::Record { location, record },
-                Err((node, seq, problem)) => ScanItem::Damaged {
-                    location,
-                    node,
-                    seq,
-                    problem,
-                    torn_final: false,
-                },
-            });
+            page.push_row(format!("{} id {id}", self.table_plain), parsed);
         }
-        if page.items.len() == limit {
-            page.next = last.map(|id| ScanCursor {
-                segment: 0,
-                position: u64::try_from(id).unwrap_or(0),
-                line: 0,
-            });
-        }
+        page.set_next_row(limit, last);
         Ok(page)
     }
 

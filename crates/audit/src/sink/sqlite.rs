@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row};
 
-use super::{Damage, OpenMode, ScanCursor, ScanItem, ScanPage, SearchFilter, Sink};
+use super::{Damage, OpenMode, ScanCursor, ScanPage, SearchFilter, Sink};
 use crate::config::Durability;
 use crate::error::SinkError;
 use crate::record::{micros_since_epoch, ChainHash, RecordKind, StoredRecord};
@@ -262,25 +262,9 @@ impl Sink for SqliteSink {
             while let Some(row) = rows.next()? {
                 let (id, parsed) = read_row(row)?;
                 last = Some(id);
-                let location = format!("audit_records row id {id}");
-                page.items.push(match parsed {
-                    Ok(record) => ScanItem::Record { location, record },
-                    Err((node, seq, problem)) => ScanItem::Damaged {
-                        location,
-                        node,
-                        seq,
-                        problem,
-                        torn_final: false,
-                    },
-                });
+                page.push_row(format!("audit_records row id {id}"), parsed);
             }
-            if page.items.len() == limit {
-                page.next = last.map(|id| ScanCursor {
-                    segment: 0,
-                    position: u64::try_from(id).unwrap_or(0),
-                    line: 0,
-                });
-            }
+            page.set_next_row(limit, last);
             Ok(page)
         })
         .await
