@@ -127,6 +127,11 @@ pub(crate) async fn serve(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr)
         }
     };
     let (session, upstream, registration) = session_parts;
+    let span = tracing::Span::current();
+    span.record("id", &*session.context().id);
+    span.record("subject", session.identity().subject.as_str());
+    span.record("target", session.target().name.as_str());
+    tracing::debug!("session opened");
     let active = shared.gateway.metrics().session_active(Protocol::Postgres);
     let result = relay(&shared, client, session.clone(), upstream).await;
     drop(active);

@@ -30,6 +30,7 @@ use std::time::Duration;
 
 use gateway_core::{Gateway, Protocol};
 use tokio::net::TcpListener;
+use tracing::Instrument;
 
 /// Settings of one PostgreSQL listener.
 #[derive(Clone)]
@@ -131,7 +132,19 @@ impl PostgresListener {
                 accepted = self.listener.accept() => match accepted {
                     Ok((tcp, peer)) => {
                         self.shared.gateway.metrics().connection_accepted(Protocol::Postgres);
-                        sessions.spawn(connection::serve(Arc::clone(&self.shared), tcp, peer));
+                        // Every log line of the connection carries its peer, and once logged in
+                        // its session id, subject and target.
+                        let span = tracing::info_span!(
+                            "session",
+                            protocol = "postgres",
+                            %peer,
+                            id = tracing::field::Empty,
+                            subject = tracing::field::Empty,
+                            target = tracing::field::Empty,
+                        );
+                        sessions.spawn(
+                            connection::serve(Arc::clone(&self.shared), tcp, peer).instrument(span),
+                        );
                     }
                     Err(e) => {
                         // Typically EMFILE: back off instead of spinning.
