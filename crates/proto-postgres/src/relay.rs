@@ -499,16 +499,15 @@ impl UpstreamDirection<'_> {
                         let tag = Reader::new(body)
                             .cstr()
                             .map(|t| String::from_utf8_lossy(t).into_owned());
-                        self.complete(tag, None, false).await;
+                        self.complete(tag, None).await;
                         None
                     }
                     b'I' => {
-                        self.complete(None, None, false).await;
+                        self.complete(None, None).await;
                         None
                     }
                     b's' => {
-                        self.complete(Some("(portal suspended)".into()), None, false)
-                            .await;
+                        self.complete(Some("(portal suspended)".into()), None).await;
                         None
                     }
                     b'E' => self.error(body).await,
@@ -570,13 +569,18 @@ impl UpstreamDirection<'_> {
     }
 
     /// A result completed (CommandComplete, EmptyQueryResponse, PortalSuspended) or failed.
-    async fn complete(
-        &mut self,
-        tag: Option<String>,
-        error: Option<RecordedError>,
-        _sentinel: bool,
-    ) {
-        if self.head_is_query() {
+    async fn complete(&mut self, tag: Option<String>, error: Option<RecordedError>) {
+        // One lock: `None` when the head is a simple Query (it ends at ReadyForQuery), otherwise
+        // the Execute it completes, if any.
+        let popped = {
+            let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+            match q.front() {
+                Some(Pending::Query(_)) => None,
+                Some(Pending::Execute(_)) => Some(q.pop_front()),
+                _ => Some(None),
+            }
+        };
+        let Some(popped) = popped else {
             if let Some(t) = tag {
                 self.tags.push(t);
             }
@@ -584,13 +588,6 @@ impl UpstreamDirection<'_> {
                 self.query_error = error;
             }
             return;
-        }
-        let popped = {
-            let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-            match q.front() {
-                Some(Pending::Execute(_)) => q.pop_front(),
-                _ => None,
-            }
         };
         let rows = std::mem::take(&mut self.rows);
         if let Some(Pending::Execute(Some(exec))) = popped {
@@ -683,7 +680,7 @@ impl UpstreamDirection<'_> {
             code,
             message: message.to_owned(),
         };
-        self.complete(None, Some(recorded), false).await;
+        self.complete(None, Some(recorded)).await;
         None
     }
 
