@@ -52,6 +52,33 @@ pub struct Config {
     pub audit: audit::AuditConfig,
     /// `[admin]`: the admin HTTP listener (metrics, health, readiness), if configured.
     pub admin: Option<AdminSettings>,
+    /// `[telemetry]`: trace export, when an `otlp_endpoint` is configured.
+    pub telemetry: Option<TelemetrySettings>,
+}
+
+/// `[telemetry]`, checked: where and how spans are exported (OTLP over HTTP, protobuf).
+#[derive(Clone, PartialEq)]
+pub struct TelemetrySettings {
+    /// The URL spans are POSTed to, `/v1/traces` included.
+    pub otlp_endpoint: String,
+    /// `service.name` of the exported resource.
+    pub service_name: String,
+    /// Extra HTTP headers sent with every export (e.g. `authorization`); values may be secrets.
+    pub headers: BTreeMap<String, String>,
+    /// Fraction of sessions (traces) exported, `0.0..=1.0`; statements follow their session.
+    pub sample_ratio: f64,
+}
+
+impl fmt::Debug for TelemetrySettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Header values often carry a token: show only their names.
+        f.debug_struct("TelemetrySettings")
+            .field("otlp_endpoint", &self.otlp_endpoint)
+            .field("service_name", &self.service_name)
+            .field("headers", &self.headers.keys().collect::<Vec<_>>())
+            .field("sample_ratio", &self.sample_ratio)
+            .finish()
+    }
 }
 
 /// `[admin]`, checked.
@@ -423,6 +450,28 @@ struct FileConfig {
     /// `[admin]`: the admin HTTP listener serving `/metrics`, `/healthz` and `/readyz`. Without it
     /// none runs.
     admin: Option<Spanned<AdminSection>>,
+    /// `[telemetry]`: OpenTelemetry trace export. Without it (or without `otlp_endpoint`) no span
+    /// leaves the process.
+    telemetry: Option<Spanned<TelemetrySection>>,
+}
+
+/// `[telemetry]`
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TelemetrySection {
+    /// Base URL of an OTLP/HTTP receiver (an OpenTelemetry Collector, Jaeger, Tempo, ...), e.g.
+    /// `"http://127.0.0.1:4318"`; spans are POSTed as protobuf to `<url>/v1/traces` (a URL that
+    /// already ends in `/v1/traces` is used as it is). `http://` only: run a collector next to
+    /// the gateway to forward over TLS. Absent: no export.
+    otlp_endpoint: Option<Str>,
+    /// `service.name` of the exported spans. Default `"portcullis"`. (`service.instance.id` is
+    /// `gateway.node`.)
+    service_name: Option<Str>,
+    /// HTTP headers sent with every export, e.g. `{ authorization = "Bearer ${OTLP_TOKEN}" }`.
+    headers: Option<BTreeMap<String, Str>>,
+    /// Fraction of sessions whose trace is exported, `0.0` to `1.0`; a session's statements
+    /// follow its decision. Default `1.0`.
+    sample_ratio: Option<Spanned<f64>>,
 }
 
 /// `[admin]`
@@ -595,6 +644,40 @@ const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_DATA_DIR: &str = "data";
 const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 const DEFAULT_LOG_LEVEL: &str = "info";
+const DEFAULT_SERVICE_NAME: &str = "portcullis";
+/// Path of the OTLP/HTTP traces endpoint under a receiver's base URL.
+const OTLP_TRACES_PATH: &str = "/v1/traces";
+
+/// The URL spans are POSTed to, for a configured `otlp_endpoint`: an `http://` URL with a host,
+/// `/v1/traces` appended unless the path already ends with it.
+fn otlp_traces_url(text: &str) -> Result<String, String> {
+    let text = text.trim();
+    let example = "write e.g. \"http://127.0.0.1:4318\"";
+    let uri: axum::http::Uri = text
+        .parse()
+        .map_err(|e| format!("`{text}` is not a URL ({e}); {example}"))?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some("https") => {
+            return Err("https is not supported: the built-in exporter has no TLS client; send spans over http:// to an OpenTelemetry Collector on this host or a trusted network, and let it forward them over TLS".to_owned())
+        }
+        _ => return Err(format!("`{text}` is not an http:// URL; {example}")),
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(format!("`{text}` names no host; {example}"));
+    }
+    if uri.query().is_some() || text.contains('#') {
+        return Err(format!(
+            "`{text}` has a query or fragment; name only the receiver's base URL ({example})"
+        ));
+    }
+    let base = text.trim_end_matches('/');
+    if uri.path().trim_end_matches('/').ends_with(OTLP_TRACES_PATH) {
+        Ok(base.to_owned())
+    } else {
+        Ok(format!("{base}{OTLP_TRACES_PATH}"))
+    }
+}
 const DEFAULT_POSTGRES_LISTEN: &str = "127.0.0.1:6432";
 const DEFAULT_LEEWAY: Duration = Duration::from_secs(30);
 const MIN_HMAC_SECRET_BYTES: usize = 32;
@@ -717,6 +800,10 @@ impl<'a> Checker<'a> {
         let policy = file.policy.as_ref().and_then(|p| self.check_policy(p));
         let audit = self.check_audit(file.audit.as_ref(), &gateway.data_dir);
         let admin = file.admin.as_ref().map(|a| self.check_admin(a));
+        let telemetry = file
+            .telemetry
+            .as_ref()
+            .and_then(|t| self.check_telemetry(t));
         Config {
             source: self.origin.to_path_buf(),
             gateway,
@@ -726,7 +813,61 @@ impl<'a> Checker<'a> {
             policy,
             audit,
             admin,
+            telemetry,
         }
+    }
+
+    fn check_telemetry(
+        &mut self,
+        section: &Spanned<TelemetrySection>,
+    ) -> Option<TelemetrySettings> {
+        let t = section.get_ref();
+        let otlp_endpoint = t.otlp_endpoint.as_ref().and_then(|v| {
+            otlp_traces_url(v.get_ref().as_str())
+                .map_err(|e| self.error(v.span(), format!("`telemetry.otlp_endpoint`: {e}")))
+                .ok()
+        });
+        let service_name = match &t.service_name {
+            Some(v) => self.non_empty("service_name", v),
+            None => DEFAULT_SERVICE_NAME.to_owned(),
+        };
+        let mut headers = BTreeMap::new();
+        for (name, value) in t.headers.iter().flatten() {
+            let text = value.get_ref().as_str();
+            if axum::http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                self.error(
+                    value.span(),
+                    format!("`telemetry.headers`: `{name}` is not a valid HTTP header name"),
+                );
+            } else if axum::http::HeaderValue::from_str(text).is_err() {
+                // Never echo the value: it is usually a token.
+                self.error(
+                    value.span(),
+                    format!("`telemetry.headers.{name}`: the value is not a valid HTTP header value (control characters or non-ASCII text)"),
+                );
+            }
+            headers.insert(name.to_ascii_lowercase(), text.to_owned());
+        }
+        let sample_ratio = match &t.sample_ratio {
+            Some(v) if (0.0..=1.0).contains(v.get_ref()) => *v.get_ref(),
+            Some(v) => {
+                self.error(
+                    v.span(),
+                    format!(
+                        "`telemetry.sample_ratio` must be between 0.0 and 1.0, not {}",
+                        v.get_ref()
+                    ),
+                );
+                1.0
+            }
+            None => 1.0,
+        };
+        Some(TelemetrySettings {
+            otlp_endpoint: otlp_endpoint?,
+            service_name,
+            headers,
+            sample_ratio,
+        })
     }
 
     fn check_admin(&mut self, section: &Spanned<AdminSection>) -> AdminSettings {
@@ -769,14 +910,23 @@ impl<'a> Checker<'a> {
             }
             config.signing_key_file = Some(path);
         }
+        if let Some(key) = &config.parameter_hash_key_file {
+            // Existence is checked with the other [audit] settings below.
+            config.parameter_hash_key_file = Some(self.resolve(&key.to_string_lossy()));
+        }
         for sink in &mut config.sinks {
             match sink {
                 audit::SinkConfig::Sqlite { path } => *path = self.resolve(&path.to_string_lossy()),
                 audit::SinkConfig::Jsonl { dir, .. } => *dir = self.resolve(&dir.to_string_lossy()),
-                audit::SinkConfig::Postgres { url, .. } => match interpolate(url, env_lookup) {
-                    Ok(expanded) => *url = expanded,
-                    Err(e) => self.error(span.clone(), format!("`audit.sinks.url`: {e}")),
-                },
+                audit::SinkConfig::Postgres { url, ca_file, .. } => {
+                    if let Some(ca) = ca_file {
+                        *ca = self.resolve(&ca.to_string_lossy());
+                    }
+                    match interpolate(url, env_lookup) {
+                        Ok(expanded) => *url = expanded,
+                        Err(e) => self.error(span.clone(), format!("`audit.sinks.url`: {e}")),
+                    }
+                }
             }
         }
         if let Err(errors) = config.check(data_dir) {
@@ -1838,6 +1988,105 @@ user = \"u\"
                 "[[policy.rules]]\nname = \"r\"\naction = \"deny\"\nkind = [\"drop\"]\n",
                 "4:1",
                 "unknown field `kind`",
+            ),
+        ];
+        for (text, location, fragment) in cases {
+            assert_one_error(text, location, fragment);
+        }
+    }
+
+    #[test]
+    fn telemetry_section() {
+        // Absent, or present without an endpoint: no export.
+        assert!(parse("").unwrap().telemetry.is_none());
+        assert!(parse("[telemetry]\nservice_name = \"gw\"\n")
+            .unwrap()
+            .telemetry
+            .is_none());
+
+        let t = parse("[telemetry]\notlp_endpoint = \"http://127.0.0.1:4318\"\n")
+            .unwrap()
+            .telemetry
+            .unwrap();
+        assert_eq!(t.otlp_endpoint, "http://127.0.0.1:4318/v1/traces");
+        assert_eq!(t.service_name, "portcullis");
+        assert!(t.headers.is_empty());
+        assert_eq!(t.sample_ratio, 1.0);
+
+        std::env::set_var("PORTCULLIS_TEST_CFG_OTLP_TOKEN", "tok-123");
+        let t = parse(
+            "[telemetry]\notlp_endpoint = \"http://collector:4318/otlp/\"\nservice_name = \"gw-east\"\n\
+             headers = { Authorization = \"Bearer ${PORTCULLIS_TEST_CFG_OTLP_TOKEN}\" }\nsample_ratio = 0.25\n",
+        )
+        .unwrap()
+        .telemetry
+        .unwrap();
+        assert_eq!(t.otlp_endpoint, "http://collector:4318/otlp/v1/traces");
+        assert_eq!(t.service_name, "gw-east");
+        assert_eq!(t.headers["authorization"], "Bearer tok-123");
+        assert_eq!(t.sample_ratio, 0.25);
+        // Header values stay out of Debug output.
+        assert!(!format!("{t:?}").contains("tok-123"));
+        let t =
+            parse("[telemetry]\notlp_endpoint = \"http://h:4318/v1/traces\"\nsample_ratio = 0\n")
+                .unwrap()
+                .telemetry
+                .unwrap();
+        assert_eq!(
+            (t.otlp_endpoint.as_str(), t.sample_ratio),
+            ("http://h:4318/v1/traces", 0.0)
+        );
+
+        let cases = [
+            (
+                "[telemetry]\notlp_endpoint = \"not a url\"\n",
+                "2:17",
+                "`telemetry.otlp_endpoint`: `not a url` is not a URL",
+            ),
+            (
+                "[telemetry]\notlp_endpoint = \"127.0.0.1:4318\"\n",
+                "2:17",
+                "is not an http:// URL",
+            ),
+            (
+                "[telemetry]\notlp_endpoint = \"https://collector:4318\"\n",
+                "2:17",
+                "https is not supported",
+            ),
+            (
+                "[telemetry]\notlp_endpoint = \"http://c:4318/?x=1\"\n",
+                "2:17",
+                "has a query or fragment",
+            ),
+            (
+                "[telemetry]\notlp_endpoint = \"http://c:4318\"\nsample_ratio = 1.5\n",
+                "3:16",
+                "`telemetry.sample_ratio` must be between 0.0 and 1.0, not 1.5",
+            ),
+            (
+                "[telemetry]\notlp_endpoint = \"http://c:4318\"\nsample_ratio = -0.1\n",
+                "3:16",
+                "must be between 0.0 and 1.0",
+            ),
+            (
+                "[telemetry]\notlp_endpoint = \"http://c:4318\"\nservice_name = \" \"\n",
+                "3:16",
+                "`service_name` must not be empty",
+            ),
+            (
+                "[telemetry]\notlp_endpoint = \"http://c:4318\"\nheaders = { \"bad header\" = \"x\" }\n",
+                "3:28",
+                "`bad header` is not a valid HTTP header name",
+            ),
+            (
+                "[telemetry]\notlp_endpoint = \"http://c:4318\"\nheaders = { x-token = \"a\\nb\" }\n",
+                "3:23",
+                "`telemetry.headers.x-token`: the value is not a valid HTTP header value",
+            ),
+            (
+                "[telemetry]\notlp_endpoint = \"http://c:4318\"\nsample = 1.0\n",
+                "3:1",
+                "unknown field `sample`",
             ),
         ];
         for (text, location, fragment) in cases {

@@ -13,13 +13,18 @@
 //!   configured listeners, returning a [`RunningServer`] that reports their addresses and stops
 //!   them on [`RunningServer::shutdown`].
 //!
+//! - [`Telemetry`] is the OpenTelemetry trace export of `[telemetry]`, with the log filter and
+//!   the export layer the caller installs in its `tracing` subscriber.
+//!
 //! Logging setup is left to the caller (`main.rs` for the binary), so that nothing here is
-//! process-global.
+//! process-global; [`telemetry`] provides its parts.
 
 pub mod config;
 pub mod server;
+pub mod telemetry;
 pub mod tls;
 
 pub use config::{Config, ConfigError, ConfigErrors};
 pub use server::{RunningServer, Server};
+pub use telemetry::Telemetry;
 pub mod admin;

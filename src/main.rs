@@ -15,7 +15,8 @@ use std::time::{Duration, SystemTime};
 use anyhow::{bail, Context as _};
 use clap::{Args, Parser, Subcommand};
 use portcullis::config::parse_duration;
-use portcullis::{Config, Server};
+use portcullis::telemetry::log_filter;
+use portcullis::{Config, Server, Telemetry};
 
 #[derive(Parser)]
 #[command(
@@ -179,16 +180,22 @@ struct SinkArgs {
     /// Table of the PostgreSQL sink (`name` or `schema.name`) [default: audit_records].
     #[arg(long, value_name = "TABLE", requires = "postgres", conflicts_with_all = ["sqlite", "jsonl"])]
     table: Option<String>,
+    /// CA certificate(s) (PEM) that the PostgreSQL sink's server certificate must chain to, with
+    /// `sslmode=verify-full` in the URL [default: the bundled Mozilla roots].
+    #[arg(long, value_name = "FILE", requires = "postgres", conflicts_with_all = ["sqlite", "jsonl"])]
+    ca_file: Option<PathBuf>,
 }
 
 #[derive(Args)]
 struct VerifyArgs {
     #[command(flatten)]
     sink: SinkArgs,
-    /// Ed25519 public key (PEM, DER or 32 raw bytes) the checkpoints must verify with. Without
-    /// it only the hash links are checked.
+    /// Ed25519 public key file (PEM, DER or 32 raw bytes) the checkpoints must verify with.
+    /// Repeat it, or put several PEM keys in one file, for a chain whose signing key was
+    /// rotated: each checkpoint is checked with the key it names. Without it only the hash links
+    /// are checked.
     #[arg(long, value_name = "FILE")]
-    public_key: Option<PathBuf>,
+    public_key: Vec<PathBuf>,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -423,7 +430,6 @@ fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::FAILURE);
         }
     };
-    init_tracing(&config.gateway.log_level)?;
     if config.postgres.is_none() {
         bail!(
             "{} configures no listener: add a [postgres] section (e.g. listen = \"127.0.0.1:6432\")",
@@ -435,33 +441,65 @@ fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
+    // The export pipeline runs on the runtime, and its layer must be in the subscriber before
+    // the first span.
+    let telemetry = match &config.telemetry {
+        Some(settings) => {
+            let _runtime = runtime.enter();
+            Some(Telemetry::start(settings, &config.gateway.node)?)
+        }
+        None => None,
+    };
+    init_tracing(&config.gateway.log_level, telemetry.as_ref())?;
     runtime.block_on(async move {
         let node = config.gateway.node.clone();
-        let server = Server::start(config).await?;
+        if let Some(t) = &telemetry {
+            tracing::info!(endpoint = t.endpoint(), "exporting traces over OTLP/HTTP");
+        }
+        let server = Server::start_with_telemetry(config, telemetry.clone()).await?;
         if let Some(addr) = server.postgres_addr() {
             tracing::info!(%addr, node = %node, "PostgreSQL listener ready");
         }
         let signal = wait_for_shutdown(&server).await?;
         tracing::info!(signal, "shutting down");
         server.shutdown().await;
+        // Already stopped by the server's shutdown; this catches nothing but is cheap, and keeps
+        // the last spans safe should the server ever stop differently.
+        if let Some(t) = &telemetry {
+            t.shutdown().await;
+        }
         Ok(ExitCode::SUCCESS)
     })
 }
 
-/// Logs to stderr, filtered by `RUST_LOG` when set, else by the configured `log_level`.
-fn init_tracing(log_level: &str) -> anyhow::Result<()> {
-    use tracing_subscriber::EnvFilter;
+/// Logs to stderr, filtered by `RUST_LOG` when set, else by the configured `log_level` (the
+/// per-statement spans stay off unless the filter names them, see
+/// [`portcullis::telemetry::log_filter`]); with trace export, its layer sits beside the log layer
+/// with its own filter.
+fn init_tracing(log_level: &str, telemetry: Option<&Telemetry>) -> anyhow::Result<()> {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    use tracing_subscriber::Layer as _;
     let filter = match std::env::var("RUST_LOG") {
-        Ok(directives) if !directives.trim().is_empty() => EnvFilter::try_new(&directives)
+        Ok(directives) if !directives.trim().is_empty() => log_filter(&directives)
             .with_context(|| format!("RUST_LOG={directives:?} is not a valid log filter"))?,
-        _ => EnvFilter::try_new(log_level)
+        _ => log_filter(log_level)
             .with_context(|| format!("log_level {log_level:?} is not a valid log filter"))?,
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let log = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
-        .init();
+        .with_filter(filter);
+    // Two shapes rather than an `Option` layer: a `None` layer answers "always interested" for
+    // every callsite, which would turn the disabled per-statement spans back on in the registry.
+    let installed = match telemetry {
+        Some(t) => tracing_subscriber::registry()
+            .with(log)
+            .with(t.layer())
+            .try_init(),
+        None => tracing_subscriber::registry().with(log).try_init(),
+    };
+    installed.context("cannot install the log subscriber")?;
     Ok(())
 }
 
@@ -772,6 +810,7 @@ impl SinkArgs {
                     .table
                     .clone()
                     .unwrap_or_else(|| "audit_records".to_owned()),
+                ca_file: self.ca_file.clone(),
             });
         }
         let Some(path) = &self.config else {
@@ -803,19 +842,19 @@ impl SinkArgs {
 fn audit_verify(args: &VerifyArgs) -> ExitCode {
     let checked = audit_runtime().and_then(|runtime| {
         runtime.block_on(async {
-            // The key first: a typo in its path should not cost a scan of the whole trail.
-            let key = match &args.public_key {
-                Some(path) => Some(audit::read_public_key_file(path)?),
-                None => None,
-            };
+            // The keys first: a typo in a path should not cost a scan of the whole trail.
+            let mut keys = Vec::new();
+            for path in &args.public_key {
+                keys.extend(audit::read_public_keys_file(path)?);
+            }
             let sink = args.sink.open().await?;
-            let report = audit::verify(sink.as_ref(), key.as_deref())
+            let report = audit::verify(sink.as_ref(), &keys)
                 .await
                 .context("cannot read the audit trail")?;
-            anyhow::Ok((report, key))
+            anyhow::Ok(report)
         })
     });
-    let (report, key) = match checked {
+    let report = match checked {
         Ok(checked) => checked,
         Err(e) => {
             eprintln!("portcullis: {e:#}");
@@ -823,9 +862,8 @@ fn audit_verify(args: &VerifyArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let key_id = key.as_deref().map(audit::signing::key_id);
     if args.json {
-        let json = verify_report_json(&report, key_id.as_deref());
+        let json = verify_report_json(&report);
         match serde_json::to_string_pretty(&json) {
             Ok(text) => println!("{text}"),
             Err(e) => {
@@ -834,7 +872,7 @@ fn audit_verify(args: &VerifyArgs) -> ExitCode {
             }
         }
     } else {
-        print!("{}", render_verify_report(&report, key_id.as_deref()));
+        print!("{}", render_verify_report(&report));
     }
     if verified(&report) {
         ExitCode::SUCCESS
@@ -849,15 +887,22 @@ fn verified(report: &audit::VerifyReport) -> bool {
     report.is_ok() && !report.nodes.is_empty()
 }
 
-fn render_verify_report(report: &audit::VerifyReport, key_id: Option<&str>) -> String {
+fn render_verify_report(report: &audit::VerifyReport) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
     let _ = writeln!(out, "sink: {}", report.sink);
-    match key_id {
-        Some(id) => {
+    match report.public_key_ids.as_slice() {
+        [id] => {
             let _ = writeln!(out, "signatures: checked with public key {id}");
         }
-        None => {
+        [_, _, ..] => {
+            let _ = writeln!(
+                out,
+                "signatures: checked with public keys {}",
+                report.public_key_ids.join(", ")
+            );
+        }
+        [] => {
             let _ = writeln!(
                 out,
                 "signatures: NOT checked (no --public-key): only the hash links were verified"
@@ -877,9 +922,18 @@ fn render_verify_report(report: &audit::VerifyReport, key_id: Option<&str>) -> S
             (Some(f), _) => writeln!(out, "{records}: BROKEN at seq {}", f.seq),
             (None, Some(seq)) => writeln!(
                 out,
-                "{records}, {} checkpoint{}, signed up to seq {seq}, {} record{} after it: ok",
+                "{records}, {} checkpoint{}, signed up to seq {seq}{}, {} record{} after it: ok",
                 n.checkpoints,
                 plural(n.checkpoints),
+                if report.signatures_checked {
+                    format!(
+                        " by key{} {}",
+                        plural(n.signing_keys.len() as u64),
+                        n.signing_keys.join(", ")
+                    )
+                } else {
+                    String::new()
+                },
                 n.unsigned_tail,
                 plural(n.unsigned_tail)
             ),
@@ -920,7 +974,7 @@ fn plural(n: u64) -> &'static str {
     }
 }
 
-fn verify_report_json(report: &audit::VerifyReport, key_id: Option<&str>) -> serde_json::Value {
+fn verify_report_json(report: &audit::VerifyReport) -> serde_json::Value {
     use serde_json::json;
     let failure = |f: &audit::VerifyFailure| {
         json!({
@@ -935,13 +989,14 @@ fn verify_report_json(report: &audit::VerifyReport, key_id: Option<&str>) -> ser
         "sink": report.sink,
         "ok": verified(report),
         "signatures_checked": report.signatures_checked,
-        "public_key_id": key_id,
+        "public_key_ids": report.public_key_ids,
         "nodes": report.nodes.iter().map(|n| json!({
             "node": n.node,
             "records": n.records,
             "last_seq": n.last_seq,
             "checkpoints": n.checkpoints,
             "last_signed_seq": n.last_signed_seq,
+            "signing_keys": n.signing_keys,
             "unsigned_tail": n.unsigned_tail,
             "failure": n.failure.as_ref().map(failure),
         })).collect::<Vec<_>>(),
@@ -961,6 +1016,7 @@ fn problem_code(p: &audit::Problem) -> &'static str {
         Problem::Replaced { .. } => "replaced",
         Problem::CheckpointMalformed(_) => "checkpoint_malformed",
         Problem::CheckpointSignatureInvalid(_) => "checkpoint_signature_invalid",
+        Problem::UnknownSigningKey { .. } => "unknown_signing_key",
         Problem::ChainEndsBeforeCheckpoint { .. } => "chain_ends_before_checkpoint",
         Problem::CheckpointCopyMismatch => "checkpoint_copy_mismatch",
         Problem::TornFinalRecord => "torn_final_record",

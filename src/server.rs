@@ -19,6 +19,7 @@ use proto_postgres::{ListenerConfig, PostgresListener};
 use tokio::task::JoinHandle;
 
 use crate::config::{CertSubject, Config, ConfigErrors, IdentitySettings, JwtKeys, JwtSettings};
+use crate::telemetry::Telemetry;
 use crate::tls;
 
 /// ALPN protocol id of PostgreSQL over TLS (used by direct TLS connections, PostgreSQL 17+).
@@ -38,7 +39,36 @@ impl Server {
     /// watched (checked every second) and a changed `[policy]` replaces the running one, as does
     /// [`RunningServer::reload`]. Without it every authenticated identity may do anything, and a
     /// warning says so.
+    ///
+    /// `[telemetry]` is not acted on here: trace export belongs to the process's `tracing`
+    /// subscriber, see [`Server::start_with_telemetry`]. With an `otlp_endpoint` configured this
+    /// warns that no span will be exported.
     pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
+        if let Some(t) = &config.telemetry {
+            tracing::warn!(endpoint = %t.otlp_endpoint, "[telemetry] is configured but this server was started without its export pipeline: no span is exported (Server::start_with_telemetry)");
+        }
+        Self::start_inner(config, None).await
+    }
+
+    /// [`Server::start`] with the trace export pipeline built from `config.telemetry`
+    /// ([`Telemetry::start`]), whose [`Telemetry::layer`] the caller has installed in the
+    /// subscriber this server runs under. The server owns `telemetry` from now on:
+    /// [`RunningServer::shutdown`] exports the last spans and stops it once every session has
+    /// ended.
+    pub async fn start_with_telemetry(
+        config: Config,
+        telemetry: Option<Telemetry>,
+    ) -> anyhow::Result<RunningServer> {
+        if let (Some(t), None) = (&config.telemetry, &telemetry) {
+            tracing::warn!(endpoint = %t.otlp_endpoint, "[telemetry] is configured but no export pipeline was given: no span is exported");
+        }
+        Self::start_inner(config, telemetry).await
+    }
+
+    async fn start_inner(
+        config: Config,
+        telemetry: Option<Telemetry>,
+    ) -> anyhow::Result<RunningServer> {
         let authenticator = identity_chain(&config.identity).await?;
         let mut builder = Gateway::builder()
             .node(config.gateway.node.clone())
@@ -72,8 +102,18 @@ impl Server {
                 .await
                 .context("cannot open the audit trail ([audit])")?,
         );
-        builder = builder.audit(Arc::clone(&audit_log) as Arc<dyn gateway_core::AuditSink>);
+        builder = builder
+            .audit(Arc::clone(&audit_log) as Arc<dyn gateway_core::AuditSink>)
+            .parameters(
+                config
+                    .audit
+                    .parameter_audit()
+                    .map_err(|e| anyhow::anyhow!("[audit]: {e}"))?,
+            );
         let gateway = builder.build();
+        // With `on_failure = "open"` a dropped record never reaches the session phases as an
+        // error, so the audit log counts it in the gateway's metrics itself.
+        audit_log.count_drops_in(Arc::clone(gateway.metrics()));
         let stats = audit_log.stats();
         gateway
             .metrics()
@@ -159,6 +199,7 @@ impl Server {
             shutdowns,
             tasks,
             reloader,
+            telemetry,
         })
     }
 }
@@ -180,6 +221,8 @@ pub struct RunningServer {
     /// Background tasks (the config watcher), aborted on shutdown.
     tasks: Vec<JoinHandle<()>>,
     reloader: Arc<Reloader>,
+    /// Trace export, stopped after the sessions (whose spans it exports) have ended.
+    telemetry: Option<Telemetry>,
 }
 
 impl RunningServer {
@@ -212,7 +255,8 @@ impl RunningServer {
 
     /// Stops gracefully: the listeners stop accepting at once, every session ends (SQLSTATE
     /// 57P01) as soon as the database owes it nothing more, and this returns when all sessions
-    /// have ended or `gateway.drain_timeout` has passed.
+    /// have ended or `gateway.drain_timeout` has passed. Then the audit trail is closed and,
+    /// with trace export, the last spans are exported and the pipeline stopped.
     pub async fn shutdown(mut self) {
         self.ready.store(false, Ordering::Release);
         for task in std::mem::take(&mut self.tasks) {
@@ -232,9 +276,18 @@ impl RunningServer {
         if let Err(e) = self.audit.shutdown().await {
             tracing::error!(error = %e, "the audit trail could not be closed cleanly");
         }
+        // Every session span has ended: export what is left.
+        if let Some(telemetry) = self.telemetry.take() {
+            telemetry.shutdown().await;
+        }
         if let Some(admin) = self.admin.take() {
             admin.abort();
         }
+    }
+
+    /// The trace export pipeline this server was started with.
+    pub fn telemetry(&self) -> Option<&Telemetry> {
+        self.telemetry.as_ref()
     }
 
     /// The audit trail's counters (queue depth, written, failed, dropped).

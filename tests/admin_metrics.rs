@@ -37,6 +37,7 @@ impl PolicyEngine for DenyForbidden {
             verdict,
             classification: None,
             objects: None,
+            fingerprint: None,
         })
     }
 }

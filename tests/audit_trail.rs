@@ -1,8 +1,9 @@
 //! The audit trail end to end, against the local PostgreSQL (127.0.0.1:5432, trust, user
 //! `postgres`), each test in its own database and scratch directory: what a session leaves in the
 //! trail (and what it must not), `portcullis audit verify` on a clean and an edited trail, the
-//! gateway binary killed with SIGKILL under load in sync durability, and fail closed when the
-//! JSONL sink's directory goes away.
+//! gateway binary killed with SIGKILL under load in sync durability, fail closed when the JSONL
+//! sink's directory goes away, fail open counting the records it drops in `/metrics`, and verify
+//! across a rotation of the signing key.
 //!
 //! The tamper test edits the SQLite trail with the `sqlite3` command-line shell.
 
@@ -1027,4 +1028,285 @@ async fn refuses_statements_while_the_trail_cannot_be_written() {
     assert!(!records
         .iter()
         .any(|(r, p)| r.event == "statement_finished" && statement_key(p) == key));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fail open
+// ---------------------------------------------------------------------------------------------
+
+/// The body of `GET path` from the admin listener at `addr`.
+async fn http_get(addr: SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect to the admin listener");
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .expect("send the request");
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response))
+        .await
+        .expect("the admin listener answers within 10 s")
+        .expect("read the response");
+    let response = String::from_utf8_lossy(&response).into_owned();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default()
+}
+
+/// The value of the series named exactly `series` (name and labels) in an exposition.
+fn metric(exposition: &str, series: &str) -> Option<f64> {
+    exposition.lines().find_map(|line| {
+        let (name, value) = line.rsplit_once(' ')?;
+        (name == series).then(|| value.parse().ok()).flatten()
+    })
+}
+
+/// With `on_failure = "open"` statements keep running while the trail cannot be written, and
+/// every record the audit log drops meanwhile is counted in `portcullis_audit_failures_total`
+/// (the session phases never see those drops: `record()` succeeds), equal to the log's own
+/// `dropped` counter and to the count in the `sink_recovered` notice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fail_open_runs_statements_and_counts_the_dropped_records_in_metrics() {
+    let setup = Setup::new(
+        "open",
+        "[audit]\ndurability = \"sync\"\non_failure = \"open\"\nretry_for = \"300ms\"\n\n\
+         [[audit.sinks]]\nkind = \"jsonl\"\ndir = \"trail\"\n\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\n",
+    )
+    .await;
+    let upstream = setup.db.connect_direct().await;
+    upstream
+        .batch_execute("create table unguarded (id int)")
+        .await
+        .expect("create");
+    let (server, addr) = setup.start_in_process().await;
+    let admin = server.admin_addr().expect("an admin listener");
+    let failures = |text: &str| metric(text, "portcullis_audit_failures_total");
+
+    let client = setup
+        .connect(addr, "alice", &setup.token("alice"))
+        .await
+        .expect("alice logs in");
+    client
+        .execute("insert into unguarded values (1)", &[])
+        .await
+        .expect("insert while the trail is fine");
+    assert_eq!(failures(&http_get(admin, "/metrics").await), Some(0.0));
+
+    let trail = setup.path("trail");
+    let moved = setup.path("trail.moved");
+    std::fs::rename(&trail, &moved).expect("move the trail away");
+    std::fs::write(&trail, "not a directory").expect("put a file in its place");
+
+    // Every statement runs; the first waits up to retry_for for its record, the later ones'
+    // records are dropped at once.
+    for id in 2..=6 {
+        client
+            .execute(&format!("insert into unguarded values ({id})"), &[])
+            .await
+            .unwrap_or_else(|e| panic!("insert {id} with the trail down, fail open: {e:?}"));
+    }
+    let n: i64 = upstream
+        .query_one("select count(*) from unguarded", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(n, 6, "fail open: every statement reached the database");
+    let stats = server.audit_stats();
+    let dropped = stats.dropped.load(Ordering::Relaxed);
+    assert!(
+        dropped >= 1,
+        "records were dropped while the trail was down"
+    );
+    let text = http_get(admin, "/metrics").await;
+    assert_eq!(failures(&text), Some(dropped as f64), "{text}");
+
+    // Put the trail back: the writer recovers on its own (backing off to once a second).
+    let written_before = stats.written.load(Ordering::Relaxed);
+    std::fs::remove_file(&trail).expect("remove the file");
+    std::fs::rename(&moved, &trail).expect("put the trail back");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while stats.written.load(Ordering::Relaxed) == written_before {
+        assert!(Instant::now() < deadline, "the audit log did not recover");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    client
+        .execute("insert into unguarded values (7)", &[])
+        .await
+        .expect("insert after recovery");
+    let dropped = stats.dropped.load(Ordering::Relaxed);
+    let text = http_get(admin, "/metrics").await;
+    assert_eq!(
+        failures(&text),
+        Some(dropped as f64),
+        "nothing more is dropped once the trail is back: {text}"
+    );
+    drop(client);
+    server.shutdown().await;
+
+    let records = read_trail(&audit::SinkConfig::Jsonl {
+        dir: trail,
+        max_file_bytes: 1 << 20,
+    })
+    .await;
+    let recovered: Vec<&Value> = records
+        .iter()
+        .filter(|(r, _)| r.event == "sink_recovered")
+        .map(|(_, p)| p)
+        .collect();
+    assert_eq!(recovered.len(), 1, "one outage, one recovery notice");
+    assert_eq!(recovered[0]["details"]["dropped"].as_u64(), Some(dropped));
+    // The statement after recovery is in the trail.
+    assert!(records
+        .iter()
+        .any(|(r, p)| r.event == "statement_started"
+            && p["sql"] == "insert into unguarded values (7)"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Key rotation
+// ---------------------------------------------------------------------------------------------
+
+/// The operator rotates the checkpoint signing key (a new `audit.signing_key_file`, restart):
+/// the chain goes on, each checkpoint names its key, and `audit verify` passes when given every
+/// public key (repeated `--public-key`, or one file holding them all), and otherwise names the
+/// first checkpoint whose key it lacks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_takes_every_key_a_rotated_chain_was_signed_with() {
+    let setup = Setup::new(
+        "rotated",
+        "[audit]\ncheckpoint_every_records = 4\nsigning_key_file = \"audit-signing.pem\"\n",
+    )
+    .await;
+    let mut public_files = Vec::new();
+    let mut key_ids = Vec::new();
+    for (round, name) in ["old", "new"].into_iter().enumerate() {
+        // The private key file is replaced in place, as an operator would.
+        let (private_pem, public_pem) = audit::generate_signing_key().expect("key");
+        std::fs::write(setup.path("audit-signing.pem"), private_pem).expect("write key");
+        let public_file = setup.path(&format!("{name}.pub"));
+        std::fs::write(&public_file, &public_pem).expect("write public key");
+        let public = audit::parse_public_key(public_pem.as_bytes()).expect("public key");
+        key_ids.push(audit::key_id(&public));
+        public_files.push(public_file.to_string_lossy().into_owned());
+
+        let (server, addr) = setup.start_in_process().await;
+        let client = setup
+            .connect(addr, "alice", &setup.token("alice"))
+            .await
+            .expect("alice logs in");
+        for i in 0..5 {
+            client
+                .query_one(&format!("select {round}{i}"), &[])
+                .await
+                .expect("select");
+        }
+        drop(client);
+        server.shutdown().await;
+    }
+    let (old_id, new_id) = (&key_ids[0], &key_ids[1]);
+    let records = read_trail(&setup.sqlite_trail()).await;
+    let first_new_checkpoint = records
+        .iter()
+        .find(|(r, p)| r.event == "checkpoint" && p["key_id"] == new_id.as_str())
+        .map(|(r, _)| r.seq)
+        .expect("a checkpoint signed with the new key");
+    assert!(
+        records.iter().any(|(r, p)| r.event == "checkpoint"
+            && p["key_id"] == old_id.as_str()
+            && r.seq < first_new_checkpoint),
+        "the old key signed the first part of the chain"
+    );
+    let config = setup.config.to_string_lossy().into_owned();
+
+    // Both keys, as two files.
+    let both = setup
+        .audit_cli(&[
+            "verify",
+            "--config",
+            &config,
+            "--public-key",
+            &public_files[0],
+            "--public-key",
+            &public_files[1],
+        ])
+        .await;
+    assert_eq!(both.status.code(), Some(0), "{}", describe(&both));
+    let out = String::from_utf8_lossy(&both.stdout).into_owned();
+    assert!(
+        out.contains(&format!(
+            "signatures: checked with public keys {old_id}, {new_id}"
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("by keys {old_id}, {new_id}")),
+        "{out}"
+    );
+
+    // Both keys in one file.
+    let keyring = setup.path("all-keys.pub");
+    let mut text = std::fs::read_to_string(&public_files[0]).expect("old key");
+    text.push_str(&std::fs::read_to_string(&public_files[1]).expect("new key"));
+    std::fs::write(&keyring, text).expect("write the key file");
+    let one_file = setup
+        .audit_cli(&[
+            "verify",
+            "--config",
+            &config,
+            "--public-key",
+            &keyring.to_string_lossy(),
+            "--json",
+        ])
+        .await;
+    assert_eq!(one_file.status.code(), Some(0), "{}", describe(&one_file));
+    let report: Value = serde_json::from_slice(&one_file.stdout).expect("a JSON report");
+    assert_eq!(
+        report["public_key_ids"],
+        serde_json::json!([old_id, new_id])
+    );
+    assert_eq!(
+        report["nodes"][0]["signing_keys"],
+        serde_json::json!([old_id, new_id])
+    );
+
+    // The old key only: the first checkpoint signed with the new one is named.
+    let old_only = setup
+        .audit_cli(&[
+            "verify",
+            "--config",
+            &config,
+            "--public-key",
+            &public_files[0],
+        ])
+        .await;
+    assert_eq!(old_only.status.code(), Some(1), "{}", describe(&old_only));
+    let out = String::from_utf8_lossy(&old_only.stdout).into_owned();
+    assert!(
+        out.contains(&format!(
+            "FAILED: node rotated seq {first_new_checkpoint}: checkpoint signed by key {new_id}, which is not among the given public keys ({old_id})"
+        )),
+        "{out}"
+    );
+    let json = setup
+        .audit_cli(&[
+            "verify",
+            "--config",
+            &config,
+            "--public-key",
+            &public_files[0],
+            "--json",
+        ])
+        .await;
+    assert_eq!(json.status.code(), Some(1), "{}", describe(&json));
+    let report: Value = serde_json::from_slice(&json.stdout).expect("a JSON report");
+    assert_eq!(report["first_failure"]["problem"], "unknown_signing_key");
+    assert_eq!(report["first_failure"]["seq"], first_new_checkpoint);
 }

@@ -449,6 +449,8 @@ pub struct Options {
     /// Further `[[targets]]` beside the test database: (name, port, upstream database), all on
     /// 127.0.0.1 as user postgres.
     pub extra_targets: Vec<(String, u16, String)>,
+    /// TOML appended to the configuration verbatim (an `[audit]` section, say).
+    pub extra_config: String,
 }
 
 impl Default for Options {
@@ -464,6 +466,7 @@ impl Default for Options {
             // tests set their own small limit.
             max_message_bytes: 64 * 1024 * 1024,
             extra_targets: Vec::new(),
+            extra_config: String::new(),
         }
     }
 }
@@ -567,6 +570,8 @@ impl TestGateway {
             ));
         }
 
+        text.push('\n');
+        text.push_str(&options.extra_config);
         let origin = dir.path().join("portcullis.toml");
         std::fs::write(&origin, &text).expect("write config");
         let config = Config::from_toml_str(&text, &origin).unwrap_or_else(|e| {

@@ -40,8 +40,9 @@ fn default_batch_max_delay() -> Duration {
 ///
 /// [[audit.sinks]]
 /// kind = "postgres"
-/// url = "postgresql://audit@db.internal/audit"
+/// url = "postgresql://audit@db.internal/audit?sslmode=verify-full"
 /// table = "audit_records"
+/// ca_file = "/etc/portcullis/audit-db-ca.pem"
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -81,6 +82,19 @@ pub struct AuditConfig {
     /// hash-linked but unsigned, and a warning is logged at start.
     #[serde(default)]
     pub signing_key_file: Option<PathBuf>,
+    /// Bound parameters of prepared statements: `"record"` (default; each value cut at
+    /// `parameter_max_bytes`), `"hash"` (HMAC-SHA-256 under `parameter_hash_key_file`) or
+    /// `"omit"`. Statement texts are recorded whole either way, literals included.
+    #[serde(default)]
+    pub parameters: ParameterMode,
+    /// Longest parameter value recorded whole, in bytes. Default 1024.
+    #[serde(default = "default_parameter_max_bytes")]
+    pub parameter_max_bytes: usize,
+    /// The secret key (a file of at least 32 bytes, e.g. `head -c 32 /dev/urandom`) that
+    /// `parameters = "hash"` uses. Keep it apart from the trail: whoever holds it can test
+    /// guesses against the hashes.
+    #[serde(default)]
+    pub parameter_hash_key_file: Option<PathBuf>,
     /// Where records go; every record goes to every sink. The first is the primary: its tail is
     /// where the chain continues, and tail/search read it. Default: one SQLite file
     /// `<data_dir>/audit.db`.
@@ -98,6 +112,23 @@ pub enum Durability {
     Sync,
     /// After the record is queued (SQLite `synchronous=NORMAL`, JSONL written without fsync).
     Batched,
+}
+
+/// How bound parameters are recorded (see [`AuditConfig::parameters`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ParameterMode {
+    /// As sent, each value cut at `parameter_max_bytes`.
+    #[default]
+    Record,
+    /// HMAC-SHA-256 of each value.
+    Hash,
+    /// Not at all.
+    Omit,
+}
+
+fn default_parameter_max_bytes() -> usize {
+    gateway_core::parameters::DEFAULT_MAX_BYTES
 }
 
 /// What happens to statements when no record can be written.
@@ -131,12 +162,18 @@ pub enum SinkConfig {
     },
     /// `kind = "postgres"`: a table in PostgreSQL, shared by several gateway nodes.
     Postgres {
-        /// Connection string (`postgresql://user@host/db` or `host=... dbname=...`).
+        /// Connection string (`postgresql://user@host/db` or `host=... dbname=...`). Its
+        /// `sslmode` is `disable` (the default), `require` or `verify-full`; `prefer` and
+        /// `allow` are refused (see [`crate::sink::pg_tls`]).
         url: String,
         /// Table name, optionally schema-qualified; created if missing, with a companion
         /// `<table>_checkpoints`. Default `audit_records`.
         #[serde(default = "default_table")]
         table: String,
+        /// PEM file of the CA(s) `sslmode=verify-full` trusts; default: the bundled Mozilla
+        /// roots. Only with `verify-full`.
+        #[serde(default)]
+        ca_file: Option<PathBuf>,
     },
 }
 
@@ -153,10 +190,11 @@ impl std::fmt::Debug for SinkConfig {
                 .field("dir", dir)
                 .field("max_file_bytes", max_file_bytes)
                 .finish(),
-            SinkConfig::Postgres { table, .. } => f
+            SinkConfig::Postgres { table, ca_file, .. } => f
                 .debug_struct("Postgres")
                 .field("url", &"<redacted>")
                 .field("table", table)
+                .field("ca_file", ca_file)
                 .finish(),
         }
     }
@@ -176,9 +214,35 @@ impl AuditConfig {
             checkpoint_every: default_checkpoint_every(),
             retry_for: default_retry_for(),
             signing_key_file: None,
+            parameters: ParameterMode::default(),
+            parameter_max_bytes: default_parameter_max_bytes(),
+            parameter_hash_key_file: None,
             sinks: vec![SinkConfig::Sqlite {
                 path: data_dir.join("audit.db"),
             }],
+        }
+    }
+
+    /// How the gateway records bound parameters; reads the hash key file in hash mode.
+    pub fn parameter_audit(&self) -> Result<gateway_core::ParameterAudit, String> {
+        use gateway_core::ParameterAudit;
+        match self.parameters {
+            ParameterMode::Omit => Ok(ParameterAudit::Omit),
+            ParameterMode::Record => Ok(ParameterAudit::Record {
+                max_bytes: self.parameter_max_bytes,
+            }),
+            ParameterMode::Hash => {
+                let path = self.parameter_hash_key_file.as_deref().ok_or_else(|| {
+                    "`audit.parameters = \"hash\"` needs `audit.parameter_hash_key_file`".to_owned()
+                })?;
+                let key = std::fs::read(path).map_err(|e| {
+                    format!(
+                        "could not read the parameter hash key {}: {e}",
+                        path.display()
+                    )
+                })?;
+                ParameterAudit::hash_with(&key).map_err(|e| format!("{}: {e}", path.display()))
+            }
         }
     }
 
@@ -203,14 +267,44 @@ impl AuditConfig {
         if self.checkpoint_every.is_zero() {
             errors.push("`audit.checkpoint_every` must be longer than 0".to_owned());
         }
+        match (self.parameters, &self.parameter_hash_key_file) {
+            (ParameterMode::Hash, None) => errors.push(
+                "`audit.parameters = \"hash\"` needs `audit.parameter_hash_key_file` (at least 32 secret bytes)"
+                    .to_owned(),
+            ),
+            (ParameterMode::Hash, Some(key)) if !key.is_file() => errors.push(format!(
+                "`audit.parameter_hash_key_file`: file not found: {}",
+                key.display()
+            )),
+            (ParameterMode::Record | ParameterMode::Omit, Some(_)) => errors.push(
+                "`audit.parameter_hash_key_file` is only used with `audit.parameters = \"hash\"`"
+                    .to_owned(),
+            ),
+            _ => {}
+        }
         for (i, sink) in self.sinks.iter().enumerate() {
             match sink {
                 SinkConfig::Jsonl { max_file_bytes, .. } if *max_file_bytes < 4096 => errors.push(
                     format!("`audit.sinks[{i}].max_file_bytes` must be at least 4096"),
                 ),
-                SinkConfig::Postgres { table, .. } => {
+                SinkConfig::Postgres {
+                    url,
+                    table,
+                    ca_file,
+                } => {
                     if let Err(e) = crate::sink::postgres::quote_table(table) {
                         errors.push(format!("`audit.sinks[{i}].table`: {e}"));
+                    }
+                    if let Err(e) =
+                        crate::sink::pg_tls::PgConnectSettings::parse(url, ca_file.as_deref())
+                    {
+                        errors.push(format!("`audit.sinks[{i}].url`: {e}"));
+                    }
+                    if let Some(ca) = ca_file.as_deref().filter(|ca| !ca.is_file()) {
+                        errors.push(format!(
+                            "`audit.sinks[{i}].ca_file`: file not found: {}",
+                            ca.display()
+                        ));
                     }
                 }
                 _ => {}
@@ -316,6 +410,7 @@ mod tests {
         let sink = SinkConfig::Postgres {
             url: "postgresql://audit:s3cret@db/audit".into(),
             table: "t".into(),
+            ca_file: None,
         };
         let shown = format!("{sink:?}");
         assert!(
@@ -366,7 +461,8 @@ mod tests {
             a.sinks[2],
             SinkConfig::Postgres {
                 url: "host=localhost".into(),
-                table: "audit_records".into()
+                table: "audit_records".into(),
+                ca_file: None,
             }
         );
     }
@@ -384,9 +480,30 @@ mod tests {
         )
         .is_err());
         let mut bad: AuditConfig = toml::from_str(
-            "queue_capacity = 0\n[[sinks]]\nkind = \"postgres\"\nurl = \"x\"\ntable = \"a;drop\"",
+            "queue_capacity = 0\n[[sinks]]\nkind = \"postgres\"\nurl = \"host=db\"\ntable = \"a;drop\"",
         )
         .unwrap();
         assert_eq!(bad.check(Path::new("/d")).unwrap_err().len(), 2);
+    }
+
+    #[test]
+    fn postgres_tls_settings_are_checked_with_the_config() {
+        let check = |sink: &str| {
+            let mut a: AuditConfig =
+                toml::from_str(&format!("[[sinks]]\nkind = \"postgres\"\n{sink}")).unwrap();
+            a.check(Path::new("/d")).map_err(|e| e.join("\n"))
+        };
+        assert!(check("url = \"postgresql://db/a?sslmode=verify-full\"").is_ok());
+        let e = check("url = \"postgresql://db/a?sslmode=prefer\"").unwrap_err();
+        assert!(
+            e.contains("audit.sinks[0].url") && e.contains("verify-full"),
+            "{e}"
+        );
+        let e = check("url = \"host=db\"\nca_file = \"/nonexistent/ca.pem\"").unwrap_err();
+        assert!(e.contains("add sslmode=verify-full"), "{e}");
+        assert!(
+            e.contains("`audit.sinks[0].ca_file`: file not found"),
+            "{e}"
+        );
     }
 }

@@ -23,16 +23,17 @@ pub mod sink;
 pub mod verify;
 pub mod writer;
 
-pub use config::{parse_duration, AuditConfig, Durability, OnFailure, SinkConfig};
+pub use config::{parse_duration, AuditConfig, Durability, OnFailure, ParameterMode, SinkConfig};
 pub use error::{AuditError, SinkError};
 pub use record::{chain_hash, format_time, ChainHash, RecordKind, StoredRecord, SCHEMA_VERSION};
 pub use signing::{
-    checkpoint_message, generate_signing_key, parse_public_key, read_public_key_file,
-    verify_checkpoint_signature, CheckpointPayload, CheckpointSigner, NoticePayload,
+    checkpoint_message, generate_signing_key, key_id, parse_public_key, parse_public_keys,
+    read_public_key_file, read_public_keys_file, verify_checkpoint_signature, CheckpointPayload,
+    CheckpointSigner, NoticePayload,
 };
 pub use sink::{
     open_sink, JsonlSink, OpenMode, PostgresSink, ScanCursor, ScanItem, ScanPage, SearchFilter,
-    Sink, SqliteSink,
+    Sink, SqliteSink, SslMode,
 };
 pub use verify::{search, tail, verify, NodeReport, Problem, VerifyFailure, VerifyReport};
 pub use writer::{AuditLog, AuditStats};

@@ -198,7 +198,41 @@ pub fn read_public_key_file(path: &Path) -> Result<Vec<u8>, AuditError> {
     parse_public_key(&bytes).map_err(|e| AuditError::Key(format!("{}: {e}", path.display())))
 }
 
-/// First 16 hex digits of SHA-256 over a raw public key.
+/// Reads one or more Ed25519 public keys: PEM text with any number of `PUBLIC KEY` blocks (the
+/// public keys of every signing key a chain has had, concatenated), or one key as DER
+/// SubjectPublicKeyInfo or 32 raw bytes. Returns the raw 32 bytes of each, in file order.
+pub fn parse_public_keys(bytes: &[u8]) -> Result<Vec<Vec<u8>>, AuditError> {
+    const BEGIN: &str = "-----BEGIN PUBLIC KEY-----";
+    let text = match std::str::from_utf8(bytes) {
+        Ok(text) if text.contains(BEGIN) => text,
+        _ => return parse_public_key(bytes).map(|key| vec![key]),
+    };
+    let mut keys = Vec::new();
+    let mut rest = text;
+    while let Some(start) = rest.find(BEGIN) {
+        let block = &rest[start..];
+        let end = block
+            .find("-----END PUBLIC KEY-----")
+            .ok_or_else(|| AuditError::Key("PEM `PUBLIC KEY` block has no END line".to_owned()))?;
+        let end = end + "-----END PUBLIC KEY-----".len();
+        let key = parse_public_key(&block.as_bytes()[..end]).map_err(|e| {
+            AuditError::Key(format!("public key {} in the file: {e}", keys.len() + 1))
+        })?;
+        keys.push(key);
+        rest = &block[end..];
+    }
+    Ok(keys)
+}
+
+/// Reads a file of one or more public keys (see [`parse_public_keys`]).
+pub fn read_public_keys_file(path: &Path) -> Result<Vec<Vec<u8>>, AuditError> {
+    let bytes = std::fs::read(path)
+        .map_err(|e| AuditError::Key(format!("cannot read public key {}: {e}", path.display())))?;
+    parse_public_keys(&bytes).map_err(|e| AuditError::Key(format!("{}: {e}", path.display())))
+}
+
+/// The key id checkpoints carry (`key_id`) and verify reports: the first 8 bytes of SHA-256
+/// over the raw 32-byte public key, as 16 lowercase hex digits.
 pub fn key_id(public_key: &[u8]) -> String {
     let d = Sha256::digest(public_key);
     to_hex(&d[..8])
@@ -291,6 +325,27 @@ mod tests {
         }
         let signer = CheckpointSigner::from_file(&key).unwrap();
         assert_eq!(read_public_key_file(&public).unwrap(), signer.public_key());
+    }
+
+    #[test]
+    fn a_file_may_hold_several_public_keys() {
+        let (_, a) = generate_signing_key().unwrap();
+        let (_, b) = generate_signing_key().unwrap();
+        let both = format!("# old key\n{a}\n# new key, since 2026-11\n{b}");
+        let keys = parse_public_keys(both.as_bytes()).unwrap();
+        assert_eq!(
+            keys,
+            vec![
+                parse_public_key(a.as_bytes()).unwrap(),
+                parse_public_key(b.as_bytes()).unwrap()
+            ]
+        );
+        assert_eq!(key_id(&keys[0]).len(), 16);
+        assert_ne!(key_id(&keys[0]), key_id(&keys[1]));
+        // One key as raw bytes still reads.
+        assert_eq!(parse_public_keys(&keys[1]).unwrap(), vec![keys[1].clone()]);
+        let truncated = &both[..both.len() - 10];
+        assert!(parse_public_keys(truncated.as_bytes()).is_err());
     }
 
     #[test]

@@ -15,8 +15,10 @@ pub struct VerifyReport {
     pub sink: String,
     /// One entry per node, by node name.
     pub nodes: Vec<NodeReport>,
-    /// Whether checkpoint signatures were checked (a public key was given).
+    /// Whether checkpoint signatures were checked (at least one public key was given).
     pub signatures_checked: bool,
+    /// Key ids of the public keys given, in the order given (see [`crate::signing::key_id`]).
+    pub public_key_ids: Vec<String>,
     /// Things that are not failures but limit what the report proves.
     pub warnings: Vec<String>,
 }
@@ -49,6 +51,10 @@ pub struct NodeReport {
     pub checkpoints: u64,
     /// The seq the last checkpoint in the chain signs, if any.
     pub last_signed_seq: Option<u64>,
+    /// Key ids of the keys that signed this node's checkpoints (up to a failure), in the order
+    /// they first appear: more than one after a key rotation. Signatures were checked only when
+    /// public keys were given.
+    pub signing_keys: Vec<String>,
     /// Records after the last signed seq: these are hash-linked but not signed, so a truncation
     /// or rewrite of them cannot be detected from this sink alone.
     pub unsigned_tail: u64,
@@ -110,8 +116,16 @@ pub enum Problem {
     },
     /// A checkpoint does not refer to the record before it, or cannot be read.
     CheckpointMalformed(String),
-    /// A checkpoint's Ed25519 signature does not verify with the given public key.
+    /// A checkpoint's Ed25519 signature does not verify with the given public key it names.
     CheckpointSignatureInvalid(String),
+    /// A checkpoint names a signing key that is not among the public keys given: a key the
+    /// verifier lacks (after a rotation), another node's key, or a forgery.
+    UnknownSigningKey {
+        /// The checkpoint's `key_id`.
+        key_id: String,
+        /// The key ids of the public keys given.
+        given: Vec<String>,
+    },
     /// A checkpoint copy kept beside the chain signs a seq the chain does not reach.
     ChainEndsBeforeCheckpoint {
         /// Seq of the checkpoint record.
@@ -144,6 +158,12 @@ impl fmt::Display for Problem {
             }
             Problem::CheckpointMalformed(why) => write!(f, "checkpoint malformed: {why}"),
             Problem::CheckpointSignatureInvalid(why) => write!(f, "checkpoint signature invalid: {why}"),
+            Problem::UnknownSigningKey { key_id, given } => write!(
+                f,
+                "checkpoint signed by key {key_id}, which is not among the given public keys ({}): give its public \
+                 key too (keys rotated), or the checkpoint was forged",
+                given.join(", ")
+            ),
             Problem::ChainEndsBeforeCheckpoint { checkpoint_seq, last_seq } => write!(
                 f,
                 "chain ends before the last signed checkpoint: a checkpoint at seq {checkpoint_seq} is on record, \
@@ -177,6 +197,7 @@ impl NodeState {
                 last_seq: 0,
                 checkpoints: 0,
                 last_signed_seq: None,
+                signing_keys: Vec::new(),
                 unsigned_tail: 0,
                 failure: None,
             },
@@ -200,11 +221,70 @@ impl NodeState {
     }
 }
 
+/// The public keys checkpoints are checked with, by key id.
+struct KeyRing {
+    by_id: HashMap<String, Vec<Vec<u8>>>,
+    ids: Vec<String>,
+}
+
+impl KeyRing {
+    fn new(keys: &[Vec<u8>]) -> Self {
+        let mut ring = KeyRing {
+            by_id: HashMap::new(),
+            ids: Vec::new(),
+        };
+        for key in keys {
+            let id = key_id(key);
+            let same_id = ring.by_id.entry(id.clone()).or_default();
+            if !same_id.contains(key) {
+                same_id.push(key.clone());
+            }
+            if !ring.ids.contains(&id) {
+                ring.ids.push(id);
+            }
+        }
+        ring
+    }
+
+    /// Checks a checkpoint's signature with the key its `key_id` names. `Ok` without keys
+    /// (nothing is checked then).
+    fn check(&self, node: &str, cp: &CheckpointPayload) -> Result<(), Problem> {
+        if self.ids.is_empty() {
+            return Ok(());
+        }
+        let Some(candidates) = self.by_id.get(&cp.key_id) else {
+            return Err(Problem::UnknownSigningKey {
+                key_id: cp.key_id.clone(),
+                given: self.ids.clone(),
+            });
+        };
+        // Two different keys with one 64-bit id are as good as impossible; try each anyway.
+        if candidates
+            .iter()
+            .any(|key| verify_checkpoint_signature(key, node, cp))
+        {
+            Ok(())
+        } else {
+            Err(Problem::CheckpointSignatureInvalid(format!(
+                "does not verify with the given key {} (checkpoint forged or edited)",
+                cp.key_id
+            )))
+        }
+    }
+}
+
 /// Checks every chain in `sink`: each record's hash, seq continuity per node, `prev_hash` links,
-/// the stored columns against the payload, checkpoint signatures (with `public_key`, the raw 32
-/// bytes; see [`crate::parse_public_key`]), and the checkpoint copies kept beside the chain.
-/// Names the first broken record of each node. `Err` only when the sink cannot be read.
-pub async fn verify(sink: &dyn Sink, public_key: Option<&[u8]>) -> Result<VerifyReport, SinkError> {
+/// the stored columns against the payload, checkpoint signatures, and the checkpoint copies kept
+/// beside the chain. Names the first broken record of each node. `Err` only when the sink cannot
+/// be read.
+///
+/// `public_keys` are raw 32-byte Ed25519 keys (see [`crate::parse_public_keys`]); each
+/// checkpoint is checked with the one its `key_id` names, so a chain signed by several keys in
+/// turn (rotation) verifies when all of them are given, and a checkpoint whose key is missing
+/// is [`Problem::UnknownSigningKey`]. With no key only the hash links are checked (a warning
+/// says so).
+pub async fn verify(sink: &dyn Sink, public_keys: &[Vec<u8>]) -> Result<VerifyReport, SinkError> {
+    let keys = KeyRing::new(public_keys);
     let mut nodes: BTreeMap<String, NodeState> = BTreeMap::new();
     let mut cursor = ScanCursor::default();
     let mut order: u64 = 0;
@@ -219,7 +299,7 @@ pub async fn verify(sink: &dyn Sink, public_key: Option<&[u8]>) -> Result<Verify
                     let s = nodes
                         .entry(record.node.clone())
                         .or_insert_with(|| NodeState::new(&record.node));
-                    check_record(s, &record, &location, order, public_key);
+                    check_record(s, &record, &location, order, &keys);
                 }
                 ScanItem::Damaged {
                     location,
@@ -275,16 +355,9 @@ pub async fn verify(sink: &dyn Sink, public_key: Option<&[u8]>) -> Result<Verify
                 continue;
             }
         };
-        if let Some(key) = public_key {
-            if !verify_checkpoint_signature(key, &copy.node, &payload) {
-                s.fail(
-                    copy.seq,
-                    Problem::CheckpointSignatureInvalid(signature_hint(key, &payload)),
-                    &location,
-                    order,
-                );
-                continue;
-            }
+        if let Err(problem) = keys.check(&copy.node, &payload) {
+            s.fail(copy.seq, problem, &location, order);
+            continue;
         }
         if copy.seq > s.report.last_seq {
             // Reported after all copies are seen, naming the last one.
@@ -315,7 +388,7 @@ pub async fn verify(sink: &dyn Sink, public_key: Option<&[u8]>) -> Result<Verify
     }
 
     let mut warnings = Vec::new();
-    if public_key.is_none() {
+    if public_keys.is_empty() {
         warnings.push(
             "no public key given: checkpoint signatures were not checked, so a chain rewritten with recomputed hashes \
              would pass"
@@ -344,27 +417,13 @@ pub async fn verify(sink: &dyn Sink, public_key: Option<&[u8]>) -> Result<Verify
     Ok(VerifyReport {
         sink: sink.name().to_owned(),
         nodes: reports,
-        signatures_checked: public_key.is_some(),
+        signatures_checked: !public_keys.is_empty(),
+        public_key_ids: keys.ids,
         warnings,
     })
 }
 
-fn signature_hint(key: &[u8], cp: &CheckpointPayload) -> String {
-    let given = key_id(key);
-    if cp.key_id == given {
-        "does not verify with the given key (checkpoint forged or edited)".to_owned()
-    } else {
-        format!("signed by key {} but the given key is {given}", cp.key_id)
-    }
-}
-
-fn check_record(
-    s: &mut NodeState,
-    r: &StoredRecord,
-    location: &str,
-    order: u64,
-    public_key: Option<&[u8]>,
-) {
+fn check_record(s: &mut NodeState, r: &StoredRecord, location: &str, order: u64, keys: &KeyRing) {
     s.report.records += 1;
     s.report.last_seq = s.report.last_seq.max(r.seq);
     if s.report.failure.is_some() {
@@ -485,18 +544,14 @@ fn check_record(
                     );
                     return;
                 }
-                if let Some(key) = public_key {
-                    if !verify_checkpoint_signature(key, &r.node, &cp) {
-                        s.fail(
-                            r.seq,
-                            Problem::CheckpointSignatureInvalid(signature_hint(key, &cp)),
-                            location,
-                            order,
-                        );
-                        return;
-                    }
+                if let Err(problem) = keys.check(&r.node, &cp) {
+                    s.fail(r.seq, problem, location, order);
+                    return;
                 }
                 s.report.last_signed_seq = Some(cp.signed_seq);
+                if !s.report.signing_keys.contains(&cp.key_id) {
+                    s.report.signing_keys.push(cp.key_id);
+                }
             }
         }
     }

@@ -2,10 +2,10 @@
 //! chains, batches, checkpoints and writes records to every sink.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use gateway_core::{AuditRecord, AuditSink, ErrorKind, GatewayError, Side};
+use gateway_core::{AuditRecord, AuditSink, ErrorKind, GatewayError, Metrics, Side};
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -25,7 +25,9 @@ pub struct AuditStats {
     pub written: AtomicU64,
     /// Sink writes that failed (each attempt counts).
     pub failed: AtomicU64,
-    /// Records dropped because the trail was unavailable and `on_failure = "open"`.
+    /// Records dropped because the trail was unavailable and `on_failure = "open"`. Also counted
+    /// in the gateway's `portcullis_audit_failures_total` once
+    /// [`AuditLog::count_drops_in`] has been called.
     pub dropped: AtomicU64,
     /// `record()` calls refused because the trail was unavailable (`on_failure = "closed"`).
     pub refused: AtomicU64,
@@ -44,6 +46,8 @@ struct Shared {
     /// Seconds (since the log opened) of the last fail-open ERROR line, to keep the log readable.
     last_drop_log: AtomicU64,
     opened: Instant,
+    /// The gateway's metrics, where dropped records are counted too (fail open).
+    metrics: OnceLock<Arc<Metrics>>,
 }
 
 struct Entry {
@@ -141,6 +145,7 @@ impl AuditLog {
             last_error: Mutex::new(String::new()),
             last_drop_log: AtomicU64::new(u64::MAX),
             opened: Instant::now(),
+            metrics: OnceLock::new(),
         });
         let (tx, rx) = mpsc::channel(config.queue_capacity.max(1));
         let shutdown = Arc::new(Notify::new());
@@ -216,6 +221,15 @@ impl AuditLog {
         Arc::clone(&self.shared.stats)
     }
 
+    /// Counts every record dropped from now on (`on_failure = "open"`) in `metrics`'
+    /// `portcullis_audit_failures_total`, beside [`AuditStats::dropped`]: with fail open,
+    /// `record()` succeeds, so the gateway's session phases, which count the records the sink
+    /// refuses, never see a drop. The gateway binary calls this once the gateway (and with it its
+    /// metrics) is built, before any listener runs; a second call is ignored.
+    pub fn count_drops_in(&self, metrics: Arc<Metrics>) {
+        let _ = self.shared.metrics.set(metrics);
+    }
+
     /// Whether the last write succeeded (false while the sinks fail).
     pub fn is_healthy(&self) -> bool {
         self.shared.healthy.load(Ordering::Acquire)
@@ -251,6 +265,9 @@ impl AuditLog {
             }
             OnFailure::Open => {
                 let dropped = self.shared.stats.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                if let Some(metrics) = self.shared.metrics.get() {
+                    metrics.audit_failure();
+                }
                 let now = self.shared.opened.elapsed().as_secs();
                 if self.shared.last_drop_log.swap(now, Ordering::Relaxed) != now {
                     tracing::error!(

@@ -63,7 +63,9 @@ impl TestDb {
 }
 
 async fn sink(db: &TestDb, table: &str, mode: OpenMode) -> PostgresSink {
-    PostgresSink::open(&db.url(), table, mode).await.unwrap()
+    PostgresSink::open(&db.url(), table, None, mode)
+        .await
+        .unwrap()
 }
 
 async fn write_signed(db: &TestDb, table: &str, node: &str, n: u64) -> Vec<u8> {
@@ -92,7 +94,7 @@ async fn copy_table(c: &Client, base: &str, to: &str) {
 }
 
 async fn failure(db: &TestDb, table: &str, key: &[u8]) -> (u64, Problem) {
-    let report = verify(&sink(db, table, OpenMode::Read).await, Some(key))
+    let report = verify(&sink(db, table, OpenMode::Read).await, &[key.to_vec()])
         .await
         .unwrap();
     let f = report
@@ -106,9 +108,12 @@ async fn failure(db: &TestDb, table: &str, key: &[u8]) -> (u64, Problem) {
 async fn postgres_chain_verifies_and_tampering_is_named() {
     let db = TestDb::new().await;
     let public = write_signed(&db, "base", "gw-p", 23).await;
-    let report = verify(&sink(&db, "base", OpenMode::Read).await, Some(&public))
-        .await
-        .unwrap();
+    let report = verify(
+        &sink(&db, "base", OpenMode::Read).await,
+        std::slice::from_ref(&public),
+    )
+    .await
+    .unwrap();
     assert!(report.is_ok(), "{report:?}");
     let records = all_records(&sink(&db, "base", OpenMode::Read).await).await;
     let k = nth_event(&records, 6);
@@ -190,7 +195,7 @@ async fn postgres_holds_several_nodes_and_searches_them() {
     // The second node has a different key; verify with one key reports the other's checkpoints.
     write_signed(&db, "audit_records", "gw-b", 12).await;
     let s = sink(&db, "audit_records", OpenMode::Read).await;
-    let report = verify(&s, None).await.unwrap();
+    let report = verify(&s, &[]).await.unwrap();
     assert!(report.is_ok(), "{report:?}");
     assert_eq!(
         report
@@ -200,7 +205,7 @@ async fn postgres_holds_several_nodes_and_searches_them() {
             .collect::<Vec<_>>(),
         ["gw-a", "gw-b"]
     );
-    let with_key = verify(&s, Some(&public)).await.unwrap();
+    let with_key = verify(&s, std::slice::from_ref(&public)).await.unwrap();
     assert!(with_key.nodes[0].failure.is_none());
     assert!(with_key.nodes[1].failure.is_some());
     let b_denied = SearchFilter {
@@ -234,6 +239,7 @@ async fn postgres_database_gone_fails_closed_and_recovers() {
         vec![SinkConfig::Postgres {
             url: db.url(),
             table: "audit_records".into(),
+            ca_file: None,
         }],
         Durability::Sync,
     );
@@ -270,7 +276,7 @@ async fn postgres_database_gone_fails_closed_and_recovers() {
     log.record(event("gw-p", 3)).await.unwrap();
     log.shutdown().await.unwrap();
     let s = sink(&db, "audit_records", OpenMode::Read).await;
-    let report = verify(&s, None).await.unwrap();
+    let report = verify(&s, &[]).await.unwrap();
     assert!(report.is_ok(), "{report:?}");
     let records = all_records(&s).await;
     assert!(records.iter().any(|r| r.event == "sink_recovered"));
@@ -290,6 +296,7 @@ async fn a_secondary_sink_that_lags_is_filled_from_the_primary() {
     let pg = SinkConfig::Postgres {
         url: db.url(),
         table: "audit_records".into(),
+        ca_file: None,
     };
     // First only SQLite.
     let log = AuditLog::open(&config(vec![sqlite.clone()], Durability::Sync), "gw-m")
@@ -316,7 +323,7 @@ async fn a_secondary_sink_that_lags_is_filled_from_the_primary() {
     let pg_sink = sink(&db, "audit_records", OpenMode::Read).await;
     let b = all_records(&pg_sink).await;
     assert_eq!(a, b);
-    assert!(verify(&pg_sink, None).await.unwrap().is_ok());
+    assert!(verify(&pg_sink, &[]).await.unwrap().is_ok());
     assert_eq!(
         pg_sink.tail("gw-m").await.unwrap().map(|r| r.seq),
         a.last().map(|r| r.seq)

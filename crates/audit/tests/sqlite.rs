@@ -69,7 +69,8 @@ fn write_rows(conn: &Connection, records: &[StoredRecord]) {
 }
 
 async fn failure(path: &Path, key: Option<&[u8]>) -> (u64, Problem) {
-    let report = verify(&reader(path).await, key).await.unwrap();
+    let keys: Vec<Vec<u8>> = key.map(|k| vec![k.to_vec()]).unwrap_or_default();
+    let report = verify(&reader(path).await, &keys).await.unwrap();
     let f = report
         .first_failure()
         .unwrap_or_else(|| panic!("verify passed: {report:?}"))
@@ -82,7 +83,9 @@ async fn an_untouched_chain_verifies_and_ends_signed() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("audit.db");
     let public = write_signed(&path, 23).await;
-    let report = verify(&reader(&path).await, Some(&public)).await.unwrap();
+    let report = verify(&reader(&path).await, std::slice::from_ref(&public))
+        .await
+        .unwrap();
     assert!(report.is_ok(), "{report:?}");
     let node = &report.nodes[0];
     assert_eq!(node.node, NODE);
@@ -310,7 +313,9 @@ async fn truncation_to_a_checkpoint_with_its_copies_cannot_be_seen() {
         params![cut as i64],
     )
     .unwrap();
-    let report = verify(&reader(&path).await, Some(&public)).await.unwrap();
+    let report = verify(&reader(&path).await, std::slice::from_ref(&public))
+        .await
+        .unwrap();
     assert!(report.is_ok());
     assert_eq!(report.nodes[0].last_seq, cut);
 }
@@ -325,11 +330,84 @@ async fn no_public_key_means_no_signature_check_and_a_warning() {
         replace_bytes(p, "from orders", "from ordert")
     });
     write_rows(&db(&path), &rewritten);
-    let report = verify(&reader(&path).await, None).await.unwrap();
+    let report = verify(&reader(&path).await, &[]).await.unwrap();
     // Without the key the rewritten checkpoint's signed hash still disagrees with its chain.
     assert!(!report.is_ok());
     assert!(!report.signatures_checked);
     assert!(report.warnings.iter().any(|w| w.contains("no public key")));
+}
+
+/// Key rotation: the gateway restarts with a new signing key and the chain goes on. Each
+/// checkpoint names its key (`key_id`), so verify checks each with its own key when all are
+/// given, and names the first checkpoint whose key is missing otherwise.
+#[tokio::test]
+async fn a_chain_signed_by_rotated_keys_verifies_with_both_and_names_the_missing_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.db");
+    let old = write_signed(&path, 12).await;
+    let before = all_records(&reader(&path).await).await.len() as u64;
+    // write_signed makes a fresh key every time: a restart with a rotated key.
+    let new = write_signed(&path, 12).await;
+    let all = all_records(&reader(&path).await).await;
+    let (old_id, new_id) = (audit::key_id(&old), audit::key_id(&new));
+    let cps = checkpoints(&all);
+    let first_old_cp = cps[0];
+    let first_new_cp = cps.iter().copied().find(|&c| c > before).unwrap();
+    assert!(first_old_cp < before && first_new_cp < all.len() as u64);
+
+    // Both keys, in either order, as separate keys: everything verifies, both signers named.
+    for keys in [
+        vec![old.clone(), new.clone()],
+        vec![new.clone(), old.clone()],
+    ] {
+        let report = verify(&reader(&path).await, &keys).await.unwrap();
+        assert!(report.is_ok(), "{report:?}");
+        let node = &report.nodes[0];
+        assert_eq!(node.signing_keys, vec![old_id.clone(), new_id.clone()]);
+        assert_eq!(node.last_signed_seq, Some(all.len() as u64 - 1));
+        assert_eq!(report.public_key_ids.len(), 2);
+    }
+    // Only the old key: the first checkpoint of the new key is named, with both ids.
+    let (seq, problem) = failure(&path, Some(&old)).await;
+    assert_eq!(seq, first_new_cp);
+    assert_eq!(
+        problem,
+        Problem::UnknownSigningKey {
+            key_id: new_id.clone(),
+            given: vec![old_id.clone()]
+        }
+    );
+    assert!(problem.to_string().contains(&new_id), "{problem}");
+    // Only the new key: the very first checkpoint is already unverifiable.
+    let (seq, problem) = failure(&path, Some(&new)).await;
+    assert_eq!(seq, first_old_cp);
+    assert!(
+        matches!(&problem, Problem::UnknownSigningKey { key_id, .. } if *key_id == old_id),
+        "{problem}"
+    );
+    // A key that signed nothing, given beside the right ones, changes nothing.
+    let (_, unrelated) = keys();
+    let report = verify(&reader(&path).await, &[unrelated, old.clone(), new.clone()])
+        .await
+        .unwrap();
+    assert!(report.is_ok(), "{report:?}");
+
+    // Relabelling a new-key checkpoint as the old key's (hashes recomputed) is a bad signature,
+    // not an unknown key.
+    let p = dir.path().join("relabelled.db");
+    std::fs::copy(&path, &p).unwrap();
+    let rewritten = rewrite_from(&all, first_new_cp, |payload| {
+        replace_bytes(payload, &new_id, &old_id)
+    });
+    write_rows(&db(&p), &rewritten);
+    let keys = [old.clone(), new.clone()];
+    let report = verify(&reader(&p).await, &keys).await.unwrap();
+    let f = report.first_failure().unwrap();
+    assert_eq!(f.seq, first_new_cp);
+    assert!(
+        matches!(f.problem, Problem::CheckpointSignatureInvalid(_)),
+        "{f}"
+    );
 }
 
 #[tokio::test]
@@ -364,7 +442,9 @@ async fn the_chain_continues_across_reopen() {
         .payload_text()
         .contains(&format!("\"previous_seq\":{}", first.len())));
     // Checkpoints made with the first key verify with it; the later key's do not.
-    let report = verify(&reader(&path).await, Some(&public)).await.unwrap();
+    let report = verify(&reader(&path).await, std::slice::from_ref(&public))
+        .await
+        .unwrap();
     let f = report.first_failure().unwrap();
     assert!(f.problem.to_string().contains("signed by key"), "{f}");
     assert!(f.seq > first.len() as u64);
@@ -461,7 +541,7 @@ async fn fails_closed_within_a_bound_and_recovers() {
         text.contains("were written after their callers had been told"),
         "{text}"
     );
-    let report = verify(&reader(&path).await, None).await.unwrap();
+    let report = verify(&reader(&path).await, &[]).await.unwrap();
     assert!(report.is_ok(), "{report:?}");
 }
 
@@ -498,7 +578,7 @@ async fn fail_open_counts_drops_and_keeps_going() {
     assert!(records
         .iter()
         .any(|r| r.payload_text().contains("\"statement_id\":1,")));
-    assert!(verify(&reader(&path).await, None).await.unwrap().is_ok());
+    assert!(verify(&reader(&path).await, &[]).await.unwrap().is_ok());
 }
 
 #[tokio::test]
@@ -536,7 +616,9 @@ async fn shutdown_drains_the_queue_and_signs_the_end() {
         500
     );
     assert_eq!(records.last().unwrap().kind, RecordKind::Checkpoint);
-    let report = verify(&reader(&path).await, Some(&public)).await.unwrap();
+    let report = verify(&reader(&path).await, std::slice::from_ref(&public))
+        .await
+        .unwrap();
     assert!(
         report.is_ok() && report.nodes[0].unsigned_tail == 1,
         "{report:?}"
@@ -579,7 +661,9 @@ async fn batched_throughput_smoke() {
     }
     log.shutdown().await.unwrap();
     eprintln!("10k batched records in {:?}", started.elapsed());
-    let report = verify(&reader(&path).await, Some(&public)).await.unwrap();
+    let report = verify(&reader(&path).await, std::slice::from_ref(&public))
+        .await
+        .unwrap();
     assert!(report.is_ok(), "{report:?}");
     assert!(report.nodes[0].records > 10_000);
 }

@@ -6,6 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::error::{ErrorKind, GatewayError, Side};
 use crate::identity::{AuthMethod, ClientInfo};
+use crate::parameters::RecordedParameters;
 use crate::policy::Verdict;
 
 /// An error as recorded in the trail.
@@ -71,6 +72,13 @@ pub enum AuditEvent {
         /// Relations read and written and functions called, when the policy engine analysed it.
         #[serde(skip_serializing_if = "Option::is_none")]
         objects: Option<Arc<crate::policy::StatementObjects>>,
+        /// The statement's shape without literal values, when the policy engine analysed it.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        fingerprint: Option<Arc<str>>,
+        /// Bound parameters (recorded or hashed), when the execution had them and the
+        /// configuration keeps them.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        parameters: Option<Arc<RecordedParameters>>,
     },
     /// A statement is about to be forwarded upstream.
     StatementStarted {
@@ -83,8 +91,18 @@ pub enum AuditEvent {
         /// Relations read and written and functions called, when the policy engine analysed it.
         #[serde(skip_serializing_if = "Option::is_none")]
         objects: Option<Arc<crate::policy::StatementObjects>>,
+        /// The statement's shape without literal values, when the policy engine analysed it.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        fingerprint: Option<Arc<str>>,
+        /// Bound parameters (recorded or hashed), when the execution had them and the
+        /// configuration keeps them.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        parameters: Option<Arc<RecordedParameters>>,
         /// The rule that allowed it, if any.
         rule: Option<Arc<str>>,
+        /// The approval request or time-boxed grant that let it run, when the rule required one.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        approval_id: Option<Arc<str>>,
     },
     /// A statement finished.
     StatementFinished {

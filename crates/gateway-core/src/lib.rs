@@ -20,6 +20,9 @@
 //!   served in the Prometheus text format by the binary's admin listener.
 //!
 //! Errors are [`GatewayError`]s: a neutral [`ErrorKind`] plus the [`Side`] that caused it.
+//!
+//! Each phase opens a `tracing` span on its own target (see [`trace`]): free when no subscriber
+//! asks for them, a span tree per connection when trace export is on.
 
 pub mod approval;
 pub mod audit;
@@ -27,9 +30,11 @@ pub mod error;
 pub mod identity;
 pub mod masking;
 pub mod metrics;
+pub mod parameters;
 pub mod policy;
 pub mod session;
 pub mod target;
+pub mod trace;
 
 pub use approval::{ApprovalOutcome, ApprovalService, NoApprovals};
 pub use audit::{AuditEvent, AuditRecord, AuditSink, LogAuditSink, RecordedError};
@@ -39,6 +44,7 @@ pub use identity::{
 };
 pub use masking::{Masker, NoMasking, ResultColumn, RowMasker};
 pub use metrics::{ActiveSession, Metrics};
+pub use parameters::{BoundValue, ParameterAudit, RecordedParameters, RecordedValue};
 pub use policy::{
     Access, AllowAll, Decision, Judgement, PolicyEngine, SqlSettings, StatementContext,
     StatementObjects, Verdict,

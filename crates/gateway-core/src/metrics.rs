@@ -15,7 +15,7 @@
 //! | `portcullis_statements_total` | counter | `protocol`, `verdict` | statements decided: `allowed` (per execution forwarded upstream), `denied` (by policy), `approval_required` (held and not approved), `audit_refused` (allowed, but the audit trail could not record it) |
 //! | `portcullis_statement_duration_seconds` | histogram | `protocol` | from forwarding an execution to its completion, results included; 100 µs to 10 s buckets; executions skipped after an earlier error are not observed |
 //! | `portcullis_statement_errors_total` | counter | `protocol`, `side` | executions that ended in an error, by the side that caused it: `client`, `upstream`, `gateway` |
-//! | `portcullis_audit_failures_total` | counter | | audit records the sink refused; a statement whose record is refused is not run (fail closed) |
+//! | `portcullis_audit_failures_total` | counter | | audit records the sink refused (fail closed: the statement is not run) or dropped (fail open: the statement runs unrecorded) |
 //! | `portcullis_audit_queue_depth` | gauge | | records waiting in the audit queue (present once an audit log registers it) |
 //! | `portcullis_masked_values_total` | counter | | values rewritten by maskers |
 //! | `portcullis_approvals_pending` | gauge | | approval requests waiting for a decision |
@@ -152,7 +152,7 @@ impl Metrics {
         let audit_failures = Counter::default();
         registry.register(
             "audit_failures",
-            "Audit records the audit sink refused",
+            "Audit records the audit sink refused (fail closed) or dropped (fail open)",
             audit_failures.clone(),
         );
         let audit_queue_depth = Arc::new(QueueDepth::default());
@@ -419,6 +419,7 @@ mod tests {
                 verdict,
                 classification: None,
                 objects: None,
+                fingerprint: None,
             })
         }
     }

@@ -69,6 +69,9 @@ pub struct Judgement {
     pub classification: Option<Arc<str>>,
     /// What the statement touches, when the engine analysed it; the audit trail records it.
     pub objects: Option<Arc<StatementObjects>>,
+    /// The statement's shape with literal values stripped (texts that differ only in constants
+    /// share it), when the engine analysed it; the audit trail records it.
+    pub fingerprint: Option<Arc<str>>,
 }
 
 /// Relations and functions a statement text touches (all its statements together), normalised
@@ -155,6 +158,7 @@ impl Default for AllowAll {
                 verdict: Verdict::allow(None),
                 classification: None,
                 objects: None,
+                fingerprint: None,
             }),
         }
     }

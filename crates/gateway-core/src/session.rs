@@ -12,10 +12,14 @@ use crate::error::{ErrorKind, GatewayError, Side};
 use crate::identity::{Authenticator, ClientInfo, Credentials, DenyAllAuthenticator, Identity};
 use crate::masking::{Masker, NoMasking, ResultColumn, RowMasker};
 use crate::metrics::{Metrics, ProtocolMetrics};
+use crate::parameters::{ParameterAudit, RecordedParameters};
 use crate::policy::{
     Access, AllowAll, Decision, Judgement, PolicyEngine, SqlSettings, StatementContext,
 };
 use crate::target::{Protocol, Target, Targets};
+use crate::trace::TARGET;
+use tracing::field::Empty;
+use tracing::{Instrument as _, Span};
 
 struct Inner {
     node: Arc<str>,
@@ -24,6 +28,7 @@ struct Inner {
     masker: Arc<dyn Masker>,
     audit: Arc<dyn AuditSink>,
     approvals: Arc<dyn ApprovalService>,
+    parameters: ParameterAudit,
     targets: Targets,
     metrics: Arc<Metrics>,
 }
@@ -43,6 +48,7 @@ pub struct GatewayBuilder {
     masker: Arc<dyn Masker>,
     audit: Arc<dyn AuditSink>,
     approvals: Arc<dyn ApprovalService>,
+    parameters: ParameterAudit,
     targets: Targets,
 }
 
@@ -55,6 +61,7 @@ impl Default for GatewayBuilder {
             masker: Arc::new(NoMasking),
             audit: Arc::new(LogAuditSink),
             approvals: Arc::new(NoApprovals),
+            parameters: ParameterAudit::default(),
             targets: Targets::default(),
         }
     }
@@ -91,6 +98,11 @@ impl GatewayBuilder {
         self.approvals = a;
         self
     }
+    /// Sets how bound parameters are recorded (default: recorded, each cut at 1 KiB).
+    pub fn parameters(mut self, p: ParameterAudit) -> Self {
+        self.parameters = p;
+        self
+    }
     /// Sets the targets.
     pub fn targets(mut self, t: Targets) -> Self {
         self.targets = t;
@@ -106,6 +118,7 @@ impl GatewayBuilder {
                 masker: self.masker,
                 audit: self.audit,
                 approvals: self.approvals,
+                parameters: self.parameters,
                 targets: self.targets,
                 metrics: Arc::new(Metrics::new()),
             }),
@@ -166,7 +179,31 @@ impl Gateway {
     pub async fn open_session(&self, req: SessionRequest) -> Result<Session, GatewayError> {
         let id: Arc<str> = Arc::from(new_session_id());
         let client = Arc::new(req.client.clone());
-        match self.admit(&req).await {
+        let auth = tracing::info_span!(
+            target: TARGET,
+            "auth",
+            user = req.credentials.user(),
+            database = %req.database,
+            subject = Empty,
+            access = Empty,
+            error.kind = Empty,
+            otel.status_code = Empty,
+        );
+        let admitted = self.admit(&req).instrument(auth.clone()).await;
+        if !auth.is_disabled() {
+            match &admitted {
+                Ok((identity, _, access)) => {
+                    auth.record("subject", identity.subject.as_str());
+                    auth.record("access", access_name(*access));
+                }
+                Err(e) => {
+                    auth.record("error.kind", e.kind.as_str());
+                    auth.record("otel.status_code", "error");
+                }
+            }
+        }
+        drop(auth);
+        match admitted {
             Ok((identity, target, access)) => {
                 let subject = Arc::from(identity.subject.as_str());
                 let target_name = Arc::from(target.name.as_str());
@@ -213,7 +250,8 @@ impl Gateway {
                 };
                 // The login is refused either way; a failing sink must not turn a wrong password
                 // into a different error, but it must be visible.
-                if let Err(audit_err) = self.inner.audit.record(record).await {
+                let span = tracing::info_span!(target: TARGET, "audit", event = "login_failed");
+                if let Err(audit_err) = self.inner.audit.record(record).instrument(span).await {
                     self.inner.metrics.audit_failure();
                     tracing::error!(error = %audit_err, "could not record a failed login");
                 }
@@ -307,6 +345,10 @@ pub struct Outcome {
 /// One execution in flight. Dropping it without [`Session::finish`] records nothing more;
 /// protocol crates finish every execution, including skipped ones.
 pub struct Execution {
+    /// The `statement` span, from `execute` to `finish` (disabled when nobody traces).
+    span: Span,
+    /// The `upstream` span: from forwarding to the first response, or to `finish`.
+    upstream: Span,
     statement_id: u64,
     started: Instant,
     masker: Option<Arc<dyn Masker>>,
@@ -335,8 +377,22 @@ impl Session {
     pub fn masking_active(&self) -> bool {
         self.gateway.inner.masker.is_active(&self.ctx)
     }
+    /// How bound parameters are recorded. When [`ParameterAudit::is_off`], protocol crates do not
+    /// read them off the wire at all.
+    pub fn parameter_audit(&self) -> &ParameterAudit {
+        &self.gateway.inner.parameters
+    }
 
+    /// Writes an audit record, under an `audit` span that is a child of the current span.
     async fn record(&self, event: AuditEvent) -> Result<(), GatewayError> {
+        self.record_in(&Span::none(), event).await
+    }
+
+    /// Writes an audit record, under an `audit` span that is a child of `parent` (of the current
+    /// span when `parent` is disabled).
+    async fn record_in(&self, parent: &Span, event: AuditEvent) -> Result<(), GatewayError> {
+        let span = parent
+            .in_scope(|| tracing::info_span!(target: TARGET, "audit", event = event_name(&event)));
         let record = AuditRecord {
             time: now(),
             node: Arc::clone(&self.gateway.inner.node),
@@ -346,7 +402,14 @@ impl Session {
             client: Arc::clone(&self.ctx.client),
             event,
         };
-        self.gateway.inner.audit.record(record).await.map_err(|e| {
+        let written = self
+            .gateway
+            .inner
+            .audit
+            .record(record)
+            .instrument(span)
+            .await;
+        written.map_err(|e| {
             self.metrics.audit_failure();
             GatewayError::new(
                 ErrorKind::AuditUnavailable,
@@ -372,17 +435,37 @@ impl Session {
                 access: self.ctx.access,
                 settings,
             };
-            self.gateway.inner.policy.judge(&ctx, sql)
+            let span = tracing::info_span!(
+                target: TARGET,
+                "policy",
+                decision = Empty,
+                rule = Empty,
+                classification = Empty,
+            );
+            let judgement = span.in_scope(|| self.gateway.inner.policy.judge(&ctx, sql));
+            if !span.is_disabled() {
+                span.record("decision", decision_name(judgement.verdict.decision));
+                span.record("rule", judgement.verdict.rule.as_deref());
+                span.record("classification", judgement.classification.as_deref());
+            }
+            judgement
         };
         if judgement.verdict.decision == Decision::Deny {
             self.metrics.denied.inc();
             let statement_id = self.statements.fetch_add(1, Ordering::Relaxed);
-            self.record(AuditEvent::StatementDenied {
-                statement_id,
-                sql: Arc::from(sql),
-                verdict: judgement.verdict.clone(),
-                objects: judgement.objects.clone(),
-            })
+            let span = self.statement_span(statement_id, &judgement);
+            span.record("otel.status_code", "error");
+            self.record_in(
+                &span,
+                AuditEvent::StatementDenied {
+                    statement_id,
+                    sql: Arc::from(sql),
+                    verdict: judgement.verdict.clone(),
+                    objects: judgement.objects.clone(),
+                    fingerprint: judgement.fingerprint.clone(),
+                    parameters: None,
+                },
+            )
             .await?;
             let mut e = GatewayError::new(
                 ErrorKind::PolicyDenied,
@@ -405,51 +488,78 @@ impl Session {
     /// Called right before an execution is forwarded upstream: holds it for approval when the
     /// verdict says so, then records "started". `Err` means do not forward.
     pub async fn execute(&self, stmt: &Statement) -> Result<Execution, GatewayError> {
+        self.execute_with(stmt, None).await
+    }
+
+    /// [`execute`](Self::execute) for an execution with bound parameters, captured with
+    /// [`ParameterAudit::capture`] from [`parameter_audit`](Self::parameter_audit).
+    pub async fn execute_with(
+        &self,
+        stmt: &Statement,
+        parameters: Option<Arc<RecordedParameters>>,
+    ) -> Result<Execution, GatewayError> {
         let statement_id = self.statements.fetch_add(1, Ordering::Relaxed);
+        let span = self.statement_span(statement_id, &stmt.judgement);
         let verdict = &stmt.judgement.verdict;
-        let mut rule = verdict.rule.clone();
+        let mut approval_id = None;
         if verdict.decision == Decision::NeedsApproval {
             match self
                 .gateway
                 .inner
                 .approvals
                 .request(&self.ctx.identity, &self.ctx.target, &stmt.sql, verdict)
+                .instrument(span.in_scope(|| tracing::info_span!(target: TARGET, "approval")))
                 .await
             {
-                ApprovalOutcome::Approved { id } => {
-                    rule = Some(Arc::from(format!(
-                        "{} (approval {id})",
-                        rule.as_deref().unwrap_or_default()
-                    )))
-                }
+                ApprovalOutcome::Approved { id } => approval_id = Some(Arc::from(id)),
                 ApprovalOutcome::Refused(e) => {
                     self.metrics.approval_required.inc();
-                    self.record(AuditEvent::StatementDenied {
-                        statement_id,
-                        sql: Arc::clone(&stmt.sql),
-                        verdict: verdict.clone(),
-                        objects: stmt.judgement.objects.clone(),
-                    })
+                    span.record("otel.status_code", "error");
+                    self.record_in(
+                        &span,
+                        AuditEvent::StatementDenied {
+                            statement_id,
+                            sql: Arc::clone(&stmt.sql),
+                            verdict: verdict.clone(),
+                            objects: stmt.judgement.objects.clone(),
+                            fingerprint: stmt.judgement.fingerprint.clone(),
+                            parameters,
+                        },
+                    )
                     .await?;
                     return Err(e);
                 }
             }
         }
         let started = self
-            .record(AuditEvent::StatementStarted {
-                statement_id,
-                sql: Arc::clone(&stmt.sql),
-                classification: stmt.judgement.classification.clone(),
-                objects: stmt.judgement.objects.clone(),
-                rule,
-            })
+            .record_in(
+                &span,
+                AuditEvent::StatementStarted {
+                    statement_id,
+                    sql: Arc::clone(&stmt.sql),
+                    classification: stmt.judgement.classification.clone(),
+                    objects: stmt.judgement.objects.clone(),
+                    fingerprint: stmt.judgement.fingerprint.clone(),
+                    parameters,
+                    rule: verdict.rule.clone(),
+                    approval_id,
+                },
+            )
             .await;
         if let Err(e) = started {
             self.metrics.audit_refused.inc();
+            if !span.is_disabled() {
+                span.record("error.side", e.side.as_str());
+                span.record("error.kind", e.kind.as_str());
+                span.record("otel.status_code", "error");
+            }
             return Err(e);
         }
         self.metrics.allowed.inc();
+        let upstream = span.in_scope(|| tracing::info_span!(target: TARGET, "upstream"));
         Ok(Execution {
+            span,
+            upstream,
             statement_id,
             started: Instant::now(),
             masker: Some(Arc::clone(&self.gateway.inner.masker)),
@@ -458,7 +568,7 @@ impl Session {
     }
 
     /// Records the end of an execution.
-    pub async fn finish(&self, exec: Execution, outcome: Outcome) -> Result<(), GatewayError> {
+    pub async fn finish(&self, mut exec: Execution, outcome: Outcome) -> Result<(), GatewayError> {
         let duration = exec.started.elapsed();
         if !outcome.skipped {
             // A skipped execution never ran: its "duration" would only measure the wait for the
@@ -468,14 +578,18 @@ impl Session {
         if let Some(error) = &outcome.error {
             self.metrics.statement_error(error.side);
         }
-        self.record(AuditEvent::StatementFinished {
-            statement_id: exec.statement_id,
-            rows: outcome.rows,
-            tag: outcome.tag,
-            error: outcome.error,
-            duration,
-            skipped: outcome.skipped,
-        })
+        let span = exec.end_trace(&outcome);
+        self.record_in(
+            &span,
+            AuditEvent::StatementFinished {
+                statement_id: exec.statement_id,
+                rows: outcome.rows,
+                tag: outcome.tag,
+                error: outcome.error,
+                duration,
+                skipped: outcome.skipped,
+            },
+        )
         .await
     }
 
@@ -502,5 +616,91 @@ impl Execution {
         self.masker
             .as_ref()
             .and_then(|m| m.row_masker(&self.ctx, columns))
+    }
+
+    /// Tells the trace that the upstream's first response to this execution arrived: ends the
+    /// `upstream` span (otherwise it ends at [`Session::finish`]). Later calls do nothing.
+    pub fn upstream_responded(&mut self) {
+        if !self.upstream.is_disabled() {
+            self.upstream = Span::none();
+        }
+    }
+
+    /// Ends the `upstream` span if it is still open, records the outcome on the `statement` span
+    /// and hands that span over (it closes when the caller drops it).
+    fn end_trace(&mut self, outcome: &Outcome) -> Span {
+        self.upstream = Span::none();
+        let span = std::mem::replace(&mut self.span, Span::none());
+        if !span.is_disabled() {
+            span.record("rows", otel_int(outcome.rows));
+            span.record("tag", outcome.tag.as_deref());
+            span.record("skipped", outcome.skipped);
+            if let Some(e) = &outcome.error {
+                span.record("error.side", e.side.as_str());
+                span.record("error.code", e.code.as_deref());
+                span.record("otel.status_code", "error");
+            }
+        }
+        span
+    }
+}
+
+impl Session {
+    /// The `statement` span of one execution (or denial), a child of the current span (the
+    /// protocol crate's `session` span). Fields known later are recorded by `end_trace`.
+    fn statement_span(&self, statement_id: u64, judgement: &Judgement) -> Span {
+        tracing::info_span!(
+            target: TARGET,
+            "statement",
+            statement_id = otel_int(statement_id),
+            session_id = &*self.ctx.id,
+            subject = &*self.ctx.subject,
+            target = &*self.ctx.target_name,
+            verdict = decision_name(judgement.verdict.decision),
+            rule = judgement.verdict.rule.as_deref(),
+            classification = judgement.classification.as_deref(),
+            rows = Empty,
+            tag = Empty,
+            skipped = Empty,
+            error.side = Empty,
+            error.kind = Empty,
+            error.code = Empty,
+            otel.status_code = Empty,
+        )
+    }
+}
+
+/// A count as a span field: OTLP integers are signed, and tracing-opentelemetry would export a
+/// `u64` as text.
+fn otel_int(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// Snake-case name of a decision, as in audit records.
+fn decision_name(decision: Decision) -> &'static str {
+    match decision {
+        Decision::Allow => "allow",
+        Decision::Deny => "deny",
+        Decision::NeedsApproval => "needs_approval",
+    }
+}
+
+/// Kebab-case name of an access mode, as in the configuration.
+fn access_name(access: Access) -> &'static str {
+    match access {
+        Access::ReadOnly => "read-only",
+        Access::ReadWrite => "read-write",
+    }
+}
+
+/// The `event` name of an audit event, as in audit records.
+fn event_name(event: &AuditEvent) -> &'static str {
+    match event {
+        AuditEvent::LoginFailed { .. } => "login_failed",
+        AuditEvent::SessionOpened { .. } => "session_opened",
+        AuditEvent::SessionClosed { .. } => "session_closed",
+        AuditEvent::StatementDenied { .. } => "statement_denied",
+        AuditEvent::StatementStarted { .. } => "statement_started",
+        AuditEvent::StatementFinished { .. } => "statement_finished",
     }
 }

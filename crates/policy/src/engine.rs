@@ -139,7 +139,14 @@ impl RuleEngine {
         if let Some(hit) = state.analyses.get(&lookup) {
             return hit;
         }
-        let analysis = Arc::new(analyze(sql, reading));
+        // Only cache misses parse, so only they get a span (on the trace target, off unless a
+        // trace subscriber asks for it).
+        let span = tracing::info_span!(
+            target: gateway_core::trace::TARGET,
+            "analysis",
+            bytes = sql.len() as i64,
+        );
+        let analysis = Arc::new(span.in_scope(|| analyze(sql, reading)));
         state.analyses.insert(
             AnalysisKey {
                 sql: Box::from(sql),
@@ -260,6 +267,7 @@ fn deny_all(b: Builtin, reason: String, analysis: Option<Arc<Analysis>>) -> Eval
             verdict: Verdict::deny(builtin_rule(b), reason),
             classification: None,
             objects: analysis.as_deref().map(objects_of),
+            fingerprint: analysis.as_deref().and_then(fingerprint_of),
         },
         analysis,
         statements: Vec::new(),
@@ -286,6 +294,10 @@ fn objects_of(analysis: &Analysis) -> Arc<StatementObjects> {
             .for_each(|f| push(&mut objects.functions, f.clone()));
     }
     Arc::new(objects)
+}
+
+fn fingerprint_of(analysis: &Analysis) -> Option<Arc<str>> {
+    analysis.fingerprint.as_deref().map(Arc::from)
 }
 
 fn dialect(protocol: Protocol) -> Dialect {
@@ -348,6 +360,7 @@ fn evaluate(state: &Compiled, ctx: &StatementContext<'_>, sql: &str) -> Evaluati
                     },
                     classification: Some(Arc::from("unparsed")),
                     objects: None,
+                    fingerprint: None,
                 },
                 analysis: Some(analysis),
                 statements: Vec::new(),
@@ -402,6 +415,7 @@ fn evaluate(state: &Compiled, ctx: &StatementContext<'_>, sql: &str) -> Evaluati
             verdict,
             classification,
             objects: Some(objects_of(&analysis)),
+            fingerprint: fingerprint_of(&analysis),
         },
         analysis: Some(analysis),
         statements,

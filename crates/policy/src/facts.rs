@@ -120,4 +120,8 @@ pub struct Analysis {
     pub statements: Vec<StatementFacts>,
     /// Set when the text could not be parsed; `statements` is then empty.
     pub failure: Option<ParseFailure>,
+    /// The text's shape with constants and layout stripped (16 hex digits): texts that differ
+    /// only in literal values, whitespace or comments share it, so the audit trail can group
+    /// them. `None` when the text could not be parsed.
+    pub fingerprint: Option<String>,
 }

@@ -133,8 +133,10 @@ impl PostgresListener {
                     Ok((tcp, peer)) => {
                         self.shared.gateway.metrics().connection_accepted(Protocol::Postgres);
                         // Every log line of the connection carries its peer, and once logged in
-                        // its session id, subject and target.
+                        // its session id, subject and target; it is also the root of the
+                        // connection's trace (the core's spans are its children).
                         let span = tracing::info_span!(
+                            target: gateway_core::trace::SESSION_TARGET,
                             "session",
                             protocol = "postgres",
                             %peer,

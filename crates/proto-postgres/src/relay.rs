@@ -20,8 +20,8 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use gateway_core::{
-    ErrorKind, Execution, GatewayError, Outcome, RecordedError, Session, Side, SqlSettings,
-    Statement,
+    ErrorKind, Execution, GatewayError, Outcome, RecordedError, RecordedParameters, Session, Side,
+    SqlSettings, Statement,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -29,8 +29,8 @@ use crate::connection::Shared;
 use crate::stream::{ClientStream, ReadSide, WriteSide};
 use crate::upstream::Upstream;
 use crate::wire::{
-    error_fields, error_response, frontend, typed, typed_header, FrameError, Frontend, Reader,
-    HEADER_LEN,
+    bind_values, error_fields, error_response, frontend, typed, typed_header, FrameError, Frontend,
+    Reader, HEADER_LEN,
 };
 
 /// Upstream frames are trusted for size up to PostgreSQL's own limit (1 GB).
@@ -98,6 +98,10 @@ pub(crate) async fn relay(
         rows: 0,
         tags: Vec::new(),
         query_error: None,
+        // Asked once per session: when nobody traces statements, the upstream direction does no
+        // trace bookkeeping at all.
+        trace: gateway_core::trace::statement_spans_enabled(),
+        responded: false,
     };
     let leftover = upstream.leftover;
     let mut stop = shared.shutdown.clone();
@@ -190,6 +194,13 @@ enum Action {
     Terminate,
 }
 
+/// A bound portal: its statement and, when the audit trail keeps them, its parameters.
+#[derive(Clone)]
+struct Portal {
+    stmt: Statement,
+    parameters: Option<Arc<RecordedParameters>>,
+}
+
 struct ClientDirection<'a> {
     session: &'a Session,
     queue: &'a Queue,
@@ -197,7 +208,7 @@ struct ClientDirection<'a> {
     /// that the per-execution lookups allocate nothing.
     statements: HashMap<Vec<u8>, Statement>,
     /// Portals by name, with the statement they were bound to (`None` when unknown).
-    portals: HashMap<Vec<u8>, Option<Statement>>,
+    portals: HashMap<Vec<u8>, Option<Portal>>,
     /// After a denial in the extended protocol: drop messages until Sync, as PostgreSQL skips them.
     skipping: bool,
     marker: String,
@@ -374,8 +385,20 @@ impl ClientDirection<'_> {
                 }
                 Err(e) => Ok(self.deny_extended(e)),
             },
-            Frontend::Bind { portal, statement } => {
-                let stmt = self.statements.get(statement).cloned();
+            Frontend::Bind {
+                portal,
+                statement,
+                rest,
+            } => {
+                let stmt = self.statements.get(statement).cloned().map(|stmt| {
+                    let audit = self.session.parameter_audit();
+                    let parameters = if audit.is_off() {
+                        None
+                    } else {
+                        bind_values(rest).and_then(|values| audit.capture(values))
+                    };
+                    Portal { stmt, parameters }
+                });
                 match self.portals.get_mut(portal) {
                     Some(slot) => *slot = stmt,
                     None => {
@@ -386,7 +409,11 @@ impl ClientDirection<'_> {
             }
             Frontend::Execute { portal } => {
                 let exec = match self.portals.get(portal).cloned().flatten() {
-                    Some(stmt) => match self.session.execute(&stmt).await {
+                    Some(Portal { stmt, parameters }) => match self
+                        .session
+                        .execute_with(&stmt, parameters)
+                        .await
+                    {
                         Ok(exec) => Some(exec),
                         Err(e) => return Ok(self.deny_extended(e)),
                     },
@@ -448,6 +475,10 @@ struct UpstreamDirection<'a> {
     tags: Vec<String>,
     /// First error of the current simple Query.
     query_error: Option<RecordedError>,
+    /// Statements are traced: report the first response of each execution to its `upstream` span.
+    trace: bool,
+    /// The entry at the head of the queue has had its first response frame.
+    responded: bool,
 }
 
 impl UpstreamDirection<'_> {
@@ -478,6 +509,9 @@ impl UpstreamDirection<'_> {
                     )
                 })?;
                 let Some((ty, len)) = header else { break };
+                if self.trace && !self.responded {
+                    self.first_response();
+                }
                 let available = buf.len() - pos;
                 if available < len {
                     if ty == b'D' || ty == b'd' {
@@ -561,6 +595,21 @@ impl UpstreamDirection<'_> {
         }
     }
 
+    /// The first response frame to the entry at the head of the queue arrived: that ends the
+    /// `upstream` span of its execution. Only called when statements are traced.
+    fn first_response(&mut self) {
+        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        match q.front_mut() {
+            Some(Pending::Query(Some(exec)) | Pending::Execute(Some(exec))) => {
+                exec.upstream_responded()
+            }
+            Some(_) => {}
+            // Nothing is owed (an asynchronous notice or notification): wait for a real response.
+            None => return,
+        }
+        self.responded = true;
+    }
+
     fn head_is_query(&self) -> bool {
         matches!(
             self.queue.lock().unwrap_or_else(|e| e.into_inner()).front(),
@@ -581,6 +630,7 @@ impl UpstreamDirection<'_> {
             }
         };
         let Some(popped) = popped else {
+            // A simple Query stays at the head until ReadyForQuery.
             if let Some(t) = tag {
                 self.tags.push(t);
             }
@@ -589,6 +639,7 @@ impl UpstreamDirection<'_> {
             }
             return;
         };
+        self.responded = false;
         let rows = std::mem::take(&mut self.rows);
         if let Some(Pending::Execute(Some(exec))) = popped {
             let outcome = Outcome {
@@ -664,6 +715,7 @@ impl UpstreamDirection<'_> {
                     .await;
                 }
             }
+            self.responded = false;
             let denial = denial
                 .unwrap_or_else(|| GatewayError::internal("statement refused by the gateway"));
             if self.head_is_query() && self.query_error.is_none() {
@@ -686,6 +738,7 @@ impl UpstreamDirection<'_> {
 
     /// ReadyForQuery: everything up to the first Query or Sync is over.
     async fn ready(&mut self) {
+        self.responded = false;
         let mut done = Vec::new();
         {
             let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());

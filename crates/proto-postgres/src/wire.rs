@@ -7,7 +7,7 @@
 //! fields, so it uses bounds-checked, borrowing readers over the original frame instead.
 
 use bytes::{Bytes, BytesMut};
-use gateway_core::{ErrorKind, GatewayError};
+use gateway_core::{BoundValue, ErrorKind, GatewayError};
 use pgwire::messages::response::{ErrorResponse, ReadyForQuery, TransactionStatus};
 use pgwire::messages::Message;
 
@@ -131,6 +131,9 @@ pub enum Frontend<'a> {
         portal: &'a [u8],
         /// Statement name.
         statement: &'a [u8],
+        /// The rest of the body: parameter formats, values and result formats (read with
+        /// [`bind_values`] only when the audit trail keeps parameters).
+        rest: &'a [u8],
     },
     /// Execute.
     Execute {
@@ -165,6 +168,36 @@ pub enum MessageError {
     UnknownType(u8),
 }
 
+/// The parameter values of a Bind message, from the `rest` of [`Frontend::Bind`]. `None` when
+/// the section is malformed (the upstream then refuses the message itself).
+pub fn bind_values(rest: &[u8]) -> Option<Vec<BoundValue<'_>>> {
+    let mut r = Reader::new(rest);
+    let n_formats = usize::try_from(r.i16()?).ok()?;
+    let formats = r.bytes(n_formats.checked_mul(2)?)?;
+    let n_values = usize::try_from(r.i16()?).ok()?;
+    if n_formats > 1 && n_formats != n_values {
+        return None;
+    }
+    // Binary is format code 1; one code applies to every value, none means all text.
+    let binary = |i: usize| match n_formats {
+        0 => false,
+        1 => formats[..2] == [0, 1],
+        _ => formats[2 * i..2 * i + 2] == [0, 1],
+    };
+    let mut values = Vec::with_capacity(n_values.min(rest.len() / 4));
+    for i in 0..n_values {
+        let value = match r.i32()? {
+            -1 => None,
+            len => Some(r.bytes(usize::try_from(len).ok()?)?),
+        };
+        values.push(BoundValue {
+            value,
+            binary: binary(i),
+        });
+    }
+    Some(values)
+}
+
 /// Reads the fields the relay needs from one client message body.
 pub fn frontend(ty: u8, body: &[u8]) -> Result<Frontend<'_>, MessageError> {
     let mut r = Reader::new(body);
@@ -181,7 +214,11 @@ pub fn frontend(ty: u8, body: &[u8]) -> Result<Frontend<'_>, MessageError> {
         b'B' => {
             let portal = r.cstr().ok_or(m("Bind"))?;
             let statement = r.cstr().ok_or(m("Bind"))?;
-            Frontend::Bind { portal, statement }
+            Frontend::Bind {
+                portal,
+                statement,
+                rest: r.rest(),
+            }
         }
         b'E' => Frontend::Execute {
             portal: r.cstr().ok_or(m("Execute"))?,
@@ -316,6 +353,38 @@ mod tests {
     }
 
     #[test]
+    fn bind_values_follow_the_format_codes() {
+        let read = |rest: &[u8]| {
+            bind_values(rest).map(|vs| {
+                vs.iter()
+                    .map(|v| (v.value.map(<[u8]>::to_vec), v.binary))
+                    .collect::<Vec<_>>()
+            })
+        };
+        // No format codes: all text. One NULL, one "ab".
+        assert_eq!(
+            read(b"\0\0\0\x02\xff\xff\xff\xff\0\0\0\x02ab\0\0"),
+            Some(vec![(None, false), (Some(b"ab".to_vec()), false)])
+        );
+        // One code (binary) for both values.
+        assert_eq!(
+            read(b"\0\x01\0\x01\0\x02\0\0\0\x01\x07\0\0\0\0\0\0"),
+            Some(vec![(Some(vec![7]), true), (Some(vec![]), true)])
+        );
+        // One code per value.
+        assert_eq!(
+            read(b"\0\x02\0\0\0\x01\0\x02\0\0\0\x01x\0\0\0\x01\x01"),
+            Some(vec![(Some(b"x".to_vec()), false), (Some(vec![1]), true)])
+        );
+        // Malformed: value longer than the body, code count mismatch, negative counts, truncation.
+        assert_eq!(read(b"\0\0\0\x01\0\0\0\x09ab"), None);
+        assert_eq!(read(b"\0\x02\0\0\0\0\0\x01\0\0\0\0"), None);
+        assert_eq!(read(b"\xff\xff\0\0"), None);
+        assert_eq!(read(b"\0\0\xff\xff"), None);
+        assert_eq!(read(b"\0"), None);
+    }
+
+    #[test]
     fn reader_never_reads_past_the_end() {
         let mut r = Reader::new(b"ab\0\0\x01");
         assert_eq!(r.cstr(), Some(&b"ab"[..]));
@@ -363,7 +432,8 @@ mod tests {
             frontend(b'B', b"\0s1\0\0\0"),
             Ok(Frontend::Bind {
                 portal: b"",
-                statement: b"s1"
+                statement: b"s1",
+                rest: b"\0\0",
             })
         );
         assert_eq!(

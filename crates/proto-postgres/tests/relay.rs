@@ -52,6 +52,7 @@ impl PolicyEngine for DenyForbidden {
             verdict,
             classification: None,
             objects: None,
+            fingerprint: None,
         })
     }
 }

@@ -8,10 +8,12 @@ use crate::record::{micros_since_epoch, StoredRecord};
 use crate::signing::NoticePayload;
 
 pub mod jsonl;
+pub mod pg_tls;
 pub mod postgres;
 pub mod sqlite;
 
 pub use jsonl::JsonlSink;
+pub use pg_tls::SslMode;
 pub use postgres::PostgresSink;
 pub use sqlite::SqliteSink;
 
@@ -254,8 +256,10 @@ pub async fn open_sink(
             dir,
             max_file_bytes,
         } => Box::new(JsonlSink::open(dir, *max_file_bytes, mode).await?),
-        SinkConfig::Postgres { url, table } => {
-            Box::new(PostgresSink::open(url, table, mode).await?)
-        }
+        SinkConfig::Postgres {
+            url,
+            table,
+            ca_file,
+        } => Box::new(PostgresSink::open(url, table, ca_file.as_deref(), mode).await?),
     })
 }

@@ -3,15 +3,19 @@
 //! The table (default `audit_records`) and its companion `<table>_checkpoints` are created when
 //! missing. A batch is one multi-row `INSERT` per table in one transaction. A unique index on
 //! `(node, seq)` makes a second writer of the same node fail instead of forking the chain.
-//! The connection is plain TCP or a Unix socket (TLS to the audit database is not supported yet);
-//! it is re-established on the next call after any error.
+//! The connection is plain TCP, a Unix socket, or TLS as `sslmode` in the connection string says
+//! ([`super::pg_tls`]: `disable`, `require`, `verify-full`; never a silent fallback to plain
+//! text); it is re-established on the next call after any error.
 
+use std::path::Path;
 use std::time::Duration;
 
 use tokio::sync::Mutex;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, NoTls, Row};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
+use super::pg_tls::{error_chain, host_name, PgConnectSettings, SslMode};
 use super::{Damage, OpenMode, ScanCursor, ScanPage, SearchFilter, Sink};
 use crate::error::SinkError;
 use crate::record::{micros_since_epoch, ChainHash, RecordKind, StoredRecord};
@@ -25,7 +29,9 @@ const ROWS_PER_INSERT: usize = 1000;
 /// A PostgreSQL audit sink.
 pub struct PostgresSink {
     name: String,
-    config: tokio_postgres::Config,
+    settings: PgConnectSettings,
+    /// The TLS connector; `None` with `sslmode=disable`.
+    tls: Option<MakeRustlsConnect>,
     table: String,
     checkpoints: String,
     table_plain: String,
@@ -55,29 +61,56 @@ pub fn quote_table(table: &str) -> Result<String, String> {
 }
 
 impl PostgresSink {
-    /// Connects; for writing, creates the tables if missing.
-    pub async fn open(url: &str, table: &str, mode: OpenMode) -> Result<Self, SinkError> {
-        let mut config: tokio_postgres::Config = url
-            .parse()
-            .map_err(|e| SinkError::new("postgres", format!("invalid connection string: {e}")))?;
-        if config.get_connect_timeout().is_none() {
-            config.connect_timeout(Duration::from_secs(5));
+    /// Connects; for writing, creates the tables if missing. `url` is a connection string
+    /// (`postgresql://...` or `host=... dbname=...`) whose `sslmode` says how to connect;
+    /// `ca_file` (PEM) is the CA that `sslmode=verify-full` trusts instead of the bundled
+    /// Mozilla roots.
+    pub async fn open(
+        url: &str,
+        table: &str,
+        ca_file: Option<&Path>,
+        mode: OpenMode,
+    ) -> Result<Self, SinkError> {
+        let mut settings =
+            PgConnectSettings::parse(url, ca_file).map_err(|e| SinkError::new("postgres", e))?;
+        if settings.config.get_connect_timeout().is_none() {
+            settings.config.connect_timeout(Duration::from_secs(5));
         }
         let name = format!(
             "postgres {}/{} table {table}",
-            config
+            settings
+                .config
                 .get_hosts()
                 .first()
                 .map(host_name)
                 .unwrap_or_default(),
-            config.get_dbname().unwrap_or_default()
+            settings.config.get_dbname().unwrap_or_default()
         );
+        let tls = settings.tls().map_err(|e| SinkError::new(&name, e))?;
+        match settings.ssl_mode {
+            SslMode::Require => tracing::warn!(
+                sink = %name,
+                "audit sink uses sslmode=require: the connection is encrypted but the server's certificate is not \
+                 checked; use sslmode=verify-full (with `ca_file` for a private CA)"
+            ),
+            SslMode::Disable
+                if matches!(mode, OpenMode::Write(_)) && !local_only(&settings.config) =>
+            {
+                tracing::warn!(
+                    sink = %name,
+                    "audit sink connects without TLS to a host that is not loopback: records and the password \
+                     cross the network in plain text; add sslmode=verify-full to the connection string"
+                )
+            }
+            _ => {}
+        }
         let quoted = quote_table(table).map_err(|e| SinkError::new(&name, e))?;
         let checkpoints =
             quote_table(&format!("{table}_checkpoints")).map_err(|e| SinkError::new(&name, e))?;
         let sink = PostgresSink {
             name,
-            config,
+            settings,
+            tls,
             table: quoted,
             checkpoints,
             table_plain: table.to_owned(),
@@ -91,15 +124,48 @@ impl PostgresSink {
         Ok(sink)
     }
 
+    /// How the sink connects: `disable`, `require` or `verify-full`.
+    pub fn ssl_mode(&self) -> SslMode {
+        self.settings.ssl_mode
+    }
+
     async fn connect(&self) -> Result<Client, SinkError> {
-        let (client, connection) = self.config.connect(NoTls).await.map_err(|e| self.err(e))?;
         let name = self.name.clone();
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::warn!(sink = %name, error = %e, "audit sink connection ended");
+        let log_end = move |e: tokio_postgres::Error| {
+            tracing::warn!(sink = %name, error = %error_chain(&e), "audit sink connection ended");
+        };
+        let config = &self.settings.config;
+        let connected = match &self.tls {
+            None => config.connect(NoTls).await.map(|(client, connection)| {
+                tokio::spawn(async move {
+                    if let Err(e) = connection.await {
+                        log_end(e);
+                    }
+                });
+                client
+            }),
+            Some(tls) => config
+                .connect(tls.clone())
+                .await
+                .map(|(client, connection)| {
+                    tokio::spawn(async move {
+                        if let Err(e) = connection.await {
+                            log_end(e);
+                        }
+                    });
+                    client
+                }),
+        };
+        connected.map_err(|e| {
+            let mut error = self.err(e);
+            if self.settings.ssl_mode != SslMode::Disable
+                && (error.message.contains("TLS") || error.message.contains("certificate"))
+            {
+                let hint = self.settings.tls_hint(&error.message);
+                error.message = format!("{} ({hint})", error.message);
             }
-        });
-        Ok(client)
+            error
+        })
     }
 
     async fn create_tables(&self, client: &Client) -> Result<(), SinkError> {
@@ -141,7 +207,7 @@ impl PostgresSink {
     fn err(&self, e: tokio_postgres::Error) -> SinkError {
         let msg = match e.as_db_error() {
             Some(db) => format!("{}: {}", db.code().code(), db.message()),
-            None => e.to_string(),
+            None => error_chain(&e),
         };
         SinkError::new(&self.name, msg)
     }
@@ -166,12 +232,19 @@ impl PostgresSink {
     }
 }
 
-fn host_name(h: &tokio_postgres::config::Host) -> String {
-    match h {
-        tokio_postgres::config::Host::Tcp(s) => s.clone(),
+/// Whether every host of the connection is a Unix socket or a loopback address.
+fn local_only(config: &tokio_postgres::Config) -> bool {
+    use tokio_postgres::config::Host;
+    config.get_hosts().iter().all(|h| match h {
+        Host::Tcp(name) => {
+            name == "localhost"
+                || name
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        }
         #[cfg(unix)]
-        tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
-    }
+        Host::Unix(_) => true,
+    })
 }
 
 fn read_row(row: &Row) -> (i64, Result<StoredRecord, Damage>) {

@@ -34,6 +34,8 @@ pub fn event(node: &str, i: u64) -> AuditRecord {
                 reason: Some("deletes need approval".into()),
             },
             objects: None,
+            fingerprint: None,
+            parameters: None,
         }
     } else {
         AuditEvent::StatementStarted {
@@ -41,7 +43,10 @@ pub fn event(node: &str, i: u64) -> AuditRecord {
             sql: Arc::from(format!("select {i} from orders")),
             classification: Some(Arc::from("read")),
             objects: None,
+            fingerprint: None,
+            parameters: None,
             rule: None,
+            approval_id: None,
         }
     };
     AuditRecord {
@@ -67,6 +72,8 @@ pub fn config(sinks: Vec<SinkConfig>, durability: Durability) -> AuditConfig {
         retry_for: Duration::from_millis(300),
         signing_key_file: None,
         sinks,
+        // Everything else as when `[audit]` is absent, so new keys need no change here.
+        ..AuditConfig::default_for(std::path::Path::new("unused"))
     }
 }
 

@@ -75,6 +75,7 @@ fn failed(message: String, position: Option<usize>) -> Analysis {
     Analysis {
         statements: Vec::new(),
         failure: Some(ParseFailure { message, position }),
+        fingerprint: None,
     }
 }
 

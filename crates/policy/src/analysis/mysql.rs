@@ -146,6 +146,7 @@ pub(super) fn analyze(sql: &str, ctx: &ReadingContext) -> Analysis {
             Analysis {
                 statements: facts,
                 failure: None,
+                fingerprint: fingerprint(&dialect, &text),
             }
         }
         Err(e) => statement_by_statement(&dialect, &text, &walker, &e),
@@ -194,7 +195,46 @@ fn statement_by_statement(
     Analysis {
         statements: facts,
         failure: None,
+        fingerprint: fingerprint(dialect, text),
     }
+}
+
+/// A fingerprint from the token stream, written here because sqlparser has none: literals become
+/// `?`, a list of them one `?`, unquoted words are lower-cased, whitespace and comments are
+/// dropped; the first 8 bytes of the SHA-256 of what remains, as 16 hex digits (the width of
+/// pg_query's).
+fn fingerprint(dialect: &MysqlReading, text: &str) -> Option<String> {
+    use sha2::{Digest, Sha256};
+    let tokens = Tokenizer::new(dialect, text).tokenize().ok()?;
+    let mut shape: Vec<String> = Vec::with_capacity(tokens.len());
+    for token in tokens {
+        let word = match token {
+            Token::Whitespace(_) | Token::EOF => continue,
+            Token::Number(..)
+            | Token::SingleQuotedString(_)
+            | Token::DoubleQuotedString(_)
+            | Token::NationalStringLiteral(_)
+            | Token::EscapedStringLiteral(_)
+            | Token::HexStringLiteral(_)
+            | Token::SingleQuotedByteStringLiteral(_)
+            | Token::DoubleQuotedByteStringLiteral(_)
+            | Token::Placeholder(_) => "?".to_owned(),
+            Token::Word(w) if w.quote_style.is_none() => w.value.to_ascii_lowercase(),
+            other => other.to_string(),
+        };
+        // `IN (1, 2, 3)` and `IN (4)` share a shape: fold `? , ?` into `?`.
+        if word == "?"
+            && shape.len() >= 2
+            && shape[shape.len() - 1] == ","
+            && shape[shape.len() - 2] == "?"
+        {
+            shape.pop();
+            continue;
+        }
+        shape.push(word);
+    }
+    let digest = Sha256::digest(shape.join(" ").as_bytes());
+    Some(digest[..8].iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// Parses one statement's tokens; `None` unless they form exactly one statement.

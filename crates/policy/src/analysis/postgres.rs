@@ -50,6 +50,7 @@ pub(super) fn analyze(sql: &str, ctx: &ReadingContext) -> Analysis {
             return Analysis {
                 statements: Vec::new(),
                 failure: Some(failure),
+                fingerprint: None,
             };
         }
         statements.push(acc.finish());
@@ -57,7 +58,21 @@ pub(super) fn analyze(sql: &str, ctx: &ReadingContext) -> Analysis {
     Analysis {
         statements,
         failure: None,
+        fingerprint: fingerprint(sql),
     }
+}
+
+/// pg_query's fingerprint: PostgreSQL's own tree with constants, aliases and layout ignored (the
+/// same family as pg_stat_statements' query id). Parses the text a second time, but only when the
+/// analysis is not cached.
+fn fingerprint(sql: &str) -> Option<String> {
+    pg_query::fingerprint(
+        sql,
+        pg_query::ParserOptions::DEFAULT,
+        pg_query::FingerprintOptions::DEFAULT,
+    )
+    .ok()
+    .map(|f| format!("{:016x}", f.value))
 }
 
 /// The text of one statement of a multi-statement string (a length of 0 means "to the end").

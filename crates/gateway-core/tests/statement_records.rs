@@ -1,0 +1,166 @@
+//! What the session phases put on the record for one statement: the approval that let a held
+//! statement run (its id apart from the rule), the fingerprint and the bound parameters. Pure
+//! logic: a fake authenticator, policy and approval service, and a sink that keeps records in
+//! memory.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use gateway_core::identity::AuthMethod;
+use gateway_core::policy::{Decision, StatementContext};
+use gateway_core::session::SessionRequest;
+use gateway_core::*;
+
+struct Anyone;
+
+#[async_trait::async_trait]
+impl Authenticator for Anyone {
+    async fn authenticate(
+        &self,
+        c: &Credentials,
+        _: &ClientInfo,
+    ) -> Result<Identity, GatewayError> {
+        Ok(Identity {
+            subject: c.user().to_owned(),
+            groups: vec![],
+            auth_method: AuthMethod::Password,
+            claims: BTreeMap::new(),
+        })
+    }
+}
+
+/// Holds every statement for approval under rule `hold-all`, with a fixed fingerprint.
+struct HoldAll;
+
+impl PolicyEngine for HoldAll {
+    fn access(&self, _: &Identity, _: &Target) -> Result<Access, GatewayError> {
+        Ok(Access::ReadWrite)
+    }
+    fn judge(&self, _: &StatementContext<'_>, _: &str) -> Arc<Judgement> {
+        Arc::new(Judgement {
+            verdict: Verdict {
+                decision: Decision::NeedsApproval,
+                rule: Some(Arc::from("hold-all")),
+                reason: Some("needs a second pair of eyes".into()),
+            },
+            classification: Some(Arc::from("write:delete")),
+            objects: None,
+            fingerprint: Some(Arc::from("0123456789abcdef")),
+        })
+    }
+}
+
+/// Approves statements that mention "approved" as request `req-7`, refuses the rest.
+struct Approver;
+
+#[async_trait::async_trait]
+impl ApprovalService for Approver {
+    async fn request(&self, _: &Identity, _: &Target, sql: &str, _: &Verdict) -> ApprovalOutcome {
+        if sql.contains("approved") {
+            ApprovalOutcome::Approved { id: "req-7".into() }
+        } else {
+            ApprovalOutcome::Refused(GatewayError::new(
+                ErrorKind::ApprovalRequired,
+                Side::Gateway,
+                "waiting for approval",
+            ))
+        }
+    }
+}
+
+#[derive(Default)]
+struct Memory(Mutex<Vec<serde_json::Value>>);
+
+#[async_trait::async_trait]
+impl AuditSink for Memory {
+    async fn record(&self, record: AuditRecord) -> Result<(), GatewayError> {
+        self.0
+            .lock()
+            .unwrap()
+            .push(serde_json::to_value(&record).unwrap());
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn an_approved_statement_names_its_approval_and_rule_apart() {
+    let sink = Arc::new(Memory::default());
+    let gw = Gateway::builder()
+        .authenticator(Arc::new(Anyone))
+        .policy(Arc::new(HoldAll))
+        .approvals(Arc::new(Approver))
+        .audit(Arc::clone(&sink) as Arc<dyn AuditSink>)
+        .targets(Targets::new([Target {
+            name: "app".into(),
+            protocol: Protocol::Postgres,
+            host: "127.0.0.1".into(),
+            port: 5432,
+            database: "app".into(),
+            user: "svc".into(),
+            password: None,
+            tls: UpstreamTls::Disable,
+            labels: BTreeMap::new(),
+        }]))
+        .build();
+    let session = gw
+        .open_session(SessionRequest {
+            credentials: Credentials::Password {
+                user: "alice".into(),
+                password: "x".into(),
+            },
+            client: ClientInfo {
+                addr: "127.0.0.1:40000".parse().unwrap(),
+                protocol: "postgres",
+                tls: false,
+                application: None,
+            },
+            protocol: Protocol::Postgres,
+            database: "app".into(),
+        })
+        .await
+        .expect("session");
+    let settings = SqlSettings::default();
+
+    let approved = session
+        .prepare("delete from t where id = $1 -- approved", &settings)
+        .await
+        .unwrap();
+    let params = session.parameter_audit().capture([BoundValue {
+        value: Some(b"42"),
+        binary: false,
+    }]);
+    let exec = session
+        .execute_with(&approved, params)
+        .await
+        .expect("approved");
+    session.finish(exec, Outcome::default()).await.unwrap();
+
+    let held = session.prepare("delete from t", &settings).await.unwrap();
+    let refused = session.execute(&held).await.err().expect("refused");
+    assert_eq!(refused.kind, ErrorKind::ApprovalRequired);
+
+    let records = sink.0.lock().unwrap().clone();
+    let started: Vec<_> = records
+        .iter()
+        .filter(|r| r["event"] == "statement_started")
+        .collect();
+    assert_eq!(started.len(), 1, "{records:#?}");
+    let s = started[0];
+    assert_eq!(s["rule"], "hold-all", "the rule stays the rule: {s:#}");
+    assert_eq!(s["approval_id"], "req-7", "{s:#}");
+    assert_eq!(s["fingerprint"], "0123456789abcdef", "{s:#}");
+    assert_eq!(
+        s["parameters"],
+        serde_json::json!({"mode": "recorded", "values": ["42"]}),
+        "{s:#}"
+    );
+
+    let denied: Vec<_> = records
+        .iter()
+        .filter(|r| r["event"] == "statement_denied")
+        .collect();
+    assert_eq!(denied.len(), 1, "{records:#?}");
+    assert!(denied[0].get("approval_id").is_none(), "{:#}", denied[0]);
+    assert_eq!(denied[0]["verdict"]["rule"], "hold-all");
+    assert_eq!(denied[0]["fingerprint"], "0123456789abcdef");
+}
