@@ -12,7 +12,7 @@ use tokio::time::Instant;
 
 use crate::config::{AuditConfig, Durability, OnFailure};
 use crate::error::{AuditError, SinkError};
-use crate::record::{now_for_payload, ChainHash, RecordKind, StoredRecord};
+use crate::record::{now_for_payload, ChainHash, RecordIndex, RecordKind, StoredRecord};
 use crate::signing::{CheckpointSigner, NoticePayload};
 use crate::sink::{open_sink, OpenMode, Sink};
 
@@ -52,6 +52,8 @@ struct Shared {
 
 struct Entry {
     payload: Vec<u8>,
+    /// The index columns, taken from the event before it was serialized.
+    index: RecordIndex,
     done: Option<oneshot::Sender<Result<(), String>>>,
 }
 
@@ -321,10 +323,12 @@ impl AuditSink for AuditLog {
         }
         let payload = serde_json::to_vec(&record)
             .map_err(|e| GatewayError::internal(format!("audit record encoding failed: {e}")))?;
+        let index = RecordIndex::of_event(&record);
         match self.durability {
             Durability::Batched => match self
                 .enqueue(Entry {
                     payload,
+                    index,
                     done: None,
                 })
                 .await
@@ -337,6 +341,7 @@ impl AuditSink for AuditLog {
                 if let Err(why) = self
                     .enqueue(Entry {
                         payload,
+                        index,
                         done: Some(done),
                     })
                     .await
@@ -456,6 +461,23 @@ struct Writer {
 }
 
 impl Writer {
+    fn append_event(&mut self, payload: Vec<u8>, index: RecordIndex) -> u64 {
+        let seq = self.head_seq + 1;
+        let r = StoredRecord::seal_indexed(
+            &self.node,
+            seq,
+            RecordKind::Event,
+            self.head_hash,
+            payload,
+            index,
+        );
+        self.head_seq = seq;
+        self.head_hash = r.hash;
+        self.pending.push(r);
+        self.since_checkpoint += 1;
+        seq
+    }
+
     fn append(&mut self, kind: RecordKind, payload: Vec<u8>) -> Result<u64, String> {
         let seq = self.head_seq + 1;
         let r = StoredRecord::seal(&self.node, seq, kind, self.head_hash, payload)?;
@@ -507,26 +529,18 @@ impl Writer {
             .stats
             .queue_depth
             .fetch_sub(1, Ordering::Relaxed);
-        match self.append(RecordKind::Event, entry.payload) {
-            Ok(seq) => {
-                if let Some(done) = entry.done {
-                    if self
-                        .outage
-                        .as_ref()
-                        .is_some_and(|o| o.since.elapsed() >= self.config.retry_for)
-                    {
-                        let why = self.outage_message();
-                        self.mark_late(seq);
-                        let _ = done.send(Err(why));
-                    } else {
-                        self.waiters.push((seq, done));
-                    }
-                }
-            }
-            Err(e) => {
-                if let Some(done) = entry.done {
-                    let _ = done.send(Err(format!("record cannot be stored: {e}")));
-                }
+        let seq = self.append_event(entry.payload, entry.index);
+        if let Some(done) = entry.done {
+            if self
+                .outage
+                .as_ref()
+                .is_some_and(|o| o.since.elapsed() >= self.config.retry_for)
+            {
+                let why = self.outage_message();
+                self.mark_late(seq);
+                let _ = done.send(Err(why));
+            } else {
+                self.waiters.push((seq, done));
             }
         }
         if self.since_checkpoint >= self.config.checkpoint_every_records {
@@ -563,17 +577,13 @@ impl Writer {
                 self.dirty[i] = false;
             }
             let from = self.durable[i];
-            let todo: Vec<StoredRecord> = self
-                .pending
-                .iter()
-                .filter(|r| r.seq > from)
-                .cloned()
-                .collect();
+            // `pending` is in seq order: what this sink lacks is a suffix.
+            let todo = &self.pending[self.pending.partition_point(|r| r.seq <= from)..];
             if todo.is_empty() {
                 continue;
             }
             let sink = &self.sinks[i];
-            let result = match tokio::time::timeout(call_timeout, sink.write_batch(&todo)).await {
+            let result = match tokio::time::timeout(call_timeout, sink.write_batch(todo)).await {
                 Ok(r) => r.map_err(|e| e.to_string()),
                 Err(_) => Err(format!(
                     "{}: write did not finish within {call_timeout:?}",
