@@ -9,9 +9,16 @@
 #   BENCH_SYSTEMS   which systems to drive, in order (default "direct portcullis pgbouncer")
 #   BENCH_REINIT=1  drop and re-create portcullis_bench even if it already has the right scale
 #   PORTCULLIS_BIN  use this portcullis binary instead of building target/release/portcullis
+#   PORTCULLIS_EMBEDDED_BIN
+#                   use this build of examples/embedded.rs instead of building
+#                   target/release/examples/embedded (BENCH_AUDIT=off)
 #   BENCH_RUST_LOG  RUST_LOG for the gateway during the runs (default warn)
 #   BENCH_OUT       where to write the markdown table (default bench/results/latest.md)
-#   BENCH_AUDIT     the gateway's audit durability, "batched" (default) or "sync" (SQLite trail)
+#   BENCH_AUDIT     the gateway's audit modes, one Portcullis column each, in this order
+#                   (default "batched"): "batched" or "sync" run the portcullis binary with its
+#                   SQLite trail in that durability; "off" runs the embedding example
+#                   (examples/embedded.rs: log audit sink, and the log at warn, so no record is
+#                   even serialized). E.g. BENCH_AUDIT="off batched sync".
 #
 # Exit status: 0 when every pgbench run that was attempted succeeded (a system that could not be
 # started is reported as "skipped" in the table), 1 otherwise.
@@ -25,7 +32,7 @@ SCALE="${BENCH_SCALE:-10}"
 ROUNDS="${BENCH_ROUNDS:-1}"
 SYSTEMS="${BENCH_SYSTEMS:-direct portcullis pgbouncer}"
 OUT="${BENCH_OUT:-$ROOT/bench/results/latest.md}"
-AUDIT_DURABILITY="${BENCH_AUDIT:-batched}"
+read -r -a AUDIT_MODES <<<"${BENCH_AUDIT:-batched}"
 MODES=(simple prepared)
 CLIENTS=(1 16)
 DB=portcullis_bench
@@ -46,22 +53,44 @@ for c in pgbench psql pg_isready python3 awk; do
 done
 [[ "$SECONDS_PER_RUN" =~ ^[1-9][0-9]*$ ]] || die "BENCH_SECONDS must be a positive integer"
 [[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || die "BENCH_ROUNDS must be a positive integer"
-[[ "$AUDIT_DURABILITY" == batched || "$AUDIT_DURABILITY" == sync ]] || die "BENCH_AUDIT must be batched or sync"
+((${#AUDIT_MODES[@]})) || die "BENCH_AUDIT must name at least one of off, batched, sync"
+for m in "${AUDIT_MODES[@]}"; do
+    case "$m" in off | batched | sync) ;; *) die "unknown audit mode in BENCH_AUDIT: $m (off, batched or sync)" ;; esac
+done
+[[ "$(printf '%s\n' "${AUDIT_MODES[@]}" | sort | uniq -d)" == "" ]] || die "BENCH_AUDIT names a mode twice"
 for s in $SYSTEMS; do
     case "$s" in direct | portcullis | pgbouncer) ;; *) die "unknown system in BENCH_SYSTEMS: $s" ;; esac
 done
 
+# "portcullis" stands for one system per audit mode, "portcullis-MODE", each with its own gateway
+# process. DRIVEN: the systems as driven, in order; TABLE: the table's columns (all of them,
+# "not run" for those outside BENCH_SYSTEMS).
+DRIVEN=()
+for s in $SYSTEMS; do
+    if [[ "$s" == portcullis ]]; then
+        for m in "${AUDIT_MODES[@]}"; do DRIVEN+=("portcullis-$m"); done
+    else
+        DRIVEN+=("$s")
+    fi
+done
+TABLE=(direct)
+for m in "${AUDIT_MODES[@]}"; do TABLE+=("portcullis-$m"); done
+TABLE+=(pgbouncer)
+
 TMP="$(mktemp -d /tmp/portcullis-bench.XXXXXX)"
 chmod 755 "$TMP"
-PORTCULLIS_PID=""
+declare -A GATEWAY_PID=() # portcullis-MODE -> process id
 PGBOUNCER_PIDFILE=""
 
 cleanup() {
-    local rc=$?
-    if [[ -n "$PORTCULLIS_PID" ]] && kill -0 "$PORTCULLIS_PID" 2>/dev/null; then
-        kill "$PORTCULLIS_PID" 2>/dev/null || true
-        wait "$PORTCULLIS_PID" 2>/dev/null || true
-    fi
+    local rc=$? pid
+    # SIGTERM: each gateway drains its (by now idle) sessions and closes its audit trail.
+    for pid in "${GATEWAY_PID[@]}"; do
+        if kill -0 "$pid" 2>/dev/null; then
+            kill "$pid" 2>/dev/null || true
+            wait "$pid" 2>/dev/null || true
+        fi
+    done
     if [[ -n "$PGBOUNCER_PIDFILE" && -s "$PGBOUNCER_PIDFILE" ]]; then
         kill "$(cat "$PGBOUNCER_PIDFILE")" 2>/dev/null || true
     fi
@@ -119,30 +148,76 @@ USER_OF[direct]=postgres
 
 # --- Portcullis --------------------------------------------------------------------------------
 
+# One gateway per audit mode, all started before the runs and all accepting the same token:
+# "batched" and "sync" are the portcullis binary with its SQLite trail, "off" is the embedding
+# example (gateway-core + proto-postgres, log audit sink). Both have the same HS256 login, the
+# same target and no policy (allow-all: no SQL is parsed), so the columns differ by their audit
+# trail only.
 start_portcullis() {
-    local bin="${PORTCULLIS_BIN:-}"
-    if [[ -z "$bin" ]]; then
-        section "building Portcullis (cargo build --release --bin portcullis)"
-        if ! cargo build --release --bin portcullis >&2; then
-            SKIP[portcullis]="skipped: release build failed"
+    local bin="${PORTCULLIS_BIN:-}" embedded="${PORTCULLIS_EMBEDDED_BIN:-}" build=() m
+    EMBEDDED_BIN="$embedded"
+    # The binary is always needed: it mints the token.
+    [[ -z "$bin" ]] && build+=(--bin portcullis) && bin="$ROOT/target/release/portcullis"
+    if [[ " ${AUDIT_MODES[*]} " == *" off "* && -z "$embedded" ]]; then
+        build+=(--example embedded)
+        EMBEDDED_BIN="$ROOT/target/release/examples/embedded"
+    fi
+    if ((${#build[@]})); then
+        section "building Portcullis (cargo build --release ${build[*]})"
+        if ! cargo build --release "${build[@]}" >&2; then
+            for m in "${AUDIT_MODES[@]}"; do SKIP[portcullis-$m]="skipped: release build failed"; done
             return
         fi
-        bin="$ROOT/target/release/portcullis"
     fi
-    [[ -x "$bin" ]] || { SKIP[portcullis]="skipped: no executable at $bin"; return; }
+    PORTCULLIS_BIN_PATH="$bin"
+    if [[ ! -x "$bin" ]]; then
+        for m in "${AUDIT_MODES[@]}"; do SKIP[portcullis-$m]="skipped: no executable at $bin"; done
+        return
+    fi
 
-    section "starting Portcullis ($bin)"
-    local port secret token
+    SECRET_FILE="$TMP/hs256.secret"
+    (umask 077 && od -An -tx1 -N32 /dev/urandom | tr -d ' \n' >"$SECRET_FILE")
+    local mint=("$bin" token mint --key "$SECRET_FILE" --iss bench --aud portcullis --sub bench --ttl 2h) rc=0 token
+    "${mint[@]}" >"$TMP/mint.out" 2>"$TMP/mint.err" || rc=$?
+    token="$(tail -n1 "$TMP/mint.out" | tr -d '[:space:]')"
+    if ((rc != 0)) || [[ -z "$token" ]]; then
+        note "'portcullis token mint' gave no token (exit status $rc, ${#token} characters on stdout); its stderr:"
+        sed 's/^/    /' "$TMP/mint.err" >&2
+        for m in "${AUDIT_MODES[@]}"; do SKIP[portcullis-$m]="skipped: token mint failed"; done
+        return
+    fi
+    # The token is needed by the pgbench runs only: keep it in a file, not in the environment.
+    printf '%s' "$token" >"$TMP/token"
+
+    for m in "${AUDIT_MODES[@]}"; do start_gateway "$m"; done
+}
+
+start_gateway() { # start_gateway AUDIT_MODE: starts system portcullis-AUDIT_MODE
+    local mode=$1 sys="portcullis-$1" port log="$TMP/portcullis-$1.log" bin
     port="$(free_port)"
-    secret="$TMP/hs256.secret"
-    (umask 077 && od -An -tx1 -N32 /dev/urandom | tr -d ' \n' >"$secret")
-    cat >"$TMP/bench.toml" <<EOF
+    case "$mode" in
+    off)
+        bin="$EMBEDDED_BIN"
+        [[ -x "$bin" ]] || { SKIP[$sys]="skipped: no executable at $bin"; return; }
+        section "starting Portcullis, audit off ($bin)"
+        # The log audit sink writes each record as an INFO event on portcullis::audit, and
+        # serializes it only when that event is enabled: keep it off whatever BENCH_RUST_LOG says.
+        RUST_LOG="${BENCH_RUST_LOG:-warn},portcullis::audit=off" "$bin" \
+            --listen "127.0.0.1:$port" --upstream-host "$PG_HOST" --upstream-port "$PG_PORT" \
+            --database "$DB" --upstream-user postgres \
+            --jwt-secret-file "$SECRET_FILE" --jwt-issuer bench --jwt-audience portcullis \
+            >"$log" 2>&1 &
+        ;;
+    batched | sync)
+        bin="$PORTCULLIS_BIN_PATH"
+        section "starting Portcullis, audit $mode ($bin)"
+        cat >"$TMP/bench-$mode.toml" <<EOF
 [gateway]
 node = "bench"
-data_dir = "$TMP/data"
+data_dir = "$TMP/data-$mode"
 
 [audit]
-durability = "$AUDIT_DURABILITY"
+durability = "$mode"
 
 [postgres]
 listen = "127.0.0.1:$port"
@@ -152,7 +227,7 @@ allow_plaintext_password = true
 issuer = "bench"
 audience = ["portcullis"]
 algorithms = ["HS256"]
-hs256_secret_file = "$secret"
+hs256_secret_file = "$SECRET_FILE"
 
 [[targets]]
 name = "$DB"
@@ -161,41 +236,30 @@ port = $PG_PORT
 database = "$DB"
 user = "postgres"
 EOF
-    local mint=("$bin" token mint --key "$secret" --iss bench --aud portcullis --sub bench --ttl 2h) rc=0
-    "${mint[@]}" >"$TMP/mint.out" 2>"$TMP/mint.err" || rc=$?
-    token="$(tail -n1 "$TMP/mint.out" | tr -d '[:space:]')"
-    if ((rc != 0)) || [[ -z "$token" ]]; then
-        note "'portcullis token mint' gave no token (exit status $rc, ${#token} characters on stdout); its stderr:"
-        sed 's/^/    /' "$TMP/mint.err" >&2
-        SKIP[portcullis]="skipped: token mint failed"
-        return
-    fi
-    # Logging per statement would be measured too: warnings only, unless asked otherwise.
-    RUST_LOG="${BENCH_RUST_LOG:-warn}" "$bin" run --config "$TMP/bench.toml" >"$TMP/portcullis.log" 2>&1 &
-    PORTCULLIS_PID=$!
-    export PGPASSWORD="$token"
-    local deadline=$((SECONDS + 30)) listening=0
-    while kill -0 "$PORTCULLIS_PID" 2>/dev/null && ((SECONDS < deadline)); do
+        # Logging per statement would be measured too: warnings only, unless asked otherwise.
+        RUST_LOG="${BENCH_RUST_LOG:-warn}" "$bin" run --config "$TMP/bench-$mode.toml" >"$log" 2>&1 &
+        ;;
+    esac
+    GATEWAY_PID[$sys]=$!
+    local pid=$! deadline=$((SECONDS + 30)) listening=0
+    while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do
         if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then listening=1 && break; fi
         sleep 0.2
     done
     if ((!listening)); then
-        note "Portcullis did not listen on 127.0.0.1:$port (exited, or not within 30 s); last lines of its log:"
-        tail -n 20 "$TMP/portcullis.log" | sed 's/^/    /' >&2
-        SKIP[portcullis]="skipped: gateway did not start"
-    elif ! psql_through "$port" bench; then
-        note "psql through Portcullis failed:"
+        note "Portcullis (audit $mode) did not listen on 127.0.0.1:$port (exited, or not within 30 s); last lines of its log:"
+        tail -n 20 "$log" | sed 's/^/    /' >&2
+        SKIP[$sys]="skipped: gateway did not start"
+    elif ! PGPASSWORD="$(cat "$TMP/token")" psql_through "$port" bench; then
+        note "psql through Portcullis (audit $mode) failed:"
         sed 's/^/    /' "$TMP/psql.err" >&2
-        tail -n 20 "$TMP/portcullis.log" | sed 's/^/    /' >&2
-        SKIP[portcullis]="skipped: login through the gateway failed"
+        tail -n 20 "$log" | sed 's/^/    /' >&2
+        SKIP[$sys]="skipped: login through the gateway failed"
     else
-        note "Portcullis listening on 127.0.0.1:$port"
-        PORT[portcullis]=$port
-        USER_OF[portcullis]=bench
+        note "Portcullis (audit $mode) listening on 127.0.0.1:$port"
+        PORT[$sys]=$port
+        USER_OF[$sys]=bench
     fi
-    unset PGPASSWORD
-    # The token is needed by the pgbench runs only: keep it in a file, not in the environment.
-    printf '%s' "$token" >"$TMP/token"
 }
 
 # --- pgbouncer ---------------------------------------------------------------------------------
@@ -272,8 +336,8 @@ run_pgbench() { # run_pgbench SYSTEM MODE CLIENTS ROUND: appends to RUN_TPS / RU
     local sys=$1 mode=$2 c=$3 round=$4 j out key="$1,$2,$3" pw="" tps lat
     j=$((c < 2 ? c : 2))
     out="$TMP/$sys-$mode-$c-$round.out"
-    [[ "$sys" == portcullis ]] && pw="$(cat "$TMP/token")"
-    note "$(printf 'round %s  %-10s -M %-8s -c %-2s -j %s -T %s' "$round" "$sys" "$mode" "$c" "$j" "$SECONDS_PER_RUN")"
+    [[ "$sys" == portcullis-* ]] && pw="$(cat "$TMP/token")"
+    note "$(printf 'round %s  %-18s -M %-8s -c %-2s -j %s -T %s' "$round" "$sys" "$mode" "$c" "$j" "$SECONDS_PER_RUN")"
     if PGPASSWORD="$pw" pgbench -n -S -M "$mode" -c "$c" -j "$j" -T "$SECONDS_PER_RUN" \
         -h 127.0.0.1 -p "${PORT[$sys]}" -U "${USER_OF[$sys]}" "$DB" >"$out" 2>&1; then
         tps="$(awk '/^tps = .*without initial connection time/ {print $3}' "$out" | tail -n1)"
@@ -282,9 +346,9 @@ run_pgbench() { # run_pgbench SYSTEM MODE CLIENTS ROUND: appends to RUN_TPS / RU
     if [[ -z "${tps:-}" || -z "${lat:-}" ]]; then
         note "  pgbench failed through $sys:"
         tail -n 5 "$out" | sed 's/^/    /' >&2
-        if [[ "$sys" == portcullis ]] && ! kill -0 "$PORTCULLIS_PID" 2>/dev/null; then
+        if [[ "$sys" == portcullis-* ]] && ! kill -0 "${GATEWAY_PID[$sys]}" 2>/dev/null; then
             note "  the gateway process has exited; last lines of its log:"
-            tail -n 20 "$TMP/portcullis.log" | sed 's/^/    /' >&2
+            tail -n 20 "$TMP/$sys.log" | sed 's/^/    /' >&2
         fi
         RUN_FAILED[$key]=$((${RUN_FAILED[$key]:-0} + 1))
         return
@@ -301,7 +365,7 @@ median() { # median VALUES...: prints nothing for no values
 }
 
 ACTIVE=()
-for s in $SYSTEMS; do [[ -z "${SKIP[$s]:-}" ]] && ACTIVE+=("$s"); done
+for s in "${DRIVEN[@]}"; do [[ -z "${SKIP[$s]:-}" ]] && ACTIVE+=("$s"); done
 declare -A RUN_TPS=() RUN_LAT=() RUN_FAILED=()
 
 section "pgbench -S, ${SECONDS_PER_RUN}s per run, $ROUNDS round(s), systems: ${ACTIVE[*]}"
@@ -333,7 +397,7 @@ done
 tps_cell() { # tps_cell SYSTEM KEY: "12345 (0.87x)" relative to direct
     local sys=$1 key=$2
     if [[ -n "${SKIP[$sys]:-}" ]]; then echo "${SKIP[$sys]%%:*}"; return; fi
-    [[ " $SYSTEMS " == *" $sys "* ]] || { echo "not run"; return; }
+    [[ " ${DRIVEN[*]} " == *" $sys "* ]] || { echo "not run"; return; }
     local v="${TPS[$sys,$key]:-}" d="${TPS[direct,$key]:-}"
     [[ -z "$v" ]] && { echo failed; return; }
     awk -v v="$v" -v d="$d" -v base="$sys" 'BEGIN {
@@ -351,7 +415,7 @@ failed_note() { # failed_note KEY: " [N/ROUNDS runs failed]" when some rounds fa
 lat_cell() { # lat_cell SYSTEM KEY: "0.123 (+45)" with the difference to direct in microseconds
     local sys=$1 key=$2
     if [[ -n "${SKIP[$sys]:-}" ]]; then echo "${SKIP[$sys]%%:*}"; return; fi
-    [[ " $SYSTEMS " == *" $sys "* ]] || { echo "not run"; return; }
+    [[ " ${DRIVEN[*]} " == *" $sys "* ]] || { echo "not run"; return; }
     local v="${LAT[$sys,$key]:-}" d="${LAT[direct,$key]:-}"
     [[ -z "$v" ]] && { echo failed; return; }
     awk -v v="$v" -v d="$d" -v base="$sys" 'BEGIN {
@@ -366,27 +430,64 @@ cpu_model="$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)"
 revision="$(git rev-parse --short HEAD 2>/dev/null || echo "no commit")"
 [[ -n "$(git status --porcelain 2>/dev/null | head -n1)" ]] && revision="$revision+local changes"
 
+# Column labels: the default run (batched only) keeps its plain "portcullis" column; otherwise
+# every Portcullis column says which audit trail it ran with.
+declare -A LABEL=([direct]=direct [pgbouncer]=pgbouncer)
+declare -A AUDIT_TEXT=(
+    [off]="off: embedded, log sink"
+    [batched]="batched: SQLite"
+    [sync]="sync: SQLite"
+)
+for m in "${AUDIT_MODES[@]}"; do LABEL[portcullis-$m]="portcullis (audit ${AUDIT_TEXT[$m]})"; done
+if [[ "${AUDIT_MODES[*]}" == batched ]]; then
+    LABEL[portcullis-batched]=portcullis
+    audit_header="audit: SQLite, batched"
+else
+    audit_header="audit: $(printf '%s, ' "${AUDIT_MODES[@]}" | sed 's/, $//')"
+fi
+
 {
     echo "# pgbench -S: direct vs Portcullis vs pgbouncer"
     echo
-    echo "$(date -u +%Y-%m-%dT%H:%MZ) · machine: $(nproc) cores, ${cpu_model:-unknown CPU} · PostgreSQL $PG_VERSION · pgbench -S -n, ${SECONDS_PER_RUN} s per run, $rounds_text, scale $SCALE · Portcullis $revision (audit: SQLite, $AUDIT_DURABILITY) · pgbouncer ${PGBOUNCER_VERSION:-n/a} (pool_mode = session)"
+    echo "$(date -u +%Y-%m-%dT%H:%MZ) · machine: $(nproc) cores, ${cpu_model:-unknown CPU} · PostgreSQL $PG_VERSION · pgbench -S -n, ${SECONDS_PER_RUN} s per run, $rounds_text, scale $SCALE · Portcullis $revision ($audit_header) · pgbouncer ${PGBOUNCER_VERSION:-n/a} (pool_mode = session)"
     echo
-    echo "| mode | clients | direct TPS | portcullis TPS (ratio) | pgbouncer TPS (ratio) | direct lat ms | portcullis lat ms (+us) | pgbouncer lat ms (+us) |"
-    echo "|---|---:|---:|---:|---:|---:|---:|---:|"
+    header="| mode | clients |" rule="|---|---:|"
+    for sys in "${TABLE[@]}"; do
+        header+=" ${LABEL[$sys]} TPS$([[ $sys == direct ]] || echo " (ratio)") |"
+        rule+="---:|"
+    done
+    for sys in "${TABLE[@]}"; do
+        header+=" ${LABEL[$sys]} lat ms$([[ $sys == direct ]] || echo " (+us)") |"
+        rule+="---:|"
+    done
+    echo "$header"
+    echo "$rule"
     for mode in "${MODES[@]}"; do
         for c in "${CLIENTS[@]}"; do
             k="$mode,$c"
-            echo "| $mode | $c | $(tps_cell direct "$k") | $(tps_cell portcullis "$k") | $(tps_cell pgbouncer "$k") | $(lat_cell direct "$k") | $(lat_cell portcullis "$k") | $(lat_cell pgbouncer "$k") |"
+            line="| $mode | $c |"
+            for sys in "${TABLE[@]}"; do line+=" $(tps_cell "$sys" "$k") |"; done
+            for sys in "${TABLE[@]}"; do line+=" $(lat_cell "$sys" "$k") |"; done
+            echo "$line"
         done
     done
     echo
     echo "- TPS: pgbench's \"tps ... (without initial connection time)\"; ratio = system / direct."
     echo "- lat: pgbench's \"latency average\"; (+us) = extra microseconds per statement over direct."
-    echo "- Each cell's systems ran back to back (order: ${ACTIVE[*]}, rotated each round). Plaintext (sslmode=disable) everywhere."
+    order_text=""
+    for s in "${ACTIVE[@]}"; do
+        # The default run's single gateway keeps its plain name; others are named by audit mode.
+        [[ "${LABEL[$s]}" == portcullis ]] && s=portcullis
+        order_text+="${order_text:+ }$s"
+    done
+    echo "- Each cell's systems ran back to back (order: $order_text, rotated each round). Plaintext (sslmode=disable) everywhere."
     echo "- pgbouncer 1.18 runs in pool_mode = session: its transaction mode cannot carry -M prepared before 1.21."
+    if [[ " ${AUDIT_MODES[*]} " == *" off "* ]]; then
+        echo "- ${LABEL[portcullis-off]}: examples/embedded.rs, gateway-core + proto-postgres with the same token login, target and allow-all policy as the binary, and the log audit sink with its records disabled in the log (not even serialized): the gateway without an audit trail."
+    fi
     echo "- Client, proxy and PostgreSQL share this machine's $(nproc) cores; see bench/README.md before comparing numbers."
-    for s in portcullis pgbouncer; do
-        [[ -n "${SKIP[$s]:-}" ]] && echo "- $s: ${SKIP[$s]}."
+    for s in "${TABLE[@]}"; do
+        [[ -n "${SKIP[$s]:-}" ]] && echo "- ${LABEL[$s]}: ${SKIP[$s]}."
     done
 } >"$TMP/latest.md"
 

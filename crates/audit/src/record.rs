@@ -3,8 +3,8 @@
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use serde::{Deserialize, Serialize};
 use aws_lc_rs::digest;
+use serde::{Deserialize, Serialize};
 
 /// Version of the stored-record schema and of the hash input. Bumped whenever either changes;
 /// verify refuses versions it does not know rather than guessing.
@@ -149,7 +149,9 @@ impl StoredRecord {
         payload: Vec<u8>,
     ) -> Result<Self, String> {
         let index = RecordIndex::derive(kind, &payload)?;
-        Ok(Self::seal_indexed(node, seq, kind, prev_hash, payload, index))
+        Ok(Self::seal_indexed(
+            node, seq, kind, prev_hash, payload, index,
+        ))
     }
 
     /// [`seal`](Self::seal) with index columns the caller already knows (built from the event
