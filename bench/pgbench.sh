@@ -151,8 +151,9 @@ USER_OF[direct]=postgres
 # One gateway per audit mode, all started before the runs and all accepting the same token:
 # "batched" and "sync" are the portcullis binary with its SQLite trail, "off" is the embedding
 # example (gateway-core + proto-postgres, log audit sink). Both have the same HS256 login, the
-# same target and no policy (allow-all: no SQL is parsed), so the columns differ by their audit
-# trail only.
+# same target and the same policy (an access rule and a guardrail, so every statement is parsed
+# once and judged from the cache after that, as in a real deployment), so the columns differ by
+# their audit trail only.
 start_portcullis() {
     local bin="${PORTCULLIS_BIN:-}" embedded="${PORTCULLIS_EMBEDDED_BIN:-}" build=() m
     EMBEDDED_BIN="$embedded"
@@ -177,7 +178,22 @@ start_portcullis() {
 
     SECRET_FILE="$TMP/hs256.secret"
     (umask 077 && od -An -tx1 -N32 /dev/urandom | tr -d ' \n' >"$SECRET_FILE")
-    local mint=("$bin" token mint --key "$SECRET_FILE" --iss bench --aud portcullis --sub bench --ttl 2h) rc=0 token
+    POLICY_FILE="$TMP/policy.toml"
+    cat >"$POLICY_FILE" <<EOF
+[policy]
+[[policy.access]]
+name = "bench"
+groups = ["bench"]
+mode = "read-write"
+
+[[policy.rules]]
+name = "no-unfiltered-writes"
+action = "deny"
+kinds = ["update", "delete"]
+filter = "missing"
+message = "UPDATE and DELETE need a WHERE clause"
+EOF
+    local mint=("$bin" token mint --key "$SECRET_FILE" --iss bench --aud portcullis --sub bench --groups bench --ttl 2h) rc=0 token
     "${mint[@]}" >"$TMP/mint.out" 2>"$TMP/mint.err" || rc=$?
     token="$(tail -n1 "$TMP/mint.out" | tr -d '[:space:]')"
     if ((rc != 0)) || [[ -z "$token" ]]; then
@@ -206,6 +222,7 @@ start_gateway() { # start_gateway AUDIT_MODE: starts system portcullis-AUDIT_MOD
             --listen "127.0.0.1:$port" --upstream-host "$PG_HOST" --upstream-port "$PG_PORT" \
             --database "$DB" --upstream-user postgres \
             --jwt-secret-file "$SECRET_FILE" --jwt-issuer bench --jwt-audience portcullis \
+            --policy "$POLICY_FILE" \
             >"$log" 2>&1 &
         ;;
     batched | sync)
@@ -235,6 +252,8 @@ host = "$PG_HOST"
 port = $PG_PORT
 database = "$DB"
 user = "postgres"
+
+$(cat "$POLICY_FILE")
 EOF
         # Logging per statement would be measured too: warnings only, unless asked otherwise.
         RUST_LOG="${BENCH_RUST_LOG:-warn}" "$bin" run --config "$TMP/bench-$mode.toml" >"$log" 2>&1 &
@@ -483,7 +502,7 @@ fi
     echo "- Each cell's systems ran back to back (order: $order_text, rotated each round). Plaintext (sslmode=disable) everywhere."
     echo "- pgbouncer 1.18 runs in pool_mode = session: its transaction mode cannot carry -M prepared before 1.21."
     if [[ " ${AUDIT_MODES[*]} " == *" off "* ]]; then
-        echo "- ${LABEL[portcullis-off]}: examples/embedded.rs, gateway-core + proto-postgres with the same token login, target and allow-all policy as the binary, and the log audit sink with its records disabled in the log (not even serialized): the gateway without an audit trail."
+        echo "- ${LABEL[portcullis-off]}: examples/embedded.rs, gateway-core + proto-postgres with the same token login, target and policy as the binary, and the log audit sink with its records disabled in the log (not even serialized): the gateway without an audit trail."
     fi
     echo "- Client, proxy and PostgreSQL share this machine's $(nproc) cores; see bench/README.md before comparing numbers."
     for s in "${TABLE[@]}"; do

@@ -8,8 +8,11 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
-/// Default `batch_max_delay`.
-const DEFAULT_BATCH_MAX_DELAY: Duration = Duration::ZERO;
+/// Default `batch_max_delay`: measured with pgbench -S -M prepared (bench/), 10 ms instead of 0
+/// took batched durability from 4.1k to 5.9k TPS at -c 1 and 9.3k to 9.9k at -c 16: writing
+/// as soon as the writer is free means a wake-up, a blocking-pool hand-off and an SQLite commit
+/// for nearly every record. A crash loses at most this much more of the queue.
+const DEFAULT_BATCH_MAX_DELAY: Duration = Duration::from_millis(10);
 
 fn default_batch_max_delay() -> Duration {
     DEFAULT_BATCH_MAX_DELAY
@@ -23,7 +26,7 @@ fn default_batch_max_delay() -> Duration {
 /// on_failure = "closed"            # or "open"
 /// queue_capacity = 8192
 /// batch_max_records = 512
-/// batch_max_delay = "0ms"
+/// batch_max_delay = "10ms"
 /// checkpoint_every_records = 1000
 /// checkpoint_every = "1m"
 /// retry_for = "2s"
@@ -62,8 +65,8 @@ pub struct AuditConfig {
     #[serde(default = "default_batch_max_records")]
     pub batch_max_records: usize,
     /// Batched durability only: how long the writer lets a batch fill before writing it (it
-    /// sleeps, so senders do not wake it per record). Default `"0ms"`: write as soon as the
-    /// writer is free. In sync durability the writer never waits (statements wait for their
+    /// sleeps, so senders do not wake it per record). Default `"10ms"`; `"0ms"` writes as soon
+    /// as the writer is free. In sync durability the writer never waits (statements wait for their
     /// batch); records that arrive during a write form the next batch (group commit).
     #[serde(default = "default_batch_max_delay", deserialize_with = "de_duration")]
     pub batch_max_delay: Duration,
