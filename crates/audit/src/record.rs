@@ -37,6 +37,11 @@ impl ChainHash {
     pub fn to_hex(&self) -> String {
         to_hex(&self.0)
     }
+
+    /// The hash as 64 lowercase hex digits written into `buf`, without allocating.
+    pub fn hex_into<'b>(&self, buf: &'b mut [u8; 64]) -> &'b str {
+        hex_digits(&self.0, buf)
+    }
 }
 
 impl fmt::Display for ChainHash {
@@ -61,13 +66,21 @@ fn hex_val(c: u8) -> Option<u8> {
 }
 
 pub(crate) fn to_hex(bytes: &[u8]) -> String {
+    let mut s = vec![0u8; bytes.len() * 2];
+    hex_digits(bytes, &mut s).to_owned()
+}
+
+/// Writes `bytes` as lowercase hex into the first `2 * bytes.len()` bytes of `out` (which must be
+/// that long) and returns them as text.
+fn hex_digits<'o>(bytes: &[u8], out: &'o mut [u8]) -> &'o str {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(DIGITS[usize::from(b >> 4)] as char);
-        s.push(DIGITS[usize::from(b & 0xf)] as char);
+    let out = &mut out[..bytes.len() * 2];
+    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = DIGITS[usize::from(b >> 4)];
+        pair[1] = DIGITS[usize::from(b & 0xf)];
     }
-    s
+    // Only ASCII hex digits were written, so this cannot fail.
+    std::str::from_utf8(out).unwrap_or_default()
 }
 
 /// What a record is.
@@ -425,6 +438,15 @@ mod tests {
         let h = chain_hash(1, "n", 1, RecordKind::Event, &ChainHash::GENESIS, b"{}");
         assert_eq!(ChainHash::from_hex(&h.to_hex()), Some(h));
         assert_eq!(ChainHash::from_hex("zz"), None);
+        let mut buf = [0u8; 64];
+        assert_eq!(h.hex_into(&mut buf), h.to_hex());
+        assert_eq!(to_hex(&[0x00, 0x7f, 0xff]), "007fff");
+        // A known SHA-256 (of the empty string), so the hash provider cannot drift unnoticed.
+        let empty = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, b"");
+        assert_eq!(
+            to_hex(empty.as_ref()),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
     }
 
     #[test]

@@ -709,7 +709,10 @@ async fn tail_and_search_use_the_indexes() {
         fn name(&self) -> &str {
             self.0.name()
         }
-        async fn write_batch(&self, r: &[StoredRecord]) -> Result<(), audit::SinkError> {
+        async fn write_batch(
+            &self,
+            r: &[std::sync::Arc<StoredRecord>],
+        ) -> Result<(), audit::SinkError> {
             self.0.write_batch(r).await
         }
         async fn tail(&self, n: &str) -> Result<Option<StoredRecord>, audit::SinkError> {

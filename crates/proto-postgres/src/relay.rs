@@ -102,6 +102,7 @@ pub(crate) async fn relay(
         // trace bookkeeping at all.
         trace: gateway_core::trace::statement_spans_enabled(),
         responded: false,
+        ready_buf: Vec::new(),
     };
     let leftover = upstream.leftover;
     let mut stop = shared.shutdown.clone();
@@ -479,6 +480,8 @@ struct UpstreamDirection<'a> {
     trace: bool,
     /// The entry at the head of the queue has had its first response frame.
     responded: bool,
+    /// Scratch list of the entries a ReadyForQuery completes.
+    ready_buf: Vec<Pending>,
 }
 
 impl UpstreamDirection<'_> {
@@ -739,7 +742,8 @@ impl UpstreamDirection<'_> {
     /// ReadyForQuery: everything up to the first Query or Sync is over.
     async fn ready(&mut self) {
         self.responded = false;
-        let mut done = Vec::new();
+        // Reused across ReadyForQuery messages: one per transaction, so no allocation each.
+        let mut done = std::mem::take(&mut self.ready_buf);
         {
             let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
             while let Some(p) = q.pop_front() {
@@ -751,7 +755,7 @@ impl UpstreamDirection<'_> {
             }
         }
         let rows = std::mem::take(&mut self.rows);
-        for p in done {
+        for p in done.drain(..) {
             match p {
                 Pending::Query(Some(exec)) => {
                     let tags = std::mem::take(&mut self.tags);
@@ -779,6 +783,7 @@ impl UpstreamDirection<'_> {
         }
         self.tags.clear();
         self.query_error = None;
+        self.ready_buf = done;
     }
 
     async fn finish(&self, exec: Execution, outcome: Outcome) {

@@ -300,7 +300,11 @@ fn open_current(dir: &Path, inner: &mut Inner) -> Result<(), String> {
     Ok(())
 }
 
-fn write_blocking(dir: &Path, inner: &mut Inner, records: &[StoredRecord]) -> Result<(), String> {
+fn write_blocking(
+    dir: &Path,
+    inner: &mut Inner,
+    records: &[Arc<StoredRecord>],
+) -> Result<(), String> {
     if inner.current.is_none() {
         open_current(dir, inner)?;
     }
@@ -479,7 +483,7 @@ impl Sink for JsonlSink {
         &self.name
     }
 
-    async fn write_batch(&self, records: &[StoredRecord]) -> Result<(), SinkError> {
+    async fn write_batch(&self, records: &[Arc<StoredRecord>]) -> Result<(), SinkError> {
         let records = records.to_vec();
         self.blocking(move |dir, inner| {
             if inner.durability.is_none() {

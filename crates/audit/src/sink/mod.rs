@@ -1,6 +1,7 @@
 //! Where records are stored: the [`Sink`] trait and its three implementations.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use crate::error::SinkError;
@@ -33,8 +34,9 @@ pub trait Sink: Send + Sync {
 
     /// Stores `records` (one node, consecutive seqs, in order) durably as the sink's durability
     /// setting says, all or nothing where the store allows it. After an `Err` some prefix may
-    /// have been stored: the writer asks [`tail`](Self::tail) before it tries again.
-    async fn write_batch(&self, records: &[StoredRecord]) -> Result<(), SinkError>;
+    /// have been stored: the writer asks [`tail`](Self::tail) before it tries again. Records come
+    /// shared, so a sink that hands them to a blocking thread keeps them without copying.
+    async fn write_batch(&self, records: &[Arc<StoredRecord>]) -> Result<(), SinkError>;
 
     /// The record with the highest seq for `node`, if any: where that node's chain continues.
     async fn tail(&self, node: &str) -> Result<Option<StoredRecord>, SinkError>;

@@ -8,6 +8,7 @@
 //! text); it is re-established on the next call after any error.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::Mutex;
@@ -322,7 +323,7 @@ impl Sink for PostgresSink {
         &self.name
     }
 
-    async fn write_batch(&self, records: &[StoredRecord]) -> Result<(), SinkError> {
+    async fn write_batch(&self, records: &[Arc<StoredRecord>]) -> Result<(), SinkError> {
         let mut rows = Vec::with_capacity(records.len());
         for r in records {
             rows.push(InsertRow {

@@ -134,18 +134,42 @@ fn seq_i64(seq: u64) -> rusqlite::Result<i64> {
     i64::try_from(seq).map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))
 }
 
-fn insert(tx: &rusqlite::Transaction<'_>, table: &str, r: &StoredRecord) -> rusqlite::Result<()> {
-    let sql = format!(
-        "INSERT INTO {table} (version, node, seq, kind, prev_hash, hash, time_us, subject, target, event, verdict, payload) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
-    );
-    tx.prepare_cached(&sql)?.execute(params![
+/// The tables a record is inserted into: every record into `audit_records`, checkpoints also into
+/// `audit_checkpoints`. Constant statements, so the per-record insert builds no SQL text.
+#[derive(Clone, Copy)]
+enum Table {
+    Records,
+    Checkpoints,
+}
+
+impl Table {
+    fn insert_sql(self) -> &'static str {
+        macro_rules! insert_into {
+            ($table:literal) => {
+                concat!(
+                    "INSERT INTO ",
+                    $table,
+                    " (version, node, seq, kind, prev_hash, hash, time_us, subject, target, event, verdict, payload) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
+                )
+            };
+        }
+        match self {
+            Table::Records => insert_into!("audit_records"),
+            Table::Checkpoints => insert_into!("audit_checkpoints"),
+        }
+    }
+}
+
+fn insert(tx: &rusqlite::Transaction<'_>, table: Table, r: &StoredRecord) -> rusqlite::Result<()> {
+    let (mut prev, mut hash) = ([0u8; 64], [0u8; 64]);
+    tx.prepare_cached(table.insert_sql())?.execute(params![
         r.version,
         r.node,
         seq_i64(r.seq)?,
         r.kind.as_str(),
-        r.prev_hash.to_hex(),
-        r.hash.to_hex(),
+        r.prev_hash.hex_into(&mut prev),
+        r.hash.hex_into(&mut hash),
         r.time_us,
         r.subject,
         r.target,
@@ -214,14 +238,14 @@ impl Sink for SqliteSink {
         &self.name
     }
 
-    async fn write_batch(&self, records: &[StoredRecord]) -> Result<(), SinkError> {
+    async fn write_batch(&self, records: &[Arc<StoredRecord>]) -> Result<(), SinkError> {
         let records = records.to_vec();
         self.with_conn(move |conn| {
             let tx = conn.transaction()?;
             for r in &records {
-                insert(&tx, "audit_records", r)?;
+                insert(&tx, Table::Records, r)?;
                 if r.kind == RecordKind::Checkpoint {
-                    insert(&tx, "audit_checkpoints", r)?;
+                    insert(&tx, Table::Checkpoints, r)?;
                 }
             }
             tx.commit()

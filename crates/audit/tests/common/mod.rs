@@ -164,7 +164,7 @@ impl Sink for FlakySink {
     fn name(&self) -> &str {
         self.inner.name()
     }
-    async fn write_batch(&self, records: &[StoredRecord]) -> Result<(), SinkError> {
+    async fn write_batch(&self, records: &[std::sync::Arc<StoredRecord>]) -> Result<(), SinkError> {
         if self.failing.load(Ordering::SeqCst) {
             return Err(SinkError::new("flaky", "disk full (simulated)"));
         }
