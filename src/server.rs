@@ -90,6 +90,11 @@ impl Server {
                 None
             }
         };
+        // Read before the trail opens, so that a bad key file stops the start cleanly.
+        let parameters = config
+            .audit
+            .parameter_audit()
+            .map_err(|e| anyhow::anyhow!("[audit]: {e}"))?;
         // The audit trail opens before any listener: no statement may run unrecorded.
         if let Err(e) = std::fs::create_dir_all(&config.gateway.data_dir) {
             anyhow::bail!(
@@ -104,12 +109,7 @@ impl Server {
         );
         builder = builder
             .audit(Arc::clone(&audit_log) as Arc<dyn gateway_core::AuditSink>)
-            .parameters(
-                config
-                    .audit
-                    .parameter_audit()
-                    .map_err(|e| anyhow::anyhow!("[audit]: {e}"))?,
-            );
+            .parameters(parameters);
         let gateway = builder.build();
         // With `on_failure = "open"` a dropped record never reaches the session phases as an
         // error, so the audit log counts it in the gateway's metrics itself.

@@ -490,6 +490,45 @@ mod tests {
     }
 
     #[test]
+    fn parameter_modes_are_checked_and_built() {
+        let dir = tempfile::tempdir().unwrap();
+        let (short, good) = (dir.path().join("short.key"), dir.path().join("good.key"));
+        std::fs::write(&short, [7u8; 16]).unwrap();
+        std::fs::write(&good, [7u8; 32]).unwrap();
+        let config = |text: String| -> AuditConfig { toml::from_str(&text).unwrap() };
+        let key = |p: &Path| format!("parameter_hash_key_file = {:?}\n", p.display().to_string());
+
+        // Default: recorded, cut at 1 KiB.
+        let mut a = config(String::new());
+        a.check(dir.path()).unwrap();
+        assert!(matches!(
+            a.parameter_audit(),
+            Ok(gateway_core::ParameterAudit::Record { max_bytes: 1024 })
+        ));
+        assert!(config("parameters = \"omit\"".into())
+            .parameter_audit()
+            .unwrap()
+            .is_off());
+        // Hash needs a key file, of at least 32 bytes; a key file without hash mode is a mistake.
+        let errors = config("parameters = \"hash\"".into())
+            .check(dir.path())
+            .unwrap_err();
+        assert!(errors[0].contains("parameter_hash_key_file"), "{errors:?}");
+        let mut short_key = config(format!("parameters = \"hash\"\n{}", key(&short)));
+        short_key.check(dir.path()).unwrap();
+        let e = short_key.parameter_audit().unwrap_err();
+        assert!(e.contains("at least 32"), "{e}");
+        let good_key = config(format!("parameters = \"hash\"\n{}", key(&good)));
+        assert!(matches!(
+            good_key.parameter_audit(),
+            Ok(gateway_core::ParameterAudit::Hash { .. })
+        ));
+        let errors = config(key(&good)).check(dir.path()).unwrap_err();
+        assert!(errors[0].contains("only used with"), "{errors:?}");
+        assert!(toml::from_str::<AuditConfig>("parameters = \"encrypt\"").is_err());
+    }
+
+    #[test]
     fn postgres_tls_settings_are_checked_with_the_config() {
         let check = |sink: &str| {
             let mut a: AuditConfig =
