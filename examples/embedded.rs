@@ -36,7 +36,6 @@ use std::io::IsTerminal as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
@@ -135,17 +134,10 @@ pub fn build_gateway(args: &Args) -> anyhow::Result<Gateway> {
 /// Binds the PostgreSQL listener for `gateway`; `local_addr()` tells the port when 0 was asked.
 pub async fn bind(args: &Args, gateway: Gateway) -> anyhow::Result<PostgresListener> {
     // The same values the binary uses by default (`gateway.*` in its configuration reference).
-    let config = ListenerConfig {
-        listen: args.listen,
-        // TLS is a `rustls::ServerConfig` (the binary builds it in src/tls.rs).
-        tls: None,
-        require_tls: false,
-        // Without TLS, tokens are accepted from loopback clients only; keep it so.
-        allow_plaintext_password: false,
-        handshake_timeout: Duration::from_secs(10),
-        max_message_bytes: 64 << 20,
-        drain_timeout: Duration::from_secs(30),
-    };
+    // The binary's defaults: no TLS (set `tls` to a `rustls::ServerConfig`, as src/tls.rs
+    // builds it), tokens over plain TCP from loopback clients only, 10 s handshakes, 64 MiB
+    // messages, 30 s to drain on shutdown.
+    let config = ListenerConfig::new(args.listen);
     PostgresListener::bind(config, gateway)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))

@@ -639,10 +639,11 @@ struct TargetSection {
 // ---------------------------------------------------------------------------------------------
 
 const DEFAULT_NODE: &str = "portcullis";
-const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+const DEFAULT_HANDSHAKE_TIMEOUT: Duration =
+    proto_postgres::ListenerConfig::DEFAULT_HANDSHAKE_TIMEOUT;
+const DEFAULT_DRAIN_TIMEOUT: Duration = proto_postgres::ListenerConfig::DEFAULT_DRAIN_TIMEOUT;
 const DEFAULT_DATA_DIR: &str = "data";
-const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+const DEFAULT_MAX_MESSAGE_BYTES: usize = proto_postgres::ListenerConfig::DEFAULT_MAX_MESSAGE_BYTES;
 const DEFAULT_LOG_LEVEL: &str = "info";
 const DEFAULT_SERVICE_NAME: &str = "portcullis";
 /// Path of the OTLP/HTTP traces endpoint under a receiver's base URL.

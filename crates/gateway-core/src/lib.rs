@@ -37,6 +37,10 @@ pub mod target;
 pub mod trace;
 
 pub use approval::{ApprovalOutcome, ApprovalService, NoApprovals};
+/// The attribute the async seams ([`Authenticator`], [`AuditSink`], [`ApprovalService`]) are
+/// written with, re-exported so that implementing one needs no dependency of its own:
+/// `#[gateway_core::async_trait] impl AuditSink for MySink { ... }`.
+pub use async_trait::async_trait;
 pub use audit::{AuditEvent, AuditRecord, AuditSink, LogAuditSink, RecordedError};
 pub use error::{ErrorKind, GatewayError, Side};
 pub use identity::{

@@ -71,7 +71,8 @@ impl ApprovalService for Approver {
 #[derive(Default)]
 struct Memory(Mutex<Vec<serde_json::Value>>);
 
-#[async_trait::async_trait]
+// Through the re-export, as an embedder without its own async-trait dependency writes it.
+#[gateway_core::async_trait]
 impl AuditSink for Memory {
     async fn record(&self, record: AuditRecord) -> Result<(), GatewayError> {
         self.0

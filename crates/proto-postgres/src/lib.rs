@@ -53,6 +53,30 @@ pub struct ListenerConfig {
     pub drain_timeout: Duration,
 }
 
+impl ListenerConfig {
+    /// Default `handshake_timeout`.
+    pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+    /// Default `max_message_bytes` (64 MiB).
+    pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+    /// Default `drain_timeout`.
+    pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+    /// A plain-TCP listener on `listen` with the defaults the `portcullis` binary uses: no TLS,
+    /// passwords and tokens over plain TCP from loopback clients only, the default timeouts and
+    /// message limit. Set the fields to change any of it.
+    pub fn new(listen: SocketAddr) -> Self {
+        ListenerConfig {
+            listen,
+            tls: None,
+            require_tls: false,
+            allow_plaintext_password: false,
+            handshake_timeout: Self::DEFAULT_HANDSHAKE_TIMEOUT,
+            max_message_bytes: Self::DEFAULT_MAX_MESSAGE_BYTES,
+            drain_timeout: Self::DEFAULT_DRAIN_TIMEOUT,
+        }
+    }
+}
+
 impl std::fmt::Debug for ListenerConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ListenerConfig")
