@@ -1,7 +1,7 @@
 //! Entry points shared by the fuzz targets in `fuzz/` and the corpus replay test, so that stable CI
 //! runs every input the fuzzers ever saved through exactly the code they fuzzed.
 
-use crate::wire::{error_fields, frontend, typed_header, HEADER_LEN};
+use crate::wire::{bind_values, error_fields, frontend, typed_header, Frontend, HEADER_LEN};
 
 /// Splits `data` into client frames as the relay does and reads each one.
 pub fn frontend_frames(data: &[u8]) {
@@ -9,7 +9,10 @@ pub fn frontend_frames(data: &[u8]) {
     while let Ok(Some((ty, len))) = typed_header(rest, 1 << 20) {
         let Some(frame) = rest.get(..len) else { break };
         let body = &frame[HEADER_LEN..];
-        let _ = frontend(ty, body);
+        if let Ok(Frontend::Bind { rest, .. }) = frontend(ty, body) {
+            // What the relay reads when the audit trail keeps parameters.
+            let _ = bind_values(rest);
+        }
         let _ = error_fields(body);
         rest = &rest[len..];
     }
