@@ -14,19 +14,10 @@ const NODE: &str = "gw-j";
 const SMALL: u64 = 4096;
 
 async fn write_signed(dir: &Path, n: u64) -> Vec<u8> {
-    let (signer, public) = keys();
-    let cfg = config(vec![], Durability::Sync);
     let sink = JsonlSink::open(dir, SMALL, OpenMode::Write(Durability::Sync))
         .await
         .unwrap();
-    let log = AuditLog::with_sinks(NODE, &cfg, vec![Box::new(sink)], Some(signer))
-        .await
-        .unwrap();
-    for i in 0..n {
-        log.record(event(NODE, i)).await.unwrap();
-    }
-    log.shutdown().await.unwrap();
-    public
+    write_signed_into(Box::new(sink), &config(vec![], Durability::Sync), NODE, n).await
 }
 
 async fn reader(dir: &Path) -> JsonlSink {

@@ -69,17 +69,8 @@ async fn sink(db: &TestDb, table: &str, mode: OpenMode) -> PostgresSink {
 }
 
 async fn write_signed(db: &TestDb, table: &str, node: &str, n: u64) -> Vec<u8> {
-    let (signer, public) = keys();
-    let cfg = config(vec![], Durability::Sync);
     let s = sink(db, table, OpenMode::Write(Durability::Sync)).await;
-    let log = AuditLog::with_sinks(node, &cfg, vec![Box::new(s)], Some(signer))
-        .await
-        .unwrap();
-    for i in 0..n {
-        log.record(event(node, i)).await.unwrap();
-    }
-    log.shutdown().await.unwrap();
-    public
+    write_signed_into(Box::new(s), &config(vec![], Durability::Sync), node, n).await
 }
 
 /// Copies `base` (and its checkpoints) into a new table, keeping row ids.

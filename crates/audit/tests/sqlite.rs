@@ -20,7 +20,6 @@ const NODE: &str = "gw-1";
 
 /// Writes `n` events through a signed log and shuts it down; returns the public key.
 async fn write_signed(path: &Path, n: u64) -> Vec<u8> {
-    let (signer, public) = keys();
     let cfg = config(
         vec![SinkConfig::Sqlite { path: path.into() }],
         Durability::Sync,
@@ -28,14 +27,7 @@ async fn write_signed(path: &Path, n: u64) -> Vec<u8> {
     let sink = SqliteSink::open(path, OpenMode::Write(Durability::Sync))
         .await
         .unwrap();
-    let log = AuditLog::with_sinks(NODE, &cfg, vec![Box::new(sink)], Some(signer))
-        .await
-        .unwrap();
-    for i in 0..n {
-        log.record(event(NODE, i)).await.unwrap();
-    }
-    log.shutdown().await.unwrap();
-    public
+    write_signed_into(Box::new(sink), &cfg, NODE, n).await
 }
 
 async fn reader(path: &Path) -> SqliteSink {

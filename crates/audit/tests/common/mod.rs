@@ -11,7 +11,7 @@ use audit::{
     AuditConfig, CheckpointSigner, Durability, OnFailure, RecordKind, ScanCursor, ScanItem,
     ScanPage, Sink, SinkConfig, SinkError, StoredRecord,
 };
-use gateway_core::{AuditEvent, AuditRecord, ClientInfo, Decision, Verdict};
+use gateway_core::{AuditEvent, AuditRecord, AuditSink as _, ClientInfo, Decision, Verdict};
 
 pub fn client() -> Arc<ClientInfo> {
     Arc::new(ClientInfo {
@@ -82,6 +82,25 @@ pub fn keys() -> (CheckpointSigner, Vec<u8>) {
     let signer = CheckpointSigner::from_pkcs8(private_pem.as_bytes()).expect("signer");
     let public = audit::parse_public_key(public_pem.as_bytes()).expect("public key");
     (signer, public)
+}
+
+/// Writes events `0..n` of `node` through a signed log (sync durability, `cfg`) into `sink` and
+/// shuts the log down; returns the public key that verifies its checkpoints.
+pub async fn write_signed_into(
+    sink: Box<dyn Sink>,
+    cfg: &AuditConfig,
+    node: &str,
+    n: u64,
+) -> Vec<u8> {
+    let (signer, public) = keys();
+    let log = audit::AuditLog::with_sinks(node, cfg, vec![sink], Some(signer))
+        .await
+        .unwrap();
+    for i in 0..n {
+        log.record(event(node, i)).await.unwrap();
+    }
+    log.shutdown().await.unwrap();
+    public
 }
 
 /// Every readable record, in storage order.
