@@ -661,7 +661,7 @@ async fn batched_throughput_smoke() {
 }
 
 #[tokio::test]
-async fn tail_and_search_use_the_indexes() {
+async fn tail_and_search_find_the_right_records() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("audit.db");
     write_signed(&path, 30).await;
@@ -728,4 +728,43 @@ async fn tail_and_search_use_the_indexes() {
         found
     );
     assert_eq!(audit::tail(&Scanning(&sink), 3, None).await.unwrap(), last);
+}
+
+#[tokio::test]
+async fn the_only_index_is_node_and_seq_and_older_ones_are_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.db");
+    write_signed(&path, 3).await;
+    let indexes = |path: &Path| -> Vec<String> {
+        let conn = db(path);
+        let mut stmt = conn
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'audit_records' AND sql IS NOT NULL ORDER BY name")
+            .unwrap();
+        let names = stmt
+            .query_map([], |r| r.get::<_, String>(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        names
+    };
+    assert_eq!(indexes(&path), ["audit_records_node_seq"]);
+    // A file written by an earlier gateway has three more; opening it for writing drops them.
+    db(&path)
+        .execute_batch(
+            "CREATE INDEX audit_records_time ON audit_records (time_us);
+             CREATE INDEX audit_records_subject ON audit_records (subject, time_us);
+             CREATE INDEX audit_records_target ON audit_records (target, time_us);",
+        )
+        .unwrap();
+    assert_eq!(indexes(&path).len(), 4);
+    drop(
+        SqliteSink::open(&path, OpenMode::Write(Durability::Batched))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(indexes(&path), ["audit_records_node_seq"]);
+    // The chain is intact and still continues.
+    write_signed(&path, 2).await;
+    let report = verify(&reader(&path).await, &[]).await.unwrap();
+    assert!(report.is_ok(), "{report:?}");
 }
