@@ -168,10 +168,141 @@ impl AuditSink for LogAuditSink {
 }
 
 fn rfc3339<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
-    s.collect_str(&humantime::format_rfc3339_micros(*t))
+    s.serialize_str(Rfc3339Micros::new(*t).as_str())
+}
+
+/// A time as RFC 3339 in UTC with microseconds, e.g. `2025-01-31T12:00:00.123456Z`, formatted
+/// into a buffer on the stack. Every audit record carries one; formatting through `fmt` (as
+/// humantime does) was a measurable share of a record's serialization. Years outside 0..=9999
+/// are written with as many digits as they need.
+#[derive(Clone, Copy)]
+pub struct Rfc3339Micros {
+    buf: [u8; 32],
+    len: usize,
+}
+
+impl Rfc3339Micros {
+    /// Formats `t`.
+    pub fn new(t: SystemTime) -> Self {
+        let us: i128 = match t.duration_since(std::time::UNIX_EPOCH) {
+            Ok(d) => d.as_micros() as i128,
+            Err(e) => -(e.duration().as_micros() as i128),
+        };
+        let secs = us.div_euclid(1_000_000) as i64;
+        let micros = us.rem_euclid(1_000_000) as u32;
+        let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
+        let sod = secs.rem_euclid(86_400) as u32;
+        let mut out = Self {
+            buf: [0; 32],
+            len: 0,
+        };
+        if (0..=9999).contains(&y) {
+            out.digits(y as u32, 4);
+        } else {
+            use std::io::Write as _;
+            let mut cursor = std::io::Cursor::new(&mut out.buf[..]);
+            // At most 12 characters for the years an i64 of seconds can reach.
+            let _ = write!(cursor, "{y:04}");
+            out.len = cursor.position() as usize;
+        }
+        out.push(b'-');
+        out.digits(m, 2);
+        out.push(b'-');
+        out.digits(d, 2);
+        out.push(b'T');
+        out.digits(sod / 3600, 2);
+        out.push(b':');
+        out.digits(sod % 3600 / 60, 2);
+        out.push(b':');
+        out.digits(sod % 60, 2);
+        out.push(b'.');
+        out.digits(micros, 6);
+        out.push(b'Z');
+        out
+    }
+
+    /// The formatted time.
+    pub fn as_str(&self) -> &str {
+        // Only ASCII digits and separators were written.
+        std::str::from_utf8(&self.buf[..self.len]).unwrap_or_default()
+    }
+
+    fn push(&mut self, b: u8) {
+        if let Some(slot) = self.buf.get_mut(self.len) {
+            *slot = b;
+            self.len += 1;
+        }
+    }
+
+    /// `n` as exactly `width` decimal digits (zero-padded; `n` is below `10^width`).
+    fn digits(&mut self, mut n: u32, width: usize) {
+        let end = (self.len + width).min(self.buf.len());
+        for slot in self.buf[self.len..end].iter_mut().rev() {
+            *slot = b'0' + (n % 10) as u8;
+            n /= 10;
+        }
+        self.len = end;
+    }
+}
+
+/// Howard Hinnant's days-to-civil algorithm (proleptic Gregorian calendar): year, month, day of
+/// the day `z` days after 1970-01-01.
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
 /// Current time, for records.
 pub(crate) fn now() -> SystemTime {
     SystemTime::now()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    #[test]
+    fn rfc3339_matches_humantime() {
+        let micros = [
+            0u64,
+            1,
+            951_782_399_999_999,   // 2000-02-28T23:59:59.999999
+            951_868_800_000_000,   // 2000-03-01 (after a leap day)
+            1_709_251_199_123_456, // 2024-02-29T23:59:59.123456
+            1_795_000_000_654_321,
+            4_102_444_800_000_000,   // 2100-01-01
+            253_402_300_799_999_999, // 9999-12-31T23:59:59.999999
+        ];
+        for us in micros {
+            let t = UNIX_EPOCH + Duration::from_micros(us);
+            assert_eq!(
+                Rfc3339Micros::new(t).as_str(),
+                humantime::format_rfc3339_micros(t).to_string(),
+                "{us} us after the epoch"
+            );
+        }
+    }
+
+    #[test]
+    fn rfc3339_outside_humantimes_range() {
+        let before = UNIX_EPOCH - Duration::from_micros(1);
+        assert_eq!(
+            Rfc3339Micros::new(before).as_str(),
+            "1969-12-31T23:59:59.999999Z"
+        );
+        let far = UNIX_EPOCH + Duration::from_secs(253_402_300_800); // 10000-01-01
+        assert_eq!(
+            Rfc3339Micros::new(far).as_str(),
+            "10000-01-01T00:00:00.000000Z"
+        );
+    }
 }

@@ -105,11 +105,11 @@ pub(crate) async fn relay(
         ready_buf: Vec::new(),
     };
     let leftover = upstream.leftover;
-    let mut stop = shared.shutdown.clone();
+    let stop = StopSignal::watch(shared.shutdown.clone());
     let result = tokio::select! {
         r = to_upstream.run(&mut client_read, &mut up_write) => r,
         r = to_client.run(leftover, &mut up_read, &mut client_write) => r,
-        () = idle_after_shutdown(&mut stop, &queue) => Err(GatewayError::new(
+        () = idle_after_shutdown(&stop, &queue) => Err(GatewayError::new(
             ErrorKind::ShuttingDown,
             Side::Gateway,
             "the gateway is shutting down; reconnect to continue",
@@ -175,13 +175,63 @@ pub(crate) async fn relay(
     result
 }
 
-/// Resolves once a shutdown was requested and the upstream owes this session nothing more.
-async fn idle_after_shutdown(stop: &mut tokio::sync::watch::Receiver<bool>, queue: &Queue) {
-    let listener_gone = stop.wait_for(|stopping| *stopping).await.is_err();
-    if listener_gone {
-        // The listener is gone without a shutdown: nothing will ever ask this session to stop.
-        std::future::pending::<()>().await;
+/// The listener's shutdown as one session's relay sees it: a flag and a waker, set by a small
+/// watcher task. The relay polls every branch of its `select!` on each wake (each message), and
+/// polling the watch channel itself takes its notifier's mutex every time: about 2% of the
+/// relay's CPU under pgbench. This costs a load and a compare-and-swap instead.
+struct StopSignal {
+    state: Arc<StopState>,
+    watcher: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Default)]
+struct StopState {
+    stopping: AtomicBool,
+    waker: atomic_waker::AtomicWaker,
+}
+
+impl StopSignal {
+    fn watch(mut shutdown: tokio::sync::watch::Receiver<bool>) -> Self {
+        let state = Arc::new(StopState::default());
+        let set = Arc::clone(&state);
+        let watcher = tokio::spawn(async move {
+            // An error means the listener is gone without a shutdown: nothing will ever ask this
+            // session to stop, so the flag stays down.
+            if shutdown.wait_for(|stopping| *stopping).await.is_ok() {
+                set.stopping.store(true, Ordering::Release);
+                set.waker.wake();
+            }
+        });
+        Self { state, watcher }
     }
+
+    /// Resolves once a shutdown was requested.
+    async fn requested(&self) {
+        std::future::poll_fn(|cx| {
+            if self.state.stopping.load(Ordering::Acquire) {
+                return std::task::Poll::Ready(());
+            }
+            self.state.waker.register(cx.waker());
+            // Checked again: the flag may have been set between the load and the register.
+            if self.state.stopping.load(Ordering::Acquire) {
+                std::task::Poll::Ready(())
+            } else {
+                std::task::Poll::Pending
+            }
+        })
+        .await
+    }
+}
+
+impl Drop for StopSignal {
+    fn drop(&mut self) {
+        self.watcher.abort();
+    }
+}
+
+/// Resolves once a shutdown was requested and the upstream owes this session nothing more.
+async fn idle_after_shutdown(stop: &StopSignal, queue: &Queue) {
+    stop.requested().await;
     while !queue.lock().unwrap_or_else(|e| e.into_inner()).is_empty() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
