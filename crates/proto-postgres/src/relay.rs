@@ -103,6 +103,7 @@ pub(crate) async fn relay(
         trace: gateway_core::trace::statement_spans_enabled(),
         responded: false,
         ready_buf: Vec::new(),
+        finished: Vec::new(),
     };
     let leftover = upstream.leftover;
     let stop = StopSignal::watch(shared.shutdown.clone());
@@ -149,6 +150,9 @@ pub(crate) async fn relay(
     }
     let _ = client_write.shutdown().await;
 
+    // Executions that ended upstream but whose end was not yet recorded (the relay stopped
+    // between reading their results and recording them).
+    to_client.flush_finished().await;
     // Whatever is still owed was interrupted: record it.
     let leftovers: Vec<Pending> = queue
         .lock()
@@ -532,6 +536,8 @@ struct UpstreamDirection<'a> {
     responded: bool,
     /// Scratch list of the entries a ReadyForQuery completes.
     ready_buf: Vec<Pending>,
+    /// Executions that ended in the bytes read so far, recorded once those bytes are written.
+    finished: Vec<(Execution, Outcome)>,
 }
 
 impl UpstreamDirection<'_> {
@@ -586,20 +592,20 @@ impl UpstreamDirection<'_> {
                         let tag = Reader::new(body)
                             .cstr()
                             .map(|t| String::from_utf8_lossy(t).into_owned());
-                        self.complete(tag, None).await;
+                        self.complete(tag, None);
                         None
                     }
                     b'I' => {
-                        self.complete(None, None).await;
+                        self.complete(None, None);
                         None
                     }
                     b's' => {
-                        self.complete(Some("(portal suspended)".into()), None).await;
+                        self.complete(Some("(portal suspended)".into()), None);
                         None
                     }
-                    b'E' => self.error(body).await,
+                    b'E' => self.error(body),
                     b'Z' => {
-                        self.ready().await;
+                        self.ready();
                         None
                     }
                     b'S' => {
@@ -636,6 +642,7 @@ impl UpstreamDirection<'_> {
                 let chunk = buf.split_to(pos);
                 write_client(client, &chunk).await?;
             }
+            self.flush_finished().await;
             buf.reserve(READ_CHUNK);
             let n = upstream.read_buf(&mut buf).await.map_err(|e| {
                 GatewayError::upstream_unavailable(format!("read from database: {e}"))
@@ -671,7 +678,7 @@ impl UpstreamDirection<'_> {
     }
 
     /// A result completed (CommandComplete, EmptyQueryResponse, PortalSuspended) or failed.
-    async fn complete(&mut self, tag: Option<String>, error: Option<RecordedError>) {
+    fn complete(&mut self, tag: Option<String>, error: Option<RecordedError>) {
         // One lock: `None` when the head is a simple Query (it ends at ReadyForQuery), otherwise
         // the Execute it completes, if any.
         let popped = {
@@ -701,7 +708,7 @@ impl UpstreamDirection<'_> {
                 error,
                 skipped: false,
             };
-            self.finish(exec, outcome).await;
+            self.finish(exec, outcome);
         }
     }
 
@@ -732,7 +739,7 @@ impl UpstreamDirection<'_> {
         })
     }
 
-    async fn error(&mut self, body: &[u8]) -> Option<Bytes> {
+    fn error(&mut self, body: &[u8]) -> Option<Bytes> {
         let fields = error_fields(body);
         let message = fields
             .iter()
@@ -764,8 +771,7 @@ impl UpstreamDirection<'_> {
                             skipped: true,
                             ..Outcome::default()
                         },
-                    )
-                    .await;
+                    );
                 }
             }
             self.responded = false;
@@ -785,12 +791,12 @@ impl UpstreamDirection<'_> {
             code,
             message: message.to_owned(),
         };
-        self.complete(None, Some(recorded)).await;
+        self.complete(None, Some(recorded));
         None
     }
 
     /// ReadyForQuery: everything up to the first Query or Sync is over.
-    async fn ready(&mut self) {
+    fn ready(&mut self) {
         self.responded = false;
         // Reused across ReadyForQuery messages: one per transaction, so no allocation each.
         let mut done = std::mem::take(&mut self.ready_buf);
@@ -815,7 +821,7 @@ impl UpstreamDirection<'_> {
                         error: self.query_error.take(),
                         skipped: false,
                     };
-                    self.finish(exec, outcome).await;
+                    self.finish(exec, outcome);
                 }
                 Pending::Execute(Some(exec)) => {
                     // Never answered: the segment failed before it.
@@ -825,8 +831,7 @@ impl UpstreamDirection<'_> {
                             skipped: true,
                             ..Outcome::default()
                         },
-                    )
-                    .await;
+                    );
                 }
                 _ => {}
             }
@@ -836,11 +841,22 @@ impl UpstreamDirection<'_> {
         self.ready_buf = done;
     }
 
-    async fn finish(&self, exec: Execution, outcome: Outcome) {
-        if let Err(e) = self.session.finish(exec, outcome).await {
-            // The statement already ran; a sink failure here is logged loudly, and the next
-            // statement's "started" record will fail closed if the sink stays down.
-            tracing::error!(error = %e, "could not record the end of a statement");
+    /// Queues the end of an execution, recorded by [`flush_finished`](Self::flush_finished) once
+    /// the bytes read so far have gone to the client: the client's result must not wait for the
+    /// audit trail (in sync durability that wait is an fsync). "Started" was recorded before the
+    /// statement was forwarded; this record only says how it ended.
+    fn finish(&mut self, exec: Execution, outcome: Outcome) {
+        self.finished.push((exec, outcome));
+    }
+
+    /// Records the ends queued by [`finish`](Self::finish).
+    async fn flush_finished(&mut self) {
+        for (exec, outcome) in self.finished.drain(..) {
+            if let Err(e) = self.session.finish(exec, outcome).await {
+                // The statement already ran; a sink failure here is logged loudly, and the next
+                // statement's "started" record will fail closed if the sink stays down.
+                tracing::error!(error = %e, "could not record the end of a statement");
+            }
         }
     }
 }
