@@ -54,16 +54,18 @@ struct Shared {
 const PAYLOAD_CAPACITY: usize = 768;
 
 struct Entry {
-    payload: Vec<u8>,
-    /// The index columns, taken from the event before it was serialized.
-    index: RecordIndex,
+    /// Serialized by the writer, off the statement's path: the record is in the queue (and so
+    /// accepted by the trail) before the statement is forwarded, and the bytes the chain hashes
+    /// are made once, there.
+    record: AuditRecord,
     done: Option<oneshot::Sender<Result<(), String>>>,
 }
 
 /// The durable audit log: implements [`AuditSink`] for the gateway.
 ///
-/// `record()` serializes the record once (those bytes are the stored payload) and queues it. In
-/// `sync` durability it then waits until the batch holding the record is durable in every sink;
+/// `record()` queues the record; the writer serializes it once (those bytes are the stored
+/// payload) and chains it. In `sync` durability `record()` then waits until the batch holding the
+/// record is durable in every sink;
 /// in `batched` it returns at once. While the sinks fail, `record()` returns `Err` (fail closed)
 /// or drops the record and returns `Ok` (fail open); the writer keeps retrying and resumes on its
 /// own. Call [`shutdown`](Self::shutdown) before the process exits.
@@ -324,20 +326,8 @@ impl AuditSink for AuditLog {
         if !self.shared.healthy.load(Ordering::Acquire) {
             return self.unavailable(&self.last_error());
         }
-        // Statement records are a few hundred bytes: one allocation instead of a growing Vec.
-        let mut payload = Vec::with_capacity(PAYLOAD_CAPACITY);
-        serde_json::to_writer(&mut payload, &record)
-            .map_err(|e| GatewayError::internal(format!("audit record encoding failed: {e}")))?;
-        let index = RecordIndex::of_event(&record);
         match self.durability {
-            Durability::Batched => match self
-                .enqueue(Entry {
-                    payload,
-                    index,
-                    done: None,
-                })
-                .await
-            {
+            Durability::Batched => match self.enqueue(Entry { record, done: None }).await {
                 Ok(()) => Ok(()),
                 Err(why) => self.unavailable(why),
             },
@@ -345,8 +335,7 @@ impl AuditSink for AuditLog {
                 let (done, wait) = oneshot::channel();
                 if let Err(why) = self
                     .enqueue(Entry {
-                        payload,
-                        index,
+                        record,
                         done: Some(done),
                     })
                     .await
@@ -535,7 +524,20 @@ impl Writer {
             .stats
             .queue_depth
             .fetch_sub(1, Ordering::Relaxed);
-        let seq = self.append_event(entry.payload, entry.index);
+        // Statement records are a few hundred bytes: one allocation instead of a growing Vec.
+        let mut payload = Vec::with_capacity(PAYLOAD_CAPACITY);
+        if let Err(e) = serde_json::to_writer(&mut payload, &entry.record) {
+            // Not expected for these types (no map has non-string keys), but a record that
+            // cannot be encoded must not vanish silently: a waiting caller refuses its statement.
+            self.shared.stats.failed.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(error = %e, "audit: could not encode a record; it is not in the trail");
+            if let Some(done) = entry.done {
+                let _ = done.send(Err(format!("audit record encoding failed: {e}")));
+            }
+            return;
+        }
+        let index = RecordIndex::of_event(&entry.record);
+        let seq = self.append_event(payload, index);
         if let Some(done) = entry.done {
             if self
                 .outage
