@@ -659,6 +659,42 @@ impl Drop for GatewayProcess {
     }
 }
 
+/// In sync durability the end of a result reaches the client only once the statement's
+/// `statement_finished` is durable: after each query returns, a fresh reader of the trail finds
+/// it. (The SIGKILL test relies on this under load, where a kill lands only now and then; this
+/// checks every statement, over the simple and the extended protocol.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_durability_records_each_end_before_the_client_sees_it() {
+    let setup = Setup::new("sync-ends", "").await;
+    let (server, addr) = setup.start_in_process().await;
+    let client = setup
+        .connect(addr, "alice", &setup.token("alice"))
+        .await
+        .expect("alice logs in");
+    for i in 0..12 {
+        let sql = format!("select {i} as sync_end_{i}");
+        if i % 2 == 0 {
+            client.simple_query(&sql).await.expect("simple query");
+        } else {
+            client.query(&sql, &[]).await.expect("extended query");
+        }
+        let trail = read_trail(&setup.sqlite_trail()).await;
+        let started = trail
+            .iter()
+            .find(|(_, p)| p["event"] == "statement_started" && p["sql"] == sql.as_str())
+            .unwrap_or_else(|| panic!("no statement_started for {sql}"));
+        let key = statement_key(&started.1);
+        assert!(
+            trail
+                .iter()
+                .any(|(_, p)| p["event"] == "statement_finished" && statement_key(p) == key),
+            "the client had the result of {sql:?} before its statement_finished was in the trail"
+        );
+    }
+    drop(client);
+    server.shutdown().await;
+}
+
 /// The unique text of INSERT number `n` of client `c`.
 fn crash_insert(c: u32, n: u32) -> String {
     format!("insert into crash_probe (client, n, note) values ({c}, {n}, 'crash-{c}-{n}')")

@@ -319,6 +319,10 @@ impl AuditLog {
 
 #[async_trait::async_trait]
 impl AuditSink for AuditLog {
+    fn finish_before_result(&self) -> bool {
+        self.durability == Durability::Sync
+    }
+
     async fn record(&self, record: AuditRecord) -> Result<(), GatewayError> {
         if self.shared.closed.load(Ordering::Acquire) {
             return self.unavailable("the audit log is shut down");

@@ -148,6 +148,15 @@ pub struct AuditRecord {
 pub trait AuditSink: Send + Sync {
     /// Accepts one record.
     async fn record(&self, record: AuditRecord) -> Result<(), GatewayError>;
+
+    /// Whether the end of a result may reach the client only once its "finished" record has been
+    /// accepted: a sink that promises durability before the gateway proceeds (sync durability)
+    /// says `true`, so that every result a client saw has its outcome in the trail. With `false`
+    /// (the default) protocol crates relay the result first and record its end right after, which
+    /// keeps the trail off the path of the answer.
+    fn finish_before_result(&self) -> bool {
+        false
+    }
 }
 
 /// Writes records as structured `tracing` events at INFO on target `portcullis::audit`: the

@@ -377,6 +377,11 @@ impl Session {
     pub fn masking_active(&self) -> bool {
         self.gateway.inner.masker.is_active(&self.ctx)
     }
+    /// Whether the end of each result must be recorded before it is relayed to the client
+    /// ([`AuditSink::finish_before_result`]); otherwise record it right after relaying.
+    pub fn finish_before_result(&self) -> bool {
+        self.gateway.inner.audit.finish_before_result()
+    }
     /// How bound parameters are recorded. When [`ParameterAudit::is_off`], protocol crates do not
     /// read them off the wire at all.
     pub fn parameter_audit(&self) -> &ParameterAudit {

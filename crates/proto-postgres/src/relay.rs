@@ -104,6 +104,7 @@ pub(crate) async fn relay(
         responded: false,
         ready_buf: Vec::new(),
         finished: Vec::new(),
+        finish_before_result: session.finish_before_result(),
     };
     let leftover = upstream.leftover;
     let stop = StopSignal::watch(shared.shutdown.clone());
@@ -536,8 +537,11 @@ struct UpstreamDirection<'a> {
     responded: bool,
     /// Scratch list of the entries a ReadyForQuery completes.
     ready_buf: Vec<Pending>,
-    /// Executions that ended in the bytes read so far, recorded once those bytes are written.
+    /// Executions that ended in the bytes read so far, not yet recorded.
     finished: Vec<(Execution, Outcome)>,
+    /// Record ends before relaying the bytes that carry them (the audit sink promises that every
+    /// result a client saw is in the trail); otherwise right after.
+    finish_before_result: bool,
 }
 
 impl UpstreamDirection<'_> {
@@ -631,12 +635,18 @@ impl UpstreamDirection<'_> {
                 match replacement {
                     None => pos += len,
                     Some(frame) => {
+                        if self.finish_before_result {
+                            self.flush_finished().await;
+                        }
                         write_client(client, &buf[..pos]).await?;
                         buf.advance(pos + len);
                         pos = 0;
                         write_client(client, &frame).await?;
                     }
                 }
+            }
+            if self.finish_before_result {
+                self.flush_finished().await;
             }
             if pos > 0 {
                 let chunk = buf.split_to(pos);
@@ -841,10 +851,11 @@ impl UpstreamDirection<'_> {
         self.ready_buf = done;
     }
 
-    /// Queues the end of an execution, recorded by [`flush_finished`](Self::flush_finished) once
-    /// the bytes read so far have gone to the client: the client's result must not wait for the
-    /// audit trail (in sync durability that wait is an fsync). "Started" was recorded before the
-    /// statement was forwarded; this record only says how it ended.
+    /// Queues the end of an execution, recorded by [`flush_finished`](Self::flush_finished): once
+    /// the bytes read so far have gone to the client, so that the result does not wait for the
+    /// audit trail ("started" was recorded before the statement was forwarded; this record only
+    /// says how it ended), or before, when the sink promises that every result a client saw is in
+    /// the trail (sync durability).
     fn finish(&mut self, exec: Execution, outcome: Outcome) {
         self.finished.push((exec, outcome));
     }
