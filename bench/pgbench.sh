@@ -351,16 +351,37 @@ done
 
 # --- runs ------------------------------------------------------------------------------------
 
-run_pgbench() { # run_pgbench SYSTEM MODE CLIENTS ROUND: appends to RUN_TPS / RUN_LAT
-    local sys=$1 mode=$2 c=$3 round=$4 j out key="$1,$2,$3" pw="" tps lat
+# proxy_pid SYSTEM: the process whose CPU time is the proxy's (nothing for direct).
+proxy_pid() {
+    case "$1" in
+    portcullis-*) echo "${GATEWAY_PID[$1]:-}" ;;
+    pgbouncer) [[ -s "$PGBOUNCER_PIDFILE" ]] && cat "$PGBOUNCER_PIDFILE" ;;
+    esac
+}
+
+# cpu_ticks PID: user + system CPU time of the process (all its threads), in clock ticks.
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null; }
+
+run_pgbench() { # run_pgbench SYSTEM MODE CLIENTS ROUND: appends to RUN_TPS / RUN_LAT / RUN_CPU
+    local sys=$1 mode=$2 c=$3 round=$4 j out key="$1,$2,$3" pw="" tps lat pid ticks_before="" ticks_after="" txns
     j=$((c < 2 ? c : 2))
     out="$TMP/$sys-$mode-$c-$round.out"
     [[ "$sys" == portcullis-* ]] && pw="$(cat "$TMP/token")"
     note "$(printf 'round %s  %-18s -M %-8s -c %-2s -j %s -T %s' "$round" "$sys" "$mode" "$c" "$j" "$SECONDS_PER_RUN")"
+    pid="$(proxy_pid "$sys")"
+    [[ -n "$pid" ]] && ticks_before="$(cpu_ticks "$pid")"
     if PGPASSWORD="$pw" pgbench -n -S -M "$mode" -c "$c" -j "$j" -T "$SECONDS_PER_RUN" \
         -h 127.0.0.1 -p "${PORT[$sys]}" -U "${USER_OF[$sys]}" "$DB" >"$out" 2>&1; then
         tps="$(awk '/^tps = .*without initial connection time/ {print $3}' "$out" | tail -n1)"
         lat="$(awk '/^latency average = / {print $4}' "$out" | tail -n1)"
+        txns="$(awk '/^number of transactions actually processed: / {print $6}' "$out" | tail -n1)"
+        [[ -n "$pid" ]] && ticks_after="$(cpu_ticks "$pid")"
+        # The proxy's CPU per transaction: what it takes from the cores PostgreSQL and pgbench
+        # share with it. Less noisy than TPS on a busy machine, and comparable across runs.
+        if [[ -n "$ticks_before" && -n "$ticks_after" && "${txns:-0}" -gt 0 ]]; then
+            RUN_CPU[$key]="${RUN_CPU[$key]:-} $(awk -v t="$((ticks_after - ticks_before))" -v hz="$(getconf CLK_TCK)" -v n="$txns" \
+                'BEGIN { printf "%.1f", t / hz * 1e6 / n }')"
+        fi
     fi
     if [[ -z "${tps:-}" || -z "${lat:-}" ]]; then
         note "  pgbench failed through $sys:"
@@ -385,7 +406,7 @@ median() { # median VALUES...: prints nothing for no values
 
 ACTIVE=()
 for s in "${DRIVEN[@]}"; do [[ -z "${SKIP[$s]:-}" ]] && ACTIVE+=("$s"); done
-declare -A RUN_TPS=() RUN_LAT=() RUN_FAILED=()
+declare -A RUN_TPS=() RUN_LAT=() RUN_CPU=() RUN_FAILED=() CPU=()
 
 section "pgbench -S, ${SECONDS_PER_RUN}s per run, $ROUNDS round(s), systems: ${ACTIVE[*]}"
 # Every (mode, clients) cell drives the systems back to back, so that drift on a shared machine
@@ -409,6 +430,10 @@ for key in "${!RUN_TPS[@]}"; do
     TPS[$key]="$(median ${RUN_TPS[$key]})"
     # shellcheck disable=SC2086
     LAT[$key]="$(median ${RUN_LAT[$key]})"
+done
+for key in "${!RUN_CPU[@]}"; do
+    # shellcheck disable=SC2086
+    CPU[$key]="$(median ${RUN_CPU[$key]})"
 done
 
 # --- report ----------------------------------------------------------------------------------
@@ -487,6 +512,27 @@ fi
             line="| $mode | $c |"
             for sys in "${TABLE[@]}"; do line+=" $(tps_cell "$sys" "$k") |"; done
             for sys in "${TABLE[@]}"; do line+=" $(lat_cell "$sys" "$k") |"; done
+            echo "$line"
+        done
+    done
+    echo
+    echo "Proxy CPU per transaction (microseconds of user + system time of the proxy process, all threads):"
+    echo
+    header="| mode | clients |" rule="|---|---:|"
+    for sys in "${TABLE[@]}"; do
+        [[ $sys == direct ]] && continue
+        header+=" ${LABEL[$sys]} CPU us/tx |"
+        rule+="---:|"
+    done
+    echo "$header"
+    echo "$rule"
+    for mode in "${MODES[@]}"; do
+        for c in "${CLIENTS[@]}"; do
+            line="| $mode | $c |"
+            for sys in "${TABLE[@]}"; do
+                [[ $sys == direct ]] && continue
+                line+=" ${CPU[$sys,$mode,$c]:-n/a} |"
+            done
             echo "$line"
         done
     done
