@@ -186,7 +186,8 @@ fn rfc3339<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error
 /// are written with as many digits as they need.
 #[derive(Clone, Copy)]
 pub struct Rfc3339Micros {
-    buf: [u8; 32],
+    /// Room for the longest: a 12-digit year with its sign plus the 23 characters after it.
+    buf: [u8; 40],
     len: usize,
 }
 
@@ -202,7 +203,7 @@ impl Rfc3339Micros {
         let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
         let sod = secs.rem_euclid(86_400) as u32;
         let mut out = Self {
-            buf: [0; 32],
+            buf: [0; 40],
             len: 0,
         };
         if (0..=9999).contains(&y) {
@@ -210,7 +211,7 @@ impl Rfc3339Micros {
         } else {
             use std::io::Write as _;
             let mut cursor = std::io::Cursor::new(&mut out.buf[..]);
-            // At most 12 characters for the years an i64 of seconds can reach.
+            // At most 13 characters (sign and 12 digits) for the years an i64 of seconds reaches.
             let _ = write!(cursor, "{y:04}");
             out.len = cursor.position() as usize;
         }
@@ -313,5 +314,13 @@ mod tests {
             Rfc3339Micros::new(far).as_str(),
             "10000-01-01T00:00:00.000000Z"
         );
+        // The far ends SystemTime can hold come out whole (ending in the `Z`), not cut short.
+        for t in [
+            UNIX_EPOCH + Duration::from_secs(i64::MAX as u64 / 2),
+            UNIX_EPOCH - Duration::from_secs(i64::MAX as u64 / 2),
+        ] {
+            let s = Rfc3339Micros::new(t);
+            assert!(s.as_str().ends_with('Z'), "{}", s.as_str());
+        }
     }
 }
