@@ -103,7 +103,7 @@ pub(crate) async fn relay(
         trace: gateway_core::trace::statement_spans_enabled(),
         responded: false,
         ready_buf: Vec::new(),
-        finished: Vec::new(),
+        finished: VecDeque::new(),
         finish_before_result: session.finish_before_result(),
     };
     let leftover = upstream.leftover;
@@ -538,7 +538,7 @@ struct UpstreamDirection<'a> {
     /// Scratch list of the entries a ReadyForQuery completes.
     ready_buf: Vec<Pending>,
     /// Executions that ended in the bytes read so far, not yet recorded.
-    finished: Vec<(Execution, Outcome)>,
+    finished: VecDeque<(Execution, Outcome)>,
     /// Record ends before relaying the bytes that carry them (the audit sink promises that every
     /// result a client saw is in the trail); otherwise right after.
     finish_before_result: bool,
@@ -857,12 +857,13 @@ impl UpstreamDirection<'_> {
     /// says how it ended), or before, when the sink promises that every result a client saw is in
     /// the trail (sync durability).
     fn finish(&mut self, exec: Execution, outcome: Outcome) {
-        self.finished.push((exec, outcome));
+        self.finished.push_back((exec, outcome));
     }
 
-    /// Records the ends queued by [`finish`](Self::finish).
+    /// Records the ends queued by [`finish`](Self::finish). One at a time off the front: if the
+    /// relay stops while a record is being written, the rest stay queued for the relay's exit.
     async fn flush_finished(&mut self) {
-        for (exec, outcome) in self.finished.drain(..) {
+        while let Some((exec, outcome)) = self.finished.pop_front() {
             if let Err(e) = self.session.finish(exec, outcome).await {
                 // The statement already ran; a sink failure here is logged loudly, and the next
                 // statement's "started" record will fail closed if the sink stays down.
