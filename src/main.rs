@@ -233,8 +233,9 @@ struct SearchArgs {
     /// Before this time (same forms as --since).
     #[arg(long, value_name = "TIME", value_parser = parse_time_arg)]
     until: Option<SystemTime>,
-    /// Event: `statement_started`, `statement_finished`, `statement_denied`, `session_opened`,
-    /// `session_closed`, `login_failed`, `checkpoint`, or a notice (`log_opened`, ...).
+    /// Event: `statement_started`, `statement_finished`, `statement_executed` (both in one
+    /// record, batched durability), `statement_denied`, `session_opened`, `session_closed`,
+    /// `login_failed`, `checkpoint`, or a notice (`log_opened`, ...).
     #[arg(long, value_name = "EVENT")]
     event: Option<String>,
     /// Verdict.
@@ -1116,40 +1117,44 @@ fn record_line(r: &audit::StoredRecord) -> String {
     };
     let verdict = r.verdict.as_deref().unwrap_or("-");
     let sql = short_sql(text("sql").unwrap_or(""));
+    // How a statement ended: `SELECT 1, 1 row, 0.3 ms`.
+    let outcome = || {
+        let how = if p.get("skipped").and_then(serde_json::Value::as_bool) == Some(true) {
+            "skipped (not run)".to_owned()
+        } else if let Some(error) = p.get("error").filter(|e| !e.is_null()) {
+            format!("error: {}", recorded_error(error))
+        } else {
+            text("tag").unwrap_or("ok").to_owned()
+        };
+        let ms = p
+            .get("duration")
+            .map(|d| {
+                let secs = d
+                    .get("secs")
+                    .and_then(serde_json::Value::as_u64)
+                    .unwrap_or(0);
+                let nanos = d
+                    .get("nanos")
+                    .and_then(serde_json::Value::as_u64)
+                    .unwrap_or(0);
+                secs as f64 * 1e3 + nanos as f64 / 1e6
+            })
+            .unwrap_or(0.0);
+        let rows = int("rows").unwrap_or(0);
+        format!("{how}, {rows} row{}, {ms:.1} ms", plural(rows))
+    };
     let detail = match r.event.as_str() {
         "statement_started" => format!("{statement} {verdict}{}: {sql}", rule(p.get("rule"))),
+        "statement_executed" => format!(
+            "{statement} {verdict}{}: {sql} -> {}",
+            rule(p.get("rule")),
+            outcome()
+        ),
         "statement_denied" => format!(
             "{statement} {verdict}{}: {sql}",
             rule(p.pointer("/verdict/rule"))
         ),
-        "statement_finished" => {
-            let outcome = if p.get("skipped").and_then(serde_json::Value::as_bool) == Some(true) {
-                "skipped (not run)".to_owned()
-            } else if let Some(error) = p.get("error").filter(|e| !e.is_null()) {
-                format!("error: {}", recorded_error(error))
-            } else {
-                text("tag").unwrap_or("ok").to_owned()
-            };
-            let ms = p
-                .get("duration")
-                .map(|d| {
-                    let secs = d
-                        .get("secs")
-                        .and_then(serde_json::Value::as_u64)
-                        .unwrap_or(0);
-                    let nanos = d
-                        .get("nanos")
-                        .and_then(serde_json::Value::as_u64)
-                        .unwrap_or(0);
-                    secs as f64 * 1e3 + nanos as f64 / 1e6
-                })
-                .unwrap_or(0.0);
-            format!(
-                "{statement} {outcome}, {} row{}, {ms:.1} ms",
-                int("rows").unwrap_or(0),
-                plural(int("rows").unwrap_or(0))
-            )
-        }
+        "statement_finished" => format!("{statement} {}", outcome()),
         "session_opened" => {
             let groups: Vec<&str> = p
                 .get("groups")

@@ -324,21 +324,21 @@ impl RecordIndex {
     /// [`derive`](Self::derive) reads back from its JSON.
     pub(crate) fn of_event(record: &gateway_core::AuditRecord) -> Self {
         use gateway_core::AuditEvent;
-        let (event, verdict) = match &record.event {
-            AuditEvent::LoginFailed { .. } => ("login_failed", Some("deny")),
-            AuditEvent::SessionOpened { .. } => ("session_opened", None),
-            AuditEvent::SessionClosed { .. } => ("session_closed", None),
-            AuditEvent::StatementDenied { verdict, .. } => (
-                "statement_denied",
-                Some(match verdict.decision {
-                    gateway_core::Decision::Allow => "allow",
-                    gateway_core::Decision::Deny => "deny",
-                    gateway_core::Decision::NeedsApproval => "needs_approval",
-                }),
-            ),
-            AuditEvent::StatementStarted { .. } => ("statement_started", Some("allow")),
-            AuditEvent::StatementFinished { .. } => ("statement_finished", None),
+        let verdict = match &record.event {
+            AuditEvent::LoginFailed { .. } => Some("deny"),
+            AuditEvent::StatementDenied { verdict, .. } => Some(match verdict.decision {
+                gateway_core::Decision::Allow => "allow",
+                gateway_core::Decision::Deny => "deny",
+                gateway_core::Decision::NeedsApproval => "needs_approval",
+            }),
+            AuditEvent::StatementStarted { .. } | AuditEvent::StatementExecuted { .. } => {
+                Some("allow")
+            }
+            AuditEvent::SessionOpened { .. }
+            | AuditEvent::SessionClosed { .. }
+            | AuditEvent::StatementFinished { .. } => None,
         };
+        let event = record.event.name();
         RecordIndex {
             // The payload's time is written with microseconds, truncated like this.
             time_us: micros_since_epoch(record.time),
@@ -363,7 +363,7 @@ impl RecordIndex {
         };
         let verdict = match (f.verdict.and_then(|v| v.decision), event.as_str()) {
             (Some(d), _) => Some(d),
-            (None, "statement_started") => Some("allow".to_owned()),
+            (None, "statement_started" | "statement_executed") => Some("allow".to_owned()),
             (None, "login_failed") => Some("deny".to_owned()),
             _ => None,
         };

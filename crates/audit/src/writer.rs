@@ -1,11 +1,12 @@
 //! [`AuditLog`]: the gateway's durable [`AuditSink`]. A bounded queue feeds one writer task that
 //! chains, batches, checkpoints and writes records to every sink.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use gateway_core::{AuditRecord, AuditSink, ErrorKind, GatewayError, Metrics, Side};
+use gateway_core::{AuditEvent, AuditRecord, AuditSink, ErrorKind, GatewayError, Metrics, Side};
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -164,6 +165,7 @@ impl AuditLog {
             head_seq,
             head_hash,
             pending: Vec::new(),
+            held: HeldStarts::default(),
             waiters: Vec::new(),
             signer,
             since_checkpoint: 0,
@@ -438,6 +440,72 @@ struct Outage {
     backoff: Duration,
 }
 
+/// The starts [`Writer`] holds in batched durability, in arrival order, with each session's
+/// chained together so that an end finds its session's starts without a scan.
+#[derive(Default)]
+struct HeldStarts {
+    /// Arrival order: a start, and the position of its session's next held start. `None` once
+    /// taken.
+    starts: Vec<Option<(AuditRecord, Option<usize>)>>,
+    /// Per session: positions of its first and last held start.
+    sessions: HashMap<Arc<str>, (usize, usize)>,
+}
+
+impl HeldStarts {
+    fn push(&mut self, start: AuditRecord) {
+        let at = self.starts.len();
+        match self.sessions.get_mut(&start.session_id) {
+            Some((_, last)) => {
+                if let Some(Some((_, next))) = self.starts.get_mut(*last) {
+                    *next = Some(at);
+                }
+                *last = at;
+            }
+            None => {
+                self.sessions
+                    .insert(Arc::clone(&start.session_id), (at, at));
+            }
+        }
+        self.starts.push(Some((start, None)));
+    }
+
+    /// Position of the first held start of `session`, if any.
+    fn first_of(&self, session: &str) -> Option<usize> {
+        self.sessions.get(session).map(|(first, _)| *first)
+    }
+
+    /// Takes the start at `at` (a position [`first_of`](Self::first_of) or an earlier `take`
+    /// gave) and the position of its session's next one. The session stays known until
+    /// [`set_first`](Self::set_first) says where its held starts begin now.
+    fn take(&mut self, at: usize) -> Option<(AuditRecord, Option<usize>)> {
+        self.starts.get_mut(at)?.take()
+    }
+
+    /// After takes: `session`'s held starts begin at `first` (`None`: it has none left).
+    fn set_first(&mut self, session: &str, first: Option<usize>) {
+        match first {
+            Some(at) => {
+                if let Some((head, _)) = self.sessions.get_mut(session) {
+                    *head = at;
+                }
+            }
+            None => {
+                self.sessions.remove(session);
+            }
+        }
+    }
+
+    /// Every start not taken, in arrival order; empties the structure.
+    fn take_all(&mut self) -> Vec<AuditRecord> {
+        self.sessions.clear();
+        self.starts
+            .drain(..)
+            .flatten()
+            .map(|(start, _)| start)
+            .collect()
+    }
+}
+
 struct Writer {
     node: String,
     sinks: Vec<Box<dyn Sink>>,
@@ -449,6 +517,11 @@ struct Writer {
     head_hash: ChainHash,
     /// Chained records not yet durable in every sink.
     pending: Vec<Arc<StoredRecord>>,
+    /// Batched durability: `statement_started` records taken since the last write, not chained
+    /// yet. A statement's end that arrives before the batch is written joins its start as one
+    /// `statement_executed` record: half the rows, hashes and bytes for almost every statement,
+    /// and the start is durable at the same write it would have been anyway.
+    held: HeldStarts,
     /// Callers waiting (sync durability) on pending records, by seq.
     waiters: Vec<(u64, oneshot::Sender<Result<(), String>>)>,
     signer: Option<CheckpointSigner>,
@@ -528,21 +601,70 @@ impl Writer {
             .stats
             .queue_depth
             .fetch_sub(1, Ordering::Relaxed);
+        let Entry { record, done } = entry;
+        // Sync durability: every record is durable at its own moment, so nothing waits to join.
+        if self.config.durability == Durability::Batched && done.is_none() {
+            if matches!(record.event, AuditEvent::StatementStarted { .. }) {
+                self.held.push(record);
+            } else {
+                self.release_session(record);
+            }
+            return;
+        }
+        self.chain_event(record, done);
+    }
+
+    /// Chains `record` after whatever of its session is held: its start joined to it when it is
+    /// that start's end, the session's earlier starts alone, so the session's order is kept.
+    fn release_session(&mut self, mut record: AuditRecord) {
+        let mut next = self.held.first_of(&record.session_id);
+        while let Some((start, after)) = next.and_then(|at| self.held.take(at)) {
+            next = after;
+            match start.join_end(record) {
+                Ok(joined) => {
+                    // Its later starts (pipelined behind it) stay held, waiting for their ends.
+                    self.held.set_first(&joined.session_id, next);
+                    return self.chain_event(joined, None);
+                }
+                Err((start, back)) => {
+                    self.chain_event(start, None);
+                    record = back;
+                }
+            }
+        }
+        self.held.set_first(&record.session_id, None);
+        self.chain_event(record, None);
+    }
+
+    /// Chains every held start whose end has not arrived: the batch is about to be written.
+    fn release_held(&mut self) {
+        for start in self.held.take_all() {
+            self.chain_event(start, None);
+        }
+    }
+
+    /// Serializes, chains and queues one event record for the next write; `done` is told once
+    /// it is durable (sync durability).
+    fn chain_event(
+        &mut self,
+        record: AuditRecord,
+        done: Option<oneshot::Sender<Result<(), String>>>,
+    ) {
         // Statement records are a few hundred bytes: one allocation instead of a growing Vec.
         let mut payload = Vec::with_capacity(PAYLOAD_CAPACITY);
-        if let Err(e) = serde_json::to_writer(&mut payload, &entry.record) {
+        if let Err(e) = serde_json::to_writer(&mut payload, &record) {
             // Not expected for these types (no map has non-string keys), but a record that
             // cannot be encoded must not vanish silently: a waiting caller refuses its statement.
             self.shared.stats.failed.fetch_add(1, Ordering::Relaxed);
             tracing::error!(error = %e, "audit: could not encode a record; it is not in the trail");
-            if let Some(done) = entry.done {
+            if let Some(done) = done {
                 let _ = done.send(Err(format!("audit record encoding failed: {e}")));
             }
             return;
         }
-        let index = RecordIndex::of_event(&entry.record);
+        let index = RecordIndex::of_event(&record);
         let seq = self.append_event(payload, index);
-        if let Some(done) = entry.done {
+        if let Some(done) = done {
             if self
                 .outage
                 .as_ref()
@@ -579,6 +701,7 @@ impl Writer {
 
     /// Writes pending records to every sink that lacks them. On success every waiter is told.
     async fn flush(&mut self) -> Result<(), String> {
+        self.release_held();
         let Some(last) = self.pending.last().map(|r| r.seq) else {
             return Ok(());
         };
@@ -840,6 +963,8 @@ impl Writer {
 
     /// The queue is closed and drained: final checkpoint, last attempts, report.
     async fn finish(mut self) -> Result<(), AuditError> {
+        // The final checkpoint signs everything, held starts included.
+        self.release_held();
         self.checkpoint();
         let deadline = Instant::now() + self.config.retry_for;
         loop {

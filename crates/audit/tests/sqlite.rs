@@ -768,3 +768,157 @@ async fn the_only_index_is_node_and_seq_and_older_ones_are_dropped() {
     let report = verify(&reader(&path).await, &[]).await.unwrap();
     assert!(report.is_ok(), "{report:?}");
 }
+
+/// One statement record of `session`: `started`, `finished` or `denied`.
+fn statement(session: &str, id: u64, what: &str) -> gateway_core::AuditRecord {
+    use gateway_core::AuditEvent;
+    let mut r = event(NODE, 0);
+    r.session_id = Arc::from(session);
+    r.event = match what {
+        "started" => AuditEvent::StatementStarted {
+            statement_id: id,
+            sql: Arc::from(format!("select {id}")),
+            classification: Some(Arc::from("read")),
+            objects: None,
+            fingerprint: None,
+            parameters: None,
+            rule: Some(Arc::from("readers")),
+            approval_id: None,
+        },
+        "finished" => AuditEvent::StatementFinished {
+            statement_id: id,
+            rows: id,
+            tag: Some(format!("SELECT {id}")),
+            error: None,
+            duration: Duration::from_micros(300),
+            skipped: false,
+        },
+        _ => match event(NODE, 3).event {
+            AuditEvent::StatementDenied {
+                verdict,
+                objects,
+                fingerprint,
+                parameters,
+                ..
+            } => AuditEvent::StatementDenied {
+                statement_id: id,
+                sql: Arc::from("delete from orders"),
+                verdict,
+                objects,
+                fingerprint,
+                parameters,
+            },
+            other => panic!("event 3 is a denial, not {other:?}"),
+        },
+    };
+    r
+}
+
+/// Batched durability: a statement whose end arrives before its start is written becomes one
+/// `statement_executed` record; each session's records keep their order; a start written alone
+/// is followed by its own `statement_finished`; the chain verifies.
+#[tokio::test]
+async fn batched_durability_joins_a_start_and_its_end_into_one_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.db");
+    let mut cfg = config(
+        vec![SinkConfig::Sqlite { path: path.clone() }],
+        Durability::Batched,
+    );
+    // Everything recorded back to back lands in one batch.
+    cfg.batch_max_delay = Duration::from_millis(300);
+    let log = AuditLog::open(&cfg, NODE).await.unwrap();
+    for (session, id, what) in [
+        ("s1", 1, "started"),
+        ("s1", 2, "started"), // pipelined behind statement 1
+        ("s2", 1, "started"),
+        ("s1", 1, "finished"),
+        ("s2", 2, "denied"), // s2's held start goes first, alone
+        ("s1", 2, "finished"),
+        ("s1", 3, "started"), // its end comes after the batch is written
+    ] {
+        log.record(statement(session, id, what)).await.unwrap();
+    }
+    let events = |records: Vec<StoredRecord>| -> Vec<(String, String, u64)> {
+        records
+            .into_iter()
+            .filter(|r| r.kind == RecordKind::Event)
+            .map(|r| {
+                let p: serde_json::Value = serde_json::from_slice(&r.payload).unwrap();
+                (
+                    r.event,
+                    p["session_id"].as_str().unwrap().to_owned(),
+                    p["statement_id"].as_u64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while events(all_records(&reader(&path).await).await).len() < 5 {
+        assert!(Instant::now() < deadline, "the batch was never written");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    log.record(statement("s1", 3, "finished")).await.unwrap();
+    log.shutdown().await.unwrap();
+
+    let records = all_records(&reader(&path).await).await;
+    let want = [
+        ("statement_executed", "s1", 1),
+        ("statement_started", "s2", 1),
+        ("statement_denied", "s2", 2),
+        ("statement_executed", "s1", 2),
+        ("statement_started", "s1", 3),
+        ("statement_finished", "s1", 3),
+    ]
+    .map(|(e, s, i)| (e.to_owned(), s.to_owned(), i));
+    assert_eq!(events(records.clone()), want);
+
+    let executed = records
+        .iter()
+        .find(|r| r.event == "statement_executed")
+        .unwrap();
+    assert_eq!(executed.verdict.as_deref(), Some("allow"));
+    let p: serde_json::Value = serde_json::from_slice(&executed.payload).unwrap();
+    assert_eq!(p["sql"], "select 1");
+    assert_eq!(p["rule"], "readers");
+    assert_eq!(p["rows"], 1);
+    assert_eq!(p["tag"], "SELECT 1");
+    assert_eq!(p["duration"]["nanos"], 300_000);
+    assert!(verify(&reader(&path).await, &[]).await.unwrap().is_ok());
+    // Search finds the joined record by its event name and verdict.
+    let found = reader(&path)
+        .await
+        .search(
+            &SearchFilter {
+                event: Some("statement_executed".into()),
+                verdict: Some("allow".into()),
+                ..SearchFilter::default()
+            },
+            10,
+        )
+        .await
+        .unwrap();
+    assert_eq!(found.len(), 2);
+}
+
+/// Sync durability never joins: each record is durable at its own moment.
+#[tokio::test]
+async fn sync_durability_keeps_a_start_and_its_end_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.db");
+    let cfg = config(
+        vec![SinkConfig::Sqlite { path: path.clone() }],
+        Durability::Sync,
+    );
+    let log = AuditLog::open(&cfg, NODE).await.unwrap();
+    log.record(statement("s1", 1, "started")).await.unwrap();
+    log.record(statement("s1", 1, "finished")).await.unwrap();
+    log.shutdown().await.unwrap();
+    let events: Vec<String> = all_records(&reader(&path).await)
+        .await
+        .into_iter()
+        .filter(|r| r.kind == RecordKind::Event)
+        .map(|r| r.event)
+        .collect();
+    assert_eq!(events, ["statement_started", "statement_finished"]);
+}

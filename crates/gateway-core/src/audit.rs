@@ -119,6 +119,67 @@ pub enum AuditEvent {
         /// Whether the statement never ran upstream (skipped after an earlier error in a pipeline).
         skipped: bool,
     },
+    /// A statement ran and ended: what `statement_started` and `statement_finished` say, in one
+    /// record, for a statement whose end was known before its start was written (a sink that
+    /// batches writes joins the two with [`AuditRecord::join_end`]). `time` is when it started.
+    StatementExecuted {
+        /// Statement id within the session.
+        statement_id: u64,
+        /// Statement text.
+        sql: Arc<str>,
+        /// Classification, when the policy engine analysed it.
+        classification: Option<Arc<str>>,
+        /// Relations read and written and functions called, when the policy engine analysed it.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        objects: Option<Arc<crate::policy::StatementObjects>>,
+        /// The statement's shape without literal values, when the policy engine analysed it.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        fingerprint: Option<Arc<str>>,
+        /// Bound parameters (recorded or hashed), when the execution had them and the
+        /// configuration keeps them.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        parameters: Option<Arc<RecordedParameters>>,
+        /// The rule that allowed it, if any.
+        rule: Option<Arc<str>>,
+        /// The approval request or time-boxed grant that let it run, when the rule required one.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        approval_id: Option<Arc<str>>,
+        /// How it ended: the fields of `statement_finished`, after the others. Boxed, so that
+        /// this variant, made only where records are written, does not make every event larger
+        /// (records are moved several times on their way to the sink).
+        #[serde(flatten)]
+        outcome: Box<StatementOutcome>,
+    },
+}
+
+/// How a statement ended, as a `statement_executed` record says it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StatementOutcome {
+    /// Rows returned to the client.
+    pub rows: u64,
+    /// Command tag (PostgreSQL) or affected rows summary.
+    pub tag: Option<String>,
+    /// Error, if it failed.
+    pub error: Option<RecordedError>,
+    /// Wall time from start to finish.
+    pub duration: Duration,
+    /// Whether the statement never ran upstream (skipped after an earlier error in a pipeline).
+    pub skipped: bool,
+}
+
+impl AuditEvent {
+    /// The `event` name, as in the record's JSON.
+    pub fn name(&self) -> &'static str {
+        match self {
+            AuditEvent::LoginFailed { .. } => "login_failed",
+            AuditEvent::SessionOpened { .. } => "session_opened",
+            AuditEvent::SessionClosed { .. } => "session_closed",
+            AuditEvent::StatementDenied { .. } => "statement_denied",
+            AuditEvent::StatementStarted { .. } => "statement_started",
+            AuditEvent::StatementFinished { .. } => "statement_finished",
+            AuditEvent::StatementExecuted { .. } => "statement_executed",
+        }
+    }
 }
 
 /// One record: an event plus who, where and when.
@@ -140,6 +201,69 @@ pub struct AuditRecord {
     /// The event.
     #[serde(flatten)]
     pub event: AuditEvent,
+}
+
+impl AuditRecord {
+    /// Joins `end`, a `statement_finished`, to this `statement_started` of the same statement in
+    /// the same session: one `statement_executed` record, at this record's time. Any other pair
+    /// is handed back unchanged, `(self, end)`.
+    // Both records are handed back whole on a mismatch (rare: a start whose end comes later),
+    // so that the caller writes them as they are.
+    #[allow(clippy::result_large_err)]
+    pub fn join_end(self, end: AuditRecord) -> Result<AuditRecord, (AuditRecord, AuditRecord)> {
+        let same_session = self.session_id == end.session_id;
+        match (self.event, end.event) {
+            (
+                AuditEvent::StatementStarted {
+                    statement_id,
+                    sql,
+                    classification,
+                    objects,
+                    fingerprint,
+                    parameters,
+                    rule,
+                    approval_id,
+                },
+                AuditEvent::StatementFinished {
+                    statement_id: ended,
+                    rows,
+                    tag,
+                    error,
+                    duration,
+                    skipped,
+                },
+            ) if same_session && statement_id == ended => Ok(AuditRecord {
+                event: AuditEvent::StatementExecuted {
+                    statement_id,
+                    sql,
+                    classification,
+                    objects,
+                    fingerprint,
+                    parameters,
+                    rule,
+                    approval_id,
+                    outcome: Box::new(StatementOutcome {
+                        rows,
+                        tag,
+                        error,
+                        duration,
+                        skipped,
+                    }),
+                },
+                ..self
+            }),
+            (started, ended) => Err((
+                AuditRecord {
+                    event: started,
+                    ..self
+                },
+                AuditRecord {
+                    event: ended,
+                    ..end
+                },
+            )),
+        }
+    }
 }
 
 /// Where records go. `record` returns only once the record is accepted; an `Err` makes the gateway
@@ -279,6 +403,105 @@ pub(crate) fn now() -> SystemTime {
 mod tests {
     use super::*;
     use std::time::{Duration, UNIX_EPOCH};
+
+    fn record(session: &str, event: AuditEvent) -> AuditRecord {
+        AuditRecord {
+            time: UNIX_EPOCH + Duration::from_micros(1_795_000_000_000_001),
+            node: "n1".into(),
+            session_id: session.into(),
+            subject: Some("alice".into()),
+            target: Some("main".into()),
+            client: Arc::new(crate::ClientInfo {
+                addr: "127.0.0.1:5000".parse().unwrap(),
+                protocol: "postgres",
+                tls: false,
+                application: None,
+            }),
+            event,
+        }
+    }
+
+    fn started(session: &str, statement_id: u64) -> AuditRecord {
+        record(
+            session,
+            AuditEvent::StatementStarted {
+                statement_id,
+                sql: "select 1".into(),
+                classification: Some("read".into()),
+                objects: None,
+                fingerprint: Some("0123456789abcdef".into()),
+                parameters: None,
+                rule: Some("readers".into()),
+                approval_id: None,
+            },
+        )
+    }
+
+    fn finished(session: &str, statement_id: u64) -> AuditRecord {
+        let mut r = record(
+            session,
+            AuditEvent::StatementFinished {
+                statement_id,
+                rows: 1,
+                tag: Some("SELECT 1".into()),
+                error: None,
+                duration: Duration::from_micros(250),
+                skipped: false,
+            },
+        );
+        r.time += Duration::from_micros(250);
+        r
+    }
+
+    #[test]
+    fn a_start_and_its_end_join_into_one_record_at_the_start_time() {
+        let start = started("s1", 7);
+        let start_time = start.time;
+        let joined = start.join_end(finished("s1", 7)).expect("same statement");
+        assert_eq!(joined.time, start_time);
+        assert_eq!(joined.event.name(), "statement_executed");
+        let json = serde_json::to_value(&joined).unwrap();
+        assert_eq!(json["event"], "statement_executed");
+        assert_eq!(json["time"], "2026-11-18T11:06:40.000001Z");
+        assert_eq!(json["session_id"], "s1");
+        assert_eq!(json["statement_id"], 7);
+        assert_eq!(json["sql"], "select 1");
+        assert_eq!(json["classification"], "read");
+        assert_eq!(json["fingerprint"], "0123456789abcdef");
+        assert_eq!(json["rule"], "readers");
+        assert_eq!(json["rows"], 1);
+        assert_eq!(json["tag"], "SELECT 1");
+        assert_eq!(json["error"], serde_json::Value::Null);
+        assert_eq!(json["duration"]["nanos"], 250_000);
+        assert_eq!(json["skipped"], false);
+    }
+
+    #[test]
+    fn only_the_same_statement_of_the_same_session_joins() {
+        for (start, end) in [
+            (started("s1", 7), finished("s1", 8)),
+            (started("s1", 7), finished("s2", 7)),
+            (finished("s1", 7), finished("s1", 7)),
+            (
+                started("s1", 7),
+                record(
+                    "s1",
+                    AuditEvent::SessionClosed {
+                        statements: 7,
+                        error: None,
+                    },
+                ),
+            ),
+        ] {
+            let (want_start, want_end) = (
+                serde_json::to_value(&start).unwrap(),
+                serde_json::to_value(&end).unwrap(),
+            );
+            let (a, b) = start.join_end(end).expect_err("not one statement");
+            assert_eq!(serde_json::to_value(&a).unwrap(), want_start);
+            assert_eq!(serde_json::to_value(&b).unwrap(), want_end);
+        }
+    }
 
     #[test]
     fn rfc3339_matches_humantime() {

@@ -41,7 +41,10 @@ pub use approval::{ApprovalOutcome, ApprovalService, NoApprovals};
 /// written with, re-exported so that implementing one needs no dependency of its own:
 /// `#[gateway_core::async_trait] impl AuditSink for MySink { ... }`.
 pub use async_trait::async_trait;
-pub use audit::{AuditEvent, AuditRecord, AuditSink, LogAuditSink, RecordedError, Rfc3339Micros};
+pub use audit::{
+    AuditEvent, AuditRecord, AuditSink, LogAuditSink, RecordedError, Rfc3339Micros,
+    StatementOutcome,
+};
 pub use error::{ErrorKind, GatewayError, Side};
 pub use identity::{
     AuthMethod, Authenticator, ClientInfo, Credentials, DenyAllAuthenticator, Identity,

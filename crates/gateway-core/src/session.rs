@@ -396,8 +396,9 @@ impl Session {
     /// Writes an audit record, under an `audit` span that is a child of `parent` (of the current
     /// span when `parent` is disabled).
     async fn record_in(&self, parent: &Span, event: AuditEvent) -> Result<(), GatewayError> {
-        let span = parent
-            .in_scope(|| tracing::info_span!(target: TARGET, "audit", event = event_name(&event)));
+        let span = parent.in_scope(
+            || tracing::info_span!(target: TARGET, "audit", event = AuditEvent::name(&event)),
+        );
         let record = AuditRecord {
             time: now(),
             node: Arc::clone(&self.gateway.inner.node),
@@ -695,17 +696,5 @@ fn access_name(access: Access) -> &'static str {
     match access {
         Access::ReadOnly => "read-only",
         Access::ReadWrite => "read-write",
-    }
-}
-
-/// The `event` name of an audit event, as in audit records.
-fn event_name(event: &AuditEvent) -> &'static str {
-    match event {
-        AuditEvent::LoginFailed { .. } => "login_failed",
-        AuditEvent::SessionOpened { .. } => "session_opened",
-        AuditEvent::SessionClosed { .. } => "session_closed",
-        AuditEvent::StatementDenied { .. } => "statement_denied",
-        AuditEvent::StatementStarted { .. } => "statement_started",
-        AuditEvent::StatementFinished { .. } => "statement_finished",
     }
 }
