@@ -39,7 +39,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::Parser;
-use gateway_core::{Gateway, Protocol, Target, Targets, UpstreamTls};
+use gateway_core::{Gateway, Protocol, Target, Targets, UpstreamTls, Workers};
 use identity::{IdentityChain, JwtAuthenticator, JwtConfig, JwtKeySource};
 use policy::{RuleEngine, RuleSet};
 use proto_postgres::{ListenerConfig, PostgresListener};
@@ -79,6 +79,10 @@ pub struct Args {
     /// run anything.
     #[arg(long, env = "EMBEDDED_POLICY")]
     pub policy: Option<PathBuf>,
+    /// Session worker threads (single-threaded runtimes); default one per core, `0` runs
+    /// sessions on the main runtime.
+    #[arg(long, env = "EMBEDDED_WORKERS")]
+    pub workers: Option<usize>,
 }
 
 /// Builds the gateway. Every seam of `Gateway::builder()` has a default; this sets the
@@ -138,9 +142,18 @@ pub async fn bind(args: &Args, gateway: Gateway) -> anyhow::Result<PostgresListe
     // builds it), tokens over plain TCP from loopback clients only, 10 s handshakes, 64 MiB
     // messages, 30 s to drain on shutdown.
     let config = ListenerConfig::new(args.listen);
-    PostgresListener::bind(config, gateway)
+    let listener = PostgresListener::bind(config, gateway)
         .await
-        .with_context(|| format!("cannot listen on {}", args.listen))
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    // Sessions run on one single-threaded runtime per core, as in the binary (`gateway.workers`).
+    // The listener keeps the pool; its threads stop once the listener has drained its sessions.
+    let workers = match args.workers {
+        Some(0) => return Ok(listener),
+        Some(n) => Workers::start(n, "embedded-session"),
+        None => Workers::per_core("embedded-session"),
+    }
+    .context("cannot start the session worker threads")?;
+    Ok(listener.with_workers(workers))
 }
 
 /// Serves until `stop` resolves, then shuts down gracefully: no new connections, each session

@@ -104,6 +104,9 @@ pub struct GatewaySettings {
     pub max_message_bytes: usize,
     /// `tracing` filter directive used when `RUST_LOG` is not set.
     pub log_level: String,
+    /// Session worker threads: `None` one per core, `Some(0)` none (sessions run on the shared
+    /// multi-threaded runtime), `Some(n)` n of them.
+    pub workers: Option<usize>,
 }
 
 /// `[postgres]`, checked.
@@ -506,6 +509,10 @@ struct GatewaySection {
     /// `"info,proto_postgres=debug"`. The `RUST_LOG` environment variable overrides it.
     /// Default `"info"`.
     log_level: Option<Str>,
+    /// Threads that run client sessions, each a single-threaded async runtime; every new
+    /// connection goes to the one with the fewest sessions. Default: one per core. `0` runs
+    /// sessions on the shared work-stealing runtime instead.
+    workers: Option<Spanned<u64>>,
 }
 
 /// `[postgres]`
@@ -644,6 +651,8 @@ const DEFAULT_HANDSHAKE_TIMEOUT: Duration =
 const DEFAULT_DRAIN_TIMEOUT: Duration = proto_postgres::ListenerConfig::DEFAULT_DRAIN_TIMEOUT;
 const DEFAULT_DATA_DIR: &str = "data";
 const DEFAULT_MAX_MESSAGE_BYTES: usize = proto_postgres::ListenerConfig::DEFAULT_MAX_MESSAGE_BYTES;
+/// Most session worker threads a configuration may ask for.
+const MAX_WORKERS: usize = 1024;
 const DEFAULT_LOG_LEVEL: &str = "info";
 const DEFAULT_SERVICE_NAME: &str = "portcullis";
 /// Path of the OTLP/HTTP traces endpoint under a receiver's base URL.
@@ -1010,6 +1019,21 @@ impl<'a> Checker<'a> {
             }
             None => DEFAULT_LOG_LEVEL.to_owned(),
         };
+        let workers = section
+            .workers
+            .as_ref()
+            .map(|v| match usize::try_from(*v.get_ref()) {
+                Ok(n) if n <= MAX_WORKERS => n,
+                _ => {
+                    self.error(
+                        v.span(),
+                        format!(
+                            "`workers` must be at most {MAX_WORKERS} (or 0: no worker threads)"
+                        ),
+                    );
+                    0
+                }
+            });
         GatewaySettings {
             node,
             data_dir,
@@ -1017,6 +1041,7 @@ impl<'a> Checker<'a> {
             drain_timeout,
             max_message_bytes,
             log_level,
+            workers,
         }
     }
 
@@ -1496,6 +1521,7 @@ mod tests {
         assert_eq!(c.gateway.handshake_timeout, Duration::from_secs(10));
         assert_eq!(c.gateway.max_message_bytes, 64 * 1024 * 1024);
         assert_eq!(c.gateway.log_level, "info");
+        assert_eq!(c.gateway.workers, None);
         assert!(c.postgres.is_none());
         assert!(c.identity.jwt.is_none());
         assert!(c.targets.is_empty());
@@ -1537,6 +1563,15 @@ mod tests {
     fn syntax_and_type_errors_have_locations() {
         assert_one_error("[gateway]\nnode = \n", "2:8", "");
         assert_one_error("[gateway]\nmax_message_bytes = \"big\"\n", "2:21", "");
+        assert_one_error("[gateway]\nworkers = 5000\n", "2:11", "at most 1024");
+        assert_eq!(
+            parse("[gateway]\nworkers = 0\n").unwrap().gateway.workers,
+            Some(0)
+        );
+        assert_eq!(
+            parse("[gateway]\nworkers = 3\n").unwrap().gateway.workers,
+            Some(3)
+        );
         assert_one_error(
             "[[targets]]\nname = \"a\"\nhost = \"h\"\nuser = \"u\"\nport = 70000\n",
             "5:8",

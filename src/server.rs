@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use gateway_core::{Gateway, PolicyEngine, Targets};
+use gateway_core::{Gateway, PolicyEngine, Targets, Workers};
 use identity::{
     CertAuthenticator, CertConfig, CertSubjectField, IdentityChain, JwtAuthenticator, JwtConfig,
     JwtKeySource, StaticUser, StaticUsers,
@@ -145,6 +145,13 @@ impl Server {
             last_seen: Mutex::new(std::fs::read(&config.source).ok()),
         });
 
+        let workers = match config.gateway.workers {
+            Some(0) => None,
+            Some(n) => Some(Workers::start(n, "portcullis-session")),
+            None => Some(Workers::per_core("portcullis-session")),
+        }
+        .transpose()
+        .context("cannot start the session worker threads")?;
         let mut listeners = Vec::new();
         let mut shutdowns = Vec::new();
         let mut postgres_addr = None;
@@ -164,7 +171,7 @@ impl Server {
                 max_message_bytes: config.gateway.max_message_bytes,
                 drain_timeout: config.gateway.drain_timeout,
             };
-            let listener = PostgresListener::bind(listener_config, gateway.clone())
+            let mut listener = PostgresListener::bind(listener_config, gateway.clone())
                 .await
                 .with_context(|| {
                     format!(
@@ -172,6 +179,9 @@ impl Server {
                         pg.listen
                     )
                 })?;
+            if let Some(workers) = &workers {
+                listener = listener.with_workers(Arc::clone(workers));
+            }
             let addr = listener.local_addr();
             if pg.tls.is_none() && !addr.ip().is_loopback() {
                 if pg.allow_plaintext_password {
@@ -198,6 +208,7 @@ impl Server {
             listeners,
             shutdowns,
             tasks,
+            _workers: workers,
             reloader,
             telemetry,
         })
@@ -223,6 +234,9 @@ pub struct RunningServer {
     reloader: Arc<Reloader>,
     /// Trace export, stopped after the sessions (whose spans it exports) have ended.
     telemetry: Option<Telemetry>,
+    /// The threads sessions run on (`gateway.workers`); they stop when the server is dropped,
+    /// after the listeners have drained their sessions.
+    _workers: Option<Arc<Workers>>,
 }
 
 impl RunningServer {

@@ -35,6 +35,7 @@ pub mod policy;
 pub mod session;
 pub mod target;
 pub mod trace;
+pub mod workers;
 
 pub use approval::{ApprovalOutcome, ApprovalService, NoApprovals};
 /// The attribute the async seams ([`Authenticator`], [`AuditSink`], [`ApprovalService`]) are
@@ -60,3 +61,4 @@ pub use session::{
     Execution, Gateway, GatewayBuilder, Outcome, Session, SessionContext, SessionRequest, Statement,
 };
 pub use target::{Protocol, Target, Targets, UpstreamTls};
+pub use workers::{Placement, Workers};

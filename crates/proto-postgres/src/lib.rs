@@ -28,8 +28,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use gateway_core::{Gateway, Protocol};
-use tokio::net::TcpListener;
+use gateway_core::{Gateway, Protocol, Workers};
+use tokio::net::{TcpListener, TcpStream};
 use tracing::Instrument;
 
 /// Settings of one PostgreSQL listener.
@@ -96,6 +96,9 @@ pub struct PostgresListener {
     listener: TcpListener,
     shared: Arc<connection::Shared>,
     shutdown: Shutdown,
+    /// Where sessions run: on these workers, or (`None`) as tasks of the runtime that runs the
+    /// listener.
+    workers: Option<Arc<Workers>>,
 }
 
 /// Tells a running listener to stop: it stops accepting at once, lets each session finish what the
@@ -129,7 +132,16 @@ impl PostgresListener {
             listener,
             shared,
             shutdown: Shutdown { tx: Arc::new(tx) },
+            workers: None,
         })
+    }
+
+    /// Runs each session on the least busy of `workers` (single-threaded runtimes, one per
+    /// core: see [`Workers`]) instead of on the runtime that runs the listener. Several listeners
+    /// may share one pool.
+    pub fn with_workers(mut self, workers: Arc<Workers>) -> Self {
+        self.workers = Some(workers);
+        self
     }
 
     /// A handle that stops [`run`](Self::run) gracefully.
@@ -143,6 +155,40 @@ impl PostgresListener {
         self.listener
             .local_addr()
             .unwrap_or(self.shared.config.listen)
+    }
+
+    /// Starts a session for an accepted connection, on a worker when there are workers.
+    fn spawn_session(
+        &self,
+        sessions: &mut tokio::task::JoinSet<()>,
+        tcp: TcpStream,
+        peer: SocketAddr,
+        span: tracing::Span,
+    ) {
+        let shared = Arc::clone(&self.shared);
+        let Some(workers) = &self.workers else {
+            sessions.spawn(connection::serve(shared, tcp, peer).instrument(span));
+            return;
+        };
+        // A tokio socket belongs to the runtime that registered it, which would keep driving its
+        // readiness: hand the worker the bare socket, and let it register it there.
+        let socket = match tcp.into_std() {
+            Ok(socket) => socket,
+            Err(e) => {
+                tracing::warn!(error = %e, %peer, "cannot hand the connection to a worker");
+                return;
+            }
+        };
+        let placement = workers.place();
+        let handle = placement.handle().clone();
+        let session = async move {
+            let _placement = placement;
+            match TcpStream::from_std(socket) {
+                Ok(tcp) => connection::serve(shared, tcp, peer).await,
+                Err(e) => tracing::warn!(error = %e, "a worker could not take the connection"),
+            }
+        };
+        sessions.spawn_on(session.instrument(span), &handle);
     }
 
     /// Accepts connections until [`Shutdown::trigger`] (or until the task is aborted); each
@@ -168,9 +214,7 @@ impl PostgresListener {
                             subject = tracing::field::Empty,
                             target = tracing::field::Empty,
                         );
-                        sessions.spawn(
-                            connection::serve(Arc::clone(&self.shared), tcp, peer).instrument(span),
-                        );
+                        self.spawn_session(&mut sessions, tcp, peer, span);
                     }
                     Err(e) => {
                         // Typically EMFILE: back off instead of spinning.

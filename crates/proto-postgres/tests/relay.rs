@@ -289,3 +289,63 @@ async fn many_denials_in_one_pipeline_each_get_their_own_error() {
         }
     }
 }
+
+/// Sessions on worker threads: each connection goes to the least busy worker and is counted
+/// there while it lives; a cancel sent on another connection (another worker) reaches it; a
+/// shutdown drains the sessions on the workers as it does on the listener's own runtime.
+#[tokio::test]
+async fn sessions_on_workers_are_spread_cancelled_and_drained() {
+    let workers = gateway_core::Workers::start(2, "relay-test-worker").unwrap();
+    let listener = bind().await.with_workers(Arc::clone(&workers));
+    let addr = listener.local_addr();
+    let shutdown = listener.shutdown_handle();
+    let running = tokio::spawn(listener.run());
+
+    let mut clients = Vec::new();
+    for i in 0..4 {
+        let client = connect(addr).await;
+        let row = client.query_one("select $1::int + 1", &[&i]).await.unwrap();
+        assert_eq!(row.get::<_, i32>(0), i + 1);
+        clients.push(client);
+    }
+    assert_eq!(workers.sessions(), [2, 2]);
+
+    let token = clients[0].cancel_token();
+    let sleeper = clients.remove(0);
+    let sleeping = tokio::spawn(async move {
+        let result = sleeper.simple_query("select pg_sleep(30)").await;
+        (sleeper, result)
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    token.cancel_query(NoTls).await.unwrap();
+    let (sleeper, result) = tokio::time::timeout(Duration::from_secs(10), sleeping)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        result.unwrap_err().as_db_error().unwrap().code().code(),
+        "57014"
+    );
+
+    // A session that ends leaves its worker's count.
+    drop(sleeper);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while workers.sessions().iter().sum::<usize>() != 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{:?}",
+            workers.sessions()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    shutdown.trigger();
+    tokio::time::timeout(Duration::from_secs(5), running)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(workers.sessions(), [0, 0]);
+    for client in &clients {
+        assert!(client.is_closed() || client.simple_query("select 1").await.is_err());
+    }
+}
