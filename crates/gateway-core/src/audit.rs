@@ -281,6 +281,13 @@ pub trait AuditSink: Send + Sync {
     fn finish_before_result(&self) -> bool {
         false
     }
+
+    /// Whether records are wanted at all. A sink that would discard every record says `false`,
+    /// and the session then builds none and captures no bound parameters for them. Asked for
+    /// every record, so the answer may change while the gateway runs.
+    fn enabled(&self) -> bool {
+        true
+    }
 }
 
 /// Writes records as structured `tracing` events at INFO on target `portcullis::audit`: the
@@ -291,12 +298,17 @@ pub struct LogAuditSink;
 #[async_trait::async_trait]
 impl AuditSink for LogAuditSink {
     async fn record(&self, record: AuditRecord) -> Result<(), GatewayError> {
-        if tracing::enabled!(target: "portcullis::audit", tracing::Level::INFO) {
+        if self.enabled() {
             let json = serde_json::to_string(&record)
                 .map_err(|e| GatewayError::internal(format!("audit encoding failed: {e}")))?;
             tracing::info!(target: "portcullis::audit", "{json}");
         }
         Ok(())
+    }
+
+    /// Only while the log shows INFO on `portcullis::audit`.
+    fn enabled(&self) -> bool {
+        tracing::enabled!(target: "portcullis::audit", tracing::Level::INFO)
     }
 }
 

@@ -382,20 +382,36 @@ impl Session {
     pub fn finish_before_result(&self) -> bool {
         self.gateway.inner.audit.finish_before_result()
     }
-    /// How bound parameters are recorded. When [`ParameterAudit::is_off`], protocol crates do not
-    /// read them off the wire at all.
+    /// How bound parameters are recorded. When [`ParameterAudit::is_off`], or when the audit sink
+    /// wants no records ([`AuditSink::enabled`]), protocol crates do not read them off the wire
+    /// at all.
     pub fn parameter_audit(&self) -> &ParameterAudit {
-        &self.gateway.inner.parameters
+        if self.gateway.inner.audit.enabled() {
+            &self.gateway.inner.parameters
+        } else {
+            &ParameterAudit::Omit
+        }
     }
 
     /// Writes an audit record, under an `audit` span that is a child of the current span.
     async fn record(&self, event: AuditEvent) -> Result<(), GatewayError> {
-        self.record_in(&Span::none(), event).await
+        self.record_in(&Span::none(), || event).await
     }
 
     /// Writes an audit record, under an `audit` span that is a child of `parent` (of the current
     /// span when `parent` is disabled).
-    async fn record_in(&self, parent: &Span, event: AuditEvent) -> Result<(), GatewayError> {
+    /// The event is made by `event` only when the sink wants records ([`AuditSink::enabled`]):
+    /// building one clones its statement's shared strings, which is wasted work for a sink that
+    /// would discard it.
+    async fn record_in(
+        &self,
+        parent: &Span,
+        event: impl FnOnce() -> AuditEvent,
+    ) -> Result<(), GatewayError> {
+        if !self.gateway.inner.audit.enabled() {
+            return Ok(());
+        }
+        let event = event();
         let span = parent.in_scope(
             || tracing::info_span!(target: TARGET, "audit", event = AuditEvent::name(&event)),
         );
@@ -461,17 +477,14 @@ impl Session {
             let statement_id = self.statements.fetch_add(1, Ordering::Relaxed);
             let span = self.statement_span(statement_id, &judgement);
             span.record("otel.status_code", "error");
-            self.record_in(
-                &span,
-                AuditEvent::StatementDenied {
-                    statement_id,
-                    sql: Arc::from(sql),
-                    verdict: judgement.verdict.clone(),
-                    objects: judgement.objects.clone(),
-                    fingerprint: judgement.fingerprint.clone(),
-                    parameters: None,
-                },
-            )
+            self.record_in(&span, || AuditEvent::StatementDenied {
+                statement_id,
+                sql: Arc::from(sql),
+                verdict: judgement.verdict.clone(),
+                objects: judgement.objects.clone(),
+                fingerprint: judgement.fingerprint.clone(),
+                parameters: None,
+            })
             .await?;
             let mut e = GatewayError::new(
                 ErrorKind::PolicyDenied,
@@ -521,36 +534,30 @@ impl Session {
                 ApprovalOutcome::Refused(e) => {
                     self.metrics.approval_required.inc();
                     span.record("otel.status_code", "error");
-                    self.record_in(
-                        &span,
-                        AuditEvent::StatementDenied {
-                            statement_id,
-                            sql: Arc::clone(&stmt.sql),
-                            verdict: verdict.clone(),
-                            objects: stmt.judgement.objects.clone(),
-                            fingerprint: stmt.judgement.fingerprint.clone(),
-                            parameters,
-                        },
-                    )
+                    self.record_in(&span, || AuditEvent::StatementDenied {
+                        statement_id,
+                        sql: Arc::clone(&stmt.sql),
+                        verdict: verdict.clone(),
+                        objects: stmt.judgement.objects.clone(),
+                        fingerprint: stmt.judgement.fingerprint.clone(),
+                        parameters,
+                    })
                     .await?;
                     return Err(e);
                 }
             }
         }
         let started = self
-            .record_in(
-                &span,
-                AuditEvent::StatementStarted {
-                    statement_id,
-                    sql: Arc::clone(&stmt.sql),
-                    classification: stmt.judgement.classification.clone(),
-                    objects: stmt.judgement.objects.clone(),
-                    fingerprint: stmt.judgement.fingerprint.clone(),
-                    parameters,
-                    rule: verdict.rule.clone(),
-                    approval_id,
-                },
-            )
+            .record_in(&span, || AuditEvent::StatementStarted {
+                statement_id,
+                sql: Arc::clone(&stmt.sql),
+                classification: stmt.judgement.classification.clone(),
+                objects: stmt.judgement.objects.clone(),
+                fingerprint: stmt.judgement.fingerprint.clone(),
+                parameters,
+                rule: verdict.rule.clone(),
+                approval_id,
+            })
             .await;
         if let Err(e) = started {
             self.metrics.audit_refused.inc();
@@ -585,17 +592,14 @@ impl Session {
             self.metrics.statement_error(error.side);
         }
         let span = exec.end_trace(&outcome);
-        self.record_in(
-            &span,
-            AuditEvent::StatementFinished {
-                statement_id: exec.statement_id,
-                rows: outcome.rows,
-                tag: outcome.tag,
-                error: outcome.error,
-                duration,
-                skipped: outcome.skipped,
-            },
-        )
+        self.record_in(&span, || AuditEvent::StatementFinished {
+            statement_id: exec.statement_id,
+            rows: outcome.rows,
+            tag: outcome.tag,
+            error: outcome.error,
+            duration,
+            skipped: outcome.skipped,
+        })
         .await
     }
 
