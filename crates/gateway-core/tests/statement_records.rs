@@ -83,14 +83,29 @@ impl AuditSink for Memory {
     }
 }
 
-#[tokio::test]
-async fn an_approved_statement_names_its_approval_and_rule_apart() {
-    let sink = Arc::new(Memory::default());
-    let gw = Gateway::builder()
+/// A [`Memory`] that can be switched off: while off it says it wants no records.
+#[derive(Default)]
+struct Switchable {
+    memory: Memory,
+    off: std::sync::atomic::AtomicBool,
+}
+
+#[gateway_core::async_trait]
+impl AuditSink for Switchable {
+    async fn record(&self, record: AuditRecord) -> Result<(), GatewayError> {
+        self.memory.record(record).await
+    }
+    fn enabled(&self) -> bool {
+        !self.off.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+fn gateway(sink: Arc<dyn AuditSink>) -> Gateway {
+    Gateway::builder()
         .authenticator(Arc::new(Anyone))
         .policy(Arc::new(HoldAll))
         .approvals(Arc::new(Approver))
-        .audit(Arc::clone(&sink) as Arc<dyn AuditSink>)
+        .audit(sink)
         .targets(Targets::new([Target {
             name: "app".into(),
             protocol: Protocol::Postgres,
@@ -102,24 +117,32 @@ async fn an_approved_statement_names_its_approval_and_rule_apart() {
             tls: UpstreamTls::Disable,
             labels: BTreeMap::new(),
         }]))
-        .build();
-    let session = gw
-        .open_session(SessionRequest {
-            credentials: Credentials::Password {
-                user: "alice".into(),
-                password: "x".into(),
-            },
-            client: ClientInfo {
-                addr: "127.0.0.1:40000".parse().unwrap(),
-                protocol: "postgres",
-                tls: false,
-                application: None,
-            },
-            protocol: Protocol::Postgres,
-            database: "app".into(),
-        })
-        .await
-        .expect("session");
+        .build()
+}
+
+async fn open(gw: &Gateway) -> Session {
+    gw.open_session(SessionRequest {
+        credentials: Credentials::Password {
+            user: "alice".into(),
+            password: "x".into(),
+        },
+        client: ClientInfo {
+            addr: "127.0.0.1:40000".parse().unwrap(),
+            protocol: "postgres",
+            tls: false,
+            application: None,
+        },
+        protocol: Protocol::Postgres,
+        database: "app".into(),
+    })
+    .await
+    .expect("session")
+}
+
+#[tokio::test]
+async fn an_approved_statement_names_its_approval_and_rule_apart() {
+    let sink = Arc::new(Memory::default());
+    let session = open(&gateway(Arc::clone(&sink) as Arc<dyn AuditSink>)).await;
     let settings = SqlSettings::default();
 
     let approved = session
@@ -164,4 +187,35 @@ async fn an_approved_statement_names_its_approval_and_rule_apart() {
     assert!(denied[0].get("approval_id").is_none(), "{:#}", denied[0]);
     assert_eq!(denied[0]["verdict"]["rule"], "hold-all");
     assert_eq!(denied[0]["fingerprint"], "0123456789abcdef");
+}
+
+/// A sink that wants no records gets none, and no parameters are captured for it; statements
+/// run as before. Once it wants records again, they come.
+#[tokio::test]
+async fn a_sink_that_wants_no_records_gets_none_built() {
+    let sink = Arc::new(Switchable::default());
+    let session = open(&gateway(Arc::clone(&sink) as Arc<dyn AuditSink>)).await;
+    let settings = SqlSettings::default();
+    let opened = sink.memory.0.lock().unwrap().len();
+    assert_eq!(opened, 1, "session_opened");
+
+    sink.off.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(session.parameter_audit().is_off());
+    let approved = session
+        .prepare("delete from t where id = $1 -- approved", &settings)
+        .await
+        .unwrap();
+    let exec = session.execute(&approved).await.expect("runs unrecorded");
+    session.finish(exec, Outcome::default()).await.unwrap();
+    assert_eq!(sink.memory.0.lock().unwrap().len(), opened);
+
+    sink.off.store(false, std::sync::atomic::Ordering::Relaxed);
+    assert!(!session.parameter_audit().is_off());
+    let exec = session.execute(&approved).await.expect("runs recorded");
+    session.finish(exec, Outcome::default()).await.unwrap();
+    let events: Vec<String> = sink.memory.0.lock().unwrap()[opened..]
+        .iter()
+        .map(|r| r["event"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(events, ["statement_started", "statement_finished"]);
 }
