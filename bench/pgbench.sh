@@ -18,7 +18,7 @@
 #                   (default "batched"): "batched" or "sync" run the portcullis binary with its
 #                   SQLite trail in that durability; "off" runs the embedding example
 #                   (examples/embedded.rs: log audit sink, and the log at warn, so no record is
-#                   even serialized). E.g. BENCH_AUDIT="off batched sync".
+#                   even built). E.g. BENCH_AUDIT="off batched sync".
 #
 # Exit status: 0 when every pgbench run that was attempted succeeded (a system that could not be
 # started is reported as "skipped" in the table), 1 otherwise.
@@ -548,7 +548,7 @@ fi
     echo "- Each cell's systems ran back to back (order: $order_text, rotated each round). Plaintext (sslmode=disable) everywhere."
     echo "- pgbouncer 1.18 runs in pool_mode = session: its transaction mode cannot carry -M prepared before 1.21."
     if [[ " ${AUDIT_MODES[*]} " == *" off "* ]]; then
-        echo "- ${LABEL[portcullis-off]}: examples/embedded.rs, gateway-core + proto-postgres with the same token login, target and policy as the binary, and the log audit sink with its records disabled in the log (not even serialized): the gateway without an audit trail."
+        echo "- ${LABEL[portcullis-off]}: examples/embedded.rs, gateway-core + proto-postgres with the same token login, target and policy as the binary, and the log audit sink with its records disabled in the log (not even built): the gateway without an audit trail."
     fi
     echo "- Client, proxy and PostgreSQL share this machine's $(nproc) cores; see bench/README.md before comparing numbers."
     for s in "${TABLE[@]}"; do
