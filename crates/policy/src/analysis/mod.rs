@@ -11,6 +11,7 @@
 mod filter;
 mod mysql;
 mod postgres;
+mod tree;
 
 use crate::facts::{Analysis, Class, Filter, ObjectName, ParseFailure, StatementFacts};
 

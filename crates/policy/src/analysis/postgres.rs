@@ -6,7 +6,10 @@
 //! name, and any statement type not listed is reported as procedural, the strictest class.
 
 use pg_query::protobuf;
-use serde_json::{Map, Value};
+
+use serde_json::Value as Json;
+
+use super::tree::{self, Obj, Value};
 
 use super::filter::{self, Const};
 use super::{failed, Collector, ReadingContext};
@@ -14,8 +17,6 @@ use crate::facts::{Analysis, Class, Filter, ObjectName, ParseFailure};
 
 /// Deeper trees than this are refused rather than walked (pg_query itself stops far earlier).
 const MAX_DEPTH: usize = 400;
-
-type Obj = Map<String, Value>;
 
 /// Analyses a PostgreSQL statement text.
 pub(super) fn analyze(sql: &str, ctx: &ReadingContext) -> Analysis {
@@ -34,7 +35,7 @@ pub(super) fn analyze(sql: &str, ctx: &ReadingContext) -> Analysis {
         let Some(stmt) = raw.stmt.as_deref() else {
             continue;
         };
-        let tree = match serde_json::to_value(stmt) {
+        let tree = match tree::to_tree(stmt) {
             Ok(tree) => tree,
             Err(e) => return failed(format!("could not read the parse tree: {e}"), None),
         };
@@ -156,7 +157,7 @@ fn typed(v: &Value) -> Option<(&str, &Value)> {
     }
     let (key, inner) = m.iter().next()?;
     key.starts_with(|c: char| c.is_ascii_uppercase())
-        .then_some((key.as_str(), inner))
+        .then_some((key, inner))
 }
 
 fn text<'v>(m: &'v Obj, key: &str) -> &'v str {
@@ -346,8 +347,8 @@ impl Walker<'_> {
         scope: &[String],
         depth: usize,
     ) {
-        for (k, v) in m {
-            if !skip.contains(&k.as_str()) {
+        for (k, v) in m.iter() {
+            if !skip.contains(&k) {
                 self.walk(v, acc, scope, depth + 1);
             }
         }
@@ -930,7 +931,7 @@ impl Walker<'_> {
             let Some(stmt) = raw.stmt.as_deref() else {
                 continue;
             };
-            match serde_json::to_value(stmt) {
+            match tree::to_tree(stmt) {
                 Ok(tree) => self.top(&tree, acc, &[], true, d),
                 Err(e) => self.fail(format!("could not read the parse tree: {e}")),
             }
@@ -949,18 +950,20 @@ impl Walker<'_> {
         }
     }
 
-    fn plpgsql_walk(&mut self, v: &Value, acc: &mut Collector, d: usize) {
+    /// Walks the JSON pg_query gives for a PL/pgSQL function (its own format, not the protobuf
+    /// tree), analysing each SQL expression in it.
+    fn plpgsql_walk(&mut self, v: &Json, acc: &mut Collector, d: usize) {
         if d > MAX_DEPTH {
             self.fail("the PL/pgSQL body is nested too deeply to analyse".to_owned());
             return;
         }
         match v {
-            Value::Array(items) => items.iter().for_each(|i| self.plpgsql_walk(i, acc, d + 1)),
-            Value::Object(m) => {
+            Json::Array(items) => items.iter().for_each(|i| self.plpgsql_walk(i, acc, d + 1)),
+            Json::Object(m) => {
                 for (key, inner) in m {
                     match key.as_str() {
                         "PLpgSQL_expr" => {
-                            if let Value::Object(expr) = inner {
+                            if let Json::Object(expr) = inner {
                                 self.plpgsql_expr(expr, acc, d + 1);
                             }
                         }
@@ -976,9 +979,14 @@ impl Walker<'_> {
         }
     }
 
-    fn plpgsql_expr(&mut self, expr: &Obj, acc: &mut Collector, d: usize) {
-        let query = text(expr, "query");
-        let mode = match int(expr, "parseMode") {
+    fn plpgsql_expr(
+        &mut self,
+        expr: &serde_json::Map<String, Json>,
+        acc: &mut Collector,
+        d: usize,
+    ) {
+        let query = expr.get("query").and_then(Json::as_str).unwrap_or("");
+        let mode = match expr.get("parseMode").and_then(Json::as_i64).unwrap_or(0) {
             2 => pg_query::ParserOptions::PLPGSQL_EXPR,
             3 => pg_query::ParserOptions::PLPGSQL_ASSIGN1,
             4 => pg_query::ParserOptions::PLPGSQL_ASSIGN2,
