@@ -239,9 +239,24 @@ impl PostgresListener {
         if drained.is_err() {
             tracing::warn!(
                 sessions = sessions.len(),
+                per_worker = ?self.workers.as_ref().map(|w| w.sessions()),
                 "sessions still open after the drain timeout; cutting them off"
             );
-            sessions.shutdown().await;
+            // Aborting a task takes effect when its runtime next polls it. Bounded, so that the
+            // listener returns even should a session never be polled again; whatever is left is
+            // dropped with its worker.
+            if tokio::time::timeout(ABORT_WAIT, sessions.shutdown())
+                .await
+                .is_err()
+            {
+                tracing::error!(
+                    sessions = sessions.len(),
+                    "sessions did not stop within {ABORT_WAIT:?} of being cut off; leaving them"
+                );
+            }
         }
     }
 }
+
+/// How long [`PostgresListener::run`] waits for cut-off sessions to stop.
+const ABORT_WAIT: Duration = Duration::from_secs(5);
