@@ -1,5 +1,6 @@
 //! Analysis plus decision for typical statements, cached (a repeated or prepared statement: one
-//! hash lookup) and uncached (a statement never seen: parse, facts, rules, cache insertion).
+//! hash lookup), uncached (a statement never seen: parse, facts, rules, cache insertion) and of a
+//! known shape (new values in a known text: the shape, rules, cache insertion).
 //!
 //! `cargo bench -p policy --bench judge -- --warm-up-time 1 --measurement-time 3`; the figures
 //! are recorded in `docs/policy.md`.
@@ -158,6 +159,23 @@ fn bench(c: &mut Criterion) {
         group.bench_function("judge_uncached", |b| {
             b.iter_batched(
                 || format!("{sql} -- {}", counter.fetch_add(1, Ordering::Relaxed)),
+                |text| engine.judge(&ctx, black_box(&text)),
+                criterion::BatchSize::SmallInput,
+            )
+        });
+        // A new text of a known shape: the values differ (a client that puts them into the
+        // text, like pgbench -M simple), so the decision cache misses and the analysis comes from
+        // the shape cache: shape + rules + one cache insertion.
+        let with_values = |n: u64| {
+            sql.replace("$1", &n.to_string())
+                .replace("$2", "'EUR'")
+                .replace("$3", "'note'")
+                .replace("<= 10", &format!("<= {n}"))
+        };
+        engine.judge(&ctx, &with_values(0));
+        group.bench_function("judge_same_shape", |b| {
+            b.iter_batched(
+                || with_values(counter.fetch_add(1, Ordering::Relaxed)),
                 |text| engine.judge(&ctx, black_box(&text)),
                 criterion::BatchSize::SmallInput,
             )

@@ -20,13 +20,16 @@ use gateway_core::{
 use quick_cache::sync::Cache;
 use quick_cache::{Equivalent, Weighter};
 
-use crate::analysis::{analyze, Dialect, ReadingContext};
+use crate::analysis::{analyze, analyze_shaped, shape, Dialect, ReadingContext, Shape};
 use crate::facts::{Analysis, Class, Filter, ObjectName, ParseFailure, StatementFacts};
 use crate::rules::{Action, Builtin, KindSelector, RuleSet, StatementRule, Unparsable};
 
 /// Upper bound of the memory the analysis cache may hold, in bytes of statement text (plus a
 /// fixed overhead per entry). Statements larger than a shard's share are never cached.
 pub const ANALYSIS_CACHE_BYTES: u64 = 32 * 1024 * 1024;
+/// Upper bound of the shape cache (analyses shared by texts that differ only in literal values),
+/// counted the same way.
+pub const SHAPE_CACHE_BYTES: u64 = 16 * 1024 * 1024;
 /// Upper bound of the decision cache, counted the same way.
 pub const DECISION_CACHE_BYTES: u64 = 32 * 1024 * 1024;
 /// Bytes charged per cache entry on top of its statement text: keys, facts, the judgement.
@@ -43,7 +46,14 @@ pub struct RuleEngine {
 struct Compiled {
     rules: RuleSet,
     analyses: Cache<AnalysisKey, Arc<Analysis>, TextWeighter>,
+    /// Analyses by statement shape (the text with its literals taken out): only those proven
+    /// not to depend on the literals' values (see `analysis::shape`).
+    shapes: Cache<AnalysisKey, Arc<Analysis>, TextWeighter>,
     decisions: Cache<DecisionKey, Arc<Judgement>, TextWeighter>,
+    /// Decisions by statement shape: those whose analysis is shared by shape and whose rules did
+    /// not read the text itself. Kept apart from `decisions` so that no text can be taken for a
+    /// shape.
+    shape_decisions: Cache<DecisionKey, Arc<Judgement>, TextWeighter>,
 }
 
 impl Compiled {
@@ -51,7 +61,9 @@ impl Compiled {
         Compiled {
             rules,
             analyses: Cache::with_weighter(4096, ANALYSIS_CACHE_BYTES, TextWeighter),
+            shapes: Cache::with_weighter(2048, SHAPE_CACHE_BYTES, TextWeighter),
             decisions: Cache::with_weighter(4096, DECISION_CACHE_BYTES, TextWeighter),
+            shape_decisions: Cache::with_weighter(2048, SHAPE_CACHE_BYTES, TextWeighter),
         }
     }
 }
@@ -110,7 +122,7 @@ impl RuleEngine {
             access: rule.map_or(Access::ReadOnly, |r| r.mode),
             settings,
         };
-        let evaluation = evaluate(&state, &ctx, sql);
+        let evaluation = evaluate(&state, &ctx, sql, None);
         Explanation {
             access,
             failure: evaluation.analysis.as_ref().and_then(|a| a.failure.clone()),
@@ -134,10 +146,30 @@ impl RuleEngine {
         }
     }
 
-    fn analysis(state: &Compiled, sql: &str, reading: &ReadingContext) -> Arc<Analysis> {
+    /// The analysis of `sql`, from a cache when it can be; also whether it is the analysis of
+    /// every text of `shape` (`sql`'s shape, when it has one).
+    fn analysis(
+        state: &Compiled,
+        sql: &str,
+        reading: &ReadingContext,
+        shape: Option<&Shape>,
+    ) -> (Arc<Analysis>, bool) {
         let lookup = AnalysisRef { sql, reading };
         if let Some(hit) = state.analyses.get(&lookup) {
-            return hit;
+            return (hit, false);
+        }
+        // A text seen for the first time may still have the shape of one analysed before
+        // (`... WHERE id = 7` after `... WHERE id = 6`). Such texts are not cached by text: the
+        // shape entry answers them, and clients that put values into the text would otherwise
+        // fill the text cache with texts never seen again.
+        if let Some(shape) = shape {
+            let lookup = AnalysisRef {
+                sql: shape.key(),
+                reading,
+            };
+            if let Some(hit) = state.shapes.get(&lookup) {
+                return (hit, true);
+            }
         }
         // Only cache misses parse, so only they get a span (on the trace target, off unless a
         // trace subscriber asks for it).
@@ -146,15 +178,28 @@ impl RuleEngine {
             "analysis",
             bytes = sql.len() as i64,
         );
-        let analysis = Arc::new(span.in_scope(|| analyze(sql, reading)));
-        state.analyses.insert(
-            AnalysisKey {
-                sql: Box::from(sql),
-                reading: reading.clone(),
-            },
-            Arc::clone(&analysis),
-        );
-        analysis
+        let (analysis, shareable) = span.in_scope(|| match shape {
+            Some(shape) => analyze_shaped(sql, reading, shape),
+            None => (analyze(sql, reading), false),
+        });
+        let analysis = Arc::new(analysis);
+        match shape {
+            Some(shape) if shareable => state.shapes.insert(
+                AnalysisKey {
+                    sql: Box::from(shape.key()),
+                    reading: reading.clone(),
+                },
+                Arc::clone(&analysis),
+            ),
+            _ => state.analyses.insert(
+                AnalysisKey {
+                    sql: Box::from(sql),
+                    reading: reading.clone(),
+                },
+                Arc::clone(&analysis),
+            ),
+        }
+        (analysis, shareable)
     }
 }
 
@@ -186,12 +231,41 @@ impl PolicyEngine for RuleEngine {
         if let Some(hit) = state.decisions.get(&lookup) {
             return hit;
         }
-        let judgement = Arc::new(evaluate(&state, ctx, sql).judgement);
-        state
-            .decisions
-            .insert(lookup.to_owned_key(), Arc::clone(&judgement));
+        // A new text may have the shape of one judged before (see `analysis::shape`): values in
+        // the text, as clients that do not bind parameters send them.
+        let shape = text_shape(ctx, sql);
+        let shape_lookup = shape.as_ref().map(|shape| DecisionRef {
+            sql: shape.key(),
+            ..lookup
+        });
+        if let Some(hit) = shape_lookup
+            .as_ref()
+            .and_then(|l| state.shape_decisions.get(l))
+        {
+            return hit;
+        }
+        let evaluation = evaluate(&state, ctx, sql, shape.as_ref());
+        let judgement = Arc::new(evaluation.judgement);
+        match shape_lookup {
+            Some(key) if evaluation.shape_shared => state
+                .shape_decisions
+                .insert(key.to_owned_key(), Arc::clone(&judgement)),
+            _ => state
+                .decisions
+                .insert(lookup.to_owned_key(), Arc::clone(&judgement)),
+        }
         judgement
     }
+}
+
+/// The shape of `sql` as the engine reads it in `ctx`: none where the text is not analysed at
+/// all (PostgreSQL with `standard_conforming_strings` off).
+fn text_shape(ctx: &StatementContext<'_>, sql: &str) -> Option<Shape> {
+    let dialect = dialect(ctx.target.protocol);
+    if dialect == Dialect::Postgres && !ctx.settings.standard_conforming_strings {
+        return None;
+    }
+    shape(sql, &ReadingContext::new(dialect))
 }
 
 fn refused_message(identity: &Identity, target: &Target) -> String {
@@ -250,6 +324,9 @@ struct Evaluation {
     judgement: Judgement,
     analysis: Option<Arc<Analysis>>,
     statements: Vec<StatementVerdict>,
+    /// The judgement holds for every text of the shape it was evaluated with: the analysis is
+    /// shared by shape and no rule read the text itself.
+    shape_shared: bool,
 }
 
 struct StatementVerdict {
@@ -271,6 +348,7 @@ fn deny_all(b: Builtin, reason: String, analysis: Option<Arc<Analysis>>) -> Eval
         },
         analysis,
         statements: Vec::new(),
+        shape_shared: false,
     }
 }
 
@@ -307,7 +385,12 @@ fn dialect(protocol: Protocol) -> Dialect {
     }
 }
 
-fn evaluate(state: &Compiled, ctx: &StatementContext<'_>, sql: &str) -> Evaluation {
+fn evaluate(
+    state: &Compiled,
+    ctx: &StatementContext<'_>,
+    sql: &str,
+    shape: Option<&Shape>,
+) -> Evaluation {
     let dialect = dialect(ctx.target.protocol);
     if dialect == Dialect::Postgres && !ctx.settings.standard_conforming_strings {
         return deny_all(
@@ -322,7 +405,7 @@ fn evaluate(state: &Compiled, ctx: &StatementContext<'_>, sql: &str) -> Evaluati
         ansi_quotes: dialect == Dialect::Mysql && ctx.settings.ansi_quotes,
         no_backslash_escapes: dialect == Dialect::Mysql && ctx.settings.no_backslash_escapes,
     };
-    let analysis = RuleEngine::analysis(state, sql, &reading);
+    let (analysis, analysis_shared) = RuleEngine::analysis(state, sql, &reading, shape);
     let rules = &state.rules;
 
     let Some(access_rule) = rules.access_rule(ctx.identity, ctx.target) else {
@@ -364,6 +447,7 @@ fn evaluate(state: &Compiled, ctx: &StatementContext<'_>, sql: &str) -> Evaluati
                 },
                 analysis: Some(analysis),
                 statements: Vec::new(),
+                shape_shared: false,
             },
         };
     }
@@ -375,6 +459,7 @@ fn evaluate(state: &Compiled, ctx: &StatementContext<'_>, sql: &str) -> Evaluati
         access,
         sql,
         dialect,
+        read_text: std::cell::Cell::new(false),
     };
     let statements: Vec<StatementVerdict> = analysis
         .statements
@@ -419,6 +504,7 @@ fn evaluate(state: &Compiled, ctx: &StatementContext<'_>, sql: &str) -> Evaluati
         },
         analysis: Some(analysis),
         statements,
+        shape_shared: analysis_shared && !judge.read_text.get(),
     }
 }
 
@@ -450,6 +536,9 @@ struct Judge<'a> {
     access: Access,
     sql: &'a str,
     dialect: Dialect,
+    /// Set when a rule read the text itself rather than its facts: the verdict may then depend
+    /// on literal values, and is not shared by shape.
+    read_text: std::cell::Cell<bool>,
 }
 
 impl Judge<'_> {
@@ -540,7 +629,11 @@ impl Judge<'_> {
     fn guardrail(&self, facts: &StatementFacts, lifted: &[Builtin]) -> Option<(Builtin, String)> {
         let on = |b: Builtin| !lifted.contains(&b);
         if on(Builtin::ReadOnly) && self.access == Access::ReadOnly {
-            if let Some(reason) = read_only_violation(facts, self.sql) {
+            let mentions_write = || {
+                self.read_text.set(true);
+                mentions_write(self.sql)
+            };
+            if let Some(reason) = read_only_violation(facts, mentions_write) {
                 return Some((
                     Builtin::ReadOnly,
                     format!(
@@ -618,7 +711,10 @@ const TRANSACTION_MODE_KINDS: &[&str] = &[
 ];
 
 /// Why a read-only session may not run the statement, if it may not.
-fn read_only_violation(facts: &StatementFacts, sql: &str) -> Option<String> {
+fn read_only_violation(
+    facts: &StatementFacts,
+    mentions_write: impl FnOnce() -> bool,
+) -> Option<String> {
     if let Some(k) = facts
         .kinds
         .iter()
@@ -633,7 +729,7 @@ fn read_only_violation(facts: &StatementFacts, sql: &str) -> Option<String> {
         .kinds
         .iter()
         .any(|k| TRANSACTION_MODE_KINDS.contains(&k.as_str()))
-        && mentions_write(sql)
+        && mentions_write()
     {
         return Some("a READ WRITE transaction would lift the read-only transaction the upstream session runs in".to_owned());
     }

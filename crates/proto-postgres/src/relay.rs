@@ -245,6 +245,15 @@ async fn idle_after_shutdown(stop: &StopSignal, queue: &Queue) {
     }
 }
 
+/// A statement text as the policy reads it. `from_utf8` checks ASCII a word at a time, several
+/// times faster than `from_utf8_lossy`'s byte loop, which is kept for the rare invalid text.
+fn sql_text(sql: &[u8]) -> std::borrow::Cow<'_, str> {
+    match std::str::from_utf8(sql) {
+        Ok(text) => std::borrow::Cow::Borrowed(text),
+        Err(_) => String::from_utf8_lossy(sql),
+    }
+}
+
 /// Statements or portals by the name the client gave them. Looked up three times per execution
 /// of a prepared statement, so hashed with foldhash rather than SipHash (about a sixth of the
 /// instructions for these short keys); it is seeded per process, and a client can only ever
@@ -427,7 +436,7 @@ impl ClientDirection<'_> {
             frontend(ty, body).map_err(|e| GatewayError::protocol(Side::Client, e.to_string()))?;
         match message {
             Frontend::Query { sql } => {
-                let stmt = match self.session.prepare(&String::from_utf8_lossy(sql), self.settings()).await {
+                let stmt = match self.session.prepare(&sql_text(sql), self.settings()).await {
                     Ok(s) => s,
                     Err(e) => return Ok(self.deny_simple(e)),
                 };
@@ -439,7 +448,7 @@ impl ClientDirection<'_> {
                     Err(e) => Ok(self.deny_simple(e)),
                 }
             }
-            Frontend::Parse { name, sql } => match self.session.prepare(&String::from_utf8_lossy(sql), self.settings()).await {
+            Frontend::Parse { name, sql } => match self.session.prepare(&sql_text(sql), self.settings()).await {
                 Ok(stmt) => {
                     // A named statement that already exists is refused by the upstream; keep the
                     // one it really has.

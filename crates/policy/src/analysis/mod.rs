@@ -11,7 +11,10 @@
 mod filter;
 mod mysql;
 mod postgres;
+mod shape;
 mod tree;
+
+pub use shape::Shape;
 
 use crate::facts::{Analysis, Class, Filter, ObjectName, ParseFailure, StatementFacts};
 
@@ -65,6 +68,32 @@ pub fn analyze(sql: &str, ctx: &ReadingContext) -> Analysis {
     match std::panic::catch_unwind(run) {
         Ok(analysis) => analysis,
         Err(_) => failed(INTERNAL_FAILURE.to_owned(), None),
+    }
+}
+
+/// The shape of `sql` as read in `ctx`: the text with its literals taken out, under which its
+/// analysis may be shared with every text of the same shape (see [`analyze_shaped`]). `None` when
+/// the text has no literal to take out, or when it is not read here exactly as the server reads
+/// it; the text is then its own key. PostgreSQL only, for now.
+pub fn shape(sql: &str, ctx: &ReadingContext) -> Option<Shape> {
+    match ctx.dialect {
+        Dialect::Postgres => shape::postgres(sql),
+        Dialect::Mysql => None,
+    }
+}
+
+/// [`analyze`], for a text whose [`shape`] is `shape`: also says whether the analysis holds for
+/// every text of that shape, i.e. whether it may be cached under the shape. It does only when
+/// each literal the shape took out is a whole constant in the parse tree and no fact was drawn
+/// from a constant's value.
+pub fn analyze_shaped(sql: &str, ctx: &ReadingContext, shape: &Shape) -> (Analysis, bool) {
+    let run = std::panic::AssertUnwindSafe(|| match ctx.dialect {
+        Dialect::Postgres => postgres::analyze_shaped(sql, ctx, &shape.literals),
+        Dialect::Mysql => (mysql::analyze(sql, ctx), false),
+    });
+    match std::panic::catch_unwind(run) {
+        Ok(result) => result,
+        Err(_) => (failed(INTERNAL_FAILURE.to_owned(), None), false),
     }
 }
 

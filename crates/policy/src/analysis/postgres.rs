@@ -20,47 +20,81 @@ const MAX_DEPTH: usize = 400;
 
 /// Analyses a PostgreSQL statement text.
 pub(super) fn analyze(sql: &str, ctx: &ReadingContext) -> Analysis {
+    analyze_shaped(sql, ctx, &[]).0
+}
+
+/// Analyses a PostgreSQL statement text and says whether the analysis holds for every text of
+/// the same shape: true only when each of `literals` (byte offsets of the literals the shape
+/// took out) is where the parser put an `A_Const`, the walker never looked inside a constant or
+/// re-read the text, and the analysis succeeded. See [`super::shape`] for why that suffices.
+pub(super) fn analyze_shaped(
+    sql: &str,
+    ctx: &ReadingContext,
+    literals: &[usize],
+) -> (Analysis, bool) {
     if let Some(pos) = sql.find('\0') {
-        return failed(
-            "the statement text contains a NUL byte".to_owned(),
-            Some(pos),
+        return (
+            failed(
+                "the statement text contains a NUL byte".to_owned(),
+                Some(pos),
+            ),
+            false,
         );
     }
     let parsed = match pg_query::parse(sql, pg_query::ParserOptions::DEFAULT) {
         Ok(parsed) => parsed,
-        Err(e) => return failed(error_message(&e), locate_error(sql, &e)),
+        Err(e) => return (failed(error_message(&e), locate_error(sql, &e)), false),
     };
     let mut statements = Vec::with_capacity(parsed.protobuf.stmts.len());
+    let mut constants = Vec::new();
+    let mut literal_sensitive = false;
     for raw in &parsed.protobuf.stmts {
         let Some(stmt) = raw.stmt.as_deref() else {
             continue;
         };
         let tree = match tree::to_tree(stmt) {
             Ok(tree) => tree,
-            Err(e) => return failed(format!("could not read the parse tree: {e}"), None),
+            Err(e) => {
+                return (
+                    failed(format!("could not read the parse tree: {e}"), None),
+                    false,
+                )
+            }
         };
         let text = statement_text(sql, raw.stmt_location, raw.stmt_len);
         let mut walker = Walker {
             ctx,
             text,
             failure: None,
+            constants: std::mem::take(&mut constants),
+            literal_sensitive: false,
         };
         let mut acc = Collector::default();
         walker.top(&tree, &mut acc, &[], false, 0);
         if let Some(failure) = walker.failure {
-            return Analysis {
+            let analysis = Analysis {
                 statements: Vec::new(),
                 failure: Some(failure),
                 fingerprint: None,
             };
+            return (analysis, false);
         }
+        constants = walker.constants;
+        literal_sensitive |= walker.literal_sensitive;
         statements.push(acc.finish());
     }
-    Analysis {
+    let shareable = !literal_sensitive && {
+        constants.sort_unstable();
+        literals
+            .iter()
+            .all(|&offset| i32::try_from(offset).is_ok_and(|o| constants.binary_search(&o).is_ok()))
+    };
+    let analysis = Analysis {
         statements,
         failure: None,
         fingerprint: fingerprint(sql),
-    }
+    };
+    (analysis, shareable)
 }
 
 /// pg_query's fingerprint: PostgreSQL's own tree with constants, aliases and layout ignored (the
@@ -142,6 +176,11 @@ struct Walker<'a> {
     /// The text of the statement being walked (PL/pgSQL function bodies are re-read from it).
     text: &'a str,
     failure: Option<ParseFailure>,
+    /// Where each `A_Const` the walk passed is (byte offsets into the whole text).
+    constants: Vec<i32>,
+    /// Whether the facts may depend on a literal's value: set wherever the walker reads one (or
+    /// re-reads the text), so that the analysis is not shared with texts of the same shape.
+    literal_sensitive: bool,
 }
 
 /// `{"node": {"SelectStmt": {...}}}` or `{"SelectStmt": {...}}` as (type name, fields).
@@ -309,6 +348,11 @@ impl Walker<'_> {
                 .for_each(|i| self.walk(i, acc, scope, depth + 1)),
             Value::Object(m) => {
                 if let Some((name, inner)) = typed(v) {
+                    if name == "AConst" {
+                        if let Some(location) = inner.get("location").and_then(Value::as_i64) {
+                            self.constants.extend(i32::try_from(location).ok());
+                        }
+                    }
                     match inner {
                         Value::Object(fields) if name.ends_with("Stmt") => {
                             self.statement(name, fields, acc, scope, true, depth + 1)
@@ -389,11 +433,11 @@ impl Walker<'_> {
         visible
     }
 
-    fn where_filter(&self, m: &Obj, key: &str) -> Filter {
+    fn where_filter(&mut self, m: &Obj, key: &str) -> Filter {
         match m.get(key) {
             None | Some(Value::Null) => Filter::Absent,
             Some(expr) => {
-                if truth(expr) == Some(true) {
+                if truth(expr, &mut self.literal_sensitive) == Some(true) {
                     Filter::Trivial
                 } else {
                     Filter::Present
@@ -863,6 +907,8 @@ impl Walker<'_> {
             return;
         }
         let Some(body) = body else { return };
+        // The body is text the walker reads again, not a tree: never shared by shape.
+        self.literal_sensitive = true;
         let mut tag = "$portcullis$".to_owned();
         let mut n = 0u32;
         while body.contains(&tag) {
@@ -908,6 +954,7 @@ impl Walker<'_> {
         match (language.as_str(), body) {
             ("plpgsql", Some(_)) => {
                 let text = self.text;
+                self.literal_sensitive = true;
                 self.plpgsql(text, acc, d);
             }
             ("sql", Some(body)) => match pg_query::parse(&body, pg_query::ParserOptions::DEFAULT) {
@@ -1013,12 +1060,13 @@ fn def_arg(v: &Value) -> Option<String> {
     }
 }
 
-/// Folds a WHERE expression: `Some(true)` only when it is provably always true.
-fn truth(v: &Value) -> Option<bool> {
-    truth_at(v, 0)
+/// Folds a WHERE expression: `Some(true)` only when it is provably always true. Sets `read` when
+/// the answer looked at a constant's value.
+fn truth(v: &Value, read: &mut bool) -> Option<bool> {
+    truth_at(v, 0, read)
 }
 
-fn truth_at(v: &Value, depth: usize) -> Option<bool> {
+fn truth_at(v: &Value, depth: usize, read: &mut bool) -> Option<bool> {
     if depth > 64 {
         return None;
     }
@@ -1026,7 +1074,7 @@ fn truth_at(v: &Value, depth: usize) -> Option<bool> {
     let m = inner.as_object()?;
     match name {
         "BoolExpr" => {
-            let args = list(m, "args").iter().map(|a| truth_at(a, depth + 1));
+            let args = list(m, "args").iter().map(|a| truth_at(a, depth + 1, read));
             match protobuf::BoolExprType::try_from(int(m, "boolop")) {
                 Ok(protobuf::BoolExprType::AndExpr) => filter::and(args),
                 Ok(protobuf::BoolExprType::OrExpr) => filter::or(args),
@@ -1050,20 +1098,27 @@ fn truth_at(v: &Value, depth: usize) -> Option<bool> {
                     {
                         return Some(true);
                     }
-                    let (l, r) = (constant(lexpr, depth + 1)?, constant(rexpr, depth + 1)?);
+                    // A comparison with a non-constant side folds to nothing whatever the
+                    // other side's value: only a fold of two constants read their values.
+                    let mut both_read = false;
+                    let l = constant(lexpr, depth + 1, &mut both_read);
+                    let r = constant(rexpr, depth + 1, &mut both_read);
+                    let (l, r) = (l?, r?);
+                    *read |= both_read;
                     if kind == protobuf::AExprKind::AexprDistinct {
                         return Some(l != r);
                     }
                     filter::compare(&op, &l, &r, false)
                 }
                 protobuf::AExprKind::AexprIn => {
-                    let l = constant(lexpr, depth + 1)?;
+                    let l = constant(lexpr, depth + 1, read)?;
                     let items = match typed(rexpr) {
                         Some(("List", Value::Object(items))) => list(items, "items"),
                         _ => return None,
                     };
                     let hits = items.iter().map(|i| {
-                        constant(i, depth + 1).and_then(|r| filter::compare("=", &l, &r, false))
+                        constant(i, depth + 1, read)
+                            .and_then(|r| filter::compare("=", &l, &r, false))
                     });
                     let any = filter::or(hits);
                     if op == "<>" {
@@ -1076,7 +1131,7 @@ fn truth_at(v: &Value, depth: usize) -> Option<bool> {
             }
         }
         "NullTest" => {
-            let c = constant(m.get("arg")?, depth + 1)?;
+            let c = constant(m.get("arg")?, depth + 1, read)?;
             let is_null = matches!(c, Const::Null);
             match protobuf::NullTestType::try_from(int(m, "nulltesttype")).ok()? {
                 protobuf::NullTestType::IsNull => Some(is_null),
@@ -1084,7 +1139,7 @@ fn truth_at(v: &Value, depth: usize) -> Option<bool> {
                 _ => None,
             }
         }
-        _ => constant(v, depth + 1)?.truth(),
+        _ => constant(v, depth + 1, read)?.truth(),
     }
 }
 
@@ -1099,8 +1154,9 @@ fn same_column(a: &Value, b: &Value) -> bool {
     }
 }
 
-/// Reduces a literal (possibly cast, or a nested comparison) to a constant.
-fn constant(v: &Value, depth: usize) -> Option<Const> {
+/// Reduces a literal (possibly cast, or a nested comparison) to a constant; sets `read` when it
+/// reads one.
+fn constant(v: &Value, depth: usize, read: &mut bool) -> Option<Const> {
     if depth > 64 {
         return None;
     }
@@ -1108,6 +1164,7 @@ fn constant(v: &Value, depth: usize) -> Option<Const> {
     let m = inner.as_object()?;
     match name {
         "AConst" => {
+            *read = true;
             if flag(m, "isnull") {
                 return Some(Const::Null);
             }
@@ -1122,7 +1179,7 @@ fn constant(v: &Value, depth: usize) -> Option<Const> {
             }
         }
         "TypeCast" => {
-            let c = constant(m.get("arg")?, depth + 1)?;
+            let c = constant(m.get("arg")?, depth + 1, read)?;
             let type_name = object(m, "type_name")
                 .map(|t| strings(list(t, "names")))
                 .unwrap_or_default();
@@ -1131,7 +1188,7 @@ fn constant(v: &Value, depth: usize) -> Option<Const> {
                 _ => Some(c),
             }
         }
-        "BoolExpr" | "AExpr" | "NullTest" => truth_at(v, depth + 1).map(Const::Bool),
+        "BoolExpr" | "AExpr" | "NullTest" => truth_at(v, depth + 1, read).map(Const::Bool),
         _ => None,
     }
 }

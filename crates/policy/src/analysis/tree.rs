@@ -389,7 +389,7 @@ impl ser::SerializeStructVariant for Fields {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     /// The tree as `serde_json::Value`, to compare with what `serde_json::to_value` makes.
@@ -411,7 +411,7 @@ mod tests {
     /// Statements that reach many node types: joins, subqueries, CTEs (also data-modifying and
     /// recursive), set operations, window functions, DML with RETURNING and ON CONFLICT, MERGE,
     /// DDL, COPY, SET, EXPLAIN, DO, CREATE FUNCTION, grants, casts, arrays, literals of each kind.
-    const CORPUS: &[&str] = &[
+    pub(in crate::analysis) const CORPUS: &[&str] = &[
         "select 1",
         "select abalance from pgbench_accounts where aid = 12345",
         "select a.x, b.y from s.a join b on a.id = b.id left join lateral (select 1) l on true where a.x > 1.5 and b.y is not null order by 1 desc nulls last limit 10 offset 5",

@@ -628,3 +628,65 @@ fn rule_set_errors_carry_spans() {
     assert_eq!(&text[errors[0].span.clone()], "\"sometimes\"");
     assert_eq!(&text[errors[1].span.clone()], "\"a.b.c\"");
 }
+
+#[test]
+fn texts_of_one_shape_share_an_analysis_but_never_a_verdict_that_reads_a_literal() {
+    let engine = engine(RULES);
+    let settings = SqlSettings::default();
+    let id = identity("dan", &["dev"]);
+    let targets = targets();
+    let target = targets.iter().find(|t| t.name == "app-prod").unwrap();
+    let ctx = StatementContext {
+        identity: &id,
+        target,
+        access: Access::ReadWrite,
+        settings: &settings,
+    };
+    let judge = |sql: &str| engine.judge(&ctx, sql);
+
+    // Values in the text: one analysis for the shape, none kept by text.
+    for n in 1..=5 {
+        let j = judge(&format!("SELECT * FROM vault.secrets WHERE id = {n}"));
+        assert_eq!(j.verdict.decision, Deny, "{j:?}");
+        assert_eq!(j.verdict.rule.as_deref(), Some("protect-secrets"));
+    }
+    let state = engine.state.load();
+    assert_eq!(state.shapes.len(), 1, "one analysis for five texts");
+    assert_eq!(
+        state.shape_decisions.len(),
+        1,
+        "one decision for five texts"
+    );
+    assert_eq!(state.analyses.len(), 0, "no analysis cached by text");
+    assert_eq!(state.decisions.len(), 0, "no decision cached by text");
+
+    // The same shape, but the verdict rests on the values: each text is analysed on its own.
+    let filtered = judge("DELETE FROM t WHERE 1 = 2");
+    assert_eq!(filtered.verdict.decision, Allow, "{filtered:?}");
+    let unfiltered = judge("DELETE FROM t WHERE 1 = 1");
+    assert_eq!(unfiltered.verdict.decision, Deny, "{unfiltered:?}");
+    assert_eq!(
+        unfiltered.verdict.rule.as_deref(),
+        Some("no-unfiltered-delete")
+    );
+    assert_eq!(state.shapes.len(), 1);
+    assert_eq!(state.analyses.len(), 2);
+    assert_eq!(state.decisions.len(), 2);
+
+    // The analysis is shared, but a rule reads the text itself: a read-only session may not
+    // start a READ WRITE transaction, and the word is looked for in the text. Each text gets its
+    // own verdict, in either order.
+    let analyst = identity("ann", &["analyst"]);
+    let read_only = StatementContext {
+        identity: &analyst,
+        access: Access::ReadOnly,
+        ..ctx
+    };
+    let judge = |sql: &str| engine.judge(&read_only, sql);
+    assert_eq!(judge("BEGIN; SELECT 'read'").verdict.decision, Allow);
+    assert_eq!(judge("BEGIN; SELECT 'write'").verdict.decision, Deny);
+    assert_eq!(judge("BEGIN; SELECT 'writes'").verdict.decision, Deny);
+    assert_eq!(judge("BEGIN; SELECT 'reads'").verdict.decision, Allow);
+    assert_eq!(state.shapes.len(), 2, "the analysis is shared");
+    assert_eq!(state.shape_decisions.len(), 1, "the decisions are not");
+}
