@@ -9,7 +9,8 @@
 //! lookup. [`RuleEngine::replace`] swaps the rule set (and empty caches) atomically: sessions
 //! judge their next statement under the new rules.
 
-use std::hash::{Hash, Hasher};
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -54,6 +55,10 @@ struct Compiled {
     /// not read the text itself. Kept apart from `decisions` so that no text can be taken for a
     /// shape.
     shape_decisions: Cache<DecisionKey, Arc<Judgement>, TextWeighter>,
+    /// Hashes of texts lately judged by shape, one per slot: a text found here again is repeated
+    /// (a statement with constant literals prepared again and again, not a new value each time)
+    /// and is cached by text as well, which is cheaper to look up than a shape is to read.
+    seen: Box<[AtomicU64]>,
 }
 
 impl Compiled {
@@ -64,9 +69,22 @@ impl Compiled {
             shapes: Cache::with_weighter(2048, SHAPE_CACHE_BYTES, TextWeighter),
             decisions: Cache::with_weighter(4096, DECISION_CACHE_BYTES, TextWeighter),
             shape_decisions: Cache::with_weighter(2048, SHAPE_CACHE_BYTES, TextWeighter),
+            seen: (0..SEEN_SLOTS).map(|_| AtomicU64::new(0)).collect(),
         }
     }
+
+    /// Whether `sql` was judged by shape lately; remembers it either way.
+    fn seen_again(&self, sql: &str) -> bool {
+        let hash = SEEN_HASHER.hash_one(sql) | 1; // never 0, the empty slot
+        let slot = &self.seen[(hash as usize) % self.seen.len()];
+        slot.swap(hash, Ordering::Relaxed) == hash
+    }
 }
+
+/// Slots of [`Compiled::seen`]: 32 KiB.
+const SEEN_SLOTS: usize = 4096;
+/// The same for every engine, so that tests are repeatable; collisions only cost a lookup.
+const SEEN_HASHER: foldhash::fast::FixedState = foldhash::fast::FixedState::with_seed(0x5eed);
 
 impl std::fmt::Debug for RuleEngine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -242,14 +260,22 @@ impl PolicyEngine for RuleEngine {
             .as_ref()
             .and_then(|l| state.shape_decisions.get(l))
         {
+            if state.seen_again(sql) {
+                state
+                    .decisions
+                    .insert(lookup.to_owned_key(), Arc::clone(&hit));
+            }
             return hit;
         }
         let evaluation = evaluate(&state, ctx, sql, shape.as_ref());
         let judgement = Arc::new(evaluation.judgement);
         match shape_lookup {
-            Some(key) if evaluation.shape_shared => state
-                .shape_decisions
-                .insert(key.to_owned_key(), Arc::clone(&judgement)),
+            Some(key) if evaluation.shape_shared => {
+                state.seen_again(sql);
+                state
+                    .shape_decisions
+                    .insert(key.to_owned_key(), Arc::clone(&judgement));
+            }
             _ => state
                 .decisions
                 .insert(lookup.to_owned_key(), Arc::clone(&judgement)),

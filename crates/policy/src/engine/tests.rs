@@ -659,6 +659,17 @@ fn texts_of_one_shape_share_an_analysis_but_never_a_verdict_that_reads_a_literal
     );
     assert_eq!(state.analyses.len(), 0, "no analysis cached by text");
     assert_eq!(state.decisions.len(), 0, "no decision cached by text");
+    // A text that comes again is a repeated statement, not a new value: cached by text too.
+    let shared = judge("SELECT * FROM vault.secrets WHERE id = 2");
+    assert_eq!(
+        state.decisions.len(),
+        1,
+        "a repeated text is cached by text"
+    );
+    assert!(Arc::ptr_eq(
+        &shared,
+        &judge("SELECT * FROM vault.secrets WHERE id = 2")
+    ));
 
     // The same shape, but the verdict rests on the values: each text is analysed on its own.
     let filtered = judge("DELETE FROM t WHERE 1 = 2");
@@ -671,7 +682,7 @@ fn texts_of_one_shape_share_an_analysis_but_never_a_verdict_that_reads_a_literal
     );
     assert_eq!(state.shapes.len(), 1);
     assert_eq!(state.analyses.len(), 2);
-    assert_eq!(state.decisions.len(), 2);
+    assert_eq!(state.decisions.len(), 3);
 
     // The analysis is shared, but a rule reads the text itself: a read-only session may not
     // start a READ WRITE transaction, and the word is looked for in the text. Each text gets its
