@@ -68,6 +68,7 @@ pub(super) fn analyze_shaped(
             failure: None,
             constants: std::mem::take(&mut constants),
             literal_sensitive: false,
+            nested_parses: 0,
         };
         let mut acc = Collector::default();
         walker.top(&tree, &mut acc, &[], false, 0);
@@ -181,6 +182,8 @@ struct Walker<'a> {
     /// Whether the facts may depend on a literal's value: set wherever the walker reads one (or
     /// re-reads the text), so that the analysis is not shared with texts of the same shape.
     literal_sensitive: bool,
+    /// How many texts parsed on their own the walk is inside (their constants are not recorded).
+    nested_parses: usize,
 }
 
 /// `{"node": {"SelectStmt": {...}}}` or `{"SelectStmt": {...}}` as (type name, fields).
@@ -348,7 +351,7 @@ impl Walker<'_> {
                 .for_each(|i| self.walk(i, acc, scope, depth + 1)),
             Value::Object(m) => {
                 if let Some((name, inner)) = typed(v) {
-                    if name == "AConst" {
+                    if name == "AConst" && self.nested_parses == 0 {
                         if let Some(location) = inner.get("location").and_then(Value::as_i64) {
                             self.constants.extend(i32::try_from(location).ok());
                         }
@@ -974,6 +977,11 @@ impl Walker<'_> {
     }
 
     fn parsed_statements(&mut self, parsed: &pg_query::ParseResult, acc: &mut Collector, d: usize) {
+        // Text parsed on its own (a function body, an expression in PL/pgSQL): its facts come
+        // from text, not from the tree, and its constants sit at offsets into that text, which
+        // must not be taken for the statement's own.
+        self.literal_sensitive = true;
+        self.nested_parses += 1;
         for raw in &parsed.protobuf.stmts {
             let Some(stmt) = raw.stmt.as_deref() else {
                 continue;
@@ -983,11 +991,13 @@ impl Walker<'_> {
                 Err(e) => self.fail(format!("could not read the parse tree: {e}")),
             }
         }
+        self.nested_parses -= 1;
     }
 
     /// Reads a PL/pgSQL function (given as CREATE FUNCTION text) and analyses every SQL
     /// statement and expression in it. A body that cannot be read fails the analysis.
     fn plpgsql(&mut self, create_function: &str, acc: &mut Collector, d: usize) {
+        self.literal_sensitive = true;
         match pg_query::parse_plpgsql(create_function) {
             Ok(tree) => self.plpgsql_walk(&tree, acc, d),
             Err(e) => self.fail(format!(

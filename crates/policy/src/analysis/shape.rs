@@ -489,6 +489,19 @@ mod tests {
                 assert_eq!(analysis, analyze(sql, &pg()), "{sql:?}");
             }
         }
+        // A function body is parsed on its own, and its constants sit at offsets into the body:
+        // one placed where the body itself starts in the text must not vouch for the body.
+        let prefix = "CREATE FUNCTION f() RETURNS int LANGUAGE sql AS '";
+        let body = format!("SELECT {}1", " ".repeat(prefix.len() - 1 - "SELECT ".len()));
+        let crafted = format!("{prefix}{body}'");
+        let shape = super::postgres(&crafted).unwrap();
+        assert_eq!(shape.literals, [prefix.len() - 1]);
+        let (analysis, shared) = analyze_shaped(&crafted, &pg(), &shape);
+        assert!(
+            !shared,
+            "a nested parse vouched for its own text: {analysis:?}"
+        );
+
         // Why it matters: the same shape, different facts.
         let (trivial, present) = (
             analyze("DELETE FROM t WHERE 1 = 1", &pg()),
