@@ -101,7 +101,8 @@ fn number_cont(b: u8) -> bool {
 /// read exactly as PostgreSQL's lexer does.
 pub(crate) fn postgres(sql: &str) -> Option<Shape> {
     let b = sql.as_bytes();
-    if b.contains(&MARK) {
+    // A NUL ends a text on the wire and is refused by the analysis: no shape either.
+    if b.contains(&MARK) || b.contains(&0) {
         return None;
     }
     let mut key: Vec<u8> = Vec::with_capacity(b.len());
@@ -310,6 +311,7 @@ mod tests {
             "select 1 /* unterminated",
             "select '\u{1}s', 1",
             "select 1\u{1}",
+            "select 1, 'a\u{0}b'",
         ] {
             assert_eq!(postgres(sql), None, "{sql}");
         }
