@@ -701,3 +701,77 @@ fn texts_of_one_shape_share_an_analysis_but_never_a_verdict_that_reads_a_literal
     assert_eq!(state.shapes.len(), 2, "the analysis is shared");
     assert_eq!(state.shape_decisions.len(), 1, "the decisions are not");
 }
+
+/// Every decision-table text with literals, again with other values: what the engine decides
+/// through the shape caches must be what it decides for that text on its own (`explain`, which
+/// never consults a shape).
+#[test]
+fn decisions_by_shape_match_each_texts_own() {
+    const VALUES: &[&str] = &[
+        "'write'",
+        "'read'",
+        "1",
+        "0",
+        "'x'",
+        "'1=1'",
+        "2.5",
+        "'; drop table orders; --'",
+        "'*/ drop table orders /*'",
+        "'role'",
+        "'application_name'",
+    ];
+    let shared = engine(RULES);
+    let targets = targets();
+    let settings = SqlSettings::default();
+    let mut checked = 0;
+    for (n, row) in ROWS.iter().enumerate() {
+        let (subject, groups, target_name, sql, ..) = *row;
+        let target = targets.iter().find(|t| t.name == target_name).unwrap();
+        let reading = crate::analysis::ReadingContext::new(super::dialect(target.protocol));
+        let Some(shape) = crate::analysis::shape(sql, &reading) else {
+            continue;
+        };
+        let id = identity(subject, groups);
+        let access = shared.access(&id, target).unwrap_or(Access::ReadOnly);
+        let ctx = StatementContext {
+            identity: &id,
+            target,
+            access,
+            settings: &settings,
+        };
+        // Warm the shape caches with the row's own text, then judge other values.
+        shared.judge(&ctx, sql);
+        for k in 0..6 {
+            let mut parts = shape.key().split('\u{1}');
+            let mut text = parts.next().unwrap_or("").to_owned();
+            for (i, part) in parts.enumerate() {
+                let value = VALUES[(n + k * 3 + i) % VALUES.len()];
+                // Keep the class: a number where a number was, a string where a string was.
+                let value = match (&part[..1], value.starts_with('\'')) {
+                    ("s", true) | ("i" | "n", false) => value.to_owned(),
+                    ("s", false) => format!("'{value}'"),
+                    _ => (n + k).to_string(),
+                };
+                text.push_str(&value);
+                text.push_str(&part[1..]);
+            }
+            let by_shape = shared.judge(&ctx, &text);
+            let own = engine(RULES).explain(&id, target, &settings, &text);
+            assert_eq!(
+                (
+                    by_shape.verdict.decision,
+                    by_shape.verdict.rule.as_deref(),
+                    by_shape.classification.as_deref()
+                ),
+                (
+                    own.verdict.decision,
+                    own.verdict.rule.as_deref(),
+                    own.classification.as_deref()
+                ),
+                "{subject}@{target_name}: {text:?} (a variant of {sql:?})"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 60, "only {checked} variants were checked");
+}
