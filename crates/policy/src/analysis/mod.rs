@@ -352,6 +352,44 @@ mod tests {
         s
     }
 
+    /// The shape's text between markers is the original text between its literals, and each
+    /// literal starts where the shape says: putting the literals back gives the text.
+    fn assert_shape_rebuilds(text: &str, shape: &Shape) {
+        let mut parts = shape.key().split('\u{1}');
+        let mut rebuilt = parts.next().unwrap_or("").to_owned();
+        for (part, &start) in parts.zip(&shape.literals) {
+            assert_eq!(rebuilt.len(), start, "{text:?}: a literal starts elsewhere");
+            let rest = &part[1..];
+            // A string runs to its closing quote (`''` inside it), a number over its digits.
+            let bytes = &text.as_bytes()[start..];
+            let len = if bytes.first() == Some(&b'\'') {
+                let mut i = 1;
+                loop {
+                    match (bytes.get(i), bytes.get(i + 1)) {
+                        (Some(b'\''), Some(b'\'')) => i += 2,
+                        (Some(b'\''), _) => break i + 1,
+                        (Some(_), _) => i += 1,
+                        (None, _) => panic!("{text:?}: an unterminated literal at {start}"),
+                    }
+                }
+            } else {
+                bytes
+                    .iter()
+                    .take_while(|b| b.is_ascii_digit() || **b == b'.')
+                    .count()
+            };
+            assert!(len > 0, "{text:?}: no literal at {start}");
+            let after = start + len;
+            assert!(
+                text[after..].starts_with(rest),
+                "{text:?}: the shape goes on with {rest:?} after the literal at {start}"
+            );
+            rebuilt.push_str(&text[start..after]);
+            rebuilt.push_str(rest);
+        }
+        assert_eq!(rebuilt, text, "the shape does not rebuild the text");
+    }
+
     #[test]
     fn analyze_never_panics_on_garbage() {
         let mut rng = Xorshift(0x9E37_79B9_7F4A_7C15);
@@ -370,9 +408,16 @@ mod tests {
             },
         ];
         let mut failures = 0usize;
+        let mut shaped = 0usize;
         for i in 0..3000 {
             let text = garbage(&mut rng);
             let ctx = &contexts[i % contexts.len()];
+            if let Some(shape) = std::panic::catch_unwind(|| shape(&text, ctx))
+                .unwrap_or_else(|_| panic!("shape panicked on {text:?}"))
+            {
+                assert_shape_rebuilds(&text, &shape);
+                shaped += 1;
+            }
             let result = std::panic::catch_unwind(|| analyze(&text, ctx));
             let analysis = match result {
                 Ok(a) => a,
@@ -391,6 +436,10 @@ mod tests {
                 );
             }
         }
+        assert!(
+            shaped > 100,
+            "only {shaped} of 3000 garbage texts had a shape"
+        );
         // Most garbage must be refused; this only guards against a generator that makes valid SQL.
         assert!(
             failures > 1000,
