@@ -217,11 +217,13 @@ impl Gateway {
                     target_name,
                 });
                 let metrics = Arc::clone(self.inner.metrics.protocol(req.protocol));
+                let masking = self.inner.masker.is_active(&ctx);
                 let session = Session {
                     gateway: self.clone(),
                     ctx,
                     statements: AtomicU64::new(0),
                     metrics,
+                    masking,
                 };
                 session
                     .record(AuditEvent::SessionOpened {
@@ -309,6 +311,10 @@ pub struct Session {
     statements: AtomicU64,
     /// This session's protocol's series, resolved once.
     metrics: Arc<ProtocolMetrics>,
+    /// Whether the masker may rewrite this session's results ([`Masker::is_active`]), asked
+    /// once: executions of a session it does not mask carry no masker, and so do not touch the
+    /// shared masker's reference count, which every worker would otherwise contend on.
+    masking: bool,
 }
 
 /// A judged statement text, ready to execute (possibly many times).
@@ -351,8 +357,8 @@ pub struct Execution {
     upstream: Span,
     statement_id: u64,
     started: Instant,
-    masker: Option<Arc<dyn Masker>>,
-    ctx: Arc<SessionContext>,
+    /// The masker and the session it masks for; `None` when the session is not masked.
+    masker: Option<(Arc<dyn Masker>, Arc<SessionContext>)>,
 }
 
 impl Session {
@@ -375,7 +381,7 @@ impl Session {
     /// Whether maskers may rewrite results in this session; when `false` protocol crates skip
     /// result metadata decoding and forward rows untouched.
     pub fn masking_active(&self) -> bool {
-        self.gateway.inner.masker.is_active(&self.ctx)
+        self.masking
     }
     /// Whether the end of each result must be recorded before it is relayed to the client
     /// ([`AuditSink::finish_before_result`]); otherwise record it right after relaying.
@@ -575,8 +581,12 @@ impl Session {
             upstream,
             statement_id,
             started: Instant::now(),
-            masker: Some(Arc::clone(&self.gateway.inner.masker)),
-            ctx: Arc::clone(&self.ctx),
+            masker: self.masking.then(|| {
+                (
+                    Arc::clone(&self.gateway.inner.masker),
+                    Arc::clone(&self.ctx),
+                )
+            }),
         })
     }
 
@@ -625,7 +635,7 @@ impl Execution {
     pub fn row_masker(&self, columns: &[ResultColumn]) -> Option<Box<dyn RowMasker>> {
         self.masker
             .as_ref()
-            .and_then(|m| m.row_masker(&self.ctx, columns))
+            .and_then(|(m, ctx)| m.row_masker(ctx, columns))
     }
 
     /// Tells the trace that the upstream's first response to this execution arrived: ends the
