@@ -24,6 +24,25 @@ use portcullis::config::Config;
 use portcullis::server::{RunningServer, Server};
 use tokio_postgres::{AsyncMessage, Client, NoTls};
 
+/// How long a login through the test gateway may take before the test fails saying so. The
+/// gateway bounds every handshake itself (`handshake_timeout`, 2 s in tests), so a login that
+/// outlasts this was never served at all: the failure names that instead of leaving the test to
+/// the runner's kill.
+pub const LOGIN_BOUND: Duration = Duration::from_secs(30);
+
+/// How long [`TestGateway::shutdown`] may take: the drain timeout (30 s by default), the wait for
+/// cut-off sessions (5 s) and a margin.
+pub const SHUTDOWN_BOUND: Duration = Duration::from_secs(60);
+
+/// Awaits a login, failing the test with `what` if it outlasts [`LOGIN_BOUND`].
+pub async fn bounded_login<T>(what: &str, login: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(LOGIN_BOUND, login)
+        .await
+        .unwrap_or_else(|_| {
+            panic!("{what}: no answer to the login within {LOGIN_BOUND:?}, though the gateway bounds every handshake: the connection was never served")
+        })
+}
+
 /// The upstream every test database lives on.
 pub const UPSTREAM_HOST: &str = "127.0.0.1";
 /// Its port.
@@ -649,7 +668,11 @@ impl TestGateway {
 
     /// Connects with tokio-postgres (plain TCP) using `password`; returns the error.
     pub async fn try_connect(&self, password: &str) -> Result<Client, tokio_postgres::Error> {
-        let (client, conn) = self.pg_config("alice", password).connect(NoTls).await?;
+        let (client, conn) = bounded_login(
+            "tokio-postgres over plain TCP",
+            self.pg_config("alice", password).connect(NoTls),
+        )
+        .await?;
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 eprintln!("gateway connection ended: {e}");
@@ -663,11 +686,12 @@ impl TestGateway {
         &self,
         token: &str,
     ) -> (Client, tokio::sync::mpsc::UnboundedReceiver<AsyncMessage>) {
-        let (client, mut conn) = self
-            .pg_config("alice", token)
-            .connect(NoTls)
-            .await
-            .expect("connect through the gateway");
+        let (client, mut conn) = bounded_login(
+            "tokio-postgres, with notices",
+            self.pg_config("alice", token).connect(NoTls),
+        )
+        .await
+        .expect("connect through the gateway");
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(async move {
             let mut messages = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
@@ -706,9 +730,11 @@ impl TestGateway {
         if let Some(p) = password {
             config.password(p);
         }
-        let (client, conn) = config
-            .connect(tls::RustlsConnector(pki.rustls_client(cert)))
-            .await?;
+        let (client, conn) = bounded_login(
+            "tokio-postgres over TLS",
+            config.connect(tls::RustlsConnector(pki.rustls_client(cert))),
+        )
+        .await?;
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 eprintln!("gateway connection ended: {e}");
@@ -804,7 +830,11 @@ impl TestGateway {
     /// Stops the gateway (then the database is dropped with `self`).
     pub async fn shutdown(mut self) {
         if let Some(server) = self.server.take() {
-            server.shutdown().await;
+            tokio::time::timeout(SHUTDOWN_BOUND, server.shutdown())
+                .await
+                .unwrap_or_else(|_| {
+                    panic!("the gateway did not shut down within {SHUTDOWN_BOUND:?} (see the log for sessions still open per worker)")
+                });
         }
     }
 }
