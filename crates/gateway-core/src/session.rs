@@ -596,7 +596,7 @@ impl Session {
         if !outcome.skipped {
             // A skipped execution never ran: its "duration" would only measure the wait for the
             // error ahead of it.
-            self.metrics.duration.observe(duration.as_secs_f64());
+            self.metrics.duration.observe(duration);
         }
         if let Some(error) = &outcome.error {
             self.metrics.statement_error(error.side);
