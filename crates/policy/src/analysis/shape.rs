@@ -101,16 +101,24 @@ fn number_cont(b: u8) -> bool {
 /// read exactly as PostgreSQL's lexer does.
 pub(crate) fn postgres(sql: &str) -> Option<Shape> {
     let b = sql.as_bytes();
-    // A NUL ends a text on the wire and is refused by the analysis: no shape either.
-    if b.contains(&MARK) || b.contains(&0) {
+    // A NUL ends a text on the wire and is refused by the analysis: no shape either. One pass
+    // without early exit, which the compiler vectorises: cheaper than two memchr calls on the
+    // short texts this is for.
+    if b.iter()
+        .fold(false, |found, &c| found | (c == MARK) | (c == 0))
+    {
         return None;
     }
-    let mut key: Vec<u8> = Vec::with_capacity(b.len());
+    // Allocated at the first literal: most texts without one are statements like BEGIN.
+    let mut key: Vec<u8> = Vec::new();
     let mut literals = Vec::new();
     // Text up to here is in `key`; what follows it, up to the next literal, is copied in one go.
     let mut copied = 0;
     let mut literal =
         |key: &mut Vec<u8>, copied: &mut usize, start: usize, end: usize, class: u8| {
+            if key.capacity() == 0 {
+                key.reserve_exact(b.len() + 8);
+            }
             key.extend_from_slice(&b[*copied..start]);
             key.extend_from_slice(&[MARK, class]);
             literals.push(start);
