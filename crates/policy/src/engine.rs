@@ -6,7 +6,9 @@
 //! with the user's rules and the built-in guardrails, deny beating require-approval beating
 //! allow, and (5) lets the strictest statement decide for the whole text. Decisions are cached by
 //! text, reading settings, identity, target and access, so a repeated statement costs one hash
-//! lookup. [`RuleEngine::replace`] swaps the rule set (and empty caches) atomically: sessions
+//! lookup. PostgreSQL texts that differ only in literal values share an analysis, and usually a
+//! decision, through two more caches keyed by the text's shape, wherever that is proven not to
+//! change the outcome (see [`crate::analysis::Shape`]). [`RuleEngine::replace`] swaps the rule set (and empty caches) atomically: sessions
 //! judge their next statement under the new rules.
 
 use std::hash::{BuildHasher, Hash, Hasher};
