@@ -2,31 +2,13 @@
 //! it opens, and only executions of masked sessions carry the masker. Pure logic: a fake
 //! authenticator and masker, the built-in policy and audit sink.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use gateway_core::identity::AuthMethod;
-use gateway_core::session::SessionRequest;
 use gateway_core::*;
 
-struct Anyone;
-
-#[async_trait::async_trait]
-impl Authenticator for Anyone {
-    async fn authenticate(
-        &self,
-        c: &Credentials,
-        _: &ClientInfo,
-    ) -> Result<Identity, GatewayError> {
-        Ok(Identity {
-            subject: c.user().to_owned(),
-            groups: vec![],
-            auth_method: AuthMethod::Password,
-            claims: BTreeMap::new(),
-        })
-    }
-}
+mod common;
+use common::Anyone;
 
 /// Masks every value of sessions whose subject is "masked"; counts how often it is asked.
 #[derive(Default)]
@@ -58,41 +40,13 @@ impl Masker for MaskOne {
     }
 }
 
-fn request(user: &str) -> SessionRequest {
-    SessionRequest {
-        credentials: Credentials::Password {
-            user: user.into(),
-            password: "any".into(),
-        },
-        client: ClientInfo {
-            addr: "127.0.0.1:40000".parse().unwrap(),
-            protocol: "postgres",
-            tls: false,
-            application: None,
-        },
-        protocol: Protocol::Postgres,
-        database: "app".into(),
-    }
-}
-
 #[tokio::test]
 async fn only_executions_of_masked_sessions_carry_the_masker() {
     let masker = Arc::new(MaskOne::default());
-    let target = Target {
-        name: "app".into(),
-        protocol: Protocol::Postgres,
-        host: "127.0.0.1".into(),
-        port: 5432,
-        database: "app".into(),
-        user: "svc".into(),
-        password: None,
-        tls: UpstreamTls::Disable,
-        labels: BTreeMap::new(),
-    };
     let gw = Gateway::builder()
         .authenticator(Arc::new(Anyone))
         .masker(Arc::clone(&masker) as Arc<dyn Masker>)
-        .targets(Targets::new([target]))
+        .targets(Targets::new([common::target()]))
         .build();
     let settings = SqlSettings::default();
     let columns = [ResultColumn {
@@ -102,7 +56,7 @@ async fn only_executions_of_masked_sessions_carry_the_masker() {
     }];
 
     for (user, masked) in [("masked", true), ("plain", false)] {
-        let session = gw.open_session(request(user)).await.unwrap();
+        let session = gw.open_session(common::request(user)).await.unwrap();
         assert_eq!(session.masking_active(), masked, "{user}");
         let stmt = session
             .prepare("select email from users", &settings)

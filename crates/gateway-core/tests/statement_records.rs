@@ -3,31 +3,13 @@
 //! logic: a fake authenticator, policy and approval service, and a sink that keeps records in
 //! memory.
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use gateway_core::identity::AuthMethod;
 use gateway_core::policy::{Decision, StatementContext};
-use gateway_core::session::SessionRequest;
 use gateway_core::*;
 
-struct Anyone;
-
-#[async_trait::async_trait]
-impl Authenticator for Anyone {
-    async fn authenticate(
-        &self,
-        c: &Credentials,
-        _: &ClientInfo,
-    ) -> Result<Identity, GatewayError> {
-        Ok(Identity {
-            subject: c.user().to_owned(),
-            groups: vec![],
-            auth_method: AuthMethod::Password,
-            claims: BTreeMap::new(),
-        })
-    }
-}
+mod common;
+use common::Anyone;
 
 /// Holds every statement for approval under rule `hold-all`, with a fixed fingerprint.
 struct HoldAll;
@@ -106,37 +88,14 @@ fn gateway(sink: Arc<dyn AuditSink>) -> Gateway {
         .policy(Arc::new(HoldAll))
         .approvals(Arc::new(Approver))
         .audit(sink)
-        .targets(Targets::new([Target {
-            name: "app".into(),
-            protocol: Protocol::Postgres,
-            host: "127.0.0.1".into(),
-            port: 5432,
-            database: "app".into(),
-            user: "svc".into(),
-            password: None,
-            tls: UpstreamTls::Disable,
-            labels: BTreeMap::new(),
-        }]))
+        .targets(Targets::new([common::target()]))
         .build()
 }
 
 async fn open(gw: &Gateway) -> Session {
-    gw.open_session(SessionRequest {
-        credentials: Credentials::Password {
-            user: "alice".into(),
-            password: "x".into(),
-        },
-        client: ClientInfo {
-            addr: "127.0.0.1:40000".parse().unwrap(),
-            protocol: "postgres",
-            tls: false,
-            application: None,
-        },
-        protocol: Protocol::Postgres,
-        database: "app".into(),
-    })
-    .await
-    .expect("session")
+    gw.open_session(common::request("alice"))
+        .await
+        .expect("session")
 }
 
 #[tokio::test]
