@@ -96,6 +96,21 @@ fn number_cont(b: u8) -> bool {
     is(b, NUMBER_CONT)
 }
 
+/// Where the quoted token starting at `start` (a `'` string or a `"` identifier) ends: after its
+/// closing quote, a doubled quote inside it being one character. `None` when it never closes.
+fn quoted_end(b: &[u8], start: usize) -> Option<usize> {
+    let quote = *b.get(start)?;
+    let mut i = start + 1;
+    loop {
+        match b.get(i) {
+            None => return None,
+            Some(&c) if c == quote && b.get(i + 1) == Some(&quote) => i += 2,
+            Some(&c) if c == quote => return Some(i + 1),
+            Some(_) => i += 1,
+        }
+    }
+}
+
 /// The shape of a PostgreSQL statement text, read as with `standard_conforming_strings = on`;
 /// `None` when the text holds no literal this module takes out, or holds something it does not
 /// read exactly as PostgreSQL's lexer does.
@@ -135,34 +150,10 @@ pub(crate) fn postgres(sql: &str) -> Option<Shape> {
                     return None;
                 }
                 let start = i;
-                i += 1;
-                loop {
-                    match b.get(i) {
-                        None => return None,
-                        Some(b'\'') if b.get(i + 1) == Some(&b'\'') => i += 2,
-                        Some(b'\'') => {
-                            i += 1;
-                            break;
-                        }
-                        Some(_) => i += 1,
-                    }
-                }
+                i = quoted_end(b, i)?;
                 literal(&mut key, &mut copied, start, i, b's');
             }
-            b'"' => {
-                i += 1;
-                loop {
-                    match b.get(i) {
-                        None => return None,
-                        Some(b'"') if b.get(i + 1) == Some(&b'"') => i += 2,
-                        Some(b'"') => {
-                            i += 1;
-                            break;
-                        }
-                        Some(_) => i += 1,
-                    }
-                }
-            }
+            b'"' => i = quoted_end(b, i)?,
             b'-' if next == Some(b'-') => {
                 while b.get(i).is_some_and(|&c| c != b'\n' && c != b'\r') {
                     i += 1;
