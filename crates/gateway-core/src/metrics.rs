@@ -96,14 +96,19 @@ struct Stripe {
     sum_nanos: AtomicU64,
 }
 
+/// This thread's stripe: threads take stripes in turn as they first record.
+fn stripe_index() -> usize {
+    static NEXT_STRIPE: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static STRIPE: usize = NEXT_STRIPE.fetch_add(1, Ordering::Relaxed) % STRIPES;
+    }
+    STRIPE.with(|s| *s)
+}
+
 impl DurationHistogram {
     /// Records one duration.
     pub(crate) fn observe(&self, d: std::time::Duration) {
-        thread_local! {
-            static STRIPE: usize = NEXT_STRIPE.fetch_add(1, Ordering::Relaxed) % STRIPES;
-        }
-        static NEXT_STRIPE: AtomicUsize = AtomicUsize::new(0);
-        let stripe = &self.stripes[STRIPE.with(|s| *s)];
+        let stripe = &self.stripes[stripe_index()];
         let secs = d.as_secs_f64();
         let bucket = DURATION_BUCKETS
             .iter()
@@ -112,6 +117,47 @@ impl DurationHistogram {
         stripe.buckets[bucket].fetch_add(1, Ordering::Relaxed);
         let nanos = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
         stripe.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+}
+
+/// A counter striped by thread, as [`DurationHistogram`] is: for the per-statement counts, which
+/// every session on every worker increments.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct StripedCounter {
+    stripes: Arc<[CounterStripe; STRIPES]>,
+}
+
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct CounterStripe(AtomicU64);
+
+impl StripedCounter {
+    /// Adds one.
+    pub(crate) fn inc(&self) {
+        self.stripes[stripe_index()]
+            .0
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The total over all stripes.
+    pub(crate) fn get(&self) -> u64 {
+        self.stripes
+            .iter()
+            .fold(0u64, |sum, s| sum.wrapping_add(s.0.load(Ordering::Relaxed)))
+    }
+}
+
+impl TypedMetric for StripedCounter {
+    const TYPE: MetricType = MetricType::Counter;
+}
+
+impl EncodeMetric for StripedCounter {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        encoder.encode_counter::<NoLabelSet, _, u64>(&self.get(), None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
     }
 }
 
@@ -150,7 +196,7 @@ pub struct Metrics {
     connections: Family<ProtocolLabels, Counter>,
     sessions_active: Family<ProtocolLabels, Gauge>,
     logins_failed: Family<LoginLabels, Counter>,
-    statements: Family<VerdictLabels, Counter>,
+    statements: Family<VerdictLabels, StripedCounter>,
     statement_duration: Family<ProtocolLabels, DurationHistogram>,
     statement_errors: Family<SideLabels, Counter>,
     audit_failures: Counter,
@@ -201,7 +247,7 @@ impl Metrics {
             "Refused logins, by the kind of error (authentication, access_denied, unknown_target, ...)",
             logins_failed.clone(),
         );
-        let statements = Family::<VerdictLabels, Counter>::default();
+        let statements = Family::<VerdictLabels, StripedCounter>::default();
         registry.register(
             "statements",
             "Statements decided, by verdict (allowed, denied, approval_required, audit_refused)",
@@ -345,10 +391,10 @@ impl Drop for ActiveSession {
 pub(crate) struct ProtocolMetrics {
     connections: Counter,
     sessions_active: Gauge,
-    pub(crate) allowed: Counter,
-    pub(crate) denied: Counter,
-    pub(crate) approval_required: Counter,
-    pub(crate) audit_refused: Counter,
+    pub(crate) allowed: StripedCounter,
+    pub(crate) denied: StripedCounter,
+    pub(crate) approval_required: StripedCounter,
+    pub(crate) audit_refused: StripedCounter,
     pub(crate) duration: DurationHistogram,
     errors: [Counter; 3],
     audit_failures: Counter,
@@ -564,17 +610,20 @@ mod tests {
     }
 
     #[test]
-    fn the_duration_histogram_adds_up_what_every_thread_observed() {
+    fn striped_metrics_add_up_what_every_thread_recorded() {
         use std::time::Duration;
         let histogram = DurationHistogram::default();
+        let counter = StripedCounter::default();
         let mut registry = Registry::default();
         registry.register_with_unit("d", "durations", Unit::Seconds, histogram.clone());
+        registry.register("c", "events", counter.clone());
         // Eight threads, more than one stripe each way round: 50 us, 2 ms, 30 s each.
         std::thread::scope(|scope| {
             for _ in 0..8 {
                 scope.spawn(|| {
                     for d in [50, 2_000, 30_000_000] {
                         histogram.observe(Duration::from_micros(d));
+                        counter.inc();
                     }
                 });
             }
@@ -594,6 +643,8 @@ mod tests {
         let sum = value(&text, "d_seconds_sum").unwrap();
         assert!((sum - 8.0 * 30.00205).abs() < 1e-6, "{sum} in\n{text}");
         assert!(text.contains("# TYPE d_seconds histogram"), "{text}");
+        assert_eq!(value(&text, "c_total"), Some(24.0), "{text}");
+        assert!(text.contains("# TYPE c counter"), "{text}");
     }
 
     #[tokio::test]
