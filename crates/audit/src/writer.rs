@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use gateway_core::{AuditEvent, AuditRecord, AuditSink, ErrorKind, GatewayError, Metrics, Side};
 use tokio::sync::{mpsc, oneshot, Notify};
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::config::{AuditConfig, Durability, OnFailure};
@@ -77,7 +76,8 @@ pub struct AuditLog {
     on_failure: OnFailure,
     retry_for: Duration,
     shutdown: Arc<Notify>,
-    writer: Mutex<Option<JoinHandle<Result<(), AuditError>>>>,
+    /// The writer thread's result, sent when it ends.
+    writer: Mutex<Option<oneshot::Receiver<Result<(), AuditError>>>>,
 }
 
 impl std::fmt::Debug for AuditLog {
@@ -87,6 +87,38 @@ impl std::fmt::Debug for AuditLog {
             .field("on_failure", &self.on_failure)
             .finish()
     }
+}
+
+thread_local! {
+    /// Set on the audit writer's own thread, where sinks may block instead of handing their I/O
+    /// to tokio's blocking pool.
+    static ON_WRITER_THREAD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether the caller runs on the audit writer's thread, where blocking I/O is the point: nothing
+/// else runs there, and handing a write to the blocking pool and back would only add two thread
+/// wake-ups to every batch (a context switch each, which under sync durability is most of the
+/// trail's cost).
+pub(crate) fn on_writer_thread() -> bool {
+    ON_WRITER_THREAD.with(std::cell::Cell::get)
+}
+
+/// Runs the writer on a thread of its own, with a single-threaded runtime for its channel,
+/// timers and any network sink. Its result arrives on the receiver.
+fn spawn_writer_thread(
+    run: impl std::future::Future<Output = Result<(), AuditError>> + Send + 'static,
+) -> std::io::Result<oneshot::Receiver<Result<(), AuditError>>> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (done, result) = oneshot::channel();
+    std::thread::Builder::new()
+        .name("portcullis-audit".into())
+        .spawn(move || {
+            ON_WRITER_THREAD.with(|on| on.set(true));
+            let _ = done.send(runtime.block_on(run));
+        })?;
+    Ok(result)
 }
 
 impl AuditLog {
@@ -213,7 +245,9 @@ impl AuditLog {
             .flush()
             .await
             .map_err(|e| AuditError::Sink(SinkError::new("audit", e)))?;
-        let handle = tokio::spawn(writer.run(rx, Arc::clone(&shutdown)));
+        let handle = spawn_writer_thread(writer.run(rx, Arc::clone(&shutdown))).map_err(|e| {
+            AuditError::Config(format!("cannot start the audit writer thread: {e}"))
+        })?;
         Ok(AuditLog {
             tx,
             shared,
@@ -255,9 +289,9 @@ impl AuditLog {
             Err(_) => None,
         };
         match handle {
-            Some(h) => h
-                .await
-                .map_err(|e| AuditError::Config(format!("audit writer task failed: {e}")))?,
+            Some(h) => h.await.map_err(|_| {
+                AuditError::Config("the audit writer thread ended without a result".into())
+            })?,
             None => Ok(()),
         }
     }

@@ -244,14 +244,18 @@ impl JsonlSink {
         let dir = self.dir.clone();
         let inner = Arc::clone(&self.inner);
         let name = self.name.clone();
-        tokio::task::spawn_blocking(move || {
+        let call = move || {
             let mut g = inner
                 .lock()
                 .map_err(|_| SinkError::new(&name, "lock poisoned"))?;
             f(&dir, &mut g).map_err(|e| SinkError::new(&name, e))
-        })
-        .await
-        .map_err(|e| SinkError::new(&self.name, format!("task failed: {e}")))?
+        };
+        if crate::writer::on_writer_thread() {
+            return call();
+        }
+        tokio::task::spawn_blocking(call)
+            .await
+            .map_err(|e| SinkError::new(&self.name, format!("task failed: {e}")))?
     }
 }
 

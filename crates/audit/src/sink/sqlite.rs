@@ -87,14 +87,18 @@ impl SqliteSink {
     ) -> Result<T, SinkError> {
         let conn = Arc::clone(&self.conn);
         let name = self.name.clone();
-        tokio::task::spawn_blocking(move || {
+        let call = move || {
             let mut guard = conn
                 .lock()
                 .map_err(|_| SinkError::new(&name, "connection lock poisoned"))?;
             f(&mut guard).map_err(|e| SinkError::new(&name, e.to_string()))
-        })
-        .await
-        .map_err(|e| SinkError::new(&self.name, format!("task failed: {e}")))?
+        };
+        if crate::writer::on_writer_thread() {
+            return call();
+        }
+        tokio::task::spawn_blocking(call)
+            .await
+            .map_err(|e| SinkError::new(&self.name, format!("task failed: {e}")))?
     }
 }
 
