@@ -245,12 +245,13 @@ async fn idle_after_shutdown(stop: &StopSignal, queue: &Queue) {
     }
 }
 
-/// A statement text as the policy reads it. `from_utf8` checks ASCII a word at a time, several
-/// times faster than `from_utf8_lossy`'s byte loop, which is kept for the rare invalid text.
-fn sql_text(sql: &[u8]) -> std::borrow::Cow<'_, str> {
-    match std::str::from_utf8(sql) {
+/// Wire bytes as text (a statement as the policy reads it, a command tag as the trail records
+/// it). `from_utf8` checks ASCII a word at a time, several times faster than `from_utf8_lossy`'s
+/// byte loop, which is kept for the rare invalid text.
+fn text(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
+    match std::str::from_utf8(bytes) {
         Ok(text) => std::borrow::Cow::Borrowed(text),
-        Err(_) => String::from_utf8_lossy(sql),
+        Err(_) => String::from_utf8_lossy(bytes),
     }
 }
 
@@ -436,7 +437,7 @@ impl ClientDirection<'_> {
             frontend(ty, body).map_err(|e| GatewayError::protocol(Side::Client, e.to_string()))?;
         match message {
             Frontend::Query { sql } => {
-                let stmt = match self.session.prepare(&sql_text(sql), self.settings()).await {
+                let stmt = match self.session.prepare(&text(sql), self.settings()).await {
                     Ok(s) => s,
                     Err(e) => return Ok(self.deny_simple(e)),
                 };
@@ -448,7 +449,7 @@ impl ClientDirection<'_> {
                     Err(e) => Ok(self.deny_simple(e)),
                 }
             }
-            Frontend::Parse { name, sql } => match self.session.prepare(&sql_text(sql), self.settings()).await {
+            Frontend::Parse { name, sql } => match self.session.prepare(&text(sql), self.settings()).await {
                 Ok(stmt) => {
                     // A named statement that already exists is refused by the upstream; keep the
                     // one it really has.
@@ -609,9 +610,7 @@ impl UpstreamDirection<'_> {
                         None
                     }
                     b'C' => {
-                        let tag = Reader::new(body)
-                            .cstr()
-                            .map(|t| String::from_utf8_lossy(t).into_owned());
+                        let tag = Reader::new(body).cstr().map(|t| text(t).into_owned());
                         self.complete(tag, None);
                         None
                     }
