@@ -22,6 +22,8 @@ set -euo pipefail
 
 ROOT="$(cd -P -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
+# shellcheck source=scripts/lib.sh
+source "$ROOT/scripts/lib.sh"
 
 PG_HOST=127.0.0.1
 PG_PORT=5432
@@ -109,24 +111,12 @@ ensure_python_venv() {
     echo "PORTCULLIS_TEST_PYTHON=$PORTCULLIS_TEST_PYTHON"
 }
 
-# pg_query (the policy crate's PostgreSQL parser) generates its bindings with bindgen at build time,
-# which loads libclang; a fresh machine of this kind has gcc but not libclang. The audit tests edit
-# a SQLite trail with the sqlite3 shell, as an attacker with file access would.
+# libclang for pg_query's build (BUILD_PACKAGES, scripts/lib.sh); the audit tests edit a SQLite
+# trail with the sqlite3 shell, as an attacker with file access would.
 ensure_build_packages() {
-    local missing=()
-    for p in libclang1-14 libclang-common-14-dev sqlite3; do
-        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-    done
-    if ((${#missing[@]} == 0)); then
-        echo "build packages: libclang and sqlite3 present"
-        return
-    fi
-    echo "build packages: installing ${missing[*]}"
-    if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null 2>&1; then
-        apt-get update -qq >/dev/null 2>&1 || true
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null ||
-            die "apt-get could not install ${missing[*]} (libclang builds pg_query; sqlite3 is used by the audit tests)"
-    fi
+    ensure_apt_packages "libclang and sqlite3" \
+        "(libclang builds pg_query; sqlite3 is used by the audit tests)" \
+        "${BUILD_PACKAGES[@]}" sqlite3
 }
 
 ensure_nextest() {
