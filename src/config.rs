@@ -13,7 +13,8 @@
 //! # Keys
 //!
 //! The doc comments on the schema structs below (`GatewaySection`, `PostgresSection`, ...) are
-//! the reference for every key; `examples/full.toml` shows all of them in use.
+//! the reference for every key; `examples/full.toml` shows all of them in use (and
+//! `tests/example_configs.rs` fails when it lacks one).
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
@@ -321,6 +322,11 @@ impl Config {
     /// in error messages, and relative paths in the file are resolved against its directory.
     pub fn from_toml_str(text: &str, origin: &Path) -> Result<Config, ConfigErrors> {
         let mut checker = Checker::new(text, origin);
+        // Every `${VAR}` problem in the file, found before the schema is read: deserializing stops
+        // at the first error, and one run should show every unset variable.
+        if let Ok(document) = toml::de::DeTable::parse(text) {
+            checker.check_references(document.get_ref());
+        }
         let file: FileConfig = match toml::from_str(text) {
             Ok(file) => file,
             Err(e) => {
@@ -344,7 +350,9 @@ impl Config {
 
 /// A string value with `${NAME}` replaced by the environment variable `NAME` as it is
 /// deserialized; `$${` stands for a literal `${`. A variable that is not set is an error at the
-/// value. Deliberately not `Debug`: it may hold a secret.
+/// value, reported by [`Checker::check_references`] before deserializing, which therefore never
+/// fails on one (the value then keeps its raw text, and the file is refused). Deliberately not
+/// `Debug`: it may hold a secret.
 #[derive(Clone, PartialEq, Eq)]
 struct ConfigString(String);
 
@@ -357,9 +365,7 @@ impl ConfigString {
 impl<'de> Deserialize<'de> for ConfigString {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let raw = String::deserialize(deserializer)?;
-        interpolate(&raw, env_lookup)
-            .map(ConfigString)
-            .map_err(serde::de::Error::custom)
+        Ok(ConfigString(interpolate(&raw, env_lookup).unwrap_or(raw)))
     }
 }
 
@@ -377,12 +383,14 @@ fn env_lookup(name: &str) -> Result<String, String> {
 }
 
 /// Replaces `${NAME}` in `raw` with `lookup(NAME)` and `$${` with `${`. Replacements are not
-/// scanned again.
+/// scanned again. On failure, every problem in `raw` (each unset variable, each malformed
+/// reference), in order.
 fn interpolate(
     raw: &str,
     lookup: impl Fn(&str) -> Result<String, String>,
-) -> Result<String, String> {
+) -> Result<String, Vec<String>> {
     let mut out = String::with_capacity(raw.len());
+    let mut problems = Vec::new();
     let mut rest = raw;
     while let Some(i) = rest.find('$') {
         out.push_str(&rest[..i]);
@@ -391,10 +399,14 @@ fn interpolate(
             out.push_str("${");
             rest = after;
         } else if let Some(body) = tail.strip_prefix("${") {
-            let end = body.find('}').ok_or_else(|| {
-                "unterminated `${`: write `${NAME}` for an environment variable or `$${` for a literal `${`"
-                    .to_owned()
-            })?;
+            let Some(end) = body.find('}') else {
+                problems.push(
+                    "unterminated `${`: write `${NAME}` for an environment variable or `$${` for a literal `${`"
+                        .to_owned(),
+                );
+                rest = "";
+                break;
+            };
             let name = &body[..end];
             let valid = name
                 .chars()
@@ -402,11 +414,15 @@ fn interpolate(
                 .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
                 && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
             if !valid {
-                return Err(format!(
+                problems.push(format!(
                     "`${{{name}}}` is not a valid environment variable reference: names are letters, digits and `_`, not starting with a digit"
                 ));
+            } else {
+                match lookup(name) {
+                    Ok(value) => out.push_str(&value),
+                    Err(problem) => problems.push(problem),
+                }
             }
-            out.push_str(&lookup(name)?);
             rest = &body[end + 1..];
         } else {
             out.push('$');
@@ -414,7 +430,11 @@ fn interpolate(
         }
     }
     out.push_str(rest);
-    Ok(out)
+    if problems.is_empty() {
+        Ok(out)
+    } else {
+        Err(problems)
+    }
 }
 
 /// Parses a duration string (`"500ms"`, `"10s"`, `"5m"`, `"1h30m"`, `"2d"`): one grammar for the
@@ -703,6 +723,9 @@ struct Checker<'a> {
     origin: &'a Path,
     base: PathBuf,
     errors: Vec<(usize, ConfigError)>,
+    /// Where values with an unresolved `${VAR}` start. Their problem is already reported, and
+    /// what checking their raw text would add (a secret too short, a file not found) is noise.
+    unresolved: HashSet<usize>,
 }
 
 impl<'a> Checker<'a> {
@@ -716,6 +739,7 @@ impl<'a> Checker<'a> {
             origin,
             base,
             errors: Vec::new(),
+            unresolved: HashSet::new(),
         }
     }
 
@@ -732,6 +756,9 @@ impl<'a> Checker<'a> {
     }
 
     fn error(&mut self, span: Range<usize>, message: impl Into<String>) {
+        if self.unresolved.contains(&span.start) {
+            return;
+        }
         let error = ConfigError {
             file: self.origin.to_path_buf(),
             location: Some(self.location(span.start)),
@@ -744,6 +771,55 @@ impl<'a> Checker<'a> {
         self.errors.sort_by_key(|(offset, _)| *offset);
         ConfigErrors {
             errors: self.errors.into_iter().map(|(_, e)| e).collect(),
+        }
+    }
+
+    /// Reports every `${VAR}` problem (unset, not UTF-8, malformed) in the string values that are
+    /// interpolated: everywhere but `[policy]` and `[audit]`, whose values are literal, except an
+    /// audit sink's `url`. This mirrors where the schema uses [`ConfigString`] (the `[policy]` and
+    /// `[audit]` schemas, in their own crates, cannot).
+    fn check_references(&mut self, document: &toml::de::DeTable<'_>) {
+        for (key, value) in document {
+            match key.get_ref().as_ref() {
+                "policy" => {}
+                "audit" => {
+                    let sinks = value.get_ref().get("sinks").map(|s| s.get_ref());
+                    for sink in sinks
+                        .and_then(toml::de::DeValue::as_array)
+                        .into_iter()
+                        .flatten()
+                    {
+                        if let Some(url) = sink.get_ref().get("url") {
+                            self.check_reference_value(url);
+                        }
+                    }
+                }
+                _ => self.check_reference_value(value),
+            }
+        }
+    }
+
+    fn check_reference_value(&mut self, value: &Spanned<toml::de::DeValue<'_>>) {
+        match value.get_ref() {
+            toml::de::DeValue::String(raw) => {
+                if let Err(problems) = interpolate(raw, env_lookup) {
+                    for problem in problems {
+                        self.error(value.span(), problem);
+                    }
+                    self.unresolved.insert(value.span().start);
+                }
+            }
+            toml::de::DeValue::Array(items) => {
+                for item in items {
+                    self.check_reference_value(item);
+                }
+            }
+            toml::de::DeValue::Table(table) => {
+                for (_, item) in table {
+                    self.check_reference_value(item);
+                }
+            }
+            _ => {}
         }
     }
 
@@ -778,6 +854,31 @@ impl<'a> Checker<'a> {
         };
         if let Some(problem) = problem {
             self.error(value.span(), format!("`{key}`: {problem}"));
+        }
+        path
+    }
+
+    /// [`Checker::existing_file`] holding PEM certificates (at least one, all well-formed); `what`
+    /// names the file in the message.
+    fn certificate_file(&mut self, key: &str, value: &Str, what: &'static str) -> PathBuf {
+        let before = self.errors.len();
+        let path = self.existing_file(key, value);
+        if self.errors.len() == before {
+            if let Err(e) = crate::tls::read_certificates(what, &path) {
+                self.error(value.span(), format!("`{key}`: {e}"));
+            }
+        }
+        path
+    }
+
+    /// [`Checker::existing_file`] holding a PEM private key.
+    fn private_key_file(&mut self, key: &str, value: &Str) -> PathBuf {
+        let before = self.errors.len();
+        let path = self.existing_file(key, value);
+        if self.errors.len() == before {
+            if let Err(e) = crate::tls::read_private_key(&path) {
+                self.error(value.span(), format!("`{key}`: {e}"));
+            }
         }
         path
     }
@@ -917,6 +1018,8 @@ impl<'a> Checker<'a> {
                         path.display()
                     ),
                 );
+            } else if let Err(e) = audit::CheckpointSigner::from_file(&path) {
+                self.error(span.clone(), format!("`audit.signing_key_file`: {e}"));
             }
             config.signing_key_file = Some(path);
         }
@@ -924,7 +1027,10 @@ impl<'a> Checker<'a> {
             // Existence is checked with the other [audit] settings below.
             config.parameter_hash_key_file = Some(self.resolve(&key.to_string_lossy()));
         }
-        for sink in &mut config.sinks {
+        // Sinks whose url has a `${VAR}` problem, reported at the url by `check_references`: what
+        // `check` says about the raw text is noise.
+        let mut unresolved_urls = Vec::new();
+        for (i, sink) in config.sinks.iter_mut().enumerate() {
             match sink {
                 audit::SinkConfig::Sqlite { path } => *path = self.resolve(&path.to_string_lossy()),
                 audit::SinkConfig::Jsonl { dir, .. } => *dir = self.resolve(&dir.to_string_lossy()),
@@ -934,14 +1040,32 @@ impl<'a> Checker<'a> {
                     }
                     match interpolate(url, env_lookup) {
                         Ok(expanded) => *url = expanded,
-                        Err(e) => self.error(span.clone(), format!("`audit.sinks.url`: {e}")),
+                        Err(_) => unresolved_urls.push(format!("`audit.sinks[{i}].url`")),
                     }
                 }
             }
         }
         if let Err(errors) = config.check(data_dir) {
             for e in errors {
-                self.error(span.clone(), format!("[audit]: {e}"));
+                if !unresolved_urls
+                    .iter()
+                    .any(|key| e.starts_with(key.as_str()))
+                {
+                    self.error(span.clone(), format!("[audit]: {e}"));
+                }
+            }
+        }
+        for sink in &config.sinks {
+            if let audit::SinkConfig::Postgres {
+                ca_file: Some(ca), ..
+            } = sink
+            {
+                // A missing file is reported by `check` above.
+                if ca.is_file() {
+                    if let Err(e) = crate::tls::read_certificates("CA file", ca) {
+                        self.error(span.clone(), format!("`audit.sinks.ca_file`: {e}"));
+                    }
+                }
             }
         }
         config
@@ -1066,24 +1190,39 @@ impl<'a> Checker<'a> {
                 .parse()
                 .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 6432))),
         };
+        let before = self.errors.len();
         let cert = section
             .tls_cert
             .as_ref()
-            .map(|v| self.existing_file("tls_cert", v));
+            .map(|v| self.certificate_file("tls_cert", v, "certificate file"));
         let key = section
             .tls_key
             .as_ref()
-            .map(|v| self.existing_file("tls_key", v));
+            .map(|v| self.private_key_file("tls_key", v));
         let client_ca = section
             .tls_client_ca
             .as_ref()
-            .map(|v| self.existing_file("tls_client_ca", v));
+            .map(|v| self.certificate_file("tls_client_ca", v, "client CA file"));
+        let files_ok = self.errors.len() == before;
         let tls = match (cert, key) {
-            (Some(cert_file), Some(key_file)) => Some(ListenerTlsFiles {
-                cert_file,
-                key_file,
-                client_ca_file: client_ca,
-            }),
+            (Some(cert_file), Some(key_file)) => {
+                let files = ListenerTlsFiles {
+                    cert_file,
+                    key_file,
+                    client_ca_file: client_ca,
+                };
+                // Each file reads; together they must also make a TLS configuration (the key
+                // belongs to the certificate, the CA is usable), as the listener will build it.
+                if files_ok {
+                    if let (Err(e), Some(v)) = (
+                        crate::tls::server_config(&files, &[]),
+                        section.tls_key.as_ref(),
+                    ) {
+                        self.error(v.span(), format!("`tls_key`: {e}"));
+                    }
+                }
+                Some(files)
+            }
             (Some(_), None) => {
                 let at = section.tls_cert.as_ref().map_or(span.clone(), |v| v.span());
                 self.error(at, "`tls_cert` is set but `tls_key` is not: TLS needs both the certificate chain and its private key");
@@ -1190,6 +1329,7 @@ impl<'a> Checker<'a> {
     fn check_jwt(&mut self, section: &Spanned<JwtSection>) -> JwtSettings {
         let span = section.span();
         let j = section.get_ref();
+        let before = self.errors.len();
 
         let mut algorithms = Vec::new();
         match &j.algorithms {
@@ -1296,7 +1436,7 @@ impl<'a> Checker<'a> {
             .map_or("groups".to_owned(), |v| self.non_empty("groups_claim", v));
         let leeway = self.duration("leeway", j.leeway.as_ref(), DEFAULT_LEEWAY);
 
-        JwtSettings {
+        let settings = JwtSettings {
             issuer,
             audience,
             algorithms,
@@ -1304,7 +1444,22 @@ impl<'a> Checker<'a> {
             subject_claim,
             groups_claim,
             leeway,
+        };
+        // A key file must also hold a key the algorithms can use: load it as `run` will (a JWKS
+        // URL is left to `run`, which fetches it).
+        if let ([(_, source)], true) = (sources.as_slice(), self.errors.len() == before) {
+            if matches!(
+                settings.keys,
+                JwtKeys::PublicKeyPemFile(_) | JwtKeys::JwksFile(_)
+            ) {
+                if let Err(e) =
+                    identity::JwtAuthenticator::new(crate::server::jwt_config(&settings))
+                {
+                    self.error(source.span(), format!("`[identity.jwt]`: {e}"));
+                }
+            }
         }
+        settings
     }
 
     fn jwt_keys(&mut self, key: &str, value: &Str) -> JwtKeys {
@@ -1419,7 +1574,7 @@ impl<'a> Checker<'a> {
                     ca_file: t
                         .tls_ca_file
                         .as_ref()
-                        .map(|v| self.existing_file("tls_ca_file", v)),
+                        .map(|v| self.certificate_file("tls_ca_file", v, "CA file")),
                     server_name: t
                         .tls_server_name
                         .as_ref()
@@ -1487,7 +1642,7 @@ fn jwks_url_is_acceptable(url: &str) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     const VALID_HASH: &str =
@@ -1598,16 +1753,16 @@ mod tests {
             interpolate("$argon2id$v=19$m=1", env).unwrap(),
             "$argon2id$v=19$m=1"
         );
-        assert!(interpolate("${MISSING}", env)
-            .unwrap_err()
-            .contains("MISSING"));
-        assert!(interpolate("${A", env)
-            .unwrap_err()
-            .contains("unterminated"));
-        assert!(interpolate("${1A}", env)
-            .unwrap_err()
-            .contains("not a valid"));
-        assert!(interpolate("${}", env).unwrap_err().contains("not a valid"));
+        let problems = |raw: &str| interpolate(raw, env).unwrap_err().join("\n");
+        assert!(problems("${MISSING}").contains("MISSING"));
+        assert!(problems("${A").contains("unterminated"));
+        assert!(problems("${1A}").contains("not a valid"));
+        assert!(problems("${}").contains("not a valid"));
+        // Every problem of a value, not only the first.
+        assert_eq!(
+            interpolate("${X}:${A}:${1}:${Y}", env).unwrap_err().len(),
+            3
+        );
     }
 
     #[test]
@@ -1669,11 +1824,17 @@ mod tests {
         assert_one_error("[gateway]\nlog_level = \"info,=[\"\n", "2:13", "log_level");
     }
 
+    /// A self-signed certificate and its key as PEM files, `server.pem` and `server.key` in `dir`.
+    pub(crate) fn write_tls_files(dir: &Path) {
+        let pair = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        std::fs::write(dir.join("server.pem"), pair.cert.pem()).unwrap();
+        std::fs::write(dir.join("server.key"), pair.signing_key.serialize_pem()).unwrap();
+    }
+
     #[test]
     fn tls_cert_without_key_and_the_reverse() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("server.pem"), "x").unwrap();
-        std::fs::write(dir.path().join("server.key"), "x").unwrap();
+        write_tls_files(dir.path());
         let origin = dir.path().join("gw.toml");
         let err =
             Config::from_toml_str("[postgres]\ntls_cert = \"server.pem\"\n", &origin).unwrap_err();
@@ -1718,7 +1879,12 @@ mod tests {
     fn relative_paths_resolve_against_the_config_directory() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("certs")).unwrap();
-        std::fs::write(dir.path().join("certs/db-ca.pem"), "x").unwrap();
+        write_tls_files(&dir.path().join("certs"));
+        std::fs::rename(
+            dir.path().join("certs/server.pem"),
+            dir.path().join("certs/db-ca.pem"),
+        )
+        .unwrap();
         let origin = dir.path().join("gw.toml");
         let c = Config::from_toml_str(
             "[[targets]]\nname = \"a\"\nhost = \"h\"\nuser = \"u\"\ntls = \"verify-full\"\ntls_ca_file = \"certs/db-ca.pem\"\ntls_server_name = \"db.internal\"\n",
@@ -2128,52 +2294,5 @@ user = \"u\"
         for (text, location, fragment) in cases {
             assert_one_error(text, location, fragment);
         }
-    }
-
-    #[test]
-    fn example_files_parse() {
-        // full.toml names certificate and key files under certs/; give it a directory that has them.
-        std::env::set_var(
-            "PORTCULLIS_JWT_SECRET",
-            "example-secret-example-secret-example-secret",
-        );
-        std::env::set_var("APP_DB_PASSWORD", "example-password");
-        std::env::set_var("REPORTING_DB_PASSWORD", "example-password");
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir(dir.path().join("certs")).unwrap();
-        for f in ["server.pem", "server.key", "client-ca.pem", "db-ca.pem"] {
-            std::fs::write(dir.path().join("certs").join(f), "x").unwrap();
-        }
-        let full = Config::from_toml_str(
-            include_str!("../examples/full.toml"),
-            &dir.path().join("full.toml"),
-        )
-        .unwrap_or_else(|e| panic!("examples/full.toml:\n{e}"));
-        assert_eq!(full.gateway.node, "gw-1");
-        assert!(full
-            .postgres
-            .as_ref()
-            .unwrap()
-            .tls
-            .as_ref()
-            .unwrap()
-            .client_ca_file
-            .is_some());
-        assert!(full.identity.client_cert.is_some());
-        assert_eq!(full.targets.len(), 2);
-
-        let quickstart = Config::load(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/examples/quickstart.toml"
-        ))
-        .unwrap_or_else(|e| panic!("examples/quickstart.toml:\n{e}"));
-        assert_eq!(
-            quickstart.postgres.unwrap().listen,
-            "127.0.0.1:6432".parse().unwrap()
-        );
-        assert!(matches!(
-            quickstart.identity.jwt.unwrap().keys,
-            JwtKeys::Hs256Secret(_)
-        ));
     }
 }

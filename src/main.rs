@@ -38,11 +38,20 @@ enum Command {
         #[arg(short, long, value_name = "FILE", env = "PORTCULLIS_CONFIG")]
         config: PathBuf,
     },
-    /// Check a configuration file and print every problem in it as `file:line:col: message`.
+    /// Check a configuration file and print every problem in it as `file:line:col: message`:
+    /// what `run` would refuse, including unset variables and unreadable certificate and key
+    /// files.
     CheckConfig {
         /// Configuration file (TOML).
-        #[arg(value_name = "FILE")]
-        file: PathBuf,
+        #[arg(
+            value_name = "FILE",
+            conflicts_with = "config",
+            required_unless_present = "config"
+        )]
+        file: Option<PathBuf>,
+        /// Configuration file (TOML), as for `run`.
+        #[arg(short, long, value_name = "FILE", env = "PORTCULLIS_CONFIG")]
+        config: Option<PathBuf>,
     },
     /// Hash a password for `[[identity.users]]` and print the PHC string. The password is read
     /// from the terminal without echo, or from the first line of standard input.
@@ -376,7 +385,12 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run { config } => run(&config),
-        Command::CheckConfig { file } => return check_config(&file),
+        Command::CheckConfig { file, config } => match file.or(config) {
+            Some(file) => return check_config(&file),
+            None => Err(anyhow::anyhow!(
+                "check-config needs a configuration file: `portcullis check-config FILE`, `--config FILE` or PORTCULLIS_CONFIG"
+            )),
+        },
         Command::HashPassword => hash_password(),
         Command::Token {
             command: TokenCommand::Mint(args),

@@ -90,7 +90,15 @@ impl Server {
                 None
             }
         };
-        // Read before the trail opens, so that a bad key file stops the start cleanly.
+        // Read before the data directory and the trail are created, so that a bad certificate or
+        // key file stops the start with nothing written.
+        let postgres_tls = config
+            .postgres
+            .as_ref()
+            .and_then(|pg| pg.tls.as_ref())
+            .map(|files| tls::server_config(files, &[POSTGRES_ALPN]))
+            .transpose()
+            .context("cannot set up TLS for [postgres]")?;
         let parameters = config
             .audit
             .parameter_audit()
@@ -156,15 +164,9 @@ impl Server {
         let mut shutdowns = Vec::new();
         let mut postgres_addr = None;
         if let Some(pg) = &config.postgres {
-            let tls = pg
-                .tls
-                .as_ref()
-                .map(|files| tls::server_config(files, &[POSTGRES_ALPN]))
-                .transpose()
-                .context("cannot set up TLS for [postgres]")?;
             let listener_config = ListenerConfig {
                 listen: pg.listen,
-                tls,
+                tls: postgres_tls,
                 require_tls: pg.require_tls,
                 allow_plaintext_password: pg.allow_plaintext_password,
                 handshake_timeout: config.gateway.handshake_timeout,
@@ -454,7 +456,8 @@ async fn identity_chain(settings: &IdentitySettings) -> anyhow::Result<IdentityC
     Ok(IdentityChain { jwt, users, cert })
 }
 
-fn jwt_config(settings: &JwtSettings) -> JwtConfig {
+/// The identity crate's JWT configuration for checked `[identity.jwt]` settings.
+pub(crate) fn jwt_config(settings: &JwtSettings) -> JwtConfig {
     JwtConfig {
         issuer: settings.issuer.clone(),
         audience: settings.audience.clone(),
@@ -518,14 +521,17 @@ mod tests {
     #[tokio::test]
     async fn start_errors_name_what_failed() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("server.pem"), "not a certificate").unwrap();
-        std::fs::write(dir.path().join("server.key"), "not a key").unwrap();
+        crate::config::tests::write_tls_files(dir.path());
         let config = parse_config(
             "[postgres]\nlisten = \"127.0.0.1:0\"\ntls_cert = \"server.pem\"\ntls_key = \"server.key\"\n",
             dir.path(),
         );
+        // Broken after the configuration was checked: the start stops before the data directory
+        // (and the audit trail in it) is created.
+        std::fs::write(dir.path().join("server.pem"), "not a certificate").unwrap();
         let e = format!("{:#}", Server::start(config).await.err().unwrap());
         assert!(e.contains("[postgres]") && e.contains("server.pem"), "{e}");
+        assert!(!dir.path().join("data").exists(), "{e}");
 
         let taken = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let config = parse_config(

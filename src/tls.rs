@@ -76,19 +76,7 @@ pub fn server_config(
 ) -> Result<Arc<ServerConfig>, TlsError> {
     let provider = Arc::new(aws_lc_rs::default_provider());
     let certs = read_certificates("certificate file", &files.cert_file)?;
-    let key = PrivateKeyDer::from_pem_file(&files.key_file).map_err(|source| match source {
-        rustls::pki_types::pem::Error::NoItemsFound => TlsError::Empty {
-            what: "private key file",
-            path: files.key_file.clone(),
-            expected: "private key",
-            marker: "PRIVATE KEY",
-        },
-        source => TlsError::Pem {
-            what: "private key file",
-            path: files.key_file.clone(),
-            source,
-        },
-    })?;
+    let key = read_private_key(&files.key_file)?;
 
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
@@ -129,7 +117,26 @@ pub fn server_config(
     Ok(Arc::new(config))
 }
 
-fn read_certificates(
+/// Reads the private key (PKCS#8, PKCS#1 or SEC1 PEM) in `path`.
+pub(crate) fn read_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_file(path).map_err(|source| match source {
+        rustls::pki_types::pem::Error::NoItemsFound => TlsError::Empty {
+            what: "private key file",
+            path: path.to_path_buf(),
+            expected: "private key",
+            marker: "PRIVATE KEY",
+        },
+        source => TlsError::Pem {
+            what: "private key file",
+            path: path.to_path_buf(),
+            source,
+        },
+    })
+}
+
+/// Reads the PEM certificates in `path` (`what` names the file in errors): at least one, and every
+/// one well-formed.
+pub(crate) fn read_certificates(
     what: &'static str,
     path: &Path,
 ) -> Result<Vec<CertificateDer<'static>>, TlsError> {
