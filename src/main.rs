@@ -172,9 +172,10 @@ enum AuditCommand {
 /// Which audit sink to read: the primary sink of a gateway configuration, or one named directly.
 #[derive(Args)]
 struct SinkArgs {
-    /// Gateway configuration file: read its primary (first) audit sink, by default
-    /// `<gateway.data_dir>/audit.db`. A sink named with --sqlite, --jsonl or --postgres takes
-    /// precedence.
+    /// Gateway configuration file: verify reads its primary (first) audit sink, by default the
+    /// segment log `<gateway.data_dir>/audit`; tail and search read its first indexed sink
+    /// (SQLite or PostgreSQL; by default `<gateway.data_dir>/audit.db`), else the primary. A
+    /// sink named with --sqlite, --jsonl or --postgres takes precedence.
     #[arg(short, long, value_name = "FILE", env = "PORTCULLIS_CONFIG")]
     config: Option<PathBuf>,
     /// An SQLite audit file.
@@ -201,8 +202,9 @@ struct VerifyArgs {
     sink: SinkArgs,
     /// Ed25519 public key file (PEM, DER or 32 raw bytes) the checkpoints must verify with.
     /// Repeat it, or put several PEM keys in one file, for a chain whose signing key was
-    /// rotated: each checkpoint is checked with the key it names. Without it only the hash links
-    /// are checked.
+    /// rotated: each checkpoint is checked with the key it names. Without it, --config uses the
+    /// public key of the gateway's own signing key (`audit.signing_key_file`, or the one it
+    /// generated in its data directory); otherwise only the hash links are checked.
     #[arg(long, value_name = "FILE")]
     public_key: Vec<PathBuf>,
     /// Print the report as JSON.
@@ -805,28 +807,38 @@ fn audit_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 impl SinkArgs {
-    /// The sink to read: the one named on the command line, else the primary sink of the
-    /// configuration.
-    fn sink_config(&self) -> anyhow::Result<audit::SinkConfig> {
+    /// The sink to read: the one named on the command line, else the configuration's primary
+    /// sink (`indexed = false`) or its first indexed sink (`indexed = true`, for tail and
+    /// search), and the configuration's `[audit]` when one was read.
+    fn sink_config(
+        &self,
+        indexed: bool,
+    ) -> anyhow::Result<(audit::SinkConfig, Option<audit::AuditConfig>)> {
         if let Some(path) = &self.sqlite {
-            return Ok(audit::SinkConfig::Sqlite { path: path.clone() });
+            return Ok((audit::SinkConfig::Sqlite { path: path.clone() }, None));
         }
         if let Some(dir) = &self.jsonl {
-            return Ok(audit::SinkConfig::Jsonl {
-                dir: dir.clone(),
-                // Only the writer rotates; any valid size will do for reading.
-                max_file_bytes: u64::MAX,
-            });
+            return Ok((
+                audit::SinkConfig::Jsonl {
+                    dir: dir.clone(),
+                    // Only the writer rotates; any valid size will do for reading.
+                    max_file_bytes: u64::MAX,
+                },
+                None,
+            ));
         }
         if let Some(url) = &self.postgres {
-            return Ok(audit::SinkConfig::Postgres {
-                url: url.clone(),
-                table: self
-                    .table
-                    .clone()
-                    .unwrap_or_else(|| "audit_records".to_owned()),
-                ca_file: self.ca_file.clone(),
-            });
+            return Ok((
+                audit::SinkConfig::Postgres {
+                    url: url.clone(),
+                    table: self
+                        .table
+                        .clone()
+                        .unwrap_or_else(|| "audit_records".to_owned()),
+                    ca_file: self.ca_file.clone(),
+                },
+                None,
+            ));
         }
         let Some(path) = &self.config else {
             bail!("say which audit trail to read: --config FILE, --sqlite PATH, --jsonl DIR or --postgres URL");
@@ -837,21 +849,59 @@ impl SinkArgs {
                 path.display()
             )
         })?;
-        config
-            .audit
-            .sinks
-            .first()
+        let sinks = &config.audit.sinks;
+        let chosen = match indexed {
+            true => sinks
+                .iter()
+                .find(|s| !matches!(s, audit::SinkConfig::Jsonl { .. }))
+                .or(sinks.first()),
+            false => sinks.first(),
+        };
+        let sink = chosen
             .cloned()
-            .ok_or_else(|| anyhow::anyhow!("{} configures no audit sink", path.display()))
+            .ok_or_else(|| anyhow::anyhow!("{} configures no audit sink", path.display()))?;
+        Ok((sink, Some(config.audit)))
     }
 
-    async fn open(&self) -> anyhow::Result<Box<dyn audit::Sink>> {
-        let config = self.sink_config()?;
+    /// Opens the sink [`sink_config`](Self::sink_config) chooses.
+    async fn open(
+        &self,
+        indexed: bool,
+    ) -> anyhow::Result<(Box<dyn audit::Sink>, Option<audit::AuditConfig>)> {
+        let (config, audit) = self.sink_config(indexed)?;
         let sink = audit::open_sink(&config, audit::OpenMode::Read)
             .await
             .context("cannot open the audit trail")?;
-        Ok(sink)
+        Ok((sink, audit))
     }
+}
+
+/// The public key of the gateway's own signing key, for `audit verify --config` without
+/// `--public-key`: the public key file beside a generated key (readable by an auditor who may not
+/// read the 0600 private key), else the public half of the private key.
+fn configured_public_key(audit: &audit::AuditConfig) -> anyhow::Result<Option<Vec<u8>>> {
+    let Some(private) = audit.signing_key_path() else {
+        return Ok(None);
+    };
+    let public = audit::signing::public_key_path(private);
+    let key = if audit.signing_key_file.is_none() && public.is_file() {
+        audit::read_public_key_file(&public)?
+    } else if private.is_file() {
+        audit::CheckpointSigner::from_file(private)?.public_key()
+    } else {
+        return Ok(None);
+    };
+    eprintln!(
+        "portcullis: checking signatures with the gateway's signing key {} (key id {}); for evidence, \
+         keep a copy of the public key away from the gateway host and pass it with --public-key",
+        if public.is_file() && audit.signing_key_file.is_none() {
+            public.display()
+        } else {
+            private.display()
+        },
+        audit::key_id(&key)
+    );
+    Ok(Some(key))
 }
 
 fn audit_verify(args: &VerifyArgs) -> ExitCode {
@@ -862,7 +912,17 @@ fn audit_verify(args: &VerifyArgs) -> ExitCode {
             for path in &args.public_key {
                 keys.extend(audit::read_public_keys_file(path)?);
             }
-            let sink = args.sink.open().await?;
+            let (sink, audit) = args.sink.open(false).await?;
+            if keys.is_empty() {
+                if let Some(key) = audit
+                    .as_ref()
+                    .map(configured_public_key)
+                    .transpose()?
+                    .flatten()
+                {
+                    keys.push(key);
+                }
+            }
             let report = audit::verify(sink.as_ref(), &keys)
                 .await
                 .context("cannot read the audit trail")?;
@@ -1042,7 +1102,7 @@ fn problem_code(p: &audit::Problem) -> &'static str {
 
 fn audit_tail(args: &TailArgs) -> anyhow::Result<ExitCode> {
     let records = audit_runtime()?.block_on(async {
-        let sink = args.sink.open().await?;
+        let (sink, _) = args.sink.open(true).await?;
         audit::tail(sink.as_ref(), args.lines, args.node.as_deref())
             .await
             .context("cannot read the audit trail")
@@ -1062,7 +1122,7 @@ fn audit_search(args: &SearchArgs) -> anyhow::Result<ExitCode> {
         text: args.text.clone(),
     };
     let records = audit_runtime()?.block_on(async {
-        let sink = args.sink.open().await?;
+        let (sink, _) = args.sink.open(true).await?;
         audit::search(sink.as_ref(), &filter, args.limit)
             .await
             .context("cannot search the audit trail")
@@ -1276,7 +1336,7 @@ fn audit_keygen(args: &KeygenArgs) -> anyhow::Result<ExitCode> {
         audit::generate_signing_key().context("cannot generate a signing key")?;
     let public = audit::parse_public_key(public_pem.as_bytes())?;
     let key_id = audit::signing::key_id(&public);
-    write_new_file(&args.out, private_pem.as_bytes(), 0o600)
+    audit::signing::write_new_file(&args.out, private_pem.as_bytes(), 0o600)
         .with_context(|| format!("cannot write the private key to {}", args.out.display()))?;
     eprintln!(
         "wrote the private key to {} (mode 0600): set `audit.signing_key_file` to it and keep it on the gateway only",
@@ -1284,7 +1344,7 @@ fn audit_keygen(args: &KeygenArgs) -> anyhow::Result<ExitCode> {
     );
     match &args.public_out {
         Some(path) => {
-            write_new_file(path, public_pem.as_bytes(), 0o644)
+            audit::signing::write_new_file(path, public_pem.as_bytes(), 0o644)
                 .with_context(|| format!("cannot write the public key to {}", path.display()))?;
             eprintln!(
                 "wrote the public key to {}: give it to whoever runs `portcullis audit verify --public-key`",
@@ -1295,23 +1355,6 @@ fn audit_keygen(args: &KeygenArgs) -> anyhow::Result<ExitCode> {
     }
     eprintln!("key id: {key_id}");
     Ok(ExitCode::SUCCESS)
-}
-
-/// Creates `path` (failing if it exists) with `mode` on Unix, writes `bytes` and syncs them.
-fn write_new_file(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
-    use std::io::Write as _;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt as _;
-        options.mode(mode);
-    }
-    #[cfg(not(unix))]
-    let _ = mode;
-    let mut file = options.open(path)?;
-    file.write_all(bytes)?;
-    file.sync_all()
 }
 
 #[cfg(test)]

@@ -22,7 +22,7 @@ fn default_batch_max_delay() -> Duration {
 ///
 /// ```toml
 /// [audit]
-/// durability = "sync"              # or "batched"
+/// durability = "written"           # or "sync", "batched"
 /// on_failure = "closed"            # or "open"
 /// queue_capacity = 8192
 /// batch_max_records = 512
@@ -50,8 +50,11 @@ fn default_batch_max_delay() -> Duration {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuditConfig {
-    /// `"sync"` (default): a statement runs only after its record is durable in every sink.
-    /// `"batched"`: `record()` returns once the record is queued.
+    /// `"written"` (default): a statement runs only after its record is written to the primary
+    /// sink's file (in the operating system's hands: it survives a crash of the gateway), and
+    /// fsyncs follow in groups within `batch_max_delay`. `"sync"`: a statement runs only after
+    /// its record is durable (fsynced) in every sink. `"batched"`: `record()` returns once the
+    /// record is queued.
     #[serde(default)]
     pub durability: Durability,
     /// `"closed"` (default): when the sinks cannot take records, statements are refused.
@@ -81,10 +84,16 @@ pub struct AuditConfig {
     /// after that (backing off to once a second) and resumes when a sink recovers.
     #[serde(default = "default_retry_for", deserialize_with = "de_duration")]
     pub retry_for: Duration,
-    /// PKCS#8 Ed25519 private key (PEM or DER) that signs checkpoints. Without one the chain is
-    /// hash-linked but unsigned, and a warning is logged at start.
+    /// PKCS#8 Ed25519 private key (PEM or DER) that signs checkpoints. Without one the gateway
+    /// signs with a key of its own, [`generated_key_file`](Self::generated_key_file), made on the
+    /// first start.
     #[serde(default)]
     pub signing_key_file: Option<PathBuf>,
+    /// Where the gateway keeps the signing key it generates when `signing_key_file` is not set:
+    /// `<data_dir>/audit-signing.pem` (0600), with its public key beside it as
+    /// `audit-signing.pub`. Set by [`check`](Self::check); not a configuration key.
+    #[serde(skip)]
+    pub generated_key_file: Option<PathBuf>,
     /// Bound parameters of prepared statements: `"record"` (default; each value cut at
     /// `parameter_max_bytes`), `"hash"` (HMAC-SHA-256 under `parameter_hash_key_file`) or
     /// `"omit"`. Statement texts are recorded whole either way, literals included.
@@ -99,8 +108,9 @@ pub struct AuditConfig {
     #[serde(default)]
     pub parameter_hash_key_file: Option<PathBuf>,
     /// Where records go; every record goes to every sink. The first is the primary: its tail is
-    /// where the chain continues, and tail/search read it. Default: one SQLite file
-    /// `<data_dir>/audit.db`.
+    /// where the chain continues and verify reads it; tail and search read the first indexed
+    /// sink (SQLite or PostgreSQL). Default: the segment log `<data_dir>/audit` (JSON lines)
+    /// as primary and the SQLite index `<data_dir>/audit.db` beside it.
     #[serde(default)]
     pub sinks: Vec<SinkConfig>,
 }
@@ -108,10 +118,19 @@ pub struct AuditConfig {
 /// When `record()` returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum Durability {
+    /// A record that gates something (a login, a statement about to run, a denial) returns once
+    /// its batch is written to the primary sink: for a file sink, handed to the operating system
+    /// with `write`, so a crash of the gateway (SIGKILL, panic) cannot lose it. fsyncs follow in
+    /// groups, at most `batch_max_delay` later; only a power loss or kernel crash can lose that
+    /// window. Records that follow something (a statement's end, a session's close) return once
+    /// queued: the writer writes them at once, before any later record of the session. Secondary
+    /// sinks are written after the primary, off the statement's path.
+    #[default]
+    Written,
     /// After the batch holding the record is durable in every sink (SQLite `synchronous=FULL`,
     /// JSONL fsync per batch, PostgreSQL commit).
-    #[default]
     Sync,
     /// After the record is queued (SQLite `synchronous=NORMAL`, JSONL written without fsync).
     Batched,
@@ -204,11 +223,12 @@ impl std::fmt::Debug for SinkConfig {
 }
 
 impl AuditConfig {
-    /// The configuration when `[audit]` is absent: one SQLite sink at `<data_dir>/audit.db`,
-    /// sync durability, fail closed, no signing key.
+    /// The configuration when `[audit]` is absent: the segment log `<data_dir>/audit` as the
+    /// primary and the SQLite index `<data_dir>/audit.db`, written durability, fail closed,
+    /// signed with the key generated in `<data_dir>`.
     pub fn default_for(data_dir: &Path) -> Self {
         AuditConfig {
-            durability: Durability::Sync,
+            durability: Durability::Written,
             on_failure: OnFailure::Closed,
             queue_capacity: default_queue_capacity(),
             batch_max_records: default_batch_max_records(),
@@ -217,13 +237,19 @@ impl AuditConfig {
             checkpoint_every: default_checkpoint_every(),
             retry_for: default_retry_for(),
             signing_key_file: None,
+            generated_key_file: Some(data_dir.join(GENERATED_KEY_FILE)),
             parameters: ParameterMode::default(),
             parameter_max_bytes: default_parameter_max_bytes(),
             parameter_hash_key_file: None,
-            sinks: vec![SinkConfig::Sqlite {
-                path: data_dir.join("audit.db"),
-            }],
+            sinks: default_sinks(data_dir),
         }
+    }
+
+    /// The signing key file in use: the configured one, else the generated one.
+    pub fn signing_key_path(&self) -> Option<&Path> {
+        self.signing_key_file
+            .as_deref()
+            .or(self.generated_key_file.as_deref())
     }
 
     /// How the gateway records bound parameters; reads the hash key file in hash mode.
@@ -253,10 +279,13 @@ impl AuditConfig {
     /// is returned, one message each.
     pub fn check(&mut self, data_dir: &Path) -> Result<(), Vec<String>> {
         if self.sinks.is_empty() {
-            self.sinks.push(SinkConfig::Sqlite {
-                path: data_dir.join("audit.db"),
-            });
+            self.sinks = default_sinks(data_dir);
         }
+        self.generated_key_file = if self.signing_key_file.is_none() {
+            Some(data_dir.join(GENERATED_KEY_FILE))
+        } else {
+            None
+        };
         let mut errors = Vec::new();
         if self.queue_capacity == 0 {
             errors.push("`audit.queue_capacity` must be at least 1".to_owned());
@@ -319,6 +348,25 @@ impl AuditConfig {
             Err(errors)
         }
     }
+}
+
+/// The signing key generated in the data directory when none is configured.
+pub const GENERATED_KEY_FILE: &str = "audit-signing.pem";
+
+/// The sinks when none is configured: the segment log holds the chain (appending a line is one
+/// `write`, no transaction), and the SQLite index beside it serves tail and search. The index is
+/// written after the log, off the statements' path, and is filled from the log at start when it
+/// lags (a crash, or a deleted file).
+fn default_sinks(data_dir: &Path) -> Vec<SinkConfig> {
+    vec![
+        SinkConfig::Jsonl {
+            dir: data_dir.join("audit"),
+            max_file_bytes: default_max_file_bytes(),
+        },
+        SinkConfig::Sqlite {
+            path: data_dir.join("audit.db"),
+        },
+    ]
 }
 
 fn default_queue_capacity() -> usize {

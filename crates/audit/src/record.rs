@@ -319,6 +319,26 @@ impl SerdeTime {
     }
 }
 
+/// Serde for the `time` of notices and checkpoints: written as RFC 3339 with microseconds, like
+/// every event's time; read in that form or as `SystemTime`'s own serde shape
+/// (`secs_since_epoch`/`nanos_since_epoch`), which gateways before this one wrote.
+pub(crate) mod rfc3339 {
+    use std::time::SystemTime;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(crate) fn serialize<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(gateway_core::Rfc3339Micros::new(*t).as_str())
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SystemTime, D::Error> {
+        let t = super::SerdeTime::deserialize(d)?;
+        t.micros()
+            .map(super::time_from_micros)
+            .ok_or_else(|| serde::de::Error::custom("not an RFC 3339 time in range"))
+    }
+}
+
 impl RecordIndex {
     /// The index columns of an event record, from the event itself: the same values
     /// [`derive`](Self::derive) reads back from its JSON.

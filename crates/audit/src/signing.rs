@@ -131,7 +131,8 @@ pub fn verify_checkpoint_signature(public_key: &[u8], node: &str, cp: &Checkpoin
 pub struct CheckpointPayload {
     /// Signature algorithm; always `ed25519`.
     pub checkpoint: String,
-    /// When the checkpoint was made.
+    /// When the checkpoint was made (RFC 3339 in the payload).
+    #[serde(with = "crate::record::rfc3339")]
     pub time: SystemTime,
     /// Seq of the record signed (the one right before the checkpoint).
     pub signed_seq: u64,
@@ -146,15 +147,80 @@ pub struct CheckpointPayload {
 /// The payload of a notice record: something the audit log itself says in the chain.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NoticePayload {
-    /// What: `log_opened`, `sink_recovered`, `records_dropped`, `torn_record_truncated`.
+    /// What: `log_opened`, `log_closed`, `unclean_stop`, `sink_recovered`,
+    /// `torn_record_truncated`, `index_rebuilt`.
     pub notice: String,
-    /// When.
+    /// When (RFC 3339 in the payload).
+    #[serde(with = "crate::record::rfc3339")]
     pub time: SystemTime,
     /// Human-readable explanation.
     pub message: String,
     /// Numbers that go with it (counts, seq ranges, byte offsets).
     #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
     pub details: serde_json::Map<String, serde_json::Value>,
+}
+
+/// The public key file kept beside a generated private key: `audit-signing.pem` ->
+/// `audit-signing.pub`.
+pub fn public_key_path(private_key: &Path) -> std::path::PathBuf {
+    private_key.with_extension("pub")
+}
+
+/// Loads the signing key at `path`, or, when no file is there, generates one: the private key
+/// (mode 0600) at `path` and its public key beside it ([`public_key_path`]). Returns the signer
+/// and whether it was generated now. A key the gateway makes for itself is what lets a new
+/// deployment's trail be signed from its first record without any configuration.
+pub fn load_or_generate_key(path: &Path) -> Result<(CheckpointSigner, bool), AuditError> {
+    if path.exists() {
+        return Ok((CheckpointSigner::from_file(path)?, false));
+    }
+    let (private_pem, public_pem) = generate_signing_key()?;
+    let public = public_key_path(path);
+    // The public key first: a crash between the two writes leaves no private key without its
+    // public half, and the next start generates both again.
+    if public.exists() {
+        std::fs::remove_file(&public).map_err(|e| {
+            AuditError::Key(format!(
+                "cannot replace the stale public key {}: {e}",
+                public.display()
+            ))
+        })?;
+    }
+    write_new_file(&public, public_pem.as_bytes(), 0o644).map_err(|e| {
+        AuditError::Key(format!(
+            "cannot write the public key {}: {e}",
+            public.display()
+        ))
+    })?;
+    write_new_file(path, private_pem.as_bytes(), 0o600).map_err(|e| {
+        AuditError::Key(format!(
+            "cannot write the signing key {}: {e}",
+            path.display()
+        ))
+    })?;
+    Ok((CheckpointSigner::from_file(path)?, true))
+}
+
+/// Creates `path` (failing if it exists) with `mode` on Unix, writes `bytes` and syncs the file
+/// and its directory.
+pub fn write_new_file(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.mode(mode);
+    }
+    #[cfg(not(unix))]
+    let _ = mode;
+    let mut file = options.open(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 /// Generates a new Ed25519 signing key. Returns `(private key as PKCS#8 v1 PEM, public key as

@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use crate::config::{AuditConfig, Durability, OnFailure};
 use crate::error::{AuditError, SinkError};
 use crate::record::{now_for_payload, ChainHash, RecordIndex, RecordKind, StoredRecord};
-use crate::signing::{CheckpointSigner, NoticePayload};
+use crate::signing::{load_or_generate_key, public_key_path, CheckpointSigner, NoticePayload};
 use crate::sink::{open_sink, OpenMode, Sink};
 
 /// Counters for metrics. Read them with `load(Ordering::Relaxed)`.
@@ -129,11 +129,32 @@ impl AuditLog {
         if config.sinks.is_empty() {
             return Err(AuditError::Config("no audit sink configured".into()));
         }
-        let signer = match &config.signing_key_file {
-            Some(path) => Some(CheckpointSigner::from_file(path)?),
-            None => {
+        let signer = match (&config.signing_key_file, &config.generated_key_file) {
+            (Some(path), _) => Some(CheckpointSigner::from_file(path)?),
+            (None, Some(path)) => {
+                let (signer, generated) = load_or_generate_key(path)?;
+                let public = public_key_path(path);
+                if generated {
+                    tracing::info!(
+                        key_id = signer.key_id(),
+                        private_key = %path.display(),
+                        public_key = %public.display(),
+                        "audit: generated a checkpoint signing key (no `audit.signing_key_file` set); keep a copy of \
+                         the public key away from this host to verify the trail with `portcullis audit verify --public-key`"
+                    );
+                } else {
+                    tracing::info!(
+                        key_id = signer.key_id(),
+                        private_key = %path.display(),
+                        public_key = %public.display(),
+                        "audit: signing checkpoints with the key generated in the data directory"
+                    );
+                }
+                Some(signer)
+            }
+            (None, None) => {
                 tracing::warn!(
-                    "audit: no `audit.signing_key_file`: the trail is hash-chained but not signed, so whoever can \
+                    "audit: no signing key: the trail is hash-chained but not signed, so whoever can \
                      write to the sinks can rewrite it undetected"
                 );
                 None
@@ -157,7 +178,16 @@ impl AuditLog {
         let Some(primary) = sinks.first() else {
             return Err(AuditError::Config("no audit sink configured".into()));
         };
-        let tail = primary.tail(node).await?;
+        let mut repairs = Vec::new();
+        let mut tail = primary.tail(node).await?;
+        for sink in sinks.iter().skip(1) {
+            if let Some(notice) =
+                extend_primary(primary.as_ref(), sink.as_ref(), node, tail.as_ref()).await?
+            {
+                repairs.push(notice);
+                tail = primary.tail(node).await?;
+            }
+        }
         let (head_seq, head_hash) = tail
             .as_ref()
             .map(|t| (t.seq, t.hash))
@@ -172,10 +202,10 @@ impl AuditLog {
             durable[i] =
                 catch_up(primary.as_ref(), sink.as_ref(), node, head_seq, &head_hash).await?;
         }
-        let mut repairs = Vec::new();
         for sink in &sinks {
             repairs.extend(sink.take_repairs());
         }
+        let unclean = previous_stop(primary.as_ref(), node, tail.as_ref()).await?;
 
         let stats = Arc::new(AuditStats::default());
         let shared = Arc::new(Shared {
@@ -200,6 +230,7 @@ impl AuditLog {
             held: HeldStarts::default(),
             waiters: Vec::new(),
             signer,
+            unsynced_since: None,
             since_checkpoint: 0,
             last_checkpoint_at: Instant::now(),
             config: config.clone(),
@@ -209,6 +240,15 @@ impl AuditLog {
         writer.dirty = vec![false; writer.sinks.len()];
         let mut opened = serde_json::Map::new();
         opened.insert("previous_seq".into(), head_seq.into());
+        opened.insert(
+            "previous_stop".into(),
+            match (&tail, &unclean) {
+                (None, _) => "none",
+                (Some(_), None) => "clean",
+                (Some(_), Some(_)) => "unclean",
+            }
+            .into(),
+        );
         opened.insert(
             "durability".into(),
             format!("{:?}", config.durability).to_lowercase().into(),
@@ -230,15 +270,20 @@ impl AuditLog {
                 .collect::<Vec<_>>()
                 .into(),
         );
+        // What the previous run left behind comes first, then this run's opening.
+        for repair in repairs {
+            writer.notice(repair);
+        }
+        if let Some(unclean) = unclean {
+            tracing::warn!("audit: {}", unclean.message);
+            writer.notice(unclean);
+        }
         writer.notice(NoticePayload {
             notice: "log_opened".into(),
             time: now_for_payload(),
             message: format!("audit log opened; the chain continues after seq {head_seq}"),
             details: opened,
         });
-        for repair in repairs {
-            writer.notice(repair);
-        }
         // The opening notices are written before the gateway takes any statement: a sink that
         // cannot take them fails the start.
         writer
@@ -353,6 +398,17 @@ impl AuditLog {
     }
 }
 
+/// Whether a record gates what the gateway does next (a login, a statement about to run, a
+/// denial answered to the client), so that written durability waits for it to be written. A
+/// statement's end and a session's close follow what already happened; the writer writes them
+/// at once and before any later record of their session.
+fn gates(event: &AuditEvent) -> bool {
+    !matches!(
+        event,
+        AuditEvent::StatementFinished { .. } | AuditEvent::SessionClosed { .. }
+    )
+}
+
 #[async_trait::async_trait]
 impl AuditSink for AuditLog {
     fn finish_before_result(&self) -> bool {
@@ -366,12 +422,17 @@ impl AuditSink for AuditLog {
         if !self.shared.healthy.load(Ordering::Acquire) {
             return self.unavailable(&self.last_error());
         }
-        match self.durability {
-            Durability::Batched => match self.enqueue(Entry { record, done: None }).await {
+        let wait = match self.durability {
+            Durability::Batched => false,
+            Durability::Written => gates(&record.event),
+            Durability::Sync => true,
+        };
+        match wait {
+            false => match self.enqueue(Entry { record, done: None }).await {
                 Ok(()) => Ok(()),
                 Err(why) => self.unavailable(why),
             },
-            Durability::Sync => {
+            true => {
                 let (done, wait) = oneshot::channel();
                 if let Err(why) = self
                     .enqueue(Entry {
@@ -462,6 +523,180 @@ async fn catch_up(
         seq = last_seq;
     }
     Ok(seq)
+}
+
+/// When `sink` holds more of `node`'s chain than the primary, and its records continue the
+/// primary's (the same record at the primary's last seq, or the primary is empty), copies them
+/// into the primary and says so in a notice. That happens when the default layout meets a trail
+/// an older gateway kept in SQLite alone, or when a power loss kept more of a secondary than of
+/// the primary: the records are hash-linked, so the longer chain is the trail. A sink whose
+/// records differ from the primary's stays an error (see [`catch_up`]).
+async fn extend_primary(
+    primary: &dyn Sink,
+    sink: &dyn Sink,
+    node: &str,
+    head: Option<&StoredRecord>,
+) -> Result<Option<NoticePayload>, AuditError> {
+    let Some(theirs) = sink.tail(node).await? else {
+        return Ok(None);
+    };
+    let head_seq = head.map_or(0, |h| h.seq);
+    if theirs.seq <= head_seq {
+        return Ok(None);
+    }
+    if let Some(head) = head {
+        let same = sink.read_range(node, head.seq, 1).await?;
+        if same.first().map(|r| r.hash) != Some(head.hash) {
+            return Err(AuditError::Diverged(format!(
+                "{} and the primary {} hold different records at node `{node}` seq {}",
+                sink.name(),
+                primary.name(),
+                head.seq
+            )));
+        }
+    }
+    tracing::warn!(
+        sink = sink.name(),
+        primary = primary.name(),
+        node,
+        from = head_seq + 1,
+        to = theirs.seq,
+        "audit: the primary lacks records another sink holds; copying them into the primary"
+    );
+    let mut seq = head_seq;
+    while seq < theirs.seq {
+        let chunk = sink.read_range(node, seq + 1, 1000).await?;
+        let Some(last) = chunk.last().map(|r| r.seq) else {
+            break;
+        };
+        if chunk.first().map(|r| r.seq) != Some(seq + 1) {
+            return Err(AuditError::Diverged(format!(
+                "{} has a gap after seq {seq}",
+                sink.name()
+            )));
+        }
+        let chunk: Vec<Arc<StoredRecord>> = chunk.into_iter().map(Arc::new).collect();
+        primary.write_batch(&chunk).await?;
+        seq = last;
+    }
+    primary.sync().await?;
+    let mut details = serde_json::Map::new();
+    details.insert("from_sink".into(), sink.name().into());
+    details.insert("from_seq".into(), (head_seq + 1).into());
+    details.insert("to_seq".into(), seq.into());
+    Ok(Some(NoticePayload {
+        notice: "primary_filled".into(),
+        time: now_for_payload(),
+        message: format!(
+            "the primary {} lacked records {}..{seq} that {} held; they were copied into it",
+            primary.name(),
+            head_seq + 1,
+            sink.name()
+        ),
+        details,
+    }))
+}
+
+/// Most interrupted sessions named one by one in an `unclean_stop` notice; the count is exact.
+const MAX_NAMED_SESSIONS: usize = 1000;
+
+/// The fields of an event payload that say which session it belongs to.
+#[derive(serde::Deserialize)]
+struct SessionFields {
+    event: Option<String>,
+    session_id: Option<String>,
+    subject: Option<String>,
+    target: Option<String>,
+    time: Option<serde_json::Value>,
+}
+
+/// How the chain's previous run ended. A clean stop ends with a `log_closed` notice (and the
+/// final checkpoint after it); any other tail is an unclean stop: a crash, a SIGKILL or a power
+/// loss. For that, returns the `unclean_stop` notice naming the last seq and every session the
+/// run opened and never closed (read from its records since its `log_opened`), which the notice
+/// closes as interrupted.
+async fn previous_stop(
+    primary: &dyn Sink,
+    node: &str,
+    tail: Option<&StoredRecord>,
+) -> Result<Option<NoticePayload>, AuditError> {
+    let Some(tail) = tail else { return Ok(None) };
+    if tail.event == "log_closed" {
+        return Ok(None);
+    }
+    if tail.kind == RecordKind::Checkpoint && tail.seq > 1 {
+        let before = primary.read_range(node, tail.seq - 1, 1).await?;
+        if before.first().is_some_and(|r| r.event == "log_closed") {
+            return Ok(None);
+        }
+    }
+    let from = primary
+        .last_seq_of_event(node, "log_opened")
+        .await?
+        .unwrap_or(1);
+    let mut open: Vec<(String, serde_json::Value)> = Vec::new();
+    let mut at: HashMap<String, usize> = HashMap::new();
+    let mut seq = from;
+    while seq <= tail.seq {
+        let chunk = primary.read_range(node, seq, 1000).await?;
+        let Some(last) = chunk.last().map(|r| r.seq) else {
+            break;
+        };
+        for r in chunk.iter().filter(|r| r.kind == RecordKind::Event) {
+            let Ok(f) = serde_json::from_slice::<SessionFields>(&r.payload) else {
+                continue;
+            };
+            let Some(id) = f.session_id else { continue };
+            match f.event.as_deref() {
+                Some("session_opened") => {
+                    let mut s = serde_json::Map::new();
+                    s.insert("session_id".into(), id.clone().into());
+                    s.insert("subject".into(), f.subject.into());
+                    s.insert("target".into(), f.target.into());
+                    s.insert("opened_at".into(), f.time.unwrap_or_default());
+                    s.insert("opened_seq".into(), r.seq.into());
+                    at.insert(id.clone(), open.len());
+                    open.push((id, s.into()));
+                }
+                Some("session_closed") => {
+                    if let Some(i) = at.remove(&id) {
+                        open[i].1 = serde_json::Value::Null;
+                    }
+                }
+                _ => {}
+            }
+        }
+        seq = last + 1;
+    }
+    let interrupted: Vec<serde_json::Value> = open
+        .into_iter()
+        .map(|(_, s)| s)
+        .filter(|s| !s.is_null())
+        .collect();
+    let count = interrupted.len();
+    let last_time = crate::record::format_time(tail.time());
+    let mut details = serde_json::Map::new();
+    details.insert("last_seq".into(), tail.seq.into());
+    details.insert("last_time".into(), last_time.clone().into());
+    details.insert("interrupted_count".into(), count.into());
+    details.insert(
+        "interrupted_sessions".into(),
+        interrupted
+            .into_iter()
+            .take(MAX_NAMED_SESSIONS)
+            .collect::<Vec<_>>()
+            .into(),
+    );
+    Ok(Some(NoticePayload {
+        notice: "unclean_stop".into(),
+        time: now_for_payload(),
+        message: format!(
+            "the previous run stopped without closing the trail (a crash, SIGKILL or power loss): its last \
+             record is seq {} at {last_time}; {count} session(s) it left open are closed as interrupted",
+            tail.seq
+        ),
+        details,
+    }))
 }
 
 struct Outage {
@@ -559,6 +794,8 @@ struct Writer {
     /// Callers waiting (sync durability) on pending records, by seq.
     waiters: Vec<(u64, oneshot::Sender<Result<(), String>>)>,
     signer: Option<CheckpointSigner>,
+    /// Written durability: when the primary first took records that are not fsynced yet.
+    unsynced_since: Option<Instant>,
     since_checkpoint: u64,
     last_checkpoint_at: Instant,
     config: AuditConfig,
@@ -764,6 +1001,14 @@ impl Writer {
                 return Err(e);
             }
             self.durable[i] = last;
+            if i == 0 && self.config.durability == Durability::Written {
+                // In the operating system's hands: a crash of the gateway can no longer lose
+                // them. Statements may go on; the fsync and the secondary sinks follow.
+                self.unsynced_since.get_or_insert_with(Instant::now);
+                for (_, done) in self.waiters.drain(..) {
+                    let _ = done.send(Ok(()));
+                }
+            }
         }
         let n = self.pending.len() as u64;
         let checkpoints = self
@@ -925,9 +1170,46 @@ impl Writer {
     /// the writer never waits there: what arrives during a write forms the next batch.
     fn batch_delay(&self) -> Duration {
         match self.config.durability {
-            Durability::Sync => Duration::ZERO,
+            Durability::Sync | Durability::Written => Duration::ZERO,
             Durability::Batched => self.config.batch_max_delay,
         }
+    }
+
+    /// Written durability: fsyncs what the sinks hold once the oldest unsynced write is
+    /// `batch_max_delay` old (or at once with `force`), primary first. One fsync covers every
+    /// batch written since the last: group commit without anyone waiting for it.
+    async fn sync_if_due(&mut self, force: bool) {
+        let Some(since) = self.unsynced_since else {
+            return;
+        };
+        if !force && since.elapsed() < self.config.batch_max_delay {
+            return;
+        }
+        let call_timeout = self.config.retry_for.max(Duration::from_secs(1));
+        for i in 0..self.sinks.len() {
+            let sink = &self.sinks[i];
+            let result = match tokio::time::timeout(call_timeout, sink.sync()).await {
+                Ok(r) => r.map_err(|e| e.to_string()),
+                Err(_) => Err(format!(
+                    "{}: fsync did not finish within {call_timeout:?}",
+                    sink.name()
+                )),
+            };
+            if let Err(e) = result {
+                // The data may be gone from the page cache: ask the sink where it ends before
+                // writing to it again.
+                self.dirty[i] = true;
+                self.on_failure(e);
+                return;
+            }
+        }
+        self.unsynced_since = None;
+    }
+
+    /// When the next background fsync is due, if one is.
+    fn sync_due(&self) -> Option<Instant> {
+        self.unsynced_since
+            .map(|since| since + self.config.batch_max_delay)
     }
 
     async fn run(
@@ -951,8 +1233,10 @@ impl Writer {
                     break;
                 }
                 self.write_with_state().await;
+                self.sync_if_due(false).await;
                 continue;
             }
+            let sync_due = self.sync_due();
             let checkpoint_due = self.last_checkpoint_at + self.config.checkpoint_every;
             let wants_timed_checkpoint = self.signer.is_some() && self.since_checkpoint > 0;
             tokio::select! {
@@ -980,6 +1264,7 @@ impl Writer {
                     }
                 }
                 () = tokio::time::sleep_until(checkpoint_due), if wants_timed_checkpoint => {}
+                () = tokio::time::sleep_until(sync_due.unwrap_or(checkpoint_due)), if sync_due.is_some() => {}
                 () = shutdown.notified(), if !closing => {
                     // Refuse new sends, then drain what is buffered (recv returns None when empty).
                     closing = true;
@@ -991,20 +1276,35 @@ impl Writer {
                 self.checkpoint();
             }
             self.write_with_state().await;
+            self.sync_if_due(false).await;
         }
         self.finish().await
     }
 
     /// The queue is closed and drained: final checkpoint, last attempts, report.
     async fn finish(mut self) -> Result<(), AuditError> {
-        // The final checkpoint signs everything, held starts included.
+        // The final checkpoint signs everything, held starts and the closing notice included.
         self.release_held();
+        let mut details = serde_json::Map::new();
+        details.insert("last_seq".into(), (self.head_seq + 1).into());
+        self.notice(NoticePayload {
+            notice: "log_closed".into(),
+            time: now_for_payload(),
+            message: format!(
+                "audit log closed cleanly at seq {}: every record taken was written",
+                self.head_seq + 1
+            ),
+            details,
+        });
         self.checkpoint();
         let deadline = Instant::now() + self.config.retry_for;
         loop {
             self.write_with_state().await;
             if self.pending.is_empty() {
-                return Ok(());
+                self.sync_if_due(true).await;
+                if self.unsynced_since.is_none() {
+                    return Ok(());
+                }
             }
             if Instant::now() >= deadline {
                 let unwritten = self.pending.len() as u64;

@@ -3,9 +3,15 @@
 //!
 //! Each line is one record: the stored columns, then `"payload"` with the payload's exact bytes
 //! embedded as JSON (read back verbatim). A file is rotated before a record would make it larger
-//! than `max_file_bytes`. In sync durability every batch is fsynced (and the directory when a file
-//! is created). A crash can leave the last line cut off: verify reports it as a torn final
-//! record, and the writer truncates it when it opens the directory again and says so in a notice.
+//! than `max_file_bytes`; a full file is fsynced before the next one starts, and the directory
+//! once it has. In sync durability every batch is fsynced; in written durability a batch is one
+//! `write` and [`Sink::sync`] fsyncs in the background. A crash can leave the last line cut off:
+//! verify reports it as a torn final record, and the writer truncates it when it opens the
+//! directory again and says so in a notice.
+//!
+//! This is the default primary sink (the segment log): appending a batch is one system call, no
+//! transaction and no index, which is what lets written durability put every record in the
+//! operating system's hands before its statement runs.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
@@ -35,6 +41,8 @@ struct Inner {
     durability: Option<Durability>,
     /// The file being appended to, once the directory has been (re)opened for writing.
     current: Option<Current>,
+    /// Checkpoint copies were appended since the last [`Sink::sync`].
+    checkpoints_unsynced: bool,
     repairs: Vec<NoticePayload>,
 }
 
@@ -189,6 +197,20 @@ fn last_complete_line(file: &mut File) -> std::io::Result<(Option<Vec<u8>>, u64)
     }
 }
 
+/// The seq of a file's first record, if its first line can be read as one.
+fn first_seq(dir: &Path, number: u64) -> Result<Option<u64>, String> {
+    let path = dir.join(file_name(number));
+    let file = File::open(&path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    let mut line = Vec::new();
+    BufReader::new(file)
+        .read_until(b'\n', &mut line)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if line.pop() != Some(b'\n') {
+        return Ok(None);
+    }
+    Ok(decode_line(&line).ok().map(|r| r.seq))
+}
+
 fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
@@ -209,6 +231,7 @@ impl JsonlSink {
                 max_file_bytes,
                 durability,
                 current: None,
+                checkpoints_unsynced: false,
                 repairs: Vec::new(),
             })),
         };
@@ -314,6 +337,7 @@ fn write_blocking(
     }
     let sync = inner.durability == Some(Durability::Sync);
     let max = inner.max_file_bytes;
+    let mut checkpoints_unsynced = false;
     let result = (|| -> Result<(), String> {
         let Some(cur) = inner.current.as_mut() else {
             return Err("no open file".into());
@@ -329,6 +353,11 @@ fn write_blocking(
                 && cur.len + (pending.len() + line.len()) as u64 > max
             {
                 flush(cur, &mut pending, sync)?;
+                // A full segment is made durable before the next one starts, whatever the
+                // durability: background syncs then only ever concern the newest file.
+                cur.file
+                    .sync_data()
+                    .map_err(|e| format!("cannot sync {}: {e}", file_name(cur.number)))?;
                 let next = cur.number + 1;
                 let path = dir.join(file_name(next));
                 let file = OpenOptions::new()
@@ -337,9 +366,7 @@ fn write_blocking(
                     .create(true)
                     .open(&path)
                     .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
-                if sync {
-                    sync_dir(dir).map_err(|e| format!("cannot sync directory: {e}"))?;
-                }
+                sync_dir(dir).map_err(|e| format!("cannot sync directory: {e}"))?;
                 *cur = Current {
                     number: next,
                     file,
@@ -362,10 +389,13 @@ fn write_blocking(
             if sync {
                 f.sync_data()
                     .map_err(|e| format!("cannot sync {}: {e}", path.display()))?;
+            } else {
+                checkpoints_unsynced = true;
             }
         }
         Ok(())
     })();
+    inner.checkpoints_unsynced |= checkpoints_unsynced;
     if result.is_err() {
         // Forget the open file: the next write lists the directory again and truncates whatever
         // part of a line this failure left behind.
@@ -415,9 +445,22 @@ fn flush(cur: &mut Current, pending: &mut Vec<u8>, sync: bool) -> Result<(), Str
 }
 
 fn scan_blocking(dir: &Path, cursor: ScanCursor, limit: usize) -> Result<ScanPage, String> {
-    let files = list_files(dir).map_err(|e| format!("cannot list directory: {e}"))?;
-    let mut page = ScanPage::default();
+    scan_files(dir, cursor, limit, None)
+}
+
+/// [`scan_blocking`], stopping after file `last` when given.
+fn scan_files(
+    dir: &Path,
+    cursor: ScanCursor,
+    limit: usize,
+    last: Option<u64>,
+) -> Result<ScanPage, String> {
+    let mut files = list_files(dir).map_err(|e| format!("cannot list directory: {e}"))?;
     let last_file = files.last().copied();
+    if let Some(last) = last {
+        files.retain(|&n| n <= last);
+    }
+    let mut page = ScanPage::default();
     let start = cursor.segment;
     let mut cursor = cursor;
     for &number in files.iter().filter(|&&n| n >= start) {
@@ -531,6 +574,105 @@ impl Sink for JsonlSink {
     async fn scan(&self, cursor: ScanCursor, limit: usize) -> Result<ScanPage, SinkError> {
         self.blocking(move |dir, _| scan_blocking(dir, cursor, limit))
             .await
+    }
+
+    async fn sync(&self) -> Result<(), SinkError> {
+        self.blocking(|dir, inner| {
+            if let Some(cur) = &inner.current {
+                cur.file
+                    .sync_data()
+                    .map_err(|e| format!("cannot sync {}: {e}", file_name(cur.number)))?;
+            }
+            if inner.checkpoints_unsynced {
+                let path = dir.join(CHECKPOINTS_FILE);
+                File::open(&path)
+                    .and_then(|f| f.sync_data())
+                    .map_err(|e| format!("cannot sync {}: {e}", path.display()))?;
+                inner.checkpoints_unsynced = false;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn read_range(
+        &self,
+        node: &str,
+        from_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredRecord>, SinkError> {
+        let node = node.to_owned();
+        self.blocking(move |dir, _| {
+            let files = list_files(dir).map_err(|e| format!("cannot list directory: {e}"))?;
+            // Seqs grow from file to file: start at the newest file that begins at or before
+            // `from_seq`, instead of reading the whole trail.
+            let mut start = files.first().copied().unwrap_or(1);
+            for &number in files.iter().rev() {
+                if first_seq(dir, number)?.is_some_and(|s| s <= from_seq) {
+                    start = number;
+                    break;
+                }
+            }
+            let mut out = Vec::new();
+            let mut cursor = ScanCursor {
+                segment: start,
+                position: 0,
+                line: 0,
+            };
+            loop {
+                let page = scan_blocking(dir, cursor, 1024)?;
+                for item in page.items {
+                    if let ScanItem::Record { record, .. } = item {
+                        if record.node == node && record.seq >= from_seq {
+                            out.push(record);
+                            if out.len() >= limit {
+                                return Ok(out);
+                            }
+                        }
+                    }
+                }
+                match page.next {
+                    Some(next) => cursor = next,
+                    None => return Ok(out),
+                }
+            }
+        })
+        .await
+    }
+
+    async fn last_seq_of_event(&self, node: &str, event: &str) -> Result<Option<u64>, SinkError> {
+        let (node, event) = (node.to_owned(), event.to_owned());
+        self.blocking(move |dir, _| {
+            let files = list_files(dir).map_err(|e| format!("cannot list directory: {e}"))?;
+            // Newest file first; within a file the last match wins.
+            for &number in files.iter().rev() {
+                let mut found = None;
+                let mut cursor = ScanCursor {
+                    segment: number,
+                    position: 0,
+                    line: 0,
+                };
+                loop {
+                    let page = scan_files(dir, cursor, 1024, Some(number))?;
+                    for item in page.items {
+                        if let ScanItem::Record { record, .. } = item {
+                            if record.node == node && record.event == event {
+                                found = found.max(Some(record.seq));
+                            }
+                        }
+                    }
+                    match page.next {
+                        Some(next) => cursor = next,
+                        None => break,
+                    }
+                }
+                if found.is_some() {
+                    return Ok(found);
+                }
+            }
+            Ok(None)
+        })
+        .await
     }
 
     async fn checkpoint_copies(&self) -> Result<Vec<(String, StoredRecord)>, SinkError> {

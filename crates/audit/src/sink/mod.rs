@@ -108,6 +108,41 @@ pub trait Sink: Send + Sync {
         Ok(out.into())
     }
 
+    /// Makes everything [`write_batch`](Self::write_batch) has stored durable on disk. Written
+    /// durability writes without syncing and calls this in the background, at most
+    /// `batch_max_delay` after a write; sinks that sync every write (sync durability, PostgreSQL)
+    /// have nothing to do.
+    async fn sync(&self) -> Result<(), SinkError> {
+        Ok(())
+    }
+
+    /// The highest seq of `node` whose record's event (or notice) is `event`, if any. The default
+    /// scans the whole sink; the segment log reads its files newest first.
+    async fn last_seq_of_event(&self, node: &str, event: &str) -> Result<Option<u64>, SinkError> {
+        let mut found = None;
+        let mut cursor = ScanCursor::default();
+        loop {
+            let page = self.scan(cursor, 1024).await?;
+            for item in page.items {
+                if let ScanItem::Record { record, .. } = item {
+                    if record.node == node && record.event == event {
+                        found = found.max(Some(record.seq));
+                    }
+                }
+            }
+            match page.next {
+                Some(next) => cursor = next,
+                None => break,
+            }
+        }
+        Ok(found)
+    }
+
+    /// Whether tail and search can answer from an index (SQLite, PostgreSQL) rather than a scan.
+    fn indexed(&self) -> bool {
+        false
+    }
+
     /// Repairs the sink made when it was opened for writing (a torn final line truncated), for
     /// the writer to record as notices. Each call hands them over once.
     fn take_repairs(&self) -> Vec<NoticePayload> {

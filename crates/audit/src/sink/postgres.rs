@@ -319,6 +319,10 @@ macro_rules! on_client {
 
 #[async_trait::async_trait]
 impl Sink for PostgresSink {
+    fn indexed(&self) -> bool {
+        true
+    }
+
     fn name(&self) -> &str {
         &self.name
     }

@@ -71,6 +71,8 @@ pub fn config(sinks: Vec<SinkConfig>, durability: Durability) -> AuditConfig {
         checkpoint_every: Duration::from_secs(60),
         retry_for: Duration::from_millis(300),
         signing_key_file: None,
+        // Tests pass their signer in, or sign nothing.
+        generated_key_file: None,
         sinks,
         // Everything else as when `[audit]` is absent, so new keys need no change here.
         ..AuditConfig::default_for(std::path::Path::new("unused"))
