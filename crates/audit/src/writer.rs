@@ -1297,6 +1297,8 @@ impl Writer {
             details,
         });
         self.checkpoint();
+        // Whatever the durability, a clean stop leaves every sink fsynced.
+        self.unsynced_since.get_or_insert_with(Instant::now);
         let deadline = Instant::now() + self.config.retry_for;
         loop {
             self.write_with_state().await;
