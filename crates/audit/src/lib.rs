@@ -16,6 +16,7 @@
 #![warn(missing_docs)]
 
 pub mod config;
+mod direct;
 pub mod error;
 pub mod record;
 pub mod signing;

@@ -11,6 +11,7 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::time::Instant;
 
 use crate::config::{AuditConfig, Durability, OnFailure};
+use crate::direct::{Chain, Direct};
 use crate::error::{AuditError, SinkError};
 use crate::record::{now_for_payload, ChainHash, RecordIndex, RecordKind, StoredRecord};
 use crate::signing::{load_or_generate_key, public_key_path, CheckpointSigner, NoticePayload};
@@ -35,10 +36,10 @@ pub struct AuditStats {
     pub checkpoints: AtomicU64,
 }
 
-struct Shared {
-    stats: Arc<AuditStats>,
+pub(crate) struct Shared {
+    pub(crate) stats: Arc<AuditStats>,
     /// False from the first failed write until a write succeeds again.
-    healthy: AtomicBool,
+    pub(crate) healthy: AtomicBool,
     /// Set by `shutdown`.
     closed: AtomicBool,
     /// The last sink error, for messages; only touched outside any `.await`.
@@ -50,8 +51,24 @@ struct Shared {
     metrics: OnceLock<Arc<Metrics>>,
 }
 
+impl Shared {
+    pub(crate) fn last_error(&self) -> String {
+        self.last_error
+            .lock()
+            .map(|e| e.clone())
+            .unwrap_or_default()
+    }
+
+    pub(crate) fn set_last_error(&self, error: &str) {
+        if let Ok(mut e) = self.last_error.lock() {
+            e.clear();
+            e.push_str(error);
+        }
+    }
+}
+
 /// Initial capacity of a record's payload buffer (statement records measured 300 to 700 bytes).
-const PAYLOAD_CAPACITY: usize = 768;
+pub(crate) const PAYLOAD_CAPACITY: usize = 768;
 
 struct Entry {
     /// Serialized by the writer, off the statement's path: the record is in the queue (and so
@@ -71,6 +88,9 @@ struct Entry {
 /// own. Call [`shutdown`](Self::shutdown) before the process exits.
 pub struct AuditLog {
     tx: mpsc::Sender<Entry>,
+    /// Written durability on a primary that appends on the caller's thread: records go there
+    /// directly, and the queue stays empty.
+    direct: Option<Arc<Direct>>,
     shared: Arc<Shared>,
     durability: Durability,
     on_failure: OnFailure,
@@ -231,6 +251,7 @@ impl AuditLog {
             waiters: Vec::new(),
             signer,
             unsynced_since: None,
+            follower: None,
             since_checkpoint: 0,
             last_checkpoint_at: Instant::now(),
             config: config.clone(),
@@ -290,11 +311,78 @@ impl AuditLog {
             .flush()
             .await
             .map_err(|e| AuditError::Sink(SinkError::new("audit", e)))?;
+        if config.durability == Durability::Written && writer.sinks.len() > 1 {
+            // Written durability: the writer keeps the primary; the secondaries follow on a
+            // thread of their own, so that no statement waits for an index.
+            let secondaries = writer.sinks.split_off(1);
+            let durable = writer.durable.split_off(1);
+            writer.dirty.truncate(1);
+            writer.follower = Some(
+                Follower::spawn(
+                    node,
+                    secondaries,
+                    durable,
+                    config.batch_max_delay,
+                    Arc::clone(&shared),
+                )
+                .map_err(|e| {
+                    AuditError::Config(format!("cannot start the audit index thread: {e}"))
+                })?,
+            );
+        }
+        let direct_primary = config.durability == Durability::Written
+            && writer
+                .sinks
+                .first()
+                .and_then(|p| p.tail_blocking(node))
+                .is_some();
+        if direct_primary {
+            // The secondaries are the follower's already (above); the primary leaves the writer.
+            let Some(primary) = writer.sinks.pop() else {
+                return Err(AuditError::Config("no audit sink configured".into()));
+            };
+            let follower = writer.follower.take();
+            let chain = Chain::new(
+                writer.head_seq,
+                writer.head_hash,
+                writer.since_checkpoint,
+                writer.last_checkpoint_at.into_std(),
+                writer.signer.take(),
+            );
+            let direct = Arc::new(Direct::new(
+                node,
+                chain,
+                primary,
+                Arc::clone(&shared),
+                config.checkpoint_every_records,
+            ));
+            let handle = spawn_writer_thread(Arc::clone(&direct).run(
+                follower,
+                Arc::clone(&shutdown),
+                config.batch_max_delay,
+                config.checkpoint_every,
+                config.retry_for,
+            ))
+            .map_err(|e| {
+                AuditError::Config(format!("cannot start the audit writer thread: {e}"))
+            })?;
+            return Ok(AuditLog {
+                tx,
+                direct: Some(direct),
+                shared,
+                durability: config.durability,
+                on_failure: config.on_failure,
+                retry_for: config.retry_for,
+                shutdown,
+                writer: Mutex::new(Some(handle)),
+            });
+        }
         let handle = spawn_writer_thread(writer.run(rx, Arc::clone(&shutdown))).map_err(|e| {
             AuditError::Config(format!("cannot start the audit writer thread: {e}"))
         })?;
         Ok(AuditLog {
             tx,
+            direct: None,
             shared,
             durability: config.durability,
             on_failure: config.on_failure,
@@ -418,6 +506,14 @@ impl AuditSink for AuditLog {
     async fn record(&self, record: AuditRecord) -> Result<(), GatewayError> {
         if self.shared.closed.load(Ordering::Acquire) {
             return self.unavailable("the audit log is shut down");
+        }
+        if let Some(direct) = &self.direct {
+            // Every record tries the primary again: a failing disk costs a failed write, and the
+            // first one that succeeds ends the outage.
+            return match direct.record(&record) {
+                Ok(()) => Ok(()),
+                Err(why) => self.unavailable(&why),
+            };
         }
         if !self.shared.healthy.load(Ordering::Acquire) {
             return self.unavailable(&self.last_error());
@@ -699,6 +795,168 @@ async fn previous_stop(
     }))
 }
 
+/// Most records the index thread keeps while its sinks fail; beyond that it lets them go and
+/// the next start fills the sinks from the primary.
+const FOLLOWER_MAX_QUEUED: usize = 200_000;
+
+enum FollowerMsg {
+    Batch(Vec<Arc<StoredRecord>>),
+    Close,
+}
+
+/// The thread that writes the secondary sinks (by default the SQLite index) in written
+/// durability, from the batches the writer has put in the primary. It waits up to
+/// `batch_max_delay` for batches to gather, so an index commit covers many records, and fsyncs
+/// after each write. A secondary that fails does not stop statements (the primary holds every
+/// record): the thread logs it, retries with backoff, and the next start fills any gap from the
+/// primary.
+pub(crate) struct Follower {
+    tx: std::sync::mpsc::Sender<FollowerMsg>,
+    done: std::sync::mpsc::Receiver<()>,
+}
+
+impl Follower {
+    fn spawn(
+        node: &str,
+        sinks: Vec<Box<dyn Sink>>,
+        durable: Vec<u64>,
+        delay: Duration,
+        shared: Arc<Shared>,
+    ) -> std::io::Result<Follower> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (done_tx, done) = std::sync::mpsc::channel();
+        let node = node.to_owned();
+        std::thread::Builder::new()
+            .name("portcullis-audit-index".into())
+            .spawn(move || {
+                ON_WRITER_THREAD.with(|on| on.set(true));
+                runtime.block_on(follow(node, rx, sinks, durable, delay, shared));
+                let _ = done_tx.send(());
+            })?;
+        Ok(Follower { tx, done })
+    }
+
+    pub(crate) fn send(&self, records: Vec<Arc<StoredRecord>>) {
+        // A closed channel means the thread is gone; the next start fills the sinks.
+        let _ = self.tx.send(FollowerMsg::Batch(records));
+    }
+
+    /// Lets the thread write what it holds (retrying failures for up to `wait`), then waits for
+    /// it to end.
+    pub(crate) fn close(self, wait: Duration) {
+        let _ = self.tx.send(FollowerMsg::Close);
+        if self
+            .done
+            .recv_timeout(wait + Duration::from_secs(1))
+            .is_err()
+        {
+            tracing::error!(
+                "audit: the index thread did not finish in time; the next start fills the secondary sinks from the primary"
+            );
+        }
+    }
+}
+
+async fn follow(
+    node: String,
+    rx: std::sync::mpsc::Receiver<FollowerMsg>,
+    sinks: Vec<Box<dyn Sink>>,
+    mut durable: Vec<u64>,
+    delay: Duration,
+    shared: Arc<Shared>,
+) {
+    let mut queue: Vec<Arc<StoredRecord>> = Vec::new();
+    let mut dirty = vec![false; sinks.len()];
+    let mut closing = false;
+    let mut backoff = Duration::from_millis(50);
+    let mut close_deadline = None;
+    loop {
+        if queue.is_empty() {
+            if closing {
+                return;
+            }
+            match rx.recv() {
+                Ok(FollowerMsg::Batch(b)) => queue.extend(b),
+                Ok(FollowerMsg::Close) | Err(_) => closing = true,
+            }
+            // Let more batches gather: one index commit for many records.
+            if !closing && !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+        }
+        loop {
+            match rx.try_recv() {
+                Ok(FollowerMsg::Batch(b)) => queue.extend(b),
+                Ok(FollowerMsg::Close) | Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                    closing = true;
+                    break;
+                }
+                Err(std::sync::mpsc::TryRecvError::Empty) => break,
+            }
+        }
+        if closing && close_deadline.is_none() {
+            close_deadline = Some(Instant::now() + backoff.max(Duration::from_secs(2)));
+        }
+        let mut failed = None;
+        for (i, sink) in sinks.iter().enumerate() {
+            if dirty[i] {
+                match sink.tail(&node).await {
+                    Ok(tail) => {
+                        durable[i] = tail.map_or(0, |t| t.seq).max(durable[i]);
+                        dirty[i] = false;
+                    }
+                    Err(e) => {
+                        failed = Some(e.to_string());
+                        continue;
+                    }
+                }
+            }
+            let from = durable[i];
+            let todo = &queue[queue.partition_point(|r| r.seq <= from)..];
+            if todo.is_empty() {
+                continue;
+            }
+            let last = todo.last().map_or(from, |r| r.seq);
+            let written = match sink.write_batch(todo).await {
+                Ok(()) => sink.sync().await,
+                Err(e) => Err(e),
+            };
+            match written {
+                Ok(()) => durable[i] = last,
+                Err(e) => {
+                    dirty[i] = true;
+                    failed = Some(e.to_string());
+                }
+            }
+        }
+        match failed {
+            None => {
+                queue.clear();
+                backoff = Duration::from_millis(50);
+            }
+            Some(e) => {
+                shared.stats.failed.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(error = %e, queued = queue.len(), "audit: a secondary sink failed; statements go on (the primary has every record), retrying");
+                let low = durable.iter().copied().min().unwrap_or(0);
+                queue.retain(|r| r.seq > low);
+                if queue.len() > FOLLOWER_MAX_QUEUED {
+                    tracing::error!(dropped = queue.len(), "audit: too many records wait for a failing secondary sink; they are dropped here and the next start fills the sink from the primary");
+                    queue.clear();
+                }
+                if close_deadline.is_some_and(|d| Instant::now() >= d) {
+                    tracing::error!("audit: closing with records a secondary sink did not take; the next start fills it from the primary");
+                    return;
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
+}
+
 struct Outage {
     since: Instant,
     started_at: std::time::SystemTime,
@@ -796,6 +1054,8 @@ struct Writer {
     signer: Option<CheckpointSigner>,
     /// Written durability: when the primary first took records that are not fsynced yet.
     unsynced_since: Option<Instant>,
+    /// Written durability with secondary sinks: the thread that writes them after the primary.
+    follower: Option<Follower>,
     since_checkpoint: u64,
     last_checkpoint_at: Instant,
     config: AuditConfig,
@@ -1007,6 +1267,9 @@ impl Writer {
                 self.unsynced_since.get_or_insert_with(Instant::now);
                 for (_, done) in self.waiters.drain(..) {
                     let _ = done.send(Ok(()));
+                }
+                if let Some(follower) = &self.follower {
+                    follower.send(todo.to_vec());
                 }
             }
         }
@@ -1305,6 +1568,9 @@ impl Writer {
             if self.pending.is_empty() {
                 self.sync_if_due(true).await;
                 if self.unsynced_since.is_none() {
+                    if let Some(follower) = self.follower.take() {
+                        follower.close(self.config.retry_for);
+                    }
                     return Ok(());
                 }
             }

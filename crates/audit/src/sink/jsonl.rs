@@ -260,6 +260,18 @@ impl JsonlSink {
         Ok(sink)
     }
 
+    /// Runs `f` with the sink locked, on the caller's thread.
+    fn locked<T>(
+        &self,
+        f: impl FnOnce(&Path, &mut Inner) -> Result<T, String>,
+    ) -> Result<T, SinkError> {
+        let mut g = self
+            .inner
+            .lock()
+            .map_err(|_| SinkError::new(&self.name, "lock poisoned"))?;
+        f(&self.dir, &mut g).map_err(|e| SinkError::new(&self.name, e))
+    }
+
     async fn blocking<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Path, &mut Inner) -> Result<T, String> + Send + 'static,
@@ -280,6 +292,40 @@ impl JsonlSink {
             .await
             .map_err(|e| SinkError::new(&self.name, format!("task failed: {e}")))?
     }
+}
+
+/// The last record of the directory, for `node`.
+fn tail_blocking(
+    dir: &Path,
+    inner: &mut Inner,
+    node: &str,
+) -> Result<Option<StoredRecord>, String> {
+    if inner.durability.is_some() && inner.current.is_none() {
+        // After a failed write: repair before answering, so the answer is what the next write
+        // continues from.
+        open_current(dir, inner)?;
+    }
+    let files = list_files(dir).map_err(|e| format!("cannot list directory: {e}"))?;
+    for &number in files.iter().rev() {
+        let path = dir.join(file_name(number));
+        let mut file =
+            File::open(&path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+        let (line, _) = last_complete_line(&mut file)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        if let Some(line) = line {
+            let r = decode_line(&line).map_err(|(_, _, p)| {
+                format!("last record of {} is damaged: {p}", file_name(number))
+            })?;
+            if r.node != node {
+                return Err(format!(
+                    "the directory holds the chain of node `{}`, not `{node}`: use one directory per node",
+                    r.node
+                ));
+            }
+            return Ok(Some(r));
+        }
+    }
+    Ok(None)
 }
 
 /// Finds the newest file, truncates a torn final line, and opens it for appending.
@@ -543,32 +589,21 @@ impl Sink for JsonlSink {
 
     async fn tail(&self, node: &str) -> Result<Option<StoredRecord>, SinkError> {
         let node = node.to_owned();
-        self.blocking(move |dir, inner| {
-            if inner.durability.is_some() && inner.current.is_none() {
-                // After a failed write: repair before answering, so the answer is what the
-                // next write continues from.
-                open_current(dir, inner)?;
+        self.blocking(move |dir, inner| tail_blocking(dir, inner, &node))
+            .await
+    }
+
+    fn append_blocking(&self, records: &[Arc<StoredRecord>]) -> Option<Result<(), SinkError>> {
+        Some(self.locked(|dir, inner| {
+            if inner.durability.is_none() {
+                return Err("opened read-only".into());
             }
-            let files = list_files(dir).map_err(|e| format!("cannot list directory: {e}"))?;
-            for &number in files.iter().rev() {
-                let path = dir.join(file_name(number));
-                let mut file = File::open(&path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-                let (line, _) = last_complete_line(&mut file).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-                if let Some(line) = line {
-                    let r = decode_line(&line)
-                        .map_err(|(_, _, p)| format!("last record of {} is damaged: {p}", file_name(number)))?;
-                    if r.node != node {
-                        return Err(format!(
-                            "the directory holds the chain of node `{}`, not `{node}`: use one directory per node",
-                            r.node
-                        ));
-                    }
-                    return Ok(Some(r));
-                }
-            }
-            Ok(None)
-        })
-        .await
+            write_blocking(dir, inner, records)
+        }))
+    }
+
+    fn tail_blocking(&self, node: &str) -> Option<Result<Option<StoredRecord>, SinkError>> {
+        Some(self.locked(|dir, inner| tail_blocking(dir, inner, node)))
     }
 
     async fn scan(&self, cursor: ScanCursor, limit: usize) -> Result<ScanPage, SinkError> {
@@ -577,22 +612,41 @@ impl Sink for JsonlSink {
     }
 
     async fn sync(&self) -> Result<(), SinkError> {
-        self.blocking(|dir, inner| {
-            if let Some(cur) = &inner.current {
-                cur.file
-                    .sync_data()
-                    .map_err(|e| format!("cannot sync {}: {e}", file_name(cur.number)))?;
+        // The fsync runs on duplicates of the descriptors, outside the lock: appends on other
+        // threads go on while it waits for the disk.
+        let (current, checkpoints) = self.locked(|dir, inner| {
+            let current = match &inner.current {
+                Some(cur) => Some((
+                    cur.file
+                        .try_clone()
+                        .map_err(|e| format!("cannot sync {}: {e}", file_name(cur.number)))?,
+                    file_name(cur.number),
+                )),
+                None => None,
+            };
+            let checkpoints =
+                std::mem::take(&mut inner.checkpoints_unsynced).then(|| dir.join(CHECKPOINTS_FILE));
+            Ok((current, checkpoints))
+        })?;
+        let name = self.name.clone();
+        let sync = move || -> Result<(), SinkError> {
+            if let Some((file, file_name)) = current {
+                file.sync_data()
+                    .map_err(|e| SinkError::new(&name, format!("cannot sync {file_name}: {e}")))?;
             }
-            if inner.checkpoints_unsynced {
-                let path = dir.join(CHECKPOINTS_FILE);
-                File::open(&path)
-                    .and_then(|f| f.sync_data())
-                    .map_err(|e| format!("cannot sync {}: {e}", path.display()))?;
-                inner.checkpoints_unsynced = false;
+            if let Some(path) = checkpoints {
+                File::open(&path).and_then(|f| f.sync_data()).map_err(|e| {
+                    SinkError::new(&name, format!("cannot sync {}: {e}", path.display()))
+                })?;
             }
             Ok(())
-        })
-        .await
+        };
+        if crate::writer::on_writer_thread() {
+            return sync();
+        }
+        tokio::task::spawn_blocking(sync)
+            .await
+            .map_err(|e| SinkError::new(&self.name, format!("task failed: {e}")))?
     }
 
     async fn read_range(

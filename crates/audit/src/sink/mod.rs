@@ -138,6 +138,20 @@ pub trait Sink: Send + Sync {
         Ok(found)
     }
 
+    /// Appends `records` on the caller's thread, without a hand-off to the writer, where the sink
+    /// can (a file: one `write`); `None` where it cannot. Written durability uses it so that a
+    /// statement's record costs a system call on the session's own thread, not two thread
+    /// wake-ups. Same contract as [`write_batch`](Self::write_batch) otherwise.
+    fn append_blocking(&self, _records: &[Arc<StoredRecord>]) -> Option<Result<(), SinkError>> {
+        None
+    }
+
+    /// [`tail`](Self::tail) on the caller's thread, for sinks that offer
+    /// [`append_blocking`](Self::append_blocking).
+    fn tail_blocking(&self, _node: &str) -> Option<Result<Option<StoredRecord>, SinkError>> {
+        None
+    }
+
     /// Whether tail and search can answer from an index (SQLite, PostgreSQL) rather than a scan.
     fn indexed(&self) -> bool {
         false
