@@ -332,6 +332,7 @@ async fn handshake(
         },
         protocol: Protocol::Postgres,
         database,
+        require_user_match: config.require_user_match,
     };
     let session = match shared.gateway.open_session(request).await {
         Ok(s) => Arc::new(s),
