@@ -18,6 +18,7 @@
 pub mod cancel;
 mod connection;
 pub mod fuzzing;
+mod linger;
 mod relay;
 pub mod startup;
 pub mod stream;

@@ -68,6 +68,8 @@ pub(crate) async fn relay(
     let (mut client_read, mut client_write) = client.split();
     let (mut up_read, mut up_write) = upstream.stream.split();
     let queue: Queue = Arc::default();
+    // Set once the client's stream ended (a half-close, or a close) without Terminate.
+    let client_eof = AtomicBool::new(false);
     let nonce = format!("{:016x}", rand::random::<u64>());
     let scs = AtomicBool::new(
         upstream
@@ -89,6 +91,7 @@ pub(crate) async fn relay(
         scs: &scs,
         max_message: shared.config.max_message_bytes,
         partial_timeout: shared.config.handshake_timeout,
+        client_eof: &client_eof,
     };
     let mut to_client = UpstreamDirection {
         session: &session,
@@ -105,6 +108,7 @@ pub(crate) async fn relay(
         ready_buf: Vec::new(),
         finished: VecDeque::new(),
         finish_before_result: session.finish_before_result(),
+        client_eof: &client_eof,
     };
     let leftover = upstream.leftover;
     let stop = StopSignal::watch(shared.shutdown.clone());
@@ -120,39 +124,44 @@ pub(crate) async fn relay(
             "the gateway is shutting down; reconnect to continue",
         )),
     };
-    if let Err(e) = &result {
-        if e.side != Side::Upstream || e.kind != ErrorKind::UpstreamUnavailable {
-            let _ = client_write.write_all(&error_response(e, true)).await;
-        } else {
-            let _ = client_write
-                .write_all(&error_response(
+    let result = match result {
+        // After the client's end of stream, a failed write to it means it closed both directions
+        // and went away (not just its sending side): an ordinary departure, as before the wait
+        // for what the upstream owed.
+        Err(e)
+            if client_eof.load(Ordering::Acquire)
+                && e.side == Side::Client
+                && e.kind == ErrorKind::Protocol =>
+        {
+            Ok(())
+        }
+        other => other,
+    };
+    let _ = up_write.shutdown().await;
+    match &result {
+        Err(e) => {
+            let reply = if e.side != Side::Upstream || e.kind != ErrorKind::UpstreamUnavailable {
+                error_response(e, true)
+            } else {
+                error_response(
                     &GatewayError::upstream_unavailable("the connection to the database was lost"),
                     true,
-                ))
-                .await;
+                )
+            };
+            // The client may still be sending (the rest of an oversized message): close so that
+            // the error reaches it rather than a reset.
+            crate::linger::lingering_close(
+                &mut client_read,
+                &mut client_write,
+                &reply,
+                shared.config.handshake_timeout,
+            )
+            .await;
+        }
+        Ok(()) => {
+            let _ = client_write.shutdown().await;
         }
     }
-    let _ = up_write.shutdown().await;
-    if result.is_err() {
-        // Lingering close. The client may still be sending (the rest of an oversized message):
-        // closing with unread input makes the kernel reset the connection, and the reset destroys
-        // the error just written before the client reads it. So discard the client's input until
-        // it pauses (it is then reading our answer) or closes, bounded in total, and only then
-        // send FIN: libpq treats an EOF seen while it is still writing as a lost connection.
-        let _ = client_write.flush().await;
-        let mut sink = vec![0u8; READ_CHUNK];
-        let _ = tokio::time::timeout(shared.config.handshake_timeout, async {
-            while let Ok(Ok(n)) =
-                tokio::time::timeout(Duration::from_millis(250), client_read.read(&mut sink)).await
-            {
-                if n == 0 {
-                    break;
-                }
-            }
-        })
-        .await;
-    }
-    let _ = client_write.shutdown().await;
 
     // Executions that ended upstream but whose end was not yet recorded (the relay stopped
     // between reading their results and recording them).
@@ -294,6 +303,8 @@ struct ClientDirection<'a> {
     scs: &'a AtomicBool,
     max_message: usize,
     partial_timeout: Duration,
+    /// Set when the client's stream ends: see [`ClientDirection::on_client_eof`].
+    client_eof: &'a AtomicBool,
 }
 
 impl ClientDirection<'_> {
@@ -391,10 +402,32 @@ impl ClientDirection<'_> {
             }
             .map_err(|e| GatewayError::protocol(Side::Client, format!("read from client: {e}")))?;
             if n == 0 {
-                // The client went away without Terminate.
-                return Ok(());
+                return self.on_client_eof(upstream, streaming > 0).await;
             }
         }
+    }
+
+    /// The client's stream ended without Terminate: it closed, or only shut down its sending
+    /// side (a TCP half-close) and still reads. PostgreSQL itself finishes what it was asked and
+    /// sends the results before it notices the end, so the gateway does the same: it ends the
+    /// upstream session after everything already forwarded (Terminate, then the end of the
+    /// upstream stream; the Terminate is left out in the middle of a CopyData frame, where it
+    /// would be read as data), and the upstream direction relays the results until the database
+    /// closes. This direction then has nothing more to do and waits for the relay to end.
+    async fn on_client_eof(
+        &mut self,
+        upstream: &mut WriteSide,
+        mid_frame: bool,
+    ) -> Result<(), GatewayError> {
+        self.client_eof.store(true, Ordering::Release);
+        if !mid_frame {
+            write_bytes(upstream, &typed(b'X', &[])).await?;
+        }
+        upstream
+            .shutdown()
+            .await
+            .map_err(|e| GatewayError::upstream_unavailable(format!("write to database: {e}")))?;
+        std::future::pending().await
     }
 
     /// The reading settings, refreshed from what the upstream last reported.
@@ -559,6 +592,9 @@ struct UpstreamDirection<'a> {
     /// Record ends before relaying the bytes that carry them (the audit sink promises that every
     /// result a client saw is in the trail); otherwise right after.
     finish_before_result: bool,
+    /// Set when the client's stream ended and the upstream was asked to end after what it owes:
+    /// the database closing is then the relay's ordinary end.
+    client_eof: &'a AtomicBool,
 }
 
 impl UpstreamDirection<'_> {
@@ -673,6 +709,9 @@ impl UpstreamDirection<'_> {
                 GatewayError::upstream_unavailable(format!("read from database: {e}"))
             })?;
             if n == 0 {
+                if self.client_eof.load(Ordering::Acquire) {
+                    return Ok(());
+                }
                 return Err(GatewayError::upstream_unavailable(
                     "the database closed the connection",
                 ));
