@@ -36,6 +36,23 @@ use crate::wire::{
 /// Upstream frames are trusted for size up to PostgreSQL's own limit (1 GB).
 const MAX_UPSTREAM_MESSAGE: usize = 0x3fff_ffff;
 const READ_CHUNK: usize = 64 * 1024;
+/// A read buffer that grew past this to hold one large message is replaced by a fresh one of
+/// [`READ_CHUNK`] once the message has gone through: otherwise each session keeps, until it ends,
+/// a buffer the size of the largest message it ever carried (up to `max_message_bytes` from a
+/// client), and a few sessions that once sent a large statement hold hundreds of MiB.
+const SHRINK_ABOVE: usize = 1024 * 1024;
+
+/// Makes room for the next read, handing back a grown buffer's memory when what is left in it
+/// (an incomplete message, at most [`READ_CHUNK`]) fits a fresh one. One comparison per read on
+/// the common path.
+fn reserve_read(buf: &mut BytesMut) {
+    buf.reserve(READ_CHUNK);
+    if buf.capacity() > SHRINK_ABOVE && buf.len() <= READ_CHUNK {
+        let mut fresh = BytesMut::with_capacity(READ_CHUNK + buf.len());
+        fresh.extend_from_slice(buf);
+        *buf = fresh;
+    }
+}
 
 /// What the upstream owes the client, in order. The client direction pushes, the upstream
 /// direction pops as responses arrive.
@@ -380,7 +397,7 @@ impl ClientDirection<'_> {
                 // A message completed or streamed on: the next partial one gets a fresh bound.
                 partial_since = None;
             }
-            buf.reserve(READ_CHUNK);
+            reserve_read(&mut buf);
             // A CopyData frame being streamed is half a message too.
             let idle = buf.is_empty() && streaming == 0;
             let read = client.read_buf(&mut buf);
@@ -704,7 +721,7 @@ impl UpstreamDirection<'_> {
                 write_client(client, &chunk).await?;
             }
             self.flush_finished().await;
-            buf.reserve(READ_CHUNK);
+            reserve_read(&mut buf);
             let n = upstream.read_buf(&mut buf).await.map_err(|e| {
                 GatewayError::upstream_unavailable(format!("read from database: {e}"))
             })?;
