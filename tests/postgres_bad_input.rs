@@ -950,6 +950,38 @@ async fn an_oversized_password_gets_its_error_every_time_plain_and_tls() {
     gw.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_query_over_tls_gets_the_limit_error_every_time() {
+    // The same race after login: the driver sends the whole statement before reading, and over
+    // TLS a reset would destroy the error record unread.
+    let gw = TestGateway::start_with(Options {
+        tls: true,
+        handshake_timeout: "2s".into(),
+        max_message_bytes: MAX_MESSAGE as u64,
+        ..Options::default()
+    })
+    .await;
+    let sql = format!("select '{}'", "z".repeat(4 * MAX_MESSAGE));
+    for attempt in 1..=10 {
+        let client = gw
+            .try_connect_tls("alice", Some(&gw.token("alice")), None)
+            .await
+            .expect("TLS login");
+        let e = client.simple_query(&sql).await.unwrap_err();
+        let db = e.as_db_error().unwrap_or_else(|| {
+            panic!("try {attempt}: the client saw no error from the gateway, only: {e:?}")
+        });
+        assert_eq!(db.code().code(), "08P01", "try {attempt}");
+        assert!(
+            db.message().contains(&MAX_MESSAGE.to_string()),
+            "{}",
+            db.message()
+        );
+    }
+    gw.assert_serves_normal_clients().await;
+    gw.shutdown().await;
+}
+
 /// Sends two queries (the first with 200,000 rows), shuts down the sending side at once, and
 /// reads to the end: every row, both CommandCompletes and both ReadyForQuery must arrive before
 /// the gateway closes, as they do from PostgreSQL itself.
