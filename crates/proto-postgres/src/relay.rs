@@ -14,7 +14,7 @@
 //! CopyData bodies stream through without being buffered whole.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -87,6 +87,8 @@ pub(crate) async fn relay(
     let queue: Queue = Arc::default();
     // Set once the client's stream ended (a half-close, or a close) without Terminate.
     let client_eof = AtomicBool::new(false);
+    // CopyInResponses seen from the upstream: see `ClientDirection::copy_in_ended`.
+    let copy_ins = AtomicU64::new(0);
     let nonce = format!("{:016x}", rand::random::<u64>());
     let scs = AtomicBool::new(
         upstream
@@ -109,6 +111,8 @@ pub(crate) async fn relay(
         max_message: shared.config.max_message_bytes,
         partial_timeout: shared.config.handshake_timeout,
         client_eof: &client_eof,
+        copy_ins: &copy_ins,
+        copy_ins_ended: 0,
     };
     let mut to_client = UpstreamDirection {
         session: &session,
@@ -126,6 +130,7 @@ pub(crate) async fn relay(
         finished: VecDeque::new(),
         finish_before_result: session.finish_before_result(),
         client_eof: &client_eof,
+        copy_ins: &copy_ins,
     };
     let leftover = upstream.leftover;
     let stop = StopSignal::watch(shared.shutdown.clone());
@@ -322,6 +327,9 @@ struct ClientDirection<'a> {
     partial_timeout: Duration,
     /// Set when the client's stream ends: see [`ClientDirection::on_client_eof`].
     client_eof: &'a AtomicBool,
+    /// CopyInResponses the upstream sent, and how many of those copies the client has ended.
+    copy_ins: &'a AtomicU64,
+    copy_ins_ended: u64,
 }
 
 impl ClientDirection<'_> {
@@ -447,6 +455,28 @@ impl ClientDirection<'_> {
         std::future::pending().await
     }
 
+    /// CopyDone or CopyFail: the client ends a COPY FROM STDIN. PostgreSQL ignores Sync while it
+    /// is in copy-in mode, and drivers send one in copy-in all the same (tokio-postgres pipelines
+    /// Bind, Execute and Sync, then the data, then CopyDone and another Sync: two Syncs, one
+    /// ReadyForQuery). Every Sync queued after the COPY's Execute was received in copy-in mode,
+    /// so it is taken off the queue here; left there, it would take the next ReadyForQuery, every
+    /// later one would close the entry before its own, results would be recorded against the
+    /// wrong statements, and the session would never look idle to a graceful shutdown. Counted
+    /// against the CopyInResponses the upstream really sent, so that a CopyDone outside a COPY
+    /// (which PostgreSQL ignores) changes nothing.
+    fn copy_in_ended(&mut self) {
+        if self.copy_ins.load(Ordering::Acquire) <= self.copy_ins_ended {
+            return;
+        }
+        self.copy_ins_ended += 1;
+        // Entries ahead of the COPY's own (or all of them, once it has been answered and popped)
+        // were queued before it; the Syncs at the back were queued after it.
+        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        while matches!(q.back(), Some(Pending::Sync)) {
+            q.pop_back();
+        }
+    }
+
     /// The reading settings, refreshed from what the upstream last reported.
     fn settings(&mut self) -> &SqlSettings {
         self.settings.standard_conforming_strings = self.scs.load(Ordering::Relaxed);
@@ -568,7 +598,12 @@ impl ClientDirection<'_> {
                 .with_hint("call the function in a SQL statement instead"),
             )),
             Frontend::Terminate => Ok(Action::Terminate),
-            Frontend::Other => Ok(Action::Forward),
+            Frontend::Other => {
+                if ty == b'c' || ty == b'f' {
+                    self.copy_in_ended();
+                }
+                Ok(Action::Forward)
+            }
         }
     }
 }
@@ -612,6 +647,8 @@ struct UpstreamDirection<'a> {
     /// Set when the client's stream ended and the upstream was asked to end after what it owes:
     /// the database closing is then the relay's ordinary end.
     client_eof: &'a AtomicBool,
+    /// Counts CopyInResponses, for [`ClientDirection::copy_in_ended`].
+    copy_ins: &'a AtomicU64,
 }
 
 impl UpstreamDirection<'_> {
@@ -678,6 +715,10 @@ impl UpstreamDirection<'_> {
                     b'E' => self.error(body),
                     b'Z' => {
                         self.ready();
+                        None
+                    }
+                    b'G' => {
+                        self.copy_ins.fetch_add(1, Ordering::AcqRel);
                         None
                     }
                     b'S' => {
