@@ -121,6 +121,8 @@ pub struct PostgresListenerSettings {
     pub require_tls: bool,
     /// Accept passwords and tokens over plain TCP from non-loopback clients.
     pub allow_plaintext_password: bool,
+    /// Refuse a login whose user name differs from the authenticated subject.
+    pub require_user_match: bool,
 }
 
 /// The PEM files that make up a listener's TLS configuration.
@@ -555,6 +557,9 @@ struct PostgresSection {
     /// Accept passwords and tokens over unencrypted connections from non-loopback clients.
     /// Loopback clients may always use them. Default `false`.
     allow_plaintext_password: Option<bool>,
+    /// Refuse a login whose user name (startup `user`) differs from the subject the credential
+    /// proves. Default `false`: the user name is recorded beside the subject but not checked.
+    require_user_match: Option<bool>,
 }
 
 /// `[identity]`
@@ -1257,6 +1262,7 @@ impl<'a> Checker<'a> {
             tls,
             require_tls,
             allow_plaintext_password: section.allow_plaintext_password.unwrap_or(false),
+            require_user_match: section.require_user_match.unwrap_or(false),
         }
     }
 
@@ -1686,6 +1692,7 @@ pub(crate) mod tests {
         let pg = c.postgres.unwrap();
         assert_eq!(pg.listen, "127.0.0.1:6432".parse().unwrap());
         assert!(pg.tls.is_none() && !pg.require_tls && !pg.allow_plaintext_password);
+        assert!(!pg.require_user_match);
         let t = &c.targets[0];
         assert_eq!(
             (t.protocol, t.port, t.database.as_str()),

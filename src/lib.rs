@@ -14,12 +14,14 @@
 //!   them on [`RunningServer::shutdown`].
 //!
 //! - [`Telemetry`] is the OpenTelemetry trace export of `[telemetry]`, with the log filter and
-//!   the export layer the caller installs in its `tracing` subscriber.
+//!   the export layer the caller installs in its `tracing` subscriber;
+//! - [`memory::return_freed_memory_to_the_os`] is the allocator setting the binary makes at start.
 //!
 //! Logging setup is left to the caller (`main.rs` for the binary), so that nothing here is
 //! process-global; [`telemetry`] provides its parts.
 
 pub mod config;
+pub mod memory;
 pub mod server;
 pub mod telemetry;
 pub mod tls;

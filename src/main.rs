@@ -384,6 +384,7 @@ fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
 }
 
 fn main() -> ExitCode {
+    portcullis::memory::return_freed_memory_to_the_os();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run { config } => run(&config),

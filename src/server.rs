@@ -169,6 +169,7 @@ impl Server {
                 tls: postgres_tls,
                 require_tls: pg.require_tls,
                 allow_plaintext_password: pg.allow_plaintext_password,
+                require_user_match: pg.require_user_match,
                 handshake_timeout: config.gateway.handshake_timeout,
                 max_message_bytes: config.gateway.max_message_bytes,
                 drain_timeout: config.gateway.drain_timeout,

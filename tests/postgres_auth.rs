@@ -115,6 +115,14 @@ async fn bad_tokens_are_refused_with_28p01_naming_the_check() {
             "not yet valid",
         ),
         (
+            "issued in the future beyond the leeway (5s)",
+            hs256(
+                &gw.secret,
+                json!({"sub": "alice", "iss": common::ISSUER, "aud": common::AUDIENCE, "iat": now + 3600, "exp": now + 7200}),
+            ),
+            "issued in the future",
+        ),
+        (
             "wrong audience",
             with(&|r| r.audience = Some("someone-else".into())),
             "audience",
@@ -160,6 +168,13 @@ async fn bad_tokens_are_refused_with_28p01_naming_the_check() {
             hs256(
                 &gw.secret,
                 json!({"sub": "alice", "iss": common::ISSUER, "aud": common::AUDIENCE, "exp": now - 1}),
+            ),
+        ),
+        (
+            "issued just now by a clock within the leeway (5s)",
+            hs256(
+                &gw.secret,
+                json!({"sub": "alice", "iss": common::ISSUER, "aud": common::AUDIENCE, "iat": now + 2, "exp": now + 600}),
             ),
         ),
         (
@@ -539,5 +554,110 @@ async fn unreachable_or_missing_upstream_is_08001_without_service_details() {
     }
     // The gateway goes on serving its healthy target.
     gw.assert_serves_normal_clients().await;
+    gw.shutdown().await;
+}
+
+/// Every record of the gateway's default SQLite trail (`<scratch>/data/audit.db`), parsed.
+async fn trail(gw: &TestGateway) -> Vec<serde_json::Value> {
+    let sink = audit::SinkConfig::Sqlite {
+        path: gw.scratch().join("data/audit.db"),
+    };
+    let sink = audit::open_sink(&sink, audit::OpenMode::Read)
+        .await
+        .expect("open the trail");
+    audit::search(sink.as_ref(), &audit::SearchFilter::default(), 100_000)
+        .await
+        .expect("read the trail")
+        .into_iter()
+        .map(|r| serde_json::from_slice(&r.payload).expect("payloads are JSON"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_user_is_recorded_beside_the_subject_and_can_be_required_to_match() {
+    // By default a token for alice presented as user=bob gets in as alice, and the trail keeps
+    // the name the client sent beside the subject.
+    let gw = TestGateway::start().await;
+    let (client, conn) = common::bounded_login(
+        "alice's token as bob",
+        gw.pg_config("bob", &gw.token("alice"))
+            .connect(tokio_postgres::NoTls),
+    )
+    .await
+    .expect("the user name is not checked by default");
+    tokio::spawn(conn);
+    client.query_one("select 1", &[]).await.expect("query");
+    drop(client);
+    let records = trail(&gw).await;
+    let opened: Vec<_> = records
+        .iter()
+        .filter(|p| p["event"] == "session_opened")
+        .collect();
+    assert_eq!(opened.len(), 1, "{records:#?}");
+    assert_eq!(opened[0]["subject"], "alice");
+    assert_eq!(opened[0]["user"], "bob");
+    gw.shutdown().await;
+
+    // With `require_user_match`, the same login is refused naming both, and recorded as a failed
+    // login; alice as alice still gets in.
+    let gw = TestGateway::start_with(Options {
+        postgres_extra: "require_user_match = true".into(),
+        ..Options::default()
+    })
+    .await;
+    let token = gw.token("alice");
+    let result = common::bounded_login(
+        "alice's token as bob, matching required",
+        gw.pg_config("bob", &token).connect(tokio_postgres::NoTls),
+    )
+    .await
+    .map(|(client, _)| client);
+    assert_refused(
+        "user bob, subject alice",
+        result,
+        "28000",
+        "user name \"bob\"",
+        &[&gw.secret, &token],
+    );
+    let e = gw
+        .pg_config("bob", &token)
+        .connect(tokio_postgres::NoTls)
+        .await
+        .err()
+        .expect("refused again");
+    let db = e.as_db_error().expect("server error");
+    assert!(db.message().contains("\"alice\""), "{}", db.message());
+    assert!(
+        db.hint().is_some_and(|h| h.contains("user=alice")),
+        "{:?}",
+        db.hint()
+    );
+    let client = gw.connect_tokio_postgres(&token).await;
+    client.query_one("select 1", &[]).await.expect("query");
+    drop(client);
+    let records = trail(&gw).await;
+    let failed: Vec<_> = records
+        .iter()
+        .filter(|p| p["event"] == "login_failed")
+        .collect();
+    assert_eq!(failed.len(), 2, "{records:#?}");
+    assert_eq!(failed[0]["user"], "bob");
+    assert_eq!(failed[0]["kind"], "access_denied");
+    assert!(
+        failed[0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("bob") && r.contains("alice")),
+        "{:?}",
+        failed[0]
+    );
+    let opened: Vec<_> = records
+        .iter()
+        .filter(|p| p["event"] == "session_opened")
+        .collect();
+    assert_eq!(opened.len(), 1, "{records:#?}");
+    assert_eq!(
+        (&opened[0]["subject"], &opened[0]["user"]),
+        (&json!("alice"), &json!("alice"))
+    );
     gw.shutdown().await;
 }

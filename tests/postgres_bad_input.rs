@@ -1,14 +1,17 @@
 //! Hostile and broken clients on raw TCP sockets: garbage and malformed startup packets, stalled
 //! handshakes, oversized, unknown and truncated messages after login, an oversized password
 //! message. Each must end only its own connection, promptly and with the right SQLSTATE where the
-//! protocol allows an answer, and the same gateway must go on serving normal clients.
+//! protocol allows an answer, and the same gateway must go on serving normal clients. Also the
+//! ends of a connection a raw socket can make and a driver cannot: the error of an oversized
+//! password must arrive every time (plain and TLS), and a client that shuts down its sending side
+//! mid-result (a TCP half-close) still receives the whole result.
 
 mod common;
 
 use std::time::Duration;
 
 use common::{Options, TestGateway};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -114,7 +117,7 @@ fn frame(ty: u8, body: &[u8]) -> Vec<u8> {
 }
 
 /// Reads complete messages until one of type `until` arrives; returns everything read.
-async fn read_until(s: &mut TcpStream, until: u8, what: &str) -> Vec<u8> {
+async fn read_until<S: AsyncRead + Unpin>(s: &mut S, until: u8, what: &str) -> Vec<u8> {
     let mut bytes = Vec::new();
     let mut buf = [0u8; 8192];
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -153,8 +156,36 @@ async fn raw_login(gw: &TestGateway) -> TcpStream {
 /// first ReadyForQuery with everything the gateway sent (from the password request on).
 async fn raw_login_with(gw: &TestGateway, startup: &[u8]) -> (TcpStream, Vec<u8>) {
     let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    let got = login_on(&mut s, gw, startup).await;
+    (s, got)
+}
+
+/// A raw TLS connection to a gateway started with `tls`: SSLRequest, 'S', the TLS handshake
+/// (verifying the gateway against the test CA).
+async fn raw_tls(gw: &TestGateway) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let mut tcp = TcpStream::connect(gw.addr).await.unwrap();
+    tcp.write_all(&proto_postgres::startup::encode_ssl_request())
+        .await
+        .unwrap();
+    let mut answer = [0u8; 1];
+    tcp.read_exact(&mut answer).await.unwrap();
+    assert_eq!(&answer, b"S", "SSLRequest on a TLS listener");
+    let pki = gw.pki.as_ref().expect("a gateway with TLS");
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    tokio_rustls::TlsConnector::from(pki.rustls_client(None))
+        .connect(name, tcp)
+        .await
+        .expect("TLS handshake")
+}
+
+/// Logs in on `s` as [`raw_login_with`] does, and returns everything the gateway sent.
+async fn login_on<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut S,
+    gw: &TestGateway,
+    startup: &[u8],
+) -> Vec<u8> {
     s.write_all(startup).await.unwrap();
-    let mut got = read_until(&mut s, b'R', "startup").await;
+    let mut got = read_until(s, b'R', "startup").await;
     let (_, body) = messages(&got)
         .into_iter()
         .find(|(t, _)| *t == b'R')
@@ -167,8 +198,8 @@ async fn raw_login_with(gw: &TestGateway, startup: &[u8]) -> (TcpStream, Vec<u8>
     let mut password = gw.token("alice").into_bytes();
     password.push(0);
     s.write_all(&frame(b'p', &password)).await.unwrap();
-    got.extend(read_until(&mut s, b'Z', "login").await);
-    (s, got)
+    got.extend(read_until(s, b'Z', "login").await);
+    got
 }
 
 /// Runs one simple query on a raw connection and returns the first column of the first row.
@@ -840,4 +871,187 @@ async fn unsafe_client_encodings_are_refused_at_startup() {
         )
         .await;
     assert_eq!(stdout(&out).trim(), "1", "{}", stderr(&out));
+}
+
+/// Sends a 100 KB password message the way drivers do (all of it, then read) and requires the
+/// 28P01 before the close.
+async fn oversized_password_on<S: AsyncRead + AsyncWrite + Unpin>(
+    mut s: S,
+    gw: &TestGateway,
+    what: &str,
+) {
+    s.write_all(&startup_packet("alice", gw.database()))
+        .await
+        .unwrap();
+    read_until(&mut s, b'R', what).await;
+    let mut password = vec![b'a'; 100 * 1024];
+    password.push(0);
+    // A failed write (the gateway reset the connection) shows as a missing error below.
+    if s.write_all(&frame(b'p', &password)).await.is_ok() {
+        let _ = s.flush().await;
+    }
+    let closed = read_until_closed(&mut s, HANDSHAKE_TIMEOUT + MARGIN, what).await;
+    assert_error(what, &closed, "28P01", "password message longer than");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_password_gets_its_error_every_time_plain_and_tls() {
+    // Closing with the rest of the message unread makes the kernel send a reset, which destroys
+    // the error at the client if it comes first: a race, so many tries, over plain TCP, raw TLS
+    // and a TLS driver at once.
+    const TRIES: usize = 30;
+    let gw = std::sync::Arc::new(
+        TestGateway::start_with(Options {
+            tls: true,
+            handshake_timeout: "2s".into(),
+            max_message_bytes: MAX_MESSAGE as u64,
+            ..Options::default()
+        })
+        .await,
+    );
+    let plain = {
+        let gw = gw.clone();
+        tokio::spawn(async move {
+            for attempt in 1..=TRIES {
+                let s = TcpStream::connect(gw.addr).await.unwrap();
+                oversized_password_on(s, &gw, &format!("plain, try {attempt}")).await;
+            }
+        })
+    };
+    let tls = {
+        let gw = gw.clone();
+        tokio::spawn(async move {
+            for attempt in 1..=TRIES {
+                let s = raw_tls(&gw).await;
+                oversized_password_on(s, &gw, &format!("TLS, try {attempt}")).await;
+            }
+        })
+    };
+    let driver = {
+        let gw = gw.clone();
+        tokio::spawn(async move {
+            let long = "b".repeat(100 * 1024);
+            for attempt in 1..=TRIES {
+                let Err(e) = gw.try_connect_tls("alice", Some(&long), None).await else {
+                    panic!("try {attempt}: a 100 KB password was admitted");
+                };
+                let db = e.as_db_error().unwrap_or_else(|| {
+                    panic!("TLS driver, try {attempt}: no 28P01 from the gateway, only: {e:?}")
+                });
+                assert_eq!(db.code().code(), "28P01", "try {attempt}");
+            }
+        })
+    };
+    for task in [plain, tls, driver] {
+        task.await.unwrap();
+    }
+    let gw = std::sync::Arc::into_inner(gw).expect("the tasks are done");
+    gw.assert_serves_normal_clients().await;
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_query_over_tls_gets_the_limit_error_every_time() {
+    // The same race after login: the driver sends the whole statement before reading, and over
+    // TLS a reset would destroy the error record unread.
+    let gw = TestGateway::start_with(Options {
+        tls: true,
+        handshake_timeout: "2s".into(),
+        max_message_bytes: MAX_MESSAGE as u64,
+        ..Options::default()
+    })
+    .await;
+    let sql = format!("select '{}'", "z".repeat(4 * MAX_MESSAGE));
+    for attempt in 1..=10 {
+        let client = gw
+            .try_connect_tls("alice", Some(&gw.token("alice")), None)
+            .await
+            .expect("TLS login");
+        let e = client.simple_query(&sql).await.unwrap_err();
+        let db = e.as_db_error().unwrap_or_else(|| {
+            panic!("try {attempt}: the client saw no error from the gateway, only: {e:?}")
+        });
+        assert_eq!(db.code().code(), "08P01", "try {attempt}");
+        assert!(
+            db.message().contains(&MAX_MESSAGE.to_string()),
+            "{}",
+            db.message()
+        );
+    }
+    gw.assert_serves_normal_clients().await;
+    gw.shutdown().await;
+}
+
+/// Sends two queries (the first with 200,000 rows), shuts down the sending side at once, and
+/// reads to the end: every row, both CommandCompletes and both ReadyForQuery must arrive before
+/// the gateway closes, as they do from PostgreSQL itself.
+async fn half_close_after_queries<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, what: &str) {
+    let mut bytes = frame(b'Q', b"select generate_series(1, 200000)\0");
+    bytes.extend(frame(b'Q', b"select 'after'\0"));
+    s.write_all(&bytes).await.unwrap();
+    s.shutdown().await.unwrap();
+    let closed = read_until_closed(&mut s, Duration::from_secs(60), what).await;
+    let msgs = messages(&closed.bytes);
+    let count = |ty: u8| msgs.iter().filter(|(t, _)| *t == ty).count();
+    assert_eq!(error_in(&closed.bytes), None, "{what}");
+    assert_eq!(count(b'D'), 200_001, "{what}: DataRows");
+    let tags: Vec<String> = msgs
+        .iter()
+        .filter(|(t, _)| *t == b'C')
+        .map(|(_, b)| String::from_utf8_lossy(b).trim_end_matches('\0').to_owned())
+        .collect();
+    assert_eq!(tags, ["SELECT 200000", "SELECT 1"], "{what}");
+    assert_eq!(count(b'Z'), 2, "{what}: ReadyForQuery");
+    assert_eq!(
+        msgs.last().map(|(t, _)| *t),
+        Some(b'Z'),
+        "{what}: the last message"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_half_closed_client_gets_the_whole_result_plain_and_tls() {
+    let gw = TestGateway::start_with(Options {
+        tls: true,
+        handshake_timeout: "2s".into(),
+        ..Options::default()
+    })
+    .await;
+    let s = raw_login(&gw).await;
+    half_close_after_queries(s, "plain TCP").await;
+    let mut s = raw_tls(&gw).await;
+    login_on(&mut s, &gw, &startup_packet("alice", gw.database())).await;
+    half_close_after_queries(s, "TLS").await;
+
+    // Each statement is in the trail with its real end, not as interrupted.
+    let sink = audit::SinkConfig::Sqlite {
+        path: gw.scratch().join("data/audit.db"),
+    };
+    let sink = audit::open_sink(&sink, audit::OpenMode::Read)
+        .await
+        .expect("open the trail");
+    let records: Vec<serde_json::Value> =
+        audit::search(sink.as_ref(), &audit::SearchFilter::default(), 100_000)
+            .await
+            .expect("read the trail")
+            .into_iter()
+            .map(|r| serde_json::from_slice(&r.payload).expect("JSON payload"))
+            .collect();
+    let ends: Vec<&serde_json::Value> = records
+        .iter()
+        .filter(|p| p["event"] == "statement_finished" || p["event"] == "statement_executed")
+        .collect();
+    let rows: Vec<u64> = ends.iter().filter_map(|p| p["rows"].as_u64()).collect();
+    assert_eq!(
+        rows.iter().filter(|r| **r == 200_000).count(),
+        2,
+        "{ends:#?}"
+    );
+    assert!(
+        ends.iter().all(|p| p["error"].is_null()),
+        "no statement may be recorded as interrupted: {ends:#?}"
+    );
+    assert_eq!(ends.len(), 4, "{ends:#?}");
+    gw.assert_serves_normal_clients().await;
+    gw.shutdown().await;
 }

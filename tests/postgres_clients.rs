@@ -708,3 +708,75 @@ async fn upstream_termination_ends_the_client_session_cleanly() {
     gw.assert_serves_normal_clients().await;
     gw.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extended_copy_in_keeps_each_result_with_its_statement() {
+    // tokio-postgres sends Bind, Execute and Sync before the data, then CopyDone and another
+    // Sync: PostgreSQL ignores the first Sync (it arrives in copy-in mode) and answers only the
+    // second. The gateway must count them the same way, or every later statement's end would be
+    // recorded one ReadyForQuery late, against the wrong statement.
+    let gw = TestGateway::start().await;
+    let client = gw.connect_tokio_postgres(&gw.token("alice")).await;
+    client
+        .batch_execute("create table copied (id int)")
+        .await
+        .unwrap();
+    for round in 0..2 {
+        let sink = client.copy_in("copy copied from stdin").await.unwrap();
+        futures_util::pin_mut!(sink);
+        sink.send(Bytes::from_static(b"1\n2\n3\n")).await.unwrap();
+        assert_eq!(sink.finish().await.unwrap(), 3, "round {round}");
+    }
+    let rows = client
+        .simple_query("select 'after the copy'")
+        .await
+        .unwrap();
+    assert_eq!(
+        rows.len(),
+        3,
+        "RowDescription, a row and CommandComplete: {rows:?}"
+    );
+
+    // The default trail is synchronous: a statement's end is recorded before the client sees
+    // it, so both are there now.
+    let sink = audit::SinkConfig::Sqlite {
+        path: gw.scratch().join("data/audit.db"),
+    };
+    let sink = audit::open_sink(&sink, audit::OpenMode::Read)
+        .await
+        .expect("open the trail");
+    let records: Vec<serde_json::Value> =
+        audit::search(sink.as_ref(), &audit::SearchFilter::default(), 100_000)
+            .await
+            .expect("read the trail")
+            .into_iter()
+            .map(|r| serde_json::from_slice(&r.payload).expect("JSON payload"))
+            .collect();
+    let started_id = |sql: &str| -> Vec<u64> {
+        records
+            .iter()
+            .filter(|p| p["event"] == "statement_started" && p["sql"] == sql)
+            .filter_map(|p| p["statement_id"].as_u64())
+            .collect()
+    };
+    let end_of = |id: u64| {
+        records
+            .iter()
+            .find(|p| p["event"] == "statement_finished" && p["statement_id"] == id)
+            .unwrap_or_else(|| panic!("no statement_finished for statement {id}: {records:#?}"))
+    };
+    let copies = started_id("copy copied from stdin");
+    assert_eq!(copies.len(), 2, "{records:#?}");
+    for id in copies {
+        assert_eq!(end_of(id)["tag"], "COPY 3", "{records:#?}");
+    }
+    let after = started_id("select 'after the copy'");
+    assert_eq!(after.len(), 1, "{records:#?}");
+    let end = end_of(after[0]);
+    assert_eq!(
+        (&end["tag"], &end["rows"]),
+        (&serde_json::json!("SELECT 1"), &serde_json::json!(1)),
+        "{records:#?}"
+    );
+    gw.shutdown().await;
+}

@@ -470,6 +470,8 @@ pub struct Options {
     pub extra_targets: Vec<(String, u16, String)>,
     /// TOML appended to the configuration verbatim (an `[audit]` section, say).
     pub extra_config: String,
+    /// Lines added to the `[postgres]` section verbatim (`require_user_match = true`, say).
+    pub postgres_extra: String,
 }
 
 impl Default for Options {
@@ -486,6 +488,7 @@ impl Default for Options {
             max_message_bytes: 64 * 1024 * 1024,
             extra_targets: Vec::new(),
             extra_config: String::new(),
+            postgres_extra: String::new(),
         }
     }
 }
@@ -541,8 +544,8 @@ impl TestGateway {
             }
         }
         text.push_str(&format!(
-            "require_tls = {}\nallow_plaintext_password = false\n\n",
-            options.require_tls
+            "require_tls = {}\nallow_plaintext_password = false\n{}\n\n",
+            options.require_tls, options.postgres_extra
         ));
 
         text.push_str(&format!(

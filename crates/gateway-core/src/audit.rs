@@ -47,6 +47,10 @@ pub enum AuditEvent {
     },
     /// A session was admitted.
     SessionOpened {
+        /// The user name the client sent in its handshake, which may differ from the record's
+        /// `subject` (a token for alice presented as `user=bob`): kept so that the trail shows
+        /// both.
+        user: String,
         /// How the subject authenticated.
         auth_method: AuthMethod,
         /// Groups at login.

@@ -592,6 +592,7 @@ mod tests {
             },
             protocol: Protocol::Postgres,
             database: database.into(),
+            require_user_match: false,
         }
     }
 

@@ -137,6 +137,10 @@ pub struct SessionRequest {
     pub protocol: Protocol,
     /// The database name the client asked for.
     pub database: String,
+    /// Refuse the login (access denied) when the user name in the credentials differs from the
+    /// authenticated identity's subject. Off by default: many clients send their OS user name, and
+    /// the subject comes from the credential, not from this name.
+    pub require_user_match: bool,
 }
 
 /// The immutable facts of an admitted session, shared with maskers and rules.
@@ -227,6 +231,7 @@ impl Gateway {
                 };
                 session
                     .record(AuditEvent::SessionOpened {
+                        user: req.credentials.user().to_owned(),
                         auth_method: session.ctx.identity.auth_method,
                         groups: session.ctx.identity.groups.clone(),
                         access,
@@ -271,6 +276,21 @@ impl Gateway {
             .authenticator
             .authenticate(&req.credentials, &req.client)
             .await?;
+        let user = req.credentials.user();
+        if req.require_user_match && user != identity.subject {
+            return Err(GatewayError::new(
+                ErrorKind::AccessDenied,
+                Side::Client,
+                format!(
+                    "user name \"{user}\" does not match the authenticated subject \"{}\"",
+                    identity.subject
+                ),
+            )
+            .with_hint(format!(
+                "connect with user={} (this listener requires the user name to be the subject)",
+                identity.subject
+            )));
+        }
         let target = self
             .inner
             .targets

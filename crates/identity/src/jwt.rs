@@ -4,7 +4,8 @@
 //! size, shape, header (`alg` present, not `none`, in the allow-list, no `crit`), key selection
 //! (the key must belong to the algorithm's family; a JWKS key's `kty`, `alg` and curve must match
 //! the header), signature, then claims (`exp` required, `nbf` when present, `iss` and `aud` when
-//! configured, all with the configured leeway), then the subject and groups claims.
+//! configured, all with the configured leeway; `iat` when present must not lie further in the
+//! future than the leeway), then the subject and groups claims.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -83,7 +84,7 @@ pub struct JwtConfig {
     /// commas. A dotted path such as `realm_access.roles` walks into objects. Missing means no
     /// groups.
     pub groups_claim: String,
-    /// Clock skew tolerated on `exp` and `nbf`.
+    /// Clock skew tolerated on `exp`, `nbf` and `iat`.
     pub leeway: Duration,
 }
 
@@ -312,7 +313,29 @@ impl JwtAuthenticator {
                 }
             }
         };
+        self.check_issued_at(&claims)?;
         self.identity(claims)
+    }
+
+    /// `iat`, which the library never looks at: a token issued later than now (beyond the leeway)
+    /// comes from an issuer whose clock is wrong, or was minted ahead of time to be used later,
+    /// and either way its `exp` cannot be trusted to bound its life. Absent is fine (RFC 7519
+    /// makes it optional).
+    fn check_issued_at(&self, claims: &serde_json::Map<String, Value>) -> Result<(), GatewayError> {
+        let iat = match claims.get("iat") {
+            None => return Ok(()),
+            Some(Value::Number(n)) => n.as_f64().unwrap_or(f64::INFINITY),
+            Some(_) => return Err(GatewayError::auth("token claim iat is malformed")),
+        };
+        let now = jsonwebtoken::get_current_timestamp();
+        // Compared as floats: `iat` may carry a fraction (NumericDate allows it), and a huge value
+        // must not wrap.
+        if iat > now.saturating_add(self.leeway) as f64 {
+            return Err(GatewayError::auth(
+                "token issued in the future (iat is later than now plus the allowed clock skew)",
+            ));
+        }
+        Ok(())
     }
 
     fn check_algorithm(

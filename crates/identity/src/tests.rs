@@ -280,6 +280,21 @@ async fn refusals_name_the_failed_check() {
             "token not yet valid",
         ),
         (
+            "iat in the future beyond the leeway",
+            hs_token(with("iat", json!(now() + 600))),
+            "token issued in the future (iat",
+        ),
+        (
+            "iat far in the future (no overflow)",
+            hs_token(with("iat", json!(u64::MAX))),
+            "token issued in the future (iat",
+        ),
+        (
+            "iat not a number",
+            hs_token(with("iat", json!("yesterday"))),
+            "token claim iat is malformed",
+        ),
+        (
             "wrong issuer",
             hs_token(with("iss", json!("https://evil.example"))),
             "token issuer not accepted",
@@ -419,8 +434,18 @@ const MAX_TOKEN: usize = jwt::MAX_TOKEN_LEN;
 #[tokio::test]
 async fn leeway_accepts_small_skew() {
     let auth = hs_auth(|c| c.leeway = Duration::from_secs(120));
-    let claims = json!({"sub": "alice", "exp": now() - 30, "nbf": now() + 30});
+    let claims = json!({"sub": "alice", "exp": now() - 30, "nbf": now() + 30, "iat": now() + 30});
     assert!(auth.verify(&hs_token(claims)).await.is_ok());
+    // iat in the past, with a fraction, is an ordinary token.
+    let claims = json!({"sub": "alice", "exp": now() + 60, "iat": now() as f64 - 0.5});
+    assert!(auth.verify(&hs_token(claims)).await.is_ok());
+    let auth = hs_auth(|c| c.leeway = Duration::ZERO);
+    let claims = json!({"sub": "alice", "exp": now() + 600, "iat": now() + 30});
+    assert_auth_error(
+        auth.verify(&hs_token(claims)).await,
+        "token issued in the future",
+        &[SECRET],
+    );
     let auth = hs_auth(|c| c.leeway = Duration::ZERO);
     let claims = json!({"sub": "alice", "exp": now() - 30});
     assert_auth_error(

@@ -111,11 +111,19 @@ pub(crate) async fn serve(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr)
     let (client, session_parts) = match handshake {
         Ok(Ok(Some(done))) => done,
         Ok(Ok(None)) => return,
-        Ok(Err((mut client, err))) => {
+        Ok(Err((client, err))) => {
             tracing::info!(%peer, error = %err, "connection refused during handshake");
-            if let Some(c) = client.as_mut() {
-                let _ = c.write_all(&error_response(&err, true)).await;
-                let _ = c.shutdown().await;
+            if let Some(c) = client {
+                // The client may still be sending (the rest of an oversized password message):
+                // close so that the error reaches it rather than a reset.
+                let (mut read, mut write) = c.split();
+                crate::linger::lingering_close(
+                    &mut read,
+                    &mut write,
+                    &error_response(&err, true),
+                    deadline,
+                )
+                .await;
             }
             return;
         }
@@ -332,6 +340,7 @@ async fn handshake(
         },
         protocol: Protocol::Postgres,
         database,
+        require_user_match: config.require_user_match,
     };
     let session = match shared.gateway.open_session(request).await {
         Ok(s) => Arc::new(s),

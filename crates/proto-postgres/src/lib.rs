@@ -18,6 +18,7 @@
 pub mod cancel;
 mod connection;
 pub mod fuzzing;
+mod linger;
 mod relay;
 pub mod startup;
 pub mod stream;
@@ -43,6 +44,9 @@ pub struct ListenerConfig {
     pub require_tls: bool,
     /// Accept passwords and tokens over plain TCP from non-loopback addresses.
     pub allow_plaintext_password: bool,
+    /// Refuse a login (SQLSTATE 28000) whose startup `user` differs from the subject the
+    /// credential proves. Either way the user name is recorded in `session_opened`.
+    pub require_user_match: bool,
     /// Bound on the whole handshake (TLS, startup, password, upstream login), and on how long the
     /// rest of a half-sent message may take afterwards.
     pub handshake_timeout: Duration,
@@ -70,6 +74,7 @@ impl ListenerConfig {
             tls: None,
             require_tls: false,
             allow_plaintext_password: false,
+            require_user_match: false,
             handshake_timeout: Self::DEFAULT_HANDSHAKE_TIMEOUT,
             max_message_bytes: Self::DEFAULT_MAX_MESSAGE_BYTES,
             drain_timeout: Self::DEFAULT_DRAIN_TIMEOUT,
@@ -84,6 +89,7 @@ impl std::fmt::Debug for ListenerConfig {
             .field("tls", &self.tls.is_some())
             .field("require_tls", &self.require_tls)
             .field("allow_plaintext_password", &self.allow_plaintext_password)
+            .field("require_user_match", &self.require_user_match)
             .field("handshake_timeout", &self.handshake_timeout)
             .field("max_message_bytes", &self.max_message_bytes)
             .field("drain_timeout", &self.drain_timeout)

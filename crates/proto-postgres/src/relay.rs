@@ -14,7 +14,7 @@
 //! CopyData bodies stream through without being buffered whole.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -36,6 +36,23 @@ use crate::wire::{
 /// Upstream frames are trusted for size up to PostgreSQL's own limit (1 GB).
 const MAX_UPSTREAM_MESSAGE: usize = 0x3fff_ffff;
 const READ_CHUNK: usize = 64 * 1024;
+/// A read buffer that grew past this to hold one large message is replaced by a fresh one of
+/// [`READ_CHUNK`] once the message has gone through: otherwise each session keeps, until it ends,
+/// a buffer the size of the largest message it ever carried (up to `max_message_bytes` from a
+/// client), and a few sessions that once sent a large statement hold hundreds of MiB.
+const SHRINK_ABOVE: usize = 1024 * 1024;
+
+/// Makes room for the next read, handing back a grown buffer's memory when what is left in it
+/// (an incomplete message, at most [`READ_CHUNK`]) fits a fresh one. One comparison per read on
+/// the common path.
+fn reserve_read(buf: &mut BytesMut) {
+    buf.reserve(READ_CHUNK);
+    if buf.capacity() > SHRINK_ABOVE && buf.len() <= READ_CHUNK {
+        let mut fresh = BytesMut::with_capacity(READ_CHUNK + buf.len());
+        fresh.extend_from_slice(buf);
+        *buf = fresh;
+    }
+}
 
 /// What the upstream owes the client, in order. The client direction pushes, the upstream
 /// direction pops as responses arrive.
@@ -68,6 +85,10 @@ pub(crate) async fn relay(
     let (mut client_read, mut client_write) = client.split();
     let (mut up_read, mut up_write) = upstream.stream.split();
     let queue: Queue = Arc::default();
+    // Set once the client's stream ended (a half-close, or a close) without Terminate.
+    let client_eof = AtomicBool::new(false);
+    // CopyInResponses seen from the upstream: see `ClientDirection::copy_in_ended`.
+    let copy_ins = AtomicU64::new(0);
     let nonce = format!("{:016x}", rand::random::<u64>());
     let scs = AtomicBool::new(
         upstream
@@ -89,6 +110,9 @@ pub(crate) async fn relay(
         scs: &scs,
         max_message: shared.config.max_message_bytes,
         partial_timeout: shared.config.handshake_timeout,
+        client_eof: &client_eof,
+        copy_ins: &copy_ins,
+        copy_ins_ended: 0,
     };
     let mut to_client = UpstreamDirection {
         session: &session,
@@ -105,6 +129,8 @@ pub(crate) async fn relay(
         ready_buf: Vec::new(),
         finished: VecDeque::new(),
         finish_before_result: session.finish_before_result(),
+        client_eof: &client_eof,
+        copy_ins: &copy_ins,
     };
     let leftover = upstream.leftover;
     let stop = StopSignal::watch(shared.shutdown.clone());
@@ -120,39 +146,44 @@ pub(crate) async fn relay(
             "the gateway is shutting down; reconnect to continue",
         )),
     };
-    if let Err(e) = &result {
-        if e.side != Side::Upstream || e.kind != ErrorKind::UpstreamUnavailable {
-            let _ = client_write.write_all(&error_response(e, true)).await;
-        } else {
-            let _ = client_write
-                .write_all(&error_response(
+    let result = match result {
+        // After the client's end of stream, a failed write to it means it closed both directions
+        // and went away (not just its sending side): an ordinary departure, as before the wait
+        // for what the upstream owed.
+        Err(e)
+            if client_eof.load(Ordering::Acquire)
+                && e.side == Side::Client
+                && e.kind == ErrorKind::Protocol =>
+        {
+            Ok(())
+        }
+        other => other,
+    };
+    let _ = up_write.shutdown().await;
+    match &result {
+        Err(e) => {
+            let reply = if e.side != Side::Upstream || e.kind != ErrorKind::UpstreamUnavailable {
+                error_response(e, true)
+            } else {
+                error_response(
                     &GatewayError::upstream_unavailable("the connection to the database was lost"),
                     true,
-                ))
-                .await;
+                )
+            };
+            // The client may still be sending (the rest of an oversized message): close so that
+            // the error reaches it rather than a reset.
+            crate::linger::lingering_close(
+                &mut client_read,
+                &mut client_write,
+                &reply,
+                shared.config.handshake_timeout,
+            )
+            .await;
+        }
+        Ok(()) => {
+            let _ = client_write.shutdown().await;
         }
     }
-    let _ = up_write.shutdown().await;
-    if result.is_err() {
-        // Lingering close. The client may still be sending (the rest of an oversized message):
-        // closing with unread input makes the kernel reset the connection, and the reset destroys
-        // the error just written before the client reads it. So discard the client's input until
-        // it pauses (it is then reading our answer) or closes, bounded in total, and only then
-        // send FIN: libpq treats an EOF seen while it is still writing as a lost connection.
-        let _ = client_write.flush().await;
-        let mut sink = vec![0u8; READ_CHUNK];
-        let _ = tokio::time::timeout(shared.config.handshake_timeout, async {
-            while let Ok(Ok(n)) =
-                tokio::time::timeout(Duration::from_millis(250), client_read.read(&mut sink)).await
-            {
-                if n == 0 {
-                    break;
-                }
-            }
-        })
-        .await;
-    }
-    let _ = client_write.shutdown().await;
 
     // Executions that ended upstream but whose end was not yet recorded (the relay stopped
     // between reading their results and recording them).
@@ -294,6 +325,11 @@ struct ClientDirection<'a> {
     scs: &'a AtomicBool,
     max_message: usize,
     partial_timeout: Duration,
+    /// Set when the client's stream ends: see [`ClientDirection::on_client_eof`].
+    client_eof: &'a AtomicBool,
+    /// CopyInResponses the upstream sent, and how many of those copies the client has ended.
+    copy_ins: &'a AtomicU64,
+    copy_ins_ended: u64,
 }
 
 impl ClientDirection<'_> {
@@ -369,7 +405,7 @@ impl ClientDirection<'_> {
                 // A message completed or streamed on: the next partial one gets a fresh bound.
                 partial_since = None;
             }
-            buf.reserve(READ_CHUNK);
+            reserve_read(&mut buf);
             // A CopyData frame being streamed is half a message too.
             let idle = buf.is_empty() && streaming == 0;
             let read = client.read_buf(&mut buf);
@@ -391,9 +427,53 @@ impl ClientDirection<'_> {
             }
             .map_err(|e| GatewayError::protocol(Side::Client, format!("read from client: {e}")))?;
             if n == 0 {
-                // The client went away without Terminate.
-                return Ok(());
+                return self.on_client_eof(upstream, streaming > 0).await;
             }
+        }
+    }
+
+    /// The client's stream ended without Terminate: it closed, or only shut down its sending
+    /// side (a TCP half-close) and still reads. PostgreSQL itself finishes what it was asked and
+    /// sends the results before it notices the end, so the gateway does the same: it ends the
+    /// upstream session after everything already forwarded (Terminate, then the end of the
+    /// upstream stream; the Terminate is left out in the middle of a CopyData frame, where it
+    /// would be read as data), and the upstream direction relays the results until the database
+    /// closes. This direction then has nothing more to do and waits for the relay to end.
+    async fn on_client_eof(
+        &mut self,
+        upstream: &mut WriteSide,
+        mid_frame: bool,
+    ) -> Result<(), GatewayError> {
+        self.client_eof.store(true, Ordering::Release);
+        if !mid_frame {
+            write_bytes(upstream, &typed(b'X', &[])).await?;
+        }
+        upstream
+            .shutdown()
+            .await
+            .map_err(|e| GatewayError::upstream_unavailable(format!("write to database: {e}")))?;
+        std::future::pending().await
+    }
+
+    /// CopyDone or CopyFail: the client ends a COPY FROM STDIN. PostgreSQL ignores Sync while it
+    /// is in copy-in mode, and drivers send one in copy-in all the same (tokio-postgres pipelines
+    /// Bind, Execute and Sync, then the data, then CopyDone and another Sync: two Syncs, one
+    /// ReadyForQuery). Every Sync queued after the COPY's Execute was received in copy-in mode,
+    /// so it is taken off the queue here; left there, it would take the next ReadyForQuery, every
+    /// later one would close the entry before its own, results would be recorded against the
+    /// wrong statements, and the session would never look idle to a graceful shutdown. Counted
+    /// against the CopyInResponses the upstream really sent, so that a CopyDone outside a COPY
+    /// (which PostgreSQL ignores) changes nothing.
+    fn copy_in_ended(&mut self) {
+        if self.copy_ins.load(Ordering::Acquire) <= self.copy_ins_ended {
+            return;
+        }
+        self.copy_ins_ended += 1;
+        // Entries ahead of the COPY's own (or all of them, once it has been answered and popped)
+        // were queued before it; the Syncs at the back were queued after it.
+        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        while matches!(q.back(), Some(Pending::Sync)) {
+            q.pop_back();
         }
     }
 
@@ -518,7 +598,12 @@ impl ClientDirection<'_> {
                 .with_hint("call the function in a SQL statement instead"),
             )),
             Frontend::Terminate => Ok(Action::Terminate),
-            Frontend::Other => Ok(Action::Forward),
+            Frontend::Other => {
+                if ty == b'c' || ty == b'f' {
+                    self.copy_in_ended();
+                }
+                Ok(Action::Forward)
+            }
         }
     }
 }
@@ -559,6 +644,11 @@ struct UpstreamDirection<'a> {
     /// Record ends before relaying the bytes that carry them (the audit sink promises that every
     /// result a client saw is in the trail); otherwise right after.
     finish_before_result: bool,
+    /// Set when the client's stream ended and the upstream was asked to end after what it owes:
+    /// the database closing is then the relay's ordinary end.
+    client_eof: &'a AtomicBool,
+    /// Counts CopyInResponses, for [`ClientDirection::copy_in_ended`].
+    copy_ins: &'a AtomicU64,
 }
 
 impl UpstreamDirection<'_> {
@@ -627,6 +717,10 @@ impl UpstreamDirection<'_> {
                         self.ready();
                         None
                     }
+                    b'G' => {
+                        self.copy_ins.fetch_add(1, Ordering::AcqRel);
+                        None
+                    }
                     b'S' => {
                         let mut r = Reader::new(body);
                         match r.cstr() {
@@ -668,11 +762,14 @@ impl UpstreamDirection<'_> {
                 write_client(client, &chunk).await?;
             }
             self.flush_finished().await;
-            buf.reserve(READ_CHUNK);
+            reserve_read(&mut buf);
             let n = upstream.read_buf(&mut buf).await.map_err(|e| {
                 GatewayError::upstream_unavailable(format!("read from database: {e}"))
             })?;
             if n == 0 {
+                if self.client_eof.load(Ordering::Acquire) {
+                    return Ok(());
+                }
                 return Err(GatewayError::upstream_unavailable(
                     "the database closed the connection",
                 ));

@@ -87,6 +87,7 @@ async fn bind() -> PostgresListener {
         tls: None,
         require_tls: false,
         allow_plaintext_password: false,
+        require_user_match: false,
         handshake_timeout: Duration::from_secs(5),
         max_message_bytes: 1 << 20,
         drain_timeout: Duration::from_secs(10),

@@ -244,6 +244,7 @@ async fn logs_in_upstream_with_every_password_method_and_verified_tls() {
         tls: None,
         require_tls: false,
         allow_plaintext_password: false,
+        require_user_match: false,
         handshake_timeout: Duration::from_secs(10),
         max_message_bytes: 1 << 20,
         drain_timeout: Duration::from_secs(5),

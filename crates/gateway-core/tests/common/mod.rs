@@ -56,5 +56,6 @@ pub fn request(user: &str) -> SessionRequest {
         },
         protocol: Protocol::Postgres,
         database: "app".into(),
+        require_user_match: false,
     }
 }
