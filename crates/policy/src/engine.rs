@@ -468,6 +468,7 @@ fn evaluate(
                         decision: Decision::Allow,
                         rule: Some(builtin_rule(Builtin::Unparsable)),
                         reason: Some(reason),
+                        syntax_error: None,
                     },
                     classification: Some(Arc::from("unparsed")),
                     objects: None,
@@ -610,6 +611,7 @@ impl Judge<'_> {
                     Some(m) => format!("approval is required: {m}"),
                     None => "this statement requires approval".to_owned(),
                 }),
+                syntax_error: None,
             }
         } else if let Some(rule) = allow {
             Verdict::allow(Some(Arc::clone(&rule.name)))
