@@ -13,7 +13,7 @@ use super::tree::{self, Obj, Value};
 
 use super::filter::{self, Const};
 use super::{failed, Collector, ReadingContext};
-use crate::facts::{Analysis, Class, Filter, ObjectName, ParseFailure};
+use crate::facts::{Analysis, Class, FailureKind, Filter, ObjectName, ParseFailure};
 
 /// Deeper trees than this are refused rather than walked (pg_query itself stops far earlier).
 const MAX_DEPTH: usize = 400;
@@ -35,6 +35,7 @@ pub(super) fn analyze_shaped(
     if let Some(pos) = sql.find('\0') {
         return (
             failed(
+                FailureKind::Unreadable,
                 "the statement text contains a NUL byte".to_owned(),
                 Some(pos),
             ),
@@ -43,7 +44,13 @@ pub(super) fn analyze_shaped(
     }
     let parsed = match pg_query::parse(sql, pg_query::ParserOptions::DEFAULT) {
         Ok(parsed) => parsed,
-        Err(e) => return (failed(error_message(&e), locate_error(sql, &e)), false),
+        Err(e) => {
+            let position = locate_error(sql, &e);
+            return (
+                failed(FailureKind::Syntax, error_message(&e), position),
+                false,
+            );
+        }
     };
     let mut statements = Vec::with_capacity(parsed.protobuf.stmts.len());
     let mut constants = Vec::new();
@@ -56,7 +63,11 @@ pub(super) fn analyze_shaped(
             Ok(tree) => tree,
             Err(e) => {
                 return (
-                    failed(format!("could not read the parse tree: {e}"), None),
+                    failed(
+                        FailureKind::Unreadable,
+                        format!("could not read the parse tree: {e}"),
+                        None,
+                    ),
                     false,
                 )
             }
@@ -280,9 +291,21 @@ fn ddl(acc: &mut Collector, verb: &str, object: &str) {
 }
 
 impl Walker<'_> {
+    /// The walk cannot go on (too deep, a tree it cannot read).
     fn fail(&mut self, message: String) {
+        self.failure_of(FailureKind::Unreadable, message);
+    }
+
+    /// Text nested in the statement (a DO or function body, SQL inside PL/pgSQL) is not valid
+    /// for PostgreSQL's grammar: the server would reject it too.
+    fn fail_syntax(&mut self, message: String) {
+        self.failure_of(FailureKind::Syntax, message);
+    }
+
+    fn failure_of(&mut self, kind: FailureKind, message: String) {
         if self.failure.is_none() {
             self.failure = Some(ParseFailure {
+                kind,
                 message,
                 position: None,
             });
@@ -375,6 +398,9 @@ impl Walker<'_> {
                 }
                 if m.contains_key("funcname") && m.contains_key("funcformat") {
                     let name = strings(list(m, "funcname")).join(".").to_lowercase();
+                    if super::runs_dynamic_sql(&name) {
+                        super::dynamic_sql(acc);
+                    }
                     if !name.is_empty() {
                         acc.function(name);
                     }
@@ -906,7 +932,10 @@ impl Walker<'_> {
             }
         }
         if language != "plpgsql" {
+            // PL/Python, PL/Perl, PL/Tcl, ...: the gateway cannot read the body, so it could do
+            // anything SQL can.
             acc.kind(&format!("do_{language}"));
+            super::dynamic_sql(acc);
             return;
         }
         let Some(body) = body else { return };
@@ -962,11 +991,11 @@ impl Walker<'_> {
             }
             ("sql", Some(body)) => match pg_query::parse(&body, pg_query::ParserOptions::DEFAULT) {
                 Ok(parsed) => self.parsed_statements(&parsed, acc, d),
-                Err(e) => self.fail(format!(
-                    "could not parse the SQL function body: {}",
-                    error_message(&e)
-                )),
+                Err(e) => self.fail_syntax(error_message(&e)),
             },
+            // A body in another language (PL/Python, PL/Perl, C, ...) is not read: whatever it
+            // does, it does unseen.
+            (language, _) if !matches!(language, "sql" | "plpgsql" | "") => super::dynamic_sql(acc),
             _ => {}
         }
         for key in ["parameters", "sql_body"] {
@@ -1000,10 +1029,7 @@ impl Walker<'_> {
         self.literal_sensitive = true;
         match pg_query::parse_plpgsql(create_function) {
             Ok(tree) => self.plpgsql_walk(&tree, acc, d),
-            Err(e) => self.fail(format!(
-                "could not parse the PL/pgSQL body: {}",
-                error_message(&e)
-            )),
+            Err(e) => self.fail_syntax(error_message(&e)),
         }
     }
 
@@ -1024,8 +1050,17 @@ impl Walker<'_> {
                                 self.plpgsql_expr(expr, acc, d + 1);
                             }
                         }
+                        // EXECUTE string, FOR r IN EXECUTE string: the statement is a value.
                         "PLpgSQL_stmt_dynexecute" | "PLpgSQL_stmt_dynfors" => {
-                            acc.kind("dynamic_sql");
+                            super::dynamic_sql(acc);
+                            self.plpgsql_walk(inner, acc, d + 1);
+                        }
+                        // RETURN QUERY EXECUTE string, OPEN cursor FOR EXECUTE string: the same
+                        // statement types also take a static query, which is read as usual.
+                        "PLpgSQL_stmt_return_query" | "PLpgSQL_stmt_open" => {
+                            if inner.get("dynquery").is_some_and(|q| !q.is_null()) {
+                                super::dynamic_sql(acc);
+                            }
                             self.plpgsql_walk(inner, acc, d + 1);
                         }
                         _ => self.plpgsql_walk(inner, acc, d + 1),
@@ -1052,10 +1087,7 @@ impl Walker<'_> {
         };
         match pg_query::parse(query, mode) {
             Ok(parsed) => self.parsed_statements(&parsed, acc, d),
-            Err(e) => self.fail(format!(
-                "could not parse SQL inside the PL/pgSQL body: {}",
-                error_message(&e)
-            )),
+            Err(e) => self.fail_syntax(error_message(&e)),
         }
     }
 }
