@@ -10,9 +10,9 @@
 
 mod filter;
 mod mysql;
+mod pg_nodes;
 mod postgres;
 mod shape;
-mod tree;
 
 pub use shape::Shape;
 
