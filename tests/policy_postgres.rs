@@ -773,7 +773,12 @@ async fn sql_built_at_run_time_meets_every_deny_rule() {
 /// the gateway stops them, and answers what the server answers.
 #[tokio::test]
 async fn syntax_errors_get_the_servers_own_answer() {
-    let gw = PolicyGateway::start().await;
+    let trail = tempfile::tempdir().expect("tempdir");
+    let gw = PolicyGateway::start_with(&format!(
+        "{RULES}\n[audit]\n[[audit.sinks]]\nkind = \"jsonl\"\ndir = {}\n",
+        toml_str(&trail.path().to_string_lossy())
+    ))
+    .await;
     let c = gw.connect("dan", &["engineering"]).await;
     let direct = gw.db.connect_direct().await;
     // (statement, why)
@@ -824,6 +829,39 @@ async fn syntax_errors_get_the_servers_own_answer() {
     c.batch_execute("ROLLBACK").await.expect("rollback");
     assert_eq!(count(&c).await, 5);
     gw.shutdown().await;
+
+    // Each refusal is on the record as a denial by the built-in rule, with the parser's words
+    // and position.
+    let sink = audit::open_sink(
+        &audit::SinkConfig::Jsonl {
+            dir: trail.path().to_path_buf(),
+            max_file_bytes: 1 << 20,
+        },
+        audit::OpenMode::Read,
+    )
+    .await
+    .expect("open the trail");
+    let records = audit::search(sink.as_ref(), &audit::SearchFilter::default(), 100_000)
+        .await
+        .expect("read the trail");
+    let denied: Vec<serde_json::Value> = records
+        .iter()
+        .filter(|r| r.event == "statement_denied")
+        .map(|r| serde_json::from_slice(&r.payload).expect("JSON payload"))
+        .filter(|p: &serde_json::Value| p["sql"] == "selec 1")
+        .collect();
+    // Simple and extended protocol, and once more inside the transaction.
+    assert_eq!(denied.len(), 3, "{denied:#?}");
+    for p in &denied {
+        let verdict = &p["verdict"];
+        assert_eq!(verdict["decision"], "deny", "{p:#}");
+        assert_eq!(verdict["rule"], "builtin:syntax-error", "{p:#}");
+        assert_eq!(
+            verdict["reason"], "syntax error at or near \"selec\"",
+            "{p:#}"
+        );
+        assert_eq!(verdict["syntax_error"]["position"], 1, "{p:#}");
+    }
 }
 
 #[tokio::test]
