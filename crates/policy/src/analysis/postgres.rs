@@ -53,10 +53,7 @@ pub(super) fn analyze_shaped(
         Ok(parsed) => parsed,
         Err(e) => {
             let position = locate_error(sql, &e);
-            return (
-                failed(FailureKind::Syntax, error_message(&e), position),
-                false,
-            );
+            return (failed(failure_kind(&e), error_message(&e), position), false);
         }
     };
     let mut statements = Vec::with_capacity(parsed.protobuf.stmts.len());
@@ -123,6 +120,21 @@ fn statement_text(sql: &str, location: i32, len: i32) -> &str {
     match usize::try_from(len) {
         Ok(0) | Err(_) => rest,
         Ok(n) => rest.get(..n).unwrap_or(rest),
+    }
+}
+
+/// Whether pg_query's error is PostgreSQL's grammar rejecting the text (the server would too)
+/// or a limit of pg_query's own: its stack depth, its protobuf encoding and prost's decoding
+/// (nested deeper than 100 messages) stop at trees the server reads without trouble, so those
+/// are never answered as syntax errors.
+fn failure_kind(e: &pg_query::Error) -> FailureKind {
+    match e {
+        pg_query::Error::Parse(m) | pg_query::Error::Scan(m)
+            if !(m.contains("stack depth limit exceeded") || m.contains("nested too deeply")) =>
+        {
+            FailureKind::Syntax
+        }
+        _ => FailureKind::Unreadable,
     }
 }
 
@@ -298,12 +310,8 @@ impl Walker<'_> {
         self.failure_of(FailureKind::Unreadable, message);
     }
 
-    /// Text nested in the statement (a DO or function body, SQL inside PL/pgSQL) is not valid
-    /// for PostgreSQL's grammar: the server would reject it too.
-    fn fail_syntax(&mut self, message: String) {
-        self.failure_of(FailureKind::Syntax, message);
-    }
-
+    /// The walk met text it could not parse: a syntax error the server would give too, or one
+    /// of pg_query's own limits (see [`failure_kind`]).
     fn failure_of(&mut self, kind: FailureKind, message: String) {
         if self.failure.is_none() {
             self.failure = Some(ParseFailure {
@@ -1006,7 +1014,7 @@ impl Walker<'_> {
             }
             ("sql", Some(body)) => match pg_query::parse(&body, pg_query::ParserOptions::DEFAULT) {
                 Ok(parsed) => self.parsed_statements(&parsed, acc, d),
-                Err(e) => self.fail_syntax(error_message(&e)),
+                Err(e) => self.failure_of(failure_kind(&e), error_message(&e)),
             },
             // A body in another language (PL/Python, PL/Perl, C, ...) is not read: whatever it
             // does, it does unseen.
@@ -1041,7 +1049,7 @@ impl Walker<'_> {
         self.literal_sensitive = true;
         match pg_query::parse_plpgsql(create_function) {
             Ok(tree) => self.plpgsql_walk(&tree, acc, d),
-            Err(e) => self.fail_syntax(error_message(&e)),
+            Err(e) => self.failure_of(failure_kind(&e), error_message(&e)),
         }
     }
 
@@ -1099,7 +1107,7 @@ impl Walker<'_> {
         };
         match pg_query::parse(query, mode) {
             Ok(parsed) => self.parsed_statements(&parsed, acc, d),
-            Err(e) => self.fail_syntax(error_message(&e)),
+            Err(e) => self.failure_of(failure_kind(&e), error_message(&e)),
         }
     }
 }
