@@ -11,6 +11,7 @@
 mod filter;
 mod mysql;
 mod pg_nodes;
+mod pg_parse;
 mod postgres;
 mod shape;
 

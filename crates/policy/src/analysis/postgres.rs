@@ -17,6 +17,7 @@ use pg_query::protobuf::node::Node as N;
 use serde_json::Value as Json;
 
 use super::pg_nodes::{self, Visit};
+use super::pg_parse::{self, ParseError};
 
 use super::filter::{self, Const};
 use super::{failed, Collector, ReadingContext};
@@ -49,17 +50,17 @@ pub(super) fn analyze_shaped(
             false,
         );
     }
-    let parsed = match pg_query::parse(sql, pg_query::ParserOptions::DEFAULT) {
+    let parsed = match pg_parse::parse(sql, pg_query::ParserOptions::DEFAULT) {
         Ok(parsed) => parsed,
         Err(e) => {
-            let position = locate_error(sql, &e);
-            return (failed(failure_kind(&e), error_message(&e), position), false);
+            let (kind, message, position) = parse_failure(sql, e);
+            return (failed(kind, message, position), false);
         }
     };
-    let mut statements = Vec::with_capacity(parsed.protobuf.stmts.len());
+    let mut statements = Vec::with_capacity(parsed.stmts.len());
     let mut constants = Vec::new();
     let mut literal_sensitive = false;
-    for raw in &parsed.protobuf.stmts {
+    for raw in &parsed.stmts {
         let Some(stmt) = raw.stmt.as_deref() else {
             continue;
         };
@@ -123,18 +124,50 @@ fn statement_text(sql: &str, location: i32, len: i32) -> &str {
     }
 }
 
-/// Whether pg_query's error is PostgreSQL's grammar rejecting the text (the server would too)
-/// or a limit of pg_query's own: its stack depth, its protobuf encoding and prost's decoding
-/// (nested deeper than 100 messages) stop at trees the server reads without trouble, so those
-/// are never answered as syntax errors.
+/// Whether a parser message is one of libpg_query's own limits (its stack depth, its protobuf
+/// encoding) rather than PostgreSQL's grammar rejecting the text: the server reads such trees
+/// without trouble, so they are never answered as syntax errors.
+fn is_parser_limit(message: &str) -> bool {
+    message.contains("stack depth limit exceeded") || message.contains("nested too deeply")
+}
+
+/// Whether pg_query's error (from its PL/pgSQL parser) is a syntax error the server would give.
 fn failure_kind(e: &pg_query::Error) -> FailureKind {
     match e {
-        pg_query::Error::Parse(m) | pg_query::Error::Scan(m)
-            if !(m.contains("stack depth limit exceeded") || m.contains("nested too deeply")) =>
-        {
+        pg_query::Error::Parse(m) | pg_query::Error::Scan(m) if !is_parser_limit(m) => {
             FailureKind::Syntax
         }
         _ => FailureKind::Unreadable,
+    }
+}
+
+/// The failure a parse error of `sql` makes: kind, message and byte offset into `sql`.
+fn parse_failure(sql: &str, e: ParseError) -> (FailureKind, String, Option<usize>) {
+    match e {
+        ParseError::Parser { message, cursor } => {
+            let kind = if is_parser_limit(&message) {
+                FailureKind::Unreadable
+            } else {
+                FailureKind::Syntax
+            };
+            // PostgreSQL's cursor counts characters from 1; one past the last is "at end".
+            let position = cursor.checked_sub(1).map(|chars| {
+                sql.char_indices()
+                    .nth(chars)
+                    .map_or(sql.len(), |(byte, _)| byte)
+            });
+            (kind, message, position)
+        }
+        ParseError::Unreadable(m) if m.ends_with("recursion limit reached") => (
+            FailureKind::Unreadable,
+            "the statement is nested too deeply for the gateway to read (its parse tree is more than 100 levels deep)".to_owned(),
+            None,
+        ),
+        ParseError::Unreadable(m) => (
+            FailureKind::Unreadable,
+            format!("could not read the parse tree: {m}"),
+            None,
+        ),
     }
 }
 
@@ -145,47 +178,6 @@ fn error_message(e: &pg_query::Error) -> String {
         }
         other => other.to_string(),
     }
-}
-
-/// Finds the byte offset of a syntax error. pg_query reports no position, so the shortest token
-/// prefix of the text that fails somewhere other than "at end of input" is searched for (a
-/// grammar error is detected at the first token no valid statement can continue with).
-fn locate_error(sql: &str, e: &pg_query::Error) -> Option<usize> {
-    let message = error_message(e);
-    if message.contains("at end of input") {
-        return Some(sql.len());
-    }
-    let fails_inside = |end: usize| -> bool {
-        match sql.get(..end) {
-            Some(prefix) => match pg_query::parse(prefix, pg_query::ParserOptions::DEFAULT) {
-                Ok(_) => false,
-                Err(e) => !error_message(&e).contains("at end of input"),
-            },
-            None => false,
-        }
-    };
-    if let Ok(scan) = pg_query::scan(sql) {
-        let ends: Vec<(usize, usize)> = scan
-            .tokens
-            .iter()
-            .filter_map(|t| Some((usize::try_from(t.start).ok()?, usize::try_from(t.end).ok()?)))
-            .collect();
-        let (mut lo, mut hi) = (0usize, ends.len());
-        while lo < hi {
-            let mid = lo + (hi - lo) / 2;
-            match ends.get(mid) {
-                Some(&(_, end)) if fails_inside(end) => hi = mid,
-                _ => lo = mid + 1,
-            }
-        }
-        if let Some(&(start, _)) = ends.get(lo) {
-            return Some(start);
-        }
-    }
-    // Lexer errors (an unterminated string): the message quotes the text it stopped at.
-    let near = message.split("at or near \"").nth(1)?;
-    let near = near.strip_suffix('"').unwrap_or(near);
-    sql.find(near)
 }
 
 /// Walks one statement's tree, recording facts into a [`Collector`].
@@ -1012,9 +1004,9 @@ impl Walker<'_> {
                 self.literal_sensitive = true;
                 self.plpgsql(text, acc, d);
             }
-            ("sql", Some(body)) => match pg_query::parse(&body, pg_query::ParserOptions::DEFAULT) {
+            ("sql", Some(body)) => match pg_parse::parse(&body, pg_query::ParserOptions::DEFAULT) {
                 Ok(parsed) => self.parsed_statements(&parsed, acc, d),
-                Err(e) => self.failure_of(failure_kind(&e), error_message(&e)),
+                Err(e) => self.nested_parse_failed(&body, e),
             },
             // A body in another language (PL/Python, PL/Perl, C, ...) is not read: whatever it
             // does, it does unseen.
@@ -1029,13 +1021,20 @@ impl Walker<'_> {
         }
     }
 
-    fn parsed_statements(&mut self, parsed: &pg_query::ParseResult, acc: &mut Collector, d: usize) {
+    /// Text nested in the statement did not parse; its position (inside the nested text) is not
+    /// reported.
+    fn nested_parse_failed(&mut self, text: &str, e: ParseError) {
+        let (kind, message, _) = parse_failure(text, e);
+        self.failure_of(kind, message);
+    }
+
+    fn parsed_statements(&mut self, parsed: &pb::ParseResult, acc: &mut Collector, d: usize) {
         // Text parsed on its own (a function body, an expression in PL/pgSQL): its facts come
         // from text, not from the tree, and its constants sit at offsets into that text, which
         // must not be taken for the statement's own.
         self.literal_sensitive = true;
         self.nested_parses += 1;
-        for raw in &parsed.protobuf.stmts {
+        for raw in &parsed.stmts {
             if let Some(stmt) = raw.stmt.as_deref() {
                 self.top(stmt, acc, &[], true, d);
             }
@@ -1105,9 +1104,9 @@ impl Walker<'_> {
             5 => pg_query::ParserOptions::PLPGSQL_ASSIGN3,
             _ => pg_query::ParserOptions::DEFAULT,
         };
-        match pg_query::parse(query, mode) {
+        match pg_parse::parse(query, mode) {
             Ok(parsed) => self.parsed_statements(&parsed, acc, d),
-            Err(e) => self.failure_of(failure_kind(&e), error_message(&e)),
+            Err(e) => self.nested_parse_failed(query, e),
         }
     }
 }
