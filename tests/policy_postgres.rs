@@ -57,6 +57,11 @@ struct PolicyGateway {
 
 impl PolicyGateway {
     async fn start() -> PolicyGateway {
+        Self::start_with(RULES).await
+    }
+
+    /// A gateway whose `[policy]` is `rules`.
+    async fn start_with(rules: &str) -> PolicyGateway {
         let db = TestDb::create().await;
         let setup = db.connect_direct().await;
         setup
@@ -72,7 +77,7 @@ impl PolicyGateway {
         let secret = format!("policy-test-secret-{:032x}", rand::random::<u128>());
         let base = base_config(&db.name, "127.0.0.1:0", &secret);
         let config_path = dir.path().join("portcullis.toml");
-        std::fs::write(&config_path, format!("{base}{RULES}")).expect("write config");
+        std::fs::write(&config_path, format!("{base}{rules}")).expect("write config");
         let config = Config::load(&config_path).unwrap_or_else(|e| panic!("config refused:\n{e}"));
         let server = Server::start(config)
             .await
@@ -680,4 +685,226 @@ async fn sighup_reloads_the_running_binary() {
     let _ = child.kill();
     let _ = child.wait();
     drop(db);
+}
+
+/// A policy whose only statement rule names writes to one table.
+const DYNAMIC_RULES: &str = r#"
+[policy]
+[[policy.access]]
+name = "engineers"
+groups = ["engineering"]
+mode = "read-write"
+
+[[policy.access]]
+name = "dbas"
+groups = ["dba"]
+mode = "read-write"
+
+[[policy.rules]]
+name = "t-is-loader-only"
+action = "deny"
+writes = ["t"]
+message = "t is written by the loader only"
+
+[[policy.rules]]
+name = "dba-dynamic-sql"
+action = "allow"
+groups = ["dba"]
+kinds = ["dynamic_sql"]
+overrides = ["builtin:dynamic-sql"]
+"#;
+
+#[tokio::test]
+async fn sql_built_at_run_time_meets_every_deny_rule() {
+    let gw = PolicyGateway::start_with(DYNAMIC_RULES).await;
+    let c = gw.connect("dan", &["engineering"]).await;
+    let direct = gw.db.connect_direct().await;
+    let note = |id: i32| {
+        let direct = &direct;
+        async move {
+            direct
+                .query_one("SELECT note FROM t WHERE id = $1", &[&id])
+                .await
+                .expect("read note")
+                .get::<_, String>(0)
+        }
+    };
+
+    // The string names no table the gateway can see, but it could be any statement: the rule on
+    // writes to t applies, in the simple and the extended protocol.
+    let hidden =
+        "DO $$ BEGIN EXECUTE format('UPDATE %I SET note = %L WHERE id = 1', 't', 'hidden'); END $$";
+    assert_denied(
+        c.simple_query(hidden).await,
+        "t-is-loader-only",
+        "built at run time",
+    );
+    assert_denied(
+        c.execute(hidden, &[]).await,
+        "t-is-loader-only",
+        "t is written by the loader only",
+    );
+    assert_eq!(note(1).await, "row 1", "nothing of the DO block ran");
+    // The same in a function body: creating it is judged by what its body may do.
+    assert_denied(
+        c.simple_query(
+            "CREATE FUNCTION sneaky() RETURNS void LANGUAGE plpgsql AS $f$ BEGIN EXECUTE 'DELETE FROM t'; END $f$",
+        )
+        .await,
+        "t-is-loader-only",
+        "built at run time",
+    );
+    // PL/pgSQL without EXECUTE is read as written, and runs.
+    c.simple_query("DO $$ BEGIN PERFORM count(*) FROM t; END $$")
+        .await
+        .expect("a static DO block that only reads runs");
+    assert_eq!(count(&c).await, 5, "the session stays usable");
+
+    // An identity allowed dynamic SQL explicitly runs it.
+    let dba = gw.connect("dot", &["dba"]).await;
+    dba.simple_query("DO $$ BEGIN EXECUTE 'UPDATE t SET note = ''dynamic'' WHERE id = 2'; END $$")
+        .await
+        .expect("dba-dynamic-sql lifts the could-be-anything reading");
+    assert_eq!(note(2).await, "dynamic");
+    gw.shutdown().await;
+}
+
+/// Statements PostgreSQL's grammar rejects, sent to the server directly and through the gateway:
+/// the gateway stops them, and answers what the server answers.
+#[tokio::test]
+async fn syntax_errors_get_the_servers_own_answer() {
+    let trail = tempfile::tempdir().expect("tempdir");
+    let gw = PolicyGateway::start_with(&format!(
+        "{RULES}\n[audit]\n[[audit.sinks]]\nkind = \"jsonl\"\ndir = {}\n",
+        toml_str(&trail.path().to_string_lossy())
+    ))
+    .await;
+    let c = gw.connect("dan", &["engineering"]).await;
+    let direct = gw.db.connect_direct().await;
+    // (statement, why)
+    let cases = [
+        ("selec 1", "a typo in the first keyword"),
+        (
+            "SELECT * FROM",
+            "at end of input: the cursor is just past the text",
+        ),
+        (
+            "select 1;\nselec 2",
+            "the second line of a two-statement text",
+        ),
+        ("SELECT 'é€', )", "positions count characters, not bytes"),
+        ("SELECT 'unterminated", "a lexer error"),
+        ("SELECT (1", "an unclosed parenthesis"),
+        ("DELETE FROM t WHERE", "nothing after WHERE"),
+    ];
+    for (sql, why) in cases {
+        let server = direct.simple_query(sql).await.expect_err(why);
+        let server = server.as_db_error().expect("a server error");
+        for extended in [false, true] {
+            let gateway = if extended {
+                c.prepare(sql).await.map(|_| ()).expect_err(why)
+            } else {
+                c.simple_query(sql).await.map(|_| ()).expect_err(why)
+            };
+            let gateway = gateway
+                .as_db_error()
+                .unwrap_or_else(|| panic!("{sql:?} ({why}): not an error response"));
+            assert_eq!(gateway.code(), &SqlState::SYNTAX_ERROR, "{sql:?} ({why})");
+            assert_eq!(gateway.message(), server.message(), "{sql:?} ({why})");
+            assert_eq!(
+                format!("{:?}", gateway.position()),
+                format!("{:?}", server.position()),
+                "{sql:?} ({why}): the error cursor"
+            );
+        }
+    }
+    // Nothing reached the database, and the session goes on.
+    assert_eq!(count(&c).await, 5);
+    // Inside a transaction the error aborts it, as the server's would.
+    c.batch_execute("BEGIN").await.expect("begin");
+    let e = c.simple_query("selec 1").await.expect_err("syntax error");
+    assert_eq!(db_error(&e).0, SqlState::SYNTAX_ERROR);
+    let e = c.simple_query("SELECT 1").await.expect_err("aborted");
+    assert_eq!(db_error(&e).0, SqlState::IN_FAILED_SQL_TRANSACTION);
+    c.batch_execute("ROLLBACK").await.expect("rollback");
+    assert_eq!(count(&c).await, 5);
+    gw.shutdown().await;
+
+    // Each refusal is on the record as a denial by the built-in rule, with the parser's words
+    // and position.
+    let sink = audit::open_sink(
+        &audit::SinkConfig::Jsonl {
+            dir: trail.path().to_path_buf(),
+            max_file_bytes: 1 << 20,
+        },
+        audit::OpenMode::Read,
+    )
+    .await
+    .expect("open the trail");
+    let records = audit::search(sink.as_ref(), &audit::SearchFilter::default(), 100_000)
+        .await
+        .expect("read the trail");
+    let denied: Vec<serde_json::Value> = records
+        .iter()
+        .filter(|r| r.event == "statement_denied")
+        .map(|r| serde_json::from_slice(&r.payload).expect("JSON payload"))
+        .filter(|p: &serde_json::Value| p["sql"] == "selec 1")
+        .collect();
+    // Simple and extended protocol, and once more inside the transaction.
+    assert_eq!(denied.len(), 3, "{denied:#?}");
+    for p in &denied {
+        let verdict = &p["verdict"];
+        assert_eq!(verdict["decision"], "deny", "{p:#}");
+        assert_eq!(verdict["rule"], "builtin:syntax-error", "{p:#}");
+        assert_eq!(
+            verdict["reason"], "syntax error at or near \"selec\"",
+            "{p:#}"
+        );
+        assert_eq!(verdict["syntax_error"]["position"], 1, "{p:#}");
+    }
+}
+
+#[tokio::test]
+async fn psql_points_at_the_syntax_error() {
+    let gw = PolicyGateway::start().await;
+    let mut cmd = Command::new("psql");
+    cmd.args([
+        "-X",
+        "-w",
+        "-v",
+        "ON_ERROR_STOP=0",
+        "-c",
+        "selec 1",
+        "-c",
+        "SELECT 'still here' AS marker",
+    ]);
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("PG") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.env("PGHOST", "127.0.0.1")
+        .env("PGPORT", gw.port.to_string())
+        .env("PGDATABASE", &gw.db.name)
+        .env("PGUSER", "dan")
+        .env("PGPASSWORD", gw.token("dan", &["engineering"]));
+    let out = tokio::task::spawn_blocking(move || run_with_timeout(cmd, Duration::from_secs(60)))
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // psql draws the excerpt and caret only from the error's position field.
+    assert!(
+        stderr.contains("ERROR:  syntax error at or near \"selec\"\nLINE 1: selec 1\n        ^"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("rule"),
+        "the server's wording, not a policy error: {stderr}"
+    );
+    assert!(
+        stdout.contains("still here"),
+        "stdout: {stdout}\nstderr: {stderr}"
+    );
+    gw.shutdown().await;
 }

@@ -39,6 +39,9 @@ pub enum ErrorKind {
     UnknownTarget,
     /// A policy rule denied the statement.
     PolicyDenied,
+    /// The statement text is not valid SQL for the database's own grammar; the gateway refused
+    /// it with the error the database would give (PostgreSQL 42601, MySQL 1064).
+    Syntax,
     /// A rule requires approval and none was granted (yet).
     ApprovalRequired,
     /// The peer broke the wire protocol (malformed, truncated or oversized message).
@@ -66,6 +69,7 @@ impl ErrorKind {
             ErrorKind::AccessDenied => "access_denied",
             ErrorKind::UnknownTarget => "unknown_target",
             ErrorKind::PolicyDenied => "policy_denied",
+            ErrorKind::Syntax => "syntax",
             ErrorKind::ApprovalRequired => "approval_required",
             ErrorKind::Protocol => "protocol",
             ErrorKind::Unsupported => "unsupported",
@@ -94,6 +98,9 @@ pub struct GatewayError {
     pub hint: Option<String>,
     /// Name of the rule that decided, where a rule did.
     pub rule: Option<String>,
+    /// For [`ErrorKind::Syntax`]: where in the statement text the error is, as a 1-based
+    /// character position (PostgreSQL's error cursor).
+    pub position: Option<u32>,
 }
 
 impl GatewayError {
@@ -106,6 +113,7 @@ impl GatewayError {
             detail: None,
             hint: None,
             rule: None,
+            position: None,
         }
     }
 
@@ -138,6 +146,12 @@ impl GatewayError {
     /// Attach a hint line.
     pub fn with_hint(mut self, hint: impl Into<String>) -> Self {
         self.hint = Some(hint.into());
+        self
+    }
+
+    /// Point at a character of the statement text (1-based, see [`GatewayError::position`]).
+    pub fn with_position(mut self, position: Option<u32>) -> Self {
+        self.position = position;
         self
     }
 

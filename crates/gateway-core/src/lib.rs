@@ -55,7 +55,7 @@ pub use metrics::{ActiveSession, Metrics};
 pub use parameters::{BoundValue, ParameterAudit, RecordedParameters, RecordedValue};
 pub use policy::{
     Access, AllowAll, Decision, Judgement, PolicyEngine, SqlSettings, StatementContext,
-    StatementObjects, Verdict,
+    StatementObjects, SyntaxError, Verdict,
 };
 pub use session::{
     Execution, Gateway, GatewayBuilder, Outcome, Session, SessionContext, SessionRequest, Statement,

@@ -528,6 +528,7 @@ mod tests {
                     decision: Decision::NeedsApproval,
                     rule: Some(Arc::from("hold-risky")),
                     reason: None,
+                    syntax_error: None,
                 }
             } else {
                 Verdict::allow(None)
@@ -887,6 +888,7 @@ mod tests {
             AccessDenied,
             UnknownTarget,
             PolicyDenied,
+            Syntax,
             ApprovalRequired,
             Protocol,
             Unsupported,

@@ -37,6 +37,21 @@ pub struct Verdict {
     pub rule: Option<Arc<str>>,
     /// Message for the user when the statement is not simply allowed.
     pub reason: Option<String>,
+    /// Set when the statement is refused because the database's own grammar rejects it: the
+    /// client then gets the error the database would give (PostgreSQL: SQLSTATE 42601 with the
+    /// parser's message and position), not a policy error. Absent from audit records otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub syntax_error: Option<Arc<SyntaxError>>,
+}
+
+/// A statement text the database's own grammar rejects, as the database reports it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SyntaxError {
+    /// The grammar's message, worded as the database words it (`syntax error at or near "selec"`).
+    pub message: String,
+    /// Where the grammar stopped: a 1-based position in characters (not bytes) into the
+    /// statement text, as PostgreSQL's error cursor counts; `None` when not known.
+    pub position: Option<u32>,
 }
 
 impl Verdict {
@@ -46,6 +61,7 @@ impl Verdict {
             decision: Decision::Allow,
             rule,
             reason: None,
+            syntax_error: None,
         }
     }
 
@@ -55,6 +71,18 @@ impl Verdict {
             decision: Decision::Deny,
             rule: Some(rule.into()),
             reason: Some(reason.into()),
+            syntax_error: None,
+        }
+    }
+
+    /// Denied by `rule` because the database's grammar rejects the text (see [`SyntaxError`]);
+    /// the reason is the grammar's message.
+    pub fn syntax(rule: impl Into<Arc<str>>, error: SyntaxError) -> Self {
+        Self {
+            decision: Decision::Deny,
+            rule: Some(rule.into()),
+            reason: Some(error.message.clone()),
+            syntax_error: Some(Arc::new(error)),
         }
     }
 }

@@ -469,8 +469,9 @@ impl Session {
     }
 
     /// Judges a statement text read under `settings`. A denial is audited here and returned as an
-    /// [`ErrorKind::PolicyDenied`] error naming the rule; nothing of the statement may then be
-    /// forwarded upstream.
+    /// [`ErrorKind::PolicyDenied`] error naming the rule (or [`ErrorKind::Syntax`] when the
+    /// database's grammar rejects the text); nothing of the statement may then be forwarded
+    /// upstream.
     pub async fn prepare(
         &self,
         sql: &str,
@@ -512,15 +513,21 @@ impl Session {
                 parameters: None,
             })
             .await?;
-            let mut e = GatewayError::new(
-                ErrorKind::PolicyDenied,
-                Side::Gateway,
-                judgement
-                    .verdict
-                    .reason
-                    .clone()
-                    .unwrap_or_else(|| "statement denied by policy".into()),
-            );
+            let mut e = match &judgement.verdict.syntax_error {
+                // Not valid SQL for the database's own grammar: the client gets the error the
+                // database would give, which drivers and tools know how to handle.
+                Some(syntax) => GatewayError::new(ErrorKind::Syntax, Side::Client, &syntax.message)
+                    .with_position(syntax.position),
+                None => GatewayError::new(
+                    ErrorKind::PolicyDenied,
+                    Side::Gateway,
+                    judgement
+                        .verdict
+                        .reason
+                        .clone()
+                        .unwrap_or_else(|| "statement denied by policy".into()),
+                ),
+            };
             e.rule = judgement.verdict.rule.as_deref().map(str::to_owned);
             return Err(e);
         }

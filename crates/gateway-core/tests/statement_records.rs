@@ -24,6 +24,7 @@ impl PolicyEngine for HoldAll {
                 decision: Decision::NeedsApproval,
                 rule: Some(Arc::from("hold-all")),
                 reason: Some("needs a second pair of eyes".into()),
+                syntax_error: None,
             },
             classification: Some(Arc::from("write:delete")),
             objects: None,
@@ -177,4 +178,64 @@ async fn a_sink_that_wants_no_records_gets_none_built() {
         .map(|r| r["event"].as_str().unwrap().to_owned())
         .collect();
     assert_eq!(events, ["statement_started", "statement_finished"]);
+}
+
+/// Refuses every statement as PostgreSQL's grammar would: a syntax error at character 1.
+struct Grammar;
+
+impl PolicyEngine for Grammar {
+    fn access(&self, _: &Identity, _: &Target) -> Result<Access, GatewayError> {
+        Ok(Access::ReadWrite)
+    }
+    fn judge(&self, _: &StatementContext<'_>, _: &str) -> Arc<Judgement> {
+        Arc::new(Judgement {
+            verdict: Verdict::syntax(
+                "builtin:syntax-error",
+                SyntaxError {
+                    message: "syntax error at or near \"selec\"".into(),
+                    position: Some(1),
+                },
+            ),
+            classification: None,
+            objects: None,
+            fingerprint: None,
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_syntax_error_is_refused_as_the_database_would_and_recorded_as_denied() {
+    let sink = Arc::new(Memory::default());
+    let gw = Gateway::builder()
+        .authenticator(Arc::new(Anyone))
+        .policy(Arc::new(Grammar))
+        .audit(Arc::clone(&sink) as Arc<dyn AuditSink>)
+        .targets(Targets::new([common::target()]))
+        .build();
+    let session = open(&gw).await;
+    let e = session
+        .prepare("selec 1", &SqlSettings::default())
+        .await
+        .expect_err("refused");
+    // Not a policy error: the client's SQL is wrong, and it hears so in the database's words.
+    assert_eq!(e.kind, ErrorKind::Syntax);
+    assert_eq!(e.side, Side::Client);
+    assert_eq!(e.message, "syntax error at or near \"selec\"");
+    assert_eq!(e.position, Some(1));
+    assert_eq!(e.rule.as_deref(), Some("builtin:syntax-error"));
+
+    let records = sink.0.lock().unwrap().clone();
+    let denied: Vec<_> = records
+        .iter()
+        .filter(|r| r["event"] == "statement_denied")
+        .collect();
+    assert_eq!(denied.len(), 1, "{records:#?}");
+    let verdict = &denied[0]["verdict"];
+    assert_eq!(verdict["decision"], "deny", "{verdict:#}");
+    assert_eq!(verdict["rule"], "builtin:syntax-error", "{verdict:#}");
+    assert_eq!(
+        verdict["reason"], "syntax error at or near \"selec\"",
+        "{verdict:#}"
+    );
+    assert_eq!(verdict["syntax_error"]["position"], 1, "{verdict:#}");
 }

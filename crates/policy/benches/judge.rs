@@ -1,6 +1,7 @@
 //! Analysis plus decision for typical statements, cached (a repeated or prepared statement: one
 //! hash lookup), uncached (a statement never seen: parse, facts, rules, cache insertion) and of a
-//! known shape (new values in a known text: the shape, rules, cache insertion).
+//! known shape (new values in a known text: the shape, rules, cache insertion), and cold (a
+//! text with values in it seen for the first time: no cache of any kind answers).
 //!
 //! `cargo bench -p policy --bench judge -- --warm-up-time 1 --measurement-time 3`; the figures
 //! are recorded in `docs/policy.md`.
@@ -46,6 +47,9 @@ name = "approve-payments"
 action = "require-approval"
 writes = ["billing.payments"]
 "#;
+
+/// pgbench's select-only transaction as `-M simple` sends it: the value is in the text.
+const PGBENCH_SELECT: &str = "SELECT abalance FROM pgbench_accounts WHERE aid = 48213;";
 
 const POINT_SELECT: &str = "SELECT id, email, created_at FROM public.users WHERE id = $1";
 
@@ -143,6 +147,27 @@ fn bench(c: &mut Criterion) {
     };
     let reading = ReadingContext::new(Dialect::Postgres);
     let counter = AtomicU64::new(0);
+
+    // The first sight of a text with its values in it (pgbench -M simple): a unique leading
+    // comment makes every text, and so every shape, new, so this misses the text, shape and
+    // decision caches alike: shape scan, parse, facts, fingerprint, rules, cache insertions.
+    let mut group = c.benchmark_group("pgbench_point_select");
+    group.bench_function("analyze_only", |b| {
+        b.iter(|| analyze(black_box(PGBENCH_SELECT), &reading))
+    });
+    group.bench_function("judge_cold", |b| {
+        b.iter_batched(
+            || {
+                format!(
+                    "/* {} */ {PGBENCH_SELECT}",
+                    counter.fetch_add(1, Ordering::Relaxed)
+                )
+            },
+            |text| engine.judge(&ctx, black_box(&text)),
+            criterion::BatchSize::SmallInput,
+        )
+    });
+    group.finish();
 
     for (name, sql) in [
         ("point_select", POINT_SELECT),

@@ -18,13 +18,15 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use gateway_core::{
     Access, Decision, ErrorKind, GatewayError, Identity, Judgement, PolicyEngine, Protocol, Side,
-    SqlSettings, StatementContext, StatementObjects, Target, Verdict,
+    SqlSettings, StatementContext, StatementObjects, SyntaxError, Target, Verdict,
 };
 use quick_cache::sync::Cache;
 use quick_cache::{Equivalent, Weighter};
 
 use crate::analysis::{analyze, analyze_shaped, shape, Dialect, ReadingContext, Shape};
-use crate::facts::{Analysis, Class, Filter, ObjectName, ParseFailure, StatementFacts};
+use crate::facts::{
+    Analysis, Class, FailureKind, Filter, ObjectName, ParseFailure, StatementFacts,
+};
 use crate::rules::{Action, Builtin, KindSelector, RuleSet, StatementRule, Unparsable};
 
 /// Upper bound of the memory the analysis cache may hold, in bytes of statement text (plus a
@@ -461,6 +463,18 @@ fn evaluate(
             failure.message
         );
         return match rules.unparsable {
+            // PostgreSQL's own grammar rejects it: the server would answer with this syntax
+            // error, and clients (drivers, ORMs, psql) know how to handle that answer.
+            Unparsable::Deny if failure.kind == FailureKind::Syntax => {
+                let error = SyntaxError {
+                    message: failure.message.clone(),
+                    position: failure.position.and_then(|p| char_position(sql, p)),
+                };
+                let mut evaluation = deny_all(Builtin::SyntaxError, String::new(), Some(analysis));
+                evaluation.judgement.verdict =
+                    Verdict::syntax(builtin_rule(Builtin::SyntaxError), error);
+                evaluation
+            }
             Unparsable::Deny => deny_all(Builtin::Unparsable, reason, Some(analysis)),
             Unparsable::Allow => Evaluation {
                 judgement: Judgement {
@@ -468,6 +482,7 @@ fn evaluate(
                         decision: Decision::Allow,
                         rule: Some(builtin_rule(Builtin::Unparsable)),
                         reason: Some(reason),
+                        syntax_error: None,
                     },
                     classification: Some(Arc::from("unparsed")),
                     objects: None,
@@ -536,6 +551,16 @@ fn evaluate(
     }
 }
 
+/// The 1-based character position of byte offset `byte` in `sql`, as PostgreSQL counts its
+/// error cursor (an offset at the end of the text points just past its last character).
+fn char_position(sql: &str, byte: usize) -> Option<u32> {
+    let mut end = byte.min(sql.len());
+    while !sql.is_char_boundary(end) {
+        end -= 1;
+    }
+    u32::try_from(sql.get(..end)?.chars().count() + 1).ok()
+}
+
 fn strictness(d: Decision) -> u8 {
     match d {
         Decision::Allow => 0,
@@ -572,44 +597,64 @@ struct Judge<'a> {
 impl Judge<'_> {
     fn statement(&self, facts: &StatementFacts, access_rule: &Arc<str>) -> StatementVerdict {
         let classification: Arc<str> = Arc::from(classification(facts));
-        let mut deny: Option<&StatementRule> = None;
-        let mut approval: Option<&StatementRule> = None;
+        // Allow rules first: they decide what is lifted, and lifting `builtin:dynamic-sql`
+        // changes which restricting rules match.
         let mut allow: Option<&StatementRule> = None;
         let mut lifted: Vec<Builtin> = Vec::new();
         for rule in &self.rules.rules {
-            if !self.matches(rule, facts) {
+            if rule.action == Action::Allow && self.matches(rule, facts, false) {
+                allow.get_or_insert(rule);
+                lifted.extend(rule.overrides.iter().copied());
+            }
+        }
+        // SQL built at run time could do anything: restricting rules match it whatever they
+        // name, unless an allow rule lifted that for this statement.
+        let anything = has(facts, "dynamic_sql") && !lifted.contains(&Builtin::DynamicSql);
+        let mut deny: Option<&StatementRule> = None;
+        let mut approval: Option<&StatementRule> = None;
+        for rule in &self.rules.rules {
+            if rule.action == Action::Allow || !self.matches(rule, facts, anything) {
                 continue;
             }
             match rule.action {
                 Action::Deny => {
                     deny.get_or_insert(rule);
                 }
-                Action::RequireApproval => {
+                _ => {
                     approval.get_or_insert(rule);
-                }
-                Action::Allow => {
-                    allow.get_or_insert(rule);
-                    lifted.extend(rule.overrides.iter().copied());
                 }
             }
         }
+        // Said when a restricting rule matched only because the statement could be anything.
+        let unseen = |rule: &StatementRule| {
+            if anything && !self.matches(rule, facts, false) {
+                format!(" ({DYNAMIC_SQL_NOTE}, so this rule applies to it whatever it names)")
+            } else {
+                String::new()
+            }
+        };
         let verdict = if let Some(rule) = deny {
             Verdict::deny(
                 Arc::clone(&rule.name),
-                rule.message.clone().unwrap_or_else(|| {
-                    "the gateway's policy does not allow this statement".to_owned()
-                }),
+                format!(
+                    "{}{}",
+                    rule.message
+                        .as_deref()
+                        .unwrap_or("the gateway's policy does not allow this statement"),
+                    unseen(rule)
+                ),
             )
-        } else if let Some((b, reason)) = self.guardrail(facts, &lifted) {
+        } else if let Some((b, reason)) = self.guardrail(facts, &lifted, anything) {
             Verdict::deny(builtin_rule(b), reason)
         } else if let Some(rule) = approval {
             Verdict {
                 decision: Decision::NeedsApproval,
                 rule: Some(Arc::clone(&rule.name)),
                 reason: Some(match &rule.message {
-                    Some(m) => format!("approval is required: {m}"),
-                    None => "this statement requires approval".to_owned(),
+                    Some(m) => format!("approval is required: {m}{}", unseen(rule)),
+                    None => format!("this statement requires approval{}", unseen(rule)),
                 }),
+                syntax_error: None,
             }
         } else if let Some(rule) = allow {
             Verdict::allow(Some(Arc::clone(&rule.name)))
@@ -622,9 +667,15 @@ impl Judge<'_> {
         }
     }
 
-    fn matches(&self, rule: &StatementRule, facts: &StatementFacts) -> bool {
+    /// Whether `rule` applies to the statement. With `anything` (SQL built at run time, not
+    /// lifted), a restricting rule's statement conditions hold whatever they name: only who and
+    /// where are checked.
+    fn matches(&self, rule: &StatementRule, facts: &StatementFacts, anything: bool) -> bool {
         // Restricting rules match generously (unqualified names, any case); allow rules strictly.
         let lenient = rule.action != Action::Allow;
+        if anything && lenient {
+            return rule.principals.admits(self.identity) && rule.targets.selects(self.target);
+        }
         let any_object = |globs: &[crate::glob::ObjectGlob], objects: &[&[ObjectName]]| {
             objects.iter().flat_map(|list| list.iter()).any(|o| {
                 globs
@@ -654,7 +705,14 @@ impl Judge<'_> {
     }
 
     /// The first built-in rule (not lifted) that stands against the statement, with its reason.
-    fn guardrail(&self, facts: &StatementFacts, lifted: &[Builtin]) -> Option<(Builtin, String)> {
+    /// With `anything` (SQL built at run time, not lifted) each guardrail that is on stands
+    /// against it: the hidden SQL could change the role, call any function or touch files.
+    fn guardrail(
+        &self,
+        facts: &StatementFacts,
+        lifted: &[Builtin],
+        anything: bool,
+    ) -> Option<(Builtin, String)> {
         let on = |b: Builtin| !lifted.contains(&b);
         if on(Builtin::ReadOnly) && self.access == Access::ReadOnly {
             let mentions_write = || {
@@ -668,6 +726,33 @@ impl Judge<'_> {
                         "your access to target \"{}\" is read-only: {reason}",
                         self.target.name
                     ),
+                ));
+            }
+        }
+        if anything {
+            let hit = [
+                (
+                    Builtin::SessionFence,
+                    true,
+                    "change the role or the settings the gateway relies on",
+                ),
+                (
+                    Builtin::DangerousFunction,
+                    self.rules.deny_dangerous_functions,
+                    "call functions that reach outside the database",
+                ),
+                (
+                    Builtin::ServerFiles,
+                    true,
+                    "read or write the server's files",
+                ),
+            ]
+            .into_iter()
+            .find(|(b, enabled, _)| *enabled && on(*b));
+            if let Some((b, _, could)) = hit {
+                return Some((
+                    b,
+                    format!("{DYNAMIC_SQL_NOTE}: it could {could}; an allow rule with `overrides = [\"builtin:dynamic-sql\"]` lets chosen identities run it"),
                 ));
             }
         }
@@ -700,6 +785,9 @@ impl Judge<'_> {
         None
     }
 }
+
+/// How the gateway says that a statement runs SQL it cannot read.
+const DYNAMIC_SQL_NOTE: &str = "this statement runs SQL built at run time (EXECUTE of a string, a body in a language the gateway cannot read, or a function that runs a query string), which the gateway cannot see";
 
 fn has(facts: &StatementFacts, kind: &str) -> bool {
     facts.kinds.iter().any(|k| k == kind)

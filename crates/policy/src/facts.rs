@@ -107,10 +107,25 @@ pub struct StatementFacts {
 /// Why a statement could not be analysed.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ParseFailure {
+    /// Whether the server itself would reject the text, or only the gateway cannot read it.
+    pub kind: FailureKind,
     /// The parser's message.
     pub message: String,
     /// Byte offset into the statement text, when the parser reports one.
     pub position: Option<usize>,
+}
+
+/// The two ways analysis fails, which the engine answers differently.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureKind {
+    /// The database's own grammar rejects the text (PostgreSQL, read with its own parser): the
+    /// server would refuse it too, so the gateway answers with the server's syntax error.
+    Syntax,
+    /// The gateway could not analyse the text, though the server might accept it: a grammar
+    /// that is not the server's own (MySQL, read with sqlparser), a NUL byte, nesting too deep
+    /// to walk.
+    Unreadable,
 }
 
 /// The analysis of one statement text, which may hold several statements.

@@ -169,8 +169,11 @@ pub const DEFAULT_DANGEROUS_FUNCTIONS: &[&str] = &[
 /// A built-in rule: a guardrail that applies without being written down.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
 pub enum Builtin {
-    /// The statement could not be parsed (unless `unparsable = "allow"`).
+    /// The statement could not be analysed (unless `unparsable = "allow"`).
     Unparsable,
+    /// PostgreSQL's own grammar rejects the statement (unless `unparsable = "allow"`): refused
+    /// with the syntax error the server would give (SQLSTATE 42601), not a policy error.
+    SyntaxError,
     /// The session's settings make the server read SQL differently from the gateway.
     ReadingSettings,
     /// The session is read-only and the statement is not.
@@ -186,6 +189,11 @@ pub enum Builtin {
     /// No access rule admits this identity to this target any more (the policy changed after the
     /// session opened).
     NoAccess,
+    /// Not a rule that decides by itself: SQL built at run time (the `dynamic_sql` sub-kind) is
+    /// treated as "could be anything", so every deny and require-approval rule, and every
+    /// built-in guardrail, applies to it whatever it names. Lifting it (an allow rule's
+    /// `overrides`) judges such statements by what is visible of them only.
+    DynamicSql,
 }
 
 impl Builtin {
@@ -193,32 +201,37 @@ impl Builtin {
     pub fn name(self) -> &'static str {
         match self {
             Builtin::Unparsable => "builtin:unparsable",
+            Builtin::SyntaxError => "builtin:syntax-error",
             Builtin::ReadingSettings => "builtin:reading-settings",
             Builtin::ReadOnly => "builtin:read-only",
             Builtin::SessionFence => "builtin:session-fence",
             Builtin::DangerousFunction => "builtin:dangerous-function",
             Builtin::ServerFiles => "builtin:server-files",
             Builtin::NoAccess => "builtin:no-access",
+            Builtin::DynamicSql => "builtin:dynamic-sql",
         }
     }
 
     /// The built-in rules an allow rule may lift with `overrides`.
-    pub const OVERRIDABLE: [Builtin; 4] = [
+    pub const OVERRIDABLE: [Builtin; 5] = [
         Builtin::ReadOnly,
         Builtin::SessionFence,
         Builtin::DangerousFunction,
         Builtin::ServerFiles,
+        Builtin::DynamicSql,
     ];
 
     fn from_name(name: &str) -> Option<Builtin> {
         [
             Builtin::Unparsable,
+            Builtin::SyntaxError,
             Builtin::ReadingSettings,
             Builtin::ReadOnly,
             Builtin::SessionFence,
             Builtin::DangerousFunction,
             Builtin::ServerFiles,
             Builtin::NoAccess,
+            Builtin::DynamicSql,
         ]
         .into_iter()
         .find(|b| b.name() == name)
@@ -231,14 +244,15 @@ impl fmt::Display for Builtin {
     }
 }
 
-/// What happens to a statement the parser cannot read.
+/// What happens to a statement the gateway cannot analyse.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Unparsable {
-    /// Deny it (`builtin:unparsable`): the default, because what the gateway cannot read it
-    /// cannot judge.
+    /// Deny it: the default, because what the gateway cannot read it cannot judge. A text
+    /// PostgreSQL's grammar rejects is refused with the server's own syntax error
+    /// (`builtin:syntax-error`), anything else with a policy error (`builtin:unparsable`).
     Deny,
     /// Let it through, relying on the upstream's own permissions (and, for read-only sessions,
-    /// the upstream's read-only transaction).
+    /// the upstream's read-only transaction); a syntax error then comes from the server itself.
     Allow,
 }
 
@@ -710,7 +724,7 @@ impl Checker {
             for v in self.list("overrides", list) {
                 match Builtin::from_name(v.get_ref().trim()) {
                     Some(b) if Builtin::OVERRIDABLE.contains(&b) => overrides.push(b),
-                    Some(Builtin::Unparsable) => self.error(
+                    Some(Builtin::Unparsable | Builtin::SyntaxError) => self.error(
                         v.span(),
                         "`builtin:unparsable` cannot be lifted per rule (no rule can match what was not parsed): set `unparsable = \"allow\"` in `[policy]`",
                     ),

@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 
 use policy::analysis::{analyze, Dialect, ReadingContext};
-use policy::facts::{Filter, StatementFacts};
+use policy::facts::{FailureKind, Filter, StatementFacts};
 
 #[derive(serde::Deserialize)]
 struct Corpus {
@@ -22,6 +22,8 @@ struct Case {
     count: Option<usize>,
     #[serde(default)]
     fails: bool,
+    /// With `fails`: "syntax" (PostgreSQL's grammar rejects it) or "unreadable".
+    failure: Option<String>,
     class: Option<String>,
     #[serde(default)]
     kinds: Vec<String>,
@@ -77,6 +79,18 @@ fn check(case: &Case) -> Vec<String> {
     };
     let analysis = analyze(&case.sql, &ctx);
     if case.fails {
+        if let (Some(expected), Some(f)) = (&case.failure, &analysis.failure) {
+            let kind = match f.kind {
+                FailureKind::Syntax => "syntax",
+                FailureKind::Unreadable => "unreadable",
+            };
+            if kind != expected {
+                problems.push(format!(
+                    "failure: expected {expected}, got {kind} ({})",
+                    f.message
+                ));
+            }
+        }
         if analysis.failure.is_none() {
             problems.push(format!(
                 "expected a parse failure, got {:?}",

@@ -264,6 +264,7 @@ pub fn sqlstate(kind: ErrorKind) -> &'static str {
         ErrorKind::AccessDenied => "28000",
         ErrorKind::UnknownTarget => "3D000",
         ErrorKind::PolicyDenied | ErrorKind::ApprovalRequired => "42501",
+        ErrorKind::Syntax => "42601",
         ErrorKind::Protocol => "08P01",
         ErrorKind::Unsupported => "0A000",
         ErrorKind::Timeout => "08P01",
@@ -278,7 +279,9 @@ pub fn sqlstate(kind: ErrorKind) -> &'static str {
 pub fn error_response(err: &GatewayError, fatal: bool) -> Bytes {
     let severity = if fatal { "FATAL" } else { "ERROR" };
     let mut message = err.message.clone();
-    if let Some(rule) = &err.rule {
+    // A syntax error is worded exactly as PostgreSQL words it (tools match on it); the rule is
+    // in the audit record.
+    if let (Some(rule), false) = (&err.rule, err.kind == ErrorKind::Syntax) {
         message = format!("{message} (rule \"{rule}\")");
     }
     let mut fields = vec![
@@ -292,6 +295,10 @@ pub fn error_response(err: &GatewayError, fatal: bool) -> Bytes {
     }
     if let Some(h) = &err.hint {
         fields.push((b'H', h.clone()));
+    }
+    if let Some(p) = err.position {
+        // psql draws its `LINE 1: ...` excerpt and caret from this field.
+        fields.push((b'P', p.to_string()));
     }
     encode(&ErrorResponse::new(fields))
 }
@@ -413,6 +420,22 @@ mod tests {
         assert!(fields.contains(&(b'M', "no drops (rule \"guard\")".into())));
         assert!(fields.contains(&(b'H', "ask".into())));
         assert!(fields.contains(&(b'S', "ERROR".into())));
+    }
+
+    #[test]
+    fn syntax_errors_carry_42601_the_parser_message_and_position() {
+        let e = GatewayError::new(
+            ErrorKind::Syntax,
+            gateway_core::Side::Client,
+            "syntax error at or near \"selec\"",
+        )
+        .with_rule("builtin:syntax-error")
+        .with_position(Some(1));
+        let frame = error_response(&e, false);
+        let fields = error_fields(&frame[HEADER_LEN..]);
+        assert!(fields.contains(&(b'C', "42601".into())));
+        assert!(fields.contains(&(b'M', "syntax error at or near \"selec\"".into())));
+        assert!(fields.contains(&(b'P', "1".into())));
     }
 
     #[test]

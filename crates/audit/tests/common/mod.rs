@@ -32,6 +32,7 @@ pub fn event(node: &str, i: u64) -> AuditRecord {
                 decision: Decision::Deny,
                 rule: Some(Arc::from("no-deletes")),
                 reason: Some("deletes need approval".into()),
+                syntax_error: None,
             },
             objects: None,
             fingerprint: None,

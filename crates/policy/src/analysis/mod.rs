@@ -10,13 +10,16 @@
 
 mod filter;
 mod mysql;
+mod pg_nodes;
+mod pg_parse;
 mod postgres;
 mod shape;
-mod tree;
 
 pub use shape::Shape;
 
-use crate::facts::{Analysis, Class, Filter, ObjectName, ParseFailure, StatementFacts};
+use crate::facts::{
+    Analysis, Class, FailureKind, Filter, ObjectName, ParseFailure, StatementFacts,
+};
 
 /// The SQL dialect a statement is written in, i.e. the kind of server behind the target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -67,7 +70,7 @@ pub fn analyze(sql: &str, ctx: &ReadingContext) -> Analysis {
     });
     match std::panic::catch_unwind(run) {
         Ok(analysis) => analysis,
-        Err(_) => failed(INTERNAL_FAILURE.to_owned(), None),
+        Err(_) => failed(FailureKind::Unreadable, INTERNAL_FAILURE.to_owned(), None),
     }
 }
 
@@ -93,7 +96,10 @@ pub fn analyze_shaped(sql: &str, ctx: &ReadingContext, shape: &Shape) -> (Analys
     });
     match std::panic::catch_unwind(run) {
         Ok(result) => result,
-        Err(_) => (failed(INTERNAL_FAILURE.to_owned(), None), false),
+        Err(_) => (
+            failed(FailureKind::Unreadable, INTERNAL_FAILURE.to_owned(), None),
+            false,
+        ),
     }
 }
 
@@ -101,12 +107,57 @@ pub fn analyze_shaped(sql: &str, ctx: &ReadingContext, shape: &Shape) -> (Analys
 const INTERNAL_FAILURE: &str = "the SQL analyser failed on this statement text";
 
 /// An analysis that failed as a whole.
-fn failed(message: String, position: Option<usize>) -> Analysis {
+fn failed(kind: FailureKind, message: String, position: Option<usize>) -> Analysis {
     Analysis {
         statements: Vec::new(),
-        failure: Some(ParseFailure { message, position }),
+        failure: Some(ParseFailure {
+            kind,
+            message,
+            position,
+        }),
         fingerprint: None,
     }
+}
+
+/// Functions that run SQL text given to them as a value (or read relations named by a value):
+/// what they do is decided at run time, out of the analysis' sight. Matched on the last part of
+/// the name, so `pg_catalog.query_to_xml` is one too.
+const DYNAMIC_SQL_FUNCTIONS: &[&str] = &[
+    // Run a query string on another connection (possibly to this very database).
+    "dblink",
+    "dblink_exec",
+    "dblink_send_query",
+    "dblink_open",
+    // Run a query string in this session.
+    "query_to_xml",
+    "query_to_xmlschema",
+    "query_to_xml_and_xmlschema",
+    "ts_stat",
+    // Read the relation, schema or database named by a value.
+    "table_to_xml",
+    "table_to_xmlschema",
+    "table_to_xml_and_xmlschema",
+    "schema_to_xml",
+    "schema_to_xmlschema",
+    "schema_to_xml_and_xmlschema",
+    "database_to_xml",
+    "database_to_xmlschema",
+    "database_to_xml_and_xmlschema",
+];
+
+/// Whether calling `function` (lower-case, as recorded) runs SQL decided at run time.
+fn runs_dynamic_sql(function: &str) -> bool {
+    let name = function.rsplit('.').next().unwrap_or(function);
+    DYNAMIC_SQL_FUNCTIONS.contains(&name)
+}
+
+/// Records that the statement runs SQL built at run time (`EXECUTE` of a string, a body in a
+/// language the gateway cannot read, a function that runs a query string): the `dynamic_sql`
+/// sub-kind, which the engine treats as "could be anything", and the procedural class, whose
+/// effects analysis cannot see.
+fn dynamic_sql(acc: &mut Collector) {
+    acc.class(Class::Procedural);
+    acc.kind("dynamic_sql");
 }
 
 /// How consequential a class is, for folding several effects of one statement into one class.

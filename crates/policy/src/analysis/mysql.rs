@@ -26,7 +26,7 @@ use sqlparser::tokenizer::{Token, TokenWithSpan, Tokenizer};
 
 use super::filter::{self, Const};
 use super::{failed, Collector, ReadingContext};
-use crate::facts::{Analysis, Class, Filter, ObjectName};
+use crate::facts::{Analysis, Class, FailureKind, Filter, ObjectName};
 
 /// sqlparser's MySQL dialect with the lexing switches of the session's sql_mode. It keeps the
 /// MySQL dialect's identity, so every MySQL-specific rule of the parser still applies.
@@ -170,7 +170,15 @@ fn statement_by_statement(
     first: &ParserError,
 ) -> Analysis {
     let message = parser_message(first);
-    let failure = || failed(message.clone(), error_position(text, &message));
+    // sqlparser is not MySQL's own grammar: what it rejects the server may accept, so this is
+    // never answered as the server's syntax error.
+    let failure = || {
+        failed(
+            FailureKind::Unreadable,
+            message.clone(),
+            error_position(text, &message),
+        )
+    };
     let Ok(tokens) = Tokenizer::new(dialect, text).tokenize_with_location() else {
         return failure();
     };
@@ -326,8 +334,8 @@ fn recognise(
                 }
                 _ => {
                     // The statement text comes from a variable: not visible here.
-                    acc.class(Class::Procedural);
                     acc.kind("prepare_dynamic");
+                    super::dynamic_sql(acc);
                 }
             }
             true

@@ -433,7 +433,7 @@ mod tests {
     fn the_tree_corpus_shares_only_what_holds_for_the_whole_shape() {
         let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
         let mut shared_count = 0;
-        for sql in crate::analysis::tree::tests::CORPUS {
+        for sql in crate::analysis::postgres::tests::CORPUS {
             let Some(shape) = super::postgres(sql) else {
                 continue;
             };

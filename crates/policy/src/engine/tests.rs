@@ -91,7 +91,7 @@ name = "dba-dblink"
 action = "allow"
 groups = ["dba"]
 functions = ["dblink"]
-overrides = ["builtin:dangerous-function"]
+overrides = ["builtin:dangerous-function", "builtin:dynamic-sql"]
 "#;
 
 fn target(name: &str, protocol: Protocol, env: &str) -> Target {
@@ -211,15 +211,18 @@ const ROWS: &[Row] = &[
     // Dangerous functions and server files.
     ("dan", &["dev"], "app-prod", "select pg_read_file('/etc/passwd')", Deny, "builtin:dangerous-function", "default list"),
     ("dan", &["dev"], "app-prod", "select * from pg_catalog.pg_read_file('/etc/passwd')", Deny, "builtin:dangerous-function", "qualified"),
-    ("dan", &["dev"], "app-prod", "select query_to_xml('delete from orders', true, false, '')", Deny, "builtin:dangerous-function", "SQL hidden in a string"),
+    ("dan", &["dev"], "app-prod", "select query_to_xml('delete from orders', true, false, '')", Deny, "no-drop-in-prod", "SQL hidden in a string could be anything: the first deny rule applies"),
+    ("dan", &["dev"], "app-dev", "select query_to_xml('delete from orders', true, false, '')", Deny, "no-unfiltered-delete", "SQL hidden in a string could be an unfiltered delete"),
     ("dot", &["dba"], "app-prod", "select * from dblink('host=x', 'select 1') as t(a int)", Allow, "dba-dblink", "lifted for dblink"),
-    ("dot", &["dba"], "app-prod", "select dblink_exec('host=x', 'drop table t')", Deny, "builtin:dangerous-function", "only dblink was lifted"),
+    ("dot", &["dba"], "app-prod", "select dblink_exec('host=x', 'drop table t')", Deny, "no-unfiltered-delete", "only dblink was lifted: the string could be anything"),
     ("dan", &["dev"], "app-prod", "copy orders to program 'id'", Deny, "builtin:server-files", "runs a program"),
     ("dan", &["dev"], "app-prod", "copy orders from '/etc/passwd'", Deny, "builtin:server-files", "reads a server file"),
     ("dan", &["dev"], "app-prod", "copy orders to stdout", Allow, "devs", "COPY to the client is fine"),
     // Unparsable.
-    ("dan", &["dev"], "app-prod", "selec 1", Deny, "builtin:unparsable", "fail closed"),
-    ("dan", &["dev"], "app-prod", "select 1; selec 2", Deny, "builtin:unparsable", "one bad statement fails the text"),
+    ("dan", &["dev"], "app-prod", "selec 1", Deny, "builtin:syntax-error", "fail closed, as the server's syntax error"),
+    ("dan", &["dev"], "app-prod", "select 1; selec 2", Deny, "builtin:syntax-error", "one bad statement fails the text"),
+    ("dan", &["dev"], "app-prod", "select 1 \0", Deny, "builtin:unparsable", "a NUL byte is not a syntax error: the gateway cannot read it"),
+    ("dan", &["dev"], "shop", "selec 1", Deny, "builtin:unparsable", "sqlparser is not MySQL's grammar: never claimed as the server's syntax error"),
     // MySQL.
     ("dan", &["dev"], "shop", "delete from orders", Deny, "no-unfiltered-delete", "same rules, other dialect"),
     ("dan", &["dev"], "shop", "set sql_mode = 'ANSI_QUOTES'", Deny, "builtin:session-fence", "sql_mode changes how text is read"),
@@ -371,12 +374,28 @@ fn reasons_and_classifications() {
         &("dan", &["dev"], "app-prod", "select * from", Deny, "", ""),
         &s,
     );
-    let reason = j.verdict.reason.clone().unwrap_or_default();
-    assert!(
-        reason.starts_with("the gateway could not parse this statement: syntax error"),
-        "{reason}"
+    // The server's own words and error cursor (1-based, in characters: just past the end).
+    assert_eq!(
+        j.verdict.reason.as_deref(),
+        Some("syntax error at end of input")
     );
-    assert!(reason.ends_with("at position 13"), "{reason}");
+    let syntax = j.verdict.syntax_error.as_deref().expect("a syntax error");
+    assert_eq!(syntax.message, "syntax error at end of input");
+    assert_eq!(syntax.position, Some(14));
+    assert_eq!(j.verdict.rule.as_deref(), Some("builtin:syntax-error"));
+    // Positions count characters, not bytes.
+    let j = judge_row(
+        &engine,
+        &("dan", &["dev"], "app-prod", "select 'é€', )", Deny, "", ""),
+        &s,
+    );
+    let syntax = j
+        .verdict
+        .syntax_error
+        .as_deref()
+        .unwrap_or_else(|| panic!("a syntax error: {:?}", j.verdict));
+    assert_eq!(syntax.message, "syntax error at or near \")\"");
+    assert_eq!(syntax.position, Some(14));
     let j = judge_row(
         &engine,
         &(
@@ -458,6 +477,149 @@ fn unparsable_allow() {
         (Allow, Some("builtin:unparsable"))
     );
     assert_eq!(j.classification.as_deref(), Some("unparsed"));
+    assert!(
+        j.verdict.syntax_error.is_none(),
+        "let through: the server gives its own syntax error"
+    );
+}
+
+const DYNAMIC_RULES: &str = r#"
+[policy]
+[[policy.access]]
+name = "rw"
+groups = ["dev", "ops", "dba"]
+mode = "read-write"
+
+[[policy.access]]
+name = "analysts"
+groups = ["analyst"]
+mode = "read-only"
+
+[[policy.rules]]
+name = "no-payment-writes"
+action = "deny"
+groups = ["dev"]
+writes = ["billing.payments"]
+message = "payments are written by the billing service only"
+
+[[policy.rules]]
+name = "approve-deletes"
+action = "require-approval"
+groups = ["ops"]
+kinds = ["delete"]
+
+[[policy.rules]]
+name = "ops-guardrails-lifted"
+action = "allow"
+groups = ["ops"]
+kinds = ["dynamic_sql"]
+overrides = ["builtin:session-fence", "builtin:dangerous-function", "builtin:server-files"]
+
+[[policy.rules]]
+name = "dba-dynamic"
+action = "allow"
+groups = ["dba"]
+kinds = ["dynamic_sql"]
+overrides = ["builtin:dynamic-sql", "builtin:dangerous-function"]
+
+[[policy.rules]]
+name = "dynamic-on-dev"
+action = "allow"
+targets = ["app-dev"]
+overrides = ["builtin:dynamic-sql"]
+"#;
+
+/// SQL built at run time could be anything: every restricting rule applies to it, whatever it
+/// names, unless an allow rule lifts `builtin:dynamic-sql` for that identity or target.
+#[rustfmt::skip]
+const DYNAMIC_ROWS: &[Row] = &[
+    ("dan", &["dev"], "app-prod", "do $$ begin execute 'update billing.payments set amount = 0'; end $$", Deny, "no-payment-writes", "the string writes payments"),
+    ("dan", &["dev"], "app-prod", "do $$ begin execute 'select 1'; end $$", Deny, "no-payment-writes", "a literal string is no safer: it is a value like any other"),
+    ("dan", &["dev"], "app-prod", "do $$ begin execute format('delete from %I', 'orders'); end $$", Deny, "no-payment-writes", "EXECUTE format(...)"),
+    ("dan", &["dev"], "app-prod", "do $$ declare r record; begin for r in execute 'select 1' loop end loop; end $$", Deny, "no-payment-writes", "FOR ... IN EXECUTE"),
+    ("dan", &["dev"], "app-prod", "do $$ declare c refcursor; begin open c for execute 'select 1'; end $$", Deny, "no-payment-writes", "OPEN ... FOR EXECUTE"),
+    ("dan", &["dev"], "app-prod", "create function f() returns setof int language plpgsql as $f$ begin return query execute 'select 1'; end $f$", Deny, "no-payment-writes", "RETURN QUERY EXECUTE in a function body"),
+    ("dan", &["dev"], "app-prod", "create function f() returns int language plpython3u as $f$ return 1 $f$", Deny, "no-payment-writes", "a body in a language the gateway cannot read"),
+    ("dan", &["dev"], "app-prod", "do language plperl $$ spi_exec_query('select 1') $$", Deny, "no-payment-writes", "DO in PL/Perl"),
+    ("dan", &["dev"], "app-prod", "select * from dblink('dbname=app', 'select 1') as t(a int)", Deny, "no-payment-writes", "dblink runs a string"),
+    ("dan", &["dev"], "app-prod", "select query_to_xml('select 1', true, false, '')", Deny, "no-payment-writes", "query_to_xml runs a string"),
+    ("dan", &["dev"], "app-prod", "do $$ begin update orders set x = 1 where id = 1; end $$", Allow, "rw", "static PL/pgSQL is read, not assumed"),
+    ("dan", &["dev"], "app-prod", "do $$ begin update billing.payments set amount = 0 where id = 1; end $$", Deny, "no-payment-writes", "static PL/pgSQL is judged by what it does"),
+    ("dan", &["dev"], "app-prod", "prepare p as update orders set x = 1 where id = 1", Allow, "rw", "SQL-level PREPARE is judged by its statement"),
+    ("dan", &["dev"], "app-prod", "execute p", Allow, "rw", "SQL-level EXECUTE runs what was judged at PREPARE"),
+    ("dan", &["dev"], "app-prod", "select format('update billing.payments set amount = %s', 0)", Allow, "rw", "building a string runs nothing"),
+    ("dan", &["dev"], "app-dev", "do $$ begin execute 'select 1'; end $$", Allow, "dynamic-on-dev", "lifted for a target"),
+    ("dan", &["dev"], "app-dev", "do $$ begin execute 'select 1'; update billing.payments set amount = 0 where id = 1; end $$", Deny, "no-payment-writes", "lifted: judged by what is visible, which still writes payments"),
+    ("dot", &["dba"], "app-prod", "do $$ begin execute 'update billing.payments set amount = 0'; end $$", Allow, "dba-dynamic", "lifted for a group"),
+    ("dot", &["dba"], "app-prod", "select * from dblink('dbname=app', 'select 1') as t(a int)", Allow, "dba-dynamic", "lifted for a group, with the dangerous-function guardrail"),
+    ("oscar", &["ops"], "app-prod", "do $$ begin execute 'select 1'; end $$", Approval, "approve-deletes", "require-approval rules apply whatever they name"),
+    ("oscar", &["ops"], "app-prod", "do $$ begin delete from orders where id = 1; end $$", Approval, "approve-deletes", "a visible delete, as always"),
+    ("oscar", &["ops"], "app-prod", "do $$ begin perform 1; end $$", Allow, "rw", "no dynamic SQL, no delete"),
+    ("eve", &["dev", "ops"], "app-prod", "do $$ begin execute 'select 1'; end $$", Deny, "no-payment-writes", "deny still beats approval"),
+    ("ann", &["analyst"], "app-prod", "do $$ begin execute 'select 1'; end $$", Deny, "builtin:read-only", "procedural code in a read-only session"),
+    ("ann", &["analyst"], "app-prod", "select query_to_xml('select 1', true, false, '')", Deny, "builtin:read-only", "a function running a string is procedural, not a read"),
+];
+
+#[test]
+fn dynamic_sql_could_be_anything() {
+    let engine = engine(DYNAMIC_RULES);
+    let settings = SqlSettings::default();
+    let mut failures = Vec::new();
+    for row in DYNAMIC_ROWS {
+        let (subject, _, target, sql, decision, rule, why) = *row;
+        let v = judge_row(&engine, row, &settings).verdict.clone();
+        if v.decision != decision || v.rule.as_deref() != Some(rule) {
+            failures.push(format!(
+                "{subject}@{target}: {sql:?} ({why}): expected {decision:?} by {rule}, got {:?} by {:?}: {:?}",
+                v.decision, v.rule, v.reason
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn dynamic_sql_meets_the_guardrails_unless_lifted() {
+    // No statement rules at all: the built-in guardrails are deny rules too, and the hidden SQL
+    // could step around any of them (SET ROLE, pg_read_file, COPY ... PROGRAM).
+    let engine = engine(
+        "[policy]\n[[policy.access]]\nname = \"all\"\ngroups = [\"*\"]\nmode = \"read-write\"\n",
+    );
+    let row: Row = (
+        "dan",
+        &["dev"],
+        "app-prod",
+        "do $$ begin execute 'set role postgres'; end $$",
+        Deny,
+        "",
+        "",
+    );
+    let v = judge_row(&engine, &row, &SqlSettings::default())
+        .verdict
+        .clone();
+    assert_eq!(v.rule.as_deref(), Some("builtin:session-fence"));
+    let reason = v.reason.unwrap_or_default();
+    assert!(
+        reason.contains("built at run time") && reason.contains("builtin:dynamic-sql"),
+        "{reason}"
+    );
+    // The reason of a user rule that matched only because the SQL is hidden says so.
+    let engine = self::engine(DYNAMIC_RULES);
+    let row: Row = (
+        "dan",
+        &["dev"],
+        "app-prod",
+        "do $$ begin execute 'select 1'; end $$",
+        Deny,
+        "",
+        "",
+    );
+    let reason = judge_row(&engine, &row, &SqlSettings::default())
+        .verdict
+        .reason
+        .clone()
+        .unwrap_or_default();
+    assert!(reason.starts_with("payments are written by the billing service only (this statement runs SQL built at run time"), "{reason}");
 }
 
 #[test]
