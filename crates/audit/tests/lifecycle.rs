@@ -34,6 +34,7 @@ fn opened(session: &str, subject: &str) -> AuditRecord {
         session,
         subject,
         AuditEvent::SessionOpened {
+            user: subject.to_owned(),
             auth_method: AuthMethod::Jwt,
             groups: vec!["analyst".into()],
             access: Access::ReadOnly,
