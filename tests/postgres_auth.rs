@@ -557,20 +557,9 @@ async fn unreachable_or_missing_upstream_is_08001_without_service_details() {
     gw.shutdown().await;
 }
 
-/// Every record of the gateway's default SQLite trail (`<scratch>/data/audit.db`), parsed.
+/// Every record of the gateway's default trail, parsed.
 async fn trail(gw: &TestGateway) -> Vec<serde_json::Value> {
-    let sink = audit::SinkConfig::Sqlite {
-        path: gw.scratch().join("data/audit.db"),
-    };
-    let sink = audit::open_sink(&sink, audit::OpenMode::Read)
-        .await
-        .expect("open the trail");
-    audit::search(sink.as_ref(), &audit::SearchFilter::default(), 100_000)
-        .await
-        .expect("read the trail")
-        .into_iter()
-        .map(|r| serde_json::from_slice(&r.payload).expect("payloads are JSON"))
-        .collect()
+    gw.trail().await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

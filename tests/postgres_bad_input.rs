@@ -1024,19 +1024,17 @@ async fn a_half_closed_client_gets_the_whole_result_plain_and_tls() {
     half_close_after_queries(s, "TLS").await;
 
     // Each statement is in the trail with its real end, not as interrupted.
-    let sink = audit::SinkConfig::Sqlite {
-        path: gw.scratch().join("data/audit.db"),
-    };
-    let sink = audit::open_sink(&sink, audit::OpenMode::Read)
-        .await
-        .expect("open the trail");
-    let records: Vec<serde_json::Value> =
-        audit::search(sink.as_ref(), &audit::SearchFilter::default(), 100_000)
-            .await
-            .expect("read the trail")
-            .into_iter()
-            .map(|r| serde_json::from_slice(&r.payload).expect("JSON payload"))
-            .collect();
+    let records = gw
+        .trail_until("four statement ends", |records| {
+            records
+                .iter()
+                .filter(|p| {
+                    p["event"] == "statement_finished" || p["event"] == "statement_executed"
+                })
+                .count()
+                >= 4
+        })
+        .await;
     let ends: Vec<&serde_json::Value> = records
         .iter()
         .filter(|p| p["event"] == "statement_finished" || p["event"] == "statement_executed")

@@ -737,21 +737,21 @@ async fn extended_copy_in_keeps_each_result_with_its_statement() {
         "RowDescription, a row and CommandComplete: {rows:?}"
     );
 
-    // The default trail is synchronous: a statement's end is recorded before the client sees
-    // it, so both are there now.
-    let sink = audit::SinkConfig::Sqlite {
-        path: gw.scratch().join("data/audit.db"),
-    };
-    let sink = audit::open_sink(&sink, audit::OpenMode::Read)
-        .await
-        .expect("open the trail");
-    let records: Vec<serde_json::Value> =
-        audit::search(sink.as_ref(), &audit::SearchFilter::default(), 100_000)
-            .await
-            .expect("read the trail")
-            .into_iter()
-            .map(|r| serde_json::from_slice(&r.payload).expect("JSON payload"))
-            .collect();
+    // A statement's end is written right after its result is relayed: wait for the last one.
+    let records = gw
+        .trail_until("the end of the last statement", |records| {
+            let last = records.iter().find(|p| {
+                p["event"] == "statement_started" && p["sql"] == "select 'after the copy'"
+            });
+            last.is_some_and(|start| {
+                records.iter().any(|p| {
+                    p["event"] == "statement_finished"
+                        && p["session_id"] == start["session_id"]
+                        && p["statement_id"] == start["statement_id"]
+                })
+            })
+        })
+        .await;
     let started_id = |sql: &str| -> Vec<u64> {
         records
             .iter()

@@ -631,6 +631,48 @@ impl TestGateway {
         self.dir.path()
     }
 
+    /// Every record's payload in the default trail's segment log (`<scratch>/data/audit`), in
+    /// chain order. A statement's "started" record is there before the statement runs; its
+    /// "finished" one is written right after the result is relayed, so a test that wants it
+    /// waits with [`trail_until`](Self::trail_until).
+    pub async fn trail(&self) -> Vec<serde_json::Value> {
+        let sink = audit::SinkConfig::Jsonl {
+            dir: self.scratch().join("data/audit"),
+            max_file_bytes: u64::MAX,
+        };
+        let sink = audit::open_sink(&sink, audit::OpenMode::Read)
+            .await
+            .expect("open the trail");
+        let mut records = audit::search(sink.as_ref(), &audit::SearchFilter::default(), 1_000_000)
+            .await
+            .expect("read the trail");
+        records.sort_by_key(|r| r.seq);
+        records
+            .into_iter()
+            .map(|r| serde_json::from_slice(&r.payload).expect("payloads are JSON"))
+            .collect()
+    }
+
+    /// [`trail`](Self::trail) once `ready` holds for it, within 10 s.
+    pub async fn trail_until(
+        &self,
+        what: &str,
+        ready: impl Fn(&[serde_json::Value]) -> bool,
+    ) -> Vec<serde_json::Value> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let records = self.trail().await;
+            if ready(&records) {
+                return records;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the trail never had {what}: {records:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// A mint request for `subject` with the gateway's issuer, audience and key, valid 10 minutes.
     pub fn mint_request(&self, subject: &str) -> MintRequest {
         let mut req = MintRequest::new(
