@@ -311,9 +311,12 @@ impl AuditLog {
             .flush()
             .await
             .map_err(|e| AuditError::Sink(SinkError::new("audit", e)))?;
-        if config.durability == Durability::Written && writer.sinks.len() > 1 {
-            // Written durability: the writer keeps the primary; the secondaries follow on a
-            // thread of their own, so that no statement waits for an index.
+        if matches!(config.durability, Durability::Written | Durability::Sync)
+            && writer.sinks.len() > 1
+        {
+            // Written and sync durability: the writer keeps the primary, which holds the trail;
+            // the secondaries follow on a thread of their own, so that no statement waits for
+            // an index (in sync durability: for a second fsync).
             let secondaries = writer.sinks.split_off(1);
             let durable = writer.durable.split_off(1);
             writer.dirty.truncate(1);
@@ -1268,6 +1271,8 @@ impl Writer {
                 for (_, done) in self.waiters.drain(..) {
                     let _ = done.send(Ok(()));
                 }
+            }
+            if i == 0 {
                 if let Some(follower) = &self.follower {
                     follower.send(todo.to_vec());
                 }
