@@ -12,21 +12,10 @@ use serde_json::{json, Value};
 
 /// The payloads of every `statement_started` record, in chain order.
 async fn started(gw: &TestGateway) -> Vec<Value> {
-    let sink = audit::SinkConfig::Jsonl {
-        dir: gw.scratch().join("data/audit"),
-        max_file_bytes: u64::MAX,
-    };
-    let sink = audit::open_sink(&sink, audit::OpenMode::Read)
+    gw.trail()
         .await
-        .expect("open the trail");
-    let mut records = audit::search(sink.as_ref(), &audit::SearchFilter::default(), 1_000_000)
-        .await
-        .expect("read the trail");
-    records.sort_by_key(|r| r.seq);
-    records
-        .iter()
-        .filter(|r| r.event == "statement_started")
-        .map(|r| serde_json::from_slice(&r.payload).expect("payloads are JSON"))
+        .into_iter()
+        .filter(|r| r["event"] == "statement_started")
         .collect()
 }
 

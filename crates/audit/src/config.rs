@@ -53,7 +53,7 @@ pub struct AuditConfig {
     /// `"written"` (default): a statement runs only after its record is written to the primary
     /// sink's file (in the operating system's hands: it survives a crash of the gateway), and
     /// fsyncs follow in groups within `batch_max_delay`. `"sync"`: a statement runs only after
-    /// its record is durable (fsynced) in every sink. `"batched"`: `record()` returns once the
+    /// its record is durable (fsynced) in the primary sink; the secondaries follow. `"batched"`: `record()` returns once the
     /// record is queued.
     #[serde(default)]
     pub durability: Durability,
@@ -129,7 +129,7 @@ pub enum Durability {
     /// sinks are written after the primary, off the statement's path.
     #[default]
     Written,
-    /// After the batch holding the record is durable in every sink (SQLite `synchronous=FULL`,
+    /// After the batch holding the record is durable in the primary (SQLite `synchronous=FULL`,
     /// JSONL fsync per batch, PostgreSQL commit).
     Sync,
     /// After the record is queued (SQLite `synchronous=NORMAL`, JSONL written without fsync).
