@@ -733,8 +733,8 @@ async fn previous_stop(
         .last_seq_of_event(node, "log_opened")
         .await?
         .unwrap_or(1);
-    let mut open: Vec<(String, serde_json::Value)> = Vec::new();
-    let mut at: HashMap<String, usize> = HashMap::new();
+    // Only the sessions still open are kept: memory follows the concurrency, not the run.
+    let mut open: HashMap<String, (u64, serde_json::Value)> = HashMap::new();
     let mut seq = from;
     while seq <= tail.seq {
         let chunk = primary.read_range(node, seq, 1000).await?;
@@ -754,24 +754,19 @@ async fn previous_stop(
                     s.insert("target".into(), f.target.into());
                     s.insert("opened_at".into(), f.time.unwrap_or_default());
                     s.insert("opened_seq".into(), r.seq.into());
-                    at.insert(id.clone(), open.len());
-                    open.push((id, s.into()));
+                    open.insert(id, (r.seq, s.into()));
                 }
                 Some("session_closed") => {
-                    if let Some(i) = at.remove(&id) {
-                        open[i].1 = serde_json::Value::Null;
-                    }
+                    open.remove(&id);
                 }
                 _ => {}
             }
         }
         seq = last + 1;
     }
-    let interrupted: Vec<serde_json::Value> = open
-        .into_iter()
-        .map(|(_, s)| s)
-        .filter(|s| !s.is_null())
-        .collect();
+    let mut interrupted: Vec<(u64, serde_json::Value)> = open.into_values().collect();
+    interrupted.sort_unstable_by_key(|(seq, _)| *seq);
+    let interrupted: Vec<serde_json::Value> = interrupted.into_iter().map(|(_, s)| s).collect();
     let count = interrupted.len();
     let last_time = crate::record::format_time(tail.time());
     let mut details = serde_json::Map::new();
