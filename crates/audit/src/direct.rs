@@ -428,11 +428,6 @@ impl Direct {
                 }
             }
             if closing {
-                if sync_result.is_ok() {
-                    if let Err(e) = self.primary.close().await {
-                        tracing::warn!(error = %e, "audit: could not trim the segment log's allocated end; the next start does");
-                    }
-                }
                 if let Some(f) = follower.take() {
                     f.close(retry_for);
                 }

@@ -49,108 +49,7 @@ struct Inner {
 struct Current {
     number: u64,
     file: File,
-    /// Bytes of records in the file (a mapped file is longer: the rest is zeros).
     len: u64,
-    /// Written durability: records are copied into a mapping of the file, not written.
-    mapped: bool,
-    /// The part of the file records are copied into, once mapped.
-    map: Option<Mapped>,
-}
-
-/// Bytes a mapped segment grows by: allocated on disk, then mapped.
-const MAP_CHUNK: u64 = 4 * 1024 * 1024;
-
-/// A shared, writable mapping of a segment, from a page boundary at or before the end of its
-/// records to the end of the space allocated for it.
-struct Mapped {
-    map: memmap2::MmapMut,
-    /// File offset of `map[0]`.
-    offset: u64,
-}
-
-impl Mapped {
-    fn end(&self) -> u64 {
-        self.offset + self.map.len() as u64
-    }
-}
-
-impl Current {
-    /// Copies `bytes` into the mapping after the records, growing the file's allocated (and
-    /// mapped) part by whole chunks when they do not fit. Once copied they are in the page cache:
-    /// a crash of the process cannot lose them, and fdatasync writes them like any write.
-    fn append_mapped(&mut self, bytes: &[u8], max_file_bytes: u64) -> Result<(), String> {
-        let need = self.len + bytes.len() as u64;
-        if self.map.as_ref().is_none_or(|m| m.end() < need) {
-            self.map = None;
-            // Small segments (tests, tiny `max_file_bytes`) need no 4 MiB ahead of them.
-            let chunk = MAP_CHUNK.min(max_file_bytes.max(page_size()));
-            let end = need.div_ceil(chunk) * chunk;
-            allocate(&self.file, end).map_err(|e| {
-                format!(
-                    "cannot allocate {end} bytes for {}: {e}",
-                    file_name(self.number)
-                )
-            })?;
-            let page = page_size();
-            let offset = self.len / page * page;
-            // The mapping shares the file's pages; the file is opened for reading and writing,
-            // and nothing but this writer changes its length while it is mapped.
-            let map = unsafe {
-                memmap2::MmapOptions::new()
-                    .offset(offset)
-                    .len(usize::try_from(end - offset).map_err(|e| e.to_string())?)
-                    .map_mut(&self.file)
-            }
-            .map_err(|e| format!("cannot map {}: {e}", file_name(self.number)))?;
-            self.map = Some(Mapped { map, offset });
-        }
-        let Some(m) = self.map.as_mut() else {
-            return Err("no mapping".into());
-        };
-        let at = usize::try_from(self.len - m.offset).map_err(|e| e.to_string())?;
-        let Some(dst) = m.map.get_mut(at..at + bytes.len()) else {
-            return Err(format!("mapping of {} too short", file_name(self.number)));
-        };
-        dst.copy_from_slice(bytes);
-        self.len = need;
-        Ok(())
-    }
-
-    /// Drops the mapping and cuts the file to its records (a full segment, or a clean close).
-    fn unmap(&mut self) -> Result<(), String> {
-        if self.map.take().is_some() {
-            self.file
-                .set_len(self.len)
-                .map_err(|e| format!("cannot trim {}: {e}", file_name(self.number)))?;
-        }
-        Ok(())
-    }
-}
-
-impl Drop for Current {
-    fn drop(&mut self) {
-        // Best effort: a file left longer (a crash) is trimmed when the directory is opened
-        // again, and readers stop at the zeros.
-        let _ = self.unmap();
-    }
-}
-
-fn page_size() -> u64 {
-    // SAFETY: sysconf has no preconditions.
-    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    u64::try_from(size).ok().filter(|s| *s > 0).unwrap_or(4096)
-}
-
-/// Makes the first `len` bytes of `file` allocated on disk.
-fn allocate(file: &File, len: u64) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd as _;
-    let len = libc::off_t::try_from(len)
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "file too large"))?;
-    // SAFETY: a valid descriptor for the call's duration; posix_fallocate returns the error.
-    match unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len) } {
-        0 => Ok(()),
-        e => Err(std::io::Error::from_raw_os_error(e)),
-    }
 }
 
 #[derive(Serialize)]
@@ -451,26 +350,16 @@ fn open_current(dir: &Path, inner: &mut Inner) -> Result<(), String> {
     let files = list_files(dir).map_err(|e| format!("cannot list directory: {e}"))?;
     let number = files.last().copied().unwrap_or(1);
     let path = dir.join(file_name(number));
-    let mapped = inner.durability == Some(Durability::Written);
     let mut file = OpenOptions::new()
         .read(true)
-        .write(mapped)
-        .append(!mapped)
+        .append(true)
         .create(true)
         .open(&path)
         .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
     let len = file.metadata().map_err(|e| e.to_string())?.len();
     let (_, good_len) = last_complete_line(&mut file)
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    if good_len < len
-        && all_zero(&mut file, good_len)
-            .map_err(|e| format!("cannot read {}: {e}", path.display()))?
-    {
-        // The unused, allocated end of a mapped segment (written durability) whose gateway did
-        // not close it: no record was there.
-        file.set_len(good_len)
-            .map_err(|e| format!("cannot trim {}: {e}", path.display()))?;
-    } else if good_len < len {
+    if good_len < len {
         file.set_len(good_len)
             .map_err(|e| format!("cannot truncate torn line in {}: {e}", path.display()))?;
         file.sync_all().map_err(|e| e.to_string())?;
@@ -497,25 +386,8 @@ fn open_current(dir: &Path, inner: &mut Inner) -> Result<(), String> {
         number,
         file,
         len: good_len,
-        mapped,
-        map: None,
     });
     Ok(())
-}
-
-/// Whether every byte of `file` from `from` on is zero.
-fn all_zero(file: &mut File, from: u64) -> std::io::Result<bool> {
-    file.seek(SeekFrom::Start(from))?;
-    let mut buf = [0u8; 64 * 1024];
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            return Ok(true);
-        }
-        if buf[..n].iter().any(|&b| b != 0) {
-            return Ok(false);
-        }
-    }
 }
 
 fn write_blocking(
@@ -528,7 +400,6 @@ fn write_blocking(
     }
     let sync = inner.durability == Some(Durability::Sync);
     let inner_durability = inner.durability;
-    let cur_mapped = inner_durability == Some(Durability::Written);
     let max = inner.max_file_bytes;
     let mut checkpoints_unsynced = false;
     let result = (|| -> Result<(), String> {
@@ -547,20 +418,17 @@ fn write_blocking(
             if cur.len + pending.len() as u64 > 0
                 && cur.len + (pending.len() + line.len()) as u64 > max
             {
-                flush(cur, &mut pending, sync, max)?;
+                flush(cur, &mut pending, sync)?;
                 // A full segment is made durable before the next one starts, whatever the
                 // durability: background syncs then only ever concern the newest file.
                 cur.file
                     .sync_data()
                     .map_err(|e| format!("cannot sync {}: {e}", file_name(cur.number)))?;
-                cur.unmap()?;
                 let next = cur.number + 1;
                 let path = dir.join(file_name(next));
-                let mapped = cur_mapped;
                 let file = OpenOptions::new()
                     .read(true)
-                    .write(mapped)
-                    .append(!mapped)
+                    .append(true)
                     .create(true)
                     .open(&path)
                     .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
@@ -569,13 +437,11 @@ fn write_blocking(
                     number: next,
                     file,
                     len: 0,
-                    mapped,
-                    map: None,
                 };
             }
             pending.extend_from_slice(&line);
         }
-        flush(cur, &mut pending, sync, max)?;
+        flush(cur, &mut pending, sync)?;
         // Written durability checks the place once per background fsync instead (two `statx`
         // per write were 6% of the gateway's CPU at pgbench -c 16): a moved directory is then
         // noticed within `batch_max_delay`, and the records written meanwhile are in the moved
@@ -633,13 +499,8 @@ fn still_in_place(dir: &Path, cur: &Current) -> Result<(), String> {
     }
 }
 
-fn flush(cur: &mut Current, pending: &mut Vec<u8>, sync: bool, max: u64) -> Result<(), String> {
+fn flush(cur: &mut Current, pending: &mut Vec<u8>, sync: bool) -> Result<(), String> {
     if pending.is_empty() {
-        return Ok(());
-    }
-    if cur.mapped {
-        cur.append_mapped(pending, max)?;
-        pending.clear();
         return Ok(());
     }
     cur.file
@@ -699,12 +560,6 @@ fn scan_files(
                 .read_until(b'\n', &mut buf)
                 .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
             if n == 0 {
-                break;
-            }
-            if buf.last() != Some(&b'\n') && buf.iter().all(|&b| b == 0) {
-                // The allocated, unused end of a segment that written durability maps: the
-                // records end here. (Zeros after a cut-off line, or before later lines, are not
-                // all of what is left, and are reported below.)
                 break;
             }
             cursor.line += 1;
@@ -825,13 +680,6 @@ impl Sink for JsonlSink {
         tokio::task::spawn_blocking(sync)
             .await
             .map_err(|e| SinkError::new(&self.name, format!("task failed: {e}")))?
-    }
-
-    async fn close(&self) -> Result<(), SinkError> {
-        self.locked(|_, inner| match inner.current.as_mut() {
-            Some(cur) => cur.unmap(),
-            None => Ok(()),
-        })
     }
 
     async fn read_range(

@@ -116,12 +116,6 @@ pub trait Sink: Send + Sync {
         Ok(())
     }
 
-    /// Releases what the sink holds for writing once the writer is done (the segment log trims
-    /// the space it had allocated ahead of its records). Default: nothing.
-    async fn close(&self) -> Result<(), SinkError> {
-        Ok(())
-    }
-
     /// The highest seq of `node` whose record's event (or notice) is `event`, if any. The default
     /// scans the whole sink; the segment log reads its files newest first.
     async fn last_seq_of_event(&self, node: &str, event: &str) -> Result<Option<u64>, SinkError> {
