@@ -426,3 +426,59 @@ async fn written_durability_fails_closed_and_the_next_record_recovers() {
                 .seq
     );
 }
+
+/// The index follows the log off the statements' path: while it fails, records are still
+/// written to the log and `record()` succeeds; once it works again it catches up on its own.
+#[tokio::test]
+async fn a_failing_index_does_not_stop_statements_and_catches_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let log_dir = dir.path().join("audit");
+    let db = dir.path().join("audit.db");
+    let failing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sinks: Vec<Box<dyn Sink>> = vec![
+        Box::new(
+            JsonlSink::open(&log_dir, u64::MAX, OpenMode::Write(Durability::Written))
+                .await
+                .unwrap(),
+        ),
+        Box::new(FlakySink {
+            inner: Box::new(
+                SqliteSink::open(&db, OpenMode::Write(Durability::Written))
+                    .await
+                    .unwrap(),
+            ),
+            failing: Arc::clone(&failing),
+        }),
+    ];
+    let cfg = AuditConfig {
+        batch_max_delay: Duration::from_millis(5),
+        ..config(vec![], Durability::Written)
+    };
+    let log = AuditLog::with_sinks(NODE, &cfg, sinks, None).await.unwrap();
+    failing.store(true, std::sync::atomic::Ordering::SeqCst);
+    for i in 0..40 {
+        log.record(event(NODE, i)).await.unwrap();
+    }
+    assert!(log.is_healthy(), "the log took every record");
+    // Let the index thread fail a few times, then heal it.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        log.stats()
+            .failed
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0
+    );
+    failing.store(false, std::sync::atomic::Ordering::SeqCst);
+    log.shutdown().await.unwrap();
+
+    let logged = log_records(dir.path()).await;
+    let indexed = all_records(&SqliteSink::open(&db, OpenMode::Read).await.unwrap()).await;
+    assert_eq!(indexed, logged, "the index caught up with the log");
+    assert_eq!(
+        logged
+            .iter()
+            .filter(|r| r.kind == RecordKind::Event)
+            .count(),
+        40
+    );
+}
