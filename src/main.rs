@@ -1236,8 +1236,14 @@ fn record_line(r: &audit::StoredRecord) -> String {
                 .and_then(serde_json::Value::as_array)
                 .map(|g| g.iter().filter_map(serde_json::Value::as_str).collect())
                 .unwrap_or_default();
+            // The login name the client sent, when it is not the subject (a token for alice
+            // presented as user=bob).
+            let user = match (text("user"), text("subject")) {
+                (Some(user), subject) if Some(user) != subject => format!(" as user {user}"),
+                _ => String::new(),
+            };
             format!(
-                "[{session}] {} via {}, groups: {}, from {}",
+                "[{session}] {} via {}{user}, groups: {}, from {}",
                 text("access").unwrap_or("?"),
                 text("auth_method").unwrap_or("?"),
                 if groups.is_empty() {
@@ -1361,6 +1367,34 @@ fn audit_keygen(args: &KeygenArgs) -> anyhow::Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_session_line_names_the_login_user_when_it_is_not_the_subject() {
+        let line = |user: &str| {
+            let payload = format!(
+                r#"{{"time":"2026-12-07T10:00:00.000000Z","node":"n","session_id":"s1","subject":"alice","target":"db","client":{{"addr":"127.0.0.1:5000","protocol":"postgres","tls":false,"application":null}},"event":"session_opened","user":"{user}","auth_method":"jwt","groups":["analyst"],"access":"read_only"}}"#
+            );
+            let r = audit::StoredRecord::seal(
+                "n",
+                1,
+                audit::RecordKind::Event,
+                audit::ChainHash::GENESIS,
+                payload.into_bytes(),
+            )
+            .expect("seal");
+            record_line(&r)
+        };
+        assert!(
+            line("bob").contains("via jwt as user bob, groups: analyst"),
+            "{}",
+            line("bob")
+        );
+        assert!(
+            line("alice").contains("via jwt, groups: analyst"),
+            "{}",
+            line("alice")
+        );
+    }
 
     #[test]
     fn reads_rfc3339_times() {
