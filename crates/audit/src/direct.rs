@@ -7,7 +7,7 @@
 //!
 //! A background thread does what may lag: it fsyncs the primary at most `batch_max_delay` after
 //! the first unsynced append (group commit without anyone waiting), hands the appended records to
-//! the index thread ([`crate::writer`]'s follower) for the secondary sinks, and writes timed
+//! the index thread ([`crate::follower`]) for the secondary sinks, and writes timed
 //! checkpoints and the closing records. Used when the durability is `written` and the primary
 //! can append on the caller's thread ([`Sink::append_blocking`]: the segment log); otherwise the
 //! queue and writer thread of [`crate::writer`] serve.
@@ -20,10 +20,11 @@ use gateway_core::AuditRecord;
 use tokio::sync::Notify;
 
 use crate::error::AuditError;
+use crate::follower::Follower;
 use crate::record::{now_for_payload, ChainHash, RecordIndex, RecordKind, StoredRecord};
 use crate::signing::{CheckpointSigner, NoticePayload};
 use crate::sink::Sink;
-use crate::writer::{Follower, Shared, PAYLOAD_CAPACITY};
+use crate::writer::{Shared, PAYLOAD_CAPACITY};
 
 /// The chain's end and what the background thread has still to do for it.
 pub(crate) struct Chain {

@@ -18,6 +18,8 @@
 pub mod config;
 mod direct;
 pub mod error;
+mod follower;
+mod opening;
 pub mod record;
 pub mod signing;
 pub mod sink;
