@@ -885,21 +885,20 @@ fn configured_public_key(audit: &audit::AuditConfig) -> anyhow::Result<Option<Ve
         return Ok(None);
     };
     let public = audit::signing::public_key_path(private);
-    let key = if audit.signing_key_file.is_none() && public.is_file() {
-        audit::read_public_key_file(&public)?
+    let (key, from) = if audit.signing_key_file.is_none() && public.is_file() {
+        (audit::read_public_key_file(&public)?, public.as_path())
     } else if private.is_file() {
-        audit::CheckpointSigner::from_file(private)?.public_key()
+        (
+            audit::CheckpointSigner::from_file(private)?.public_key(),
+            private,
+        )
     } else {
         return Ok(None);
     };
     eprintln!(
         "portcullis: checking signatures with the gateway's signing key {} (key id {}); for evidence, \
          keep a copy of the public key away from the gateway host and pass it with --public-key",
-        if public.is_file() && audit.signing_key_file.is_none() {
-            public.display()
-        } else {
-            private.display()
-        },
+        from.display(),
         audit::key_id(&key)
     );
     Ok(Some(key))

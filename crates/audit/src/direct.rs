@@ -28,11 +28,11 @@ use crate::writer::{Shared, PAYLOAD_CAPACITY};
 
 /// The chain's end and what the background thread has still to do for it.
 pub(crate) struct Chain {
-    pub(crate) head_seq: u64,
-    pub(crate) head_hash: ChainHash,
-    pub(crate) since_checkpoint: u64,
-    pub(crate) last_checkpoint_at: Instant,
-    pub(crate) signer: Option<CheckpointSigner>,
+    head_seq: u64,
+    head_hash: ChainHash,
+    since_checkpoint: u64,
+    last_checkpoint_at: Instant,
+    signer: Option<CheckpointSigner>,
     /// Records appended since the background thread last took them (for the secondary sinks).
     unindexed: Vec<Arc<StoredRecord>>,
     /// Appends since the last fsync.

@@ -20,7 +20,7 @@ pub(crate) async fn catch_up(
     head_hash: &ChainHash,
 ) -> Result<u64, AuditError> {
     let tail = sink.tail(node).await?;
-    let (mut seq, hash) = tail
+    let (seq, hash) = tail
         .map(|t| (t.seq, t.hash))
         .unwrap_or((0, ChainHash::GENESIS));
     if seq > head_seq {
@@ -58,19 +58,33 @@ pub(crate) async fn catch_up(
         to = head_seq,
         "audit: copying records the sink lacks from the primary"
     );
-    while seq < head_seq {
-        let chunk = primary.read_range(node, seq + 1, 1000).await?;
-        let Some(last) = chunk.last() else { break };
+    copy_records(primary, sink, node, seq, head_seq).await
+}
+
+/// Copies `node`'s records `after + 1 ..= upto` from `from` into `to`, in chunks, and returns the
+/// last seq copied. A gap in `from` is an error: the copy would not continue the chain.
+async fn copy_records(
+    from: &dyn Sink,
+    to: &dyn Sink,
+    node: &str,
+    after: u64,
+    upto: u64,
+) -> Result<u64, AuditError> {
+    let mut seq = after;
+    while seq < upto {
+        let chunk = from.read_range(node, seq + 1, 1000).await?;
+        let Some(last) = chunk.last().map(|r| r.seq) else {
+            break;
+        };
         if chunk.first().map(|r| r.seq) != Some(seq + 1) {
             return Err(AuditError::Diverged(format!(
-                "the primary {} has a gap after seq {seq}",
-                primary.name()
+                "{} has a gap after seq {seq}",
+                from.name()
             )));
         }
-        let last_seq = last.seq;
         let chunk: Vec<Arc<StoredRecord>> = chunk.into_iter().map(Arc::new).collect();
-        sink.write_batch(&chunk).await?;
-        seq = last_seq;
+        to.write_batch(&chunk).await?;
+        seq = last;
     }
     Ok(seq)
 }
@@ -113,22 +127,7 @@ pub(crate) async fn extend_primary(
         to = theirs.seq,
         "audit: the primary lacks records another sink holds; copying them into the primary"
     );
-    let mut seq = head_seq;
-    while seq < theirs.seq {
-        let chunk = sink.read_range(node, seq + 1, 1000).await?;
-        let Some(last) = chunk.last().map(|r| r.seq) else {
-            break;
-        };
-        if chunk.first().map(|r| r.seq) != Some(seq + 1) {
-            return Err(AuditError::Diverged(format!(
-                "{} has a gap after seq {seq}",
-                sink.name()
-            )));
-        }
-        let chunk: Vec<Arc<StoredRecord>> = chunk.into_iter().map(Arc::new).collect();
-        primary.write_batch(&chunk).await?;
-        seq = last;
-    }
+    let seq = copy_records(sink, primary, node, head_seq, theirs.seq).await?;
     primary.sync().await?;
     let mut details = serde_json::Map::new();
     details.insert("from_sink".into(), sink.name().into());

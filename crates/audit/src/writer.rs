@@ -561,6 +561,22 @@ impl AuditSink for AuditLog {
     }
 }
 
+/// One call to a sink, bounded by `limit`; errors as the writer reports them.
+async fn bounded<T>(
+    sink: &dyn Sink,
+    what: &str,
+    limit: Duration,
+    call: impl std::future::Future<Output = Result<T, SinkError>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(limit, call).await {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(_) => Err(format!(
+            "{}: {what} did not finish within {limit:?}",
+            sink.name()
+        )),
+    }
+}
+
 struct Outage {
     since: Instant,
     started_at: std::time::SystemTime,
@@ -853,13 +869,8 @@ impl Writer {
                 continue;
             }
             let sink = &self.sinks[i];
-            let result = match tokio::time::timeout(call_timeout, sink.write_batch(todo)).await {
-                Ok(r) => r.map_err(|e| e.to_string()),
-                Err(_) => Err(format!(
-                    "{}: write did not finish within {call_timeout:?}",
-                    sink.name()
-                )),
-            };
+            let result =
+                bounded(sink.as_ref(), "write", call_timeout, sink.write_batch(todo)).await;
             if let Err(e) = result {
                 self.dirty[i] = true;
                 return Err(e);
@@ -900,15 +911,13 @@ impl Writer {
     /// After a failed write some prefix may have landed: continue from what the sink holds.
     async fn resync(&mut self, i: usize, call_timeout: Duration) -> Result<(), String> {
         let sink = &self.sinks[i];
-        let tail = match tokio::time::timeout(call_timeout, sink.tail(&self.node)).await {
-            Ok(r) => r.map_err(|e| e.to_string())?,
-            Err(_) => {
-                return Err(format!(
-                    "{}: reading the tail did not finish within {call_timeout:?}",
-                    sink.name()
-                ))
-            }
-        };
+        let tail = bounded(
+            sink.as_ref(),
+            "reading the tail",
+            call_timeout,
+            sink.tail(&self.node),
+        )
+        .await?;
         let (seq, hash) = tail
             .map(|t| (t.seq, t.hash))
             .unwrap_or((0, ChainHash::GENESIS));
@@ -1057,13 +1066,7 @@ impl Writer {
         let call_timeout = self.config.retry_for.max(Duration::from_secs(1));
         for i in 0..self.sinks.len() {
             let sink = &self.sinks[i];
-            let result = match tokio::time::timeout(call_timeout, sink.sync()).await {
-                Ok(r) => r.map_err(|e| e.to_string()),
-                Err(_) => Err(format!(
-                    "{}: fsync did not finish within {call_timeout:?}",
-                    sink.name()
-                )),
-            };
+            let result = bounded(sink.as_ref(), "fsync", call_timeout, sink.sync()).await;
             if let Err(e) = result {
                 // The data may be gone from the page cache: ask the sink where it ends before
                 // writing to it again.
