@@ -337,3 +337,27 @@ async fn a_vanished_directory_fails_closed_and_recovers() {
     let records = all_records(&reader(&dir).await).await;
     assert!(records.iter().any(|r| r.event == "sink_recovered"));
 }
+
+#[tokio::test]
+async fn a_range_read_in_chunks_is_the_range_read_at_once() {
+    use audit::Sink as _;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("j");
+    write_signed(&dir, 120).await;
+    let sink = reader(&dir).await;
+    let whole = sink.read_range(NODE, 5, usize::MAX).await.unwrap();
+    assert!(whole.len() > 100, "{}", whole.len());
+    assert!(files(&dir).len() > 3, "the records span several files");
+    // Consecutive chunks (resumed where the last one stopped), then a jump back.
+    let mut chunks = Vec::new();
+    let mut from = 5;
+    loop {
+        let chunk = sink.read_range(NODE, from, 7).await.unwrap();
+        let Some(last) = chunk.last() else { break };
+        from = last.seq + 1;
+        chunks.extend(chunk);
+    }
+    assert_eq!(chunks, whole);
+    let again = sink.read_range(NODE, 5, 3).await.unwrap();
+    assert_eq!(again, whole[..3]);
+}

@@ -43,6 +43,10 @@ struct Inner {
     current: Option<Current>,
     /// Checkpoint copies were appended since the last [`Sink::sync`].
     checkpoints_unsynced: bool,
+    /// Where the last [`Sink::read_range`] that stopped at its limit left off: the node, the seq
+    /// the next chunk starts at, and the page holding it. Records are only ever appended after a
+    /// complete line, so the position stays valid.
+    range_resume: Option<(String, u64, ScanCursor)>,
     repairs: Vec<NoticePayload>,
 }
 
@@ -214,6 +218,18 @@ fn last_complete_line(file: &mut File) -> std::io::Result<(Option<Vec<u8>>, u64)
     }
 }
 
+/// The newest file that begins at or before `seq` (seqs grow from file to file), so that a range
+/// is read from there instead of from the start of the trail.
+fn range_start(dir: &Path, seq: u64) -> Result<u64, String> {
+    let files = list_files(dir).map_err(|e| format!("cannot list directory: {e}"))?;
+    for &number in files.iter().rev() {
+        if first_seq(dir, number)?.is_some_and(|s| s <= seq) {
+            return Ok(number);
+        }
+    }
+    Ok(files.first().copied().unwrap_or(1))
+}
+
 /// The seq of a file's first record, if its first line can be read as one.
 fn first_seq(dir: &Path, number: u64) -> Result<Option<u64>, String> {
     let path = dir.join(file_name(number));
@@ -249,6 +265,7 @@ impl JsonlSink {
                 durability,
                 current: None,
                 checkpoints_unsynced: false,
+                range_resume: None,
                 repairs: Vec::new(),
             })),
         };
@@ -382,6 +399,8 @@ fn open_current(dir: &Path, inner: &mut Inner) -> Result<(), String> {
     if files.is_empty() {
         sync_dir(dir).map_err(|e| e.to_string())?;
     }
+    // A truncation may have moved the end under a remembered position.
+    inner.range_resume = None;
     inner.current = Some(Current {
         number,
         file,
@@ -689,23 +708,24 @@ impl Sink for JsonlSink {
         limit: usize,
     ) -> Result<Vec<StoredRecord>, SinkError> {
         let node = node.to_owned();
-        self.blocking(move |dir, _| {
-            let files = list_files(dir).map_err(|e| format!("cannot list directory: {e}"))?;
-            // Seqs grow from file to file: start at the newest file that begins at or before
-            // `from_seq`, instead of reading the whole trail.
-            let mut start = files.first().copied().unwrap_or(1);
-            for &number in files.iter().rev() {
-                if first_seq(dir, number)?.is_some_and(|s| s <= from_seq) {
-                    start = number;
-                    break;
-                }
-            }
-            let mut out = Vec::new();
-            let mut cursor = ScanCursor {
-                segment: start,
-                position: 0,
-                line: 0,
+        self.blocking(move |dir, inner| {
+            // Callers read a range in consecutive chunks (catch-up, the scan after a crash):
+            // continue from the page where the previous chunk ended instead of reading its file
+            // from the start again, which made a long segment cost its length once per chunk.
+            let resume = inner
+                .range_resume
+                .as_ref()
+                .filter(|(n, next, _)| *n == node && *next == from_seq)
+                .map(|(_, _, cursor)| *cursor);
+            let mut cursor = match resume {
+                Some(cursor) => cursor,
+                None => ScanCursor {
+                    segment: range_start(dir, from_seq)?,
+                    position: 0,
+                    line: 0,
+                },
             };
+            let mut out = Vec::new();
             loop {
                 let page = scan_blocking(dir, cursor, 1024)?;
                 for item in page.items {
@@ -713,6 +733,9 @@ impl Sink for JsonlSink {
                         if record.node == node && record.seq >= from_seq {
                             out.push(record);
                             if out.len() >= limit {
+                                // The next chunk starts in this page: remember where it began.
+                                let next = out.last().map_or(from_seq, |r| r.seq + 1);
+                                inner.range_resume = Some((node, next, cursor));
                                 return Ok(out);
                             }
                         }
