@@ -38,6 +38,7 @@ impl PolicyEngine for DenyForbidden {
             classification: None,
             objects: None,
             fingerprint: None,
+            lineage: None,
         })
     }
 }

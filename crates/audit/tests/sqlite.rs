@@ -792,6 +792,7 @@ fn statement(session: &str, id: u64, what: &str) -> gateway_core::AuditRecord {
             error: None,
             duration: Duration::from_micros(300),
             skipped: false,
+            masked: None,
         },
         _ => match event(NODE, 3).event {
             AuditEvent::StatementDenied {

@@ -122,6 +122,9 @@ pub enum AuditEvent {
         duration: Duration,
         /// Whether the statement never ran upstream (skipped after an earlier error in a pipeline).
         skipped: bool,
+        /// Result columns that were masked, with how many values each, when any was.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        masked: Option<Arc<[crate::masking::MaskedColumn]>>,
     },
     /// A statement ran and ended: what `statement_started` and `statement_finished` say, in one
     /// record, for a statement whose end was known before its start was written (a sink that
@@ -169,6 +172,9 @@ pub struct StatementOutcome {
     pub duration: Duration,
     /// Whether the statement never ran upstream (skipped after an earlier error in a pipeline).
     pub skipped: bool,
+    /// Result columns that were masked, with how many values each, when any was.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub masked: Option<Arc<[crate::masking::MaskedColumn]>>,
 }
 
 impl AuditEvent {
@@ -235,6 +241,7 @@ impl AuditRecord {
                     error,
                     duration,
                     skipped,
+                    masked,
                 },
             ) if same_session && statement_id == ended => Ok(AuditRecord {
                 event: AuditEvent::StatementExecuted {
@@ -252,6 +259,7 @@ impl AuditRecord {
                         error,
                         duration,
                         skipped,
+                        masked,
                     }),
                 },
                 ..self
@@ -463,6 +471,7 @@ mod tests {
                 error: None,
                 duration: Duration::from_micros(250),
                 skipped: false,
+                masked: None,
             },
         );
         r.time += Duration::from_micros(250);

@@ -12,8 +12,9 @@
 //! - every statement text is judged by [`Session::prepare`] into a [`Statement`] (or a denial), and
 //!   each execution is announced by [`Session::execute`] (approval hold, audit "started") and closed
 //!   by [`Session::finish`];
-//! - result columns go to [`Execution::row_masker`]; `None` means the protocol crate forwards rows
-//!   untouched;
+//! - result columns go to [`Execution::mask_plan`], which the [`Masker`] decides with the statement's
+//!   [`Lineage`] and the target's [`Catalog`]; an empty [`MaskPlan`] means the protocol crate
+//!   forwards rows untouched;
 //! - every step is an [`AuditRecord`] handed to an [`AuditSink`]; when it cannot be recorded the
 //!   statement is refused;
 //! - along the way each phase counts into the gateway's own [`Metrics`] ([`Gateway::metrics`]),
@@ -50,7 +51,11 @@ pub use error::{ErrorKind, GatewayError, Side};
 pub use identity::{
     AuthMethod, Authenticator, ClientInfo, Credentials, DenyAllAuthenticator, Identity,
 };
-pub use masking::{Masker, NoMasking, ResultColumn, RowMasker};
+pub use masking::{
+    Catalog, CatalogRelation, ColumnOrigin, ColumnPlan, EmptyCatalog, Hazard, Lineage, MaskPlan,
+    MaskedColumn, Masker, NoMasking, OutputColumn, PlanRequest, RelationKind, RelationName,
+    ResultColumn, SourceColumn, StatementLineage, ValueFormat, ValueMask, ValueType,
+};
 pub use metrics::{ActiveSession, Metrics};
 pub use parameters::{BoundValue, ParameterAudit, RecordedParameters, RecordedValue};
 pub use policy::{

@@ -538,6 +538,7 @@ mod tests {
                 classification: None,
                 objects: None,
                 fingerprint: None,
+                lineage: None,
             })
         }
     }

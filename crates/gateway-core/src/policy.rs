@@ -100,6 +100,11 @@ pub struct Judgement {
     /// The statement's shape with literal values stripped (texts that differ only in constants
     /// share it), when the engine analysed it; the audit trail records it.
     pub fingerprint: Option<Arc<str>>,
+    /// Where each statement's result values come from, when the engine analysed the text: what
+    /// masking reads to follow a masked column through expressions, subqueries and set
+    /// operations. Not part of audit records.
+    #[serde(skip)]
+    pub lineage: Option<Arc<crate::masking::Lineage>>,
 }
 
 /// Relations and functions a statement text touches (all its statements together), normalised
@@ -187,6 +192,7 @@ impl Default for AllowAll {
                 classification: None,
                 objects: None,
                 fingerprint: None,
+                lineage: None,
             }),
         }
     }

@@ -3,14 +3,17 @@
 //! "denied") -> approval -> audit "started" -> results -> audit "finished"; close -> audit "closed".
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::borrow::Cow;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use crate::approval::{ApprovalOutcome, ApprovalService, NoApprovals};
 use crate::audit::{now, AuditEvent, AuditRecord, AuditSink, LogAuditSink, RecordedError};
 use crate::error::{ErrorKind, GatewayError, Side};
 use crate::identity::{Authenticator, ClientInfo, Credentials, DenyAllAuthenticator, Identity};
-use crate::masking::{Masker, NoMasking, ResultColumn, RowMasker};
+use crate::masking::{
+    Catalog, EmptyCatalog, MaskPlan, MaskedColumn, Masker, NoMasking, PlanRequest, ResultColumn,
+};
 use crate::metrics::{Metrics, ProtocolMetrics};
 use crate::parameters::{ParameterAudit, RecordedParameters};
 use crate::policy::{
@@ -228,6 +231,7 @@ impl Gateway {
                     statements: AtomicU64::new(0),
                     metrics,
                     masking,
+                    catalog: OnceLock::new(),
                 };
                 session
                     .record(AuditEvent::SessionOpened {
@@ -335,6 +339,9 @@ pub struct Session {
     /// once: executions of a session it does not mask carry no masker, and so do not touch the
     /// shared masker's reference count, which every worker would otherwise contend on.
     masking: bool,
+    /// The target's catalog, set by the protocol crate ([`Session::set_catalog`]); masking treats
+    /// every origin as unresolvable without one.
+    catalog: OnceLock<Arc<dyn Catalog>>,
 }
 
 /// A judged statement text, ready to execute (possibly many times).
@@ -366,6 +373,8 @@ pub struct Outcome {
     pub error: Option<RecordedError>,
     /// The execution never ran upstream (skipped after an earlier error in a pipeline).
     pub skipped: bool,
+    /// Result columns that were masked, with how many values each.
+    pub masked: Vec<MaskedColumn>,
 }
 
 /// One execution in flight. Dropping it without [`Session::finish`] records nothing more;
@@ -377,8 +386,16 @@ pub struct Execution {
     upstream: Span,
     statement_id: u64,
     started: Instant,
-    /// The masker and the session it masks for; `None` when the session is not masked.
-    masker: Option<(Arc<dyn Masker>, Arc<SessionContext>)>,
+    /// What masking needs; `None` when the session is not masked.
+    masking: Option<Box<ExecutionMasking>>,
+}
+
+/// The masker, the session it masks for, the statement's lineage and the target's catalog.
+struct ExecutionMasking {
+    masker: Arc<dyn Masker>,
+    session: Arc<SessionContext>,
+    lineage: Option<Arc<crate::masking::Lineage>>,
+    catalog: Arc<dyn Catalog>,
 }
 
 impl Session {
@@ -403,6 +420,30 @@ impl Session {
     pub fn masking_active(&self) -> bool {
         self.masking
     }
+    /// Hands the session its target's catalog, which masking resolves result columns through.
+    /// Protocol crates call it once, right after the session opens; later calls do nothing.
+    pub fn set_catalog(&self, catalog: Arc<dyn Catalog>) {
+        let _ = self.catalog.set(catalog);
+    }
+
+    fn catalog(&self) -> Arc<dyn Catalog> {
+        match self.catalog.get() {
+            Some(c) => Arc::clone(c),
+            None => Arc::new(EmptyCatalog),
+        }
+    }
+
+    /// Text the client reads outside result rows (error and notice fields, notification
+    /// payloads), with what the masker must not let out taken out. Unchanged when the session is
+    /// not masked.
+    pub fn scrub<'a>(&self, text: &'a str) -> Cow<'a, str> {
+        if self.masking {
+            self.gateway.inner.masker.scrub(&self.ctx, text)
+        } else {
+            Cow::Borrowed(text)
+        }
+    }
+
     /// Whether the end of each result must be recorded before it is relayed to the client
     /// ([`AuditSink::finish_before_result`]); otherwise record it right after relaying.
     pub fn finish_before_result(&self) -> bool {
@@ -531,6 +572,33 @@ impl Session {
             e.rule = judgement.verdict.rule.as_deref().map(str::to_owned);
             return Err(e);
         }
+        if self.masking {
+            let checked = self
+                .gateway
+                .inner
+                .masker
+                .check(&self.ctx, judgement.lineage.as_deref(), &*self.catalog())
+                .await;
+            if let Err(mut e) = checked {
+                self.metrics.denied.inc();
+                let statement_id = self.statements.fetch_add(1, Ordering::Relaxed);
+                let span = self.statement_span(statement_id, &judgement);
+                span.record("otel.status_code", "error");
+                let rule: Arc<str> = Arc::from(e.rule.as_deref().unwrap_or("masking"));
+                e.rule = Some(rule.to_string());
+                let verdict = crate::policy::Verdict::deny(rule, e.message.clone());
+                self.record_in(&span, || AuditEvent::StatementDenied {
+                    statement_id,
+                    sql: Arc::from(sql),
+                    verdict,
+                    objects: judgement.objects.clone(),
+                    fingerprint: judgement.fingerprint.clone(),
+                    parameters: None,
+                })
+                .await?;
+                return Err(e);
+            }
+        }
         Ok(Statement {
             sql: Arc::from(sql),
             judgement,
@@ -608,11 +676,13 @@ impl Session {
             upstream,
             statement_id,
             started: Instant::now(),
-            masker: self.masking.then(|| {
-                (
-                    Arc::clone(&self.gateway.inner.masker),
-                    Arc::clone(&self.ctx),
-                )
+            masking: self.masking.then(|| {
+                Box::new(ExecutionMasking {
+                    masker: Arc::clone(&self.gateway.inner.masker),
+                    session: Arc::clone(&self.ctx),
+                    lineage: stmt.judgement.lineage.clone(),
+                    catalog: self.catalog(),
+                })
             }),
         })
     }
@@ -636,6 +706,7 @@ impl Session {
             error: outcome.error,
             duration,
             skipped: outcome.skipped,
+            masked: (!outcome.masked.is_empty()).then(|| Arc::from(outcome.masked)),
         })
         .await
     }
@@ -658,11 +729,31 @@ impl Execution {
         self.statement_id
     }
 
-    /// Runs when a result set's column metadata arrives. `None` means forward rows untouched.
-    pub fn row_masker(&self, columns: &[ResultColumn]) -> Option<Box<dyn RowMasker>> {
-        self.masker
-            .as_ref()
-            .and_then(|(m, ctx)| m.row_masker(ctx, columns))
+    /// Whether results of this execution may need masking: when `false`, protocol crates need not
+    /// read result metadata, and [`mask_plan`](Self::mask_plan) would return an empty plan.
+    pub fn masking_active(&self) -> bool {
+        self.masking.is_some()
+    }
+
+    /// Runs when a result set's columns are known: `statement` is the index of the statement
+    /// within the text that produced it (0 unless the text holds several). An empty plan means
+    /// forward rows untouched.
+    pub async fn mask_plan(&self, statement: usize, columns: &[ResultColumn]) -> MaskPlan {
+        let Some(m) = &self.masking else {
+            return MaskPlan::default();
+        };
+        let lineage = m
+            .lineage
+            .as_deref()
+            .and_then(|l| l.statements.get(statement));
+        m.masker
+            .plan(PlanRequest {
+                session: &m.session,
+                lineage,
+                columns,
+                catalog: &*m.catalog,
+            })
+            .await
     }
 
     /// Tells the trace that the upstream's first response to this execution arrived: ends the

@@ -29,6 +29,7 @@ impl PolicyEngine for HoldAll {
             classification: Some(Arc::from("write:delete")),
             objects: None,
             fingerprint: Some(Arc::from("0123456789abcdef")),
+            lineage: None,
         })
     }
 }
@@ -199,6 +200,7 @@ impl PolicyEngine for Grammar {
             classification: None,
             objects: None,
             fingerprint: None,
+            lineage: None,
         })
     }
 }

@@ -828,7 +828,7 @@ impl UpstreamDirection<'_> {
                 rows,
                 tag,
                 error,
-                skipped: false,
+                ..Outcome::default()
             };
             self.finish(exec, outcome);
         }
@@ -941,7 +941,7 @@ impl UpstreamDirection<'_> {
                         rows,
                         tag: (!tags.is_empty()).then(|| tags.join("; ")),
                         error: self.query_error.take(),
-                        skipped: false,
+                        ..Outcome::default()
                     };
                     self.finish(exec, outcome);
                 }

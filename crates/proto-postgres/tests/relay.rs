@@ -53,6 +53,7 @@ impl PolicyEngine for DenyForbidden {
             classification: None,
             objects: None,
             fingerprint: None,
+            lineage: None,
         })
     }
 }
