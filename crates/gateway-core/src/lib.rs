@@ -12,7 +12,7 @@
 //! - every statement text is judged by [`Session::prepare`] into a [`Statement`] (or a denial), and
 //!   each execution is announced by [`Session::execute`] (approval hold, audit "started") and closed
 //!   by [`Session::finish`];
-//! - result columns go to [`Execution::mask_plan`], which the [`Masker`] decides with the statement's
+//! - result columns go to [`Execution::mask_planner`], which the [`Masker`] decides with the statement's
 //!   [`Lineage`] and the target's [`Catalog`]; an empty [`MaskPlan`] means the protocol crate
 //!   forwards rows untouched;
 //! - every step is an [`AuditRecord`] handed to an [`AuditSink`]; when it cannot be recorded the
@@ -63,7 +63,8 @@ pub use policy::{
     StatementObjects, SyntaxError, Verdict,
 };
 pub use session::{
-    Execution, Gateway, GatewayBuilder, Outcome, Session, SessionContext, SessionRequest, Statement,
+    Execution, Gateway, GatewayBuilder, MaskPlanner, Outcome, Session, SessionContext,
+    SessionRequest, Statement,
 };
 pub use target::{Protocol, Target, Targets, UpstreamTls};
 pub use workers::{Placement, Workers};

@@ -312,7 +312,8 @@ impl CatalogRelation {
 pub trait Catalog: Send + Sync {
     /// The relation with this id. `Ok(None)`: no such relation (dropped since). `Err`: the
     /// catalog cannot be read now; the masker then treats the column as unresolvable.
-    async fn relation_by_oid(&self, oid: u32) -> Result<Option<Arc<CatalogRelation>>, GatewayError>;
+    async fn relation_by_oid(&self, oid: u32)
+        -> Result<Option<Arc<CatalogRelation>>, GatewayError>;
 
     /// Relations with this name: in `schema` when given, else in every schema (the caller does
     /// not know the session's search path, and a masker must consider each).

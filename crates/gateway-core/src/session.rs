@@ -2,8 +2,8 @@
 //! authenticate -> target -> access -> audit "opened"; per statement: judge -> (deny: audit
 //! "denied") -> approval -> audit "started" -> results -> audit "finished"; close -> audit "closed".
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::borrow::Cow;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
@@ -387,15 +387,38 @@ pub struct Execution {
     statement_id: u64,
     started: Instant,
     /// What masking needs; `None` when the session is not masked.
-    masking: Option<Box<ExecutionMasking>>,
+    masking: Option<MaskPlanner>,
 }
 
-/// The masker, the session it masks for, the statement's lineage and the target's catalog.
-struct ExecutionMasking {
+/// Plans the masking of one execution's result sets: the masker, the session it masks for, the
+/// statement's lineage and the target's catalog. Cheap to clone (shared parts), so that a
+/// protocol crate can plan without holding on to the execution.
+#[derive(Clone)]
+pub struct MaskPlanner {
     masker: Arc<dyn Masker>,
     session: Arc<SessionContext>,
     lineage: Option<Arc<crate::masking::Lineage>>,
     catalog: Arc<dyn Catalog>,
+}
+
+impl MaskPlanner {
+    /// Runs when a result set's columns are known: `statement` is the index of the statement
+    /// within the text that produced it (0 unless the text holds several). An empty plan means
+    /// forward rows untouched.
+    pub async fn plan(&self, statement: usize, columns: &[ResultColumn]) -> MaskPlan {
+        let lineage = self
+            .lineage
+            .as_deref()
+            .and_then(|l| l.statements.get(statement));
+        self.masker
+            .plan(PlanRequest {
+                session: &self.session,
+                lineage,
+                columns,
+                catalog: &*self.catalog,
+            })
+            .await
+    }
 }
 
 impl Session {
@@ -424,6 +447,14 @@ impl Session {
     /// Protocol crates call it once, right after the session opens; later calls do nothing.
     pub fn set_catalog(&self, catalog: Arc<dyn Catalog>) {
         let _ = self.catalog.set(catalog);
+    }
+
+    /// The schema of the target may have changed (the session ran DDL): the catalog drops what
+    /// it cached.
+    pub fn schema_changed(&self) {
+        if let Some(c) = self.catalog.get() {
+            c.invalidate();
+        }
     }
 
     fn catalog(&self) -> Arc<dyn Catalog> {
@@ -676,13 +707,11 @@ impl Session {
             upstream,
             statement_id,
             started: Instant::now(),
-            masking: self.masking.then(|| {
-                Box::new(ExecutionMasking {
-                    masker: Arc::clone(&self.gateway.inner.masker),
-                    session: Arc::clone(&self.ctx),
-                    lineage: stmt.judgement.lineage.clone(),
-                    catalog: self.catalog(),
-                })
+            masking: self.masking.then(|| MaskPlanner {
+                masker: Arc::clone(&self.gateway.inner.masker),
+                session: Arc::clone(&self.ctx),
+                lineage: stmt.judgement.lineage.clone(),
+                catalog: self.catalog(),
             }),
         })
     }
@@ -729,31 +758,10 @@ impl Execution {
         self.statement_id
     }
 
-    /// Whether results of this execution may need masking: when `false`, protocol crates need not
-    /// read result metadata, and [`mask_plan`](Self::mask_plan) would return an empty plan.
-    pub fn masking_active(&self) -> bool {
-        self.masking.is_some()
-    }
-
-    /// Runs when a result set's columns are known: `statement` is the index of the statement
-    /// within the text that produced it (0 unless the text holds several). An empty plan means
-    /// forward rows untouched.
-    pub async fn mask_plan(&self, statement: usize, columns: &[ResultColumn]) -> MaskPlan {
-        let Some(m) = &self.masking else {
-            return MaskPlan::default();
-        };
-        let lineage = m
-            .lineage
-            .as_deref()
-            .and_then(|l| l.statements.get(statement));
-        m.masker
-            .plan(PlanRequest {
-                session: &m.session,
-                lineage,
-                columns,
-                catalog: &*m.catalog,
-            })
-            .await
+    /// What plans the masking of this execution's results; `None` when the session is not
+    /// masked (protocol crates then need not read result metadata, and forward rows untouched).
+    pub fn mask_planner(&self) -> Option<&MaskPlanner> {
+        self.masking.as_ref()
     }
 
     /// Tells the trace that the upstream's first response to this execution arrived: ends the

@@ -19,6 +19,7 @@ pub mod cancel;
 mod connection;
 pub mod fuzzing;
 mod linger;
+mod masking;
 mod relay;
 pub mod startup;
 pub mod stream;

@@ -20,12 +20,13 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use gateway_core::{
-    ErrorKind, Execution, GatewayError, Outcome, RecordedError, RecordedParameters, Session, Side,
-    SqlSettings, Statement,
+    ErrorKind, Execution, GatewayError, MaskedColumn, Outcome, RecordedError, RecordedParameters,
+    Session, Side, SqlSettings, Statement,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::connection::Shared;
+use crate::masking::{merge_report, ActivePlan};
 use crate::stream::{ClientStream, ReadSide, WriteSide};
 use crate::upstream::Upstream;
 use crate::wire::{
@@ -66,6 +67,10 @@ enum Pending {
     Denied(u64, GatewayError),
     /// A Sync (ends at ReadyForQuery).
     Sync,
+    /// A Describe in a masked session (ends at its RowDescription or NoData). The client's own
+    /// (`None`) is answered to the client; one the gateway adds before an Execute (`Some`)
+    /// describes that execution's result for its mask plan, and its answer goes no further.
+    Describe(Option<gateway_core::MaskPlanner>),
 }
 
 type Queue = Arc<Mutex<VecDeque<Pending>>>;
@@ -113,6 +118,7 @@ pub(crate) async fn relay(
         client_eof: &client_eof,
         copy_ins: &copy_ins,
         copy_ins_ended: 0,
+        masked: session.masking_active(),
     };
     let mut to_client = UpstreamDirection {
         session: &session,
@@ -131,6 +137,11 @@ pub(crate) async fn relay(
         finish_before_result: session.finish_before_result(),
         client_eof: &client_eof,
         copy_ins: &copy_ins,
+        masked: session.masking_active(),
+        plan: None,
+        statement_index: 0,
+        query_masked: Vec::new(),
+        out: BytesMut::new(),
     };
     let leftover = upstream.leftover;
     let stop = StopSignal::watch(shared.shutdown.clone());
@@ -297,6 +308,8 @@ enum Action {
     Forward,
     Drop,
     Replace(Bytes),
+    /// Send this frame, then the client's.
+    Precede(Bytes),
     Terminate,
 }
 
@@ -330,6 +343,10 @@ struct ClientDirection<'a> {
     /// CopyInResponses the upstream sent, and how many of those copies the client has ended.
     copy_ins: &'a AtomicU64,
     copy_ins_ended: u64,
+    /// The session's results may be masked: each Execute gets a Describe of its portal ahead of
+    /// it, so that its result's columns are known (a driver that described the statement once
+    /// sends none), and the client's own Describes are tracked to tell the answers apart.
+    masked: bool,
 }
 
 impl ClientDirection<'_> {
@@ -391,6 +408,11 @@ impl ClientDirection<'_> {
                         buf.advance(len);
                         pos = 0;
                         write_bytes(upstream, &frame).await?;
+                    }
+                    Action::Precede(frame) => {
+                        write(upstream, buf.split_to(pos)).await?;
+                        write_bytes(upstream, &frame).await?;
+                        pos = len;
                     }
                     Action::Terminate => {
                         write(upstream, buf.split_to(pos + len)).await?;
@@ -573,7 +595,27 @@ impl ClientDirection<'_> {
                     // Unknown portal: the upstream reports the error itself.
                     _ => None,
                 };
-                push(self.queue, Pending::Execute(exec));
+                let planner = exec.as_ref().and_then(|e| e.mask_planner()).cloned();
+                match planner {
+                    Some(planner) => {
+                        push(self.queue, Pending::Describe(Some(planner)));
+                        push(self.queue, Pending::Execute(exec));
+                        let mut body = Vec::with_capacity(portal.len() + 2);
+                        body.push(b'P');
+                        body.extend_from_slice(portal);
+                        body.push(0);
+                        Ok(Action::Precede(typed(b'D', &body)))
+                    }
+                    None => {
+                        push(self.queue, Pending::Execute(exec));
+                        Ok(Action::Forward)
+                    }
+                }
+            }
+            Frontend::Describe { .. } => {
+                if self.masked {
+                    push(self.queue, Pending::Describe(None));
+                }
                 Ok(Action::Forward)
             }
             Frontend::Close { kind, name } => {
@@ -621,6 +663,18 @@ async fn write_bytes(w: &mut WriteSide, bytes: &[u8]) -> Result<(), GatewayError
         .map_err(|e| GatewayError::upstream_unavailable(format!("write to database: {e}")))
 }
 
+/// What happens to one upstream frame.
+enum Reply {
+    /// Relayed as it is.
+    Pass,
+    /// Already written into `out` (with the bytes before it).
+    Staged,
+    /// Replaced by this frame.
+    Replace(Bytes),
+    /// Not relayed: the answer to a message the gateway added.
+    Swallow,
+}
+
 struct UpstreamDirection<'a> {
     session: &'a Session,
     queue: &'a Queue,
@@ -649,6 +703,18 @@ struct UpstreamDirection<'a> {
     client_eof: &'a AtomicBool,
     /// Counts CopyInResponses, for [`ClientDirection::copy_in_ended`].
     copy_ins: &'a AtomicU64,
+    /// The session's results may be masked: RowDescriptions are read and DataRows of masked
+    /// result sets rewritten.
+    masked: bool,
+    /// The mask plan of the result set being relayed (masked sessions only).
+    plan: Option<ActivePlan>,
+    /// Which statement of the current simple Query the next result set belongs to.
+    statement_index: usize,
+    /// What the current simple Query masked so far.
+    query_masked: Vec<MaskedColumn>,
+    /// Frames the gateway rewrote, with the unchanged bytes before them, waiting to be written
+    /// to the client in one piece with the rest of the chunk.
+    out: BytesMut,
 }
 
 impl UpstreamDirection<'_> {
@@ -684,7 +750,10 @@ impl UpstreamDirection<'_> {
                 }
                 let available = buf.len() - pos;
                 if available < len {
-                    if ty == b'D' || ty == b'd' {
+                    // A row of a masked result set is rewritten whole: wait for all of it (one
+                    // row, never the result set).
+                    let masking = ty == b'D' && self.plan.as_ref().is_some_and(ActivePlan::masks);
+                    if (ty == b'D' && !masking) || ty == b'd' {
                         if ty == b'D' {
                             self.rows += 1;
                         }
@@ -694,32 +763,62 @@ impl UpstreamDirection<'_> {
                     break;
                 }
                 let body = &buf[pos + HEADER_LEN..pos + len];
-                let replacement = match ty {
+                let reply = match ty {
                     b'D' => {
                         self.rows += 1;
-                        None
+                        match &mut self.plan {
+                            Some(plan) if plan.masks() => {
+                                // Every frame of a masked result set goes through `out`, in
+                                // order: the bytes before this row, then the row, rewritten
+                                // when a value changed.
+                                self.out.extend_from_slice(&buf[..pos]);
+                                if !plan.rewrite_row(body, &mut self.out) {
+                                    self.out.extend_from_slice(&buf[pos..pos + len]);
+                                }
+                                Reply::Staged
+                            }
+                            _ => Reply::Pass,
+                        }
                     }
+                    b'T' if self.masked => self.row_description(body).await?,
+                    b'n' if self.masked => self.no_data(),
                     b'C' => {
-                        let tag = Reader::new(body).cstr().map(|t| text(t).into_owned());
+                        let tag = Reader::new(body).cstr();
+                        if tag.is_some_and(crate::masking::is_schema_change) {
+                            self.session.schema_changed();
+                        }
+                        let tag = tag.map(|t| text(t).into_owned());
                         self.complete(tag, None);
-                        None
+                        Reply::Pass
                     }
                     b'I' => {
                         self.complete(None, None);
-                        None
+                        Reply::Pass
                     }
                     b's' => {
                         self.complete(Some("(portal suspended)".into()), None);
-                        None
+                        Reply::Pass
                     }
                     b'E' => self.error(body),
+                    b'N' if self.masked => {
+                        match crate::masking::scrub_fields(self.session, b'N', body) {
+                            Some(frame) => Reply::Replace(frame.freeze()),
+                            None => Reply::Pass,
+                        }
+                    }
+                    b'A' if self.masked => {
+                        match crate::masking::scrub_notification(self.session, body) {
+                            Some(frame) => Reply::Replace(frame.freeze()),
+                            None => Reply::Pass,
+                        }
+                    }
                     b'Z' => {
                         self.ready();
-                        None
+                        Reply::Pass
                     }
                     b'G' => {
                         self.copy_ins.fetch_add(1, Ordering::AcqRel);
-                        None
+                        Reply::Pass
                     }
                     b'S' => {
                         let mut r = Reader::new(body);
@@ -737,27 +836,41 @@ impl UpstreamDirection<'_> {
                             }
                             _ => {}
                         }
-                        None
+                        Reply::Pass
                     }
-                    _ => None,
+                    _ => Reply::Pass,
                 };
-                match replacement {
-                    None => pos += len,
-                    Some(frame) => {
-                        if self.finish_before_result {
-                            self.flush_finished().await;
-                        }
-                        write_client(client, &buf[..pos]).await?;
+                match reply {
+                    Reply::Pass => pos += len,
+                    Reply::Staged => {
                         buf.advance(pos + len);
                         pos = 0;
-                        write_client(client, &frame).await?;
+                    }
+                    Reply::Replace(frame) => {
+                        self.out.extend_from_slice(&buf[..pos]);
+                        self.out.extend_from_slice(&frame);
+                        buf.advance(pos + len);
+                        pos = 0;
+                    }
+                    Reply::Swallow => {
+                        self.out.extend_from_slice(&buf[..pos]);
+                        buf.advance(pos + len);
+                        pos = 0;
                     }
                 }
             }
             if self.finish_before_result {
                 self.flush_finished().await;
             }
-            if pos > 0 {
+            if !self.out.is_empty() {
+                self.out.extend_from_slice(&buf[..pos]);
+                buf.advance(pos);
+                write_client(client, &self.out).await?;
+                self.out.clear();
+                if self.out.capacity() > SHRINK_ABOVE {
+                    self.out = BytesMut::new();
+                }
+            } else if pos > 0 {
                 let chunk = buf.split_to(pos);
                 write_client(client, &chunk).await?;
             }
@@ -813,6 +926,10 @@ impl UpstreamDirection<'_> {
         };
         let Some(popped) = popped else {
             // A simple Query stays at the head until ReadyForQuery.
+            if let Some(plan) = self.plan.take() {
+                merge_report(&mut self.query_masked, plan.report());
+            }
+            self.statement_index += 1;
             if let Some(t) = tag {
                 self.tags.push(t);
             }
@@ -823,14 +940,80 @@ impl UpstreamDirection<'_> {
         };
         self.responded = false;
         let rows = std::mem::take(&mut self.rows);
+        let masked = self.plan.take().map(|p| p.report()).unwrap_or_default();
         if let Some(Pending::Execute(Some(exec))) = popped {
             let outcome = Outcome {
                 rows,
                 tag,
                 error,
+                masked,
                 ..Outcome::default()
             };
             self.finish(exec, outcome);
+        }
+    }
+
+    /// A RowDescription in a masked session: the columns of the result set that follows, which
+    /// its mask plan is made from. The answer to a Describe the gateway added goes no further.
+    async fn row_description(&mut self, body: &[u8]) -> Result<Reply, GatewayError> {
+        enum Head {
+            Added(gateway_core::MaskPlanner),
+            Client,
+            Query(gateway_core::MaskPlanner),
+            Unknown,
+        }
+        let head = {
+            let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+            match q.front() {
+                Some(Pending::Describe(_)) => match q.pop_front() {
+                    Some(Pending::Describe(Some(planner))) => Head::Added(planner),
+                    _ => Head::Client,
+                },
+                Some(Pending::Query(Some(exec))) => match exec.mask_planner() {
+                    Some(planner) => Head::Query(planner.clone()),
+                    None => Head::Unknown,
+                },
+                _ => Head::Unknown,
+            }
+        };
+        let (planner, statement, reply) = match head {
+            Head::Client => return Ok(Reply::Pass),
+            Head::Added(planner) => (planner, 0, Reply::Swallow),
+            Head::Query(planner) => (planner, self.statement_index, Reply::Pass),
+            Head::Unknown => {
+                // Rows nobody asked for, as far as the gateway can tell: none of their values
+                // goes out.
+                let columns = crate::masking::result_columns(body).unwrap_or_default();
+                self.plan = Some(ActivePlan::nulls(&columns));
+                return Ok(Reply::Pass);
+            }
+        };
+        let columns = crate::masking::result_columns(body).ok_or_else(|| {
+            GatewayError::new(
+                ErrorKind::UpstreamUnavailable,
+                Side::Upstream,
+                "invalid RowDescription from the database",
+            )
+        })?;
+        let plan = planner.plan(statement, &columns).await;
+        self.plan = Some(ActivePlan::new(plan, &columns));
+        Ok(reply)
+    }
+
+    /// NoData in a masked session: the answer to a Describe of a statement or portal that
+    /// returns no rows.
+    fn no_data(&mut self) -> Reply {
+        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        if !matches!(q.front(), Some(Pending::Describe(_))) {
+            return Reply::Pass;
+        }
+        match q.pop_front() {
+            Some(Pending::Describe(Some(_))) => {
+                drop(q);
+                self.plan = None;
+                Reply::Swallow
+            }
+            _ => Reply::Pass,
         }
     }
 
@@ -861,7 +1044,7 @@ impl UpstreamDirection<'_> {
         })
     }
 
-    fn error(&mut self, body: &[u8]) -> Option<Bytes> {
+    fn error(&mut self, body: &[u8]) -> Reply {
         let fields = error_fields(body);
         let message = fields
             .iter()
@@ -902,7 +1085,7 @@ impl UpstreamDirection<'_> {
             if self.head_is_query() && self.query_error.is_none() {
                 self.query_error = Some(RecordedError::from(&denial));
             }
-            return Some(error_response(&denial, false));
+            return Reply::Replace(error_response(&denial, false));
         }
         let code = fields
             .iter()
@@ -914,7 +1097,12 @@ impl UpstreamDirection<'_> {
             message: message.to_owned(),
         };
         self.complete(None, Some(recorded));
-        None
+        if self.masked {
+            if let Some(frame) = crate::masking::scrub_fields(self.session, b'E', body) {
+                return Reply::Replace(frame.freeze());
+            }
+        }
+        Reply::Pass
     }
 
     /// ReadyForQuery: everything up to the first Query or Sync is over.
@@ -941,6 +1129,7 @@ impl UpstreamDirection<'_> {
                         rows,
                         tag: (!tags.is_empty()).then(|| tags.join("; ")),
                         error: self.query_error.take(),
+                        masked: std::mem::take(&mut self.query_masked),
                         ..Outcome::default()
                     };
                     self.finish(exec, outcome);
@@ -961,6 +1150,9 @@ impl UpstreamDirection<'_> {
         self.tags.clear();
         self.query_error = None;
         self.ready_buf = done;
+        self.statement_index = 0;
+        self.plan = None;
+        self.query_masked.clear();
     }
 
     /// Queues the end of an execution, recorded by [`flush_finished`](Self::flush_finished): once

@@ -147,6 +147,11 @@ pub enum Frontend<'a> {
         /// Name.
         name: &'a [u8],
     },
+    /// Describe of a statement (`b'S'`) or portal (`b'P'`).
+    Describe {
+        /// `b'S'` or `b'P'`.
+        kind: u8,
+    },
     /// Sync.
     Sync,
     /// Terminate.
@@ -233,10 +238,18 @@ pub fn frontend(ty: u8, body: &[u8]) -> Result<Frontend<'_>, MessageError> {
                 name: r.cstr().ok_or(m("Close"))?,
             }
         }
+        b'D' => {
+            let kind = r
+                .u8()
+                .filter(|k| *k == b'S' || *k == b'P')
+                .ok_or(m("Describe"))?;
+            r.cstr().ok_or(m("Describe"))?;
+            Frontend::Describe { kind }
+        }
         b'S' => Frontend::Sync,
         b'X' => Frontend::Terminate,
         b'F' => Frontend::FunctionCall,
-        b'D' | b'H' | b'd' | b'c' | b'f' | b'p' => Frontend::Other,
+        b'H' | b'd' | b'c' | b'f' | b'p' => Frontend::Other,
         other => return Err(MessageError::UnknownType(other)),
     })
 }
