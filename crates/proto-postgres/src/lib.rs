@@ -12,10 +12,12 @@
 //! formats) keeps its exact behaviour.
 //!
 //! Modules in the order data meets them: [`startup`] (untyped startup packets), [`wire`] (frames,
-//! field readers, encoders, the SQLSTATE table), [`upstream`] (upstream login), the relay, and
-//! [`cancel`] (CancelRequest routing).
+//! field readers, encoders, the SQLSTATE table), [`upstream`] (upstream login), the relay,
+//! [`cancel`] (CancelRequest routing), and [`catalog`] (the target's relations, which masking
+//! resolves result columns through).
 
 pub mod cancel;
+pub mod catalog;
 mod connection;
 pub mod fuzzing;
 mod linger;
@@ -24,6 +26,8 @@ pub mod startup;
 pub mod stream;
 pub mod upstream;
 pub mod wire;
+
+pub use catalog::{Catalogs, PgCatalog};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
