@@ -131,11 +131,15 @@ impl PostgresListener {
     pub async fn bind(config: ListenerConfig, gateway: Gateway) -> std::io::Result<Self> {
         let listener = TcpListener::bind(config.listen).await?;
         let (tx, rx) = tokio::sync::watch::channel(false);
+        let upstream_tls = Arc::new(upstream::TlsConfigs::default());
+        let catalogs = Catalogs::new(Arc::clone(&upstream_tls), catalog::DEFAULT_REFRESH)
+            .with_max_message_bytes(config.max_message_bytes);
         let shared = Arc::new(connection::Shared {
             config,
             gateway,
             cancels: cancel::CancelRegistry::default(),
-            upstream_tls: Default::default(),
+            upstream_tls,
+            catalogs,
             shutdown: rx,
         });
         Ok(Self {
