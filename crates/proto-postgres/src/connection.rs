@@ -98,7 +98,9 @@ pub(crate) struct Shared {
     pub config: ListenerConfig,
     pub gateway: Gateway,
     pub cancels: CancelRegistry,
-    pub upstream_tls: crate::upstream::TlsConfigs,
+    pub upstream_tls: Arc<crate::upstream::TlsConfigs>,
+    /// One catalog per target, for sessions whose results may be masked.
+    pub catalogs: crate::catalog::Catalogs,
     pub shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
@@ -346,6 +348,9 @@ async fn handshake(
         Ok(s) => Arc::new(s),
         Err(e) => return Err((Some(client), e)),
     };
+    if session.masking_active() {
+        session.set_catalog(shared.catalogs.get(session.target()));
+    }
 
     let upstream_params = upstream_params(&params, &session, application.as_deref());
     let upstream =

@@ -12,10 +12,12 @@
 //! formats) keeps its exact behaviour.
 //!
 //! Modules in the order data meets them: [`startup`] (untyped startup packets), [`wire`] (frames,
-//! field readers, encoders, the SQLSTATE table), [`upstream`] (upstream login), the relay, and
-//! [`cancel`] (CancelRequest routing).
+//! field readers, encoders, the SQLSTATE table), [`upstream`] (upstream login), the relay,
+//! [`cancel`] (CancelRequest routing), and [`catalog`] (the target's relations, which masking
+//! resolves result columns through).
 
 pub mod cancel;
+pub mod catalog;
 mod connection;
 pub mod fuzzing;
 mod linger;
@@ -25,6 +27,8 @@ pub mod startup;
 pub mod stream;
 pub mod upstream;
 pub mod wire;
+
+pub use catalog::{Catalogs, PgCatalog};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -128,11 +132,15 @@ impl PostgresListener {
     pub async fn bind(config: ListenerConfig, gateway: Gateway) -> std::io::Result<Self> {
         let listener = TcpListener::bind(config.listen).await?;
         let (tx, rx) = tokio::sync::watch::channel(false);
+        let upstream_tls = Arc::new(upstream::TlsConfigs::default());
+        let catalogs = Catalogs::new(Arc::clone(&upstream_tls), catalog::DEFAULT_REFRESH)
+            .with_max_message_bytes(config.max_message_bytes);
         let shared = Arc::new(connection::Shared {
             config,
             gateway,
             cancels: cancel::CancelRegistry::default(),
-            upstream_tls: Default::default(),
+            upstream_tls,
+            catalogs,
             shutdown: rx,
         });
         Ok(Self {
