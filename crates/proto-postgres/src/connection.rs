@@ -348,9 +348,11 @@ async fn handshake(
         Ok(s) => Arc::new(s),
         Err(e) => return Err((Some(client), e)),
     };
-    if session.masking_active() {
-        session.set_catalog(shared.catalogs.get(session.target()));
-    }
+    // Every session gets its target's catalog, masked or not: a schema change any session makes
+    // through the gateway drops what the catalog cached (the relay tells it on a DDL command
+    // tag), so masked sessions do not resolve columns by a stale name. Unmasked sessions never
+    // look anything up in it.
+    session.set_catalog(shared.catalogs.get(session.target()));
 
     let upstream_params = upstream_params(&params, &session, application.as_deref());
     let upstream =
