@@ -180,29 +180,35 @@ impl Detectors {
         let mut findings = Vec::new();
         for index in matched.iter() {
             let pattern = &self.patterns[index];
-            match pattern.group {
-                None => {
-                    for m in pattern.regex.find_iter(text) {
-                        if let Some(range) = (pattern.check)(text, m.range()) {
-                            findings.push(Finding {
-                                kind: pattern.kind,
-                                range,
-                            });
+            // Not `find_iter`: a check may trim a match (an IBAN runs on into the next one) or
+            // reject it (a card number inside a longer number), and the search then goes on
+            // from the end of what was found, or just after the rejected match's start.
+            let mut pos = 0;
+            while pos <= text.len() {
+                let (whole, candidate) = match pattern.group {
+                    None => match pattern.regex.find_at(text, pos) {
+                        Some(m) => (m.range(), Some(m.range())),
+                        None => break,
+                    },
+                    Some(group) => match pattern.regex.captures_at(text, pos) {
+                        Some(c) => {
+                            let whole = c.get(0).map_or(pos..pos, |m| m.range());
+                            (whole, c.get(group).map(|m| m.range()))
                         }
+                        None => break,
+                    },
+                };
+                let next_start = whole.start
+                    + text[whole.start..].chars().next().map_or(1, char::len_utf8);
+                match candidate.and_then(|c| (pattern.check)(text, c)) {
+                    Some(range) => {
+                        pos = range.end.max(next_start);
+                        findings.push(Finding {
+                            kind: pattern.kind,
+                            range,
+                        });
                     }
-                }
-                Some(group) => {
-                    for captures in pattern.regex.captures_iter(text) {
-                        let Some(value) = captures.get(group) else {
-                            continue;
-                        };
-                        if let Some(range) = (pattern.check)(text, value.range()) {
-                            findings.push(Finding {
-                                kind: pattern.kind,
-                                range,
-                            });
-                        }
-                    }
+                    None => pos = next_start,
                 }
             }
         }

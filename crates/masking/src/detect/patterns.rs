@@ -221,19 +221,25 @@ fn is_alnum(c: Option<u8>) -> bool {
     c.is_some_and(|c| c.is_ascii_alphanumeric())
 }
 
-/// A number continues before `start`: a digit, or a digit then `.`, `,` or `-` (the candidate is
-/// the tail of a decimal, a version, a longer dashed number).
+/// A number continues before `start`: an alphanumeric, a digit then `.` (the candidate is the
+/// fraction of a decimal, the tail of a version), or an alphanumeric then `-`, `_` or `/` (the
+/// tail of a longer identifier: `PN-415-555-2671`). A comma is a CSV field break.
 fn number_continues_before(text: &str, start: usize) -> bool {
     let prev = before(text, start);
+    let prev2 = before_n(text, start, 2);
     is_alnum(prev)
-        || (matches!(prev, Some(b'.' | b',' | b'-' | b'/' | b'_')) && is_alnum(before_n(text, start, 2)))
+        || (prev == Some(b'.') && is_digit(prev2))
+        || (matches!(prev, Some(b'-' | b'_' | b'/')) && is_alnum(prev2))
 }
 
-/// A number continues after `end`: an alphanumeric, or `.`, `,`, `-` or `/` then a digit.
+/// A number continues after `end`: an alphanumeric, `.` then a digit, or `-`, `_` or `/` then
+/// an alphanumeric.
 fn number_continues_after(text: &str, end: usize) -> bool {
     let next = after(text, end);
+    let next2 = after_n(text, end, 2);
     is_alnum(next)
-        || (matches!(next, Some(b'.' | b',' | b'-' | b'/' | b'_')) && is_alnum(after_n(text, end, 2)))
+        || (next == Some(b'.') && is_digit(next2))
+        || (matches!(next, Some(b'-' | b'_' | b'/')) && is_alnum(next2))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -272,6 +278,14 @@ fn check_email(text: &str, candidate: Range<usize>) -> Option<Range<usize>> {
         if label.is_empty() || label.starts_with('-') || label.ends_with('-') || label.len() > 63 {
             return None;
         }
+    }
+    // `scheme://user:password@host`: the user information of a URL (its password is the
+    // secret detector's), not an address.
+    let token_start = text[..range.start]
+        .rfind(|c: char| c.is_whitespace() || c == '"' || c == '\'')
+        .map_or(0, |i| i + 1);
+    if text[token_start..range.start].contains("://") {
+        return None;
     }
     let tld = domain.rsplit('.').next()?;
     if FILE_EXTENSIONS.iter().any(|ext| tld.eq_ignore_ascii_case(ext)) {
@@ -501,7 +515,55 @@ const NOT_SECRETS: &[&str] = &[
     "required", "optional", "string", "str",
 ];
 
+/// A value that opens with a quote (`password="two words"`, `password=\"x y\"` inside a JSON
+/// string) runs to the closing quote, on the same line, within 256 bytes; otherwise it is what
+/// the pattern matched.
+fn extend_quoted(text: &str, value: Range<usize>) -> Range<usize> {
+    let b = text.as_bytes();
+    let Some(open) = value.start.checked_sub(1) else {
+        return value;
+    };
+    let quote = b[open];
+    if quote != b'"' && quote != b'\'' {
+        return value;
+    }
+    // `\"`: the value sits in a JSON string, and so does its closing quote, escaped.
+    let escaped = odd_backslashes(b, open);
+    let limit = (value.end + 256).min(b.len());
+    let mut i = value.end;
+    while i < limit {
+        match b[i] {
+            b'\\' => {
+                if escaped && b.get(i + 1) == Some(&quote) {
+                    return value.start..i;
+                }
+                i += 2;
+            }
+            c if c == quote && !escaped => return value.start..i,
+            b'"' | b'\n' | b'\r' => break,
+            _ => i += 1,
+        }
+    }
+    value
+}
+
 fn check_assigned_secret(text: &str, value: Range<usize>) -> Option<Range<usize>> {
+    let extended = extend_quoted(text, value.clone());
+    let value = if extended != value {
+        extended
+    } else {
+        // Unquoted: the closing bracket of a JSON object or array (`{"secret": true}`), a call
+        // or a template is not part of the value, unless the value opened it (`[email]`).
+        let mut trimmed = &text[value.clone()];
+        for (open, close) in [('{', '}'), ('[', ']'), ('(', ')')] {
+            while trimmed.ends_with(close)
+                && trimmed.matches(open).count() < trimmed.matches(close).count()
+            {
+                trimmed = &trimmed[..trimmed.len() - 1];
+            }
+        }
+        value.start..value.start + trimmed.len()
+    };
     let v = &text[value.clone()];
     if v.len() < 3 {
         return None;
