@@ -34,14 +34,21 @@ fn json_document(findings: bool) -> String {
             i
         ));
     }
-    format!(r#"{{"order": 48213, "status": "shipped", "items": [{}]}}"#, items.join(","))
+    format!(
+        r#"{{"order": 48213, "status": "shipped", "items": [{}]}}"#,
+        items.join(",")
+    )
 }
 
 fn bench(c: &mut Criterion) {
     let detectors = Detectors::all();
     let json_clean = json_document(false);
     let json_findings = json_document(true);
-    assert!(SENTENCE.len() >= 200 && SENTENCE.len() < 240, "{}", SENTENCE.len());
+    assert!(
+        SENTENCE.len() >= 200 && SENTENCE.len() < 240,
+        "{}",
+        SENTENCE.len()
+    );
     assert!(json_clean.len() > 1900, "{}", json_clean.len());
     let mut group = c.benchmark_group("detect");
     group.bench_function("sentence_200b_clean", |b| {

@@ -128,7 +128,9 @@ pub struct Detectors {
 
 impl std::fmt::Debug for Detectors {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Detectors").field("kinds", &self.kinds).finish()
+        f.debug_struct("Detectors")
+            .field("kinds", &self.kinds)
+            .finish()
     }
 }
 
@@ -198,8 +200,8 @@ impl Detectors {
                         None => break,
                     },
                 };
-                let next_start = whole.start
-                    + text[whole.start..].chars().next().map_or(1, char::len_utf8);
+                let next_start =
+                    whole.start + text[whole.start..].chars().next().map_or(1, char::len_utf8);
                 match candidate.and_then(|c| (pattern.check)(text, c)) {
                     Some(range) => {
                         pos = range.end.max(next_start);
@@ -222,7 +224,10 @@ impl Detectors {
         });
         let mut kept: Vec<Finding> = Vec::with_capacity(findings.len());
         for finding in findings {
-            if kept.last().is_none_or(|last| finding.range.start >= last.range.end) {
+            if kept
+                .last()
+                .is_none_or(|last| finding.range.start >= last.range.end)
+            {
                 kept.push(finding);
             }
         }
@@ -465,7 +470,10 @@ mod tests {
             range: 8..27,
         }];
         // The span starts inside `\n` and ends inside `\t`: both escapes go whole.
-        assert_eq!(replace_findings(text, &findings, true), r#"{"k": "a[card]b"}"#);
+        assert_eq!(
+            replace_findings(text, &findings, true),
+            r#"{"k": "a[card]b"}"#
+        );
         let findings = [Finding {
             kind: DetectorKind::Secret,
             range: 6..9,

@@ -118,10 +118,7 @@ impl Strategy {
     /// Whether the strategy needs a [`HashKey`]: [`Strategy::Hash`], [`Strategy::Card`],
     /// [`Strategy::NationalId`].
     pub fn needs_key(&self) -> bool {
-        matches!(
-            self,
-            Strategy::Hash | Strategy::Card | Strategy::NationalId
-        )
+        matches!(self, Strategy::Hash | Strategy::Card | Strategy::NationalId)
     }
 }
 
@@ -253,7 +250,10 @@ mod tests {
             Ok(Strategy::Partial { keep_last: 2 })
         );
         let err = Strategy::parse("mask", None).unwrap_err();
-        assert!(err.contains("national-id") && err.contains("\"mask\""), "{err}");
+        assert!(
+            err.contains("national-id") && err.contains("\"mask\""),
+            "{err}"
+        );
         let err = Strategy::parse("hash", Some(3)).unwrap_err();
         assert!(err.contains("keep_last"), "{err}");
     }
@@ -271,14 +271,20 @@ mod tests {
         for pair in order.windows(2) {
             assert!(pair[0].strictness() < pair[1].strictness(), "{pair:?}");
         }
-        assert_eq!(Strategy::Card.strictness(), Strategy::NationalId.strictness());
+        assert_eq!(
+            Strategy::Card.strictness(),
+            Strategy::NationalId.strictness()
+        );
     }
 
     #[test]
     fn keyed_strategies_without_a_key_redact() {
         for strategy in [Strategy::Hash, Strategy::Card, Strategy::NationalId] {
             let mask = value_mask(&strategy, ValueType::Text, ValueFormat::Text, None);
-            assert_eq!(mask.mask(b"4111 1111 1111 1111").as_deref(), Some(REDACTED_TEXT));
+            assert_eq!(
+                mask.mask(b"4111 1111 1111 1111").as_deref(),
+                Some(REDACTED_TEXT)
+            );
         }
     }
 }

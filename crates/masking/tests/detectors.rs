@@ -48,9 +48,18 @@ fn positives() -> Vec<Sample> {
     let pkcs8_json_escaped = "-----BEGIN PRIVATE KEY-----\\nMIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgevZzL1gdAFr88hb2\\nOF/2NxApJCzGCEDdfSp6VQO30hyhRANCAAQRWz+jn65BtOMvdyHKcvjBeBSDZH2r\\n-----END PRIVATE KEY-----";
     let encrypted = "-----BEGIN ENCRYPTED PRIVATE KEY-----\nMIIFHDBOBgkqhkiG9w0BBQ0wQTApBgkqhkiG9w0BBQwwHAQIxE8x1e5PBu4CAggA\n-----END ENCRYPTED PRIVATE KEY-----";
     let ec = "-----BEGIN EC PRIVATE KEY-----\nMHcCAQEEIIrYSSNQFaA2Hwf1duRSxKtLYX5CB04fSeQ6tF1aY/PuoAoGCCqGSM49\n-----END EC PRIVATE KEY-----";
-    let truncated = "-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEAvRKXmE3NUTCM1HXc0wBlz9Vr5tNQFhGeFmqH";
-    let rs256 = jwt(r#"{"alg":"RS256","kid":"k1"}"#, r#"{"sub":"42","exp":1893456000}"#, "c2lnbmF0dXJlLWJ5dGVz");
-    let spaced_header = jwt("{ \"alg\": \"ES256\" }", r#"{"iss":"https://id.example.com"}"#, "");
+    let truncated =
+        "-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEAvRKXmE3NUTCM1HXc0wBlz9Vr5tNQFhGeFmqH";
+    let rs256 = jwt(
+        r#"{"alg":"RS256","kid":"k1"}"#,
+        r#"{"sub":"42","exp":1893456000}"#,
+        "c2lnbmF0dXJlLWJ5dGVz",
+    );
+    let spaced_header = jwt(
+        "{ \"alg\": \"ES256\" }",
+        r#"{"iss":"https://id.example.com"}"#,
+        "",
+    );
     let github_pat = "github_pat_11ABCDEFG0123456789_abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789abcd";
     vec![
         // --- email
@@ -235,36 +244,55 @@ fn precision_and_recall() {
     let negatives = negatives();
     assert!(positives.len() >= 60, "{} positives", positives.len());
     assert!(negatives.len() >= 60, "{} negatives", negatives.len());
-    let mut scores: BTreeMap<DetectorKind, Score> = DetectorKind::all().iter().map(|&k| (k, Score::default())).collect();
+    let mut scores: BTreeMap<DetectorKind, Score> = DetectorKind::all()
+        .iter()
+        .map(|&k| (k, Score::default()))
+        .collect();
     let mut failures = Vec::new();
     for sample in &positives {
         let findings = detectors.find(&sample.text);
-        let mut found: Vec<(DetectorKind, &str)> =
-            findings.iter().map(|f| (f.kind, &sample.text[f.range.clone()])).collect();
+        let mut found: Vec<(DetectorKind, &str)> = findings
+            .iter()
+            .map(|f| (f.kind, &sample.text[f.range.clone()]))
+            .collect();
         for (kind, expected) in &sample.expect {
             if let Some(i) = found.iter().position(|(k, v)| k == kind && v == expected) {
                 found.remove(i);
                 scores.get_mut(kind).unwrap().true_positives += 1;
             } else {
                 scores.get_mut(kind).unwrap().false_negatives += 1;
-                failures.push(format!("missed {kind:?} {expected:?} in {:?}; found {found:?}", sample.text));
+                failures.push(format!(
+                    "missed {kind:?} {expected:?} in {:?}; found {found:?}",
+                    sample.text
+                ));
             }
         }
         for (kind, value) in found {
             scores.get_mut(&kind).unwrap().false_positives += 1;
-            failures.push(format!("unexpected {kind:?} {value:?} in {:?}", sample.text));
+            failures.push(format!(
+                "unexpected {kind:?} {value:?} in {:?}",
+                sample.text
+            ));
         }
     }
     for text in &negatives {
         for finding in detectors.find(text) {
             scores.get_mut(&finding.kind).unwrap().false_positives += 1;
-            failures.push(format!("false positive {:?} {:?} in {text:?}", finding.kind, &text[finding.range]));
+            failures.push(format!(
+                "false positive {:?} {:?} in {text:?}",
+                finding.kind, &text[finding.range]
+            ));
         }
     }
-    println!("{:<12} {:>4} {:>4} {:>4} {:>9} {:>7}", "detector", "tp", "fn", "fp", "precision", "recall");
+    println!(
+        "{:<12} {:>4} {:>4} {:>4} {:>9} {:>7}",
+        "detector", "tp", "fn", "fp", "precision", "recall"
+    );
     for (kind, score) in &scores {
-        let precision = score.true_positives as f64 / (score.true_positives + score.false_positives).max(1) as f64;
-        let recall = score.true_positives as f64 / (score.true_positives + score.false_negatives).max(1) as f64;
+        let precision = score.true_positives as f64
+            / (score.true_positives + score.false_positives).max(1) as f64;
+        let recall = score.true_positives as f64
+            / (score.true_positives + score.false_negatives).max(1) as f64;
         println!(
             "{:<12} {:>4} {:>4} {:>4} {:>8.1}% {:>6.1}%",
             kind.name(),
@@ -275,8 +303,17 @@ fn precision_and_recall() {
             recall * 100.0
         );
     }
-    println!("{} positive samples, {} negative samples", positives.len(), negatives.len());
-    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+    println!(
+        "{} positive samples, {} negative samples",
+        positives.len(),
+        negatives.len()
+    );
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]
@@ -284,7 +321,11 @@ fn classify_takes_whole_values_only() {
     let detectors = Detectors::all();
     let rows: &[(&str, Option<DetectorKind>, &str)] = &[
         ("jane.doe@example.com", Some(Email), "an address"),
-        ("  jane.doe@example.com\n", Some(Email), "surrounding whitespace ignored"),
+        (
+            "  jane.doe@example.com\n",
+            Some(Email),
+            "surrounding whitespace ignored",
+        ),
         ("4111 1111 1111 1111", Some(Card), "a card number"),
         ("123-45-6789", Some(Ssn), "an SSN"),
         ("DE89370400440532013000", Some(Iban), "an IBAN"),
@@ -292,7 +333,11 @@ fn classify_takes_whole_values_only() {
         ("AKIAIOSFODNN7EXAMPLE", Some(Secret), "an AWS key id"),
         (JWT_HS256, Some(Jwt), "a JWT"),
         (RSA_KEY, Some(PrivateKey), "a private key"),
-        ("write to jane.doe@example.com", None, "a sentence that contains one"),
+        (
+            "write to jane.doe@example.com",
+            None,
+            "a sentence that contains one",
+        ),
         ("jane@example.com, joe@example.com", None, "two of them"),
         ("4111111111111112", None, "fails Luhn"),
         ("", None, "empty"),
@@ -310,7 +355,10 @@ fn a_subset_finds_only_its_kinds() {
     let text = "jane@example.com 123-45-6789 4111111111111111 AKIAIOSFODNN7EXAMPLE";
     let kinds: Vec<DetectorKind> = detectors.find(text).iter().map(|f| f.kind).collect();
     assert_eq!(kinds, [Email, Ssn]);
-    assert_eq!(detectors.redact(text), "[email] [ssn] 4111111111111111 AKIAIOSFODNN7EXAMPLE");
+    assert_eq!(
+        detectors.redact(text),
+        "[email] [ssn] 4111111111111111 AKIAIOSFODNN7EXAMPLE"
+    );
     assert!(Detectors::new(&[]).find(text).is_empty());
 }
 
@@ -328,7 +376,10 @@ fn redaction_replaces_findings_and_borrows_clean_text() {
         let once = detectors.redact(&sample.text).into_owned();
         assert_eq!(detectors.redact(&once), once, "{:?}", sample.text);
         for (_, secret) in &sample.expect {
-            assert!(!once.contains(secret.as_str()), "{secret:?} left in {once:?}");
+            assert!(
+                !once.contains(secret.as_str()),
+                "{secret:?} left in {once:?}"
+            );
         }
     }
 }
@@ -366,7 +417,10 @@ fn redacted_json_stays_valid_for_every_kind_in_values_and_keys() {
             serde_json::json!({ value.clone(): 1, "other": { value.clone(): value } }),
         ];
         for document in documents {
-            for text in [document.to_string(), serde_json::to_string_pretty(&document).unwrap()] {
+            for text in [
+                document.to_string(),
+                serde_json::to_string_pretty(&document).unwrap(),
+            ] {
                 let redacted = detectors.redact(&text);
                 let parsed: serde_json::Value = serde_json::from_str(&redacted)
                     .unwrap_or_else(|e| panic!("{kind:?}: {e}: {redacted}"));
@@ -411,15 +465,27 @@ fn escapes_are_never_cut() {
 #[test]
 fn detector_masks_scan_text_like_types_only() {
     let detectors = Arc::new(Detectors::all());
-    for value_type in [ValueType::Int4, ValueType::Bytes, ValueType::Uuid, ValueType::Array, ValueType::Other] {
+    for value_type in [
+        ValueType::Int4,
+        ValueType::Bytes,
+        ValueType::Uuid,
+        ValueType::Array,
+        ValueType::Other,
+    ] {
         for format in [ValueFormat::Text, ValueFormat::Binary] {
-            assert!(detector_mask(detectors.clone(), value_type, format).is_none(), "{value_type:?}");
+            assert!(
+                detector_mask(detectors.clone(), value_type, format).is_none(),
+                "{value_type:?}"
+            );
         }
     }
     let text = detector_mask(detectors.clone(), ValueType::Text, ValueFormat::Binary).unwrap();
     let clean = b"nothing here";
     assert!(matches!(text.mask(clean), Some(Cow::Borrowed(v)) if v == clean));
-    assert_eq!(text.mask(b"ssn 123-45-6789").as_deref(), Some(&b"ssn [ssn]"[..]));
+    assert_eq!(
+        text.mask(b"ssn 123-45-6789").as_deref(),
+        Some(&b"ssn [ssn]"[..])
+    );
     // Not UTF-8: cannot be checked, so never passed.
     assert_eq!(text.mask(&[0x66, 0xff, 0x66]), None);
     let jsonb = detector_mask(detectors, ValueType::Jsonb, ValueFormat::Binary).unwrap();

@@ -68,15 +68,24 @@ fn samples(value_type: ValueType, format: ValueFormat) -> Vec<Vec<u8>> {
         (ValueType::Bool, Text) => vec![v("t"), v("f")],
         (ValueType::Bool, Binary) => vec![vec![1], vec![0]],
         (ValueType::Int2, Text) => vec![v("12345"), v("-32768"), v("7")],
-        (ValueType::Int2, Binary) => vec![12345i16.to_be_bytes().to_vec(), i16::MIN.to_be_bytes().to_vec()],
+        (ValueType::Int2, Binary) => vec![
+            12345i16.to_be_bytes().to_vec(),
+            i16::MIN.to_be_bytes().to_vec(),
+        ],
         (ValueType::Int4, Text) => vec![v("123456789"), v("-2147483648"), v("0")],
-        (ValueType::Int4, Binary) => vec![123_456_789i32.to_be_bytes().to_vec(), i32::MIN.to_be_bytes().to_vec()],
+        (ValueType::Int4, Binary) => vec![
+            123_456_789i32.to_be_bytes().to_vec(),
+            i32::MIN.to_be_bytes().to_vec(),
+        ],
         (ValueType::Int8, Text) => vec![v("1234567890123"), v("-9223372036854775808")],
-        (ValueType::Int8, Binary) => vec![1_234_567_890_123i64.to_be_bytes().to_vec(), i64::MIN.to_be_bytes().to_vec()],
-        (ValueType::Float4, Text) => vec![v("3.14"), v("-1e+30"), v("NaN")],
-        (ValueType::Float4, Binary) => vec![3.14f32.to_be_bytes().to_vec()],
-        (ValueType::Float8, Text) => vec![v("2.718281828459045"), v("Infinity")],
-        (ValueType::Float8, Binary) => vec![2.718281828459045f64.to_be_bytes().to_vec()],
+        (ValueType::Int8, Binary) => vec![
+            1_234_567_890_123i64.to_be_bytes().to_vec(),
+            i64::MIN.to_be_bytes().to_vec(),
+        ],
+        (ValueType::Float4, Text) => vec![v("1.25"), v("-1e+30"), v("NaN")],
+        (ValueType::Float4, Binary) => vec![1.25f32.to_be_bytes().to_vec()],
+        (ValueType::Float8, Text) => vec![v("2.5"), v("Infinity")],
+        (ValueType::Float8, Binary) => vec![2.5f64.to_be_bytes().to_vec()],
         (ValueType::Numeric, Text) => vec![v("12345.678"), v("-0.0001"), v("NaN")],
         (ValueType::Numeric, Binary) => vec![NUMERIC_12345_678.to_vec()],
         (ValueType::Date, Text) => vec![v("2024-01-15")],
@@ -117,8 +126,17 @@ fn gives_value(strategy: &Strategy, value_type: ValueType) -> bool {
         Strategy::Email | Strategy::Card | Strategy::NationalId => value_type == T::Text || json,
         Strategy::Hash => matches!(
             value_type,
-            T::Text | T::Json | T::Jsonb | T::Int2 | T::Int4 | T::Int8 | T::Float4 | T::Float8
-                | T::Numeric | T::Uuid | T::Bytes
+            T::Text
+                | T::Json
+                | T::Jsonb
+                | T::Int2
+                | T::Int4
+                | T::Int8
+                | T::Float4
+                | T::Float8
+                | T::Numeric
+                | T::Uuid
+                | T::Bytes
         ),
         _ => unreachable!("a new strategy needs rows here"),
     }
@@ -147,48 +165,74 @@ fn assert_valid(value_type: ValueType, format: ValueFormat, out: &[u8], context:
                 .unwrap_or_else(|e| panic!("{context}: not JSON: {e}"));
         }
         (ValueType::Int2, Text) => {
-            text().parse::<i16>().unwrap_or_else(|e| panic!("{context}: {e}"));
+            text()
+                .parse::<i16>()
+                .unwrap_or_else(|e| panic!("{context}: {e}"));
         }
         (ValueType::Int4, Text) => {
-            text().parse::<i32>().unwrap_or_else(|e| panic!("{context}: {e}"));
+            text()
+                .parse::<i32>()
+                .unwrap_or_else(|e| panic!("{context}: {e}"));
         }
         (ValueType::Int8, Text) => {
-            text().parse::<i64>().unwrap_or_else(|e| panic!("{context}: {e}"));
+            text()
+                .parse::<i64>()
+                .unwrap_or_else(|e| panic!("{context}: {e}"));
         }
         (ValueType::Int2, Binary) => width(2),
         (ValueType::Int4 | ValueType::Float4, Binary) => width(4),
         (ValueType::Int8 | ValueType::Float8 | ValueType::Time, Binary) => width(8),
         (ValueType::Float4, Text) => {
-            text().parse::<f32>().unwrap_or_else(|e| panic!("{context}: {e}"));
+            text()
+                .parse::<f32>()
+                .unwrap_or_else(|e| panic!("{context}: {e}"));
         }
         (ValueType::Float8, Text) => {
-            text().parse::<f64>().unwrap_or_else(|e| panic!("{context}: {e}"));
+            text()
+                .parse::<f64>()
+                .unwrap_or_else(|e| panic!("{context}: {e}"));
         }
         (ValueType::Numeric, Text) => {
-            assert!(re(r"^-?[0-9]+(\.[0-9]+)?$").is_match(out), "{context}: numeric text");
+            assert!(
+                re(r"^-?[0-9]+(\.[0-9]+)?$").is_match(out),
+                "{context}: numeric text"
+            );
         }
         (ValueType::Numeric, Binary) => {
             assert!(out.len() >= 8, "{context}: numeric header");
             let ndigits = u16::from_be_bytes([out[0], out[1]]) as usize;
             assert_eq!(out.len(), 8 + 2 * ndigits, "{context}: numeric digits");
-            assert!(matches!(u16::from_be_bytes([out[4], out[5]]), 0 | 0x4000), "{context}: sign");
+            assert!(
+                matches!(u16::from_be_bytes([out[4], out[5]]), 0 | 0x4000),
+                "{context}: sign"
+            );
             for d in out[8..].chunks(2) {
-                assert!(u16::from_be_bytes([d[0], d[1]]) < 10_000, "{context}: base-10000 digit");
+                assert!(
+                    u16::from_be_bytes([d[0], d[1]]) < 10_000,
+                    "{context}: base-10000 digit"
+                );
             }
         }
         (ValueType::Date, Text) => {
-            assert!(re(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$").is_match(out), "{context}: date")
+            assert!(
+                re(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$").is_match(out),
+                "{context}: date"
+            )
         }
         (ValueType::Date, Binary) => width(4),
         (ValueType::Time, Text) => {
-            assert!(re(r"^[0-9]{2}:[0-9]{2}:[0-9]{2}$").is_match(out), "{context}: time")
+            assert!(
+                re(r"^[0-9]{2}:[0-9]{2}:[0-9]{2}$").is_match(out),
+                "{context}: time"
+            )
         }
         (ValueType::Timestamp, Text) => assert!(
             re(r"^[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2}$").is_match(out),
             "{context}: timestamp"
         ),
         (ValueType::TimestampTz, Text) => assert!(
-            re(r"^[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2}[+-][0-9]{2}$").is_match(out),
+            re(r"^[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2}[+-][0-9]{2}$")
+                .is_match(out),
             "{context}: timestamptz"
         ),
         (ValueType::Timestamp | ValueType::TimestampTz, Binary) => width(8),
@@ -198,7 +242,10 @@ fn assert_valid(value_type: ValueType, format: ValueFormat, out: &[u8], context:
         ),
         (ValueType::Uuid, Binary) => width(16),
         (ValueType::Bytes, Text) => {
-            assert!(re(r"^\\x([0-9a-f]{2})*$").is_match(out), "{context}: bytea hex")
+            assert!(
+                re(r"^\\x([0-9a-f]{2})*$").is_match(out),
+                "{context}: bytea hex"
+            )
         }
         (ValueType::Bytes, Binary) => {}
         _ => panic!("{context}: a value where NULL was expected"),
@@ -242,7 +289,11 @@ fn keyed_strategies_without_a_key_behave_as_redact() {
                 let keyless = value_mask(&strategy, value_type, format, None);
                 let redact = value_mask(&Strategy::Redact, value_type, format, None);
                 for value in samples(value_type, format) {
-                    assert_eq!(keyless.mask(&value), redact.mask(&value), "{strategy:?} {value_type:?}");
+                    assert_eq!(
+                        keyless.mask(&value),
+                        redact.mask(&value),
+                        "{strategy:?} {value_type:?}"
+                    );
                 }
             }
         }
@@ -255,33 +306,83 @@ fn redact_sends_fixed_values() {
     use ValueFormat::{Binary, Text};
     let rows: &[(ValueType, ValueFormat, Option<&[u8]>, &str)] = &[
         (ValueType::Text, Text, Some(b"****"), "length not revealed"),
-        (ValueType::Text, Binary, Some(b"****"), "text's binary form is its UTF-8"),
-        (ValueType::Json, Text, Some(b"\"****\""), "a JSON string literal"),
-        (ValueType::Jsonb, Binary, Some(b"\x01\"****\""), "jsonb version byte kept"),
+        (
+            ValueType::Text,
+            Binary,
+            Some(b"****"),
+            "text's binary form is its UTF-8",
+        ),
+        (
+            ValueType::Json,
+            Text,
+            Some(b"\"****\""),
+            "a JSON string literal",
+        ),
+        (
+            ValueType::Jsonb,
+            Binary,
+            Some(b"\x01\"****\""),
+            "jsonb version byte kept",
+        ),
         (ValueType::Int2, Binary, Some(&[0, 0]), "zero, two bytes"),
         (ValueType::Int4, Text, Some(b"0"), "zero"),
         (ValueType::Int8, Binary, Some(&[0; 8]), "zero, eight bytes"),
         (ValueType::Float4, Binary, Some(&[0; 4]), "0.0"),
         (ValueType::Float8, Text, Some(b"0"), "zero"),
         (ValueType::Numeric, Text, Some(b"0"), "zero"),
-        (ValueType::Numeric, Binary, Some(&[0; 8]), "ndigits 0, weight 0, sign 0, dscale 0"),
+        (
+            ValueType::Numeric,
+            Binary,
+            Some(&[0; 8]),
+            "ndigits 0, weight 0, sign 0, dscale 0",
+        ),
         (ValueType::Date, Text, Some(b"1970-01-01"), "the Unix epoch"),
-        (ValueType::Date, Binary, Some(&(-10957i32).to_be_bytes()), "days since 2000-01-01"),
+        (
+            ValueType::Date,
+            Binary,
+            Some(&(-10957i32).to_be_bytes()),
+            "days since 2000-01-01",
+        ),
         (ValueType::Time, Text, Some(b"00:00:00"), "midnight"),
-        (ValueType::Time, Binary, Some(&[0; 8]), "microseconds since midnight"),
-        (ValueType::Timestamp, Text, Some(b"1970-01-01 00:00:00"), "the Unix epoch"),
-        (ValueType::TimestampTz, Text, Some(b"1970-01-01 00:00:00+00"), "the Unix epoch, UTC"),
+        (
+            ValueType::Time,
+            Binary,
+            Some(&[0; 8]),
+            "microseconds since midnight",
+        ),
+        (
+            ValueType::Timestamp,
+            Text,
+            Some(b"1970-01-01 00:00:00"),
+            "the Unix epoch",
+        ),
+        (
+            ValueType::TimestampTz,
+            Text,
+            Some(b"1970-01-01 00:00:00+00"),
+            "the Unix epoch, UTC",
+        ),
         (
             ValueType::TimestampTz,
             Binary,
             Some(&(-946_684_800_000_000i64).to_be_bytes()),
             "microseconds since 2000-01-01",
         ),
-        (ValueType::Uuid, Text, Some(b"00000000-0000-0000-0000-000000000000"), "the nil UUID"),
+        (
+            ValueType::Uuid,
+            Text,
+            Some(b"00000000-0000-0000-0000-000000000000"),
+            "the nil UUID",
+        ),
         (ValueType::Uuid, Binary, Some(&[0; 16]), "the nil UUID"),
         (ValueType::Bytes, Text, Some(b"\\x"), "empty bytea"),
         (ValueType::Bytes, Binary, Some(b""), "empty"),
-        (ValueType::Bool, Text, None, "true or false would each reveal something"),
+        (
+            ValueType::Bool,
+            Text,
+            None,
+            "true or false would each reveal something",
+        ),
         (ValueType::Array, Binary, None, "element types unknown"),
         (ValueType::Composite, Text, None, "field types unknown"),
         (ValueType::Other, Text, None, "cannot write a valid value"),
@@ -292,7 +393,10 @@ fn redact_sends_fixed_values() {
             let out = mask.mask(&value);
             assert_eq!(out.as_deref(), expected, "{value_type:?}/{format:?}: {why}");
             // A constant: no allocation per value.
-            assert!(matches!(out, None | Some(Cow::Borrowed(_))), "{value_type:?}: borrowed");
+            assert!(
+                matches!(out, None | Some(Cow::Borrowed(_))),
+                "{value_type:?}: borrowed"
+            );
         }
     }
 }
@@ -304,20 +408,51 @@ fn masked_text(mask: &dyn ValueMask, value: &str) -> String {
 #[test]
 fn hash_tokens_are_deterministic_and_key_dependent() {
     let (k1, k2) = (key(1), key(2));
-    let text = |k: &Arc<HashKey>| value_mask(&Strategy::Hash, ValueType::Text, ValueFormat::Text, Some(k));
+    let text =
+        |k: &Arc<HashKey>| value_mask(&Strategy::Hash, ValueType::Text, ValueFormat::Text, Some(k));
     let a = masked_text(&*text(&k1), "jane.doe@example.com");
     assert!(re(r"^tok_[0-9a-f]{16}$").is_match(a.as_bytes()), "{a}");
-    assert_eq!(a, masked_text(&*text(&k1), "jane.doe@example.com"), "equal inputs, equal tokens");
-    assert_eq!(a, masked_text(&*text(&Arc::new(HashKey::from_bytes([1; 32]))), "jane.doe@example.com"));
-    assert_ne!(a, masked_text(&*text(&k2), "jane.doe@example.com"), "another key, another token");
-    assert_ne!(a, masked_text(&*text(&k1), "jane.doe@example.org"), "another value, another token");
+    assert_eq!(
+        a,
+        masked_text(&*text(&k1), "jane.doe@example.com"),
+        "equal inputs, equal tokens"
+    );
+    assert_eq!(
+        a,
+        masked_text(
+            &*text(&Arc::new(HashKey::from_bytes([1; 32]))),
+            "jane.doe@example.com"
+        )
+    );
+    assert_ne!(
+        a,
+        masked_text(&*text(&k2), "jane.doe@example.com"),
+        "another key, another token"
+    );
+    assert_ne!(
+        a,
+        masked_text(&*text(&k1), "jane.doe@example.org"),
+        "another value, another token"
+    );
 
     // Binary and text clients see the same token for the same value.
     for (value_type, text_value, binary_value) in [
-        (ValueType::Int4, "123456789", 123_456_789i32.to_be_bytes().to_vec()),
+        (
+            ValueType::Int4,
+            "123456789",
+            123_456_789i32.to_be_bytes().to_vec(),
+        ),
         (ValueType::Int8, "-42", (-42i64).to_be_bytes().to_vec()),
-        (ValueType::Uuid, "550e8400-e29b-41d4-a716-446655440000", hex::decode("550e8400e29b41d4a716446655440000").unwrap()),
-        (ValueType::Bytes, "\\xdeadbeef", vec![0xde, 0xad, 0xbe, 0xef]),
+        (
+            ValueType::Uuid,
+            "550e8400-e29b-41d4-a716-446655440000",
+            hex::decode("550e8400e29b41d4a716446655440000").unwrap(),
+        ),
+        (
+            ValueType::Bytes,
+            "\\xdeadbeef",
+            vec![0xde, 0xad, 0xbe, 0xef],
+        ),
         (ValueType::Numeric, "12345.678", NUMERIC_12345_678.to_vec()),
         (ValueType::Float8, "1.5", 1.5f64.to_be_bytes().to_vec()),
         (ValueType::Jsonb, r#"{"a": 1}"#, b"\x01{\"a\": 1}".to_vec()),
@@ -327,11 +462,23 @@ fn hash_tokens_are_deterministic_and_key_dependent() {
         let from_text = t.mask(text_value.as_bytes()).unwrap();
         let from_binary = b.mask(&binary_value).unwrap();
         let from_binary_as_text: Vec<u8> = match value_type {
-            ValueType::Int4 => i32::from_be_bytes(from_binary[..].try_into().unwrap()).to_string().into(),
-            ValueType::Int8 => i64::from_be_bytes(from_binary[..].try_into().unwrap()).to_string().into(),
+            ValueType::Int4 => i32::from_be_bytes(from_binary[..].try_into().unwrap())
+                .to_string()
+                .into(),
+            ValueType::Int8 => i64::from_be_bytes(from_binary[..].try_into().unwrap())
+                .to_string()
+                .into(),
             ValueType::Uuid => {
                 let h = hex::encode(&from_binary);
-                format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..]).into()
+                format!(
+                    "{}-{}-{}-{}-{}",
+                    &h[..8],
+                    &h[8..12],
+                    &h[12..16],
+                    &h[16..20],
+                    &h[20..]
+                )
+                .into()
             }
             ValueType::Bytes => format!("\\x{}", hex::encode(&from_binary)).into(),
             ValueType::Numeric => {
@@ -349,36 +496,61 @@ fn hash_tokens_are_deterministic_and_key_dependent() {
                 }
                 n.to_string().into()
             }
-            ValueType::Float8 => {
-                (f64::from_be_bytes(from_binary[..].try_into().unwrap()) as u64).to_string().into()
-            }
+            ValueType::Float8 => (f64::from_be_bytes(from_binary[..].try_into().unwrap()) as u64)
+                .to_string()
+                .into(),
             ValueType::Jsonb => from_binary[1..].to_vec(),
             _ => unreachable!(),
         };
-        assert_eq!(from_text.as_ref(), &from_binary_as_text[..], "{value_type:?}");
+        assert_eq!(
+            from_text.as_ref(),
+            &from_binary_as_text[..],
+            "{value_type:?}"
+        );
     }
 
     // Integer tokens are non-negative and fit the type.
-    let m = value_mask(&Strategy::Hash, ValueType::Int2, ValueFormat::Text, Some(&k1));
+    let m = value_mask(
+        &Strategy::Hash,
+        ValueType::Int2,
+        ValueFormat::Text,
+        Some(&k1),
+    );
     for v in ["1", "2", "3", "-32768", "32767"] {
         let n: i16 = masked_text(&*m, v).parse().unwrap();
         assert!(n >= 0);
     }
     // UUID tokens look random: version 4, RFC 4122 variant.
-    let m = value_mask(&Strategy::Hash, ValueType::Uuid, ValueFormat::Text, Some(&k1));
+    let m = value_mask(
+        &Strategy::Hash,
+        ValueType::Uuid,
+        ValueFormat::Text,
+        Some(&k1),
+    );
     let u = masked_text(&*m, "550e8400-e29b-41d4-a716-446655440000");
     assert_eq!(&u[14..15], "4", "{u}");
     assert!("89ab".contains(&u[19..20]), "{u}");
     // Float tokens are integers the type holds exactly.
-    let m = value_mask(&Strategy::Hash, ValueType::Float4, ValueFormat::Text, Some(&k1));
-    let f: u64 = masked_text(&*m, "3.14").parse().unwrap();
+    let m = value_mask(
+        &Strategy::Hash,
+        ValueType::Float4,
+        ValueFormat::Text,
+        Some(&k1),
+    );
+    let f: u64 = masked_text(&*m, "1.25").parse().unwrap();
     assert!(f < 1 << 24);
     // JSON tokens are string literals.
-    let m = value_mask(&Strategy::Hash, ValueType::Json, ValueFormat::Text, Some(&k1));
+    let m = value_mask(
+        &Strategy::Hash,
+        ValueType::Json,
+        ValueFormat::Text,
+        Some(&k1),
+    );
     let j: String = serde_json::from_str(&masked_text(&*m, r#"{"a": 1}"#)).unwrap();
     assert!(j.starts_with("tok_"), "{j}");
 }
 
+#[allow(clippy::manual_is_multiple_of)]
 fn luhn(digits: &[u8]) -> bool {
     let sum: u32 = digits
         .iter()
@@ -400,10 +572,18 @@ fn luhn(digits: &[u8]) -> bool {
     sum % 10 == 0
 }
 
+/// (type, format, value, what it becomes, why).
+type IntegerRow = (ValueType, ValueFormat, Vec<u8>, Vec<u8>, &'static str);
+
 #[test]
 fn card_keeps_separators_and_last_four_and_passes_luhn() {
     let k = key(5);
-    let mask = value_mask(&Strategy::Card, ValueType::Text, ValueFormat::Text, Some(&k));
+    let mask = value_mask(
+        &Strategy::Card,
+        ValueType::Text,
+        ValueFormat::Text,
+        Some(&k),
+    );
     let cards = [
         "4111 1111 1111 1111",
         "4111-1111-1111-1111",
@@ -420,7 +600,11 @@ fn card_keeps_separators_and_last_four_and_passes_luhn() {
         let out = masked_text(&*mask, card);
         assert_eq!(out.len(), card.len(), "{card} -> {out}");
         for (a, b) in card.bytes().zip(out.bytes()) {
-            assert_eq!(a.is_ascii_digit(), b.is_ascii_digit(), "{card} -> {out}: shape");
+            assert_eq!(
+                a.is_ascii_digit(),
+                b.is_ascii_digit(),
+                "{card} -> {out}: shape"
+            );
             if !a.is_ascii_digit() {
                 assert_eq!(a, b, "{card} -> {out}: separators");
             }
@@ -437,10 +621,21 @@ fn card_keeps_separators_and_last_four_and_passes_luhn() {
     let spaced: String = masked_text(&*mask, "4111 1111 1111 1111").replace(' ', "");
     assert_eq!(plain, spaced);
     // A different key gives different digits.
-    let other = value_mask(&Strategy::Card, ValueType::Text, ValueFormat::Text, Some(&key(6)));
+    let other = value_mask(
+        &Strategy::Card,
+        ValueType::Text,
+        ValueFormat::Text,
+        Some(&key(6)),
+    );
     assert_ne!(plain, masked_text(&*other, "4111111111111111"));
     // Not a card number: redacted.
-    for not_card in ["4111 1111", "card 4111111111111111", "41111111111111111111", "", "4111.1111.1111.1111"] {
+    for not_card in [
+        "4111 1111",
+        "card 4111111111111111",
+        "41111111111111111111",
+        "",
+        "4111.1111.1111.1111",
+    ] {
         assert_eq!(masked_text(&*mask, not_card), "****", "{not_card}");
     }
 }
@@ -448,7 +643,12 @@ fn card_keeps_separators_and_last_four_and_passes_luhn() {
 #[test]
 fn national_id_keeps_separators_case_and_last_four_digits() {
     let k = key(7);
-    let mask = value_mask(&Strategy::NationalId, ValueType::Text, ValueFormat::Text, Some(&k));
+    let mask = value_mask(
+        &Strategy::NationalId,
+        ValueType::Text,
+        ValueFormat::Text,
+        Some(&k),
+    );
     // (value, expected shape: d digit, U upper, l lower, anything else literal)
     let rows = [
         ("123-45-6789", "ddd-dd-6789", "US SSN"),
@@ -477,8 +677,18 @@ fn national_id_keeps_separators_case_and_last_four_digits() {
 #[test]
 fn partial_reveals_only_the_tail_and_nothing_of_short_values() {
     let rows: &[(usize, &str, &str, &str)] = &[
-        (4, "4111111111111111", "************1111", "the usual last four"),
-        (4, "+1 415 555 2671", "***********2671", "every other character starred"),
+        (
+            4,
+            "4111111111111111",
+            "************1111",
+            "the usual last four",
+        ),
+        (
+            4,
+            "+1 415 555 2671",
+            "***********2671",
+            "every other character starred",
+        ),
         (2, "Grüße", "***ße", "characters, not bytes"),
         (4, "abcd", "****", "as long as what is kept: all starred"),
         (4, "abc", "***", "shorter: all starred"),
@@ -486,13 +696,36 @@ fn partial_reveals_only_the_tail_and_nothing_of_short_values() {
         (4, "", "", "empty stays empty"),
     ];
     for &(keep_last, value, expected, why) in rows {
-        let mask = value_mask(&Strategy::Partial { keep_last }, ValueType::Text, ValueFormat::Text, None);
+        let mask = value_mask(
+            &Strategy::Partial { keep_last },
+            ValueType::Text,
+            ValueFormat::Text,
+            None,
+        );
         assert_eq!(masked_text(&*mask, value), expected, "{why}");
     }
-    let rows: &[(ValueType, ValueFormat, Vec<u8>, Vec<u8>, &str)] = &[
-        (ValueType::Int4, ValueFormat::Text, b"123456789".to_vec(), b"6789".to_vec(), "last four digits"),
-        (ValueType::Int8, ValueFormat::Text, b"-98765".to_vec(), b"8765".to_vec(), "sign dropped"),
-        (ValueType::Int2, ValueFormat::Text, b"123".to_vec(), b"0".to_vec(), "short: nothing kept"),
+    let rows: &[IntegerRow] = &[
+        (
+            ValueType::Int4,
+            ValueFormat::Text,
+            b"123456789".to_vec(),
+            b"6789".to_vec(),
+            "last four digits",
+        ),
+        (
+            ValueType::Int8,
+            ValueFormat::Text,
+            b"-98765".to_vec(),
+            b"8765".to_vec(),
+            "sign dropped",
+        ),
+        (
+            ValueType::Int2,
+            ValueFormat::Text,
+            b"123".to_vec(),
+            b"0".to_vec(),
+            "short: nothing kept",
+        ),
         (
             ValueType::Int4,
             ValueFormat::Binary,
@@ -509,7 +742,12 @@ fn partial_reveals_only_the_tail_and_nothing_of_short_values() {
         ),
     ];
     for (value_type, format, value, expected, why) in rows {
-        let mask = value_mask(&Strategy::Partial { keep_last: 4 }, *value_type, *format, None);
+        let mask = value_mask(
+            &Strategy::Partial { keep_last: 4 },
+            *value_type,
+            *format,
+            None,
+        );
         assert_eq!(mask.mask(value).as_deref(), Some(&expected[..]), "{why}");
     }
 }
@@ -534,7 +772,12 @@ fn email_keeps_first_character_and_domain_only() {
 // ---------------------------------------------------------------------------------------------
 
 fn token(key: &HashKey, value: &str) -> String {
-    let mask = value_mask(&Strategy::Hash, ValueType::Text, ValueFormat::Text, Some(&Arc::new(key.clone())));
+    let mask = value_mask(
+        &Strategy::Hash,
+        ValueType::Text,
+        ValueFormat::Text,
+        Some(&Arc::new(key.clone())),
+    );
     masked_text(&*mask, value)
 }
 
@@ -559,10 +802,17 @@ fn key_file_is_created_0600_and_reloaded_identical() {
     let created = HashKey::load_or_create(&path).unwrap();
     assert_eq!(mode(&path), 0o600);
     let content = std::fs::read_to_string(&path).unwrap();
-    assert!(re(r"^[0-9a-f]{64}\n$").is_match(content.as_bytes()), "{content:?}");
+    assert!(
+        re(r"^[0-9a-f]{64}\n$").is_match(content.as_bytes()),
+        "{content:?}"
+    );
     let reloaded = HashKey::load_or_create(&path).unwrap();
     assert_eq!(token(&created, "x"), token(&reloaded, "x"));
-    assert_eq!(std::fs::read_to_string(&path).unwrap(), content, "not rewritten");
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap(),
+        content,
+        "not rewritten"
+    );
     // A key written by hand is used as it is.
     let by_hand = dir.path().join("by-hand.key");
     write_mode(&by_hand, format!("{}\n", "01".repeat(32)).as_bytes(), 0o600);
@@ -598,11 +848,26 @@ fn bad_key_files_are_rejected_with_the_path_and_the_fix() {
     let good = format!("{}\n", "ab".repeat(32));
     let rows: &[(&str, Vec<u8>, u32, &str)] = &[
         ("short.key", b"abcdef\n".to_vec(), 0o600, "64 hexadecimal"),
-        ("long.key", format!("{}00\n", "ab".repeat(32)).into_bytes(), 0o600, "64 hexadecimal"),
-        ("not-hex.key", format!("{}zz\n", "ab".repeat(31)).into_bytes(), 0o600, "not hexadecimal"),
+        (
+            "long.key",
+            format!("{}00\n", "ab".repeat(32)).into_bytes(),
+            0o600,
+            "64 hexadecimal",
+        ),
+        (
+            "not-hex.key",
+            format!("{}zz\n", "ab".repeat(31)).into_bytes(),
+            0o600,
+            "not hexadecimal",
+        ),
         ("binary.key", vec![0xff; 32], 0o600, "not text"),
         ("empty.key", Vec::new(), 0o600, "is empty"),
-        ("two-lines.key", format!("{good}{good}").into_bytes(), 0o600, "64 hexadecimal"),
+        (
+            "two-lines.key",
+            format!("{good}{good}").into_bytes(),
+            0o600,
+            "64 hexadecimal",
+        ),
         ("group.key", good.clone().into_bytes(), 0o640, "chmod 600"),
         ("world.key", good.clone().into_bytes(), 0o604, "chmod 600"),
     ];
@@ -611,10 +876,16 @@ fn bad_key_files_are_rejected_with_the_path_and_the_fix() {
         write_mode(&path, content, *file_mode);
         let err = HashKey::load_or_create(&path).unwrap_err();
         let message = err.to_string();
-        assert!(message.contains(&path.display().to_string()), "{name}: {message}");
+        assert!(
+            message.contains(&path.display().to_string()),
+            "{name}: {message}"
+        );
         assert!(message.contains(hint), "{name}: {message}");
         if *file_mode != 0o600 {
-            assert!(matches!(err, KeyError::Permissions { .. }), "{name}: {err:?}");
+            assert!(
+                matches!(err, KeyError::Permissions { .. }),
+                "{name}: {err:?}"
+            );
         }
         // Never replaced.
         assert_eq!(&std::fs::read(&path).unwrap(), content, "{name}");
@@ -622,5 +893,8 @@ fn bad_key_files_are_rejected_with_the_path_and_the_fix() {
     // A directory that does not exist: the path and what to check.
     let missing = dir.path().join("no-such-dir").join("mask.key");
     let message = HashKey::load_or_create(&missing).unwrap_err().to_string();
-    assert!(message.contains("no-such-dir") && message.contains("directory exists"), "{message}");
+    assert!(
+        message.contains("no-such-dir") && message.contains("directory exists"),
+        "{message}"
+    );
 }

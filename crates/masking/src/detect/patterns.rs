@@ -63,7 +63,9 @@ pub(super) fn specs(kind: DetectorKind) -> Vec<PatternSpec> {
             check_ssn,
         )],
         DetectorKind::Iban => vec![spec(
-            format!(r"{START}[A-Z]{{2}}[0-9]{{2}}(?: ?[A-Z0-9]{{4}}){{2,7}}(?: ?[A-Z0-9]{{1,3}})?{B}"),
+            format!(
+                r"{START}[A-Z]{{2}}[0-9]{{2}}(?: ?[A-Z0-9]{{4}}){{2,7}}(?: ?[A-Z0-9]{{1,3}})?{B}"
+            ),
             None,
             check_iban,
         )],
@@ -104,7 +106,9 @@ pub(super) fn specs(kind: DetectorKind) -> Vec<PatternSpec> {
             ),
             // GitHub tokens: classic and fine-grained.
             spec(
-                format!(r"{START}(?:gh[pousr]_[A-Za-z0-9]{{36}}|github_pat_[A-Za-z0-9_]{{22,255}}){B}"),
+                format!(
+                    r"{START}(?:gh[pousr]_[A-Za-z0-9]{{36}}|github_pat_[A-Za-z0-9_]{{22,255}}){B}"
+                ),
                 None,
                 check_token,
             ),
@@ -171,7 +175,10 @@ pub(super) fn specs(kind: DetectorKind) -> Vec<PatternSpec> {
 fn before(text: &str, start: usize) -> Option<u8> {
     let b = text.as_bytes();
     let prev = *b.get(start.checked_sub(1)?)?;
-    if start >= 2 && matches!(prev, b'n' | b'r' | b't' | b'b' | b'f') && odd_backslashes(b, start - 1) {
+    if start >= 2
+        && matches!(prev, b'n' | b'r' | b't' | b'b' | b'f')
+        && odd_backslashes(b, start - 1)
+    {
         return Some(b' ');
     }
     Some(prev)
@@ -193,7 +200,13 @@ fn after_n(text: &str, end: usize, n: usize) -> Option<u8> {
 /// Whether the run of backslashes ending just before `at` is odd (so the byte at `at` is
 /// escaped).
 pub(super) fn odd_backslashes(bytes: &[u8], at: usize) -> bool {
-    bytes[..at].iter().rev().take_while(|&&c| c == b'\\').count() % 2 == 1
+    bytes[..at]
+        .iter()
+        .rev()
+        .take_while(|&&c| c == b'\\')
+        .count()
+        % 2
+        == 1
 }
 
 /// A match that starts with an escape (`\n`, consumed by [`START`]), or starts just after a
@@ -207,7 +220,8 @@ fn skip_escape(text: &str, range: Range<usize>) -> Range<usize> {
     } else if start > 0 && odd_backslashes(b, start) {
         // The match began inside an escape: `\uXXXX` or `\X`.
         let is_unicode = b.get(start) == Some(&b'u')
-            && b.get(start + 1..start + 5).is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit));
+            && b.get(start + 1..start + 5)
+                .is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit));
         start += if is_unicode { 5 } else { 1 };
     }
     start.min(range.end)..range.end
@@ -247,6 +261,7 @@ fn number_continues_after(text: &str, end: usize) -> bool {
 // ---------------------------------------------------------------------------------------------
 
 /// File extensions that look like top-level domains in `icon@2x.png`.
+#[rustfmt::skip]
 const FILE_EXTENSIONS: &[&str] = &[
     "png", "jpg", "jpeg", "gif", "svg", "webp", "ico", "bmp", "tif", "tiff", "css", "js", "mjs",
     "ts", "tsx", "jsx", "json", "map", "html", "htm", "xml", "txt", "md", "pdf", "zip", "gz",
@@ -288,7 +303,10 @@ fn check_email(text: &str, candidate: Range<usize>) -> Option<Range<usize>> {
         return None;
     }
     let tld = domain.rsplit('.').next()?;
-    if FILE_EXTENSIONS.iter().any(|ext| tld.eq_ignore_ascii_case(ext)) {
+    if FILE_EXTENSIONS
+        .iter()
+        .any(|ext| tld.eq_ignore_ascii_case(ext))
+    {
         return None;
     }
     Some(range)
@@ -296,6 +314,7 @@ fn check_email(text: &str, candidate: Range<usize>) -> Option<Range<usize>> {
 
 /// The card brands whose numbers we look for: (prefix range on the leading digits, lengths).
 /// Maestro and other debit-only ranges start with digits shared by too many other numbers.
+#[rustfmt::skip]
 const CARD_BRANDS: &[(u32, u32, u32, &[usize])] = &[
     // (digits of prefix, first, last, lengths)
     (1, 4, 4, &[13, 16, 19]),                           // Visa
@@ -333,7 +352,11 @@ fn check_card(text: &str, candidate: Range<usize>) -> Option<Range<usize>> {
     if number_continues_before(text, range.start) || number_continues_after(text, range.end) {
         return None;
     }
-    let separators: Vec<u8> = raw.iter().copied().filter(|c| !c.is_ascii_digit()).collect();
+    let separators: Vec<u8> = raw
+        .iter()
+        .copied()
+        .filter(|c| !c.is_ascii_digit())
+        .collect();
     if let Some(&sep) = separators.first() {
         // One kind of separator, groups of 3 to 6 digits (4-4-4-4, 4-6-5, 4-6-4, ...): single
         // digits separated by spaces are a list of numbers, not a card.
@@ -364,7 +387,10 @@ fn check_card(text: &str, candidate: Range<usize>) -> Option<Range<usize>> {
 fn check_ssn(text: &str, candidate: Range<usize>) -> Option<Range<usize>> {
     let range = skip_escape(text, candidate);
     let s = &text.as_bytes()[range.clone()];
-    if s.len() != 11 || number_continues_before(text, range.start) || number_continues_after(text, range.end) {
+    if s.len() != 11
+        || number_continues_before(text, range.start)
+        || number_continues_after(text, range.end)
+    {
         return None;
     }
     let area = &s[0..3];
@@ -378,6 +404,7 @@ fn check_ssn(text: &str, candidate: Range<usize>) -> Option<Range<usize>> {
 }
 
 /// IBAN lengths by country (the SWIFT registry's).
+#[rustfmt::skip]
 const IBAN_LENGTHS: &[(&str, usize)] = &[
     ("AD", 24), ("AE", 23), ("AL", 28), ("AT", 20), ("AZ", 28), ("BA", 20), ("BE", 16),
     ("BG", 22), ("BH", 22), ("BR", 29), ("BY", 28), ("CH", 21), ("CR", 22), ("CY", 28),
@@ -405,7 +432,11 @@ pub(super) fn iban_mod97(iban: &[u8]) -> bool {
             b'A'..=b'Z' => u32::from(c - b'A') + 10,
             _ => return false,
         };
-        rem = if v >= 10 { (rem * 100 + v) % 97 } else { (rem * 10 + v) % 97 };
+        rem = if v >= 10 {
+            (rem * 100 + v) % 97
+        } else {
+            (rem * 10 + v) % 97
+        };
     }
     rem == 1
 }
@@ -447,7 +478,9 @@ fn check_e164(text: &str, candidate: Range<usize>) -> Option<Range<usize>> {
     // match, then shorter ones cut at a space.
     let raw = &text.as_bytes()[candidate.clone()];
     let cuts = std::iter::once(raw.len()).chain(
-        (1..raw.len()).rev().filter(|&i| raw[i] == b' ' && raw[i - 1].is_ascii_digit()),
+        (1..raw.len())
+            .rev()
+            .filter(|&i| raw[i] == b' ' && raw[i - 1].is_ascii_digit()),
     );
     for cut in cuts {
         let end = candidate.start + cut;
@@ -511,8 +544,19 @@ fn check_aws_secret(text: &str, value: Range<usize>) -> Option<Range<usize>> {
 
 /// Values that say there is no secret here.
 const NOT_SECRETS: &[&str] = &[
-    "null", "nil", "none", "true", "false", "undefined", "redacted", "hidden", "masked",
-    "required", "optional", "string", "str",
+    "null",
+    "nil",
+    "none",
+    "true",
+    "false",
+    "undefined",
+    "redacted",
+    "hidden",
+    "masked",
+    "required",
+    "optional",
+    "string",
+    "str",
 ];
 
 /// A value that opens with a quote (`password="two words"`, `password=\"x y\"` inside a JSON
@@ -569,7 +613,8 @@ fn check_assigned_secret(text: &str, value: Range<usize>) -> Option<Range<usize>
         return None;
     }
     // Already masked, a placeholder, a template variable or a bind parameter.
-    if v.bytes().all(|c| matches!(c, b'*' | b'x' | b'X' | b'.' | b'#' | b'-'))
+    if v.bytes()
+        .all(|c| matches!(c, b'*' | b'x' | b'X' | b'.' | b'#' | b'-'))
         || NOT_SECRETS.iter().any(|n| v.eq_ignore_ascii_case(n))
         || is_bracketed_word(v)
         || v.starts_with("${")
@@ -591,11 +636,17 @@ fn is_bracketed_word(v: &str) -> bool {
         .strip_prefix('[')
         .and_then(|v| v.strip_suffix(']'))
         .or_else(|| v.strip_prefix('<').and_then(|v| v.strip_suffix('>')));
-    inner.is_some_and(|w| !w.is_empty() && w.bytes().all(|c| c.is_ascii_alphabetic() || c == b'-' || c == b'_'))
+    inner.is_some_and(|w| {
+        !w.is_empty()
+            && w.bytes()
+                .all(|c| c.is_ascii_alphabetic() || c == b'-' || c == b'_')
+    })
 }
 
 fn check_bearer(text: &str, value: Range<usize>) -> Option<Range<usize>> {
-    (value.len() >= 8).then_some(value).filter(|v| check_assigned_secret(text, v.clone()).is_some())
+    (value.len() >= 8)
+        .then_some(value)
+        .filter(|v| check_assigned_secret(text, v.clone()).is_some())
 }
 
 fn check_url_password(text: &str, value: Range<usize>) -> Option<Range<usize>> {
@@ -618,14 +669,16 @@ const JWT_BASE64: GeneralPurpose = GeneralPurpose::new(
 fn check_jwt(text: &str, candidate: Range<usize>) -> Option<Range<usize>> {
     let range = skip_escape(text, candidate);
     let next = after(text, range.end);
-    if matches!(next, Some(c) if c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.' | b'=' | b'+' | b'/')) {
+    if matches!(next, Some(c) if c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.' | b'=' | b'+' | b'/'))
+    {
         return None;
     }
     let jwt = &text[range.clone()];
     let mut segments = jwt.split('.');
     let header = JWT_BASE64.decode(segments.next()?).ok()?;
     let payload = JWT_BASE64.decode(segments.next()?).ok()?;
-    let header: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&header).ok()?;
+    let header: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&header).ok()?;
     if !header.get("alg").is_some_and(serde_json::Value::is_string) {
         return None;
     }
@@ -661,7 +714,14 @@ fn check_private_key(text: &str, begin: Range<usize>) -> Option<Range<usize>> {
     let mut end = begin.end;
     while end < b.len() {
         match b[end] {
-            c if c.is_ascii_alphanumeric() || matches!(c, b'+' | b'/' | b'=' | b' ' | b'\t' | b'\r' | b'\n' | b':' | b',' | b'-') => end += 1,
+            c if c.is_ascii_alphanumeric()
+                || matches!(
+                    c,
+                    b'+' | b'/' | b'=' | b' ' | b'\t' | b'\r' | b'\n' | b':' | b',' | b'-'
+                ) =>
+            {
+                end += 1
+            }
             b'\\' if matches!(b.get(end + 1), Some(b'n' | b'r' | b't')) => end += 2,
             _ => break,
         }

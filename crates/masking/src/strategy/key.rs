@@ -269,7 +269,7 @@ mod tests {
         assert!(parse_key(format!("{hex64}\n").as_bytes()).is_ok());
         assert!(parse_key(format!("{hex64}\r\n").as_bytes()).is_ok());
         assert!(parse_key(format!(" {hex64}").as_bytes()).is_err());
-        assert!(parse_key(hex64[..62].as_bytes()).is_err());
+        assert!(parse_key(&hex64.as_bytes()[..62]).is_err());
         assert!(parse_key(format!("{}zz", &hex64[..62]).as_bytes()).is_err());
         assert!(parse_key(&[0xff; 64]).is_err());
     }
@@ -278,6 +278,9 @@ mod tests {
     fn domains_separate_tags() {
         let key = HashKey::from_bytes([1; 32]);
         assert_ne!(key.tag(b"a\0", b"x"), key.tag(b"b\0", b"x"));
-        assert_ne!(key.tag_block(b"a\0", 0, b"x"), key.tag_block(b"a\0", 1, b"x"));
+        assert_ne!(
+            key.tag_block(b"a\0", 0, b"x"),
+            key.tag_block(b"a\0", 1, b"x")
+        );
     }
 }

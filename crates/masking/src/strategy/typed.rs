@@ -414,7 +414,15 @@ mod tests {
 
     #[test]
     fn numeric_binary_round_trips_through_text() {
-        for n in [0u64, 1, 9_999, 10_000, 12_345_678, 100_000_000, i64::MAX as u64] {
+        for n in [
+            0u64,
+            1,
+            9_999,
+            10_000,
+            12_345_678,
+            100_000_000,
+            i64::MAX as u64,
+        ] {
             let bin = numeric_binary_from_u64(n);
             assert_eq!(numeric_binary_to_text(&bin).unwrap(), n.to_string(), "{n}");
         }
@@ -435,7 +443,8 @@ mod tests {
             format: ValueFormat::Text,
             keep_last: 4,
         };
-        let out = |v: &str| String::from_utf8(mask.mask(v.as_bytes()).unwrap().into_owned()).unwrap();
+        let out =
+            |v: &str| String::from_utf8(mask.mask(v.as_bytes()).unwrap().into_owned()).unwrap();
         assert_eq!(out("123456789"), "6789");
         assert_eq!(out("-123456789"), "6789");
         assert_eq!(out("1234"), "0");
