@@ -376,10 +376,11 @@ impl Tracer {
                 continue;
             };
             let v = self.expr(call, &scope).derived();
-            let function = match &call.node {
-                Some(N::FuncCall(fc)) => fc.funcname.last().and_then(string),
-                _ => None,
+            let parts: Vec<&str> = match &call.node {
+                Some(N::FuncCall(fc)) => fc.funcname.iter().filter_map(string).collect(),
+                _ => Vec::new(),
             };
+            let function = parts.last().copied();
             if first_name.is_none() {
                 first_name = function.map(Arc::from);
             }
@@ -396,7 +397,9 @@ impl Tracer {
                 Some(N::FuncCall(fc)) => fc.args.len(),
                 _ => 0,
             };
-            let known = function.and_then(|name| {
+            // Only PostgreSQL's own: a function of that name elsewhere may return anything.
+            let built_in = matches!(parts.as_slice(), [_] | ["pg_catalog", _]);
+            let known = function.filter(|_| built_in).and_then(|name| {
                 FROM_FUNCTIONS
                     .iter()
                     .find(|(n, _)| *n == name)
