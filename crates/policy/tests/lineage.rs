@@ -819,6 +819,47 @@ fn cases() -> Vec<Case> {
             vec![],
         ),
         case(
+            "SELECT data FROM pg_logical_slot_peek_changes('slot', NULL, NULL)",
+            "logical decoding returns any table's changes: opaque though built in",
+            Some(vec![derived(vec![opaque("pg_logical_slot_peek_changes")])]),
+            vec![],
+            vec![],
+        ),
+        case(
+            "SELECT lo_get(42)",
+            "a large object's contents",
+            Some(vec![derived(vec![opaque("lo_get")])]),
+            vec![],
+            vec![server_file("lo_get")],
+        ),
+        case(
+            "SELECT j.ssn, x.id FROM (customers c JOIN orders o ON o.customer_id = c.id) AS j, a JOIN b USING (id) AS x",
+            "a join's alias reaches its sides; a USING alias its merged columns",
+            Some(vec![
+                plain(vec![any("ssn")]),
+                plain(vec![col("a", "id"), col("b", "id")]),
+            ]),
+            vec![col("orders", "customer_id"), col("customers", "id")],
+            vec![],
+        ),
+        case(
+            "UPDATE t SET a = u.ssn FROM u WHERE u.id = t.id RETURNING old.a, new.a",
+            "RETURNING old and new: the value before, and the value written",
+            Some(vec![
+                plain(vec![col("t", "a")]),
+                derived(vec![col("t", "a"), col("u", "ssn")]),
+            ]),
+            vec![col("u", "id"), col("t", "id")],
+            vec![stores(vec![col("u", "ssn")])],
+        ),
+        case(
+            "SELECT x.n FROM (SELECT ssn AS n FROM a UNION SELECT * FROM b) x",
+            "a set operation over a star, used by name: the star's column of that name or the other branch",
+            Some(vec![derived(vec![col("b", "n"), col("a", "ssn")])]),
+            vec![],
+            vec![],
+        ),
+        case(
             "ALTER TABLE t ALTER COLUMN c TYPE text USING set_config('x', ssn, false)",
             "an expression that runs over a table's rows in DDL keeps its side channels",
             None,

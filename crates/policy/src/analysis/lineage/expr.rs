@@ -29,8 +29,27 @@ const SERVER_FILE_FUNCTIONS: &[&str] = &[
 ];
 
 /// Functions that keep their arguments' values where the client can read them later: settings,
-/// notifications, large objects.
-const STORING_FUNCTIONS: &[&str] = &["lo_from_bytea", "lo_put", "lowrite", "pg_notify", "set_config"];
+/// notifications, large objects, messages in the write-ahead log.
+const STORING_FUNCTIONS: &[&str] = &[
+    "lo_from_bytea",
+    "lo_put",
+    "lowrite",
+    "pg_logical_emit_message",
+    "pg_notify",
+    "set_config",
+];
+
+/// Built-in functions whose result carries data read by other means than their arguments:
+/// taken as opaque, like functions that are not built in. Logical decoding returns the changes
+/// to any table; large objects may hold whatever was stored in them.
+const OPAQUE_BUILTINS: &[&str] = &[
+    "lo_get",
+    "loread",
+    "pg_logical_slot_get_binary_changes",
+    "pg_logical_slot_get_changes",
+    "pg_logical_slot_peek_binary_changes",
+    "pg_logical_slot_peek_changes",
+];
 
 /// Hands each child of a node to [`Tracer::expr`] and unions what they carry.
 struct Gather<'t, 's> {
@@ -148,7 +167,7 @@ impl Tracer {
                 [.., schema, _] => *schema == "pg_catalog",
                 [] => false,
             };
-            if !(catalog && pg_builtins::is_builtin(last)) {
+            if !(catalog && pg_builtins::is_builtin(last)) || OPAQUE_BUILTINS.contains(&last) {
                 let opaque = SourceColumn::Opaque { function: written };
                 super::add(&mut self.reads, opaque.clone());
                 v.add(opaque);

@@ -186,14 +186,12 @@ impl Col {
             Out::Star(rel) => Val::plain(column(rel)),
             Out::Value(v) => v.clone(),
             Out::Many { stars, val } => {
-                let mut v = Val::alternatives();
-                for rel in stars {
-                    v.add(column(rel));
-                }
-                if !val.sources.is_empty() {
-                    v.absorb(val.clone());
-                    v.plain = false;
-                }
+                let mut v = Val {
+                    sources: stars.iter().map(column).collect(),
+                    // Plain only when it is certainly some table's column.
+                    plain: !stars.is_empty() && val.sources.is_empty(),
+                };
+                v.absorb(val.clone());
                 v
             }
         };
