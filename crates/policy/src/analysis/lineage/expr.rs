@@ -167,7 +167,11 @@ impl Tracer {
                 [.., schema, _] => *schema == "pg_catalog",
                 [] => false,
             };
-            if !(catalog && pg_builtins::is_builtin(last)) || OPAQUE_BUILTINS.contains(&last) {
+            // A function that runs SQL text returns whatever that SQL reads, built in or not.
+            let opaque = !(catalog && pg_builtins::is_builtin(last))
+                || OPAQUE_BUILTINS.contains(&last)
+                || super::super::runs_dynamic_sql(last);
+            if opaque {
                 let opaque = SourceColumn::Opaque { function: written };
                 super::add(&mut self.reads, opaque.clone());
                 v.add(opaque);
