@@ -881,7 +881,11 @@ fn lineage_table() {
             continue;
         };
         if lineage.statements.len() != 1 {
-            problems.push(format!("{}: {} statements", c.sql, lineage.statements.len()));
+            problems.push(format!(
+                "{}: {} statements",
+                c.sql,
+                lineage.statements.len()
+            ));
         }
         if st.outputs != c.outputs {
             problems.push(format!(
@@ -962,7 +966,11 @@ fn lineage_is_for_postgres_texts_that_parse() {
 
 #[test]
 fn deep_nesting_never_panics() {
-    let parens = format!("SELECT {}ssn{} FROM customers", "(".repeat(1000), ")".repeat(1000));
+    let parens = format!(
+        "SELECT {}ssn{} FROM customers",
+        "(".repeat(1000),
+        ")".repeat(1000)
+    );
     let l = lineage_of(&parens);
     assert_eq!(
         l.statements[0].outputs,

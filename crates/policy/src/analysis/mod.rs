@@ -113,9 +113,7 @@ pub fn analyze_shaped(sql: &str, ctx: &ReadingContext, shape: &Shape) -> (Analys
 /// when the text does not parse, and for MySQL (whose lineage is not traced yet).
 pub fn lineage(sql: &str, ctx: &ReadingContext) -> Option<Lineage> {
     match ctx.dialect {
-        Dialect::Postgres => {
-            std::panic::catch_unwind(|| postgres::lineage(sql)).unwrap_or(None)
-        }
+        Dialect::Postgres => std::panic::catch_unwind(|| postgres::lineage(sql)).unwrap_or(None),
         Dialect::Mysql => None,
     }
 }

@@ -712,11 +712,21 @@ fn judgements_carry_the_lineage_of_the_analysis() {
         "delete from orders",
     ] {
         let j = engine.judge(&ctx, sql);
-        let lineage = j.lineage.as_deref().unwrap_or_else(|| panic!("{sql}: no lineage"));
-        assert_eq!(Some(lineage), crate::analysis::lineage(sql, &reading).as_ref(), "{sql}");
+        let lineage = j
+            .lineage
+            .as_deref()
+            .unwrap_or_else(|| panic!("{sql}: no lineage"));
+        assert_eq!(
+            Some(lineage),
+            crate::analysis::lineage(sql, &reading).as_ref(),
+            "{sql}"
+        );
     }
     let j = engine.judge(&ctx, "selec 1");
-    assert!(j.lineage.is_none(), "a text that does not parse has no lineage");
+    assert!(
+        j.lineage.is_none(),
+        "a text that does not parse has no lineage"
+    );
 }
 
 #[test]

@@ -12,12 +12,19 @@ use super::scope::{Item, Scope, Written};
 use super::{names, relation_name, whole, Col, Out, Tracer, Val};
 
 impl Tracer {
-    pub(super) fn insert(&mut self, s: &pb::InsertStmt, outer: Option<&Scope<'_>>) -> Option<Vec<Col>> {
+    pub(super) fn insert(
+        &mut self,
+        s: &pb::InsertStmt,
+        outer: Option<&Scope<'_>>,
+    ) -> Option<Vec<Col>> {
         let mark = self.ctes.len();
         if let Some(with) = &s.with_clause {
             self.with(with, outer);
         }
-        let outputs = s.relation.as_ref().and_then(|rv| self.insert_into(s, rv, outer));
+        let outputs = s
+            .relation
+            .as_ref()
+            .and_then(|rv| self.insert_into(s, rv, outer));
         self.ctes.truncate(mark);
         outputs
     }
@@ -71,7 +78,11 @@ impl Tracer {
         Some(self.returning(returning, &rel, &mut items, outer))
     }
 
-    pub(super) fn update(&mut self, s: &pb::UpdateStmt, outer: Option<&Scope<'_>>) -> Option<Vec<Col>> {
+    pub(super) fn update(
+        &mut self,
+        s: &pb::UpdateStmt,
+        outer: Option<&Scope<'_>>,
+    ) -> Option<Vec<Col>> {
         let mark = self.ctes.len();
         if let Some(with) = &s.with_clause {
             self.with(with, outer);
@@ -101,7 +112,11 @@ impl Tracer {
         outputs
     }
 
-    pub(super) fn delete(&mut self, s: &pb::DeleteStmt, outer: Option<&Scope<'_>>) -> Option<Vec<Col>> {
+    pub(super) fn delete(
+        &mut self,
+        s: &pb::DeleteStmt,
+        outer: Option<&Scope<'_>>,
+    ) -> Option<Vec<Col>> {
         let mark = self.ctes.len();
         if let Some(with) = &s.with_clause {
             self.with(with, outer);
@@ -125,7 +140,11 @@ impl Tracer {
         outputs
     }
 
-    pub(super) fn merge(&mut self, s: &pb::MergeStmt, outer: Option<&Scope<'_>>) -> Option<Vec<Col>> {
+    pub(super) fn merge(
+        &mut self,
+        s: &pb::MergeStmt,
+        outer: Option<&Scope<'_>>,
+    ) -> Option<Vec<Col>> {
         let mark = self.ctes.len();
         if let Some(with) = &s.with_clause {
             self.with(with, outer);
@@ -272,4 +291,3 @@ impl Tracer {
         self.hazard(Hazard::CopyTo { reads: relations });
     }
 }
-

@@ -250,7 +250,10 @@ impl Tracer {
                 .ok()
                 .and_then(|c| c.checked_sub(1))
                 .and_then(|i| row.args.get(i));
-            if let (Some(e), true) = (element, row.args.len() == usize::try_from(m.ncolumns).unwrap_or(0)) {
+            if let (Some(e), true) = (
+                element,
+                row.args.len() == usize::try_from(m.ncolumns).unwrap_or(0),
+            ) {
                 return self.expr(e, scope).derived();
             }
         }

@@ -123,10 +123,7 @@ enum Out {
     /// An unknown number of columns (`*` over a join with USING, a set operation over `*`, a
     /// function in FROM whose columns are not declared): each is a column of one of `stars`, or
     /// carries some of `val`'s sources.
-    Many {
-        stars: Vec<RelationName>,
-        val: Val,
-    },
+    Many { stars: Vec<RelationName>, val: Val },
 }
 
 /// An output with the name a later reference may use.
@@ -583,8 +580,8 @@ mod tests {
     #[ignore = "a measurement"]
     fn point_select_timing() {
         let sql = "SELECT id, name FROM accounts WHERE id = $1";
-        let parsed = super::super::pg_parse::parse(sql, pg_query::ParserOptions::DEFAULT)
-            .expect("parses");
+        let parsed =
+            super::super::pg_parse::parse(sql, pg_query::ParserOptions::DEFAULT).expect("parses");
         let stmt = parsed.stmts[0].stmt.as_deref().expect("a statement");
         let runs = 100_000u32;
         let start = std::time::Instant::now();
@@ -595,7 +592,11 @@ mod tests {
         let start = std::time::Instant::now();
         for _ in 0..runs {
             std::hint::black_box(
-                super::super::pg_parse::parse(std::hint::black_box(sql), pg_query::ParserOptions::DEFAULT).ok(),
+                super::super::pg_parse::parse(
+                    std::hint::black_box(sql),
+                    pg_query::ParserOptions::DEFAULT,
+                )
+                .ok(),
             );
         }
         let parse = start.elapsed() / runs;

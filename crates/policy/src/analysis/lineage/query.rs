@@ -147,7 +147,10 @@ impl Tracer {
                 continue;
             };
             if let Some(N::ColumnRef(c)) = &val.node {
-                if matches!(c.fields.last().and_then(|f| f.node.as_ref()), Some(N::AStar(_))) {
+                if matches!(
+                    c.fields.last().and_then(|f| f.node.as_ref()),
+                    Some(N::AStar(_))
+                ) {
                     self.star(&c.fields, scope, &mut cols);
                     continue;
                 }
@@ -216,7 +219,10 @@ impl Tracer {
                 let name = c.fields.first().and_then(string);
                 let mut v = Val::default();
                 let mut output = false;
-                for col in cols.iter().filter(|c| name.is_some() && c.name.as_deref() == name) {
+                for col in cols
+                    .iter()
+                    .filter(|c| name.is_some() && c.name.as_deref() == name)
+                {
                     output = true;
                     col.whole(&mut v);
                 }
@@ -289,10 +295,9 @@ impl Tracer {
                     .columns
                     .iter()
                     .filter_map(|c| match &c.node {
-                        Some(N::RangeTableFuncCol(col)) => Some(Col::value(
-                            Some(Arc::from(col.colname.as_str())),
-                            v.clone(),
-                        )),
+                        Some(N::RangeTableFuncCol(col)) => {
+                            Some(Col::value(Some(Arc::from(col.colname.as_str())), v.clone()))
+                        }
                         _ => None,
                     })
                     .collect();
@@ -715,4 +720,3 @@ fn json_table_columns(columns: &[pb::Node], into: &mut Vec<Arc<str>>, depth: usi
         }
     }
 }
-

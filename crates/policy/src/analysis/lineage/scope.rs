@@ -90,7 +90,10 @@ pub(super) enum Kind {
     /// A subquery, CTE reference, function, VALUES, ...: its outputs.
     Derived { cols: Rc<[Col]>, pending: bool },
     /// The alias of a join, over the items at `members` of the same list.
-    Join { members: Range<usize>, renamed: bool },
+    Join {
+        members: Range<usize>,
+        renamed: bool,
+    },
     /// The merged columns of a JOIN ... USING (or NATURAL JOIN, whose columns are unknown).
     Using { cols: Vec<(Arc<str>, Val)> },
 }
@@ -114,7 +117,10 @@ impl Item {
         let rel = relation_name(rv);
         let alias = rv.alias.as_ref().filter(|a| !a.aliasname.is_empty());
         Item {
-            name: alias.map_or_else(|| Arc::clone(&rel.name), |a| Arc::from(a.aliasname.as_str())),
+            name: alias.map_or_else(
+                || Arc::clone(&rel.name),
+                |a| Arc::from(a.aliasname.as_str()),
+            ),
             schema: if alias.is_some() {
                 None
             } else {
@@ -239,8 +245,12 @@ pub(super) fn column(scope: &Scope<'_>, fields: &[pb::Node]) -> Val {
         }
         [Part::Name(t), Part::Star] => whole_named(scope, None, t),
         [Part::Name(s), Part::Name(t), Part::Star]
-        | [Part::Name(_), Part::Name(s), Part::Name(t), Part::Star] => whole_named(scope, Some(s), t),
-        [Part::Name(t), Part::Name(c)] => qualified(scope, None, t, c).unwrap_or_else(|| unknown(c)),
+        | [Part::Name(_), Part::Name(s), Part::Name(t), Part::Star] => {
+            whole_named(scope, Some(s), t)
+        }
+        [Part::Name(t), Part::Name(c)] => {
+            qualified(scope, None, t, c).unwrap_or_else(|| unknown(c))
+        }
         // schema.table.column, else table.column.field.
         [Part::Name(a), Part::Name(b), Part::Name(c)] => qualified(scope, Some(a), b, c)
             .or_else(|| qualified(scope, None, a, b).map(Val::derived))
