@@ -139,4 +139,8 @@ pub struct Analysis {
     /// only in literal values, whitespace or comments share it, so the audit trail can group
     /// them. `None` when the text could not be parsed.
     pub fingerprint: Option<String>,
+    /// Where each statement's result values come from, one entry per statement: what masking
+    /// reads. `None` when the text could not be parsed, and for MySQL (not traced yet).
+    #[serde(skip)]
+    pub lineage: Option<std::sync::Arc<gateway_core::masking::Lineage>>,
 }

@@ -9,13 +9,17 @@
 //! The entry point is [`analyze`]; it never panics, whatever the input.
 
 mod filter;
+mod lineage;
 mod mysql;
+mod pg_builtins;
 mod pg_nodes;
 mod pg_parse;
 mod postgres;
 mod shape;
 
 pub use shape::Shape;
+
+use gateway_core::masking::Lineage;
 
 use crate::facts::{
     Analysis, Class, FailureKind, Filter, ObjectName, ParseFailure, StatementFacts,
@@ -103,6 +107,17 @@ pub fn analyze_shaped(sql: &str, ctx: &ReadingContext, shape: &Shape) -> (Analys
     }
 }
 
+/// The lineage of `sql` as read in `ctx`: for each statement, in order, where its result values
+/// come from (see [`gateway_core::masking::Lineage`]). The same as [`analyze`] gives in
+/// [`Analysis::lineage`], without the rest of the analysis; for reading view definitions. `None`
+/// when the text does not parse, and for MySQL (whose lineage is not traced yet).
+pub fn lineage(sql: &str, ctx: &ReadingContext) -> Option<Lineage> {
+    match ctx.dialect {
+        Dialect::Postgres => std::panic::catch_unwind(|| postgres::lineage(sql)).unwrap_or(None),
+        Dialect::Mysql => None,
+    }
+}
+
 /// The failure reported when a parser panics (it should not; the text is refused regardless).
 const INTERNAL_FAILURE: &str = "the SQL analyser failed on this statement text";
 
@@ -116,6 +131,7 @@ fn failed(kind: FailureKind, message: String, position: Option<usize>) -> Analys
             position,
         }),
         fingerprint: None,
+        lineage: None,
     }
 }
 

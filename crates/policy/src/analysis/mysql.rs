@@ -147,6 +147,7 @@ pub(super) fn analyze(sql: &str, ctx: &ReadingContext) -> Analysis {
                 statements: facts,
                 failure: None,
                 fingerprint: fingerprint(&dialect, &text),
+                lineage: None,
             }
         }
         Err(e) => statement_by_statement(&dialect, &text, &walker, &e),
@@ -204,6 +205,7 @@ fn statement_by_statement(
         statements: facts,
         failure: None,
         fingerprint: fingerprint(dialect, text),
+        lineage: None,
     }
 }
 

@@ -19,7 +19,12 @@ use serde_json::Value as Json;
 use super::pg_nodes::{self, Visit};
 use super::pg_parse::{self, ParseError};
 
+use std::sync::Arc;
+
+use gateway_core::masking::Lineage;
+
 use super::filter::{self, Const};
+use super::lineage as trace;
 use super::{failed, Collector, ReadingContext};
 use crate::facts::{Analysis, Class, FailureKind, Filter, ObjectName, ParseFailure};
 
@@ -58,6 +63,7 @@ pub(super) fn analyze_shaped(
         }
     };
     let mut statements = Vec::with_capacity(parsed.stmts.len());
+    let mut lineages = Vec::with_capacity(parsed.stmts.len());
     let mut constants = Vec::new();
     let mut literal_sensitive = false;
     for raw in &parsed.stmts {
@@ -80,12 +86,14 @@ pub(super) fn analyze_shaped(
                 statements: Vec::new(),
                 failure: Some(failure),
                 fingerprint: None,
+                lineage: None,
             };
             return (analysis, false);
         }
         constants = walker.constants;
         literal_sensitive |= walker.literal_sensitive;
         statements.push(acc.finish());
+        lineages.push(trace::statement(stmt));
     }
     let shareable = !literal_sensitive && {
         constants.sort_unstable();
@@ -97,8 +105,26 @@ pub(super) fn analyze_shaped(
         statements,
         failure: None,
         fingerprint: fingerprint(sql),
+        lineage: Some(Arc::new(Lineage {
+            statements: lineages,
+        })),
     };
     (analysis, shareable)
+}
+
+/// The lineage of each statement of a PostgreSQL text; `None` when it does not parse.
+pub(super) fn lineage(sql: &str) -> Option<Lineage> {
+    if sql.contains('\0') {
+        return None;
+    }
+    let parsed = pg_parse::parse(sql, pg_query::ParserOptions::DEFAULT).ok()?;
+    let statements = parsed
+        .stmts
+        .iter()
+        .filter_map(|raw| raw.stmt.as_deref())
+        .map(trace::statement)
+        .collect();
+    Some(Lineage { statements })
 }
 
 /// pg_query's fingerprint: PostgreSQL's own tree with constants, aliases and layout ignored (the

@@ -693,6 +693,43 @@ fn a_stricter_policy_applies_to_open_sessions_at_once() {
 }
 
 #[test]
+fn judgements_carry_the_lineage_of_the_analysis() {
+    let engine = engine(RULES);
+    let id = identity("ann", &["analyst"]);
+    let t = targets();
+    let target = t.iter().find(|x| x.name == "app-prod").unwrap();
+    let ctx = StatementContext {
+        identity: &id,
+        target,
+        access: Access::ReadOnly,
+        settings: &SqlSettings::default(),
+    };
+    let reading = crate::analysis::ReadingContext::new(crate::analysis::Dialect::Postgres);
+    // Allowed, denied by a rule, and denied by a guardrail: each carries the text's lineage.
+    for sql in [
+        "select id from orders where id = 1; select 2",
+        "insert into orders values (1)",
+        "delete from orders",
+    ] {
+        let j = engine.judge(&ctx, sql);
+        let lineage = j
+            .lineage
+            .as_deref()
+            .unwrap_or_else(|| panic!("{sql}: no lineage"));
+        assert_eq!(
+            Some(lineage),
+            crate::analysis::lineage(sql, &reading).as_ref(),
+            "{sql}"
+        );
+    }
+    let j = engine.judge(&ctx, "selec 1");
+    assert!(
+        j.lineage.is_none(),
+        "a text that does not parse has no lineage"
+    );
+}
+
+#[test]
 fn default_schema_is_part_of_the_cache_key() {
     let engine = engine(RULES);
     let row: Row = (
@@ -918,6 +955,12 @@ fn decisions_by_shape_match_each_texts_own() {
                 text.push_str(&part[1..]);
             }
             let by_shape = shared.judge(&ctx, &text);
+            // Lineage never reads a literal: the shape's lineage is the text's own.
+            assert_eq!(
+                by_shape.lineage.as_deref(),
+                crate::analysis::lineage(&text, &reading).as_ref(),
+                "{text:?} (a variant of {sql:?})"
+            );
             let own = engine(RULES).explain(&id, target, &settings, &text);
             assert_eq!(
                 (
