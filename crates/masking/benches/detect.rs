@@ -72,6 +72,13 @@ fn bench(c: &mut Criterion) {
     group.bench_function("json_2kb_4_emails", |b| {
         b.iter(|| detectors.redact_json(black_box(&json_findings)))
     });
+    // The same without the prefilter: every pattern through the RegexSet.
+    group.bench_function("sentence_200b_clean_no_prefilter", |b| {
+        b.iter(|| detectors.find_without_prefilter(black_box(SENTENCE)))
+    });
+    group.bench_function("json_2kb_clean_no_prefilter", |b| {
+        b.iter(|| detectors.find_without_prefilter(black_box(&json_clean)))
+    });
     group.finish();
     // What each detector alone costs on the clean JSON document.
     let mut group = c.benchmark_group("detect_one_kind");
