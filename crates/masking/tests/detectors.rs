@@ -594,3 +594,45 @@ fn spliced_texts_redact_safely() {
         }
     }
 }
+
+/// Long hostile values: each would take minutes if some candidate were re-scanned from every
+/// position (quadratic time); they must take about as long as any text of their size. Nothing is
+/// timed here (speed is measured in the benchmark): a quadratic case shows up as a test that
+/// does not finish.
+#[test]
+fn long_hostile_values_are_scanned_in_linear_time() {
+    const N: usize = 200_000;
+    let texts = [
+        format!("{}@example.com", "a".repeat(N)),
+        format!("{}@{}.com", "a".repeat(N / 2), "b".repeat(N / 2)),
+        format!("password={}", "x".repeat(N)),
+        format!("password=\"{}", "x y ".repeat(N / 4)),
+        format!("Authorization: Bearer {}", "a".repeat(N)),
+        "-----BEGIN PRIVATE KEY-----!".repeat(N / 28),
+        format!("{}jane@example.com", "\\".repeat(N)),
+        "4111 ".repeat(N / 5),
+        "415-555-".repeat(N / 8),
+        "+1 ".repeat(N / 3),
+        "DE89 ".repeat(N / 5),
+        "eyJhbGciOiJub25lIn0.".repeat(N / 20),
+        format!("eyJ{}.eyJ{}.", "A".repeat(N / 2), "B".repeat(N / 2)),
+        "x://u:p@".repeat(N / 8),
+        format!("https://{}:{}@", "u".repeat(N / 2), "p".repeat(N / 2)),
+        "a@b.".repeat(N / 4),
+        "\"password\": ".repeat(N / 12),
+    ];
+    let detectors = Detectors::all();
+    for text in &texts {
+        let t0 = std::time::Instant::now();
+        let redacted = detectors.redact(text);
+        eprintln!(
+            "TIMING {:?} {:?}",
+            &text[..20.min(text.len())],
+            t0.elapsed()
+        );
+        let json = serde_json::json!({ "v": text }).to_string();
+        let out = detectors.redact_json(&json);
+        serde_json::from_str::<serde_json::Value>(&out).unwrap();
+        assert!(redacted.len() <= text.len() + 16 * detectors.find(text).len());
+    }
+}
