@@ -7,7 +7,7 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use masking::detect::Detectors;
+use masking::detect::{DetectorKind, Detectors};
 
 const SENTENCE: &str = "The quarterly report was reviewed by the finance team on Tuesday, and \
      the remaining questions about shipping costs, supplier contracts and the new warehouse in \
@@ -17,9 +17,13 @@ const SENTENCE_WITH_EMAIL: &str = "The quarterly report was reviewed by the fina
      Tuesday; send the remaining questions about shipping costs and supplier contracts to \
      jane.doe@example.com before the next meeting in Rotterdam.";
 
+const SENTENCE_NON_ASCII: &str = "Der Quartalsbericht wurde am Dienstag vom Finanzteam geprüft; \
+     die offenen Fragen zu Versandkosten, Lieferverträgen und dem neuen Lager in Köln \
+     besprechen wir beim nächsten Treffen. 次回の会議で話し合います。";
+
 fn json_document(findings: bool) -> String {
     let mut items = Vec::new();
-    for i in 0..12 {
+    for i in 0..14 {
         let contact = if findings && i % 4 == 0 {
             format!("customer{i}@example.org")
         } else {
@@ -49,7 +53,16 @@ fn bench(c: &mut Criterion) {
         "{}",
         SENTENCE.len()
     );
-    assert!(json_clean.len() > 1900, "{}", json_clean.len());
+    assert!(
+        (1900..2300).contains(&json_clean.len()),
+        "{}",
+        json_clean.len()
+    );
+    eprintln!(
+        "sentence: {} bytes, JSON: {} bytes",
+        SENTENCE.len(),
+        json_clean.len()
+    );
     let mut group = c.benchmark_group("detect");
     group.bench_function("sentence_200b_clean", |b| {
         b.iter(|| detectors.redact(black_box(SENTENCE)))
@@ -60,9 +73,21 @@ fn bench(c: &mut Criterion) {
     group.bench_function("json_2kb_clean", |b| {
         b.iter(|| detectors.redact_json(black_box(&json_clean)))
     });
-    group.bench_function("json_2kb_3_emails", |b| {
+    group.bench_function("json_2kb_4_emails", |b| {
         b.iter(|| detectors.redact_json(black_box(&json_findings)))
     });
+    group.bench_function("sentence_200b_non_ascii", |b| {
+        b.iter(|| detectors.redact(black_box(SENTENCE_NON_ASCII)))
+    });
+    group.finish();
+    // What each detector alone costs on the clean JSON document.
+    let mut group = c.benchmark_group("detect_one_kind");
+    for &kind in DetectorKind::all() {
+        let one = Detectors::new(&[kind]);
+        group.bench_function(format!("json_2kb_clean_{}", kind.name()), |b| {
+            b.iter(|| one.redact_json(black_box(&json_clean)))
+        });
+    }
     group.finish();
 }
 

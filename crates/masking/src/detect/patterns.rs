@@ -37,7 +37,7 @@ const START: &str = r"(?:(?-u:\b)|\\[nrtbf])";
 const B: &str = r"(?-u:\b)";
 /// Between a key and its value: optional closing quote (escaped inside a JSON string), then
 /// `=`, `:`, `:=` or `=>`, then an optional opening quote.
-const ASSIGN: &str = r#"\\?["']?[ \t]*(?::=|=>|=|:)[ \t]*(?:\\?["'])?"#;
+const ASSIGN: &str = r#"\\?["']?[ \t]{0,16}(?::=|=>|=|:)[ \t]{0,16}(?:\\?["'])?"#;
 
 pub(super) fn specs(kind: DetectorKind) -> Vec<PatternSpec> {
     let spec = |regex: String, group: Option<usize>, check: Check| PatternSpec {
@@ -48,7 +48,8 @@ pub(super) fn specs(kind: DetectorKind) -> Vec<PatternSpec> {
     };
     match kind {
         DetectorKind::Email => vec![spec(
-            r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,24}".into(),
+            r"[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63}){0,8}\.[A-Za-z]{2,24}"
+                .into(),
             None,
             check_email,
         )],
@@ -133,20 +134,20 @@ pub(super) fn specs(kind: DetectorKind) -> Vec<PatternSpec> {
             // `password=...`, `"api_key": "..."`, `client_secret: ...`: the value only.
             spec(
                 format!(
-                    r#"{START}(?i:(?:[a-z0-9]+[_.-])*(?:password|passwd|passphrase|pass_phrase|secret|client[_-]?secret|secret[_-]?key|api[_-]?key|apikey|api[_-]?token|access[_-]?token|auth[_-]?token|refresh[_-]?token|private[_-]?token)){B}{ASSIGN}((?:[^\s"'\\,;&<>]|\\[^"'\s])+)"#
+                    r#"{START}(?i:(?:[a-z0-9]{{1,32}}[_.-]){{0,4}}(?:password|passwd|passphrase|pass_phrase|secret|client[_-]?secret|secret[_-]?key|api[_-]?key|apikey|api[_-]?token|access[_-]?token|auth[_-]?token|refresh[_-]?token|private[_-]?token)){B}{ASSIGN}((?:[^\s"'\\,;&<>]|\\[^"'\s]){{1,256}})"#
                 ),
                 Some(1),
                 check_assigned_secret,
             ),
             // `Authorization: Bearer <token>`: the token only.
             spec(
-                format!(r"(?i:authorization){ASSIGN}(?i:bearer)[ \t]+([A-Za-z0-9._~+/-]+=*)"),
+                format!(r"(?i:authorization){ASSIGN}(?i:bearer)[ \t]{{1,16}}([A-Za-z0-9._~+/-]{{1,256}}={{0,2}})"),
                 Some(1),
                 check_bearer,
             ),
             // Credentials in a URL: scheme://user:password@host, the password only.
             spec(
-                r#"[A-Za-z][A-Za-z0-9+.-]*://[^\s/:@"'\\]+:([^\s/@"'\\]+)@"#.into(),
+                r#"[A-Za-z][A-Za-z0-9+.-]{0,31}://[^\s/:@"'\\]{1,128}:([^\s/@"'\\]{1,256})@"#.into(),
                 Some(1),
                 check_url_password,
             ),
@@ -281,6 +282,12 @@ fn check_email(text: &str, candidate: Range<usize>) -> Option<Range<usize>> {
     {
         return None;
     }
+    // A local part longer than 64 characters (the pattern takes at most 64): not an address.
+    if matches!(before_n(text, range.start, 1), Some(c) if c.is_ascii_alphanumeric() || b"._%+-".contains(&c))
+        && !(range.start >= 2 && odd_backslashes(text.as_bytes(), range.start - 1))
+    {
+        return None;
+    }
     // The address continues as a domain would (`a@b.com2`, `a@b.com-x`) or is a longer word.
     let next = after(text, range.end);
     if matches!(next, Some(c) if c.is_ascii_alphanumeric() || c == b'-' || c == b'_' || c == b'@') {
@@ -296,10 +303,15 @@ fn check_email(text: &str, candidate: Range<usize>) -> Option<Range<usize>> {
     }
     // `scheme://user:password@host`: the user information of a URL (its password is the
     // secret detector's), not an address.
-    let token_start = text[..range.start]
+    let mut window_start = range.start.saturating_sub(256);
+    while !text.is_char_boundary(window_start) {
+        window_start += 1;
+    }
+    let window = &text[window_start..range.start];
+    let token = window
         .rfind(|c: char| c.is_whitespace() || c == '"' || c == '\'')
-        .map_or(0, |i| i + 1);
-    if text[token_start..range.start].contains("://") {
+        .map_or(window, |i| &window[i + 1..]);
+    if token.contains("://") {
         return None;
     }
     let tld = domain.rsplit('.').next()?;
@@ -591,7 +603,48 @@ fn extend_quoted(text: &str, value: Range<usize>) -> Range<usize> {
     value
 }
 
+/// The pattern takes at most 256 characters of a value: a longer one (a long token) runs on to
+/// where its characters end, so that no tail of it is left readable.
+fn extend_long_value(
+    text: &str,
+    value: Range<usize>,
+    is_value_char: fn(u8) -> bool,
+) -> Range<usize> {
+    if value.len() < 256 {
+        return value;
+    }
+    let b = text.as_bytes();
+    let mut end = value.end;
+    while end < b.len() {
+        match b[end] {
+            b'\\'
+                if b.get(end + 1)
+                    .is_some_and(|&c| !matches!(c, b'"' | b'\'') && !c.is_ascii_whitespace()) =>
+            {
+                end += 2
+            }
+            b'\\' => break,
+            c if is_value_char(c) => end += 1,
+            _ => break,
+        }
+    }
+    // Whole characters: a multi-byte character's bytes are all >= 0x80 and taken together.
+    while !text.is_char_boundary(end) {
+        end += 1;
+    }
+    value.start..end
+}
+
+fn is_assigned_value_char(c: u8) -> bool {
+    !c.is_ascii_whitespace() && !matches!(c, b'"' | b'\'' | b',' | b';' | b'&' | b'<' | b'>')
+}
+
+fn is_bearer_char(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'~' | b'+' | b'/' | b'-' | b'=')
+}
+
 fn check_assigned_secret(text: &str, value: Range<usize>) -> Option<Range<usize>> {
+    let value = extend_long_value(text, value, is_assigned_value_char);
     let extended = extend_quoted(text, value.clone());
     let value = if extended != value {
         extended
@@ -600,10 +653,11 @@ fn check_assigned_secret(text: &str, value: Range<usize>) -> Option<Range<usize>
         // or a template is not part of the value, unless the value opened it (`[email]`).
         let mut trimmed = &text[value.clone()];
         for (open, close) in [('{', '}'), ('[', ']'), ('(', ')')] {
-            while trimmed.ends_with(close)
-                && trimmed.matches(open).count() < trimmed.matches(close).count()
-            {
+            let opened = trimmed.matches(open).count();
+            let mut closed = trimmed.matches(close).count();
+            while trimmed.ends_with(close) && opened < closed {
                 trimmed = &trimmed[..trimmed.len() - 1];
+                closed -= 1;
             }
         }
         value.start..value.start + trimmed.len()
@@ -644,6 +698,7 @@ fn is_bracketed_word(v: &str) -> bool {
 }
 
 fn check_bearer(text: &str, value: Range<usize>) -> Option<Range<usize>> {
+    let value = extend_long_value(text, value, is_bearer_char);
     (value.len() >= 8)
         .then_some(value)
         .filter(|v| check_assigned_secret(text, v.clone()).is_some())
@@ -693,40 +748,41 @@ fn check_private_key(text: &str, begin: Range<usize>) -> Option<Range<usize>> {
         .strip_prefix("-----BEGIN ")?
         .split("PRIVATE KEY")
         .next()?;
-    let end_marker = format!("-----END {label}PRIVATE KEY");
-    let rest = &text[begin.end..];
-    if let Some(at) = rest.find(&end_marker) {
-        let body = &rest[..at];
-        // A quote in between: the END belongs to another JSON string; this key is cut short.
-        if !body.contains('"') {
-            let after_marker = begin.end + at + end_marker.len();
-            let tail = &text[after_marker..];
-            let close = [" BLOCK-----", "-----"]
-                .iter()
-                .find(|t| tail.starts_with(*t))
-                .map_or(0, |t| t.len());
-            return Some(begin.start..after_marker + close);
-        }
-    }
-    // No END line: the key was cut short; hide what there is of its body (base64, line breaks,
-    // `\n` escapes in JSON, and the `Proc-Type:`/`DEK-Info:` headers of encrypted keys).
+    // The key's body: base64, line breaks (or `\n` escapes inside a JSON string), and the
+    // `Proc-Type:`/`DEK-Info:` headers of encrypted keys. The END line is made of the same
+    // characters, so it lies within this stretch; a quote (the end of a JSON string) or any other
+    // character ends it. Looking for the END line only there keeps a text full of BEGIN lines
+    // linear.
     let b = text.as_bytes();
-    let mut end = begin.end;
-    while end < b.len() {
-        match b[end] {
+    let mut body_end = begin.end;
+    while body_end < b.len() {
+        match b[body_end] {
             c if c.is_ascii_alphanumeric()
                 || matches!(
                     c,
-                    b'+' | b'/' | b'=' | b' ' | b'\t' | b'\r' | b'\n' | b':' | b',' | b'-'
+                    b'+' | b'/' | b'=' | b' ' | b'\t' | b'\r' | b'\n' | b':' | b',' | b'-' | b'.'
                 ) =>
             {
-                end += 1
+                body_end += 1
             }
-            b'\\' if matches!(b.get(end + 1), Some(b'n' | b'r' | b't')) => end += 2,
+            b'\\' if matches!(b.get(body_end + 1), Some(b'n' | b'r' | b't')) => body_end += 2,
             _ => break,
         }
     }
-    // Not the whitespace that ends the text or the line.
+    let body = &text[begin.end..body_end];
+    let end_marker = format!("-----END {label}PRIVATE KEY");
+    if let Some(at) = body.find(&end_marker) {
+        let after_marker = begin.end + at + end_marker.len();
+        let tail = &text[after_marker..];
+        let close = [" BLOCK-----", "-----"]
+            .iter()
+            .find(|t| tail.starts_with(*t))
+            .map_or(0, |t| t.len());
+        return Some(begin.start..after_marker + close);
+    }
+    // No END line: the key was cut short; hide what there is of its body, not the whitespace
+    // that ends the line or the text.
+    let mut end = body_end;
     while end > begin.end && matches!(b[end - 1], b' ' | b'\t' | b'\r' | b'\n') {
         end -= 1;
     }
