@@ -812,6 +812,27 @@ fn cases() -> Vec<Case> {
             vec![],
         ),
         case(
+            "SHOW ALL",
+            "SHOW ALL: name, setting and description",
+            Some(vec![constant(), constant(), constant()]),
+            vec![],
+            vec![],
+        ),
+        case(
+            "SELECT (c).*, (lookup(c.id)).* FROM customers c",
+            "a field expansion is as wide as the type: untraceable by position",
+            None,
+            vec![],
+            vec![Hazard::UntracedOutput],
+        ),
+        case(
+            "SELECT name FROM customers c WHERE EXISTS (SELECT * FROM orders o WHERE o.customer_id = c.id)",
+            "what EXISTS selects does not decide whether a row exists: its filter does",
+            Some(vec![plain(vec![col("customers", "name")])]),
+            vec![col("orders", "customer_id"), col("customers", "id")],
+            vec![],
+        ),
+        case(
             "SET search_path = app",
             "other utility statements: nothing",
             None,

@@ -215,7 +215,15 @@ impl Tracer {
             .and_then(|q| q.node.as_ref())
             .and_then(|q| self.statement(q, Some(scope)))
             .unwrap_or_default();
-        let inner = whole(&cols);
+        let exists = s.sub_link_type == pb::SubLinkType::ExistsSublink as i32;
+        let mut inner = Val::default();
+        for c in &cols {
+            // What EXISTS's select list says of a row does not change whether there is one
+            // (a set-returning function there may: values are kept).
+            if !(exists && matches!(c.out, super::Out::Star(_))) {
+                c.whole(&mut inner);
+            }
+        }
         let tested = match &s.testexpr {
             Some(t) => self.expr(t, scope),
             None => Val::default(),

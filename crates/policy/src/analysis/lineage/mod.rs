@@ -319,7 +319,15 @@ impl Tracer {
                 self.inner(s.query.as_deref(), outer);
                 Some(vec![Col::value(None, Val::default())])
             }
-            N::VariableShowStmt(_) => Some(vec![Col::value(None, Val::default())]),
+            // SHOW ALL lists name, setting and description.
+            N::VariableShowStmt(s) => Some(vec![
+                Col::value(None, Val::default());
+                if s.name.eq_ignore_ascii_case("all") {
+                    3
+                } else {
+                    1
+                }
+            ]),
             N::PrepareStmt(s) => {
                 // Its rows come with a later EXECUTE, which is untraced.
                 self.inner(s.query.as_deref(), outer);

@@ -146,14 +146,27 @@ impl Tracer {
             let Some(val) = target.val.as_deref() else {
                 continue;
             };
-            if let Some(N::ColumnRef(c)) = &val.node {
-                if matches!(
-                    c.fields.last().and_then(|f| f.node.as_ref()),
+            let ends_in_star = |fields: &[pb::Node]| {
+                matches!(
+                    fields.last().and_then(|f| f.node.as_ref()),
                     Some(N::AStar(_))
-                ) {
+                )
+            };
+            match &val.node {
+                Some(N::ColumnRef(c)) if ends_in_star(&c.fields) => {
                     self.star(&c.fields, scope, &mut cols);
                     continue;
                 }
+                // `(x).*`: as many columns as x's type has fields.
+                Some(N::AIndirection(i)) if ends_in_star(&i.indirection) => {
+                    let v = self.expr(val, scope);
+                    cols.push(Col::out(Out::Many {
+                        stars: Vec::new(),
+                        val: v,
+                    }));
+                    continue;
+                }
+                _ => {}
             }
             let v = self.expr(val, scope);
             let name = if target.name.is_empty() {
