@@ -173,7 +173,7 @@ impl Tracer {
                 || super::super::runs_dynamic_sql(last);
             if opaque {
                 let opaque = SourceColumn::Opaque { function: written };
-                super::add(&mut self.reads, opaque.clone());
+                self.reads.add(opaque.clone());
                 v.add(opaque);
             }
         }

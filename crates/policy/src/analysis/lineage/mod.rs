@@ -41,6 +41,14 @@ const MAX_DEPTH: usize = 200;
 /// everything any of them may carry.
 const MAX_PASSES: usize = 8;
 
+/// Passes over WITH RECURSIVE lists in all of a statement: nested recursive queries multiply
+/// their passes, so past this the statement's outputs are reported as untraced.
+const MAX_RECURSIVE_PASSES: usize = 256;
+
+/// Lists of sources longer than this are deduplicated through a hash set rather than by
+/// scanning (a statement may name thousands of columns).
+const SCAN_LIMIT: usize = 16;
+
 /// The lineage of one statement (a RawStmt's `stmt`).
 pub(super) fn statement(stmt: &pb::Node) -> StatementLineage {
     let mut tracer = Tracer::default();
@@ -89,9 +97,7 @@ impl Val {
 
     /// Adds `other`'s sources; whether the value is plain is the caller's to say.
     fn absorb(&mut self, other: Val) {
-        for s in other.sources {
-            self.add(s);
-        }
+        merge(&mut self.sources, other.sources);
     }
 
     /// The value is one of `self` and `other`: plain only if both are.
@@ -110,6 +116,73 @@ impl Val {
 fn add(list: &mut Vec<SourceColumn>, source: SourceColumn) {
     if !list.contains(&source) {
         list.push(source);
+    }
+}
+
+/// Adds each of `more` to `list` unless it is there already.
+fn merge(list: &mut Vec<SourceColumn>, more: Vec<SourceColumn>) {
+    if list.is_empty() {
+        // Keeps `more`'s order and allocation; it has no duplicates of its own.
+        *list = more;
+        return;
+    }
+    if list.len() + more.len() <= SCAN_LIMIT {
+        for s in more {
+            add(list, s);
+        }
+        return;
+    }
+    let mut seen: foldhash::HashSet<SourceColumn> = list.iter().cloned().collect();
+    for s in more {
+        if seen.insert(s.clone()) {
+            list.push(s);
+        }
+    }
+}
+
+/// Sources in first-seen order, each once, for the statement-wide lists (reads, predicates).
+#[derive(Default)]
+struct SourceSet {
+    list: Vec<SourceColumn>,
+    /// Built once the list is longer than [`SCAN_LIMIT`].
+    index: Option<foldhash::HashSet<SourceColumn>>,
+}
+
+impl SourceSet {
+    fn add(&mut self, source: SourceColumn) {
+        match &mut self.index {
+            Some(index) => {
+                if !index.insert(source.clone()) {
+                    return;
+                }
+            }
+            None => {
+                if self.list.contains(&source) {
+                    return;
+                }
+                if self.list.len() >= SCAN_LIMIT {
+                    let mut index: foldhash::HashSet<SourceColumn> =
+                        self.list.iter().cloned().collect();
+                    index.insert(source.clone());
+                    self.index = Some(index);
+                }
+            }
+        }
+        self.list.push(source);
+    }
+
+    fn len(&self) -> usize {
+        self.list.len()
+    }
+
+    /// Forgets what was added after the first `len`.
+    fn truncate(&mut self, len: usize) {
+        if len < self.list.len() {
+            self.list.truncate(len);
+            if let Some(index) = &mut self.index {
+                *index = self.list.iter().cloned().collect();
+            }
+        }
     }
 }
 
@@ -223,22 +296,25 @@ struct Cte {
 /// Walks one statement, collecting what its parts read and what cannot be traced.
 #[derive(Default)]
 struct Tracer {
-    predicates: Vec<SourceColumn>,
-    reads: Vec<SourceColumn>,
+    predicates: SourceSet,
+    reads: SourceSet,
     hazards: Vec<Hazard>,
     /// Base relations met in FROM lists (and as targets), for `COPY (query) TO`.
     relations: Vec<RelationName>,
     /// CTEs in scope, innermost last.
     ctes: Vec<Cte>,
     depth: usize,
-    too_deep: bool,
+    /// Set past [`MAX_DEPTH`] or [`MAX_RECURSIVE_PASSES`]: the walk did not see everything.
+    untraced: bool,
+    /// Passes over WITH RECURSIVE lists so far.
+    recursive_passes: usize,
 }
 
 impl Tracer {
     /// Goes one level deeper, unless that is too deep (then the statement ends up untraced).
     fn enter(&mut self) -> bool {
         if self.depth >= MAX_DEPTH {
-            self.too_deep = true;
+            self.untraced = true;
             return false;
         }
         self.depth += 1;
@@ -258,13 +334,13 @@ impl Tracer {
     /// The value's sources leak through a filter, a join, grouping or ordering.
     fn predicate(&mut self, v: Val) {
         for s in v.sources {
-            add(&mut self.predicates, s);
+            self.predicates.add(s);
         }
     }
 
     fn read(&mut self, v: &Val) {
         for s in &v.sources {
-            add(&mut self.reads, s.clone());
+            self.reads.add(s.clone());
         }
     }
 
@@ -447,25 +523,25 @@ impl Tracer {
                 listed = Some(list);
             }
         }
-        if self.too_deep {
+        if self.untraced {
             listed = None;
             self.hazard(Hazard::UntracedOutput);
         }
         let mut reads = std::mem::take(&mut self.reads);
-        for s in &self.predicates {
-            add(&mut reads, s.clone());
+        for s in &self.predicates.list {
+            reads.add(s.clone());
         }
         for h in &self.hazards {
             if let Hazard::Stores { sources } = h {
                 for s in sources {
-                    add(&mut reads, s.clone());
+                    reads.add(s.clone());
                 }
             }
         }
         StatementLineage {
             outputs: listed,
-            predicates: self.predicates,
-            reads,
+            predicates: self.predicates.list,
+            reads: reads.list,
             hazards: self.hazards,
         }
     }

@@ -10,7 +10,7 @@ use pg_query::protobuf::node::Node as N;
 
 use super::expr::colname;
 use super::scope::{self, Item, Scope};
-use super::{names, string, whole, Col, Cte, Out, Tracer, Val, MAX_PASSES};
+use super::{names, string, whole, Col, Cte, Out, Tracer, Val, MAX_PASSES, MAX_RECURSIVE_PASSES};
 
 /// Built-in functions whose columns in FROM are known: the column names (one column named after
 /// the function, or an alias, when empty).
@@ -540,31 +540,19 @@ impl Tracer {
         }
         let mut stable = false;
         for _ in 0..MAX_PASSES {
-            stable = true;
-            for (i, cte) in ctes.iter().enumerate() {
-                let new = self.cte_cols(cte, outer);
-                let Some(slot) = self.ctes.get_mut(base + i) else {
-                    continue;
-                };
-                let merged = if slot.pending {
-                    new
-                } else if *slot.cols == *new {
-                    continue;
-                } else {
-                    merge_positions(slot.cols.to_vec(), new)
-                };
-                if slot.pending || *slot.cols != *merged {
-                    stable = false;
-                }
-                slot.cols = merged.into();
-                slot.pending = false;
+            if !self.spend_pass() {
+                return;
             }
+            stable = self.recursive_pass(&ctes, base, outer);
             if stable {
                 break;
             }
         }
         if !stable {
             // Still changing: every column may carry anything any of these queries carries.
+            // That is everything they will ever carry: a source reaches a column either from
+            // outside these queries, which every pass adds, or through a reference to one of
+            // them, which only moves what they already carry.
             let mut all = Val::default();
             for cte in self.ctes.get(base..).unwrap_or(&[]) {
                 all.absorb(whole(&cte.cols));
@@ -591,7 +579,53 @@ impl Tracer {
                     .collect();
                 cte.cols = widened.into();
             }
+            // Once more over the widened columns, for the predicates and hazards that read them.
+            if self.spend_pass() {
+                self.recursive_pass(&ctes, base, outer);
+            }
         }
+    }
+
+    /// One pass over a WITH RECURSIVE list whose CTEs are at `base..` of the CTEs in scope:
+    /// each query computed with the current columns of all, its result merged into its own.
+    /// Whether nothing changed.
+    fn recursive_pass(
+        &mut self,
+        ctes: &[&pb::CommonTableExpr],
+        base: usize,
+        outer: Option<&Scope<'_>>,
+    ) -> bool {
+        let mut stable = true;
+        for (i, cte) in ctes.iter().enumerate() {
+            let new = self.cte_cols(cte, outer);
+            let Some(slot) = self.ctes.get_mut(base + i) else {
+                continue;
+            };
+            let merged = if slot.pending {
+                new
+            } else if *slot.cols == *new {
+                continue;
+            } else {
+                merge_positions(slot.cols.to_vec(), new)
+            };
+            if slot.pending || *slot.cols != *merged {
+                stable = false;
+            }
+            slot.cols = merged.into();
+            slot.pending = false;
+        }
+        stable
+    }
+
+    /// Counts one pass over a WITH RECURSIVE list against the statement's budget; past it the
+    /// statement is untraced (nested recursive queries would otherwise multiply their passes).
+    fn spend_pass(&mut self) -> bool {
+        if self.recursive_passes >= MAX_RECURSIVE_PASSES {
+            self.untraced = true;
+            return false;
+        }
+        self.recursive_passes += 1;
+        true
     }
 
     /// The outputs of one CTE's query, named by its column list, with the columns SEARCH and
