@@ -658,32 +658,57 @@ mod tests {
         assert_eq!(lineage.outputs.map(|o| o.len()), Some(1));
     }
 
-    /// The cost of lineage on an analysis cache miss, beside the parse (not asserted; run with
-    /// `cargo test -p policy --release --lib point_select_timing -- --ignored --nocapture`).
+    /// The cost of lineage on an analysis cache miss, beside the parse, for the statements of
+    /// `benches/judge.rs` (read from there). Not asserted; run with
+    /// `cargo test -p policy --release --lib lineage_timing -- --ignored --nocapture`.
     #[test]
     #[ignore = "a measurement"]
-    fn point_select_timing() {
-        let sql = "SELECT id, name FROM accounts WHERE id = $1";
-        let parsed =
-            super::super::pg_parse::parse(sql, pg_query::ParserOptions::DEFAULT).expect("parses");
-        let stmt = parsed.stmts[0].stmt.as_deref().expect("a statement");
-        let runs = 100_000u32;
-        let start = std::time::Instant::now();
-        for _ in 0..runs {
-            std::hint::black_box(statement(std::hint::black_box(stmt)));
+    fn lineage_timing() {
+        let bench = include_str!("../../../benches/judge.rs");
+        let constant = |name: &str| -> String {
+            let start = bench.find(&format!("const {name}: &str = ")).expect(name);
+            let rest = &bench[start..];
+            let (open, close) = if rest.contains("= r#\"") && name == "ANALYTIC" {
+                ("r#\"", "\"#;")
+            } else {
+                ("\"", "\";")
+            };
+            let body = &rest[rest.find(open).expect(name) + open.len()..];
+            let body = &body[..body.find(close).expect(name)];
+            // The bench's string continuations (`\` at a line's end) join lines.
+            body.split("\\\n")
+                .map(str::trim_start)
+                .collect::<Vec<_>>()
+                .join("")
+        };
+        for name in [
+            "POINT_SELECT",
+            "FIVE_WAY_JOIN",
+            "INSERT_RETURNING",
+            "ANALYTIC",
+        ] {
+            let sql = constant(name);
+            let parsed = super::super::pg_parse::parse(&sql, pg_query::ParserOptions::DEFAULT)
+                .expect("parses");
+            let stmt = parsed.stmts[0].stmt.as_deref().expect("a statement");
+            let runs = if name == "ANALYTIC" { 2_000u32 } else { 20_000 };
+            let start = std::time::Instant::now();
+            for _ in 0..runs {
+                std::hint::black_box(statement(std::hint::black_box(stmt)));
+            }
+            let lineage = start.elapsed() / runs;
+            let start = std::time::Instant::now();
+            for _ in 0..runs {
+                std::hint::black_box(
+                    super::super::pg_parse::parse(
+                        std::hint::black_box(&sql),
+                        pg_query::ParserOptions::DEFAULT,
+                    )
+                    .ok(),
+                );
+            }
+            let parse = start.elapsed() / runs;
+            println!("{name}: lineage {lineage:?}, parse alone {parse:?}");
         }
-        let lineage = start.elapsed() / runs;
-        let start = std::time::Instant::now();
-        for _ in 0..runs {
-            std::hint::black_box(
-                super::super::pg_parse::parse(
-                    std::hint::black_box(sql),
-                    pg_query::ParserOptions::DEFAULT,
-                )
-                .ok(),
-            );
-        }
-        let parse = start.elapsed() / runs;
-        println!("lineage of a point select: {lineage:?} (parse alone: {parse:?})");
     }
 }
