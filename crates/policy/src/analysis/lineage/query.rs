@@ -102,7 +102,7 @@ impl Tracer {
     fn simple_select(&mut self, s: &pb::SelectStmt, outer: Option<&Scope<'_>>) -> Vec<Col> {
         let mut items = Vec::new();
         for f in &s.from_clause {
-            self.from_item(f, &mut items, outer);
+            self.add_from_item(f, &mut items, outer);
         }
         let scope = Scope::new(&items, outer);
         for w in &s.window_clause {
@@ -252,7 +252,7 @@ impl Tracer {
     }
 
     /// Adds one FROM item (a join adds its sides, then its own entries) to `items`.
-    pub(super) fn from_item(
+    pub(super) fn add_from_item(
         &mut self,
         node: &pb::Node,
         items: &mut Vec<Item>,
@@ -288,7 +288,7 @@ impl Tracer {
             N::JoinExpr(j) => self.join(j, items, outer),
             N::RangeTableSample(t) => {
                 if let Some(rel) = &t.relation {
-                    self.from_item(rel, items, outer);
+                    self.add_from_item(rel, items, outer);
                 }
                 let scope = Scope::new(items, outer);
                 let mut v = self.gather_list(&t.args, &scope);
@@ -466,11 +466,11 @@ impl Tracer {
     fn join(&mut self, j: &pb::JoinExpr, items: &mut Vec<Item>, outer: Option<&Scope<'_>>) {
         let start = items.len();
         if let Some(l) = &j.larg {
-            self.from_item(l, items, outer);
+            self.add_from_item(l, items, outer);
         }
         let middle = items.len();
         if let Some(r) = &j.rarg {
-            self.from_item(r, items, outer);
+            self.add_from_item(r, items, outer);
         }
         let end = items.len();
         if !j.using_clause.is_empty() || j.is_natural {
