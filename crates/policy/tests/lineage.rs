@@ -812,6 +812,27 @@ fn cases() -> Vec<Case> {
             vec![],
         ),
         case(
+            "SHOW ALL",
+            "SHOW ALL: name, setting and description",
+            Some(vec![constant(), constant(), constant()]),
+            vec![],
+            vec![],
+        ),
+        case(
+            "SELECT (c).*, (lookup(c.id)).* FROM customers c",
+            "a field expansion is as wide as the type: untraceable by position",
+            None,
+            vec![],
+            vec![Hazard::UntracedOutput],
+        ),
+        case(
+            "SELECT name FROM customers c WHERE EXISTS (SELECT * FROM orders o WHERE o.customer_id = c.id)",
+            "what EXISTS selects does not decide whether a row exists: its filter does",
+            Some(vec![plain(vec![col("customers", "name")])]),
+            vec![col("orders", "customer_id"), col("customers", "id")],
+            vec![],
+        ),
+        case(
             "SET search_path = app",
             "other utility statements: nothing",
             None,
@@ -1030,4 +1051,74 @@ fn the_analysis_corpus_keeps_the_invariants() {
     }
     assert!(traced > 100, "only {traced} corpus texts were traced");
     assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+#[test]
+fn recursive_queries_that_do_not_settle_are_widened() {
+    // Each pass moves every column's sources one column on: after as many passes as columns,
+    // each holds all of them; the walk widens earlier, and the filter over the rotated column
+    // sees all of them too.
+    let columns: Vec<String> = (0..12).map(|i| format!("c{i}")).collect();
+    let rotated: Vec<String> = (0..12).map(|i| format!("c{}", (i + 11) % 12)).collect();
+    let sql = format!(
+        "WITH RECURSIVE r({cols}) AS (SELECT {cols} FROM t UNION ALL SELECT {rot} FROM r WHERE c0 > 0) SELECT c0 FROM r",
+        cols = columns.join(", "),
+        rot = rotated.join(", "),
+    );
+    let l = lineage_of(&sql);
+    let all: Vec<SourceColumn> = columns.iter().map(|c| col("t", c)).collect();
+    let st = &l.statements[0];
+    match st.outputs.as_deref() {
+        Some([OutputColumn::Value { sources, plain }]) => {
+            assert!(!plain);
+            for s in &all {
+                assert!(sources.contains(s), "{s:?} missing from {sources:?}");
+            }
+        }
+        other => panic!("{other:?}"),
+    }
+    for s in &all {
+        assert!(
+            st.predicates.contains(s),
+            "{s:?} missing from the predicates"
+        );
+    }
+}
+
+#[test]
+fn a_recursive_query_feeds_a_store_in_the_same_list() {
+    let l = lineage_of(
+        "WITH RECURSIVE r(n, s) AS (SELECT 1, ssn FROM customers UNION ALL SELECT n + 1, s FROM r WHERE n < 3), \
+         w AS (INSERT INTO log SELECT s FROM r) SELECT 1",
+    );
+    assert_eq!(
+        l.statements[0].hazards,
+        vec![stores(vec![col("customers", "ssn")])]
+    );
+}
+
+#[test]
+fn nested_recursive_queries_are_bounded() {
+    let mut sql = "SELECT ssn FROM customers".to_owned();
+    for i in 0..12 {
+        sql = format!(
+            "WITH RECURSIVE r{i}(x) AS ({sql} UNION ALL SELECT x FROM r{i}) SELECT x FROM r{i}"
+        );
+    }
+    let start = std::time::Instant::now();
+    let l = lineage_of(&sql);
+    // Not a performance assertion: only that the walk ends; past its budget it says untraced.
+    eprintln!("12 nested recursive queries: {:?}", start.elapsed());
+    assert_eq!(l.statements[0].outputs, None);
+    assert!(l.statements[0].hazards.contains(&Hazard::UntracedOutput));
+    let mut sql = "SELECT ssn FROM customers".to_owned();
+    for i in 0..4 {
+        sql = format!(
+            "WITH RECURSIVE r{i}(x) AS ({sql} UNION ALL SELECT x FROM r{i}) SELECT x FROM r{i}"
+        );
+    }
+    assert_eq!(
+        lineage_of(&sql).statements[0].outputs,
+        Some(vec![plain(vec![col("customers", "ssn")])])
+    );
 }

@@ -92,7 +92,7 @@ impl Tracer {
             self.relation(&rel);
             let mut items = vec![Item::base(rv, None)];
             for f in &s.from_clause {
-                self.from_item(f, &mut items, outer);
+                self.add_from_item(f, &mut items, outer);
             }
             let scope = Scope::new(&items, outer);
             let mut written = Written::default();
@@ -126,7 +126,7 @@ impl Tracer {
             self.relation(&rel);
             let mut items = vec![Item::base(rv, None)];
             for f in &s.using_clause {
-                self.from_item(f, &mut items, outer);
+                self.add_from_item(f, &mut items, outer);
             }
             if let Some(w) = &s.where_clause {
                 let scope = Scope::new(&items, outer);
@@ -154,7 +154,7 @@ impl Tracer {
             self.relation(&rel);
             let mut items = vec![Item::base(rv, None)];
             if let Some(source) = &s.source_relation {
-                self.from_item(source, &mut items, outer);
+                self.add_from_item(source, &mut items, outer);
             }
             let scope = Scope::new(&items, outer);
             if let Some(on) = &s.join_condition {

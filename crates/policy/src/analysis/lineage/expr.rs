@@ -173,7 +173,7 @@ impl Tracer {
                 || super::super::runs_dynamic_sql(last);
             if opaque {
                 let opaque = SourceColumn::Opaque { function: written };
-                super::add(&mut self.reads, opaque.clone());
+                self.reads.add(opaque.clone());
                 v.add(opaque);
             }
         }
@@ -215,7 +215,15 @@ impl Tracer {
             .and_then(|q| q.node.as_ref())
             .and_then(|q| self.statement(q, Some(scope)))
             .unwrap_or_default();
-        let inner = whole(&cols);
+        let exists = s.sub_link_type == pb::SubLinkType::ExistsSublink as i32;
+        let mut inner = Val::default();
+        for c in &cols {
+            // What EXISTS's select list says of a row does not change whether there is one
+            // (a set-returning function there may: values are kept).
+            if !(exists && matches!(c.out, super::Out::Star(_))) {
+                c.whole(&mut inner);
+            }
+        }
         let tested = match &s.testexpr {
             Some(t) => self.expr(t, scope),
             None => Val::default(),

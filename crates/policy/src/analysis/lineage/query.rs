@@ -10,7 +10,7 @@ use pg_query::protobuf::node::Node as N;
 
 use super::expr::colname;
 use super::scope::{self, Item, Scope};
-use super::{names, string, whole, Col, Cte, Out, Tracer, Val, MAX_PASSES};
+use super::{names, string, whole, Col, Cte, Out, Tracer, Val, MAX_PASSES, MAX_RECURSIVE_PASSES};
 
 /// Built-in functions whose columns in FROM are known: the column names (one column named after
 /// the function, or an alias, when empty).
@@ -102,7 +102,7 @@ impl Tracer {
     fn simple_select(&mut self, s: &pb::SelectStmt, outer: Option<&Scope<'_>>) -> Vec<Col> {
         let mut items = Vec::new();
         for f in &s.from_clause {
-            self.from_item(f, &mut items, outer);
+            self.add_from_item(f, &mut items, outer);
         }
         let scope = Scope::new(&items, outer);
         for w in &s.window_clause {
@@ -146,14 +146,27 @@ impl Tracer {
             let Some(val) = target.val.as_deref() else {
                 continue;
             };
-            if let Some(N::ColumnRef(c)) = &val.node {
-                if matches!(
-                    c.fields.last().and_then(|f| f.node.as_ref()),
+            let ends_in_star = |fields: &[pb::Node]| {
+                matches!(
+                    fields.last().and_then(|f| f.node.as_ref()),
                     Some(N::AStar(_))
-                ) {
+                )
+            };
+            match &val.node {
+                Some(N::ColumnRef(c)) if ends_in_star(&c.fields) => {
                     self.star(&c.fields, scope, &mut cols);
                     continue;
                 }
+                // `(x).*`: as many columns as x's type has fields.
+                Some(N::AIndirection(i)) if ends_in_star(&i.indirection) => {
+                    let v = self.expr(val, scope);
+                    cols.push(Col::out(Out::Many {
+                        stars: Vec::new(),
+                        val: v,
+                    }));
+                    continue;
+                }
+                _ => {}
             }
             let v = self.expr(val, scope);
             let name = if target.name.is_empty() {
@@ -239,7 +252,7 @@ impl Tracer {
     }
 
     /// Adds one FROM item (a join adds its sides, then its own entries) to `items`.
-    pub(super) fn from_item(
+    pub(super) fn add_from_item(
         &mut self,
         node: &pb::Node,
         items: &mut Vec<Item>,
@@ -275,7 +288,7 @@ impl Tracer {
             N::JoinExpr(j) => self.join(j, items, outer),
             N::RangeTableSample(t) => {
                 if let Some(rel) = &t.relation {
-                    self.from_item(rel, items, outer);
+                    self.add_from_item(rel, items, outer);
                 }
                 let scope = Scope::new(items, outer);
                 let mut v = self.gather_list(&t.args, &scope);
@@ -453,11 +466,11 @@ impl Tracer {
     fn join(&mut self, j: &pb::JoinExpr, items: &mut Vec<Item>, outer: Option<&Scope<'_>>) {
         let start = items.len();
         if let Some(l) = &j.larg {
-            self.from_item(l, items, outer);
+            self.add_from_item(l, items, outer);
         }
         let middle = items.len();
         if let Some(r) = &j.rarg {
-            self.from_item(r, items, outer);
+            self.add_from_item(r, items, outer);
         }
         let end = items.len();
         if !j.using_clause.is_empty() || j.is_natural {
@@ -527,31 +540,19 @@ impl Tracer {
         }
         let mut stable = false;
         for _ in 0..MAX_PASSES {
-            stable = true;
-            for (i, cte) in ctes.iter().enumerate() {
-                let new = self.cte_cols(cte, outer);
-                let Some(slot) = self.ctes.get_mut(base + i) else {
-                    continue;
-                };
-                let merged = if slot.pending {
-                    new
-                } else if *slot.cols == *new {
-                    continue;
-                } else {
-                    merge_positions(slot.cols.to_vec(), new)
-                };
-                if slot.pending || *slot.cols != *merged {
-                    stable = false;
-                }
-                slot.cols = merged.into();
-                slot.pending = false;
+            if !self.spend_pass() {
+                return;
             }
+            stable = self.recursive_pass(&ctes, base, outer);
             if stable {
                 break;
             }
         }
         if !stable {
             // Still changing: every column may carry anything any of these queries carries.
+            // That is everything they will ever carry: a source reaches a column either from
+            // outside these queries, which every pass adds, or through a reference to one of
+            // them, which only moves what they already carry.
             let mut all = Val::default();
             for cte in self.ctes.get(base..).unwrap_or(&[]) {
                 all.absorb(whole(&cte.cols));
@@ -578,7 +579,53 @@ impl Tracer {
                     .collect();
                 cte.cols = widened.into();
             }
+            // Once more over the widened columns, for the predicates and hazards that read them.
+            if self.spend_pass() {
+                self.recursive_pass(&ctes, base, outer);
+            }
         }
+    }
+
+    /// One pass over a WITH RECURSIVE list whose CTEs are at `base..` of the CTEs in scope:
+    /// each query computed with the current columns of all, its result merged into its own.
+    /// Whether nothing changed.
+    fn recursive_pass(
+        &mut self,
+        ctes: &[&pb::CommonTableExpr],
+        base: usize,
+        outer: Option<&Scope<'_>>,
+    ) -> bool {
+        let mut stable = true;
+        for (i, cte) in ctes.iter().enumerate() {
+            let new = self.cte_cols(cte, outer);
+            let Some(slot) = self.ctes.get_mut(base + i) else {
+                continue;
+            };
+            let merged = if slot.pending {
+                new
+            } else if *slot.cols == *new {
+                continue;
+            } else {
+                merge_positions(slot.cols.to_vec(), new)
+            };
+            if slot.pending || *slot.cols != *merged {
+                stable = false;
+            }
+            slot.cols = merged.into();
+            slot.pending = false;
+        }
+        stable
+    }
+
+    /// Counts one pass over a WITH RECURSIVE list against the statement's budget; past it the
+    /// statement is untraced (nested recursive queries would otherwise multiply their passes).
+    fn spend_pass(&mut self) -> bool {
+        if self.recursive_passes >= MAX_RECURSIVE_PASSES {
+            self.untraced = true;
+            return false;
+        }
+        self.recursive_passes += 1;
+        true
     }
 
     /// The outputs of one CTE's query, named by its column list, with the columns SEARCH and
