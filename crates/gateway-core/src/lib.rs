@@ -52,9 +52,9 @@ pub use identity::{
     AuthMethod, Authenticator, ClientInfo, Credentials, DenyAllAuthenticator, Identity,
 };
 pub use masking::{
-    Catalog, CatalogRelation, ColumnOrigin, ColumnPlan, EmptyCatalog, Hazard, Lineage, MaskPlan,
-    MaskedColumn, Masker, NoMasking, OutputColumn, PlanRequest, RelationKind, RelationName,
-    ResultColumn, SourceColumn, StatementLineage, ValueFormat, ValueMask, ValueType,
+    Catalog, CatalogRelation, CheckRequest, ColumnOrigin, ColumnPlan, EmptyCatalog, Hazard,
+    Lineage, MaskPlan, MaskedColumn, Masker, NoMasking, OutputColumn, PlanRequest, RelationKind,
+    RelationName, ResultColumn, SourceColumn, StatementLineage, ValueFormat, ValueMask, ValueType,
 };
 pub use metrics::{ActiveSession, Metrics};
 pub use parameters::{BoundValue, ParameterAudit, RecordedParameters, RecordedValue};

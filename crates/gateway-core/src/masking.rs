@@ -405,6 +405,19 @@ pub struct PlanRequest<'a> {
     pub catalog: &'a dyn Catalog,
 }
 
+/// What a masker needs to check one statement text.
+#[derive(Clone, Copy)]
+pub struct CheckRequest<'a> {
+    /// The session.
+    pub session: &'a SessionContext,
+    /// The statement text as the client sent it.
+    pub sql: &'a str,
+    /// Its lineage from the policy engine's analysis, when there is one.
+    pub lineage: Option<&'a Lineage>,
+    /// The target's catalog.
+    pub catalog: &'a dyn Catalog,
+}
+
 /// Chooses what to mask.
 #[async_trait::async_trait]
 pub trait Masker: Send + Sync {
@@ -415,14 +428,14 @@ pub trait Masker: Send + Sync {
 
     /// Runs before a statement text of an active session is forwarded. `Err` refuses it (strict
     /// mode: a masked value could leave along a path that cannot be traced, or a predicate reads a
-    /// masked column where the configuration forbids it). The default allows everything.
+    /// masked column where the configuration forbids it). When the policy engine gave no lineage
+    /// (no analysis configured), the masker may read the text itself and hand its lineage back:
+    /// plans for the statement's results then get it. The default allows everything.
     async fn check(
         &self,
-        _session: &SessionContext,
-        _lineage: Option<&Lineage>,
-        _catalog: &dyn Catalog,
-    ) -> Result<(), GatewayError> {
-        Ok(())
+        _request: CheckRequest<'_>,
+    ) -> Result<Option<Arc<Lineage>>, GatewayError> {
+        Ok(None)
     }
 
     /// Runs once per result set of an active session, when its columns are known. A column that

@@ -549,7 +549,7 @@ impl Session {
         sql: &str,
         settings: &SqlSettings,
     ) -> Result<Statement, GatewayError> {
-        let judgement = {
+        let mut judgement = {
             let ctx = StatementContext {
                 identity: &self.ctx.identity,
                 target: &self.ctx.target,
@@ -604,30 +604,42 @@ impl Session {
             return Err(e);
         }
         if self.masking {
+            let catalog = self.catalog();
             let checked = self
                 .gateway
                 .inner
                 .masker
-                .check(&self.ctx, judgement.lineage.as_deref(), &*self.catalog())
-                .await;
-            if let Err(mut e) = checked {
-                self.metrics.denied.inc();
-                let statement_id = self.statements.fetch_add(1, Ordering::Relaxed);
-                let span = self.statement_span(statement_id, &judgement);
-                span.record("otel.status_code", "error");
-                let rule: Arc<str> = Arc::from(e.rule.as_deref().unwrap_or("masking"));
-                e.rule = Some(rule.to_string());
-                let verdict = crate::policy::Verdict::deny(rule, e.message.clone());
-                self.record_in(&span, || AuditEvent::StatementDenied {
-                    statement_id,
-                    sql: Arc::from(sql),
-                    verdict,
-                    objects: judgement.objects.clone(),
-                    fingerprint: judgement.fingerprint.clone(),
-                    parameters: None,
+                .check(crate::masking::CheckRequest {
+                    session: &self.ctx,
+                    sql,
+                    lineage: judgement.lineage.as_deref(),
+                    catalog: &*catalog,
                 })
-                .await?;
-                return Err(e);
+                .await;
+            match checked {
+                Ok(Some(lineage)) if judgement.lineage.is_none() => {
+                    Arc::make_mut(&mut judgement).lineage = Some(lineage);
+                }
+                Ok(_) => {}
+                Err(mut e) => {
+                    self.metrics.denied.inc();
+                    let statement_id = self.statements.fetch_add(1, Ordering::Relaxed);
+                    let span = self.statement_span(statement_id, &judgement);
+                    span.record("otel.status_code", "error");
+                    let rule: Arc<str> = Arc::from(e.rule.as_deref().unwrap_or("masking"));
+                    e.rule = Some(rule.to_string());
+                    let verdict = crate::policy::Verdict::deny(rule, e.message.clone());
+                    self.record_in(&span, || AuditEvent::StatementDenied {
+                        statement_id,
+                        sql: Arc::from(sql),
+                        verdict,
+                        objects: judgement.objects.clone(),
+                        fingerprint: judgement.fingerprint.clone(),
+                        parameters: None,
+                    })
+                    .await?;
+                    return Err(e);
+                }
             }
         }
         Ok(Statement {
@@ -726,6 +738,10 @@ impl Session {
         }
         if let Some(error) = &outcome.error {
             self.metrics.statement_error(error.side);
+        }
+        let masked_values: u64 = outcome.masked.iter().map(|m| m.values).sum();
+        if masked_values > 0 {
+            self.gateway.inner.metrics.add_masked_values(masked_values);
         }
         let span = exec.end_trace(&outcome);
         self.record_in(&span, || AuditEvent::StatementFinished {

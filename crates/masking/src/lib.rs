@@ -18,5 +18,10 @@
 //!
 //! What each strategy and detector does, type by type, is in `docs/masking-strategies.md`.
 
+pub mod config;
 pub mod detect;
+pub mod masker;
 pub mod strategy;
+
+pub use config::{MaskingConfig, MaskingSection};
+pub use masker::RuleMasker;

@@ -565,19 +565,14 @@ impl Masker for Watching {
         true
     }
 
-    async fn check(
-        &self,
-        _: &SessionContext,
-        _: Option<&Lineage>,
-        catalog: &dyn Catalog,
-    ) -> Result<(), GatewayError> {
-        let found = catalog.relations_named(None, "watched").await?;
+    async fn check(&self, request: CheckRequest<'_>) -> Result<Option<Arc<Lineage>>, GatewayError> {
+        let found = request.catalog.relations_named(None, "watched").await?;
         let columns = found
             .iter()
             .flat_map(|r| r.live_columns().map(|c| c.to_string()))
             .collect();
         self.seen.lock().unwrap().push(columns);
-        Ok(())
+        Ok(None)
     }
 
     async fn plan(&self, _: PlanRequest<'_>) -> MaskPlan {
