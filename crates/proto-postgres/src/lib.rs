@@ -28,7 +28,7 @@ pub mod stream;
 pub mod upstream;
 pub mod wire;
 
-pub use catalog::{Catalogs, PgCatalog};
+pub use catalog::{Catalogs, MetadataConnection, PgCatalog};
 
 use std::net::SocketAddr;
 use std::sync::Arc;

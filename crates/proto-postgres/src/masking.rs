@@ -299,6 +299,11 @@ pub(crate) fn merge_report(into: &mut Vec<MaskedColumn>, more: Vec<MaskedColumn>
 /// line 1: ...`). Field codes: protocol documentation, "Error and Notice Message Fields".
 pub(crate) fn scrub_fields(session: &Session, ty: u8, body: &[u8]) -> Option<BytesMut> {
     let fields = crate::wire::error_fields(body);
+    // A message raised by user code (PL/pgSQL RAISE, whose context line says so) is whatever
+    // text the function built, values included and unquoted: none of it is passed on.
+    let raised = fields
+        .iter()
+        .any(|(code, value)| *code == b'W' && value.contains(" RAISE"));
     let mut changed = false;
     let mut out = BytesMut::with_capacity(body.len() + 5);
     out.put_u8(ty);
@@ -308,6 +313,14 @@ pub(crate) fn scrub_fields(session: &Session, ty: u8, body: &[u8]) -> Option<Byt
             b'D' | b'W' | b'q' | b'p' => {
                 changed = true;
                 continue;
+            }
+            b'M' | b'H' if raised => {
+                changed = true;
+                if *code == b'H' {
+                    continue;
+                }
+                out.put_u8(*code);
+                out.extend_from_slice(RAISED.as_bytes());
             }
             b'M' | b'H' => {
                 let scrubbed = session.scrub(value);
@@ -330,6 +343,10 @@ pub(crate) fn scrub_fields(session: &Session, ty: u8, body: &[u8]) -> Option<Byt
     out[1..5].copy_from_slice(&len.to_be_bytes());
     Some(out)
 }
+
+/// What a masked session reads instead of a message raised by a function.
+const RAISED: &str =
+    "a function raised this message; its text is hidden because masking applies to this session";
 
 /// A NotificationResponse of a masked session, with its payload scrubbed. `None`: unchanged.
 pub(crate) fn scrub_notification(session: &Session, body: &[u8]) -> Option<BytesMut> {
