@@ -51,6 +51,8 @@ pub struct Config {
     /// `[audit]`, checked, with paths resolved and the default SQLite sink in `gateway.data_dir`
     /// when no sink is configured.
     pub audit: audit::AuditConfig,
+    /// `[masking]`, checked: which result columns are masked for whom. `None`: nothing is masked.
+    pub masking: Option<masking::MaskingConfig>,
     /// `[admin]`: the admin HTTP listener (metrics, health, readiness), if configured.
     pub admin: Option<AdminSettings>,
     /// `[telemetry]`: trace export, when an `otlp_endpoint` is configured.
@@ -472,6 +474,10 @@ struct FileConfig {
     /// `audit::AuditConfig` (docs/audit.md). Paths are resolved against the config file's
     /// directory; `${VAR}` is expanded in a PostgreSQL sink's `url` only.
     audit: Option<Spanned<audit::AuditConfig>>,
+    /// `[masking]`: column rules and content detectors that mask result values for the identities
+    /// they name. The schema and its reference live in `masking::config::MaskingSection`
+    /// (docs/masking.md); values are literal, like `[policy]`'s.
+    masking: Option<Spanned<masking::config::MaskingSection>>,
     /// `[admin]`: the admin HTTP listener serving `/metrics`, `/healthz` and `/readyz`. Without it
     /// none runs.
     admin: Option<Spanned<AdminSection>>,
@@ -786,7 +792,7 @@ impl<'a> Checker<'a> {
     fn check_references(&mut self, document: &toml::de::DeTable<'_>) {
         for (key, value) in document {
             match key.get_ref().as_ref() {
-                "policy" => {}
+                "policy" | "masking" => {}
                 "audit" => {
                     let sinks = value.get_ref().get("sinks").map(|s| s.get_ref());
                     for sink in sinks
@@ -915,6 +921,10 @@ impl<'a> Checker<'a> {
         let targets = self.check_targets(&file.targets);
         let policy = file.policy.as_ref().and_then(|p| self.check_policy(p));
         let audit = self.check_audit(file.audit.as_ref(), &gateway.data_dir);
+        let masking = file
+            .masking
+            .as_ref()
+            .and_then(|m| self.check_masking(m, &gateway.data_dir));
         let admin = file.admin.as_ref().map(|a| self.check_admin(a));
         let telemetry = file
             .telemetry
@@ -928,6 +938,7 @@ impl<'a> Checker<'a> {
             targets,
             policy,
             audit,
+            masking,
             admin,
             telemetry,
         }
@@ -1074,6 +1085,23 @@ impl<'a> Checker<'a> {
             }
         }
         config
+    }
+
+    fn check_masking(
+        &mut self,
+        section: &Spanned<masking::config::MaskingSection>,
+        data_dir: &Path,
+    ) -> Option<masking::MaskingConfig> {
+        let resolve = |p: &Path| self.resolve(&p.to_string_lossy());
+        match masking::MaskingConfig::from_section(section.get_ref(), data_dir, &resolve) {
+            Ok(config) => Some(config),
+            Err(errors) => {
+                for e in errors {
+                    self.error(section.span(), format!("[masking]: {e}"));
+                }
+                None
+            }
+        }
     }
 
     fn check_policy(

@@ -21,6 +21,7 @@
 //! process-global; [`telemetry`] provides its parts.
 
 pub mod config;
+pub mod discover;
 pub mod memory;
 pub mod server;
 pub mod telemetry;

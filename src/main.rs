@@ -71,6 +71,22 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Sample every column of a target with the masking detectors and print suggested
+    /// `[[masking.rules]]` and `[[masking.detectors]]` in the configuration's own syntax.
+    Discover(DiscoverArgs),
+}
+
+#[derive(Args)]
+struct DiscoverArgs {
+    /// Configuration file (TOML) naming the target.
+    #[arg(short, long, value_name = "FILE", env = "PORTCULLIS_CONFIG")]
+    config: PathBuf,
+    /// The target to sample, by name.
+    #[arg(short, long, value_name = "NAME")]
+    target: String,
+    /// Non-NULL values sampled per column.
+    #[arg(long, value_name = "N", default_value_t = 200)]
+    sample: usize,
 }
 
 #[derive(Subcommand)]
@@ -401,6 +417,7 @@ fn main() -> ExitCode {
         Command::Policy {
             command: PolicyCommand::Explain(args),
         } => explain(args),
+        Command::Discover(args) => discover(&args),
         Command::Audit { command } => match command {
             AuditCommand::Verify(args) => return audit_verify(&args),
             AuditCommand::Tail(args) => audit_tail(&args),
@@ -549,6 +566,27 @@ async fn wait_for_shutdown(server: &portcullis::RunningServer) -> anyhow::Result
             .context("cannot listen for Ctrl-C")?;
         Ok("Ctrl-C")
     }
+}
+
+fn discover(args: &DiscoverArgs) -> anyhow::Result<ExitCode> {
+    let config = match Config::load(&args.config) {
+        Ok(config) => config,
+        Err(errors) => {
+            eprintln!("{errors}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?;
+    let findings = runtime.block_on(portcullis::discover::discover(
+        &config,
+        &args.target,
+        args.sample.max(1),
+    ))?;
+    print!("{}", portcullis::discover::render(&args.target, &findings));
+    Ok(ExitCode::SUCCESS)
 }
 
 fn explain(args: ExplainArgs) -> anyhow::Result<ExitCode> {

@@ -110,6 +110,15 @@ impl Server {
                 config.gateway.data_dir.display()
             );
         }
+        // The masking hash key lives in the data directory by default: created just above.
+        if let Some(masking) = &config.masking {
+            if config.policy.is_none() {
+                tracing::info!("[masking] without [policy]: the masker reads each statement of a masked session itself");
+            }
+            let masker = masking::RuleMasker::new(masking.clone())
+                .map_err(|e| anyhow::anyhow!("[masking]: {e}"))?;
+            builder = builder.masker(Arc::new(masker));
+        }
         let audit_log = Arc::new(
             audit::AuditLog::open(&config.audit, &config.gateway.node)
                 .await
