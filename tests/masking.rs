@@ -337,6 +337,9 @@ async fn strict_mode_refuses_what_cannot_be_traced() {
         "CREATE TABLE stolen AS SELECT email FROM customers",
         "SELECT ssn INTO stolen2 FROM customers",
         "UPDATE scratch SET v = (SELECT ssn FROM customers LIMIT 1)",
+        "CREATE FUNCTION first_ssn() RETURNS text LANGUAGE sql AS 'SELECT ssn FROM customers LIMIT 1'",
+        "CREATE PROCEDURE copy_ssn() LANGUAGE plpgsql AS $$ BEGIN INSERT INTO scratch SELECT ssn FROM customers; END $$",
+        "CREATE RULE copy AS ON INSERT TO scratch DO ALSO SELECT 1",
         "SELECT pg_notify('c', email) FROM customers",
     ];
     for sql in refused {

@@ -217,6 +217,13 @@ pub enum Hazard {
         /// The function.
         function: Arc<str>,
     },
+    /// Code is installed that runs later, out of the analysis' sight (a function or procedure
+    /// body, a trigger, a rule, an event trigger): it may copy values where they are read
+    /// unmasked.
+    Deferred {
+        /// What is created (`function`, `trigger`, ...).
+        what: Arc<str>,
+    },
     /// A cursor is declared; its rows arrive later through FETCH.
     Cursor {
         /// The cursor's name.

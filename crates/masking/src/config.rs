@@ -24,7 +24,7 @@ pub struct MaskingSection {
     /// Key of the keyed strategies (`hash`, `card`, `national-id`): 64 hex characters. Default
     /// `<data_dir>/masking-hash.key`, generated (0600) on the first start that needs it.
     pub hash_key_file: Option<PathBuf>,
-    /// `[[masking.rules]]`, in order: the first that names a column and applies decides.
+    /// `[[masking.rules]]`: where several apply to one column, the strictest strategy wins.
     #[serde(default)]
     pub rules: Vec<RuleSection>,
     /// `[[masking.detectors]]`: content detectors for the identities they name.

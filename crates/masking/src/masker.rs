@@ -660,8 +660,13 @@ impl RuleMasker {
                 None => ColumnPlan::Pass,
             };
         }
-        if plain && !taint.untraced && taint.rules.len() == 1 {
-            let rule = rules[*taint.rules.iter().next().unwrap_or(&0)];
+        // A plain copy of one stored column: the strictest of the rules naming it decides.
+        let strictest = taint
+            .rules
+            .iter()
+            .map(|&i| rules[i])
+            .max_by_key(|r| r.strategy.strictness());
+        if let (true, false, Some(rule)) = (plain, taint.untraced, strictest) {
             return ColumnPlan::Mask {
                 mask: self.mask_for(&rule.strategy, column),
                 reason: Arc::clone(&rule.reason),
@@ -700,6 +705,12 @@ impl RuleMasker {
                 Hazard::Dynamic if self.config.strict => {
                     return Err(refusal(
                         "masking: this statement runs SQL built at run time (a DO block, EXECUTE of a string, dblink, query_to_xml, ...), which the gateway cannot trace; masked values could leave unmasked".to_owned(),
+                        "masking",
+                    ));
+                }
+                Hazard::Deferred { what } if self.config.strict => {
+                    return Err(refusal(
+                        format!("masking: this statement creates a {what}, whose code runs later out of the gateway's sight and could copy masked values where they are read unmasked"),
                         "masking",
                     ));
                 }

@@ -447,6 +447,36 @@ impl Tracer {
                 self.hazard(Hazard::Dynamic);
                 None
             }
+            // Code that runs later, whose reads and writes this statement does not show.
+            N::CreateFunctionStmt(s) => {
+                let what = if s.is_procedure {
+                    "procedure"
+                } else {
+                    "function"
+                };
+                self.hazard(Hazard::Deferred {
+                    what: Arc::from(what),
+                });
+                None
+            }
+            N::CreateTrigStmt(_) => {
+                self.hazard(Hazard::Deferred {
+                    what: Arc::from("trigger"),
+                });
+                None
+            }
+            N::RuleStmt(_) => {
+                self.hazard(Hazard::Deferred {
+                    what: Arc::from("rule"),
+                });
+                None
+            }
+            N::CreateEventTrigStmt(_) => {
+                self.hazard(Hazard::Deferred {
+                    what: Arc::from("event trigger"),
+                });
+                None
+            }
             N::CreateTableAsStmt(s) => {
                 // CREATE TABLE AS, SELECT INTO's other spelling, CREATE MATERIALIZED VIEW: the
                 // rows are stored. `AS EXECUTE p` is untraced (the EXECUTE says so).
