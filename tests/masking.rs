@@ -476,3 +476,75 @@ async fn without_a_policy_the_masker_reads_statements_itself() {
         .unwrap();
     assert_eq!(rows, vec![vec![Some("Link".to_owned())]]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discover_suggests_rules_the_gateway_accepts() {
+    let s = Setup::start().await;
+    let direct = s.gw.db.connect_direct().await;
+    // More rows, so that each column has a sample worth the name; a free-text column with an
+    // address inside, and columns whose names say what they hold but whose values do not.
+    direct
+        .batch_execute(
+            "INSERT INTO customers
+               SELECT g, 'name ' || g, 'user' || g || '@example.com',
+                      lpad((100 + g)::text, 3, '0') || '-45-' || lpad((1000 + g)::text, 4, '0'),
+                      '4111 1111 1111 1111', g, 'call me at desk ' || g
+                 FROM generate_series(10, 40) g;
+             CREATE TABLE tickets (id int, body text, phone_number text);
+             INSERT INTO tickets VALUES (1, 'please write to Mallory.Q@example.net soon', NULL),
+                                        (2, 'nothing here', NULL);",
+        )
+        .await
+        .unwrap();
+    let config = portcullis::Config::from_toml_str(
+        &s.gw.config_text,
+        &s.gw.scratch().join("portcullis.toml"),
+    )
+    .unwrap();
+    let findings = portcullis::discover::discover(&config, s.gw.database(), 100)
+        .await
+        .unwrap();
+    let find = |column: &str| {
+        findings
+            .iter()
+            .find(|f| f.column == format!("public.{column}"))
+            .unwrap_or_else(|| panic!("{column} not found in {findings:#?}"))
+    };
+    assert_eq!(find("customers.email").kind.name(), "email");
+    assert!(find("customers.email").whole);
+    assert_eq!(find("customers.ssn").kind.name(), "ssn");
+    assert_eq!(find("customers.card").kind.name(), "card");
+    assert!(
+        !find("tickets.body").whole,
+        "free text goes to the detectors"
+    );
+    assert_eq!(find("tickets.phone_number").kind.name(), "phone");
+    assert!(
+        findings
+            .iter()
+            .all(|f| !f.column.ends_with(".name") && !f.column.ends_with(".id")),
+        "{findings:#?}"
+    );
+    // The suggestion is configuration the gateway accepts, as printed.
+    let text = portcullis::discover::render(s.gw.database(), &findings);
+    let checked = portcullis::Config::from_toml_str(
+        &format!(
+            "{}\n{text}",
+            s.gw.config_text
+                .replace("[masking]", "[unused_masking]")
+                .split("[unused_masking]")
+                .next()
+                .unwrap()
+        ),
+        &s.gw.scratch().join("portcullis.toml"),
+    )
+    .unwrap_or_else(|e| panic!("discover printed configuration the gateway refuses:\n{e}\n{text}"));
+    let masking = checked.masking.expect("a [masking] section");
+    assert!(masking
+        .rules
+        .iter()
+        .any(|r| r.names("public", "customers", "email")));
+    assert_eq!(masking.detectors.len(), 1);
+    // The values it sampled are not in what it prints.
+    assert_clean("discover's output", &text);
+}
