@@ -181,69 +181,54 @@ impl ActivePlan {
             self.null_row(out);
             return true;
         };
-        // First pass: find whether anything changes, without allocating.
+        // One pass, straight into `out` (no per-row allocation): the frame's length is patched
+        // in at the end, and the frame is taken back if nothing changed.
         let start = out.len();
+        out.reserve(body.len() + 5);
+        out.put_u8(b'D');
+        out.put_i32(0);
+        out.put_i16(count as i16);
         let mut changed = false;
-        let mut values: Vec<Option<&[u8]>> = Vec::with_capacity(count);
-        for _ in 0..count {
+        for i in 0..count {
             let Some(len) = r.i32() else {
                 out.truncate(start);
                 self.null_row(out);
                 return true;
             };
-            if len < 0 {
-                values.push(None);
-                continue;
-            }
-            match usize::try_from(len).ok().and_then(|n| r.bytes(n)) {
-                Some(v) => values.push(Some(v)),
-                None => {
-                    self.null_row(out);
-                    return true;
+            let value = if len < 0 {
+                None
+            } else {
+                match usize::try_from(len).ok().and_then(|n| r.bytes(n)) {
+                    Some(v) => Some(v),
+                    None => {
+                        out.truncate(start);
+                        self.null_row(out);
+                        return true;
+                    }
                 }
-            }
-        }
-        let mut masked: Vec<Option<std::borrow::Cow<'_, [u8]>>> = Vec::with_capacity(count);
-        for (i, v) in values.iter().enumerate() {
-            let new = match (self.plan.column(i), v) {
+            };
+            match (self.plan.column(i), value) {
                 (ColumnPlan::Mask { mask, .. }, Some(v)) => {
                     let m = mask.mask(v);
                     let same =
-                        matches!(&m, Some(std::borrow::Cow::Borrowed(b)) if std::ptr::eq(*b, *v));
+                        matches!(&m, Some(std::borrow::Cow::Borrowed(b)) if std::ptr::eq(*b, v));
                     if !same {
                         changed = true;
                         if let Some(c) = self.counts.get_mut(i) {
                             *c += 1;
                         }
                     }
-                    m
+                    put_value(out, m.as_deref());
                 }
-                (_, v) => v.map(std::borrow::Cow::Borrowed),
-            };
-            masked.push(new);
-        }
-        if !changed {
-            return false;
-        }
-        let len: usize = 4
-            + 2
-            + masked
-                .iter()
-                .map(|v| 4 + v.as_ref().map_or(0, |b| b.len()))
-                .sum::<usize>();
-        out.reserve(len + 1);
-        out.put_u8(b'D');
-        out.put_i32(len as i32);
-        out.put_i16(count as i16);
-        for v in &masked {
-            match v {
-                None => out.put_i32(-1),
-                Some(b) => {
-                    out.put_i32(b.len() as i32);
-                    out.extend_from_slice(b);
-                }
+                (_, v) => put_value(out, v),
             }
         }
+        if !changed {
+            out.truncate(start);
+            return false;
+        }
+        let len = (out.len() - start - 1) as i32;
+        out[start + 1..start + 5].copy_from_slice(&len.to_be_bytes());
         true
     }
 
@@ -342,6 +327,17 @@ pub(crate) fn scrub_fields(session: &Session, ty: u8, body: &[u8]) -> Option<Byt
     let len = (out.len() - 1) as i32;
     out[1..5].copy_from_slice(&len.to_be_bytes());
     Some(out)
+}
+
+/// One DataRow value: its length, then its bytes (-1 and nothing for NULL).
+fn put_value(out: &mut BytesMut, value: Option<&[u8]>) {
+    match value {
+        None => out.put_i32(-1),
+        Some(b) => {
+            out.put_i32(b.len() as i32);
+            out.extend_from_slice(b);
+        }
+    }
 }
 
 /// What a masked session reads instead of a message raised by a function.

@@ -68,22 +68,35 @@ impl ValueMask for EmailText {
 fn split_email(text: &str) -> Option<(char, &str)> {
     let (local, domain) = text.rsplit_once('@')?;
     let first = local.chars().next()?;
-    let local_ok = local
-        .chars()
-        .all(|c| !c.is_whitespace() && !c.is_control() && !"@\"<>()[]\\,;:".contains(c));
-    if !local_ok || local.starts_with('.') || local.ends_with('.') || local.contains("..") {
+    let bad = |c: char| {
+        c.is_whitespace()
+            || c.is_control()
+            || matches!(
+                c,
+                '@' | '"' | '<' | '>' | '(' | ')' | '[' | ']' | '\\' | ',' | ';' | ':'
+            )
+    };
+    if local.chars().any(bad)
+        || local.starts_with('.')
+        || local.ends_with('.')
+        || local.contains("..")
+    {
         return None;
     }
-    let labels: Vec<&str> = domain.split('.').collect();
-    let labels_ok = labels.len() >= 2
-        && labels.iter().all(|l| {
-            !l.is_empty()
-                && !l.starts_with('-')
-                && !l.ends_with('-')
-                && l.chars().all(|c| c.is_alphanumeric() || c == '-')
-        });
-    let tld = labels.last()?;
-    if !labels_ok || tld.chars().count() < 2 || !tld.chars().all(char::is_alphabetic) {
+    // Per value, so no allocation: the labels are checked as they are split off.
+    let (mut labels, mut tld) = (0usize, "");
+    for label in domain.split('.') {
+        let ok = !label.is_empty()
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+            && label.chars().all(|c| c.is_alphanumeric() || c == '-');
+        if !ok {
+            return None;
+        }
+        labels += 1;
+        tld = label;
+    }
+    if labels < 2 || tld.chars().count() < 2 || !tld.chars().all(char::is_alphabetic) {
         return None;
     }
     Some((first, domain))
