@@ -38,7 +38,15 @@ struct PgQueryProtobufParseResult {
     error: *mut PgQueryError,
 }
 
+#[repr(C)]
+struct PgQueryPlpgsqlParseResult {
+    plpgsql_funcs: *mut c_char,
+    error: *mut PgQueryError,
+}
+
 extern "C" {
+    fn pg_query_parse_plpgsql(input: *const c_char) -> PgQueryPlpgsqlParseResult;
+    fn pg_query_free_plpgsql_parse_result(result: PgQueryPlpgsqlParseResult);
     fn pg_query_parse_protobuf_opts(
         input: *const c_char,
         parser_options: c_int,
@@ -105,9 +113,111 @@ pub(super) fn parse(
     outcome
 }
 
+/// Parses a `CREATE FUNCTION ... LANGUAGE plpgsql` text with PL/pgSQL's grammar, as
+/// `pg_query::parse_plpgsql` does, into the JSON libpg_query writes for it.
+///
+/// libpg_query 18.1 writes malformed JSON for every trigger function: the implicit `TG_*`
+/// variables are "promise" datums its JSON writer does not know, and each leaves a bare `{}}`
+/// in the `datums` list (`pg_query_json_plpgsql.c`, `dump_function`), so `pg_query`'s own
+/// call fails with "Error parsing JSON" and the statement would be refused as unreadable. Here
+/// the text is read as written first; only when it is not JSON, those empty entries are taken
+/// out of the `datums` list and it is read again. A repair that removed anything else would
+/// leave unbalanced braces and fail to parse, so the result is either the function as
+/// libpg_query read it or an error.
+pub(super) fn parse_plpgsql(sql: &str) -> Result<serde_json::Value, ParseError> {
+    let input = CString::new(sql).map_err(|e| ParseError::Unreadable(e.to_string()))?;
+    // SAFETY: as in `parse`: a NUL-terminated input that outlives the call; the result is read
+    // before it is freed, once; pointers are checked for null first.
+    let result = unsafe { pg_query_parse_plpgsql(input.as_ptr()) };
+    let outcome = if result.error.is_null() {
+        let raw = if result.plpgsql_funcs.is_null() {
+            String::from("[]")
+        } else {
+            // SAFETY: a non-null pointer is a NUL-terminated string owned by the result.
+            unsafe { CStr::from_ptr(result.plpgsql_funcs) }
+                .to_string_lossy()
+                .into_owned()
+        };
+        read_plpgsql_json(&raw)
+    } else {
+        // SAFETY: a non-null error points at a PgQueryError alive until freed below.
+        let error = unsafe { &*result.error };
+        let message = if error.message.is_null() {
+            String::new()
+        } else {
+            // SAFETY: a non-null message is a NUL-terminated string owned by the result.
+            unsafe { CStr::from_ptr(error.message) }
+                .to_string_lossy()
+                .into_owned()
+        };
+        Err(ParseError::Parser {
+            message,
+            cursor: usize::try_from(error.cursorpos).unwrap_or(0),
+        })
+    };
+    // SAFETY: the result came from `pg_query_parse_plpgsql` and is freed once; `outcome` owns
+    // copies of everything read from it.
+    unsafe { pg_query_free_plpgsql_parse_result(result) };
+    outcome
+}
+
+/// The JSON of a PL/pgSQL parse, with the empty datum entries of trigger functions taken out
+/// when it does not read as written (see [`parse_plpgsql`]).
+fn read_plpgsql_json(raw: &str) -> Result<serde_json::Value, ParseError> {
+    let first = match serde_json::from_str(raw) {
+        Ok(v) => return Ok(v),
+        Err(e) => e,
+    };
+    let mut repaired = String::with_capacity(raw.len());
+    let mut rest = raw;
+    while let Some(at) = rest.find("\"datums\":[") {
+        let open = at + "\"datums\":[".len();
+        repaired.push_str(&rest[..open]);
+        rest = &rest[open..];
+        // The list ends where the function's `action` begins.
+        let end = rest.find("],\"action\":").unwrap_or(rest.len());
+        let list = rest[..end]
+            .replace("{}},", "")
+            .replace(",{}}", "")
+            .replace("{}}", "");
+        repaired.push_str(&list);
+        rest = &rest[end..];
+    }
+    repaired.push_str(rest);
+    serde_json::from_str(&repaired)
+        .map_err(|_| ParseError::Unreadable(format!("Error parsing JSON: {first}")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn trigger_functions_read_despite_libpg_query_s_json() {
+        let trigger = "CREATE FUNCTION f() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN NEW.v := (SELECT 1); RETURN NEW; END $$";
+        assert!(
+            pg_query::parse_plpgsql(trigger).is_err(),
+            "pg_query reads trigger functions itself now: the repair in parse_plpgsql can go"
+        );
+        let tree = parse_plpgsql(trigger).expect("repaired");
+        let text = tree.to_string();
+        assert!(text.contains("SELECT 1"), "{text}");
+        // Functions that were fine read exactly as pg_query reads them.
+        let plain = "CREATE FUNCTION g() RETURNS int LANGUAGE plpgsql AS $$ DECLARE x int := 2; BEGIN RETURN x; END $$";
+        assert_eq!(
+            parse_plpgsql(plain).unwrap(),
+            pg_query::parse_plpgsql(plain).unwrap()
+        );
+        // Grammar errors stay errors.
+        assert!(matches!(
+            parse_plpgsql(
+                "CREATE FUNCTION h() RETURNS void LANGUAGE plpgsql AS $$ BEGIN RETURN 1; END $$"
+            ),
+            Err(ParseError::Parser { .. })
+        ));
+        // Broken JSON that is not the known defect stays unreadable.
+        assert!(read_plpgsql_json(r#"[{"a":{}}"#).is_err());
+    }
 
     #[test]
     fn the_ffi_path_reads_what_pg_query_reads() {

@@ -157,16 +157,6 @@ fn is_parser_limit(message: &str) -> bool {
     message.contains("stack depth limit exceeded") || message.contains("nested too deeply")
 }
 
-/// Whether pg_query's error (from its PL/pgSQL parser) is a syntax error the server would give.
-fn failure_kind(e: &pg_query::Error) -> FailureKind {
-    match e {
-        pg_query::Error::Parse(m) | pg_query::Error::Scan(m) if !is_parser_limit(m) => {
-            FailureKind::Syntax
-        }
-        _ => FailureKind::Unreadable,
-    }
-}
-
 /// The failure a parse error of `sql` makes: kind, message and byte offset into `sql`.
 fn parse_failure(sql: &str, e: ParseError) -> (FailureKind, String, Option<usize>) {
     match e {
@@ -194,15 +184,6 @@ fn parse_failure(sql: &str, e: ParseError) -> (FailureKind, String, Option<usize
             format!("could not read the parse tree: {m}"),
             None,
         ),
-    }
-}
-
-fn error_message(e: &pg_query::Error) -> String {
-    match e {
-        pg_query::Error::Parse(m) | pg_query::Error::Scan(m) | pg_query::Error::Split(m) => {
-            m.clone()
-        }
-        other => other.to_string(),
     }
 }
 
@@ -1072,9 +1053,20 @@ impl Walker<'_> {
     /// statement and expression in it. A body that cannot be read fails the analysis.
     fn plpgsql(&mut self, create_function: &str, acc: &mut Collector, d: usize) {
         self.literal_sensitive = true;
-        match pg_query::parse_plpgsql(create_function) {
+        match super::pg_parse::parse_plpgsql(create_function) {
             Ok(tree) => self.plpgsql_walk(&tree, acc, d),
-            Err(e) => self.failure_of(failure_kind(&e), error_message(&e)),
+            // The position is in the text the function was rebuilt into: not reported.
+            Err(super::pg_parse::ParseError::Parser { message, .. }) => {
+                let kind = if is_parser_limit(&message) {
+                    FailureKind::Unreadable
+                } else {
+                    FailureKind::Syntax
+                };
+                self.failure_of(kind, message);
+            }
+            Err(super::pg_parse::ParseError::Unreadable(message)) => {
+                self.failure_of(FailureKind::Unreadable, message);
+            }
         }
     }
 
