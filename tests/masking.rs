@@ -340,6 +340,7 @@ async fn strict_mode_refuses_what_cannot_be_traced() {
         "CREATE FUNCTION first_ssn() RETURNS text LANGUAGE sql AS 'SELECT ssn FROM customers LIMIT 1'",
         "CREATE PROCEDURE copy_ssn() LANGUAGE plpgsql AS $$ BEGIN INSERT INTO scratch SELECT ssn FROM customers; END $$",
         "CREATE RULE copy AS ON INSERT TO scratch DO ALSO SELECT 1",
+        "CREATE FUNCTION copy_on_insert() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN NEW.v := (SELECT ssn FROM customers LIMIT 1); RETURN NEW; END $$",
         "SELECT pg_notify('c', email) FROM customers",
     ];
     for sql in refused {
