@@ -8,7 +8,7 @@
 //! Each case runs through psql, tokio-postgres (simple protocol, and extended with binary
 //! results), psycopg 3 (named prepared statements with text results; unnamed with binary
 //! results for a subset), asyncpg (binary, decoded by type) and PgJDBC (simple and extended);
-//! before each case a client selects `'case-marker:<id>'`, so the recorded stream is split into
+//! before each case a client selects `'case-marker:<id>:'`, so the recorded stream is split into
 //! one segment per case (psql: one connection per case). After the run, no segment may hold a
 //! canary as it is, lower- or upper-cased, as its digits alone (values of 6 digits or more), nor
 //! the salary's and birth date's binary forms; a case may add forms of its own (a reversed or
@@ -132,6 +132,7 @@ CREATE TABLE customers (
     api_key text,
     note text,
     profile jsonb,
+    region text DEFAULT 'north',
     UNIQUE (name, ssn)
 );
 INSERT INTO customers VALUES
@@ -375,8 +376,8 @@ impl Drop for Recorder {
 
 const MARKER: &[u8] = b"case-marker:";
 
-/// The recorded stream split at each case marker: case id to the bytes from its marker to the
-/// next (`login` for what came before the first).
+/// The recorded stream split at each case marker (`case-marker:<id>:`): case id to the bytes
+/// from its marker to the next (`login` for what came before the first).
 fn segments(bytes: &[u8]) -> BTreeMap<String, Vec<u8>> {
     let mut out: BTreeMap<String, Vec<u8>> = BTreeMap::new();
     let mut current = "login".to_owned();
@@ -388,9 +389,10 @@ fn segments(bytes: &[u8]) -> BTreeMap<String, Vec<u8>> {
                 .or_default()
                 .extend_from_slice(&bytes[start..i]);
             let id_start = i + MARKER.len();
+            // The id ends at the colon that closes the marker.
             let id_end = bytes[id_start..]
                 .iter()
-                .position(|b| !(b.is_ascii_alphanumeric() || *b == b'_' || *b == b'-'))
+                .position(|b| *b == b':')
                 .map_or(bytes.len(), |p| id_start + p);
             current = String::from_utf8_lossy(&bytes[id_start..id_end]).into_owned();
             start = i;
@@ -579,7 +581,7 @@ fn analyst_cases(db: &str) -> Vec<Case> {
             "SELECT a.ssn, b.email FROM customers a JOIN customers b USING (id)",
         )]),
         case("j02", "NATURAL JOIN on itself", vec![rows(
-            "SELECT * FROM customers NATURAL JOIN customers",
+            "SELECT * FROM customers a NATURAL JOIN customers b",
         )]),
         case("j03", "self-join on an expression", vec![rows(
             "SELECT a.name, b.ssn, a.card || b.card FROM customers a JOIN customers b ON a.id = b.id + 0",
@@ -903,8 +905,11 @@ fn analyst_cases(db: &str) -> Vec<Case> {
             rows("INSERT INTO customers (id, name) VALUES (50, 'x') ON CONFLICT (id) DO UPDATE SET name = excluded.name RETURNING ssn, email, id"),
             anything("DELETE FROM customers WHERE id = 50"),
         ]),
-        case("n05", "DELETE ... RETURNING", vec![
-            any("WITH d AS (DELETE FROM customers WHERE id = 1 RETURNING *) SELECT email, ssn FROM d WHERE false"),
+        case("n05", "DELETE ... RETURNING, rolled back", vec![
+            rows("BEGIN"),
+            rows("WITH d AS (DELETE FROM customers WHERE id = 1 RETURNING *) SELECT email, ssn, salary FROM d"),
+            rows("DELETE FROM customers WHERE id = 3 RETURNING lower(email), card, born"),
+            rows("ROLLBACK"),
         ]),
         // --- prepared statements and cursors -------------------------------------------------
         case("q01", "PREPARE and EXECUTE", vec![
@@ -999,7 +1004,7 @@ fn analyst_cases(db: &str) -> Vec<Case> {
         case("er09", "to_date of the SSN", vec![fails("22008", "SELECT to_date(ssn, 'YYYY-MM-DD') FROM customers WHERE id = 1")]),
         case("er10", "make_date of the salary", vec![fails("22008", "SELECT make_date(salary, 1, 1) FROM customers WHERE id = 1")]),
         case("er11", "chr of the salary", vec![fails("54000", "SELECT chr(salary) FROM customers WHERE id = 1")]),
-        case("er12", "setseed of the salary", vec![fails("22003", "SELECT setseed(salary) FROM customers WHERE id = 1")]),
+        case("er12", "setseed of the salary", vec![fails("22023", "SELECT setseed(salary) FROM customers WHERE id = 1")]),
         case("er13", "jsonpath of the SSN", vec![fails("42601", "SELECT jsonb_path_query('{}', ssn::jsonpath) FROM customers WHERE id = 1")]),
         case("er14", "jsonpath of the e-mail", vec![fails(
             "42601",
@@ -1013,7 +1018,7 @@ fn analyst_cases(db: &str) -> Vec<Case> {
         case("er20", "a role named by the e-mail", vec![fails("42704", "SELECT has_table_privilege(email, 'customers', 'select') FROM customers WHERE id = 1")]),
         case("er21", "a date unit named by the SSN", vec![fails("22023", "SELECT date_trunc(ssn, now()) FROM customers WHERE id = 1")]),
         case("er22", "a function whose body fails on the salary", vec![fails("22008", "SELECT date_of_salary(1)")]),
-        case("er23", "XML parse of the e-mail", vec![fails("2200N", "SELECT xmlparse(document email) FROM customers WHERE id = 1")]),
+        case("er23", "XML parse of the e-mail", vec![fails("2200M", "SELECT xmlparse(document email) FROM customers WHERE id = 1")]),
         case("er24", "pg_size_bytes of the card", vec![fails("22023", "SELECT pg_size_bytes(card) FROM customers WHERE id = 1")]),
         // --- side channels -------------------------------------------------------------------
         case("sc1", "a notification from an unmasked session", vec![
@@ -1092,8 +1097,9 @@ fn analyst_cases(db: &str) -> Vec<Case> {
             anything("ALTER TABLE customers DROP COLUMN IF EXISTS tax"),
         ]),
         case("dd8", "ALTER COLUMN TYPE USING copies the masked column", vec![
-            any("ALTER TABLE customers ALTER COLUMN name TYPE text USING ssn"),
-            anything("SELECT name FROM customers"),
+            any("ALTER TABLE customers ALTER COLUMN region TYPE text USING ssn"),
+            anything("SELECT region FROM customers"),
+            anything("UPDATE customers SET region = 'north'"),
         ]),
     ]
 }
@@ -1467,7 +1473,7 @@ async fn run_tokio_simple(client: &Client, cases: &[Case]) -> BTreeMap<String, C
     let mut runs = BTreeMap::new();
     for c in cases {
         let mut run = CaseRun::default();
-        if let Err(e) = client.simple_query(&format!("SELECT 'case-marker:{}'", c.id)).await {
+        if let Err(e) = client.simple_query(&format!("SELECT 'case-marker:{}:'", c.id)).await {
             run.marker_error = Some(format!("{e:?}"));
         }
         for step in &c.steps {
@@ -1509,7 +1515,7 @@ async fn run_tokio_simple(client: &Client, cases: &[Case]) -> BTreeMap<String, C
         runs.insert(c.id.to_owned(), run);
     }
     let mut end = CaseRun::default();
-    if let Err(e) = client.simple_query("SELECT 'case-marker:end'").await {
+    if let Err(e) = client.simple_query("SELECT 'case-marker:end:'").await {
         end.marker_error = Some(format!("{e:?}"));
     }
     runs.insert("end".into(), end);
@@ -1531,7 +1537,7 @@ async fn run_tokio_extended(
     };
     for c in cases {
         let mut run = CaseRun::default();
-        if let Err(e) = client.query(&format!("SELECT 'case-marker:{}'", c.id), &[]).await {
+        if let Err(e) = client.query(&format!("SELECT 'case-marker:{}:'", c.id), &[]).await {
             run.marker_error = Some(format!("{e:?}"));
         }
         for step in &c.steps {
@@ -1586,7 +1592,7 @@ async fn run_tokio_extended(
         runs.insert(c.id.to_owned(), run);
     }
     let mut end = CaseRun::default();
-    if let Err(e) = client.query("SELECT 'case-marker:end'", &[]).await {
+    if let Err(e) = client.query("SELECT 'case-marker:end:'", &[]).await {
         end.marker_error = Some(format!("{e:?}"));
     }
     runs.insert("end".into(), end);

@@ -23,7 +23,7 @@ import java.util.Properties;
  * connection comes from PGHOST, PGPORT, PGDATABASE, PGUSER and PGPASSWORD. CASES_FILE has one
  * line per case ("C", id, rows per fetch or 0, tab-separated) followed by one line per step ("S",
  * the statement with backslash, newline and tab escaped). Before each case the runner selects
- * 'case-marker:ID' so that the recording relay can attribute bytes to cases; for each case it
+ * 'case-marker:ID:' so that the recording relay can attribute bytes to cases; for each case it
  * prints one JSON line with, per step, the rows (values as text) or the error's SQLSTATE. A case
  * with rows per fetch runs its statement in a transaction with that fetch size (a portal run in
  * pieces).
@@ -128,7 +128,7 @@ public class BypassJdbc {
 
     static void marker(Connection conn, String id) throws SQLException {
         try (Statement st = conn.createStatement();
-                ResultSet rs = st.executeQuery("SELECT 'case-marker:" + id + "'")) {
+                ResultSet rs = st.executeQuery("SELECT 'case-marker:" + id + ":'")) {
             while (rs.next()) {
                 rs.getString(1);
             }

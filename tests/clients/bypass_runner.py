@@ -7,7 +7,7 @@ MODE is `psycopg-text` (extended protocol with named prepared statements, text r
 protocol, binary results, values decoded by type). psycopg sends a text-format query without
 parameters in the simple protocol, so the text mode prepares every statement (`prepare=True`).
 The connection comes from the libpq environment (PGHOST, PGPORT, PGDATABASE, PGUSER,
-PGPASSWORD). Before each case the runner selects `'case-marker:<id>'`, so that the recording
+PGPASSWORD). Before each case the runner selects `'case-marker:<id>:'`, so that the recording
 relay in front of the gateway can attribute every byte it saw to a case. For each case it prints
 one JSON line: the case id and, per step, either the rows (each value as `type:text`) or the
 error's SQLSTATE and message. A case whose marker fails (the session became unusable) says so.
@@ -54,7 +54,7 @@ def psycopg_main(mode, cases):
     for case in cases:
         result = {"id": case["id"], "steps": []}
         try:
-            conn.execute("SELECT 'case-marker:%s'" % case["id"]).fetchone()
+            conn.execute("SELECT 'case-marker:%s:'" % case["id"]).fetchone()
         except Exception as e:  # noqa: BLE001 - any failure means the session is unusable
             result["marker_error"] = str(e)
             try:
@@ -62,7 +62,7 @@ def psycopg_main(mode, cases):
             except Exception:  # noqa: BLE001
                 pass
             conn = connect()
-            conn.execute("SELECT 'case-marker:%s'" % case["id"]).fetchone()
+            conn.execute("SELECT 'case-marker:%s:'" % case["id"]).fetchone()
         for step in case["steps"]:
             try:
                 rows = []
@@ -91,7 +91,7 @@ def psycopg_main(mode, cases):
             except psycopg.Error as e:
                 result["steps"].append(error_of(e))
         print(json.dumps(result), flush=True)
-    conn.execute("SELECT 'case-marker:end'").fetchone()
+    conn.execute("SELECT 'case-marker:end:'").fetchone()
     conn.close()
 
 
@@ -105,7 +105,7 @@ async def asyncpg_main(cases):
     for case in cases:
         result = {"id": case["id"], "steps": []}
         try:
-            await conn.fetch("SELECT 'case-marker:%s'" % case["id"])
+            await conn.fetch("SELECT 'case-marker:%s:'" % case["id"])
         except Exception as e:  # noqa: BLE001
             result["marker_error"] = str(e)
             try:
@@ -113,7 +113,7 @@ async def asyncpg_main(cases):
             except Exception:  # noqa: BLE001
                 pass
             conn = await connect()
-            await conn.fetch("SELECT 'case-marker:%s'" % case["id"])
+            await conn.fetch("SELECT 'case-marker:%s:'" % case["id"])
         for step in case["steps"]:
             try:
                 if case.get("portal_rows"):
@@ -138,7 +138,7 @@ async def asyncpg_main(cases):
                     {"ok": False, "sqlstate": "client", "message": "%s: %s" % (type(e).__name__, e)}
                 )
         print(json.dumps(result), flush=True)
-    await conn.fetch("SELECT 'case-marker:end'")
+    await conn.fetch("SELECT 'case-marker:end:'")
     await conn.close()
 
 
