@@ -2007,18 +2007,27 @@ async fn jdbc_extended_text() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn detector_group_through_every_client() {
-    for client in [
-        "psql",
-        "tokio-simple",
-        "tokio-extended",
-        "psycopg-text",
-        "psycopg-binary",
-        "asyncpg",
-        "jdbc-extended",
-    ] {
-        suite(client, Group::Support).await;
-    }
+async fn detector_group_psql() {
+    suite("psql", Group::Support).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn detector_group_tokio_postgres_simple_and_extended() {
+    suite("tokio-simple", Group::Support).await;
+    suite("tokio-extended", Group::Support).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn detector_group_python_drivers() {
+    suite("psycopg-text", Group::Support).await;
+    suite("psycopg-binary", Group::Support).await;
+    suite("asyncpg", Group::Support).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn detector_group_jdbc() {
+    suite("jdbc-simple", Group::Support).await;
+    suite("jdbc-extended", Group::Support).await;
 }
 
 /// The same statements show the real values to an identity no rule names: the suite's clean

@@ -233,6 +233,24 @@ pub enum Hazard {
     /// FETCH, EXECUTE of a prepared statement, a procedure call, `*` over a join the analysis
     /// cannot expand.
     UntracedOutput,
+    /// The statement defines code that runs later, out of the analysis's sight (a function,
+    /// procedure, trigger, rule, cast, operator, aggregate, language, extension), or a route to
+    /// data the gateway does not see (a foreign server, foreign table, user mapping,
+    /// subscription).
+    Defines {
+        /// What it defines, as the statement's kind (`CREATE FUNCTION`).
+        what: Arc<str>,
+    },
+    /// The statement changes relations in place (ALTER TABLE, renames, a new schema, attached
+    /// partitions, inheritance): masking rules name columns by schema, table and column name,
+    /// and a column renamed, moved, retyped from another or read through a new parent is no
+    /// longer where a rule names it.
+    Alters {
+        /// Every relation the statement names.
+        relations: Vec<RelationName>,
+        /// Schemas it renames.
+        schemas: Vec<Arc<str>>,
+    },
 }
 
 /// The lineage of one statement.
