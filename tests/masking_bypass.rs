@@ -1101,6 +1101,25 @@ fn analyst_cases(db: &str) -> Vec<Case> {
             anything("SELECT region FROM customers"),
             anything("UPDATE customers SET region = 'north'"),
         ]),
+        case("dd9", "renaming the schema the e-mail rule names", vec![
+            any("ALTER SCHEMA public RENAME TO pub"),
+            anything("SELECT email, lower(email) FROM pub.customers"),
+            anything("ALTER SCHEMA pub RENAME TO public"),
+        ]),
+        case("dd10", "a partitioned parent that attaches the masked table", vec![
+            rows("CREATE TABLE parted (LIKE customers) PARTITION BY RANGE (id)"),
+            any("ALTER TABLE parted ATTACH PARTITION customers FOR VALUES FROM (1) TO (1000)"),
+            anything("SELECT ssn, email FROM parted"),
+            anything("ALTER TABLE parted DETACH PARTITION customers"),
+            anything("DROP TABLE parted"),
+        ]),
+        case("dd11", "a rule that rewrites reads of a table into reads of the masked one", vec![
+            rows("CREATE TABLE decoy (v text)"),
+            any("CREATE RULE \"_RETURN\" AS ON SELECT TO decoy DO INSTEAD SELECT ssn AS v FROM customers"),
+            anything("SELECT v FROM decoy"),
+            anything("DROP TABLE IF EXISTS decoy"),
+            anything("DROP VIEW IF EXISTS decoy"),
+        ]),
     ]
 }
 

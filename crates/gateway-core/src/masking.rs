@@ -465,6 +465,16 @@ pub trait Masker: Send + Sync {
     fn scrub<'a>(&self, _session: &SessionContext, text: &'a str) -> Cow<'a, str> {
         Cow::Borrowed(text)
     }
+
+    /// Runs when the database answers a statement of an active session with an error or a
+    /// notice: whether the statement reads values the session must not see (or what cannot be
+    /// traced). `true` means the message's text is hidden whole: the database prints values in
+    /// messages unquoted as often as quoted (`date out of range: 18273645-01-01`), and no
+    /// scrubbing of the text can tell a value from the wording. `request.columns` is empty. The
+    /// default is `true`.
+    async fn reads_masked(&self, _request: PlanRequest<'_>) -> bool {
+        true
+    }
 }
 
 /// Masks nothing: the built-in until masking rules are configured.

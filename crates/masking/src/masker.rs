@@ -537,11 +537,15 @@ struct NullOnFinding(Arc<Detectors>);
 
 impl ValueMask for NullOnFinding {
     fn mask<'a>(&self, value: &'a [u8]) -> Option<Cow<'a, [u8]>> {
-        let text = String::from_utf8_lossy(value);
-        if self.0.find(&text).is_empty() {
-            Some(Cow::Borrowed(value))
-        } else {
+        let found = |bytes: &[u8]| !self.0.find(&String::from_utf8_lossy(bytes)).is_empty();
+        // bytea's text form is hex (`\x5a65...`), which a client decodes back into the text.
+        let hex_bytes = value
+            .strip_prefix(b"\\x")
+            .and_then(|hex| hex::decode(hex).ok());
+        if found(value) || hex_bytes.is_some_and(|b| found(&b)) {
             None
+        } else {
+            Some(Cow::Borrowed(value))
         }
     }
 }
@@ -630,6 +634,33 @@ impl Masker for RuleMasker {
             plans.push(self.column_plan(&rules, detectors.as_ref(), column, &taint, plain));
         }
         MaskPlan::new(plans)
+    }
+
+    async fn reads_masked(&self, request: PlanRequest<'_>) -> bool {
+        let rules = self.rules_for(request.session);
+        if rules.is_empty() {
+            // Detectors alone: their scrubbing of the text is all there is to do.
+            return false;
+        }
+        let Some(statement) = request.lineage else {
+            return true;
+        };
+        if statement.hazards.iter().any(|h| {
+            matches!(
+                h,
+                Hazard::UntracedOutput | Hazard::Dynamic | Hazard::Defines { .. }
+            )
+        }) {
+            return true;
+        }
+        let mut resolver = Resolver::new(self, &rules, request.catalog, dialect(request.session));
+        let mut taint = resolver.sources(&statement.reads, 0).await;
+        for output in statement.outputs.iter().flatten() {
+            if let OutputColumn::Star { relation } = output {
+                taint.add(&resolver.whole_row(relation, 0).await);
+            }
+        }
+        !taint.is_clean()
     }
 
     fn scrub<'a>(&self, session: &SessionContext, text: &'a str) -> Cow<'a, str> {
@@ -861,6 +892,9 @@ mod tests {
         assert!(mask.mask(&found).is_none(), "a finding in a binary array");
         let clean = array(b"nothing to see");
         assert!(matches!(mask.mask(&clean), Some(Cow::Borrowed(_))));
+        // bytea in text format: hex, decoded before it is scanned.
+        let hex = format!("\\x{}", hex::encode("mail jane.doe@example.com"));
+        assert!(mask.mask(hex.as_bytes()).is_none(), "a finding in hex bytea");
     }
 
     #[test]

@@ -799,9 +799,11 @@ impl UpstreamDirection<'_> {
                         self.complete(Some("(portal suspended)".into()), None);
                         Reply::Pass
                     }
-                    b'E' => self.error(body),
+                    b'E' => self.error(body).await,
                     b'N' if self.masked => {
-                        match crate::masking::scrub_fields(self.session, b'N', body) {
+                        let reads_masked = self.head_reads_masked().await;
+                        match crate::masking::scrub_fields(self.session, b'N', body, reads_masked)
+                        {
                             Some(frame) => Reply::Replace(frame.freeze()),
                             None => Reply::Pass,
                         }
@@ -1044,7 +1046,34 @@ impl UpstreamDirection<'_> {
         })
     }
 
-    fn error(&mut self, body: &[u8]) -> Reply {
+    /// In a masked session: whether the statement the upstream is answering reads masked
+    /// columns, so that its messages are hidden ([`gateway_core::MaskPlanner::reads_masked`]).
+    /// `false` when no execution is being answered (a message about a Parse or Bind, or an
+    /// asynchronous notice), whose text is scrubbed as usual.
+    async fn head_reads_masked(&self) -> bool {
+        let head = {
+            let q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+            q.iter().find_map(|p| match p {
+                Pending::Query(Some(exec)) => Some(
+                    exec.mask_planner()
+                        .cloned()
+                        .map(|planner| (planner, self.statement_index)),
+                ),
+                Pending::Execute(Some(exec)) => {
+                    Some(exec.mask_planner().cloned().map(|planner| (planner, 0)))
+                }
+                Pending::Describe(Some(planner)) => Some(Some((planner.clone(), 0))),
+                Pending::Query(None) | Pending::Execute(None) | Pending::Sync => Some(None),
+                Pending::Denied(..) | Pending::Describe(None) => None,
+            })
+        };
+        match head.flatten() {
+            Some((planner, statement)) => planner.reads_masked(statement).await,
+            None => false,
+        }
+    }
+
+    async fn error(&mut self, body: &[u8]) -> Reply {
         let fields = error_fields(body);
         let message = fields
             .iter()
@@ -1096,9 +1125,13 @@ impl UpstreamDirection<'_> {
             code,
             message: message.to_owned(),
         };
+        // Asked before `complete` takes the execution off the queue.
+        let reads_masked = self.masked && self.head_reads_masked().await;
         self.complete(None, Some(recorded));
         if self.masked {
-            if let Some(frame) = crate::masking::scrub_fields(self.session, b'E', body) {
+            if let Some(frame) =
+                crate::masking::scrub_fields(self.session, b'E', body, reads_masked)
+            {
                 return Reply::Replace(frame.freeze());
             }
         }
