@@ -1173,6 +1173,94 @@ fn support_cases() -> Vec<Case> {
     ]
 }
 
+/// Cases in the frontend protocol itself (tests/clients/raw_portals.py reads the steps): portals
+/// and statements that SQL created under names the gateway tracks for the protocol.
+fn raw_cases() -> Vec<Case> {
+    let steps = |lines: &[&str]| lines.iter().map(|l| anything(l)).collect::<Vec<_>>();
+    vec![
+        case("rw1", "Execute of a SQL cursor that was never bound", steps(&[
+            "Q BEGIN",
+            "Q DECLARE rc1 CURSOR FOR SELECT lower(email), ssn || '' FROM customers",
+            "D P|rc1",
+            "E rc1|0",
+            "S",
+            "Q ROLLBACK",
+        ])),
+        case("rw2", "Bind to a statement prepared with SQL PREPARE", steps(&[
+            "Q PREPARE rp1 AS SELECT lower(email), card || '' FROM customers",
+            "B |rp1",
+            "D P|",
+            "E |0",
+            "S",
+            "Q DEALLOCATE ALL",
+        ])),
+        case("rw3", "a Bind the database refused, then Execute of the cursor that holds its name", steps(&[
+            "Q DECLARE rc2 CURSOR WITH HOLD FOR SELECT lower(email), upper(ssn) FROM customers",
+            "P |SELECT 'x' AS lower, 'y' AS upper",
+            "B rc2|",
+            "S",
+            "E rc2|0",
+            "S",
+            "Q CLOSE ALL",
+        ])),
+        case("rw4", "the same, pipelined without waiting", steps(&[
+            "Q DECLARE rc3 CURSOR WITH HOLD FOR SELECT lower(email), upper(ssn) FROM customers",
+            "P |SELECT 'x' AS lower, 'y' AS upper",
+            "B rc3|",
+            "SS",
+            "D P|rc3",
+            "E rc3|0",
+            "S",
+            "Q CLOSE ALL",
+        ])),
+        case("rw5", "a bound portal closed with SQL and declared again over masked values", steps(&[
+            "Q BEGIN",
+            "P |SELECT 'x' AS lower",
+            "B p1|",
+            "S",
+            "Q CLOSE p1",
+            "Q DECLARE p1 CURSOR FOR SELECT lower(email) FROM customers",
+            "E p1|0",
+            "S",
+            "Q ROLLBACK",
+        ])),
+        case("rw6", "a portal name reused by a WITH HOLD cursor after its transaction ended", steps(&[
+            "Q BEGIN",
+            "P |SELECT 'x' AS lower",
+            "B p2|",
+            "E p2|0",
+            "S",
+            "Q COMMIT",
+            "Q DECLARE p2 CURSOR WITH HOLD FOR SELECT lower(email) FROM customers",
+            "E p2|0",
+            "S",
+            "Q CLOSE ALL",
+        ])),
+        case("rw7", "a portal run in pieces whose cursor is swapped between pieces", steps(&[
+            "Q BEGIN",
+            "P |SELECT 'x' AS lower FROM generate_series(1, 3)",
+            "B p3|",
+            "E p3|1",
+            "S",
+            "Q CLOSE p3",
+            "Q DECLARE p3 CURSOR FOR SELECT lower(email) FROM customers",
+            "E p3|1",
+            "S",
+            "Q ROLLBACK",
+        ])),
+        case("rw8", "a plain portal run in pieces still works", vec![
+            anything("Q BEGIN"),
+            anything("P |SELECT lower(email), ssn FROM customers ORDER BY id"),
+            anything("B p4|"),
+            rows("E p4|1"),
+            rows("S"),
+            anything("E p4|5"),
+            rows("S"),
+            anything("Q COMMIT"),
+        ]),
+    ]
+}
+
 /// Leaks the suite knows of and the product does not close yet: (case, client, what is
 /// missing). Each is asserted to still leak, so that closing one makes the suite say so.
 const KNOWN_LEAKS: &[(&str, &str, &str)] = &[];
@@ -1665,7 +1753,8 @@ fn parse_runner(text: &str) -> BTreeMap<String, CaseRun> {
     runs
 }
 
-/// The Python runner (psycopg 3 or asyncpg) over every case, through the recorder.
+/// The Python runner (psycopg 3 or asyncpg; `raw`: the frontend protocol by hand) over every
+/// case, through the recorder.
 async fn run_python(
     gw: &TestGateway,
     recorder: &Recorder,
@@ -1685,11 +1774,14 @@ async fn run_python(
         })
         .collect();
     std::fs::write(&file, serde_json::to_vec(&list).unwrap()).unwrap();
-    let runner = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/bypass_runner.py");
     let mut cmd = Command::new(common::python());
-    cmd.arg(&runner)
-        .arg(mode)
-        .arg(&file)
+    if mode == "raw" {
+        cmd.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/raw_portals.py"));
+    } else {
+        cmd.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/bypass_runner.py"))
+            .arg(mode);
+    }
+    cmd.arg(&file)
         .env("PYTHONDONTWRITEBYTECODE", "1")
         .env("PYTHONUNBUFFERED", "1");
     let port = recorder.port.to_string();
@@ -2047,6 +2139,18 @@ async fn detector_group_python_drivers() {
 async fn detector_group_jdbc() {
     suite("jdbc-simple", Group::Support).await;
     suite("jdbc-extended", Group::Support).await;
+}
+
+/// Portals and statements created with SQL under the names of protocol portals and statements,
+/// driven by hand over the frontend protocol.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raw_protocol_portals() {
+    let gw = start().await;
+    let recorder = Recorder::start(gw.addr).await;
+    let token = token(&gw, Group::Analysts);
+    let cases = raw_cases();
+    let run = run_python(&gw, &recorder, &token, "raw", &cases).await;
+    report(judge(&run, &cases, Group::Analysts));
 }
 
 /// The same statements show the real values to an identity no rule names: the suite's clean
