@@ -217,7 +217,8 @@ pub enum Hazard {
         /// The function.
         function: Arc<str>,
     },
-    /// A cursor is declared; its rows arrive later through FETCH.
+    /// A cursor is declared (its rows arrive later through FETCH) or closed. SQL cursors share
+    /// their names with the protocol's portals.
     Cursor {
         /// The cursor's name.
         name: Arc<str>,

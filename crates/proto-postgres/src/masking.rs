@@ -135,6 +135,20 @@ impl gateway_core::ValueMask for Nulls {
     }
 }
 
+/// Writes a DataRow of NULLs as wide as the DataRow `body` (none when the body is malformed).
+pub(crate) fn null_row(body: &[u8], out: &mut BytesMut) {
+    let n = Reader::new(body)
+        .i16()
+        .and_then(|c| usize::try_from(c).ok())
+        .unwrap_or(0);
+    out.put_u8(b'D');
+    out.put_i32((4 + 2 + 4 * n) as i32);
+    out.put_i16(n as i16);
+    for _ in 0..n {
+        out.put_i32(-1);
+    }
+}
+
 /// The plan of the result set being relayed, with what it masked so far.
 pub(crate) struct ActivePlan {
     plan: MaskPlan,

@@ -416,6 +416,13 @@ impl Tracer {
                 self.inner(s.query.as_deref(), outer);
                 None
             }
+            N::ClosePortalStmt(s) => {
+                // The name (empty for CLOSE ALL) is free again, for a cursor or a portal.
+                self.hazard(Hazard::Cursor {
+                    name: Arc::from(s.portalname.as_str()),
+                });
+                None
+            }
             N::FetchStmt(_) => {
                 self.hazard(Hazard::UntracedOutput);
                 None
