@@ -1841,18 +1841,22 @@ async fn run_python(
 /// (`PORTCULLIS_TEST_NO_JDBC` holds its reason).
 fn jdbc_jar() -> Option<&'static str> {
     const JAR: &str = "/usr/share/java/postgresql.jar";
-    if Path::new(JAR).exists() {
+    let javac = Command::new("javac")
+        .arg("-version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if Path::new(JAR).exists() && javac {
         return Some(JAR);
     }
     match std::env::var("PORTCULLIS_TEST_NO_JDBC") {
         Ok(reason) if !reason.is_empty() => {
             eprintln!(
-                "\n!!!!!!!! JDBC CASES SKIPPED: {JAR} is missing and scripts/test.sh could not install it: {reason} !!!!!!!!\n"
+                "\n!!!!!!!! JDBC CASES SKIPPED: javac or {JAR} is missing and scripts/test.sh could not install them: {reason} !!!!!!!!\n"
             );
             None
         }
         _ => panic!(
-            "{JAR} is missing: run scripts/test.sh (it installs libpostgresql-jdbc-java), or apt-get install libpostgresql-jdbc-java default-jdk-headless"
+            "javac or {JAR} is missing: run scripts/test.sh (it installs them), or apt-get install libpostgresql-jdbc-java default-jdk-headless"
         ),
     }
 }
