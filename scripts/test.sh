@@ -10,11 +10,13 @@
 # What it needs on the machine: PostgreSQL on 127.0.0.1:5432 (user postgres, trust) and MariaDB on
 # 127.0.0.1:3306 (root, no password), both started here if they are down; psql, pg_isready,
 # pgbench, mariadb, mariadb-admin; python3 with venv; cargo with cargo-nextest (installed if
-# missing).
+# missing); a JDK and PgJDBC (installed with apt-get if missing).
 #
 # What it provides to the tests:
 #   PORTCULLIS_TEST_PYTHON  a Python 3 interpreter (venv in target/test-venv) with psycopg 3 and
 #                           asyncpg, for the tests that drive the gateway from Python.
+#   PORTCULLIS_TEST_NO_JDBC set (to the reason) only when javac or PgJDBC could not be installed:
+#                           the masking bypass suite then skips its JDBC runs, loudly.
 #
 # The last line it prints is nextest's own summary line; the exit status is non-zero if any test
 # or doctest failed, or if the set-up could not be completed.
@@ -119,6 +121,28 @@ ensure_build_packages() {
         "${BUILD_PACKAGES[@]}" sqlite3
 }
 
+# A JDK and PgJDBC (Debian's libpostgresql-jdbc-java, /usr/share/java/postgresql.jar) for the
+# masking bypass suite's JDBC client (tests/clients/BypassJdbc.java). When they cannot be
+# installed (no network, no root) the suite skips its JDBC runs with a loud message: the reason
+# reaches the tests as PORTCULLIS_TEST_NO_JDBC, and a missing driver without that reason fails.
+ensure_jdbc() {
+    local packages=()
+    command -v javac >/dev/null 2>&1 || packages+=(default-jdk-headless)
+    [[ -f /usr/share/java/postgresql.jar ]] || packages+=(libpostgresql-jdbc-java)
+    if ((${#packages[@]} == 0)); then
+        echo "JDBC: javac and PgJDBC present"
+        return
+    fi
+    # In a subshell: ensure_apt_packages dies on failure, and this failure is not fatal.
+    if (ensure_apt_packages "JDBC client" "(the masking bypass suite drives PgJDBC)" "${packages[@]}"); then
+        echo "JDBC: installed ${packages[*]}"
+    else
+        export PORTCULLIS_TEST_NO_JDBC="apt-get could not install ${packages[*]}"
+        printf '\n!!!!!!!! %s: the JDBC runs of the masking bypass suite will be SKIPPED !!!!!!!!\n\n' \
+            "$PORTCULLIS_TEST_NO_JDBC" >&2
+    fi
+}
+
 ensure_nextest() {
     if cargo nextest --version >/dev/null 2>&1; then
         cargo nextest --version | head -n1
@@ -140,6 +164,7 @@ ensure_mariadb
 section "test tools"
 ensure_build_packages
 ensure_python_venv
+ensure_jdbc
 ensure_nextest
 
 if [[ "${PORTCULLIS_TEST_SETUP_ONLY:-0}" == 1 ]]; then

@@ -850,7 +850,9 @@ impl TestGateway {
         self.run_client(cmd, &[]).await
     }
 
-    async fn run_client(&self, mut cmd: Command, env: &[(&str, &str)]) -> Output {
+    /// Runs any client program against the gateway, with [`libpq_env`](Self::libpq_env)
+    /// overridden by `env` (an empty value removes a variable), killed after [`CLIENT_TIMEOUT`].
+    pub async fn run_client(&self, mut cmd: Command, env: &[(&str, &str)]) -> Output {
         for (k, _) in std::env::vars_os() {
             if k.to_string_lossy().starts_with("PG") {
                 cmd.env_remove(k);

@@ -217,14 +217,8 @@ pub enum Hazard {
         /// The function.
         function: Arc<str>,
     },
-    /// Code is installed that runs later, out of the analysis' sight (a function or procedure
-    /// body, a trigger, a rule, an event trigger): it may copy values where they are read
-    /// unmasked.
-    Deferred {
-        /// What is created (`function`, `trigger`, ...).
-        what: Arc<str>,
-    },
-    /// A cursor is declared; its rows arrive later through FETCH.
+    /// A cursor is declared (its rows arrive later through FETCH) or closed. SQL cursors share
+    /// their names with the protocol's portals.
     Cursor {
         /// The cursor's name.
         name: Arc<str>,
@@ -240,6 +234,24 @@ pub enum Hazard {
     /// FETCH, EXECUTE of a prepared statement, a procedure call, `*` over a join the analysis
     /// cannot expand.
     UntracedOutput,
+    /// The statement defines code that runs later, out of the analysis's sight (a function,
+    /// procedure, trigger, rule, cast, operator, aggregate, language, extension), or a route to
+    /// data the gateway does not see (a foreign server, foreign table, user mapping,
+    /// subscription).
+    Defines {
+        /// What it defines, as the statement's kind (`CREATE FUNCTION`).
+        what: Arc<str>,
+    },
+    /// The statement changes relations in place (ALTER TABLE, renames, a new schema, attached
+    /// partitions, inheritance): masking rules name columns by schema, table and column name,
+    /// and a column renamed, moved, retyped from another or read through a new parent is no
+    /// longer where a rule names it.
+    Alters {
+        /// Every relation the statement names.
+        relations: Vec<RelationName>,
+        /// Schemas it renames.
+        schemas: Vec<Arc<str>>,
+    },
 }
 
 /// The lineage of one statement.
@@ -453,6 +465,16 @@ pub trait Masker: Send + Sync {
     /// notification payloads. The default hands it back unchanged.
     fn scrub<'a>(&self, _session: &SessionContext, text: &'a str) -> Cow<'a, str> {
         Cow::Borrowed(text)
+    }
+
+    /// Runs when the database answers a statement of an active session with an error or a
+    /// notice: whether the statement reads values the session must not see (or what cannot be
+    /// traced). `true` means the message's text is hidden whole: the database prints values in
+    /// messages unquoted as often as quoted (`date out of range: 18273645-01-01`), and no
+    /// scrubbing of the text can tell a value from the wording. `request.columns` is empty. The
+    /// default is `true`.
+    async fn reads_masked(&self, _request: PlanRequest<'_>) -> bool {
+        true
     }
 }
 

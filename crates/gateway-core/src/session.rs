@@ -421,6 +421,25 @@ impl MaskPlanner {
     }
 }
 
+impl MaskPlanner {
+    /// Whether statement `statement` of the text reads values the session must not see
+    /// ([`Masker::reads_masked`]): its errors and notices are then hidden.
+    pub async fn reads_masked(&self, statement: usize) -> bool {
+        let lineage = self
+            .lineage
+            .as_deref()
+            .and_then(|l| l.statements.get(statement));
+        self.masker
+            .reads_masked(PlanRequest {
+                session: &self.session,
+                lineage,
+                columns: &[],
+                catalog: &*self.catalog,
+            })
+            .await
+    }
+}
+
 impl Session {
     /// The session's immutable facts.
     pub fn context(&self) -> &Arc<SessionContext> {

@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use gateway_core::{
     Catalog, CatalogRelation, CheckRequest, ColumnOrigin, ColumnPlan, ErrorKind, GatewayError,
     Hazard, Lineage, MaskPlan, Masker, OutputColumn, PlanRequest, Protocol, RelationKind,
-    RelationName, SessionContext, Side, SourceColumn, StatementLineage, ValueFormat, ValueMask,
+    RelationName, SessionContext, Side, SourceColumn, StatementLineage, ValueMask,
     ValueType,
 };
 use policy::analysis::{Dialect, ReadingContext};
@@ -278,7 +278,7 @@ impl<'a> Resolver<'a> {
                 .filter(|(_, r)| r.names(&rel.schema, &rel.name, column))
                 .map(|(i, _)| i)
                 .collect(),
-            untraced: false,
+            untraced: holds_samples(rel, column),
         };
         match rel.kind {
             RelationKind::Table => {}
@@ -476,6 +476,27 @@ impl<'a> Resolver<'a> {
     }
 }
 
+/// Whether a column of a catalog relation holds samples of other tables' values: the planner's
+/// statistics keep the most common values and histogram bounds of every column (masked ones
+/// included) after ANALYZE, readable through `pg_stats` and its siblings. Such a column may carry
+/// any masked value, and no rule can say which.
+fn holds_samples(rel: &CatalogRelation, column: &str) -> bool {
+    &*rel.schema == "pg_catalog"
+        && matches!(
+            &*rel.name,
+            "pg_statistic"
+                | "pg_stats"
+                | "pg_stats_ext"
+                | "pg_stats_ext_exprs"
+                | "pg_statistic_ext_data"
+        )
+        && (column.starts_with("stavalues")
+            || matches!(
+                column,
+                "most_common_vals" | "histogram_bounds" | "most_common_elems" | "stxdmcv" | "stxdexpr"
+            ))
+}
+
 /// The strictest strategy among `rules`, for a value derived from their columns: redaction, or
 /// NULL where a rule asks for it.
 fn derived_strategy(rules: &[&Rule], taint: &Taint) -> Strategy {
@@ -507,18 +528,24 @@ fn derived_reason(rules: &[&Rule], taint: &Taint, strategy: &Strategy) -> Arc<st
     ))
 }
 
-/// For detector sessions: containers (arrays, rows) cannot be rewritten in place, so a value in
-/// which a detector finds something becomes NULL.
+/// For detector sessions: containers (arrays, rows), bytes and types the detectors cannot rewrite
+/// (xml, tsvector, ...) become NULL when a detector finds something in their bytes. Binary forms
+/// hold the text of their elements verbatim between length words (an array of text, a row, a
+/// bytea, an xml value), so the bytes are scanned as they are, whatever the format.
 #[derive(Debug)]
 struct NullOnFinding(Arc<Detectors>);
 
 impl ValueMask for NullOnFinding {
     fn mask<'a>(&self, value: &'a [u8]) -> Option<Cow<'a, [u8]>> {
-        let text = String::from_utf8_lossy(value);
-        if self.0.find(&text).is_empty() {
-            Some(Cow::Borrowed(value))
-        } else {
+        let found = |bytes: &[u8]| !self.0.find(&String::from_utf8_lossy(bytes)).is_empty();
+        // bytea's text form is hex (`\x5a65...`), which a client decodes back into the text.
+        let hex_bytes = value
+            .strip_prefix(b"\\x")
+            .and_then(|hex| hex::decode(hex).ok());
+        if found(value) || hex_bytes.is_some_and(|b| found(&b)) {
             None
+        } else {
+            Some(Cow::Borrowed(value))
         }
     }
 }
@@ -609,6 +636,33 @@ impl Masker for RuleMasker {
         MaskPlan::new(plans)
     }
 
+    async fn reads_masked(&self, request: PlanRequest<'_>) -> bool {
+        let rules = self.rules_for(request.session);
+        if rules.is_empty() {
+            // Detectors alone: their scrubbing of the text is all there is to do.
+            return false;
+        }
+        let Some(statement) = request.lineage else {
+            return true;
+        };
+        if statement.hazards.iter().any(|h| {
+            matches!(
+                h,
+                Hazard::UntracedOutput | Hazard::Dynamic | Hazard::Defines { .. }
+            )
+        }) {
+            return true;
+        }
+        let mut resolver = Resolver::new(self, &rules, request.catalog, dialect(request.session));
+        let mut taint = resolver.sources(&statement.reads, 0).await;
+        for output in statement.outputs.iter().flatten() {
+            if let OutputColumn::Star { relation } = output {
+                taint.add(&resolver.whole_row(relation, 0).await);
+            }
+        }
+        !taint.is_clean()
+    }
+
     fn scrub<'a>(&self, session: &SessionContext, text: &'a str) -> Cow<'a, str> {
         let quoted = if self
             .config
@@ -645,8 +699,11 @@ impl RuleMasker {
                     Some(m) => Some(m),
                     None if matches!(
                         column.value_type,
-                        ValueType::Array | ValueType::Composite | ValueType::Other
-                    ) && column.format == ValueFormat::Text =>
+                        ValueType::Array
+                            | ValueType::Composite
+                            | ValueType::Other
+                            | ValueType::Bytes
+                    ) =>
                     {
                         Some(Arc::new(NullOnFinding(Arc::clone(detectors))))
                     }
@@ -708,12 +765,6 @@ impl RuleMasker {
                         "masking",
                     ));
                 }
-                Hazard::Deferred { what } if self.config.strict => {
-                    return Err(refusal(
-                        format!("masking: this statement creates a {what}, whose code runs later out of the gateway's sight and could copy masked values where they are read unmasked"),
-                        "masking",
-                    ));
-                }
                 Hazard::ServerFile { function } => {
                     return Err(refusal(
                         format!("masking: {function} reads or writes server files or large objects, a channel masking cannot cover"),
@@ -728,6 +779,30 @@ impl RuleMasker {
                     if !taint.is_clean() {
                         return Err(refusal(
                             format!("masking: COPY TO would send {} outside the result rows the gateway masks; select the rows instead", names(&taint)),
+                            &rule_of(&taint),
+                        ));
+                    }
+                }
+                Hazard::Defines { what } if self.config.strict => {
+                    return Err(refusal(
+                        format!("masking: {what} defines code that runs later, or a route to data, out of the gateway's sight (a function can read masked columns and store, raise or return them unmasked); ask for an identity without masking to change the schema"),
+                        "masking",
+                    ));
+                }
+                Hazard::Alters { relations, schemas } => {
+                    if let Some(schema) = schemas.first() {
+                        return Err(refusal(
+                            format!("masking: renaming schema {schema} would move tables out from under the masking rules, which name columns by schema, table and column"),
+                            "masking",
+                        ));
+                    }
+                    let mut taint = Taint::default();
+                    for relation in relations {
+                        taint.add(&resolver.whole_row(relation, 0).await);
+                    }
+                    if !taint.rules.is_empty() {
+                        return Err(refusal(
+                            format!("masking: this statement changes a relation with {} in place (a rename, a new parent or partition, a column computed or retyped from another), after which the rules would no longer name where its values are", names(&taint)),
                             &rule_of(&taint),
                         ));
                     }
@@ -805,6 +880,27 @@ pub fn redact_quoted(text: &str) -> Cow<'_, str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn detector_nulls_read_binary_containers() {
+        let mask = NullOnFinding(Arc::new(Detectors::all()));
+        // text[] in binary: one dimension, no nulls, element type 25, one element from 1.
+        let array = |element: &[u8]| {
+            let mut v = Vec::new();
+            for word in [1i32, 0, 25, 1, 1, element.len() as i32] {
+                v.extend_from_slice(&word.to_be_bytes());
+            }
+            v.extend_from_slice(element);
+            v
+        };
+        let found = array(b"write to jane.doe@example.com today");
+        assert!(mask.mask(&found).is_none(), "a finding in a binary array");
+        let clean = array(b"nothing to see");
+        assert!(matches!(mask.mask(&clean), Some(Cow::Borrowed(_))));
+        // bytea in text format: hex, decoded before it is scanned.
+        let hex = format!("\\x{}", hex::encode("mail jane.doe@example.com"));
+        assert!(mask.mask(hex.as_bytes()).is_none(), "a finding in hex bytea");
+    }
 
     #[test]
     fn quoted_spans_are_hidden() {

@@ -749,6 +749,61 @@ fn cases() -> Vec<Case> {
             vec![Hazard::UntracedOutput],
         ),
         case(
+            "CREATE FUNCTION public.upper(varchar) RETURNS text LANGUAGE sql AS $$ SELECT ssn FROM customers $$",
+            "a function defined now runs later out of sight (here it shadows a built-in)",
+            None,
+            vec![],
+            vec![Hazard::Defines { what: "CreateFunction".into() }],
+        ),
+        case(
+            "CREATE TRIGGER t BEFORE UPDATE ON customers FOR EACH ROW EXECUTE FUNCTION f()",
+            "a trigger runs code on every row it sees",
+            None,
+            vec![],
+            vec![Hazard::Defines { what: "CreateTrig".into() }],
+        ),
+        case(
+            "CREATE FOREIGN TABLE mirror (ssn text) SERVER loopback OPTIONS (table_name 'customers')",
+            "a foreign table is a route to data the gateway does not see",
+            None,
+            vec![],
+            vec![Hazard::Defines { what: "CreateForeignTable".into() }],
+        ),
+        case(
+            "ALTER TABLE customers RENAME COLUMN ssn TO tax_id",
+            "a rename moves a column away from the rule that names it",
+            None,
+            vec![],
+            vec![Hazard::Alters { relations: vec![rel("customers")], schemas: vec![] }],
+        ),
+        case(
+            "ALTER TABLE parted ATTACH PARTITION public.customers FOR VALUES FROM (1) TO (10)",
+            "every relation an ALTER names counts, the attached partition too",
+            None,
+            vec![],
+            vec![Hazard::Alters {
+                relations: vec![rel("parted"), qrel("public", "customers")],
+                schemas: vec![],
+            }],
+        ),
+        case(
+            "ALTER SCHEMA public RENAME TO pub",
+            "a schema rename moves every table in it",
+            None,
+            vec![],
+            vec![Hazard::Alters { relations: vec![], schemas: vec!["public".into()] }],
+        ),
+        case(
+            "SELECT setval('s', salary), pg_advisory_lock(salary) FROM customers",
+            "a sequence and an advisory lock key keep values for later",
+            Some(vec![
+                derived(vec![col("customers", "salary")]),
+                derived(vec![col("customers", "salary")]),
+            ]),
+            vec![],
+            vec![stores(vec![col("customers", "salary")])],
+        ),
+        case(
             "DO $$ BEGIN PERFORM 1; END $$",
             "a DO block runs code the analysis cannot trace",
             None,
@@ -885,7 +940,10 @@ fn cases() -> Vec<Case> {
             "an expression that runs over a table's rows in DDL keeps its side channels",
             None,
             vec![],
-            vec![stores(vec![col("t", "ssn")])],
+            vec![
+                stores(vec![col("t", "ssn")]),
+                Hazard::Alters { relations: vec![rel("t")], schemas: vec![] },
+            ],
         ),
     ]
 }

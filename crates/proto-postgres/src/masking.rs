@@ -135,6 +135,20 @@ impl gateway_core::ValueMask for Nulls {
     }
 }
 
+/// Writes a DataRow of NULLs as wide as the DataRow `body` (none when the body is malformed).
+pub(crate) fn null_row(body: &[u8], out: &mut BytesMut) {
+    let n = Reader::new(body)
+        .i16()
+        .and_then(|c| usize::try_from(c).ok())
+        .unwrap_or(0);
+    out.put_u8(b'D');
+    out.put_i32((4 + 2 + 4 * n) as i32);
+    out.put_i16(n as i16);
+    for _ in 0..n {
+        out.put_i32(-1);
+    }
+}
+
 /// The plan of the result set being relayed, with what it masked so far.
 pub(crate) struct ActivePlan {
     plan: MaskPlan,
@@ -282,13 +296,31 @@ pub(crate) fn merge_report(into: &mut Vec<MaskedColumn>, more: Vec<MaskedColumn>
 /// message and hint go through the masker; the detail, context and internal query are left out,
 /// because PostgreSQL prints row values there unquoted (`Failing row contains (...)`, `JSON data,
 /// line 1: ...`). Field codes: protocol documentation, "Error and Notice Message Fields".
-pub(crate) fn scrub_fields(session: &Session, ty: u8, body: &[u8]) -> Option<BytesMut> {
+///
+/// `reads_masked`: the statement the message answers reads masked columns (or what cannot be
+/// traced), so the message and hint are replaced whole: the database prints values unquoted in
+/// messages too (`date out of range: 18273645-01-01`), and the text is no place to tell them
+/// from the wording. The SQLSTATE, the position and the names of schema, table, column, type
+/// and constraint stay.
+pub(crate) fn scrub_fields(
+    session: &Session,
+    ty: u8,
+    body: &[u8],
+    reads_masked: bool,
+) -> Option<BytesMut> {
     let fields = crate::wire::error_fields(body);
     // A message raised by user code (PL/pgSQL RAISE, whose context line says so) is whatever
     // text the function built, values included and unquoted: none of it is passed on.
     let raised = fields
         .iter()
         .any(|(code, value)| *code == b'W' && value.contains(" RAISE"));
+    let sqlstate = fields
+        .iter()
+        .find(|(code, _)| *code == b'C')
+        .map_or("", |(_, v)| v.as_str());
+    let hidden = format!(
+        "the database's message (SQLSTATE {sqlstate}) is hidden because the statement reads masked columns"
+    );
     let mut changed = false;
     let mut out = BytesMut::with_capacity(body.len() + 5);
     out.put_u8(ty);
@@ -306,6 +338,14 @@ pub(crate) fn scrub_fields(session: &Session, ty: u8, body: &[u8]) -> Option<Byt
                 }
                 out.put_u8(*code);
                 out.extend_from_slice(RAISED.as_bytes());
+            }
+            b'M' | b'H' if reads_masked => {
+                changed = true;
+                if *code == b'H' {
+                    continue;
+                }
+                out.put_u8(*code);
+                out.extend_from_slice(hidden.as_bytes());
             }
             b'M' | b'H' => {
                 let scrubbed = session.scrub(value);

@@ -70,7 +70,19 @@ enum Pending {
     /// A Describe in a masked session (ends at its RowDescription or NoData). The client's own
     /// (`None`) is answered to the client; one the gateway adds before an Execute (`Some`)
     /// describes that execution's result for its mask plan, and its answer goes no further.
-    Describe(Option<gateway_core::MaskPlanner>),
+    Describe(Option<Added>),
+    /// A Bind in a masked session (ends at BindComplete, or is dropped with its segment when the
+    /// database refuses it): the portal's name and the Bind's number.
+    Bind(Vec<u8>, u64),
+}
+
+/// The Describe the gateway adds before an Execute in a masked session: the execution's mask
+/// planner, and the portal and Bind the gateway believes it runs. The plan is made only if the
+/// database confirmed that very Bind (see [`UpstreamDirection::confirmed`]).
+struct Added {
+    planner: gateway_core::MaskPlanner,
+    portal: Vec<u8>,
+    bind: u64,
 }
 
 type Queue = Arc<Mutex<VecDeque<Pending>>>;
@@ -119,6 +131,7 @@ pub(crate) async fn relay(
         copy_ins: &copy_ins,
         copy_ins_ended: 0,
         masked: session.masking_active(),
+        binds: 0,
     };
     let mut to_client = UpstreamDirection {
         session: &session,
@@ -139,6 +152,7 @@ pub(crate) async fn relay(
         copy_ins: &copy_ins,
         masked: session.masking_active(),
         plan: None,
+        confirmed: HashMap::default(),
         statement_index: 0,
         query_masked: Vec::new(),
         out: BytesMut::new(),
@@ -313,11 +327,48 @@ enum Action {
     Terminate,
 }
 
-/// A bound portal: its statement and, when the audit trail keeps them, its parameters.
+/// A bound portal: its statement and, when the audit trail keeps them, its parameters; in masked
+/// sessions also the number of the Bind that made it.
 #[derive(Clone)]
 struct Portal {
     stmt: Statement,
     parameters: Option<Arc<RecordedParameters>>,
+    bind: u64,
+}
+
+/// Whether a statement may open or close SQL cursors (DECLARE, CLOSE, a function the analysis
+/// cannot see into, dynamic SQL, EXECUTE or CALL), whose names share one namespace with the
+/// protocol's portals: after it, a named portal may no longer be the one the gateway bound.
+fn may_touch_cursors(stmt: &Statement) -> bool {
+    use gateway_core::{Hazard, SourceColumn};
+    let Some(lineage) = &stmt.judgement().lineage else {
+        return true;
+    };
+    lineage.statements.iter().any(|s| {
+        s.hazards.iter().any(|h| {
+            matches!(
+                h,
+                Hazard::Cursor { .. } | Hazard::Dynamic | Hazard::UntracedOutput
+            )
+        }) || s
+            .reads
+            .iter()
+            .any(|r| matches!(r, SourceColumn::Opaque { .. }))
+    })
+}
+
+/// The refusal of a portal or statement name the gateway did not see made by the protocol.
+fn unknown_name(what: &str, name: &[u8]) -> GatewayError {
+    GatewayError::new(
+        ErrorKind::PolicyDenied,
+        Side::Client,
+        format!(
+            "masking: {what} {:?} was not made through the protocol in this session (SQL PREPARE and DECLARE share its names), so the gateway cannot tell what its rows hold",
+            String::from_utf8_lossy(name)
+        ),
+    )
+    .with_hint("bind and execute statements parsed through the protocol, or use EXECUTE and FETCH in SQL")
+    .with_rule("masking")
 }
 
 struct ClientDirection<'a> {
@@ -347,6 +398,8 @@ struct ClientDirection<'a> {
     /// it, so that its result's columns are known (a driver that described the statement once
     /// sends none), and the client's own Describes are tracked to tell the answers apart.
     masked: bool,
+    /// Binds seen (masked sessions), numbering them for [`Pending::Bind`].
+    binds: u64,
 }
 
 impl ClientDirection<'_> {
@@ -505,6 +558,13 @@ impl ClientDirection<'_> {
         &self.settings
     }
 
+    /// Forgets the named portals (but `keep`): a statement may have closed them or declared SQL
+    /// cursors under their names. Executing one afterwards is refused in masked sessions.
+    fn forget_named_portals(&mut self, keep: Option<&[u8]>) {
+        self.portals
+            .retain(|name, _| name.is_empty() || Some(name.as_slice()) == keep);
+    }
+
     fn sentinel(&mut self, err: GatewayError) -> String {
         self.denials += 1;
         push(self.queue, Pending::Denied(self.denials, err));
@@ -543,6 +603,9 @@ impl ClientDirection<'_> {
                     Ok(s) => s,
                     Err(e) => return Ok(self.deny_simple(e)),
                 };
+                if self.masked && may_touch_cursors(&stmt) {
+                    self.forget_named_portals(None);
+                }
                 match self.session.execute(&stmt).await {
                     Ok(exec) => {
                         push(self.queue, Pending::Query(Some(exec)));
@@ -567,6 +630,16 @@ impl ClientDirection<'_> {
                 statement,
                 rest,
             } => {
+                if self.masked && !self.statements.contains_key(statement) {
+                    return Ok(self.deny_extended(unknown_name("prepared statement", statement)));
+                }
+                let bind = if self.masked {
+                    self.binds += 1;
+                    push(self.queue, Pending::Bind(portal.to_vec(), self.binds));
+                    self.binds
+                } else {
+                    0
+                };
                 let stmt = self.statements.get(statement).cloned().map(|stmt| {
                     let audit = self.session.parameter_audit();
                     let parameters = if audit.is_off() {
@@ -574,7 +647,11 @@ impl ClientDirection<'_> {
                     } else {
                         bind_values(rest).and_then(|values| audit.capture(values))
                     };
-                    Portal { stmt, parameters }
+                    Portal {
+                        stmt,
+                        parameters,
+                        bind,
+                    }
                 });
                 match self.portals.get_mut(portal) {
                     Some(slot) => *slot = stmt,
@@ -585,12 +662,29 @@ impl ClientDirection<'_> {
                 Ok(Action::Forward)
             }
             Frontend::Execute { portal } => {
+                let mut bind = 0;
                 let exec = match self.portals.get(portal) {
-                    Some(Some(Portal { stmt, parameters })) => {
-                        match self.session.execute_with(stmt, parameters.clone()).await {
+                    Some(Some(Portal {
+                        stmt,
+                        parameters,
+                        bind: number,
+                    })) => {
+                        bind = *number;
+                        let touches = self.masked && may_touch_cursors(stmt);
+                        let exec = match self.session.execute_with(stmt, parameters.clone()).await
+                        {
                             Ok(exec) => Some(exec),
                             Err(e) => return Ok(self.deny_extended(e)),
+                        };
+                        if touches {
+                            self.forget_named_portals(Some(portal));
                         }
+                        exec
+                    }
+                    // A portal the gateway did not bind: in a masked session a cursor that SQL
+                    // declared under that name, whose rows the gateway cannot place.
+                    _ if self.masked => {
+                        return Ok(self.deny_extended(unknown_name("portal", portal)));
                     }
                     // Unknown portal: the upstream reports the error itself.
                     _ => None,
@@ -598,7 +692,14 @@ impl ClientDirection<'_> {
                 let planner = exec.as_ref().and_then(|e| e.mask_planner()).cloned();
                 match planner {
                     Some(planner) => {
-                        push(self.queue, Pending::Describe(Some(planner)));
+                        push(
+                            self.queue,
+                            Pending::Describe(Some(Added {
+                                planner,
+                                portal: portal.to_vec(),
+                                bind,
+                            })),
+                        );
                         push(self.queue, Pending::Execute(exec));
                         let mut body = Vec::with_capacity(portal.len() + 2);
                         body.push(b'P');
@@ -708,6 +809,11 @@ struct UpstreamDirection<'a> {
     masked: bool,
     /// The mask plan of the result set being relayed (masked sessions only).
     plan: Option<ActivePlan>,
+    /// Masked sessions: the Bind the database last confirmed (BindComplete) for each portal name,
+    /// since the transaction began (portals of the protocol end with it). A Bind the database
+    /// refused (the name belongs to a SQL cursor) is never here, so an Execute of that name is
+    /// not planned with the refused Bind's statement.
+    confirmed: HashMap<Vec<u8>, u64>,
     /// Which statement of the current simple Query the next result set belongs to.
     statement_index: usize,
     /// What the current simple Query masked so far.
@@ -752,7 +858,9 @@ impl UpstreamDirection<'_> {
                 if available < len {
                     // A row of a masked result set is rewritten whole: wait for all of it (one
                     // row, never the result set).
-                    let masking = ty == b'D' && self.plan.as_ref().is_some_and(ActivePlan::masks);
+                    let masking = ty == b'D'
+                        && (self.plan.as_ref().is_some_and(ActivePlan::masks)
+                            || (self.masked && self.plan.is_none()));
                     if (ty == b'D' && !masking) || ty == b'd' {
                         if ty == b'D' {
                             self.rows += 1;
@@ -777,11 +885,27 @@ impl UpstreamDirection<'_> {
                                 }
                                 Reply::Staged
                             }
+                            // A row no RowDescription announced (a portal the gateway did not
+                            // describe): none of its values goes out.
+                            None if self.masked => {
+                                self.out.extend_from_slice(&buf[..pos]);
+                                crate::masking::null_row(body, &mut self.out);
+                                Reply::Staged
+                            }
                             _ => Reply::Pass,
                         }
                     }
                     b'T' if self.masked => self.row_description(body).await?,
                     b'n' if self.masked => self.no_data(),
+                    b'2' if self.masked => {
+                        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+                        if matches!(q.front(), Some(Pending::Bind(..))) {
+                            if let Some(Pending::Bind(portal, number)) = q.pop_front() {
+                                self.confirmed.insert(portal, number);
+                            }
+                        }
+                        Reply::Pass
+                    }
                     b'C' => {
                         let tag = Reader::new(body).cstr();
                         if tag.is_some_and(crate::masking::is_schema_change) {
@@ -799,9 +923,11 @@ impl UpstreamDirection<'_> {
                         self.complete(Some("(portal suspended)".into()), None);
                         Reply::Pass
                     }
-                    b'E' => self.error(body),
+                    b'E' => self.error(body).await,
                     b'N' if self.masked => {
-                        match crate::masking::scrub_fields(self.session, b'N', body) {
+                        let reads_masked = self.head_reads_masked().await;
+                        match crate::masking::scrub_fields(self.session, b'N', body, reads_masked)
+                        {
                             Some(frame) => Reply::Replace(frame.freeze()),
                             None => Reply::Pass,
                         }
@@ -814,6 +940,10 @@ impl UpstreamDirection<'_> {
                     }
                     b'Z' => {
                         self.ready();
+                        if self.masked && body.first() == Some(&b'I') {
+                            // Out of any transaction: every portal of the protocol is gone.
+                            self.confirmed.clear();
+                        }
                         Reply::Pass
                     }
                     b'G' => {
@@ -957,7 +1087,7 @@ impl UpstreamDirection<'_> {
     /// its mask plan is made from. The answer to a Describe the gateway added goes no further.
     async fn row_description(&mut self, body: &[u8]) -> Result<Reply, GatewayError> {
         enum Head {
-            Added(gateway_core::MaskPlanner),
+            Added(Added),
             Client,
             Query(gateway_core::MaskPlanner),
             Unknown,
@@ -966,7 +1096,7 @@ impl UpstreamDirection<'_> {
             let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
             match q.front() {
                 Some(Pending::Describe(_)) => match q.pop_front() {
-                    Some(Pending::Describe(Some(planner))) => Head::Added(planner),
+                    Some(Pending::Describe(Some(added))) => Head::Added(added),
                     _ => Head::Client,
                 },
                 Some(Pending::Query(Some(exec))) => match exec.mask_planner() {
@@ -978,7 +1108,16 @@ impl UpstreamDirection<'_> {
         };
         let (planner, statement, reply) = match head {
             Head::Client => return Ok(Reply::Pass),
-            Head::Added(planner) => (planner, 0, Reply::Swallow),
+            Head::Added(added) => {
+                if self.confirmed.get(&added.portal) != Some(&added.bind) {
+                    // The database did not confirm the Bind the gateway planned for: the
+                    // portal of that name is something else (a SQL cursor).
+                    let columns = crate::masking::result_columns(body).unwrap_or_default();
+                    self.plan = Some(ActivePlan::nulls(&columns));
+                    return Ok(Reply::Swallow);
+                }
+                (added.planner, 0, Reply::Swallow)
+            }
             Head::Query(planner) => (planner, self.statement_index, Reply::Pass),
             Head::Unknown => {
                 // Rows nobody asked for, as far as the gateway can tell: none of their values
@@ -1044,7 +1183,34 @@ impl UpstreamDirection<'_> {
         })
     }
 
-    fn error(&mut self, body: &[u8]) -> Reply {
+    /// In a masked session: whether the statement the upstream is answering reads masked
+    /// columns, so that its messages are hidden ([`gateway_core::MaskPlanner::reads_masked`]).
+    /// `false` when no execution is being answered (a message about a Parse or Bind, or an
+    /// asynchronous notice), whose text is scrubbed as usual.
+    async fn head_reads_masked(&self) -> bool {
+        let head = {
+            let q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+            q.iter().find_map(|p| match p {
+                Pending::Query(Some(exec)) => Some(
+                    exec.mask_planner()
+                        .cloned()
+                        .map(|planner| (planner, self.statement_index)),
+                ),
+                Pending::Execute(Some(exec)) => {
+                    Some(exec.mask_planner().cloned().map(|planner| (planner, 0)))
+                }
+                Pending::Describe(Some(added)) => Some(Some((added.planner.clone(), 0))),
+                Pending::Query(None) | Pending::Execute(None) | Pending::Sync => Some(None),
+                Pending::Denied(..) | Pending::Describe(None) | Pending::Bind(..) => None,
+            })
+        };
+        match head.flatten() {
+            Some((planner, statement)) => planner.reads_masked(statement).await,
+            None => false,
+        }
+    }
+
+    async fn error(&mut self, body: &[u8]) -> Reply {
         let fields = error_fields(body);
         let message = fields
             .iter()
@@ -1096,9 +1262,13 @@ impl UpstreamDirection<'_> {
             code,
             message: message.to_owned(),
         };
+        // Asked before `complete` takes the execution off the queue.
+        let reads_masked = self.masked && self.head_reads_masked().await;
         self.complete(None, Some(recorded));
         if self.masked {
-            if let Some(frame) = crate::masking::scrub_fields(self.session, b'E', body) {
+            if let Some(frame) =
+                crate::masking::scrub_fields(self.session, b'E', body, reads_masked)
+            {
                 return Reply::Replace(frame.freeze());
             }
         }

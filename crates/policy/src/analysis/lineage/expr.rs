@@ -29,14 +29,32 @@ const SERVER_FILE_FUNCTIONS: &[&str] = &[
 ];
 
 /// Functions that keep their arguments' values where the client can read them later: settings,
-/// notifications, large objects, messages in the write-ahead log.
+/// notifications, large objects, messages in the write-ahead log, sequences, advisory lock keys.
 const STORING_FUNCTIONS: &[&str] = &[
+    "lo_create",
     "lo_from_bytea",
+    "lo_import",
     "lo_put",
     "lowrite",
+    // Advisory lock keys are listed in pg_locks for every session to read.
+    "pg_advisory_lock",
+    "pg_advisory_lock_shared",
+    "pg_advisory_xact_lock",
+    "pg_advisory_xact_lock_shared",
+    // Names that end up in catalogs and views (restore points, slots, origins).
+    "pg_create_logical_replication_slot",
+    "pg_create_physical_replication_slot",
+    "pg_create_restore_point",
     "pg_logical_emit_message",
     "pg_notify",
+    "pg_replication_origin_create",
+    "pg_try_advisory_lock",
+    "pg_try_advisory_lock_shared",
+    "pg_try_advisory_xact_lock",
+    "pg_try_advisory_xact_lock_shared",
     "set_config",
+    // A sequence's value is read back with currval, nextval or SELECT last_value.
+    "setval",
 ];
 
 /// Built-in functions whose result carries data read by other means than their arguments:

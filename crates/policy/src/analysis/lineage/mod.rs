@@ -416,6 +416,13 @@ impl Tracer {
                 self.inner(s.query.as_deref(), outer);
                 None
             }
+            N::ClosePortalStmt(s) => {
+                // The name (empty for CLOSE ALL) is free again, for a cursor or a portal.
+                self.hazard(Hazard::Cursor {
+                    name: Arc::from(s.portalname.as_str()),
+                });
+                None
+            }
             N::FetchStmt(_) => {
                 self.hazard(Hazard::UntracedOutput);
                 None
@@ -447,36 +454,6 @@ impl Tracer {
                 self.hazard(Hazard::Dynamic);
                 None
             }
-            // Code that runs later, whose reads and writes this statement does not show.
-            N::CreateFunctionStmt(s) => {
-                let what = if s.is_procedure {
-                    "procedure"
-                } else {
-                    "function"
-                };
-                self.hazard(Hazard::Deferred {
-                    what: Arc::from(what),
-                });
-                None
-            }
-            N::CreateTrigStmt(_) => {
-                self.hazard(Hazard::Deferred {
-                    what: Arc::from("trigger"),
-                });
-                None
-            }
-            N::RuleStmt(_) => {
-                self.hazard(Hazard::Deferred {
-                    what: Arc::from("rule"),
-                });
-                None
-            }
-            N::CreateEventTrigStmt(_) => {
-                self.hazard(Hazard::Deferred {
-                    what: Arc::from("event trigger"),
-                });
-                None
-            }
             N::CreateTableAsStmt(s) => {
                 // CREATE TABLE AS, SELECT INTO's other spelling, CREATE MATERIALIZED VIEW: the
                 // rows are stored. `AS EXECUTE p` is untraced (the EXECUTE says so).
@@ -495,12 +472,99 @@ impl Tracer {
                 // defaults filled in, index expressions): their side channels count, though
                 // the statement reads nothing for the client.
                 self.side_channels_only(n);
+                if matches!(n, N::AlterTableStmt(_)) {
+                    self.alters(n, Vec::new());
+                }
+                None
+            }
+            N::RenameStmt(s) => {
+                let schemas = if s.rename_type == pb::ObjectType::ObjectSchema as i32 {
+                    vec![Arc::from(s.subname.as_str())]
+                } else {
+                    Vec::new()
+                };
+                self.alters(n, schemas);
+                None
+            }
+            N::AlterObjectSchemaStmt(_) => {
+                self.alters(n, Vec::new());
+                None
+            }
+            N::CreateFunctionStmt(_)
+            | N::AlterFunctionStmt(_)
+            | N::CreateTrigStmt(_)
+            | N::RuleStmt(_)
+            | N::CreateEventTrigStmt(_)
+            | N::CreateCastStmt(_)
+            | N::CreatePlangStmt(_)
+            | N::CreateTransformStmt(_)
+            | N::CreateExtensionStmt(_)
+            | N::AlterExtensionStmt(_)
+            | N::AlterExtensionContentsStmt(_)
+            | N::CreateConversionStmt(_)
+            | N::CreateFdwStmt(_)
+            | N::AlterFdwStmt(_)
+            | N::CreateForeignServerStmt(_)
+            | N::AlterForeignServerStmt(_)
+            | N::CreateForeignTableStmt(_)
+            | N::ImportForeignSchemaStmt(_)
+            | N::CreateUserMappingStmt(_)
+            | N::AlterUserMappingStmt(_)
+            | N::CreateSubscriptionStmt(_)
+            | N::AlterSubscriptionStmt(_) => {
+                self.hazard(Hazard::Defines {
+                    what: Arc::from(super::pg_nodes::name(n).trim_end_matches("Stmt")),
+                });
+                None
+            }
+            // CREATE AGGREGATE, CREATE OPERATOR and base types name functions that run later.
+            N::DefineStmt(s)
+                if [
+                    pb::ObjectType::ObjectAggregate,
+                    pb::ObjectType::ObjectOperator,
+                    pb::ObjectType::ObjectType,
+                ]
+                .iter()
+                .any(|k| *k as i32 == s.kind) =>
+            {
+                self.hazard(Hazard::Defines {
+                    what: Arc::from("Define"),
+                });
                 None
             }
             // Other utility statements (SET, BEGIN, DDL, CREATE VIEW, ...) return no rows and
             // run no expression over table data now.
             _ => None,
         }
+    }
+
+    /// A statement that changes relations in place: every relation it names (its target, a
+    /// partition it attaches, a parent it inherits from), and the schemas it renames.
+    fn alters(&mut self, n: &N, schemas: Vec<Arc<str>>) {
+        struct Names(Vec<RelationName>);
+        impl super::pg_nodes::Visit for Names {
+            fn node(&mut self, node: &pb::Node) {
+                if let Some(inner) = &node.node {
+                    if let N::RangeVar(rv) = inner {
+                        self.range_var(rv);
+                    }
+                    super::pg_nodes::children(inner, &[], self);
+                }
+            }
+            fn range_var(&mut self, rv: &pb::RangeVar) {
+                let name = relation_name(rv);
+                if !self.0.contains(&name) {
+                    self.0.push(name);
+                }
+            }
+            fn func_call(&mut self, _: &pb::FuncCall) {}
+        }
+        let mut names = Names(Vec::new());
+        super::pg_nodes::children(n, &[], &mut names);
+        self.hazard(Hazard::Alters {
+            relations: names.0,
+            schemas,
+        });
     }
 
     /// A statement nested in a utility statement: its reads, filters and hazards count, its rows
