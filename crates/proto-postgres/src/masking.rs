@@ -135,6 +135,34 @@ impl gateway_core::ValueMask for Nulls {
     }
 }
 
+/// A plan for a session whose DateStyle is not ISO: masks write dates and timestamps in ISO
+/// form (`1970-01-01`), which a driver reading German, SQL or Postgres style cannot parse, so
+/// masked values of those types in text format go out as NULL instead.
+pub(crate) fn for_date_style(plan: MaskPlan, columns: &[ResultColumn]) -> MaskPlan {
+    let reason: Arc<str> = Arc::from("date in a non-ISO DateStyle: null");
+    MaskPlan::new(
+        plan.columns()
+            .iter()
+            .enumerate()
+            .map(|(i, c)| match (c, columns.get(i)) {
+                (ColumnPlan::Mask { .. }, Some(col))
+                    if col.format == ValueFormat::Text
+                        && matches!(
+                            col.value_type,
+                            ValueType::Date | ValueType::Timestamp | ValueType::TimestampTz
+                        ) =>
+                {
+                    ColumnPlan::Mask {
+                        mask: Arc::new(Nulls),
+                        reason: Arc::clone(&reason),
+                    }
+                }
+                (c, _) => c.clone(),
+            })
+            .collect(),
+    )
+}
+
 /// Writes a DataRow of NULLs as wide as the DataRow `body` (none when the body is malformed).
 pub(crate) fn null_row(body: &[u8], out: &mut BytesMut) {
     let n = Reader::new(body)
@@ -526,6 +554,28 @@ mod tests {
                 "cut at {cut} leaked"
             );
         }
+    }
+
+    #[test]
+    fn masked_dates_in_text_become_null_outside_iso_date_styles() {
+        let cols = result_columns(&row_description(&[
+            ("born", 1, 1, 1082, 0),
+            ("born_bin", 1, 1, 1082, 1),
+            ("name", 1, 2, 25, 0),
+        ]))
+        .unwrap();
+        let stars = || ColumnPlan::Mask {
+            mask: Arc::new(Stars),
+            reason: "r".into(),
+        };
+        let plan = for_date_style(MaskPlan::new(vec![stars(), stars(), stars()]), &cols);
+        let mut active = ActivePlan::new(plan, &cols);
+        let mut out = BytesMut::new();
+        let body = data_row(&[Some(b"1987-06-14"), Some(b"\xff\xff\xee\x18"), Some(b"x")]);
+        assert!(active.rewrite_row(&body, &mut out));
+        // Text date: NULL; binary date and text keep their masks.
+        let expected = data_row(&[None, Some(b"***"), Some(b"***")]);
+        assert_eq!(&out[5..], &expected[..]);
     }
 
     #[test]

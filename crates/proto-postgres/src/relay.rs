@@ -115,6 +115,12 @@ pub(crate) async fn relay(
             .is_none_or(|(_, v)| v == "on"),
     );
 
+    let iso_dates = upstream
+        .parameter_status
+        .iter()
+        .find(|(k, _)| k == "DateStyle")
+        .is_none_or(|(_, v)| v.starts_with("ISO"));
+
     let mut to_upstream = ClientDirection {
         session: &session,
         queue: &queue,
@@ -153,6 +159,7 @@ pub(crate) async fn relay(
         masked: session.masking_active(),
         plan: None,
         confirmed: HashMap::default(),
+        iso_dates,
         statement_index: 0,
         query_masked: Vec::new(),
         out: BytesMut::new(),
@@ -814,6 +821,8 @@ struct UpstreamDirection<'a> {
     /// refused (the name belongs to a SQL cursor) is never here, so an Execute of that name is
     /// not planned with the refused Bind's statement.
     confirmed: HashMap<Vec<u8>, u64>,
+    /// The session's DateStyle writes ISO dates (as the masks' redacted dates are written).
+    iso_dates: bool,
     /// Which statement of the current simple Query the next result set belongs to.
     statement_index: usize,
     /// What the current simple Query masked so far.
@@ -955,6 +964,9 @@ impl UpstreamDirection<'_> {
                         match r.cstr() {
                             Some(b"standard_conforming_strings") => {
                                 self.scs.store(r.cstr() == Some(b"on"), Ordering::Relaxed);
+                            }
+                            Some(b"DateStyle") => {
+                                self.iso_dates = r.cstr().is_some_and(|v| v.starts_with(b"ISO"));
                             }
                             Some(b"client_encoding") => {
                                 // The policy refuses SET client_encoding; this is the fence behind
@@ -1134,7 +1146,10 @@ impl UpstreamDirection<'_> {
                 "invalid RowDescription from the database",
             )
         })?;
-        let plan = planner.plan(statement, &columns).await;
+        let mut plan = planner.plan(statement, &columns).await;
+        if !self.iso_dates {
+            plan = crate::masking::for_date_style(plan, &columns);
+        }
         self.plan = Some(ActivePlan::new(plan, &columns));
         Ok(reply)
     }
