@@ -46,7 +46,7 @@ impl Follower {
         let (done_tx, done) = std::sync::mpsc::channel();
         let node = node.to_owned();
         std::thread::Builder::new()
-            .name("portcullis-audit-index".into())
+            .name("audit-index".into())
             .spawn(move || {
                 ON_WRITER_THREAD.with(|on| on.set(true));
                 runtime.block_on(follow(node, rx, sinks, durable, delay, shared));

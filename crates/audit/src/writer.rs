@@ -135,7 +135,7 @@ fn spawn_writer_thread(
         .build()?;
     let (done, result) = oneshot::channel();
     std::thread::Builder::new()
-        .name("portcullis-audit".into())
+        .name("audit-writer".into())
         .spawn(move || {
             ON_WRITER_THREAD.with(|on| on.set(true));
             let _ = done.send(runtime.block_on(run));
