@@ -515,7 +515,7 @@ impl AuditSink for AuditLog {
         if let Some(direct) = &self.direct {
             // Every record tries the primary again: a failing disk costs a failed write, and the
             // first one that succeeds ends the outage.
-            return match direct.record(&record) {
+            return match direct.record(&record, gates(&record.event)) {
                 Ok(()) => Ok(()),
                 Err(why) => self.unavailable(&why),
             };
