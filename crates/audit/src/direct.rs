@@ -333,7 +333,7 @@ impl Direct {
     pub(crate) fn record(&self, record: &AuditRecord, waits: bool) -> Result<(), String> {
         // Serialized before the lock: only sealing and writing are serial.
         let mut payload = Vec::with_capacity(PAYLOAD_CAPACITY);
-        serde_json::to_writer(&mut payload, record)
+        crate::json::to_vec_into(&mut payload, record)
             .map_err(|e| format!("audit record encoding failed: {e}"))?;
         let index = RecordIndex::of_event(record);
         let node = &*self.node;

@@ -803,7 +803,7 @@ impl Writer {
     ) {
         // Statement records are a few hundred bytes: one allocation instead of a growing Vec.
         let mut payload = Vec::with_capacity(PAYLOAD_CAPACITY);
-        if let Err(e) = serde_json::to_writer(&mut payload, &record) {
+        if let Err(e) = crate::json::to_vec_into(&mut payload, &record) {
             // Not expected for these types (no map has non-string keys), but a record that
             // cannot be encoded must not vanish silently: a waiting caller refuses its statement.
             self.shared.stats.failed.fetch_add(1, Ordering::Relaxed);

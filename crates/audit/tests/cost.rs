@@ -12,7 +12,7 @@
 //! layout (segment log + SQLite index, generated signing key) in a temporary directory, and
 //! reads each thread's CPU time from `/proc/self/task/*/schedstat`. The same sessions recording
 //! into a sink that drops every record give the baseline (building the records, the runtime's
-//! own scheduling), which is subtracted. Each measurement is the fastest of `ROUNDS`, since
+//! own scheduling), which is subtracted. Each measurement is the fastest of five runs, since
 //! whatever else runs on the machine only ever adds. The figures in `docs/audit.md` come from
 //! here.
 
@@ -26,8 +26,22 @@ use gateway_core::{
     StatementObjects,
 };
 
-const STATEMENTS: u64 = 64_000;
-const ROUNDS: usize = 5;
+/// Statements per run (`COST_STATEMENTS` overrides, e.g. for callgrind).
+fn statements() -> u64 {
+    env_or("COST_STATEMENTS", 64_000)
+}
+
+/// Runs per measurement (`COST_ROUNDS` overrides).
+fn rounds() -> u64 {
+    env_or("COST_ROUNDS", 5)
+}
+
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
 
 /// Takes every record and keeps none: the baseline.
 struct Discard;
@@ -164,7 +178,7 @@ fn run(sessions: u64, discard: bool) -> BTreeMap<&'static str, u64> {
     } else {
         Arc::clone(&log) as Arc<dyn AuditSink>
     };
-    let per_session = STATEMENTS / sessions;
+    let per_session = statements() / sessions;
     let before = cpu_by_thread();
     rt.block_on(async {
         let mut tasks = Vec::new();
@@ -199,14 +213,14 @@ fn run(sessions: u64, discard: bool) -> BTreeMap<&'static str, u64> {
 
 /// The run of the lowest total CPU among `ROUNDS`.
 fn fastest(sessions: u64, discard: bool) -> BTreeMap<&'static str, u64> {
-    (0..ROUNDS)
+    (0..rounds())
         .map(|_| run(sessions, discard))
         .min_by_key(|g| g.values().sum::<u64>())
         .unwrap_or_default()
 }
 
 fn report(sessions: u64) {
-    let statements = ((STATEMENTS / sessions) * sessions) as f64;
+    let statements = ((statements() / sessions) * sessions) as f64;
     let us = |ns: u64| ns as f64 / statements / 1000.0;
     let base = fastest(sessions, true);
     let trail = fastest(sessions, false);

@@ -122,11 +122,7 @@ fn encode_line_into(r: &StoredRecord, out: &mut Vec<u8>) -> Result<(), String> {
         event: &r.event,
         verdict: r.verdict.as_deref(),
     };
-    let start = out.len();
-    if let Err(e) = serde_json::to_writer(&mut *out, &head) {
-        out.truncate(start);
-        return Err(e.to_string());
-    }
+    crate::json::to_vec_into(out, &head).map_err(|e| e.to_string())?;
     out.pop(); // the closing brace
     out.extend_from_slice(b",\"payload\":");
     out.extend_from_slice(p);
