@@ -61,43 +61,72 @@ struct Json<'o> {
 /// `\r` for those control characters and `\u00XX` (lowercase hex) for the others; every other
 /// byte as it is.
 pub(crate) fn write_str(out: &mut Vec<u8>, s: &str) {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGHS: u64 = 0x8080_8080_8080_8080;
-    // Per byte of `w`, the high bit set where the byte is zero (exact for the lowest such byte,
-    // which is all that is used: a word with any bit set is searched from there).
-    fn zero_bytes(w: u64) -> u64 {
-        w.wrapping_sub(ONES) & !w & HIGHS
-    }
     let bytes = s.as_bytes();
     out.reserve(bytes.len() + 2);
     out.push(b'"');
     let mut run = 0; // start of the bytes not yet copied
     let mut i = 0;
-    while i < bytes.len() {
-        if let Some(chunk) = bytes.get(i..i + 8) {
-            let mut word = [0u8; 8];
-            word.copy_from_slice(chunk);
-            let w = u64::from_le_bytes(word);
-            let special = (w.wrapping_sub(ONES * 0x20) & !w & HIGHS)
-                | zero_bytes(w ^ (ONES * u64::from(b'"')))
-                | zero_bytes(w ^ (ONES * u64::from(b'\\')));
-            if special == 0 {
-                i += 8;
-                continue;
-            }
-            // Little-endian: the lowest set bit is in the first byte that needs an escape.
-            i += (special.trailing_zeros() / 8) as usize;
-        } else if !needs_escape(bytes[i]) {
-            i += 1;
+    while let Some(chunk) = bytes.get(i..i + 8) {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let special = specials(u64::from_le_bytes(word));
+        if special == 0 {
+            i += 8;
             continue;
         }
-        out.extend_from_slice(&bytes[run..i]);
-        escape_byte(out, bytes[i]);
-        i += 1;
+        // Little-endian: the lowest set bit is in the first byte that needs an escape (exact;
+        // bits above it may not be, so the scan starts again after it).
+        let at = i + (special.trailing_zeros() / 8) as usize;
+        out.extend_from_slice(&bytes[run..at]);
+        escape_byte(out, bytes[at]);
+        i = at + 1;
         run = i;
+    }
+    let tail = &bytes[i..];
+    if !tail.is_empty() {
+        // Fewer than eight bytes left: one more word. From a long string, its last eight bytes
+        // with those already seen shifted out (zeros, which count as specials, are cleared
+        // with them); from a short one, its bytes padded with spaces, which need no escape.
+        let word = match bytes.len().checked_sub(8) {
+            Some(last) => {
+                let mut word = [0u8; 8];
+                word.copy_from_slice(&bytes[last..]);
+                let seen = 8 - tail.len();
+                specials(u64::from_le_bytes(word)) >> (8 * seen) << (8 * seen)
+            }
+            None => {
+                let mut word = [b' '; 8];
+                for (w, b) in word.iter_mut().zip(tail) {
+                    *w = *b;
+                }
+                specials(u64::from_le_bytes(word))
+            }
+        };
+        if word != 0 {
+            for (k, &b) in tail.iter().enumerate() {
+                if needs_escape(b) {
+                    out.extend_from_slice(&bytes[run..i + k]);
+                    escape_byte(out, b);
+                    run = i + k + 1;
+                }
+            }
+        }
     }
     out.extend_from_slice(&bytes[run..]);
     out.push(b'"');
+}
+
+/// Per byte of `w`, the high bit set where the byte needs an escape: below 0x20, `"` or `\`.
+/// Exact for the lowest such byte; a word without one gives 0.
+fn specials(w: u64) -> u64 {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    fn zero_bytes(w: u64) -> u64 {
+        w.wrapping_sub(ONES) & !w & HIGHS
+    }
+    (w.wrapping_sub(ONES * 0x20) & !w & HIGHS)
+        | zero_bytes(w ^ (ONES * u64::from(b'"')))
+        | zero_bytes(w ^ (ONES * u64::from(b'\\')))
 }
 
 fn needs_escape(b: u8) -> bool {
