@@ -22,10 +22,13 @@ enum FollowerMsg {
 
 /// The thread that writes the secondary sinks (by default the SQLite index) in written
 /// durability, from the batches the writer has put in the primary. It waits up to
-/// `batch_max_delay` for batches to gather, so an index commit covers many records, and fsyncs
-/// after each write. A secondary that fails does not stop statements (the primary holds every
-/// record): the thread logs it, retries with backoff, and the next start fills any gap from the
-/// primary.
+/// `batch_max_delay` for batches to gather, so an index commit covers many records. It fsyncs
+/// the secondaries only when it closes: a batch reaches it after the primary's fsync, so a
+/// secondary is never ahead of what the primary holds on disk, and whatever a power loss takes
+/// from a secondary the next start copies again from the primary (SQLite's write-ahead log
+/// loses only its last commits then, never its consistency). A secondary that fails does not
+/// stop statements (the primary holds every record): the thread logs it, retries with backoff,
+/// and the next start fills any gap from the primary.
 pub(crate) struct Follower {
     tx: std::sync::mpsc::Sender<FollowerMsg>,
     done: std::sync::mpsc::Receiver<()>,
@@ -46,7 +49,7 @@ impl Follower {
         let (done_tx, done) = std::sync::mpsc::channel();
         let node = node.to_owned();
         std::thread::Builder::new()
-            .name("portcullis-audit-index".into())
+            .name("audit-index".into())
             .spawn(move || {
                 ON_WRITER_THREAD.with(|on| on.set(true));
                 runtime.block_on(follow(node, rx, sinks, durable, delay, shared));
@@ -92,6 +95,11 @@ async fn follow(
     loop {
         if queue.is_empty() {
             if closing {
+                for sink in &sinks {
+                    if let Err(e) = sink.sync().await {
+                        tracing::error!(error = %e, "audit: could not fsync a secondary sink at close; the next start fills it from the primary");
+                    }
+                }
                 return;
             }
             match rx.recv() {
@@ -136,11 +144,7 @@ async fn follow(
                 continue;
             }
             let last = todo.last().map_or(from, |r| r.seq);
-            let written = match sink.write_batch(todo).await {
-                Ok(()) => sink.sync().await,
-                Err(e) => Err(e),
-            };
-            match written {
+            match sink.write_batch(todo).await {
                 Ok(()) => durable[i] = last,
                 Err(e) => {
                     dirty[i] = true;

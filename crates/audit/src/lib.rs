@@ -19,6 +19,7 @@ pub mod config;
 mod direct;
 pub mod error;
 mod follower;
+mod json;
 mod opening;
 pub mod record;
 pub mod signing;

@@ -73,11 +73,21 @@ pub(crate) fn to_hex(bytes: &[u8]) -> String {
 /// Writes `bytes` as lowercase hex into the first `2 * bytes.len()` bytes of `out` (which must be
 /// that long) and returns them as text.
 fn hex_digits<'o>(bytes: &[u8], out: &'o mut [u8]) -> &'o str {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    // Both digits of a byte from one table: two hashes per record, on the session's path and
+    // again in the index.
+    const PAIRS: [[u8; 2]; 256] = {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut t = [[0u8; 2]; 256];
+        let mut i = 0;
+        while i < 256 {
+            t[i] = [DIGITS[i >> 4], DIGITS[i & 0xf]];
+            i += 1;
+        }
+        t
+    };
     let out = &mut out[..bytes.len() * 2];
     for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
-        pair[0] = DIGITS[usize::from(b >> 4)];
-        pair[1] = DIGITS[usize::from(b & 0xf)];
+        pair.copy_from_slice(&PAIRS[usize::from(*b)]);
     }
     // Only ASCII hex digits were written, so this cannot fail.
     std::str::from_utf8(out).unwrap_or_default()

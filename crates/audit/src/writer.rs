@@ -135,7 +135,7 @@ fn spawn_writer_thread(
         .build()?;
     let (done, result) = oneshot::channel();
     std::thread::Builder::new()
-        .name("portcullis-audit".into())
+        .name("audit-writer".into())
         .spawn(move || {
             ON_WRITER_THREAD.with(|on| on.set(true));
             let _ = done.send(runtime.block_on(run));
@@ -515,7 +515,7 @@ impl AuditSink for AuditLog {
         if let Some(direct) = &self.direct {
             // Every record tries the primary again: a failing disk costs a failed write, and the
             // first one that succeeds ends the outage.
-            return match direct.record(&record) {
+            return match direct.record(&record, gates(&record.event)) {
                 Ok(()) => Ok(()),
                 Err(why) => self.unavailable(&why),
             };
@@ -803,7 +803,7 @@ impl Writer {
     ) {
         // Statement records are a few hundred bytes: one allocation instead of a growing Vec.
         let mut payload = Vec::with_capacity(PAYLOAD_CAPACITY);
-        if let Err(e) = serde_json::to_writer(&mut payload, &record) {
+        if let Err(e) = crate::json::to_vec_into(&mut payload, &record) {
             // Not expected for these types (no map has non-string keys), but a record that
             // cannot be encoded must not vanish silently: a waiting caller refuses its statement.
             self.shared.stats.failed.fetch_add(1, Ordering::Relaxed);

@@ -994,7 +994,7 @@ async fn batches_are_written_from_the_writers_own_thread() {
     assert!(
         threads[1..]
             .iter()
-            .all(|t| t.as_deref() == Some("portcullis-audit")),
+            .all(|t| t.as_deref() == Some("audit-writer")),
         "{threads:?}"
     );
     // And every record is in the trail.

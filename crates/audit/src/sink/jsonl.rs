@@ -48,6 +48,8 @@ struct Inner {
     /// complete line, so the position stays valid.
     range_resume: Option<(String, u64, ScanCursor)>,
     repairs: Vec<NoticePayload>,
+    /// The buffer a write's lines are encoded into, kept from one write to the next.
+    lines: Vec<u8>,
 }
 
 struct Current {
@@ -120,11 +122,7 @@ fn encode_line_into(r: &StoredRecord, out: &mut Vec<u8>) -> Result<(), String> {
         event: &r.event,
         verdict: r.verdict.as_deref(),
     };
-    let start = out.len();
-    if let Err(e) = serde_json::to_writer(&mut *out, &head) {
-        out.truncate(start);
-        return Err(e.to_string());
-    }
+    crate::json::to_vec_into(out, &head).map_err(|e| e.to_string())?;
     out.pop(); // the closing brace
     out.extend_from_slice(b",\"payload\":");
     out.extend_from_slice(p);
@@ -267,6 +265,7 @@ impl JsonlSink {
                 checkpoints_unsynced: false,
                 range_resume: None,
                 repairs: Vec::new(),
+                lines: Vec::new(),
             })),
         };
         match mode {
@@ -421,22 +420,22 @@ fn write_blocking(
     let inner_durability = inner.durability;
     let max = inner.max_file_bytes;
     let mut checkpoints_unsynced = false;
+    let mut pending = std::mem::take(&mut inner.lines);
+    pending.clear();
     let result = (|| -> Result<(), String> {
         let Some(cur) = inner.current.as_mut() else {
             return Err("no open file".into());
         };
-        let mut pending: Vec<u8> = Vec::with_capacity(records.len() * 1024);
         let mut checkpoints: Vec<u8> = Vec::new();
-        let mut line: Vec<u8> = Vec::with_capacity(1024);
         for r in records {
-            line.clear();
-            encode_line_into(r, &mut line)?;
+            // Each line is encoded where it is written from.
+            let start = pending.len();
+            encode_line_into(r, &mut pending)?;
             if r.kind == RecordKind::Checkpoint {
-                checkpoints.extend_from_slice(&line);
+                checkpoints.extend_from_slice(&pending[start..]);
             }
-            if cur.len + pending.len() as u64 > 0
-                && cur.len + (pending.len() + line.len()) as u64 > max
-            {
+            if cur.len + start as u64 > 0 && cur.len + pending.len() as u64 > max {
+                let line = pending.split_off(start);
                 flush(cur, &mut pending, sync)?;
                 // A full segment is made durable before the next one starts, whatever the
                 // durability: background syncs then only ever concern the newest file.
@@ -457,8 +456,8 @@ fn write_blocking(
                     file,
                     len: 0,
                 };
+                pending = line;
             }
-            pending.extend_from_slice(&line);
         }
         flush(cur, &mut pending, sync)?;
         // Written durability checks the place once per background fsync instead (two `statx`
@@ -487,6 +486,9 @@ fn write_blocking(
         Ok(())
     })();
     inner.checkpoints_unsynced |= checkpoints_unsynced;
+    if pending.capacity() <= 1 << 20 {
+        inner.lines = pending;
+    }
     if result.is_err() {
         // Forget the open file: the next write lists the directory again and truncates whatever
         // part of a line this failure left behind.

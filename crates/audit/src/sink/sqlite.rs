@@ -203,6 +203,22 @@ fn insert(stmt: &mut rusqlite::CachedStatement<'_>, r: &StoredRecord) -> rusqlit
     Ok(())
 }
 
+/// Inserts `records` in one transaction.
+fn insert_batch(conn: &mut Connection, records: &[Arc<StoredRecord>]) -> rusqlite::Result<()> {
+    let tx = conn.transaction()?;
+    {
+        // Looked up once per batch: the cache lookup hashes the SQL text.
+        let mut records_insert = tx.prepare_cached(Table::Records.insert_sql())?;
+        for r in records {
+            insert(&mut records_insert, r)?;
+            if r.kind == RecordKind::Checkpoint {
+                insert(&mut tx.prepare_cached(Table::Checkpoints.insert_sql())?, r)?;
+            }
+        }
+    }
+    tx.commit()
+}
+
 /// Reads one row; a row whose columns cannot be a record is reported, not skipped.
 fn read_row(row: &Row<'_>) -> rusqlite::Result<(i64, Result<StoredRecord, Damage>)> {
     let id: i64 = row.get(0)?;
@@ -262,22 +278,20 @@ impl Sink for SqliteSink {
     }
 
     async fn write_batch(&self, records: &[Arc<StoredRecord>]) -> Result<(), SinkError> {
+        if crate::writer::on_writer_thread() {
+            // The records as they are: copying the list for another thread would touch every
+            // record's reference count, a cache line the sessions' cores wrote last (measured:
+            // 4% of the index thread's time).
+            let mut conn = self
+                .conn
+                .lock()
+                .map_err(|_| SinkError::new(&self.name, "connection lock poisoned"))?;
+            return insert_batch(&mut conn, records)
+                .map_err(|e| SinkError::new(&self.name, e.to_string()));
+        }
         let records = records.to_vec();
-        self.with_conn(move |conn| {
-            let tx = conn.transaction()?;
-            {
-                // Looked up once per batch: the cache lookup hashes the SQL text.
-                let mut records_insert = tx.prepare_cached(Table::Records.insert_sql())?;
-                for r in &records {
-                    insert(&mut records_insert, r)?;
-                    if r.kind == RecordKind::Checkpoint {
-                        insert(&mut tx.prepare_cached(Table::Checkpoints.insert_sql())?, r)?;
-                    }
-                }
-            }
-            tx.commit()
-        })
-        .await
+        self.with_conn(move |conn| insert_batch(conn, &records))
+            .await
     }
 
     async fn sync(&self) -> Result<(), SinkError> {
