@@ -168,6 +168,7 @@ CREATE FUNCTION date_of_salary(i int) RETURNS date LANGUAGE sql STABLE
 CREATE FUNCTION notify_contacts() RETURNS void LANGUAGE sql
     AS $$ SELECT pg_notify('bypass_chan', 'mail ' || email || ' ssn ' || ssn || ' card ' || card)
           FROM customers WHERE id = 1 $$;
+CREATE MATERIALIZED VIEW contact_mv AS SELECT id, lower(email) AS mail, ssn AS tax FROM customers;
 CREATE TABLE scratch (v text);
 CREATE SEQUENCE bypass_seq;
 CREATE DOMAIN tax_code AS text;
@@ -585,6 +586,13 @@ fn analyst_cases(db: &str) -> Vec<Case> {
         )])
         .binary()
         .typed(&[("int4:0", "int:0"), ("date:1970-01-01", "date:1970-01-01")]),
+        case("p13", "a column alias list over TABLE in a derived table", vec![any(
+            "SELECT lower(x), y || '', x FROM (TABLE customers) AS t(a, b, x, y)",
+        )]),
+        case("m01", "several statements in one simple Query", vec![rows(
+            "SELECT 'x' AS a; SELECT ssn FROM customers WHERE false; SELECT lower(email), ssn || '' FROM customers; SELECT card FROM customers",
+        )])
+        .not_for(&["psycopg", "asyncpg", "tokio-extended"]),
         // --- joins ---------------------------------------------------------------------------
         case("j01", "JOIN USING", vec![rows(
             "SELECT a.ssn, b.email FROM customers a JOIN customers b USING (id)",
@@ -858,6 +866,11 @@ fn analyst_cases(db: &str) -> Vec<Case> {
         case("v03", "expressions over a view", vec![rows(
             "SELECT lower(national_id), pay + 1, email || '' FROM customer_contacts",
         )]),
+        case("v04", "a materialized view and its refresh", vec![
+            rows("SELECT mail, tax, upper(mail) FROM contact_mv"),
+            rows("REFRESH MATERIALIZED VIEW contact_mv"),
+            rows("TABLE contact_mv"),
+        ]),
         case("f01", "a SQL function returning the SSN", vec![rows("SELECT ssn_of(1), ssn_of(3)")]),
         case("f02", "the SQL function in FROM", vec![rows("SELECT * FROM all_ssns()")]),
         case("f03", "the SQL function's column in FROM", vec![rows(
@@ -1078,6 +1091,13 @@ fn analyst_cases(db: &str) -> Vec<Case> {
         case("sc4", "planner statistics", vec![
             rows("ANALYZE customers"),
             any("SELECT attname, most_common_vals::text, histogram_bounds::text FROM pg_stats WHERE tablename = 'customers'"),
+        ]),
+        case("sc8", "extended statistics over masked columns", vec![
+            any("CREATE STATISTICS bypass_stats (mcv) ON ssn, email FROM customers"),
+            rows("ANALYZE customers"),
+            any("SELECT statistics_name, most_common_vals::text FROM pg_stats_ext"),
+            any("SELECT m.values::text FROM pg_statistic_ext_data d, pg_mcv_list_items(d.stxdmcv) m"),
+            anything("DROP STATISTICS IF EXISTS bypass_stats"),
         ]),
         case("sc5", "EXPLAIN VERBOSE ANALYZE", vec![rows(
             "EXPLAIN (ANALYZE, VERBOSE, COSTS OFF, TIMING OFF) SELECT ssn_of(1), lower(email) FROM customers WHERE ssn IS NOT NULL",
@@ -2028,7 +2048,7 @@ async fn assert_nothing_written(gw: &TestGateway, client: &str) {
         .query(
             "SELECT c.oid::regclass::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
              WHERE c.relkind IN ('r', 'm', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast') \
-             AND c.relname NOT IN ('customers') ",
+             AND c.relname NOT IN ('customers', 'contact_mv') ",
             &[],
         )
         .await
