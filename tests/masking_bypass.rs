@@ -483,6 +483,9 @@ struct Case {
     typed: Vec<(&'static str, &'static str)>,
     /// The bytes must hold a notification (the case is about its payload).
     notification: bool,
+    /// Run the (single) statement this many times as one prepared statement (PgJDBC: past its
+    /// prepareThreshold, where it switches to a named statement and binary results).
+    repeat: u32,
     /// Clients that cannot run the case at all (PgJDBC closes the connection when DateStyle
     /// is not ISO).
     not_for: Vec<&'static str>,
@@ -499,6 +502,7 @@ fn case(id: &'static str, why: &'static str, steps: Vec<Step>) -> Case {
         typed: Vec::new(),
         notification: false,
         not_for: Vec::new(),
+        repeat: 0,
     }
 }
 
@@ -525,6 +529,11 @@ impl Case {
 
     fn notification(mut self) -> Case {
         self.notification = true;
+        self
+    }
+
+    fn repeat(mut self, times: u32) -> Case {
+        self.repeat = times;
         self
     }
 
@@ -997,6 +1006,10 @@ fn analyst_cases(db: &str) -> Vec<Case> {
             rows("FETCH FORWARD 5 FROM c3"),
             rows("COMMIT"),
         ]),
+        case("q08", "one prepared statement run past PgJDBC's prepareThreshold (binary results)", vec![rows(
+            "SELECT id, salary, born, ssn, lower(email), salary + 1, born + 1 FROM customers ORDER BY id",
+        )])
+        .repeat(7),
         case("q06", "a portal run one row at a time", vec![rows(
             "SELECT ssn, lower(email), card, salary FROM customers ORDER BY id",
         )])
@@ -1938,7 +1951,12 @@ async fn run_jdbc(
     let escape = |s: &str| s.replace('\\', "\\\\").replace('\n', "\\n").replace('\t', "\\t");
     let mut text = String::new();
     for c in cases {
-        text.push_str(&format!("C\t{}\t{}\n", c.id, c.portal_rows.unwrap_or(0)));
+        text.push_str(&format!(
+            "C\t{}\t{}\t{}\n",
+            c.id,
+            c.portal_rows.unwrap_or(0),
+            c.repeat
+        ));
         for s in &c.steps {
             text.push_str(&format!("S\t{}\n", escape(&s.sql)));
         }
