@@ -621,6 +621,24 @@ fn analyst_cases(db: &str) -> Vec<Case> {
         case("j06", "join with the same-named table of another schema", vec![rows(
             "SELECT a.email, b.email, a.ssn || b.ssn FROM public.customers a LEFT JOIN shadow.customers b ON a.id = b.id",
         )]),
+        case("j07", "a set-returning function in FROM over a masked column", vec![any(
+            "SELECT x, upper(x) FROM customers c, regexp_split_to_table(c.ssn, '-') AS x",
+        )]),
+        case("j08", "unnest WITH ORDINALITY and a column alias list", vec![any(
+            "SELECT u.v, u.n FROM customers c, unnest(ARRAY[c.email, c.card]) WITH ORDINALITY AS u(v, n)",
+        )]),
+        case("j09", "a function with a column definition list", vec![any(
+            "SELECT r.a, r.b FROM customers c, json_to_record(json_build_object('a', c.ssn, 'b', c.salary)) AS r(a text, b int)",
+        )]),
+        case("j10", "XMLTABLE over a masked column", vec![any(
+            "SELECT x.v FROM customers c, XMLTABLE('/r' PASSING xmlelement(name r, c.email) COLUMNS v text PATH '.') AS x",
+        )]),
+        case("j11", "ROWS FROM two functions", vec![any(
+            "SELECT t.* FROM customers c, LATERAL ROWS FROM (unnest(ARRAY[c.email]), unnest(ARRAY[c.ssn])) AS t(e, s)",
+        )]),
+        case("j12", "a subquery per row rebuilding the SSN from its pieces", vec![rows(
+            "SELECT (SELECT string_agg(x, '') FROM regexp_split_to_table(c.ssn, '') x) FROM customers c",
+        )]),
         // --- expressions ---------------------------------------------------------------------
         case("e01", "concatenation", vec![rows(
             "SELECT ssn || '', 'x' || email, concat(card, ''), concat_ws('-', ssn, card) FROM customers",
