@@ -168,6 +168,7 @@ CREATE FUNCTION date_of_salary(i int) RETURNS date LANGUAGE sql STABLE
 CREATE FUNCTION notify_contacts() RETURNS void LANGUAGE sql
     AS $$ SELECT pg_notify('bypass_chan', 'mail ' || email || ' ssn ' || ssn || ' card ' || card)
           FROM customers WHERE id = 1 $$;
+CREATE MATERIALIZED VIEW contact_mv AS SELECT id, lower(email) AS mail, ssn AS tax FROM customers;
 CREATE TABLE scratch (v text);
 CREATE SEQUENCE bypass_seq;
 CREATE DOMAIN tax_code AS text;
@@ -482,6 +483,9 @@ struct Case {
     typed: Vec<(&'static str, &'static str)>,
     /// The bytes must hold a notification (the case is about its payload).
     notification: bool,
+    /// Run the (single) statement this many times as one prepared statement (PgJDBC: past its
+    /// prepareThreshold, where it switches to a named statement and binary results).
+    repeat: u32,
     /// Clients that cannot run the case at all (PgJDBC closes the connection when DateStyle
     /// is not ISO).
     not_for: Vec<&'static str>,
@@ -498,6 +502,7 @@ fn case(id: &'static str, why: &'static str, steps: Vec<Step>) -> Case {
         typed: Vec::new(),
         notification: false,
         not_for: Vec::new(),
+        repeat: 0,
     }
 }
 
@@ -524,6 +529,11 @@ impl Case {
 
     fn notification(mut self) -> Case {
         self.notification = true;
+        self
+    }
+
+    fn repeat(mut self, times: u32) -> Case {
+        self.repeat = times;
         self
     }
 
@@ -585,6 +595,13 @@ fn analyst_cases(db: &str) -> Vec<Case> {
         )])
         .binary()
         .typed(&[("int4:0", "int:0"), ("date:1970-01-01", "date:1970-01-01")]),
+        case("p13", "a column alias list over TABLE in a derived table", vec![any(
+            "SELECT lower(x), y || '', x FROM (TABLE customers) AS t(a, b, x, y)",
+        )]),
+        case("m01", "several statements in one simple Query", vec![rows(
+            "SELECT 'x' AS a; SELECT ssn FROM customers WHERE false; SELECT lower(email), ssn || '' FROM customers; SELECT card FROM customers",
+        )])
+        .not_for(&["psycopg", "asyncpg", "tokio-extended"]),
         // --- joins ---------------------------------------------------------------------------
         case("j01", "JOIN USING", vec![rows(
             "SELECT a.ssn, b.email FROM customers a JOIN customers b USING (id)",
@@ -603,6 +620,24 @@ fn analyst_cases(db: &str) -> Vec<Case> {
         )]),
         case("j06", "join with the same-named table of another schema", vec![rows(
             "SELECT a.email, b.email, a.ssn || b.ssn FROM public.customers a LEFT JOIN shadow.customers b ON a.id = b.id",
+        )]),
+        case("j07", "a set-returning function in FROM over a masked column", vec![any(
+            "SELECT x, upper(x) FROM customers c, regexp_split_to_table(c.ssn, '-') AS x",
+        )]),
+        case("j08", "unnest WITH ORDINALITY and a column alias list", vec![any(
+            "SELECT u.v, u.n FROM customers c, unnest(ARRAY[c.email, c.card]) WITH ORDINALITY AS u(v, n)",
+        )]),
+        case("j09", "a function with a column definition list", vec![any(
+            "SELECT r.a, r.b FROM customers c, json_to_record(json_build_object('a', c.ssn, 'b', c.salary)) AS r(a text, b int)",
+        )]),
+        case("j10", "XMLTABLE over a masked column", vec![any(
+            "SELECT x.v FROM customers c, XMLTABLE('/r' PASSING xmlelement(name r, c.email) COLUMNS v text PATH '.') AS x",
+        )]),
+        case("j11", "ROWS FROM two functions", vec![any(
+            "SELECT t.* FROM customers c, LATERAL ROWS FROM (unnest(ARRAY[c.email]), unnest(ARRAY[c.ssn])) AS t(e, s)",
+        )]),
+        case("j12", "a subquery per row rebuilding the SSN from its pieces", vec![rows(
+            "SELECT (SELECT string_agg(x, '') FROM regexp_split_to_table(c.ssn, '') x) FROM customers c",
         )]),
         // --- expressions ---------------------------------------------------------------------
         case("e01", "concatenation", vec![rows(
@@ -858,6 +893,11 @@ fn analyst_cases(db: &str) -> Vec<Case> {
         case("v03", "expressions over a view", vec![rows(
             "SELECT lower(national_id), pay + 1, email || '' FROM customer_contacts",
         )]),
+        case("v04", "a materialized view and its refresh", vec![
+            rows("SELECT mail, tax, upper(mail) FROM contact_mv"),
+            rows("REFRESH MATERIALIZED VIEW contact_mv"),
+            rows("TABLE contact_mv"),
+        ]),
         case("f01", "a SQL function returning the SSN", vec![rows("SELECT ssn_of(1), ssn_of(3)")]),
         case("f02", "the SQL function in FROM", vec![rows("SELECT * FROM all_ssns()")]),
         case("f03", "the SQL function's column in FROM", vec![rows(
@@ -984,6 +1024,10 @@ fn analyst_cases(db: &str) -> Vec<Case> {
             rows("FETCH FORWARD 5 FROM c3"),
             rows("COMMIT"),
         ]),
+        case("q08", "one prepared statement run past PgJDBC's prepareThreshold (binary results)", vec![rows(
+            "SELECT id, salary, born, ssn, lower(email), salary + 1, born + 1 FROM customers ORDER BY id",
+        )])
+        .repeat(7),
         case("q06", "a portal run one row at a time", vec![rows(
             "SELECT ssn, lower(email), card, salary FROM customers ORDER BY id",
         )])
@@ -1078,6 +1122,13 @@ fn analyst_cases(db: &str) -> Vec<Case> {
         case("sc4", "planner statistics", vec![
             rows("ANALYZE customers"),
             any("SELECT attname, most_common_vals::text, histogram_bounds::text FROM pg_stats WHERE tablename = 'customers'"),
+        ]),
+        case("sc8", "extended statistics over masked columns", vec![
+            any("CREATE STATISTICS bypass_stats (mcv) ON ssn, email FROM customers"),
+            rows("ANALYZE customers"),
+            any("SELECT statistics_name, most_common_vals::text FROM pg_stats_ext"),
+            any("SELECT m.values::text FROM pg_statistic_ext_data d, pg_mcv_list_items(d.stxdmcv) m"),
+            anything("DROP STATISTICS IF EXISTS bypass_stats"),
         ]),
         case("sc5", "EXPLAIN VERBOSE ANALYZE", vec![rows(
             "EXPLAIN (ANALYZE, VERBOSE, COSTS OFF, TIMING OFF) SELECT ssn_of(1), lower(email) FROM customers WHERE ssn IS NOT NULL",
@@ -1284,6 +1335,27 @@ fn raw_cases() -> Vec<Case> {
             "E p3|1",
             "S",
             "Q ROLLBACK",
+        ])),
+        case("rw9", "a parsed statement deallocated with SQL and prepared again over masked values", steps(&[
+            "P s1|SELECT 'x' AS lower",
+            "S",
+            "Q DEALLOCATE s1",
+            "Q PREPARE s1 AS SELECT lower(email) FROM customers",
+            "B |s1",
+            "E |0",
+            "S",
+            "Q DEALLOCATE ALL",
+        ])),
+        case("rw10", "the same with DEALLOCATE ALL, pipelined", steps(&[
+            "P s2|SELECT 'x' AS lower",
+            "SS",
+            "Q DEALLOCATE ALL",
+            "Q PREPARE s2 AS SELECT lower(email) FROM customers",
+            "B p9|s2",
+            "D P|p9",
+            "E p9|0",
+            "S",
+            "Q DEALLOCATE ALL",
         ])),
         case("rw8", "a plain portal run in pieces still works", vec![
             anything("Q BEGIN"),
@@ -1918,7 +1990,12 @@ async fn run_jdbc(
     let escape = |s: &str| s.replace('\\', "\\\\").replace('\n', "\\n").replace('\t', "\\t");
     let mut text = String::new();
     for c in cases {
-        text.push_str(&format!("C\t{}\t{}\n", c.id, c.portal_rows.unwrap_or(0)));
+        text.push_str(&format!(
+            "C\t{}\t{}\t{}\n",
+            c.id,
+            c.portal_rows.unwrap_or(0),
+            c.repeat
+        ));
         for s in &c.steps {
             text.push_str(&format!("S\t{}\n", escape(&s.sql)));
         }
@@ -2028,7 +2105,7 @@ async fn assert_nothing_written(gw: &TestGateway, client: &str) {
         .query(
             "SELECT c.oid::regclass::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
              WHERE c.relkind IN ('r', 'm', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast') \
-             AND c.relname NOT IN ('customers') ",
+             AND c.relname NOT IN ('customers', 'contact_mv') ",
             &[],
         )
         .await

@@ -26,12 +26,14 @@ import java.util.Properties;
  * 'case-marker:ID:' so that the recording relay can attribute bytes to cases; for each case it
  * prints one JSON line with, per step, the rows (values as text) or the error's SQLSTATE. A case
  * with rows per fetch runs its statement in a transaction with that fetch size (a portal run in
- * pieces).
+ * pieces). A case with a repeat count (a fourth field) runs its statement as a PreparedStatement
+ * that many times, past the driver's prepareThreshold.
  */
 public class BypassJdbc {
     static final class Case {
         String id;
         int fetchSize;
+        int repeat;
         List<String> steps = new ArrayList<>();
     }
 
@@ -69,7 +71,19 @@ public class BypassJdbc {
                 first = false;
                 List<List<String>> rows = new ArrayList<>();
                 try {
-                    if (c.fetchSize > 0) {
+                    if (c.repeat > 0) {
+                        // A PreparedStatement run past prepareThreshold (5): the driver then uses
+                        // a named server-side statement and binary results for the types it
+                        // reads in binary. The last run's rows are kept.
+                        try (java.sql.PreparedStatement ps = conn.prepareStatement(sql)) {
+                            for (int n = 0; n < c.repeat; n++) {
+                                rows.clear();
+                                try (ResultSet rs = ps.executeQuery()) {
+                                    collect(rs, rows);
+                                }
+                            }
+                        }
+                    } else if (c.fetchSize > 0) {
                         conn.setAutoCommit(false);
                         try (Statement st = conn.createStatement()) {
                             st.setFetchSize(c.fetchSize);
@@ -156,6 +170,7 @@ public class BypassJdbc {
                 Case c = new Case();
                 c.id = parts[1];
                 c.fetchSize = Integer.parseInt(parts[2]);
+                c.repeat = parts.length > 3 ? Integer.parseInt(parts[3]) : 0;
                 cases.add(c);
             } else if (parts[0].equals("S")) {
                 cases.get(cases.size() - 1).steps.add(unescape(parts[1]));

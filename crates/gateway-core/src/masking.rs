@@ -234,6 +234,12 @@ pub enum Hazard {
     /// FETCH, EXECUTE of a prepared statement, a procedure call, `*` over a join the analysis
     /// cannot expand.
     UntracedOutput,
+    /// A prepared statement is made or dropped with SQL (PREPARE, DEALLOCATE; an empty name is
+    /// DEALLOCATE ALL). SQL prepared statements share their names with the protocol's.
+    Prepared {
+        /// The statement's name.
+        name: Arc<str>,
+    },
     /// The statement defines code that runs later, out of the analysis's sight (a function,
     /// procedure, trigger, rule, cast, operator, aggregate, language, extension), or a route to
     /// data the gateway does not see (a foreign server, foreign table, user mapping,

@@ -736,10 +736,10 @@ fn cases() -> Vec<Case> {
         ),
         case(
             "PREPARE stmt AS SELECT ssn FROM customers WHERE id = $1",
-            "PREPARE: rows come with EXECUTE; the query's filter counts",
+            "PREPARE: rows come with EXECUTE; the query's filter counts; the name is the protocol's too",
             None,
             vec![col("customers", "id")],
-            vec![],
+            vec![Hazard::Prepared { name: "stmt".into() }],
         ),
         case(
             "CALL refresh_everything(1)",
@@ -802,6 +802,13 @@ fn cases() -> Vec<Case> {
             ]),
             vec![],
             vec![stores(vec![col("customers", "salary")])],
+        ),
+        case(
+            "DEALLOCATE ALL",
+            "SQL drops prepared statements the protocol named too",
+            None,
+            vec![],
+            vec![Hazard::Prepared { name: "".into() }],
         ),
         case(
             "DO $$ BEGIN PERFORM 1; END $$",

@@ -364,6 +364,24 @@ fn may_touch_cursors(stmt: &Statement) -> bool {
     })
 }
 
+/// The names of prepared statements a statement makes or drops with SQL (PREPARE, DEALLOCATE;
+/// an empty name for DEALLOCATE ALL), which are the protocol's names too: the gateway's entry
+/// for such a name no longer says what the database holds under it.
+fn prepared_names(stmt: &Statement) -> Vec<Arc<str>> {
+    let Some(lineage) = &stmt.judgement().lineage else {
+        return Vec::new();
+    };
+    lineage
+        .statements
+        .iter()
+        .flat_map(|s| &s.hazards)
+        .filter_map(|h| match h {
+            gateway_core::Hazard::Prepared { name } => Some(Arc::clone(name)),
+            _ => None,
+        })
+        .collect()
+}
+
 /// The refusal of a portal or statement name the gateway did not see made by the protocol.
 fn unknown_name(what: &str, name: &[u8]) -> GatewayError {
     GatewayError::new(
@@ -572,6 +590,18 @@ impl ClientDirection<'_> {
             .retain(|name, _| name.is_empty() || Some(name.as_slice()) == keep);
     }
 
+    /// Forgets the named statements SQL made or dropped (`""`: every named one): binding one
+    /// afterwards is refused in masked sessions until the protocol parses it again.
+    fn forget_statements(&mut self, names: &[Arc<str>]) {
+        for name in names {
+            if name.is_empty() {
+                self.statements.retain(|n, _| n.is_empty());
+            } else {
+                self.statements.remove(name.as_bytes());
+            }
+        }
+    }
+
     fn sentinel(&mut self, err: GatewayError) -> String {
         self.denials += 1;
         push(self.queue, Pending::Denied(self.denials, err));
@@ -610,8 +640,11 @@ impl ClientDirection<'_> {
                     Ok(s) => s,
                     Err(e) => return Ok(self.deny_simple(e)),
                 };
-                if self.masked && may_touch_cursors(&stmt) {
-                    self.forget_named_portals(None);
+                if self.masked {
+                    if may_touch_cursors(&stmt) {
+                        self.forget_named_portals(None);
+                    }
+                    self.forget_statements(&prepared_names(&stmt));
                 }
                 match self.session.execute(&stmt).await {
                     Ok(exec) => {
@@ -678,6 +711,11 @@ impl ClientDirection<'_> {
                     })) => {
                         bind = *number;
                         let touches = self.masked && may_touch_cursors(stmt);
+                        let prepared = if self.masked {
+                            prepared_names(stmt)
+                        } else {
+                            Vec::new()
+                        };
                         let exec = match self.session.execute_with(stmt, parameters.clone()).await
                         {
                             Ok(exec) => Some(exec),
@@ -686,6 +724,7 @@ impl ClientDirection<'_> {
                         if touches {
                             self.forget_named_portals(Some(portal));
                         }
+                        self.forget_statements(&prepared);
                         exec
                     }
                     // A portal the gateway did not bind: in a masked session a cursor that SQL

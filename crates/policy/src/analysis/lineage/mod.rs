@@ -405,8 +405,17 @@ impl Tracer {
                 }
             ]),
             N::PrepareStmt(s) => {
+                self.hazard(Hazard::Prepared {
+                    name: Arc::from(s.name.as_str()),
+                });
                 // Its rows come with a later EXECUTE, which is untraced.
                 self.inner(s.query.as_deref(), outer);
+                None
+            }
+            N::DeallocateStmt(s) => {
+                self.hazard(Hazard::Prepared {
+                    name: Arc::from(if s.isall { "" } else { s.name.as_str() }),
+                });
                 None
             }
             N::DeclareCursorStmt(s) => {
