@@ -118,7 +118,11 @@ fn concurrent_appenders_make_one_valid_chain() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let log = Arc::new(AuditLog::open(&default_config(dir.path()), NODE).await.unwrap());
+        let log = Arc::new(
+            AuditLog::open(&default_config(dir.path()), NODE)
+                .await
+                .unwrap(),
+        );
         let mut tasks = Vec::new();
         for s in 0..SESSIONS {
             let log = Arc::clone(&log);
@@ -139,7 +143,11 @@ fn concurrent_appenders_make_one_valid_chain() {
     });
     rt.block_on(async {
         let events = logged_events(dir.path()).await;
-        assert_eq!(events.len() as u64, 2 * SESSIONS * STATEMENTS, "every record once");
+        assert_eq!(
+            events.len() as u64,
+            2 * SESSIONS * STATEMENTS,
+            "every record once"
+        );
         // Per session, in the order the session recorded them.
         for s in 0..SESSIONS {
             let id = format!("s{s}");
@@ -229,7 +237,9 @@ fn a_killed_gateway_loses_no_started_record() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         // The next start names the unclean stop and fills the index from the log.
-        let log = AuditLog::open(&default_config(dir.path()), NODE).await.unwrap();
+        let log = AuditLog::open(&default_config(dir.path()), NODE)
+            .await
+            .unwrap();
         log.shutdown().await.unwrap();
         let events = logged_events(dir.path()).await;
         let started: std::collections::HashSet<(String, u64)> = events
