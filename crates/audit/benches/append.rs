@@ -82,8 +82,14 @@ fn pieces(c: &mut Criterion) {
     let client = client();
     let start = started(&client, 42);
     let payload = serde_json::to_vec(&start).expect("json");
-    let sealed = StoredRecord::seal("bench", 7, RecordKind::Event, ChainHash::GENESIS, payload.clone())
-        .expect("seal");
+    let sealed = StoredRecord::seal(
+        "bench",
+        7,
+        RecordKind::Event,
+        ChainHash::GENESIS,
+        payload.clone(),
+    )
+    .expect("seal");
     let mut g = c.benchmark_group("record");
     g.bench_function("serialize statement_started", |b| {
         let mut buf = Vec::with_capacity(1024);

@@ -114,7 +114,10 @@ impl Session {
             fingerprint: Some(Arc::clone(&self.fingerprint)),
             parameters: Some(Arc::new(RecordedParameters {
                 mode: "recorded",
-                values: vec![RecordedValue::Text(format!("{}", statement_id * 7919 % 1_000_000))],
+                values: vec![RecordedValue::Text(format!(
+                    "{}",
+                    statement_id * 7919 % 1_000_000
+                ))],
             })),
             rule: Some(Arc::clone(&self.rule)),
             approval_id: None,
@@ -137,7 +140,10 @@ impl Session {
 /// CPU nanoseconds per thread name, from `/proc/self/task/*/schedstat`.
 fn cpu_by_thread() -> BTreeMap<(String, u64), u64> {
     let mut out = BTreeMap::new();
-    for task in std::fs::read_dir("/proc/self/task").expect("procfs").flatten() {
+    for task in std::fs::read_dir("/proc/self/task")
+        .expect("procfs")
+        .flatten()
+    {
         let path = task.path();
         let tid: u64 = task.file_name().to_string_lossy().parse().unwrap_or(0);
         let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();

@@ -482,3 +482,87 @@ async fn a_failing_index_does_not_stop_statements_and_catches_up() {
         40
     );
 }
+
+fn statement_end(session: &str, statement_id: u64) -> AuditRecord {
+    session_event(
+        session,
+        "alice",
+        AuditEvent::StatementFinished {
+            statement_id,
+            rows: 1,
+            tag: Some("SELECT 1".into()),
+            error: None,
+            duration: Duration::from_micros(10),
+            skipped: false,
+            masked: None,
+        },
+    )
+}
+
+/// A statement's end is taken without a write of its own (the next write carries it). When that
+/// write fails, the statement whose start it carried is refused, but the end, already taken, is
+/// kept and chained again once the log takes writes; so is an end taken while the log fails.
+#[tokio::test]
+async fn ends_taken_before_and_during_a_failure_are_written_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let log_dir = dir.path().join("audit");
+    let failing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sinks: Vec<Box<dyn Sink>> = vec![Box::new(FlakySink {
+        inner: Box::new(
+            JsonlSink::open(&log_dir, u64::MAX, OpenMode::Write(Durability::Written))
+                .await
+                .unwrap(),
+        ),
+        failing: Arc::clone(&failing),
+    })];
+    let cfg = AuditConfig {
+        // No background write meanwhile: the next record's write carries the end.
+        batch_max_delay: Duration::from_secs(30),
+        ..config(vec![], Durability::Written)
+    };
+    let log = AuditLog::with_sinks(NODE, &cfg, sinks, None).await.unwrap();
+    let start = |i: u64| event(NODE, i * 7); // never a denial (i * 7 % 7 == 0)
+    log.record(start(1)).await.unwrap();
+    log.record(statement_end("s1", 7)).await.unwrap();
+    failing.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        log.record(start(2)).await.is_err(),
+        "its statement is refused"
+    );
+    log.record(statement_end("s1", 777)).await.unwrap();
+    assert!(!log.is_healthy());
+    failing.store(false, std::sync::atomic::Ordering::SeqCst);
+    log.record(start(3)).await.unwrap();
+    assert!(log.is_healthy());
+    log.shutdown().await.unwrap();
+
+    let reader = JsonlSink::open(&log_dir, u64::MAX, OpenMode::Read)
+        .await
+        .unwrap();
+    let report = verify(&reader, &[]).await.unwrap();
+    assert!(report.is_ok(), "{report:?}");
+    let records = all_records(&reader).await;
+    let order: Vec<(String, u64)> = records
+        .iter()
+        .filter(|r| r.kind == RecordKind::Event)
+        .map(|r| {
+            (
+                r.event.clone(),
+                payload(r)["statement_id"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        order,
+        [
+            ("statement_started".to_owned(), 7),
+            ("statement_finished".to_owned(), 7),
+            ("statement_finished".to_owned(), 777),
+            ("statement_started".to_owned(), 21),
+        ],
+        "the refused start is not in the trail; both ends are, before the next start"
+    );
+    let recovered = notices(&records, "sink_recovered");
+    assert_eq!(recovered.len(), 1);
+    assert_eq!(payload(recovered[0])["details"]["refused"], 1);
+}

@@ -203,17 +203,65 @@ fn insert(stmt: &mut rusqlite::CachedStatement<'_>, r: &StoredRecord) -> rusqlit
     Ok(())
 }
 
+/// Rows per `INSERT` statement when a batch is long enough: one statement execution (and its
+/// setup and teardown in SQLite's virtual machine) for many records.
+const ROWS_PER_INSERT: usize = 32;
+
+/// `INSERT INTO audit_records ... VALUES (...), (...), ...` for [`ROWS_PER_INSERT`] rows.
+fn multi_row_insert_sql() -> &'static str {
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SQL.get_or_init(|| {
+        let row = format!("({})", ["?"; 12].join(", "));
+        format!(
+            "INSERT INTO audit_records (version, node, seq, kind, prev_hash, hash, time_us, subject, target, event, verdict, payload) VALUES {}",
+            vec![row; ROWS_PER_INSERT].join(", ")
+        )
+    })
+}
+
+/// Binds one record's twelve columns from parameter `first` on.
+fn bind_row(
+    stmt: &mut rusqlite::Statement<'_>,
+    first: usize,
+    r: &StoredRecord,
+) -> rusqlite::Result<()> {
+    let (mut prev, mut hash) = ([0u8; 64], [0u8; 64]);
+    stmt.raw_bind_parameter(first, r.version)?;
+    stmt.raw_bind_parameter(first + 1, r.node.as_str())?;
+    stmt.raw_bind_parameter(first + 2, seq_i64(r.seq)?)?;
+    stmt.raw_bind_parameter(first + 3, r.kind.as_str())?;
+    stmt.raw_bind_parameter(first + 4, r.prev_hash.hex_into(&mut prev))?;
+    stmt.raw_bind_parameter(first + 5, r.hash.hex_into(&mut hash))?;
+    stmt.raw_bind_parameter(first + 6, r.time_us)?;
+    stmt.raw_bind_parameter(first + 7, r.subject.as_deref())?;
+    stmt.raw_bind_parameter(first + 8, r.target.as_deref())?;
+    stmt.raw_bind_parameter(first + 9, r.event.as_str())?;
+    stmt.raw_bind_parameter(first + 10, r.verdict.as_deref())?;
+    stmt.raw_bind_parameter(first + 11, r.payload.as_slice())?;
+    Ok(())
+}
+
 /// Inserts `records` in one transaction.
 fn insert_batch(conn: &mut Connection, records: &[Arc<StoredRecord>]) -> rusqlite::Result<()> {
     let tx = conn.transaction()?;
     {
-        // Looked up once per batch: the cache lookup hashes the SQL text.
-        let mut records_insert = tx.prepare_cached(Table::Records.insert_sql())?;
-        for r in records {
-            insert(&mut records_insert, r)?;
-            if r.kind == RecordKind::Checkpoint {
-                insert(&mut tx.prepare_cached(Table::Checkpoints.insert_sql())?, r)?;
+        let mut chunks = records.chunks_exact(ROWS_PER_INSERT);
+        if records.len() >= ROWS_PER_INSERT {
+            // Looked up once per batch: the cache lookup hashes the SQL text.
+            let mut many = tx.prepare_cached(multi_row_insert_sql())?;
+            for chunk in &mut chunks {
+                for (i, r) in chunk.iter().enumerate() {
+                    bind_row(&mut many, 1 + 12 * i, r)?;
+                }
+                many.raw_execute()?;
             }
+        }
+        let mut one = tx.prepare_cached(Table::Records.insert_sql())?;
+        for r in chunks.remainder() {
+            insert(&mut one, r)?;
+        }
+        for r in records.iter().filter(|r| r.kind == RecordKind::Checkpoint) {
+            insert(&mut tx.prepare_cached(Table::Checkpoints.insert_sql())?, r)?;
         }
     }
     tx.commit()

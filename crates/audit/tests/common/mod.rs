@@ -204,4 +204,19 @@ impl Sink for FlakySink {
     async fn checkpoint_copies(&self) -> Result<Vec<(String, StoredRecord)>, SinkError> {
         self.inner.checkpoint_copies().await
     }
+    fn append_blocking(
+        &self,
+        records: &[std::sync::Arc<StoredRecord>],
+    ) -> Option<Result<(), SinkError>> {
+        if self.failing.load(Ordering::SeqCst) {
+            return Some(Err(SinkError::new("flaky", "disk full (simulated)")));
+        }
+        self.inner.append_blocking(records)
+    }
+    fn tail_blocking(&self, node: &str) -> Option<Result<Option<StoredRecord>, SinkError>> {
+        if self.failing.load(Ordering::SeqCst) {
+            return Some(Err(SinkError::new("flaky", "disk full (simulated)")));
+        }
+        self.inner.tail_blocking(node)
+    }
 }
