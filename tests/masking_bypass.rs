@@ -317,7 +317,9 @@ struct Recorder {
 
 impl Recorder {
     async fn start(gateway: SocketAddr) -> Recorder {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind recorder");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind recorder");
         let port = listener.local_addr().expect("recorder address").port();
         let connections: Arc<Mutex<Vec<Arc<Mutex<Vec<u8>>>>>> = Arc::default();
         let list = Arc::clone(&connections);
@@ -1266,107 +1268,147 @@ fn support_cases() -> Vec<Case> {
 fn raw_cases() -> Vec<Case> {
     let steps = |lines: &[&str]| lines.iter().map(|l| anything(l)).collect::<Vec<_>>();
     vec![
-        case("rw1", "Execute of a SQL cursor that was never bound", steps(&[
-            "Q BEGIN",
-            "Q DECLARE rc1 CURSOR FOR SELECT lower(email), ssn || '' FROM customers",
-            "D P|rc1",
-            "E rc1|0",
-            "S",
-            "Q ROLLBACK",
-        ])),
-        case("rw2", "Bind to a statement prepared with SQL PREPARE", steps(&[
-            "Q PREPARE rp1 AS SELECT lower(email), card || '' FROM customers",
-            "B |rp1",
-            "D P|",
-            "E |0",
-            "S",
-            "Q DEALLOCATE ALL",
-        ])),
-        case("rw3", "a Bind the database refused, then Execute of the cursor that holds its name", steps(&[
-            "Q DECLARE rc2 CURSOR WITH HOLD FOR SELECT lower(email), upper(ssn) FROM customers",
-            "P |SELECT 'x' AS lower, 'y' AS upper",
-            "B rc2|",
-            "S",
-            "E rc2|0",
-            "S",
-            "Q CLOSE ALL",
-        ])),
-        case("rw4", "the same, pipelined without waiting", steps(&[
-            "Q DECLARE rc3 CURSOR WITH HOLD FOR SELECT lower(email), upper(ssn) FROM customers",
-            "P |SELECT 'x' AS lower, 'y' AS upper",
-            "B rc3|",
-            "SS",
-            "D P|rc3",
-            "E rc3|0",
-            "S",
-            "Q CLOSE ALL",
-        ])),
-        case("rw5", "a bound portal closed with SQL and declared again over masked values", steps(&[
-            "Q BEGIN",
-            "P |SELECT 'x' AS lower",
-            "B p1|",
-            "S",
-            "Q CLOSE p1",
-            "Q DECLARE p1 CURSOR FOR SELECT lower(email) FROM customers",
-            "E p1|0",
-            "S",
-            "Q ROLLBACK",
-        ])),
-        case("rw6", "a portal name reused by a WITH HOLD cursor after its transaction ended", steps(&[
-            "Q BEGIN",
-            "P |SELECT 'x' AS lower",
-            "B p2|",
-            "E p2|0",
-            "S",
-            "Q COMMIT",
-            "Q DECLARE p2 CURSOR WITH HOLD FOR SELECT lower(email) FROM customers",
-            "E p2|0",
-            "S",
-            "Q CLOSE ALL",
-        ])),
-        case("rw7", "a portal run in pieces whose cursor is swapped between pieces", steps(&[
-            "Q BEGIN",
-            "P |SELECT 'x' AS lower FROM generate_series(1, 3)",
-            "B p3|",
-            "E p3|1",
-            "S",
-            "Q CLOSE p3",
-            "Q DECLARE p3 CURSOR FOR SELECT lower(email) FROM customers",
-            "E p3|1",
-            "S",
-            "Q ROLLBACK",
-        ])),
-        case("rw9", "a parsed statement deallocated with SQL and prepared again over masked values", steps(&[
-            "P s1|SELECT 'x' AS lower",
-            "S",
-            "Q DEALLOCATE s1",
-            "Q PREPARE s1 AS SELECT lower(email) FROM customers",
-            "B |s1",
-            "E |0",
-            "S",
-            "Q DEALLOCATE ALL",
-        ])),
-        case("rw10", "the same with DEALLOCATE ALL, pipelined", steps(&[
-            "P s2|SELECT 'x' AS lower",
-            "SS",
-            "Q DEALLOCATE ALL",
-            "Q PREPARE s2 AS SELECT lower(email) FROM customers",
-            "B p9|s2",
-            "D P|p9",
-            "E p9|0",
-            "S",
-            "Q DEALLOCATE ALL",
-        ])),
-        case("rw8", "a plain portal run in pieces still works", vec![
-            anything("Q BEGIN"),
-            anything("P |SELECT lower(email), ssn FROM customers ORDER BY id"),
-            anything("B p4|"),
-            rows("E p4|1"),
-            rows("S"),
-            anything("E p4|5"),
-            rows("S"),
-            anything("Q COMMIT"),
-        ]),
+        case(
+            "rw1",
+            "Execute of a SQL cursor that was never bound",
+            steps(&[
+                "Q BEGIN",
+                "Q DECLARE rc1 CURSOR FOR SELECT lower(email), ssn || '' FROM customers",
+                "D P|rc1",
+                "E rc1|0",
+                "S",
+                "Q ROLLBACK",
+            ]),
+        ),
+        case(
+            "rw2",
+            "Bind to a statement prepared with SQL PREPARE",
+            steps(&[
+                "Q PREPARE rp1 AS SELECT lower(email), card || '' FROM customers",
+                "B |rp1",
+                "D P|",
+                "E |0",
+                "S",
+                "Q DEALLOCATE ALL",
+            ]),
+        ),
+        case(
+            "rw3",
+            "a Bind the database refused, then Execute of the cursor that holds its name",
+            steps(&[
+                "Q DECLARE rc2 CURSOR WITH HOLD FOR SELECT lower(email), upper(ssn) FROM customers",
+                "P |SELECT 'x' AS lower, 'y' AS upper",
+                "B rc2|",
+                "S",
+                "E rc2|0",
+                "S",
+                "Q CLOSE ALL",
+            ]),
+        ),
+        case(
+            "rw4",
+            "the same, pipelined without waiting",
+            steps(&[
+                "Q DECLARE rc3 CURSOR WITH HOLD FOR SELECT lower(email), upper(ssn) FROM customers",
+                "P |SELECT 'x' AS lower, 'y' AS upper",
+                "B rc3|",
+                "SS",
+                "D P|rc3",
+                "E rc3|0",
+                "S",
+                "Q CLOSE ALL",
+            ]),
+        ),
+        case(
+            "rw5",
+            "a bound portal closed with SQL and declared again over masked values",
+            steps(&[
+                "Q BEGIN",
+                "P |SELECT 'x' AS lower",
+                "B p1|",
+                "S",
+                "Q CLOSE p1",
+                "Q DECLARE p1 CURSOR FOR SELECT lower(email) FROM customers",
+                "E p1|0",
+                "S",
+                "Q ROLLBACK",
+            ]),
+        ),
+        case(
+            "rw6",
+            "a portal name reused by a WITH HOLD cursor after its transaction ended",
+            steps(&[
+                "Q BEGIN",
+                "P |SELECT 'x' AS lower",
+                "B p2|",
+                "E p2|0",
+                "S",
+                "Q COMMIT",
+                "Q DECLARE p2 CURSOR WITH HOLD FOR SELECT lower(email) FROM customers",
+                "E p2|0",
+                "S",
+                "Q CLOSE ALL",
+            ]),
+        ),
+        case(
+            "rw7",
+            "a portal run in pieces whose cursor is swapped between pieces",
+            steps(&[
+                "Q BEGIN",
+                "P |SELECT 'x' AS lower FROM generate_series(1, 3)",
+                "B p3|",
+                "E p3|1",
+                "S",
+                "Q CLOSE p3",
+                "Q DECLARE p3 CURSOR FOR SELECT lower(email) FROM customers",
+                "E p3|1",
+                "S",
+                "Q ROLLBACK",
+            ]),
+        ),
+        case(
+            "rw9",
+            "a parsed statement deallocated with SQL and prepared again over masked values",
+            steps(&[
+                "P s1|SELECT 'x' AS lower",
+                "S",
+                "Q DEALLOCATE s1",
+                "Q PREPARE s1 AS SELECT lower(email) FROM customers",
+                "B |s1",
+                "E |0",
+                "S",
+                "Q DEALLOCATE ALL",
+            ]),
+        ),
+        case(
+            "rw10",
+            "the same with DEALLOCATE ALL, pipelined",
+            steps(&[
+                "P s2|SELECT 'x' AS lower",
+                "SS",
+                "Q DEALLOCATE ALL",
+                "Q PREPARE s2 AS SELECT lower(email) FROM customers",
+                "B p9|s2",
+                "D P|p9",
+                "E p9|0",
+                "S",
+                "Q DEALLOCATE ALL",
+            ]),
+        ),
+        case(
+            "rw8",
+            "a plain portal run in pieces still works",
+            vec![
+                anything("Q BEGIN"),
+                anything("P |SELECT lower(email), ssn FROM customers ORDER BY id"),
+                anything("B p4|"),
+                rows("E p4|1"),
+                rows("S"),
+                anything("E p4|5"),
+                rows("S"),
+                anything("Q COMMIT"),
+            ],
+        ),
     ]
 }
 
@@ -1463,7 +1505,11 @@ fn judge_with(
         if result.steps.len() != c.steps.len() {
             fail(
                 c.id,
-                format!("{} step outcomes for {} steps", result.steps.len(), c.steps.len()),
+                format!(
+                    "{} step outcomes for {} steps",
+                    result.steps.len(),
+                    c.steps.len()
+                ),
             );
         }
         // Canaries in what the client decoded (a value may be encoded on the wire).
@@ -1483,7 +1529,10 @@ fn judge_with(
             if !ok {
                 fail(
                     c.id,
-                    format!("{:?} expected of {:?}, got {outcome:?}", step.expect, step.sql),
+                    format!(
+                        "{:?} expected of {:?}, got {outcome:?}",
+                        step.expect, step.sql
+                    ),
                 );
             }
             if let Outcome::Rows(rows) = outcome {
@@ -1580,9 +1629,10 @@ async fn connect_through(gw: &TestGateway, port: u16, token: &str) -> Client {
         .password(token)
         .dbname(gw.database())
         .connect_timeout(Duration::from_secs(10));
-    let (client, conn) = common::bounded_login("tokio-postgres through the recorder", config.connect(NoTls))
-        .await
-        .expect("connect through the recorder");
+    let (client, conn) =
+        common::bounded_login("tokio-postgres through the recorder", config.connect(NoTls))
+            .await
+            .expect("connect through the recorder");
     tokio::spawn(async move {
         let _ = conn.await;
     });
@@ -1633,7 +1683,9 @@ struct PgDate(i32);
 
 impl<'a> FromSql<'a> for PgDate {
     fn from_sql(_: &Type, raw: &'a [u8]) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
-        let bytes: [u8; 4] = raw.try_into().map_err(|_| format!("date of {} bytes", raw.len()))?;
+        let bytes: [u8; 4] = raw
+            .try_into()
+            .map_err(|_| format!("date of {} bytes", raw.len()))?;
         Ok(PgDate(i32::from_be_bytes(bytes)))
     }
     fn accepts(ty: &Type) -> bool {
@@ -1646,7 +1698,9 @@ struct PgTimestamp(i64);
 
 impl<'a> FromSql<'a> for PgTimestamp {
     fn from_sql(_: &Type, raw: &'a [u8]) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
-        let bytes: [u8; 8] = raw.try_into().map_err(|_| format!("timestamp of {} bytes", raw.len()))?;
+        let bytes: [u8; 8] = raw
+            .try_into()
+            .map_err(|_| format!("timestamp of {} bytes", raw.len()))?;
         Ok(PgTimestamp(i64::from_be_bytes(bytes)))
     }
     fn accepts(ty: &Type) -> bool {
@@ -1719,7 +1773,10 @@ async fn run_tokio_simple(client: &Client, cases: &[Case]) -> BTreeMap<String, C
     let mut runs = BTreeMap::new();
     for c in cases {
         let mut run = CaseRun::default();
-        if let Err(e) = client.simple_query(&format!("SELECT 'case-marker:{}:'", c.id)).await {
+        if let Err(e) = client
+            .simple_query(&format!("SELECT 'case-marker:{}:'", c.id))
+            .await
+        {
             run.marker_error = Some(format!("{e:?}"));
         }
         for step in &c.steps {
@@ -1729,12 +1786,18 @@ async fn run_tokio_simple(client: &Client, cases: &[Case]) -> BTreeMap<String, C
                 let mut result = client.simple_query("BEGIN").await.map(|_| ());
                 if result.is_ok() {
                     result = client
-                        .simple_query(&format!("DECLARE bypass_portal NO SCROLL CURSOR FOR {}", step.sql))
+                        .simple_query(&format!(
+                            "DECLARE bypass_portal NO SCROLL CURSOR FOR {}",
+                            step.sql
+                        ))
                         .await
                         .map(|_| ());
                 }
                 while result.is_ok() {
-                    match client.simple_query(&format!("FETCH {n} FROM bypass_portal")).await {
+                    match client
+                        .simple_query(&format!("FETCH {n} FROM bypass_portal"))
+                        .await
+                    {
                         Ok(m) => {
                             let part = simple_rows(m);
                             if part.is_empty() {
@@ -1745,7 +1808,9 @@ async fn run_tokio_simple(client: &Client, cases: &[Case]) -> BTreeMap<String, C
                         Err(e) => result = Err(e),
                     }
                 }
-                let end = client.simple_query(if result.is_ok() { "COMMIT" } else { "ROLLBACK" }).await;
+                let end = client
+                    .simple_query(if result.is_ok() { "COMMIT" } else { "ROLLBACK" })
+                    .await;
                 match result.and(end.map(|_| ())) {
                     Ok(()) => Outcome::Rows(all),
                     Err(e) => db_error(&e),
@@ -1778,12 +1843,19 @@ async fn run_tokio_extended(
     let mut typed_failures = Vec::new();
     let decode = |rows: Vec<tokio_postgres::Row>| -> Result<Vec<Vec<String>>, String> {
         rows.iter()
-            .map(|r| (0..r.len()).map(|i| typed(r, i)).collect::<Result<Vec<_>, _>>())
+            .map(|r| {
+                (0..r.len())
+                    .map(|i| typed(r, i))
+                    .collect::<Result<Vec<_>, _>>()
+            })
             .collect()
     };
     for c in cases {
         let mut run = CaseRun::default();
-        if let Err(e) = client.query(&format!("SELECT 'case-marker:{}:'", c.id), &[]).await {
+        if let Err(e) = client
+            .query(&format!("SELECT 'case-marker:{}:'", c.id), &[])
+            .await
+        {
             run.marker_error = Some(format!("{e:?}"));
         }
         for step in &c.steps {
@@ -1806,7 +1878,10 @@ async fn run_tokio_extended(
                 match result {
                     Ok(()) => match decode(all) {
                         Ok(rows) => Outcome::Rows(rows),
-                        Err(e) => Outcome::Error { sqlstate: "decode".into(), message: e },
+                        Err(e) => Outcome::Error {
+                            sqlstate: "decode".into(),
+                            message: e,
+                        },
                     },
                     Err(e) => db_error(&e),
                 }
@@ -1814,7 +1889,10 @@ async fn run_tokio_extended(
                 match client.query(&step.sql, &[]).await {
                     Ok(rows) => match decode(rows) {
                         Ok(rows) => Outcome::Rows(rows),
-                        Err(e) => Outcome::Error { sqlstate: "decode".into(), message: e },
+                        Err(e) => Outcome::Error {
+                            sqlstate: "decode".into(),
+                            message: e,
+                        },
                     },
                     Err(e) => db_error(&e),
                 }
@@ -1884,7 +1962,13 @@ fn parse_runner(text: &str) -> BTreeMap<String, CaseRun> {
             })
             .unwrap_or_default();
         let marker_error = v["marker_error"].as_str().map(str::to_owned);
-        runs.insert(id, CaseRun { steps, marker_error });
+        runs.insert(
+            id,
+            CaseRun {
+                steps,
+                marker_error,
+            },
+        );
     }
     // The runners select the end marker without reporting it: a run that got that far ended
     // with a usable session.
@@ -1983,11 +2067,20 @@ async fn run_jdbc(
     if !classes.join("BypassJdbc.class").exists() {
         let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/BypassJdbc.java");
         let mut javac = Command::new("javac");
-        javac.arg("-cp").arg(jar).arg("-d").arg(&classes).arg(&source);
+        javac
+            .arg("-cp")
+            .arg(jar)
+            .arg("-d")
+            .arg(&classes)
+            .arg(&source);
         let out = gw.run_client(javac, &[]).await;
         common::assert_success("javac BypassJdbc.java", &out);
     }
-    let escape = |s: &str| s.replace('\\', "\\\\").replace('\n', "\\n").replace('\t', "\\t");
+    let escape = |s: &str| {
+        s.replace('\\', "\\\\")
+            .replace('\n', "\\n")
+            .replace('\t', "\\t")
+    };
     let mut text = String::new();
     for c in cases {
         text.push_str(&format!(
@@ -2319,9 +2412,11 @@ async fn refuse_predicates_closes_the_predicate_channel() {
             c.steps = c.steps.iter().map(|s| refused(&s.sql)).collect();
         }
     }
-    cases.push(case("rp1", "a filter on a masked column", vec![refused(
-        "SELECT name FROM customers WHERE ssn LIKE '0%'",
-    )]));
+    cases.push(case(
+        "rp1",
+        "a filter on a masked column",
+        vec![refused("SELECT name FROM customers WHERE ssn LIKE '0%'")],
+    ));
     let client = connect_through(&gw, recorder.port, &token).await;
     let runs = run_tokio_simple(&client, &cases).await;
     drop(client);
@@ -2355,7 +2450,9 @@ async fn an_unmasked_identity_sees_the_canaries() {
     let gw = start().await;
     let recorder = Recorder::start(gw.addr).await;
     let token = token(&gw, Group::Engineering);
-    let ids = ["p01", "e05", "e09", "e16", "js01", "v02", "f01", "q03", "er01", "sc4"];
+    let ids = [
+        "p01", "e05", "e09", "e16", "js01", "v02", "f01", "q03", "er01", "sc4",
+    ];
     let cases: Vec<Case> = analyst_cases(gw.database())
         .into_iter()
         .filter(|c| ids.contains(&c.id))
@@ -2369,7 +2466,16 @@ async fn an_unmasked_identity_sees_the_canaries() {
     let bytes = recorder.take();
     let all = needles(Group::Analysts);
     let found = leaks(&bytes, &all);
-    for label in ["ssn", "email", "card", "salary", "born", "api_key", "salary (int4 binary)", "born (date binary)"] {
+    for label in [
+        "ssn",
+        "email",
+        "card",
+        "salary",
+        "born",
+        "api_key",
+        "salary (int4 binary)",
+        "born (date binary)",
+    ] {
         assert!(
             found.iter().any(|f| f.starts_with(&format!("{label} in"))),
             "the unmasked identity never saw {label}: {found:#?}"

@@ -20,6 +20,10 @@
 //! - along the way each phase counts into the gateway's own [`Metrics`] ([`Gateway::metrics`]),
 //!   served in the Prometheus text format by the binary's admin listener.
 //!
+//! Around all of it, [`serve`] is what every protocol needs around its wire: a [`serve::Listener`]
+//! that accepts, places connections on workers, bounds handshakes and drains on shutdown, driving a
+//! protocol crate's [`serve::Handler`].
+//!
 //! Errors are [`GatewayError`]s: a neutral [`ErrorKind`] plus the [`Side`] that caused it.
 //!
 //! Each phase opens a `tracing` span on its own target (see [`trace`]): free when no subscriber
@@ -33,6 +37,7 @@ pub mod masking;
 pub mod metrics;
 pub mod parameters;
 pub mod policy;
+pub mod serve;
 pub mod session;
 pub mod target;
 pub mod trace;

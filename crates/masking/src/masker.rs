@@ -20,8 +20,7 @@ use std::sync::{Arc, Mutex};
 use gateway_core::{
     Catalog, CatalogRelation, CheckRequest, ColumnOrigin, ColumnPlan, ErrorKind, GatewayError,
     Hazard, Lineage, MaskPlan, Masker, OutputColumn, PlanRequest, Protocol, RelationKind,
-    RelationName, SessionContext, Side, SourceColumn, StatementLineage, ValueMask,
-    ValueType,
+    RelationName, SessionContext, Side, SourceColumn, StatementLineage, ValueMask, ValueType,
 };
 use policy::analysis::{Dialect, ReadingContext};
 
@@ -493,7 +492,11 @@ fn holds_samples(rel: &CatalogRelation, column: &str) -> bool {
         && (column.starts_with("stavalues")
             || matches!(
                 column,
-                "most_common_vals" | "histogram_bounds" | "most_common_elems" | "stxdmcv" | "stxdexpr"
+                "most_common_vals"
+                    | "histogram_bounds"
+                    | "most_common_elems"
+                    | "stxdmcv"
+                    | "stxdexpr"
             ))
 }
 
@@ -899,7 +902,10 @@ mod tests {
         assert!(matches!(mask.mask(&clean), Some(Cow::Borrowed(_))));
         // bytea in text format: hex, decoded before it is scanned.
         let hex = format!("\\x{}", hex::encode("mail jane.doe@example.com"));
-        assert!(mask.mask(hex.as_bytes()).is_none(), "a finding in hex bytea");
+        assert!(
+            mask.mask(hex.as_bytes()).is_none(),
+            "a finding in hex bytea"
+        );
     }
 
     #[test]

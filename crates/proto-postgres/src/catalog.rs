@@ -28,9 +28,9 @@ use bytes::{Bytes, BytesMut};
 use gateway_core::{Catalog, CatalogRelation, GatewayError, RelationKind, Target};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::stream::UpstreamStream;
 use crate::upstream::TlsConfigs;
 use crate::wire::{error_fields, typed, typed_header, Reader, HEADER_LEN};
+use gateway_core::serve::stream::UpstreamStream;
 
 /// The `application_name` of the metadata connections (it shows in `pg_stat_activity`).
 pub const APPLICATION_NAME: &str = "portcullis catalog";

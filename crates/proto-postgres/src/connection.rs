@@ -19,9 +19,9 @@ use tokio::net::TcpStream;
 use crate::cancel::{CancelRegistry, CancelTarget};
 use crate::relay::relay;
 use crate::startup::{self, StartupPacket};
-use crate::stream::ClientStream;
 use crate::wire::{encode, error_response, ready_for_query, typed_header, HEADER_LEN};
-use crate::ListenerConfig;
+use gateway_core::serve::stream::ClientStream;
+use gateway_core::serve::{self, Accepted, Handler, ListenerConfig};
 
 /// Largest password message accepted. PostgreSQL silently drops longer ones; the gateway answers
 /// them with a clean authentication error instead.
@@ -101,59 +101,55 @@ pub(crate) struct Shared {
     pub upstream_tls: Arc<crate::upstream::TlsConfigs>,
     /// One catalog per target, for sessions whose results may be masked.
     pub catalogs: crate::catalog::Catalogs,
-    pub shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
-/// Drives one accepted connection to its end. Never panics on input; errors end only this
-/// connection.
-pub(crate) async fn serve(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr) {
-    let _ = tcp.set_nodelay(true);
-    let deadline = shared.config.handshake_timeout;
-    let handshake = tokio::time::timeout(deadline, handshake(&shared, tcp, peer)).await;
-    let (client, session_parts) = match handshake {
-        Ok(Ok(Some(done))) => done,
-        Ok(Ok(None)) => return,
-        Ok(Err((client, err))) => {
-            tracing::info!(%peer, error = %err, "connection refused during handshake");
-            if let Some(c) = client {
-                // The client may still be sending (the rest of an oversized password message):
-                // close so that the error reaches it rather than a reset.
-                let (mut read, mut write) = c.split();
-                crate::linger::lingering_close(
-                    &mut read,
-                    &mut write,
-                    &error_response(&err, true),
-                    deadline,
-                )
-                .await;
-            }
-            return;
+/// The PostgreSQL protocol as the shared listener drives it.
+pub(crate) struct PostgresHandler(pub Arc<Shared>);
+
+impl Handler for PostgresHandler {
+    type Session = Established;
+
+    fn protocol(&self) -> Protocol {
+        Protocol::Postgres
+    }
+
+    fn config(&self) -> &ListenerConfig {
+        &self.0.config
+    }
+
+    async fn handshake(self: Arc<Self>, conn: Accepted) -> serve::Handshake<Established> {
+        match handshake(&self.0, conn.tcp, conn.peer).await {
+            Ok(Some(done)) => serve::Handshake::Established(done),
+            Ok(None) => serve::Handshake::Closed,
+            Err((client, error)) => serve::Handshake::Refused {
+                client,
+                reply: error_response(&error, true).to_vec(),
+                error,
+            },
         }
-        Err(_) => {
-            // The handshake future (and with it the socket) is gone; PostgreSQL itself just closes
-            // here too ("canceling authentication due to timeout" goes to its log only).
-            tracing::info!(%peer, timeout = ?deadline, "handshake timed out");
-            return;
+    }
+
+    async fn serve(
+        self: Arc<Self>,
+        (client, (session, upstream, registration)): Established,
+        stop: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let span = tracing::Span::current();
+        span.record("id", &*session.context().id);
+        span.record("subject", session.identity().subject.as_str());
+        span.record("target", session.target().name.as_str());
+        tracing::debug!("session opened");
+        let result = relay(&self.0, client, session.clone(), upstream, stop).await;
+        drop(registration);
+        let error = result.err().map(|e| gateway_core::RecordedError::from(&e));
+        match Arc::try_unwrap(session) {
+            Ok(s) => s.close(error).await,
+            Err(_) => tracing::error!("session still referenced at close; close not recorded"),
         }
-    };
-    let (session, upstream, registration) = session_parts;
-    let span = tracing::Span::current();
-    span.record("id", &*session.context().id);
-    span.record("subject", session.identity().subject.as_str());
-    span.record("target", session.target().name.as_str());
-    tracing::debug!("session opened");
-    let active = shared.gateway.metrics().session_active(Protocol::Postgres);
-    let result = relay(&shared, client, session.clone(), upstream).await;
-    drop(active);
-    drop(registration);
-    let error = result.err().map(|e| gateway_core::RecordedError::from(&e));
-    match Arc::try_unwrap(session) {
-        Ok(s) => s.close(error).await,
-        Err(_) => tracing::error!("session still referenced at close; close not recorded"),
     }
 }
 
-type Handshake = (
+pub(crate) type Established = (
     ClientStream,
     (
         Arc<gateway_core::Session>,
@@ -195,7 +191,7 @@ async fn handshake(
     shared: &Shared,
     tcp: TcpStream,
     peer: SocketAddr,
-) -> Result<Option<Handshake>, HandshakeError> {
+) -> Result<Option<Established>, HandshakeError> {
     let config = &shared.config;
     let mut client = ClientStream::Plain(tcp);
     let mut tls_done = false;
@@ -208,12 +204,12 @@ async fn handshake(
         };
         match packet {
             StartupPacket::SslRequest if !tls_done => {
-                let Some(tls) = config.tls.clone() else {
+                if config.tls.is_none() {
                     if let Err(e) = client.write_all(b"N").await {
                         return Err((None, GatewayError::protocol(Side::Client, e.to_string())));
                     }
                     continue;
-                };
+                }
                 let ClientStream::Plain(mut tcp) = client else {
                     return Err((
                         None,
@@ -223,15 +219,14 @@ async fn handshake(
                 if let Err(e) = tcp.write_all(b"S").await {
                     return Err((None, GatewayError::protocol(Side::Client, e.to_string())));
                 }
-                match tokio_rustls::TlsAcceptor::from(tls).accept(tcp).await {
-                    Ok(s) => client = ClientStream::Tls(Box::new(s)),
-                    Err(e) => {
+                match config.accept_tls(tcp).await {
+                    Some(Ok(s)) => client = s,
+                    Some(Err(e)) => return Err((None, e)),
+                    // Checked above; answered like a failed handshake should it ever happen.
+                    None => {
                         return Err((
                             None,
-                            GatewayError::protocol(
-                                Side::Client,
-                                format!("TLS handshake failed: {e}"),
-                            ),
+                            GatewayError::protocol(Side::Gateway, "TLS is not configured"),
                         ))
                     }
                 }
@@ -261,13 +256,8 @@ async fn handshake(
     };
 
     let tls = matches!(client, ClientStream::Tls(_));
-    if config.require_tls && !tls {
-        let e = GatewayError::new(
-            ErrorKind::AccessDenied,
-            Side::Client,
-            "this gateway accepts only TLS connections",
-        )
-        .with_hint("connect with sslmode=require (or stronger)");
+    if let Err(e) = config.check_tls_required(tls) {
+        let e = e.with_hint("connect with sslmode=require (or stronger)");
         return Err((Some(client), e));
     }
     // Protocol 3.x newer than 3.0 and `_pq_.` options: answer as PostgreSQL does, then go on in 3.0.
@@ -313,14 +303,8 @@ async fn handshake(
             certificate_der: der,
         },
         None => {
-            if !tls && !peer.ip().is_loopback() && !config.allow_plaintext_password {
-                let e = GatewayError::new(
-                    ErrorKind::AccessDenied,
-                    Side::Client,
-                    "passwords and tokens are accepted only over TLS on this listener",
-                )
-                .with_hint("connect with sslmode=require");
-                return Err((Some(client), e));
+            if let Err(e) = config.check_password_transport(peer, tls) {
+                return Err((Some(client), e.with_hint("connect with sslmode=require")));
             }
             match read_password(&mut client).await {
                 Ok(password) => Credentials::Password {

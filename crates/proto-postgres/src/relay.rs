@@ -27,12 +27,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::connection::Shared;
 use crate::masking::{merge_report, ActivePlan};
-use crate::stream::{ClientStream, ReadSide, WriteSide};
 use crate::upstream::Upstream;
 use crate::wire::{
     bind_values, error_fields, error_response, frontend, typed, typed_header, FrameError, Frontend,
     Reader, HEADER_LEN,
 };
+use gateway_core::serve::stream::{ClientStream, ReadSide, WriteSide};
 
 /// Upstream frames are trusted for size up to PostgreSQL's own limit (1 GB).
 const MAX_UPSTREAM_MESSAGE: usize = 0x3fff_ffff;
@@ -98,6 +98,7 @@ pub(crate) async fn relay(
     client: ClientStream,
     session: Arc<Session>,
     upstream: Upstream,
+    shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(), GatewayError> {
     let (mut client_read, mut client_write) = client.split();
     let (mut up_read, mut up_write) = upstream.stream.split();
@@ -165,7 +166,7 @@ pub(crate) async fn relay(
         out: BytesMut::new(),
     };
     let leftover = upstream.leftover;
-    let stop = StopSignal::watch(shared.shutdown.clone());
+    let stop = StopSignal::watch(shutdown);
     let result = tokio::select! {
         // In order, not at random: each branch runs as long as the session does, so there is
         // nothing to be fair about, and the random start would cost a draw on every wake.
@@ -204,7 +205,7 @@ pub(crate) async fn relay(
             };
             // The client may still be sending (the rest of an oversized message): close so that
             // the error reaches it rather than a reset.
-            crate::linger::lingering_close(
+            gateway_core::serve::linger::lingering_close(
                 &mut client_read,
                 &mut client_write,
                 &reply,
@@ -974,8 +975,7 @@ impl UpstreamDirection<'_> {
                     b'E' => self.error(body).await,
                     b'N' if self.masked => {
                         let reads_masked = self.head_reads_masked().await;
-                        match crate::masking::scrub_fields(self.session, b'N', body, reads_masked)
-                        {
+                        match crate::masking::scrub_fields(self.session, b'N', body, reads_masked) {
                             Some(frame) => Reply::Replace(frame.freeze()),
                             None => Reply::Pass,
                         }

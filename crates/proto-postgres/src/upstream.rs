@@ -1,18 +1,16 @@
 //! Connecting to the upstream PostgreSQL with the target's service credentials: TCP or verified
 //! TLS, then trust, cleartext, MD5 or SCRAM-SHA-256 (SCRAM and MD5 from `postgres-protocol`).
 
-use std::sync::Arc;
-
 use bytes::{Bytes, BytesMut};
 use gateway_core::{GatewayError, Target, UpstreamTls};
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
-use rustls_pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::startup::{encode_ssl_request, encode_startup};
-use crate::stream::UpstreamStream;
 use crate::wire::{error_fields, typed, typed_header, Reader, HEADER_LEN};
+use gateway_core::serve::stream::UpstreamStream;
+pub use gateway_core::serve::tls::TlsConfigs;
 
 /// Largest message accepted from the upstream during login.
 const MAX_LOGIN_MESSAGE: usize = 1 << 20;
@@ -37,28 +35,6 @@ fn unavailable(target: &Target, detail: impl Into<String>) -> GatewayError {
     .with_detail(detail)
 }
 
-/// Upstream TLS client configurations, built once per CA file rather than once per connection.
-#[derive(Debug, Default)]
-pub struct TlsConfigs {
-    by_ca:
-        std::sync::Mutex<std::collections::HashMap<std::path::PathBuf, Arc<rustls::ClientConfig>>>,
-}
-
-impl TlsConfigs {
-    fn get(&self, ca_file: Option<&std::path::Path>) -> Result<Arc<rustls::ClientConfig>, String> {
-        let key = ca_file
-            .map(std::path::Path::to_path_buf)
-            .unwrap_or_default();
-        let mut map = self.by_ca.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(c) = map.get(&key) {
-            return Ok(Arc::clone(c));
-        }
-        let config = client_tls_config(ca_file)?;
-        map.insert(key, Arc::clone(&config));
-        Ok(config)
-    }
-}
-
 /// Connects and logs in. `params` are the startup parameters besides user and database.
 pub async fn connect(
     target: &Target,
@@ -76,10 +52,7 @@ pub async fn connect(
     let _ = tcp.set_nodelay(true);
     let mut stream = match &target.tls {
         UpstreamTls::Disable => UpstreamStream::Plain(tcp),
-        UpstreamTls::VerifyFull {
-            ca_file,
-            server_name,
-        } => {
+        UpstreamTls::VerifyFull { .. } => {
             let mut tcp = tcp;
             tcp.write_all(&encode_ssl_request())
                 .await
@@ -94,17 +67,10 @@ pub async fn connect(
                     "the database refused TLS, and the target requires verify-full",
                 ));
             }
-            let config = tls_configs
-                .get(ca_file.as_deref())
-                .map_err(|e| unavailable(target, e))?;
-            let name = server_name.clone().unwrap_or_else(|| target.host.clone());
-            let name = ServerName::try_from(name)
-                .map_err(|e| unavailable(target, format!("invalid TLS server name: {e}")))?;
-            let tls = tokio_rustls::TlsConnector::from(config)
-                .connect(name, tcp)
+            tls_configs
+                .connect(target, tcp)
                 .await
-                .map_err(|e| unavailable(target, format!("TLS handshake: {e}")))?;
-            UpstreamStream::Tls(Box::new(tls))
+                .map_err(|e| unavailable(target, e))?
         }
     };
 
@@ -267,38 +233,4 @@ async fn read_message(
             return Err("the database closed the connection during login".into());
         }
     }
-}
-
-/// A verify-full client configuration trusting the CAs in `ca_file`, or the Mozilla root set
-/// bundled with `webpki-roots` when no file is given (the gateway does not read the system's trust
-/// store, so what it trusts is the same on every machine).
-fn client_tls_config(
-    ca_file: Option<&std::path::Path>,
-) -> Result<Arc<rustls::ClientConfig>, String> {
-    use rustls_pki_types::pem::PemObject;
-    use rustls_pki_types::CertificateDer;
-    let mut roots = rustls::RootCertStore::empty();
-    let Some(ca) = ca_file else {
-        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-        return finish_client_config(roots);
-    };
-    let certs = CertificateDer::pem_file_iter(ca)
-        .map_err(|e| format!("read CA file {}: {e}", ca.display()))?;
-    for cert in certs {
-        let cert = cert.map_err(|e| format!("parse CA file {}: {e}", ca.display()))?;
-        roots
-            .add(cert)
-            .map_err(|e| format!("CA certificate in {}: {e}", ca.display()))?;
-    }
-    finish_client_config(roots)
-}
-
-fn finish_client_config(roots: rustls::RootCertStore) -> Result<Arc<rustls::ClientConfig>, String> {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS setup: {e}"))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(Arc::new(config))
 }

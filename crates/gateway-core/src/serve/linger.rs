@@ -32,17 +32,13 @@ const AFTER_FIN_QUIET: Duration = Duration::from_secs(1);
 /// Most bytes discarded in one lingering close. A client that sent a message larger than the
 /// limit keeps sending the rest of it; 64 MiB covers a message several times the default limit
 /// of the same size, and the time budget bounds the rest.
-pub(crate) const MAX_DISCARD: u64 = 64 * 1024 * 1024;
+pub const MAX_DISCARD: u64 = 64 * 1024 * 1024;
 
 /// Writes `last` (the fatal ErrorResponse) and flushes, then closes as described in the module
 /// documentation, all within `budget`. Errors end the close early (the connection is gone
 /// anyway).
-pub(crate) async fn lingering_close<R, W>(
-    read: &mut R,
-    write: &mut W,
-    last: &[u8],
-    budget: Duration,
-) where
+pub async fn lingering_close<R, W>(read: &mut R, write: &mut W, last: &[u8], budget: Duration)
+where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {

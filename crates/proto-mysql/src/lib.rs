@@ -1,0 +1,73 @@
+//! The MySQL and MariaDB wire module of Portcullis: a packet-level proxy.
+//!
+//! Clients (the mariadb and mysql command-line clients, PyMySQL, mysql2, Connector/J, ...)
+//! connect to a [`MysqlListener`] exactly as to the server. The gateway answers the handshake
+//! itself with a fresh salt, offers TLS, asks for the password in clear text
+//! (`mysql_clear_password`, which carries a JWT or a static user's password, over TLS or from
+//! loopback only), opens a [`gateway_core::Session`] for the target the database name chooses,
+//! logs in upstream with the target's service credentials (`mysql_native_password` or
+//! `caching_sha2_password`), and then relays commands and their results. It reads only what the
+//! core's phases need (statement texts, prepared statement ids, the end of each result and its
+//! status) and forwards every packet as the original bytes.
+//!
+//! Why not opensrv-mysql: it writes every column definition itself (utf8, length 1024, no
+//! origin), which drivers that read the charset cannot live with and which would hide the column
+//! origins masking needs; it also allows one authentication round only and answers unknown
+//! commands with OK. What this crate needs of MySQL's packets (handshake, handshake response,
+//! auth switch, OK/ERR, scrambles) comes from `mysql_common`; the framing is read by hand
+//! ([`packet`]) so that results are forwarded from the read buffer without being reassembled.
+//!
+//! Modules in the order data meets them: [`packet`] (framing, OK/ERR), [`handshake`] (the client's
+//! login), [`upstream`] (the gateway's login to the server), the relay.
+
+mod handshake;
+pub mod packet;
+mod relay;
+pub mod upstream;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use gateway_core::serve::Listener;
+pub use gateway_core::serve::{ListenerConfig, Shutdown};
+use gateway_core::{Gateway, Workers};
+
+/// A bound MySQL listener: the shared [`Listener`] driving this crate's handler.
+pub struct MysqlListener {
+    inner: Listener<handshake::MysqlHandler>,
+}
+
+impl MysqlListener {
+    /// Binds the listener.
+    pub async fn bind(config: ListenerConfig, gateway: Gateway) -> std::io::Result<Self> {
+        let metrics = Arc::clone(gateway.metrics());
+        let handler = handshake::MysqlHandler::new(config, gateway);
+        Ok(Self {
+            inner: Listener::bind(handler, metrics).await?,
+        })
+    }
+
+    /// Runs each session on the least busy of `workers` instead of on the runtime that runs the
+    /// listener. Several listeners may share one pool.
+    pub fn with_workers(self, workers: Arc<Workers>) -> Self {
+        Self {
+            inner: self.inner.with_workers(workers),
+        }
+    }
+
+    /// A handle that stops [`run`](Self::run) gracefully: each session ends (error 1053, server
+    /// shutdown in progress) once the upstream owes it nothing more.
+    pub fn shutdown_handle(&self) -> Shutdown {
+        self.inner.shutdown_handle()
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.inner.local_addr()
+    }
+
+    /// Accepts connections until [`Shutdown::trigger`] (or until the task is aborted).
+    pub async fn run(self) {
+        self.inner.run().await
+    }
+}

@@ -1,0 +1,949 @@
+//! The command phase: one command from the client at a time (the protocol is half-duplex), judged
+//! and announced through the core, forwarded as its original bytes, and its response relayed from
+//! the upstream's read buffer as it arrives while the relay follows its structure (result sets,
+//! multiple results, the status flags that end them).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use gateway_core::serve::stream::{ReadSide, WriteSide};
+use gateway_core::{
+    ErrorKind, Execution, GatewayError, Outcome, RecordedError, Session, Side, SqlSettings,
+    Statement,
+};
+use mysql_common::constants::{CapabilityFlags, StatusFlags};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::watch;
+
+use crate::handshake::{Established, Shared};
+use crate::packet::{
+    self, header, lenenc_int, Packet, PacketReader, ReadError, HEADER_LEN, MAX_PIECE,
+};
+
+const COM_QUIT: u8 = 0x01;
+const COM_INIT_DB: u8 = 0x02;
+const COM_QUERY: u8 = 0x03;
+const COM_FIELD_LIST: u8 = 0x04;
+const COM_STATISTICS: u8 = 0x09;
+const COM_PROCESS_KILL: u8 = 0x0c;
+const COM_PING: u8 = 0x0e;
+const COM_CHANGE_USER: u8 = 0x11;
+const COM_STMT_PREPARE: u8 = 0x16;
+const COM_STMT_EXECUTE: u8 = 0x17;
+const COM_STMT_SEND_LONG_DATA: u8 = 0x18;
+const COM_STMT_CLOSE: u8 = 0x19;
+const COM_STMT_RESET: u8 = 0x1a;
+const COM_SET_OPTION: u8 = 0x1b;
+const COM_STMT_FETCH: u8 = 0x1c;
+const COM_RESET_CONNECTION: u8 = 0x1f;
+
+/// `CURSOR_TYPE_READ_ONLY` in COM_STMT_EXECUTE's flags.
+const CURSOR_TYPE_READ_ONLY: u8 = 0x01;
+
+/// Largest packet accepted from the upstream (the protocol's own maximum payload, 1 GiB).
+const MAX_UPSTREAM_PACKET: usize = 1 << 30;
+
+/// What the response to a command looks like.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Expect {
+    /// OK, ERR or one or more result sets (COM_QUERY, COM_STMT_EXECUTE).
+    Results,
+    /// One packet (OK, ERR, EOF or a string).
+    One,
+    /// Column definitions up to an EOF, or ERR (COM_FIELD_LIST).
+    Fields,
+    /// COM_STMT_PREPARE's answer: ERR, or OK with parameter and column definitions.
+    Prepared,
+}
+
+/// What the relay learned from a response.
+#[derive(Debug, Default)]
+struct Response {
+    /// Rows of all result sets.
+    rows: u64,
+    /// Rows affected, summed over the results.
+    affected: u64,
+    /// The server's error, if the response ended with one.
+    error: Option<RecordedError>,
+    /// Status flags of the last OK or EOF.
+    status: Option<u16>,
+    /// Statement id of a prepared statement.
+    prepared: Option<u32>,
+    /// Whether a result set was seen.
+    result_set: bool,
+}
+
+/// Where the relay is in a response.
+#[derive(Clone, Copy, Debug)]
+enum State {
+    First,
+    Columns(u64),
+    ColumnsEof,
+    Rows,
+    Params { params: u16, columns: u16 },
+    ParamsEof { columns: u16 },
+    PreparedColumns(u16),
+    PreparedColumnsEof,
+    Fields,
+}
+
+struct Relay {
+    session: Arc<Session>,
+    caps: CapabilityFlags,
+    settings: SqlSettings,
+    /// Prepared statements by the server's statement id, as judged when prepared.
+    statements: HashMap<u32, Arc<Statement>>,
+    client_read: ReadSide,
+    client_write: WriteSide,
+    client_reader: PacketReader,
+    up_read: ReadSide,
+    up_write: WriteSide,
+    up_reader: PacketReader,
+    /// Whether the server reports ANSI_QUOTES in its status flags (MariaDB does).
+    status_has_ansi_quotes: bool,
+}
+
+/// Relays commands until the client quits, the connection fails, or the listener shuts down.
+pub(crate) async fn relay(
+    shared: &Shared,
+    established: Established,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), GatewayError> {
+    let Established {
+        client,
+        client_reader,
+        session,
+        upstream,
+        database,
+    } = established;
+    let (client_read, client_write) = client.split();
+    let (up_read, up_write) = upstream.stream.split();
+    let mariadb = upstream.server_version.contains("MariaDB");
+    let mut relay = Relay {
+        session,
+        caps: upstream.capabilities,
+        settings: SqlSettings {
+            default_schema: Some(Arc::from(database.as_str())),
+            ..SqlSettings::default()
+        },
+        statements: HashMap::new(),
+        client_read,
+        client_write,
+        client_reader,
+        up_read,
+        up_write,
+        up_reader: upstream.reader,
+        status_has_ansi_quotes: mariadb,
+    };
+    relay.track_status(upstream.status);
+    if !mariadb {
+        // MySQL reports NO_BACKSLASH_ESCAPES in its status flags but not ANSI_QUOTES: ask.
+        relay.refresh_state().await?;
+    }
+    let max = shared.config.max_message_bytes;
+    loop {
+        let read = tokio::select! {
+            biased;
+            read = relay.client_reader.read(&mut relay.client_read, max) => read,
+            () = async { let _ = stop.wait_for(|stopping| *stopping).await; } => {
+                // Idle: nothing is owed to the client. Tell it why the connection ends.
+                let e = GatewayError::new(
+                    ErrorKind::ShuttingDown,
+                    Side::Gateway,
+                    "the gateway is shutting down; reconnect to continue",
+                );
+                let _ = relay.client_write.write_all(&packet::err(0, &e)).await;
+                let _ = relay.client_write.shutdown().await;
+                let _ = relay.up_write.write_all(&packet::packet(0, &[COM_QUIT])).await;
+                return Err(e);
+            }
+        };
+        let command = match read {
+            Ok(p) => p,
+            // A client that goes away without COM_QUIT ends its session like one that quits.
+            Err(ReadError::Closed) => {
+                let _ = relay
+                    .up_write
+                    .write_all(&packet::packet(0, &[COM_QUIT]))
+                    .await;
+                return Ok(());
+            }
+            Err(ReadError::TooLarge { max }) => {
+                let e = GatewayError::protocol(
+                    Side::Client,
+                    format!("packet larger than max_message_bytes ({max} bytes) refused"),
+                );
+                // ER_NET_PACKET_TOO_LARGE, as the server answers.
+                let reply = packet::err_with(1, 1153, *b"08S01", &e.message);
+                gateway_core::serve::linger::lingering_close(
+                    &mut relay.client_read,
+                    &mut relay.client_write,
+                    &reply,
+                    shared.config.handshake_timeout,
+                )
+                .await;
+                return Err(e);
+            }
+            Err(e) => return Err(e.into_gateway(Side::Client, "read command")),
+        };
+        match relay.command(command).await? {
+            Flow::Continue => {}
+            Flow::Quit => return Ok(()),
+        }
+    }
+}
+
+enum Flow {
+    Continue,
+    Quit,
+}
+
+impl Relay {
+    /// Handles one command and its response.
+    async fn command(&mut self, command: Packet) -> Result<Flow, GatewayError> {
+        let reply_seq = command.last_seq.wrapping_add(1);
+        let Some(code) = command.first() else {
+            return Err(GatewayError::protocol(Side::Client, "empty command packet"));
+        };
+        match code {
+            COM_QUIT => {
+                let _ = self.up_write.write_all(&command.raw).await;
+                Ok(Flow::Quit)
+            }
+            COM_QUERY => {
+                let payload = command.payload();
+                let Some(sql) = self.text(&payload[1..], reply_seq).await? else {
+                    return Ok(Flow::Continue);
+                };
+                let Some(stmt) = self.judge(&sql, reply_seq).await? else {
+                    return Ok(Flow::Continue);
+                };
+                drop(payload);
+                self.run(&stmt, &command, Expect::Results, reply_seq)
+                    .await?;
+                Ok(Flow::Continue)
+            }
+            COM_STMT_PREPARE => {
+                let payload = command.payload();
+                let Some(sql) = self.text(&payload[1..], reply_seq).await? else {
+                    return Ok(Flow::Continue);
+                };
+                let Some(stmt) = self.judge(&sql, reply_seq).await? else {
+                    return Ok(Flow::Continue);
+                };
+                drop(payload);
+                self.forward(&command).await?;
+                let response = self.response(Expect::Prepared).await?;
+                if let Some(id) = response.prepared {
+                    self.statements.insert(id, Arc::new(stmt));
+                }
+                Ok(Flow::Continue)
+            }
+            COM_STMT_EXECUTE => {
+                let payload = command.payload();
+                let Some(id) = payload
+                    .get(1..5)
+                    .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                else {
+                    drop(payload);
+                    return self
+                        .refuse(
+                            reply_seq,
+                            GatewayError::protocol(Side::Client, "malformed COM_STMT_EXECUTE"),
+                        )
+                        .await;
+                };
+                if payload
+                    .get(5)
+                    .is_some_and(|f| f & CURSOR_TYPE_READ_ONLY != 0)
+                {
+                    drop(payload);
+                    return self
+                        .refuse(
+                            reply_seq,
+                            GatewayError::new(
+                                ErrorKind::Unsupported,
+                                Side::Client,
+                                "server-side cursors are not supported through the gateway yet",
+                            )
+                            .with_hint(
+                                "fetch without a cursor (for Connector/J: useCursorFetch=false)",
+                            ),
+                        )
+                        .await;
+                }
+                drop(payload);
+                let Some(stmt) = self.statements.get(&id).cloned() else {
+                    // ER_UNKNOWN_STMT_HANDLER, as the server answers.
+                    let reply = packet::err_with(
+                        reply_seq,
+                        1243,
+                        *b"HY000",
+                        &format!("Unknown prepared statement handler ({id}) given to mysqld_stmt_execute"),
+                    );
+                    self.send_client(&reply).await?;
+                    return Ok(Flow::Continue);
+                };
+                self.run(&stmt, &command, Expect::Results, reply_seq)
+                    .await?;
+                Ok(Flow::Continue)
+            }
+            COM_STMT_SEND_LONG_DATA => {
+                // No response. The data is bound to a statement judged when it was prepared, and
+                // audited with the execution that uses it.
+                self.forward(&command).await?;
+                Ok(Flow::Continue)
+            }
+            COM_STMT_CLOSE => {
+                let payload = command.payload();
+                if let Some(b) = payload.get(1..5) {
+                    self.statements
+                        .remove(&u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+                }
+                drop(payload);
+                self.forward(&command).await?;
+                Ok(Flow::Continue)
+            }
+            COM_STMT_RESET | COM_PING | COM_STATISTICS | COM_SET_OPTION => {
+                self.forward(&command).await?;
+                self.response(Expect::One).await?;
+                Ok(Flow::Continue)
+            }
+            COM_RESET_CONNECTION => {
+                self.forward(&command).await?;
+                let response = self.response(Expect::One).await?;
+                if response.error.is_none() {
+                    // The server forgot its prepared statements and reset its session variables.
+                    self.statements.clear();
+                    self.refresh_state().await?;
+                }
+                Ok(Flow::Continue)
+            }
+            COM_INIT_DB => {
+                let payload = command.payload();
+                let Some(db) = self.text(&payload[1..], reply_seq).await? else {
+                    return Ok(Flow::Continue);
+                };
+                drop(payload);
+                // Judged as the statement it is: USE of that database.
+                let sql = format!("USE `{}`", db.replace('`', "``"));
+                let Some(stmt) = self.judge(&sql, reply_seq).await? else {
+                    return Ok(Flow::Continue);
+                };
+                let response = self.run(&stmt, &command, Expect::One, reply_seq).await?;
+                if response.error.is_none() {
+                    self.settings.default_schema = Some(Arc::from(db.as_str()));
+                }
+                Ok(Flow::Continue)
+            }
+            COM_FIELD_LIST => {
+                let payload = command.payload();
+                let table = payload[1..].split(|b| *b == 0).next().unwrap_or_default();
+                let Some(table) = self.text(table, reply_seq).await? else {
+                    return Ok(Flow::Continue);
+                };
+                drop(payload);
+                // Judged as what it shows: the table's columns.
+                let sql = format!("SHOW COLUMNS FROM `{}`", table.replace('`', "``"));
+                let Some(stmt) = self.judge(&sql, reply_seq).await? else {
+                    return Ok(Flow::Continue);
+                };
+                self.run(&stmt, &command, Expect::Fields, reply_seq).await?;
+                Ok(Flow::Continue)
+            }
+            COM_STMT_FETCH => {
+                self.refuse(
+                    reply_seq,
+                    GatewayError::new(
+                        ErrorKind::Unsupported,
+                        Side::Client,
+                        "server-side cursors are not supported through the gateway yet",
+                    ),
+                )
+                .await
+            }
+            COM_CHANGE_USER => {
+                self.refuse(
+                    reply_seq,
+                    GatewayError::new(
+                        ErrorKind::Unsupported,
+                        Side::Client,
+                        "changing the user of a gateway session is not supported",
+                    )
+                    .with_hint("open a new connection as the other user"),
+                )
+                .await
+            }
+            COM_PROCESS_KILL => {
+                self.refuse(
+                    reply_seq,
+                    GatewayError::new(
+                        ErrorKind::Unsupported,
+                        Side::Client,
+                        "COM_PROCESS_KILL is not supported through the gateway",
+                    ),
+                )
+                .await
+            }
+            other => {
+                // ER_UNKNOWN_COM_ERROR: never a silent OK.
+                let reply = packet::err_with(
+                    reply_seq,
+                    1047,
+                    *b"08S01",
+                    &format!("Unknown command {other:#04x}"),
+                );
+                self.send_client(&reply).await?;
+                Ok(Flow::Continue)
+            }
+        }
+    }
+
+    /// The statement text, when it is UTF-8; otherwise the command is refused (`None`).
+    async fn text(&mut self, bytes: &[u8], reply_seq: u8) -> Result<Option<String>, GatewayError> {
+        match std::str::from_utf8(bytes) {
+            Ok(s) => Ok(Some(s.to_owned())),
+            Err(_) => {
+                self.refuse(
+                    reply_seq,
+                    GatewayError::new(
+                        ErrorKind::Unsupported,
+                        Side::Client,
+                        "statement text that is not valid UTF-8 is not accepted through the gateway",
+                    )
+                    .with_hint("use the utf8mb4 character set, and hex literals (X'..') for binary values"),
+                )
+                .await?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Judges `sql`; a denial is answered here (`None`).
+    async fn judge(&mut self, sql: &str, reply_seq: u8) -> Result<Option<Statement>, GatewayError> {
+        match self.session.prepare(sql, &self.settings).await {
+            Ok(stmt) => Ok(Some(stmt)),
+            Err(e) => {
+                self.send_client(&packet::err(reply_seq, &e)).await?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Announces an execution, forwards its command, relays the response and records the end.
+    async fn run(
+        &mut self,
+        stmt: &Statement,
+        command: &Packet,
+        expect: Expect,
+        reply_seq: u8,
+    ) -> Result<Response, GatewayError> {
+        let exec: Execution = match self.session.execute(stmt).await {
+            Ok(exec) => exec,
+            Err(e) => {
+                self.send_client(&packet::err(reply_seq, &e)).await?;
+                return Ok(Response::default());
+            }
+        };
+        if let Err(e) = self.forward(command).await {
+            let outcome = Outcome {
+                error: Some(RecordedError::from(&e)),
+                ..Outcome::default()
+            };
+            let _ = self.session.finish(exec, outcome).await;
+            return Err(e);
+        }
+        let relayed = self.response(expect).await;
+        let response = match relayed {
+            Ok(r) => r,
+            Err(e) => {
+                let outcome = Outcome {
+                    error: Some(RecordedError::from(&e)),
+                    ..Outcome::default()
+                };
+                let _ = self.session.finish(exec, outcome).await;
+                return Err(e);
+            }
+        };
+        let tag = if response.result_set {
+            Some(format!("SELECT {}", response.rows))
+        } else if response.error.is_none() {
+            Some(format!("OK {}", response.affected))
+        } else {
+            None
+        };
+        let outcome = Outcome {
+            rows: response.rows,
+            tag,
+            error: response.error.clone(),
+            ..Outcome::default()
+        };
+        self.session.finish(exec, outcome).await?;
+        if response.error.is_none()
+            && stmt
+                .judgement()
+                .classification
+                .as_deref()
+                .is_some_and(|c| c == "session" || c == "procedural")
+        {
+            // USE, SET sql_mode, or a procedure that ran either: learn the current database and
+            // sql_mode from the server rather than from the text.
+            self.refresh_state().await?;
+        }
+        Ok(response)
+    }
+
+    /// Answers a command with an error without forwarding it.
+    async fn refuse(&mut self, reply_seq: u8, e: GatewayError) -> Result<Flow, GatewayError> {
+        self.send_client(&packet::err(reply_seq, &e)).await?;
+        Ok(Flow::Continue)
+    }
+
+    async fn forward(&mut self, command: &Packet) -> Result<(), GatewayError> {
+        self.up_write
+            .write_all(&command.raw)
+            .await
+            .map_err(|e| lost(format!("write to the database: {e}")))
+    }
+
+    async fn send_client(&mut self, bytes: &[u8]) -> Result<(), GatewayError> {
+        self.client_write
+            .write_all(bytes)
+            .await
+            .map_err(|e| GatewayError::protocol(Side::Client, format!("write: {e}")))
+    }
+
+    /// Relays one response to the client, from the upstream's read buffer, following its
+    /// structure until it ends. Every complete packet read is forwarded as it came, in one write
+    /// per read from the upstream.
+    async fn response(&mut self, expect: Expect) -> Result<Response, GatewayError> {
+        let deprecate_eof = self.caps.contains(CapabilityFlags::CLIENT_DEPRECATE_EOF);
+        let mut response = Response::default();
+        let mut state = State::First;
+        let mut continuing = false;
+        loop {
+            let mut pos = 0;
+            let mut done = false;
+            {
+                let buf = self.up_reader.buffered();
+                while let Some((len, _)) = header(&buf[pos..]) {
+                    if buf.len() < pos + HEADER_LEN + len {
+                        if len > MAX_UPSTREAM_PACKET {
+                            return Err(lost("packet larger than the protocol allows"));
+                        }
+                        buf.reserve(pos + HEADER_LEN + len - buf.len());
+                        break;
+                    }
+                    let payload = &buf[pos + HEADER_LEN..pos + HEADER_LEN + len];
+                    pos += HEADER_LEN + len;
+                    let piece_of_previous = continuing;
+                    continuing = len == MAX_PIECE;
+                    if piece_of_previous {
+                        continue;
+                    }
+                    if step(&mut state, expect, deprecate_eof, payload, &mut response)? {
+                        done = !continuing;
+                        if done {
+                            break;
+                        }
+                    }
+                }
+            }
+            if pos > 0 {
+                let buf = self.up_reader.buffered();
+                self.client_write
+                    .write_all(&buf[..pos])
+                    .await
+                    .map_err(|e| GatewayError::protocol(Side::Client, format!("write: {e}")))?;
+                self.up_reader.consume(pos);
+            }
+            if done {
+                if let Some(status) = response.status {
+                    self.track_status(status);
+                }
+                return Ok(response);
+            }
+            match self.up_reader.fill(&mut self.up_read).await {
+                Ok(0) => return Err(lost("the database closed the connection")),
+                Ok(_) => {}
+                Err(e) => return Err(lost(format!("read from the database: {e}"))),
+            }
+        }
+    }
+
+    /// Reads the SQL-reading settings the server reports in its status flags.
+    fn track_status(&mut self, status: u16) {
+        self.settings.no_backslash_escapes =
+            status & StatusFlags::SERVER_STATUS_NO_BACKSLASH_ESCAPES.bits() != 0;
+        if self.status_has_ansi_quotes {
+            self.settings.ansi_quotes = status & StatusFlags::SERVER_STATUS_ANSI_QUOTES.bits() != 0;
+        }
+    }
+
+    /// Asks the server for the current database and sql_mode (after statements that may have
+    /// changed them), on the gateway's own command: nothing of it reaches the client.
+    async fn refresh_state(&mut self) -> Result<(), GatewayError> {
+        self.up_write
+            .write_all(&packet::packet(
+                0,
+                b"\x03SELECT DATABASE(), @@SESSION.sql_mode",
+            ))
+            .await
+            .map_err(|e| lost(format!("write to the database: {e}")))?;
+        let deprecate_eof = self.caps.contains(CapabilityFlags::CLIENT_DEPRECATE_EOF);
+        let mut state = State::First;
+        let mut response = Response::default();
+        let mut row: Option<Vec<Option<String>>> = None;
+        loop {
+            let p = self
+                .up_reader
+                .read(&mut self.up_read, MAX_UPSTREAM_PACKET)
+                .await
+                .map_err(|e| e.into_gateway(Side::Upstream, "read session state"))?;
+            let payload = p.payload();
+            let was_rows = matches!(state, State::Rows);
+            let done = step(
+                &mut state,
+                Expect::Results,
+                deprecate_eof,
+                &payload,
+                &mut response,
+            )?;
+            if was_rows && matches!(state, State::Rows) && row.is_none() {
+                row = Some(text_row(&payload));
+            }
+            if done {
+                break;
+            }
+        }
+        if let Some(e) = response.error {
+            return Err(lost(format!(
+                "reading the session state failed: {}",
+                e.message
+            )));
+        }
+        if let Some(row) = row {
+            let mut values = row.into_iter();
+            if let Some(db) = values.next() {
+                self.settings.default_schema = db.map(|d| Arc::from(d.as_str()));
+            }
+            if let Some(Some(mode)) = values.next() {
+                let has = |m: &str| mode.split(',').any(|x| x.eq_ignore_ascii_case(m));
+                self.settings.ansi_quotes = has("ANSI_QUOTES") || has("ANSI");
+                self.settings.no_backslash_escapes = has("NO_BACKSLASH_ESCAPES");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The values of a text-protocol row.
+fn text_row(payload: &[u8]) -> Vec<Option<String>> {
+    let mut out = Vec::new();
+    let mut rest = payload;
+    while !rest.is_empty() {
+        if rest[0] == 0xfb {
+            out.push(None);
+            rest = &rest[1..];
+            continue;
+        }
+        let Some((len, used)) = lenenc_int(rest) else {
+            break;
+        };
+        let end = used + len as usize;
+        let Some(value) = rest.get(used..end) else {
+            break;
+        };
+        out.push(Some(String::from_utf8_lossy(value).into_owned()));
+        rest = &rest[end..];
+    }
+    out
+}
+
+/// An error of the upstream connection.
+fn lost(detail: impl Into<String>) -> GatewayError {
+    GatewayError::upstream_unavailable("the connection to the database was lost")
+        .with_detail(detail)
+}
+
+/// `(rows affected, status flags)` of an OK packet, or of an EOF that is an OK packet
+/// (CLIENT_DEPRECATE_EOF): header, affected rows, last insert id, status, warnings.
+fn ok_fields(payload: &[u8]) -> Option<(u64, u16)> {
+    let (affected, a) = lenenc_int(payload.get(1..)?)?;
+    let (_, b) = lenenc_int(payload.get(1 + a..)?)?;
+    let s = payload.get(1 + a + b..3 + a + b)?;
+    Some((affected, u16::from_le_bytes([s[0], s[1]])))
+}
+
+/// Status flags of an EOF packet (before CLIENT_DEPRECATE_EOF): header, warnings, status.
+fn eof_status(payload: &[u8]) -> Option<u16> {
+    let s = payload.get(3..5)?;
+    Some(u16::from_le_bytes([s[0], s[1]]))
+}
+
+/// Whether `payload` ends a row stream: an EOF (or an OK with an EOF header), not a row whose
+/// first value happens to start with 0xFE.
+fn is_terminator(payload: &[u8], deprecate_eof: bool) -> bool {
+    payload.first() == Some(&0xfe)
+        && if deprecate_eof {
+            payload.len() < MAX_PIECE
+        } else {
+            payload.len() < 9
+        }
+}
+
+fn server_error(payload: &[u8]) -> RecordedError {
+    let code = payload
+        .get(1..3)
+        .map(|c| u16::from_le_bytes([c[0], c[1]]).to_string());
+    RecordedError {
+        side: Side::Upstream,
+        code,
+        message: crate::upstream::server_error(payload),
+    }
+}
+
+/// Follows one packet of a response; `true` when the response is complete.
+fn step(
+    state: &mut State,
+    expect: Expect,
+    deprecate_eof: bool,
+    payload: &[u8],
+    r: &mut Response,
+) -> Result<bool, GatewayError> {
+    let first = payload.first().copied();
+    let more = |status: u16| status & StatusFlags::SERVER_MORE_RESULTS_EXISTS.bits() != 0;
+    match *state {
+        State::First => match (expect, first) {
+            (_, Some(0xff)) => {
+                r.error = Some(server_error(payload));
+                Ok(true)
+            }
+            (Expect::One, _) => {
+                if first == Some(0x00) || first == Some(0xfe) {
+                    r.status = if first == Some(0x00) || deprecate_eof {
+                        ok_fields(payload).map(|(_, s)| s)
+                    } else {
+                        eof_status(payload)
+                    };
+                }
+                Ok(true)
+            }
+            (Expect::Fields, _) => {
+                *state = State::Fields;
+                step(state, expect, deprecate_eof, payload, r)
+            }
+            (Expect::Prepared, Some(0x00)) => {
+                let b = payload
+                    .get(1..9)
+                    .ok_or_else(|| lost("malformed COM_STMT_PREPARE response"))?;
+                r.prepared = Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+                let columns = u16::from_le_bytes([b[4], b[5]]);
+                let params = u16::from_le_bytes([b[6], b[7]]);
+                *state = State::Params { params, columns };
+                if params == 0 {
+                    return prepared_columns(state, columns);
+                }
+                Ok(false)
+            }
+            (Expect::Prepared, _) => Err(lost("unexpected COM_STMT_PREPARE response")),
+            (Expect::Results, Some(0x00)) => {
+                let (affected, status) =
+                    ok_fields(payload).ok_or_else(|| lost("malformed OK packet"))?;
+                r.affected += affected;
+                r.status = Some(status);
+                Ok(!more(status))
+            }
+            (Expect::Results, Some(0xfb)) => Err(lost(
+                "the database asked for a local file (LOAD DATA LOCAL), which the gateway does not allow",
+            )),
+            (Expect::Results, _) => {
+                let (columns, _) =
+                    lenenc_int(payload).ok_or_else(|| lost("malformed result set header"))?;
+                r.result_set = true;
+                *state = State::Columns(columns);
+                if columns == 0 {
+                    return Err(lost("result set without columns"));
+                }
+                Ok(false)
+            }
+        },
+        State::Columns(left) => {
+            *state = if left > 1 {
+                State::Columns(left - 1)
+            } else if deprecate_eof {
+                State::Rows
+            } else {
+                State::ColumnsEof
+            };
+            Ok(false)
+        }
+        State::ColumnsEof => {
+            *state = State::Rows;
+            Ok(false)
+        }
+        State::Rows => {
+            if first == Some(0xff) {
+                r.error = Some(server_error(payload));
+                return Ok(true);
+            }
+            if is_terminator(payload, deprecate_eof) {
+                let status = if deprecate_eof {
+                    ok_fields(payload).map(|(_, s)| s)
+                } else {
+                    eof_status(payload)
+                }
+                .ok_or_else(|| lost("malformed end of result set"))?;
+                r.status = Some(status);
+                *state = State::First;
+                return Ok(!more(status));
+            }
+            r.rows += 1;
+            Ok(false)
+        }
+        State::Params { params, columns } => {
+            if params > 1 {
+                *state = State::Params {
+                    params: params - 1,
+                    columns,
+                };
+                return Ok(false);
+            }
+            if deprecate_eof {
+                return prepared_columns(state, columns);
+            }
+            *state = State::ParamsEof { columns };
+            Ok(false)
+        }
+        State::ParamsEof { columns } => prepared_columns(state, columns),
+        State::PreparedColumns(left) => {
+            if left > 1 {
+                *state = State::PreparedColumns(left - 1);
+                return Ok(false);
+            }
+            if deprecate_eof {
+                return Ok(true);
+            }
+            *state = State::PreparedColumnsEof;
+            Ok(false)
+        }
+        State::PreparedColumnsEof => Ok(true),
+        State::Fields => {
+            if first == Some(0xff) {
+                r.error = Some(server_error(payload));
+                return Ok(true);
+            }
+            Ok(is_terminator(payload, deprecate_eof))
+        }
+    }
+}
+
+fn prepared_columns(state: &mut State, columns: u16) -> Result<bool, GatewayError> {
+    if columns == 0 {
+        return Ok(true);
+    }
+    *state = State::PreparedColumns(columns);
+    Ok(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(expect: Expect, deprecate_eof: bool, packets: &[&[u8]]) -> (Response, usize) {
+        let mut state = State::First;
+        let mut r = Response::default();
+        for (i, p) in packets.iter().enumerate() {
+            if step(&mut state, expect, deprecate_eof, p, &mut r).unwrap() {
+                return (r, i + 1);
+            }
+        }
+        (r, usize::MAX)
+    }
+
+    #[test]
+    fn a_result_set_ends_at_its_eof_and_counts_rows() {
+        let (r, used) = run(
+            Expect::Results,
+            false,
+            &[
+                b"\x01",
+                b"coldef",
+                b"\xfe\x00\x00\x02\x00",
+                b"\x011",
+                b"\x012",
+                b"\xfe\x00\x00\x02\x00",
+                b"never read",
+            ],
+        );
+        assert_eq!((r.rows, used, r.status), (2, 6, Some(2)));
+    }
+
+    #[test]
+    fn more_results_keep_the_response_open() {
+        let (r, used) = run(
+            Expect::Results,
+            true,
+            &[
+                b"\x00\x01\x00\x0a\x00\x00\x00",
+                b"\x01",
+                b"coldef",
+                b"\x011",
+                b"\xfe\x00\x00\x02\x00\x00\x00",
+            ],
+        );
+        assert_eq!((r.rows, r.affected, used), (1, 1, 5));
+    }
+
+    #[test]
+    fn an_error_in_the_rows_ends_the_response() {
+        let (r, used) = run(
+            Expect::Results,
+            true,
+            &[b"\x01", b"coldef", b"\x011", b"\xff\x15\x04#HY000boom"],
+        );
+        assert_eq!(used, 4);
+        assert_eq!(r.error.unwrap().code.as_deref(), Some("1045"));
+    }
+
+    #[test]
+    fn prepare_responses_count_their_definitions() {
+        // Two parameters, one column, with EOFs.
+        let (r, used) = run(
+            Expect::Prepared,
+            false,
+            &[
+                b"\x00\x07\x00\x00\x00\x01\x00\x02\x00\x00\x00\x00",
+                b"p1",
+                b"p2",
+                b"\xfe\x00\x00\x02\x00",
+                b"c1",
+                b"\xfe\x00\x00\x02\x00",
+            ],
+        );
+        assert_eq!((r.prepared, used), (Some(7), 6));
+        // No parameters, no columns: the OK alone.
+        let (r, used) = run(
+            Expect::Prepared,
+            true,
+            &[b"\x00\x08\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00"],
+        );
+        assert_eq!((r.prepared, used), (Some(8), 1));
+    }
+
+    #[test]
+    fn a_row_starting_with_0xfe_is_not_an_eof() {
+        let mut long_row = vec![0xfe];
+        long_row.extend_from_slice(&[0; 8]);
+        assert!(!is_terminator(&long_row, false));
+        assert!(is_terminator(b"\xfe\x00\x00\x02\x00", false));
+    }
+
+    #[test]
+    fn text_rows_decode_nulls_and_values() {
+        assert_eq!(
+            text_row(b"\x03app\xfb\x00"),
+            vec![Some("app".into()), None, Some(String::new())]
+        );
+    }
+}
