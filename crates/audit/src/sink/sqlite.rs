@@ -143,8 +143,11 @@ fn open_blocking(path: &Path, mode: OpenMode) -> Result<Connection, String> {
             Durability::Sync => "FULL",
             Durability::Written | Durability::Batched => "NORMAL",
         };
+        // 16 KiB pages for a new index file (an existing file keeps its page size): a batch of
+        // records dirties a quarter of the pages it would at the default 4 KiB, so a quarter of
+        // the WAL frames and writes. Set before WAL mode, which fixes the page size.
         conn.execute_batch(&format!(
-            "PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync};"
+            "PRAGMA page_size = 16384; PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync};"
         ))
         .map_err(|e| format!("cannot set WAL mode: {e}"))?;
         conn.execute_batch(SCHEMA)
@@ -203,61 +206,15 @@ fn insert(stmt: &mut rusqlite::CachedStatement<'_>, r: &StoredRecord) -> rusqlit
     Ok(())
 }
 
-/// Rows per `INSERT` statement when a batch is long enough: one statement execution (and its
-/// setup and teardown in SQLite's virtual machine) for many records.
-const ROWS_PER_INSERT: usize = 32;
-
-/// `INSERT INTO audit_records ... VALUES (...), (...), ...` for [`ROWS_PER_INSERT`] rows.
-fn multi_row_insert_sql() -> &'static str {
-    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    SQL.get_or_init(|| {
-        let row = format!("({})", ["?"; 12].join(", "));
-        format!(
-            "INSERT INTO audit_records (version, node, seq, kind, prev_hash, hash, time_us, subject, target, event, verdict, payload) VALUES {}",
-            vec![row; ROWS_PER_INSERT].join(", ")
-        )
-    })
-}
-
-/// Binds one record's twelve columns from parameter `first` on.
-fn bind_row(
-    stmt: &mut rusqlite::Statement<'_>,
-    first: usize,
-    r: &StoredRecord,
-) -> rusqlite::Result<()> {
-    let (mut prev, mut hash) = ([0u8; 64], [0u8; 64]);
-    stmt.raw_bind_parameter(first, r.version)?;
-    stmt.raw_bind_parameter(first + 1, r.node.as_str())?;
-    stmt.raw_bind_parameter(first + 2, seq_i64(r.seq)?)?;
-    stmt.raw_bind_parameter(first + 3, r.kind.as_str())?;
-    stmt.raw_bind_parameter(first + 4, r.prev_hash.hex_into(&mut prev))?;
-    stmt.raw_bind_parameter(first + 5, r.hash.hex_into(&mut hash))?;
-    stmt.raw_bind_parameter(first + 6, r.time_us)?;
-    stmt.raw_bind_parameter(first + 7, r.subject.as_deref())?;
-    stmt.raw_bind_parameter(first + 8, r.target.as_deref())?;
-    stmt.raw_bind_parameter(first + 9, r.event.as_str())?;
-    stmt.raw_bind_parameter(first + 10, r.verdict.as_deref())?;
-    stmt.raw_bind_parameter(first + 11, r.payload.as_slice())?;
-    Ok(())
-}
-
 /// Inserts `records` in one transaction.
 fn insert_batch(conn: &mut Connection, records: &[Arc<StoredRecord>]) -> rusqlite::Result<()> {
     let tx = conn.transaction()?;
     {
-        let mut chunks = records.chunks_exact(ROWS_PER_INSERT);
-        if records.len() >= ROWS_PER_INSERT {
-            // Looked up once per batch: the cache lookup hashes the SQL text.
-            let mut many = tx.prepare_cached(multi_row_insert_sql())?;
-            for chunk in &mut chunks {
-                for (i, r) in chunk.iter().enumerate() {
-                    bind_row(&mut many, 1 + 12 * i, r)?;
-                }
-                many.raw_execute()?;
-            }
-        }
+        // One single-row INSERT per record. Measured against 32-row INSERTs on the same run
+        // (pgbench through the gateway): those saved a little CPU per record but doubled the
+        // index's writes (167k pwrites against 82k).
         let mut one = tx.prepare_cached(Table::Records.insert_sql())?;
-        for r in chunks.remainder() {
+        for r in records {
             insert(&mut one, r)?;
         }
         for r in records.iter().filter(|r| r.kind == RecordKind::Checkpoint) {
@@ -474,5 +431,32 @@ impl Sink for SqliteSink {
             Ok(out)
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_index_file_uses_16_kib_pages_and_an_old_one_keeps_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let page_size = |conn: &Connection| -> i64 {
+            conn.query_row("PRAGMA page_size", [], |r| r.get(0))
+                .unwrap()
+        };
+        let new = dir.path().join("new.db");
+        let conn = open_blocking(&new, OpenMode::Write(Durability::Written)).unwrap();
+        assert_eq!(page_size(&conn), 16384);
+
+        let old = dir.path().join("old.db");
+        let made = Connection::open(&old).unwrap();
+        made.execute_batch(
+            "PRAGMA page_size = 4096; PRAGMA journal_mode = WAL; CREATE TABLE t (x)",
+        )
+        .unwrap();
+        drop(made);
+        let conn = open_blocking(&old, OpenMode::Write(Durability::Written)).unwrap();
+        assert_eq!(page_size(&conn), 4096);
     }
 }
