@@ -506,10 +506,12 @@ fn evaluate(
         dialect,
         read_text: std::cell::Cell::new(false),
     };
+    let last = analysis.statements.len().saturating_sub(1);
     let statements: Vec<StatementVerdict> = analysis
         .statements
         .iter()
-        .map(|facts| judge.statement(facts, &access_rule.name))
+        .enumerate()
+        .map(|(i, facts)| judge.statement(facts, &access_rule.name, i == last))
         .collect();
 
     // The strictest statement decides; among equals, the first.
@@ -598,7 +600,13 @@ struct Judge<'a> {
 }
 
 impl Judge<'_> {
-    fn statement(&self, facts: &StatementFacts, access_rule: &Arc<str>) -> StatementVerdict {
+    /// Judges one statement of the text; `last` when no statement follows it in the text.
+    fn statement(
+        &self,
+        facts: &StatementFacts,
+        access_rule: &Arc<str>,
+        last: bool,
+    ) -> StatementVerdict {
         let classification: Arc<str> = Arc::from(classification(facts));
         // Allow rules first: they decide what is lifted, and lifting `builtin:dynamic-sql`
         // changes which restricting rules match.
@@ -647,7 +655,7 @@ impl Judge<'_> {
                     unseen(rule)
                 ),
             )
-        } else if let Some((b, reason)) = self.guardrail(facts, &lifted, anything) {
+        } else if let Some((b, reason)) = self.guardrail(facts, &lifted, anything, last) {
             Verdict::deny(builtin_rule(b), reason)
         } else if let Some(rule) = approval {
             Verdict {
@@ -715,6 +723,7 @@ impl Judge<'_> {
         facts: &StatementFacts,
         lifted: &[Builtin],
         anything: bool,
+        last: bool,
     ) -> Option<(Builtin, String)> {
         let on = |b: Builtin| !lifted.contains(&b);
         if on(Builtin::ReadOnly) && self.access == Access::ReadOnly {
@@ -760,9 +769,12 @@ impl Judge<'_> {
             }
         }
         if on(Builtin::SessionFence) {
-            if let Some(reason) =
-                session_fence_violation(facts, self.dialect, self.rules.protect_application_name)
-            {
+            if let Some(reason) = session_fence_violation(
+                facts,
+                self.dialect,
+                self.rules.protect_application_name,
+                last,
+            ) {
                 return Some((Builtin::SessionFence, reason));
             }
         }
@@ -893,13 +905,26 @@ const SESSION_FENCE_KINDS: &[(&str, &str)] = &[
 /// PostgreSQL settings that change how the server reads statement text.
 const POSTGRES_READING_SETTINGS: &[&str] =
     &["set_standard_conforming_strings", "set_client_encoding"];
-/// MySQL settings that change how the server reads statement text.
-const MYSQL_READING_SETTINGS: &[&str] = &["set_sql_mode"];
+/// MySQL settings that change how the server reads statement text: the SQL mode (ANSI_QUOTES,
+/// NO_BACKSLASH_ESCAPES) and the client's character set (in some, a multibyte character hides a
+/// backslash). The MySQL module reads them back from the server after every statement that may
+/// change them and judges the next text under them, so they may change as the last statement of a
+/// text; a statement after them in the same text would be read by the server under settings the
+/// judgement did not use.
+const MYSQL_READING_SETTINGS: &[&str] = &[
+    "set_sql_mode",
+    "set_names",
+    "set_character_set_client",
+    "set_charset",
+    "set_character_set",
+];
 
+/// `last`: no statement follows this one in the text.
 fn session_fence_violation(
     facts: &StatementFacts,
     dialect: Dialect,
     protect_application_name: bool,
+    last: bool,
 ) -> Option<String> {
     for (kind, reason) in SESSION_FENCE_KINDS {
         if has(facts, kind) {
@@ -917,10 +942,20 @@ fn session_fence_violation(
         Dialect::Mysql => MYSQL_READING_SETTINGS,
     };
     if let Some(k) = facts.kinds.iter().find(|k| reading.contains(&k.as_str())) {
-        return Some(format!(
-            "changing {} would make the server read statements differently from the gateway; this is not allowed through the gateway",
-            k.trim_start_matches("set_")
-        ));
+        let setting = k.trim_start_matches("set_");
+        match dialect {
+            Dialect::Postgres => {
+                return Some(format!(
+                    "changing {setting} would make the server read statements differently from the gateway; this is not allowed through the gateway"
+                ))
+            }
+            Dialect::Mysql if !last => {
+                return Some(format!(
+                    "changing {setting} would make the server read the rest of this text differently from the gateway; send the change as a statement of its own"
+                ))
+            }
+            Dialect::Mysql => {}
+        }
     }
     if facts
         .functions

@@ -299,6 +299,10 @@ async fn login(
             )
         })?;
     let collation = hello.collation();
+    let charset = collation_charset(collation);
+    if unsafe_charset(&charset) {
+        return Err(Some(unsafe_charset_error(&charset)));
+    }
     let attributes = hello.connect_attributes().unwrap_or_default();
     let application = attributes
         .get("program_name")
@@ -421,6 +425,37 @@ async fn login(
         upstream,
         database: target.database.clone(),
     })
+}
+
+/// Character sets in which the trailing byte of a multibyte character can be a backslash (and in
+/// gb18030 also a quote's neighbour): a statement in one of them reads differently to the gateway
+/// (which reads SQL as UTF-8) and to the server, which lets a quote escape the policy's view.
+const UNSAFE_CHARSETS: &[&str] = &["big5", "cp932", "gbk", "sjis", "gb18030"];
+
+/// Whether `charset` is one of [`UNSAFE_CHARSETS`].
+pub(crate) fn unsafe_charset(charset: &str) -> bool {
+    UNSAFE_CHARSETS
+        .iter()
+        .any(|c| c.eq_ignore_ascii_case(charset.trim()))
+}
+
+/// The error that ends a session (or refuses a login) in an unsafe character set.
+pub(crate) fn unsafe_charset_error(charset: &str) -> GatewayError {
+    GatewayError::new(
+        ErrorKind::Unsupported,
+        Side::Client,
+        format!("character set {charset} is not accepted through the gateway"),
+    )
+    .with_detail("in this character set a multibyte character can hide a backslash from the gateway's SQL reader")
+    .with_hint("use utf8mb4 (the default of current clients)")
+}
+
+/// The character set of a collation id from a handshake.
+fn collation_charset(id: u8) -> String {
+    use mysql_common::collations::{Collation, CollationId};
+    Collation::resolve(CollationId::from(u16::from(id)))
+        .charset()
+        .to_owned()
 }
 
 fn strip_nul(b: &[u8]) -> &[u8] {

@@ -186,9 +186,18 @@ pub(crate) async fn relay(
             }
             Err(e) => return Err(e.into_gateway(Side::Client, "read command")),
         };
-        match relay.command(command).await? {
-            Flow::Continue => {}
-            Flow::Quit => return Ok(()),
+        match relay.command(command).await {
+            Ok(Flow::Continue) => {}
+            Ok(Flow::Quit) => return Ok(()),
+            Err(e) => {
+                // The session ends here: say why, if the client still listens. (After a lost
+                // upstream the client sees what a dying server would show: a lost connection.)
+                if e.side != Side::Upstream {
+                    let _ = relay.client_write.write_all(&packet::err(0, &e)).await;
+                }
+                let _ = relay.client_write.shutdown().await;
+                return Err(e);
+            }
         }
     }
 }
@@ -479,15 +488,10 @@ impl Relay {
             ..Outcome::default()
         };
         self.session.finish(exec, outcome).await?;
-        if response.error.is_none()
-            && stmt
-                .judgement()
-                .classification
-                .as_deref()
-                .is_some_and(|c| c == "session" || c == "procedural")
-        {
-            // USE, SET sql_mode, or a procedure that ran either: learn the current database and
-            // sql_mode from the server rather than from the text.
+        if response.error.is_none() && may_change_reading(stmt) {
+            // USE, SET sql_mode, SET NAMES, or a procedure that ran any of them: learn the
+            // current database, sql_mode and character set from the server rather than from the
+            // text.
             self.refresh_state().await?;
         }
         Ok(response)
@@ -586,7 +590,7 @@ impl Relay {
         self.up_write
             .write_all(&packet::packet(
                 0,
-                b"\x03SELECT DATABASE(), @@SESSION.sql_mode",
+                b"\x03SELECT DATABASE(), @@SESSION.sql_mode, @@SESSION.character_set_client",
             ))
             .await
             .map_err(|e| lost(format!("write to the database: {e}")))?;
@@ -632,9 +636,31 @@ impl Relay {
                 self.settings.ansi_quotes = has("ANSI_QUOTES") || has("ANSI");
                 self.settings.no_backslash_escapes = has("NO_BACKSLASH_ESCAPES");
             }
+            if let Some(Some(charset)) = values.next() {
+                if crate::handshake::unsafe_charset(&charset) {
+                    return Err(crate::handshake::unsafe_charset_error(&charset));
+                }
+            }
         }
         Ok(())
     }
+}
+
+/// Whether a statement may have changed what the relay tracks (the database, sql_mode, the
+/// character set): session statements, and procedures (which may run them). Reading them back is
+/// a statement of the gateway's own, which clears the server's warning list and ROW_COUNT(), so it
+/// runs only after these. A statement the policy did not classify (no `[policy]`: nothing to
+/// judge under the settings) is not followed by one.
+fn may_change_reading(stmt: &Statement) -> bool {
+    stmt.judgement()
+        .classification
+        .as_deref()
+        .is_some_and(|classes| {
+            classes.split("; ").any(|c| {
+                let class = c.split(':').next().unwrap_or(c);
+                class == "session" || class == "procedural"
+            })
+        })
 }
 
 /// The values of a text-protocol row.

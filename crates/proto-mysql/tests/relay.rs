@@ -30,7 +30,7 @@ impl Authenticator for FixedPassword {
     }
 }
 
-/// Denies any statement whose text contains "forbidden".
+/// Denies any statement whose text contains "forbidden"; classifies by the first word.
 struct DenyForbidden;
 
 impl PolicyEngine for DenyForbidden {
@@ -46,9 +46,19 @@ impl PolicyEngine for DenyForbidden {
         } else {
             Verdict::allow(None)
         };
+        let first = sql
+            .split_whitespace()
+            .next()
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        let classification = match first.as_str() {
+            "set" | "use" => "session",
+            "update" | "insert" | "delete" => "write",
+            _ => "read",
+        };
         Arc::new(Judgement {
             verdict,
-            classification: None,
+            classification: Some(Arc::from(classification)),
             objects: None,
             fingerprint: None,
             lineage: None,
@@ -270,4 +280,39 @@ async fn use_switches_the_database_through_com_init_db() {
     .await;
     assert!(err.contains("ERROR 1049"), "{err}");
     assert_eq!(out, "information_schema\n");
+}
+
+#[tokio::test]
+async fn character_sets_that_hide_backslashes_are_refused() {
+    let db = Database::create();
+    let (addr, _) = start(&db.0).await;
+    // At login.
+    let args = vec![
+        "--no-defaults".to_owned(),
+        "-h127.0.0.1".to_owned(),
+        format!("-P{}", addr.port()),
+        "-ualice".to_owned(),
+        "-psecret".to_owned(),
+        "-Dshop".to_owned(),
+        "--default-character-set=gbk".to_owned(),
+        "-e".to_owned(),
+        "SELECT 1".to_owned(),
+    ];
+    let out = tokio::task::spawn_blocking(move || Command::new("mariadb").args(&args).output())
+        .await
+        .unwrap()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("character set gbk is not accepted"), "{err}");
+
+    // Set afterwards: the session ends before the next statement is read in it.
+    let (_, out, err) = client(addr, "secret", "shop", "SET NAMES sjis; SELECT 'after'").await;
+    assert!(!out.contains("after"), "{out}");
+    assert!(err.contains("character set sjis is not accepted"), "{err}");
+
+    // A safe one is fine.
+    let (ok, out, err) = client(addr, "secret", "shop", "SET NAMES latin1; SELECT 'after'").await;
+    assert!(ok, "{err}");
+    assert_eq!(out, "after\n");
 }

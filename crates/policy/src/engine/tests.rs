@@ -225,7 +225,12 @@ const ROWS: &[Row] = &[
     ("dan", &["dev"], "shop", "selec 1", Deny, "builtin:unparsable", "sqlparser is not MySQL's grammar: never claimed as the server's syntax error"),
     // MySQL.
     ("dan", &["dev"], "shop", "delete from orders", Deny, "no-unfiltered-delete", "same rules, other dialect"),
-    ("dan", &["dev"], "shop", "set sql_mode = 'ANSI_QUOTES'", Deny, "builtin:session-fence", "sql_mode changes how text is read"),
+    ("dan", &["dev"], "shop", "set sql_mode = 'ANSI_QUOTES'", Allow, "devs", "the MySQL module reads the new sql_mode back before the next text"),
+    ("dan", &["dev"], "shop", "set sql_mode = 'ANSI_QUOTES'; select \"x\" from orders", Deny, "builtin:session-fence", "the rest of the text would be read under a mode the judgement did not use"),
+    ("dan", &["dev"], "shop", "set names gbk; select 1", Deny, "builtin:session-fence", "a character set change mid-text"),
+    ("dan", &["dev"], "shop", "set @@session.character_set_client = 'sjis'; select 1", Deny, "builtin:session-fence", "the client character set, by its variable"),
+    ("dan", &["dev"], "shop", "select 1; set names utf8mb4", Allow, "devs", "a change at the end of the text"),
+    ("dan", &["dev"], "app-prod", "set standard_conforming_strings = off", Deny, "builtin:session-fence", "PostgreSQL: refused even alone"),
     ("dan", &["dev"], "shop", "select * into outfile '/tmp/x' from orders", Deny, "builtin:server-files", "writes a server file"),
     ("dan", &["dev"], "shop", "select load_file('/etc/passwd')", Deny, "builtin:dangerous-function", "reads a server file"),
     ("dan", &["dev"], "shop", "select * from orders where id = 1", Allow, "devs", "plain read"),
