@@ -73,6 +73,8 @@ pub(crate) struct Shared {
     next_connection_id: AtomicU32,
     /// The version the next greeting announces (see [`DEFAULT_SERVER_VERSION`]).
     server_version: RwLock<String>,
+    /// Sessions by gateway connection id, for KILL.
+    pub kills: Arc<crate::kill::Registry>,
 }
 
 /// The MySQL protocol as the shared listener drives it.
@@ -86,6 +88,7 @@ impl MysqlHandler {
             upstream_tls: TlsConfigs::default(),
             next_connection_id: AtomicU32::new(1),
             server_version: RwLock::new(DEFAULT_SERVER_VERSION.to_owned()),
+            kills: Arc::default(),
         }))
     }
 }
@@ -98,6 +101,8 @@ pub(crate) struct Established {
     pub upstream: Upstream,
     /// The database the session started in (upstream name).
     pub database: String,
+    /// The session's entry in the KILL registry, removed when the session ends.
+    pub registration: crate::kill::Registration,
 }
 
 impl Handler for MysqlHandler {
@@ -412,8 +417,14 @@ async fn login(
             v.clone_from(&upstream.server_version);
         }
     }
+    let registration = shared.kills.register(
+        connection_id,
+        &session.identity().subject,
+        (target.host.clone(), target.port),
+        upstream.connection_id,
+    );
     let seq = state.seq;
-    let status = upstream.status | StatusFlags::SERVER_STATUS_AUTOCOMMIT.bits();
+    let status = upstream.status;
     state.send(&packet::ok(seq, status)).await?;
     let Some(client) = state.client.take() else {
         return Err(None);
@@ -424,6 +435,7 @@ async fn login(
         session,
         upstream,
         database: target.database.clone(),
+        registration,
     })
 }
 

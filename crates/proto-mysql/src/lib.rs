@@ -21,6 +21,7 @@
 //! login), [`upstream`] (the gateway's login to the server), the relay.
 
 mod handshake;
+mod kill;
 pub mod packet;
 mod relay;
 pub mod upstream;

@@ -101,6 +101,10 @@ struct Relay {
     up_reader: PacketReader,
     /// Whether the server reports ANSI_QUOTES in its status flags (MariaDB does).
     status_has_ansi_quotes: bool,
+    /// The listener's sessions, for KILL.
+    kills: Arc<crate::kill::Registry>,
+    /// The database server of this session's target, for KILL.
+    server: (String, u16),
 }
 
 /// Relays commands until the client quits, the connection fails, or the listener shuts down.
@@ -115,7 +119,9 @@ pub(crate) async fn relay(
         session,
         upstream,
         database,
+        registration: _registration,
     } = established;
+    let server = (session.target().host.clone(), session.target().port);
     let (client_read, client_write) = client.split();
     let (up_read, up_write) = upstream.stream.split();
     let mariadb = upstream.server_version.contains("MariaDB");
@@ -134,6 +140,8 @@ pub(crate) async fn relay(
         up_write,
         up_reader: upstream.reader,
         status_has_ansi_quotes: mariadb,
+        kills: Arc::clone(&shared.kills),
+        server,
     };
     relay.track_status(upstream.status);
     if !mariadb {
@@ -228,7 +236,10 @@ impl Relay {
                     return Ok(Flow::Continue);
                 };
                 drop(payload);
-                self.run(&stmt, &command, Expect::Results, reply_seq)
+                if is_kill(&stmt) || crate::kill::is_plain_kill(&sql) {
+                    return self.kill(&stmt, &sql, reply_seq).await;
+                }
+                self.run(&stmt, &command.raw, Expect::Results, reply_seq)
                     .await?;
                 Ok(Flow::Continue)
             }
@@ -241,7 +252,7 @@ impl Relay {
                     return Ok(Flow::Continue);
                 };
                 drop(payload);
-                self.forward(&command).await?;
+                self.forward(&command.raw).await?;
                 let response = self.response(Expect::Prepared).await?;
                 if let Some(id) = response.prepared {
                     self.statements.insert(id, Arc::new(stmt));
@@ -293,14 +304,14 @@ impl Relay {
                     self.send_client(&reply).await?;
                     return Ok(Flow::Continue);
                 };
-                self.run(&stmt, &command, Expect::Results, reply_seq)
+                self.run(&stmt, &command.raw, Expect::Results, reply_seq)
                     .await?;
                 Ok(Flow::Continue)
             }
             COM_STMT_SEND_LONG_DATA => {
                 // No response. The data is bound to a statement judged when it was prepared, and
                 // audited with the execution that uses it.
-                self.forward(&command).await?;
+                self.forward(&command.raw).await?;
                 Ok(Flow::Continue)
             }
             COM_STMT_CLOSE => {
@@ -310,16 +321,16 @@ impl Relay {
                         .remove(&u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
                 }
                 drop(payload);
-                self.forward(&command).await?;
+                self.forward(&command.raw).await?;
                 Ok(Flow::Continue)
             }
             COM_STMT_RESET | COM_PING | COM_STATISTICS | COM_SET_OPTION => {
-                self.forward(&command).await?;
+                self.forward(&command.raw).await?;
                 self.response(Expect::One).await?;
                 Ok(Flow::Continue)
             }
             COM_RESET_CONNECTION => {
-                self.forward(&command).await?;
+                self.forward(&command.raw).await?;
                 let response = self.response(Expect::One).await?;
                 if response.error.is_none() {
                     // The server forgot its prepared statements and reset its session variables.
@@ -339,7 +350,9 @@ impl Relay {
                 let Some(stmt) = self.judge(&sql, reply_seq).await? else {
                     return Ok(Flow::Continue);
                 };
-                let response = self.run(&stmt, &command, Expect::One, reply_seq).await?;
+                let response = self
+                    .run(&stmt, &command.raw, Expect::One, reply_seq)
+                    .await?;
                 if response.error.is_none() {
                     self.settings.default_schema = Some(Arc::from(db.as_str()));
                 }
@@ -357,7 +370,8 @@ impl Relay {
                 let Some(stmt) = self.judge(&sql, reply_seq).await? else {
                     return Ok(Flow::Continue);
                 };
-                self.run(&stmt, &command, Expect::Fields, reply_seq).await?;
+                self.run(&stmt, &command.raw, Expect::Fields, reply_seq)
+                    .await?;
                 Ok(Flow::Continue)
             }
             COM_STMT_FETCH => {
@@ -384,15 +398,26 @@ impl Relay {
                 .await
             }
             COM_PROCESS_KILL => {
-                self.refuse(
-                    reply_seq,
-                    GatewayError::new(
-                        ErrorKind::Unsupported,
-                        Side::Client,
-                        "COM_PROCESS_KILL is not supported through the gateway",
-                    ),
-                )
-                .await
+                // The old command form of KILL CONNECTION: judged and mapped as that statement.
+                let payload = command.payload();
+                let Some(b) = payload.get(1..5) else {
+                    drop(payload);
+                    return self
+                        .refuse(
+                            reply_seq,
+                            GatewayError::protocol(Side::Client, "malformed COM_PROCESS_KILL"),
+                        )
+                        .await;
+                };
+                let sql = format!(
+                    "KILL CONNECTION {}",
+                    u32::from_le_bytes([b[0], b[1], b[2], b[3]])
+                );
+                drop(payload);
+                let Some(stmt) = self.judge(&sql, reply_seq).await? else {
+                    return Ok(Flow::Continue);
+                };
+                self.kill(&stmt, &sql, reply_seq).await
             }
             other => {
                 // ER_UNKNOWN_COM_ERROR: never a silent OK.
@@ -443,7 +468,7 @@ impl Relay {
     async fn run(
         &mut self,
         stmt: &Statement,
-        command: &Packet,
+        command: &[u8],
         expect: Expect,
         reply_seq: u8,
     ) -> Result<Response, GatewayError> {
@@ -497,15 +522,53 @@ impl Relay {
         Ok(response)
     }
 
+    /// Runs an allowed KILL against the upstream connection of the gateway session it names.
+    async fn kill(
+        &mut self,
+        stmt: &Statement,
+        sql: &str,
+        reply_seq: u8,
+    ) -> Result<Flow, GatewayError> {
+        let rewritten = if stmt
+            .judgement()
+            .classification
+            .as_deref()
+            .is_some_and(|c| c.contains("; "))
+        {
+            Err((
+                1235,
+                *b"42000",
+                "KILL must be sent as a statement of its own through the gateway".to_owned(),
+            ))
+        } else {
+            self.kills
+                .rewrite(sql, &self.session.identity().subject, &self.server)
+        };
+        match rewritten {
+            Ok(upstream_sql) => {
+                let mut payload = Vec::with_capacity(upstream_sql.len() + 1);
+                payload.push(COM_QUERY);
+                payload.extend_from_slice(upstream_sql.as_bytes());
+                let command = packet::packet(0, &payload);
+                self.run(stmt, &command, Expect::Results, reply_seq).await?;
+            }
+            Err((code, state, message)) => {
+                self.send_client(&packet::err_with(reply_seq, code, state, &message))
+                    .await?;
+            }
+        }
+        Ok(Flow::Continue)
+    }
+
     /// Answers a command with an error without forwarding it.
     async fn refuse(&mut self, reply_seq: u8, e: GatewayError) -> Result<Flow, GatewayError> {
         self.send_client(&packet::err(reply_seq, &e)).await?;
         Ok(Flow::Continue)
     }
 
-    async fn forward(&mut self, command: &Packet) -> Result<(), GatewayError> {
+    async fn forward(&mut self, command: &[u8]) -> Result<(), GatewayError> {
         self.up_write
-            .write_all(&command.raw)
+            .write_all(command)
             .await
             .map_err(|e| lost(format!("write to the database: {e}")))
     }
@@ -644,6 +707,14 @@ impl Relay {
         }
         Ok(())
     }
+}
+
+/// Whether the policy read the text as a KILL (never forwarded as written: see [`crate::kill`]).
+fn is_kill(stmt: &Statement) -> bool {
+    stmt.judgement()
+        .classification
+        .as_deref()
+        .is_some_and(|c| c.split("; ").any(|c| c == "utility:kill"))
 }
 
 /// Whether a statement may have changed what the relay tracks (the database, sql_mode, the

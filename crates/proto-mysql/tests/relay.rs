@@ -54,6 +54,7 @@ impl PolicyEngine for DenyForbidden {
         let classification = match first.as_str() {
             "set" | "use" => "session",
             "update" | "insert" | "delete" => "write",
+            "kill" => "utility:kill",
             _ => "read",
         };
         Arc::new(Judgement {
@@ -315,4 +316,40 @@ async fn character_sets_that_hide_backslashes_are_refused() {
     let (ok, out, err) = client(addr, "secret", "shop", "SET NAMES latin1; SELECT 'after'").await;
     assert!(ok, "{err}");
     assert_eq!(out, "after\n");
+}
+
+#[tokio::test]
+async fn kill_query_reaches_the_owners_session_by_the_gateways_connection_id() {
+    let db = Database::create();
+    let (addr, audit) = start(&db.0).await;
+    // The first connection to a new listener is gateway connection 1.
+    let sleeper = tokio::spawn(client(addr, "secret", "shop", "SELECT SLEEP(20)"));
+    let started = std::time::Instant::now();
+    let mut killed = false;
+    while started.elapsed() < std::time::Duration::from_secs(10) {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let running = audit.0.lock().unwrap().iter().any(
+            |e| matches!(e, AuditEvent::StatementStarted { sql, .. } if sql.contains("SLEEP")),
+        );
+        if running {
+            let (ok, _, err) = client(addr, "secret", "shop", "KILL QUERY 1").await;
+            assert!(ok, "{err}");
+            killed = true;
+            break;
+        }
+    }
+    assert!(killed, "the sleeping statement never started");
+    let (_, out, err) = sleeper.await.unwrap();
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(15),
+        "the query was not interrupted"
+    );
+    // MariaDB answers an interrupted SLEEP with 1 (or error 1317).
+    assert!(out.trim() == "1" || err.contains("1317"), "{out} {err}");
+
+    // Connection ids the gateway does not know, or that the asker does not own, are refused.
+    let (_, _, err) = client(addr, "secret", "shop", "KILL 999999").await;
+    assert!(err.contains("ERROR 1094"), "{err}");
+    let (_, _, err) = client(addr, "secret", "shop", "KILL HARD QUERY 1").await;
+    assert!(err.contains("ERROR 1235"), "{err}");
 }
