@@ -70,6 +70,7 @@ fn finished(client: &Arc<ClientInfo>, statement_id: u64) -> AuditRecord {
             statement_id,
             rows: 1,
             tag: Some("SELECT 1".into()),
+            affected: None,
             error: None,
             duration: Duration::from_micros(87),
             skipped: false,

@@ -796,6 +796,7 @@ mod tests {
                 statement_id: 4,
                 rows: 1,
                 tag: Some(text.to_owned()),
+                affected: Some(3),
                 error,
                 duration: Duration::new(3, 141_592_653),
                 skipped: true,

@@ -52,6 +52,7 @@ fn finished(session: u64, statement_id: u64) -> AuditRecord {
             statement_id,
             rows: 1,
             tag: Some("SELECT 1".into()),
+            affected: None,
             error: None,
             duration: Duration::from_micros(50),
             skipped: false,

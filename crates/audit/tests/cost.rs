@@ -129,6 +129,7 @@ impl Session {
             statement_id,
             rows: 1,
             tag: Some("SELECT 1".into()),
+            affected: None,
             error: None,
             duration: Duration::from_micros(87),
             skipped: false,

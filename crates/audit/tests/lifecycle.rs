@@ -491,6 +491,7 @@ fn statement_end(session: &str, statement_id: u64) -> AuditRecord {
             statement_id,
             rows: 1,
             tag: Some("SELECT 1".into()),
+            affected: None,
             error: None,
             duration: Duration::from_micros(10),
             skipped: false,

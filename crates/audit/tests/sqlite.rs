@@ -789,6 +789,7 @@ fn statement(session: &str, id: u64, what: &str) -> gateway_core::AuditRecord {
             statement_id: id,
             rows: id,
             tag: Some(format!("SELECT {id}")),
+            affected: None,
             error: None,
             duration: Duration::from_micros(300),
             skipped: false,

@@ -116,6 +116,9 @@ pub enum AuditEvent {
         rows: u64,
         /// Command tag (PostgreSQL) or affected rows summary.
         tag: Option<String>,
+        /// Rows the statement inserted, updated or deleted, when the protocol reports them.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        affected: Option<u64>,
         /// Error, if it failed.
         error: Option<RecordedError>,
         /// Wall time from start to finish.
@@ -166,6 +169,9 @@ pub struct StatementOutcome {
     pub rows: u64,
     /// Command tag (PostgreSQL) or affected rows summary.
     pub tag: Option<String>,
+    /// Rows the statement inserted, updated or deleted, when the protocol reports them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub affected: Option<u64>,
     /// Error, if it failed.
     pub error: Option<RecordedError>,
     /// Wall time from start to finish.
@@ -238,6 +244,7 @@ impl AuditRecord {
                     statement_id: ended,
                     rows,
                     tag,
+                    affected,
                     error,
                     duration,
                     skipped,
@@ -256,6 +263,7 @@ impl AuditRecord {
                     outcome: Box::new(StatementOutcome {
                         rows,
                         tag,
+                        affected,
                         error,
                         duration,
                         skipped,
@@ -468,6 +476,7 @@ mod tests {
                 statement_id,
                 rows: 1,
                 tag: Some("SELECT 1".into()),
+                affected: None,
                 error: None,
                 duration: Duration::from_micros(250),
                 skipped: false,

@@ -369,6 +369,9 @@ pub struct Outcome {
     pub rows: u64,
     /// Command tag or summary from the upstream.
     pub tag: Option<String>,
+    /// Rows the statement inserted, updated or deleted, when the protocol reports them (MySQL's
+    /// OK packets, PostgreSQL's INSERT/UPDATE/DELETE/MERGE/COPY command tags).
+    pub affected: Option<u64>,
     /// Error, if the execution failed.
     pub error: Option<RecordedError>,
     /// The execution never ran upstream (skipped after an earlier error in a pipeline).
@@ -767,6 +770,7 @@ impl Session {
             statement_id: exec.statement_id,
             rows: outcome.rows,
             tag: outcome.tag,
+            affected: outcome.affected,
             error: outcome.error,
             duration,
             skipped: outcome.skipped,

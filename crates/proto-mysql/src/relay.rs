@@ -508,6 +508,7 @@ impl Relay {
         };
         let outcome = Outcome {
             rows: response.rows,
+            affected: response.error.is_none().then_some(response.affected),
             tag,
             error: response.error.clone(),
             ..Outcome::default()

@@ -230,7 +230,7 @@ async fn the_mariadb_client_queries_through_the_gateway() {
     assert!(events.iter().any(|e| matches!(e,
         AuditEvent::StatementStarted { sql, .. } if sql.starts_with("UPDATE items"))));
     assert!(events.iter().any(|e| matches!(e,
-        AuditEvent::StatementFinished { tag: Some(tag), .. } if tag == "OK 1")));
+        AuditEvent::StatementFinished { tag: Some(tag), affected: Some(1), .. } if tag == "OK 1")));
 }
 
 #[tokio::test]

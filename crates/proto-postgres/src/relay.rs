@@ -1125,6 +1125,7 @@ impl UpstreamDirection<'_> {
         if let Some(Pending::Execute(Some(exec))) = popped {
             let outcome = Outcome {
                 rows,
+                affected: tag.as_deref().and_then(affected_rows),
                 tag,
                 error,
                 masked,
@@ -1349,8 +1350,13 @@ impl UpstreamDirection<'_> {
             match p {
                 Pending::Query(Some(exec)) => {
                     let tags = std::mem::take(&mut self.tags);
+                    let affected = tags
+                        .iter()
+                        .filter_map(|t| affected_rows(t))
+                        .reduce(|a, b| a + b);
                     let outcome = Outcome {
                         rows,
+                        affected,
                         tag: (!tags.is_empty()).then(|| tags.join("; ")),
                         error: self.query_error.take(),
                         masked: std::mem::take(&mut self.query_masked),
@@ -1408,4 +1414,32 @@ async fn write_client(w: &mut WriteSide, bytes: &[u8]) -> Result<(), GatewayErro
     w.write_all(bytes)
         .await
         .map_err(|e| GatewayError::protocol(Side::Client, format!("write to client: {e}")))
+}
+
+/// Rows changed, from a command tag: `INSERT 0 n`, `UPDATE n`, `DELETE n`, `MERGE n`. Tags that
+/// report rows returned (`SELECT n`, `FETCH n`) give none, and so does `COPY n`, which is the same
+/// for COPY FROM (rows written) and COPY TO (rows sent); its tag is in the record.
+fn affected_rows(tag: &str) -> Option<u64> {
+    let mut words = tag.split(' ');
+    match words.next()? {
+        "INSERT" => words.nth(1)?.parse().ok(),
+        "UPDATE" | "DELETE" | "MERGE" => words.next()?.parse().ok(),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod affected_tests {
+    use super::affected_rows;
+
+    #[test]
+    fn command_tags_give_changed_rows() {
+        assert_eq!(affected_rows("INSERT 0 5"), Some(5));
+        assert_eq!(affected_rows("UPDATE 3"), Some(3));
+        assert_eq!(affected_rows("DELETE 0"), Some(0));
+        assert_eq!(affected_rows("MERGE 2"), Some(2));
+        assert_eq!(affected_rows("SELECT 7"), None);
+        assert_eq!(affected_rows("CREATE TABLE"), None);
+        assert_eq!(affected_rows("UPDATE"), None);
+    }
 }
