@@ -40,6 +40,7 @@ pub mod policy;
 pub mod serve;
 pub mod session;
 pub mod target;
+pub mod text;
 pub mod trace;
 pub mod workers;
 
@@ -72,4 +73,5 @@ pub use session::{
     SessionRequest, Statement,
 };
 pub use target::{Protocol, Target, Targets, UpstreamTls};
+pub use text::TextEncoding;
 pub use workers::{Placement, Workers};

@@ -562,6 +562,19 @@ impl Session {
         })
     }
 
+    /// [`prepare`](Self::prepare) for a statement as the client sent it: `text` in the client's
+    /// `encoding`. The statement is judged and audited as the server will read it; bytes the
+    /// encoding cannot read are refused (nothing is forwarded).
+    pub async fn prepare_bytes(
+        &self,
+        text: &[u8],
+        encoding: crate::text::TextEncoding,
+        settings: &SqlSettings,
+    ) -> Result<Statement, GatewayError> {
+        let sql = crate::text::decode(text, encoding)?;
+        self.prepare(&sql, settings).await
+    }
+
     /// Judges a statement text read under `settings`. A denial is audited here and returned as an
     /// [`ErrorKind::PolicyDenied`] error naming the rule (or [`ErrorKind::Syntax`] when the
     /// database's grammar rejects the text); nothing of the statement may then be forwarded

@@ -11,7 +11,7 @@ use gateway_core::serve::tls::TlsConfigs;
 use gateway_core::serve::{self, Accepted, Handler, ListenerConfig};
 use gateway_core::{
     ClientInfo, Credentials, ErrorKind, Gateway, GatewayError, Protocol, Session, SessionRequest,
-    Side,
+    Side, TextEncoding,
 };
 use mysql_common::constants::{CapabilityFlags, StatusFlags};
 use mysql_common::io::ParseBuf;
@@ -103,6 +103,8 @@ pub(crate) struct Established {
     pub database: String,
     /// The session's entry in the KILL registry, removed when the session ends.
     pub registration: crate::kill::Registration,
+    /// How the client's statements are read: its character set at login.
+    pub encoding: TextEncoding,
 }
 
 impl Handler for MysqlHandler {
@@ -436,6 +438,7 @@ async fn login(
         upstream,
         database: target.database.clone(),
         registration,
+        encoding: encoding(&charset),
     })
 }
 
@@ -460,6 +463,15 @@ pub(crate) fn unsafe_charset_error(charset: &str) -> GatewayError {
     )
     .with_detail("in this character set a multibyte character can hide a backslash from the gateway's SQL reader")
     .with_hint("use utf8mb4 (the default of current clients)")
+}
+
+/// How statements in MySQL character set `charset` are read.
+pub(crate) fn encoding(charset: &str) -> TextEncoding {
+    match charset.trim().to_ascii_lowercase().as_str() {
+        "utf8mb4" | "utf8mb3" | "utf8" | "binary" => TextEncoding::Utf8,
+        "latin1" => TextEncoding::Latin1,
+        _ => TextEncoding::AsciiOnly,
+    }
 }
 
 /// The character set of a collation id from a handshake.

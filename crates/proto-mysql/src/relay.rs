@@ -9,7 +9,7 @@ use std::sync::Arc;
 use gateway_core::serve::stream::{ReadSide, WriteSide};
 use gateway_core::{
     ErrorKind, Execution, GatewayError, Outcome, RecordedError, Session, Side, SqlSettings,
-    Statement,
+    Statement, TextEncoding,
 };
 use mysql_common::constants::{CapabilityFlags, StatusFlags};
 use tokio::io::AsyncWriteExt;
@@ -105,6 +105,8 @@ struct Relay {
     kills: Arc<crate::kill::Registry>,
     /// The database server of this session's target, for KILL.
     server: (String, u16),
+    /// How the client's statement texts are read (its character_set_client).
+    encoding: TextEncoding,
 }
 
 /// Relays commands until the client quits, the connection fails, or the listener shuts down.
@@ -120,6 +122,7 @@ pub(crate) async fn relay(
         upstream,
         database,
         registration: _registration,
+        encoding,
     } = established;
     let server = (session.target().host.clone(), session.target().port);
     let (client_read, client_write) = client.split();
@@ -142,6 +145,7 @@ pub(crate) async fn relay(
         status_has_ansi_quotes: mariadb,
         kills: Arc::clone(&shared.kills),
         server,
+        encoding,
     };
     relay.track_status(upstream.status);
     if !mariadb {
@@ -435,19 +439,10 @@ impl Relay {
 
     /// The statement text, when it is UTF-8; otherwise the command is refused (`None`).
     async fn text(&mut self, bytes: &[u8], reply_seq: u8) -> Result<Option<String>, GatewayError> {
-        match std::str::from_utf8(bytes) {
-            Ok(s) => Ok(Some(s.to_owned())),
-            Err(_) => {
-                self.refuse(
-                    reply_seq,
-                    GatewayError::new(
-                        ErrorKind::Unsupported,
-                        Side::Client,
-                        "statement text that is not valid UTF-8 is not accepted through the gateway",
-                    )
-                    .with_hint("use the utf8mb4 character set, and hex literals (X'..') for binary values"),
-                )
-                .await?;
+        match gateway_core::text::decode(bytes, self.encoding) {
+            Ok(s) => Ok(Some(s.into_owned())),
+            Err(e) => {
+                self.refuse(reply_seq, e).await?;
                 Ok(None)
             }
         }
@@ -704,6 +699,7 @@ impl Relay {
                 if crate::handshake::unsafe_charset(&charset) {
                     return Err(crate::handshake::unsafe_charset_error(&charset));
                 }
+                self.encoding = crate::handshake::encoding(&charset);
             }
         }
         Ok(())

@@ -353,3 +353,49 @@ async fn kill_query_reaches_the_owners_session_by_the_gateways_connection_id() {
     let (_, _, err) = client(addr, "secret", "shop", "KILL HARD QUERY 1").await;
     assert!(err.contains("ERROR 1235"), "{err}");
 }
+
+#[tokio::test]
+async fn a_latin1_client_is_judged_and_audited_as_the_server_reads_it() {
+    let db = Database::create();
+    let (addr, audit) = start(&db.0).await;
+    let args = vec![
+        "--no-defaults".to_owned(),
+        "-h127.0.0.1".to_owned(),
+        format!("-P{}", addr.port()),
+        "-ualice".to_owned(),
+        "-psecret".to_owned(),
+        "-Dshop".to_owned(),
+        "--default-character-set=latin1".to_owned(),
+        "--batch".to_owned(),
+        "--skip-column-names".to_owned(),
+    ];
+    let out = tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        let mut child = Command::new("mariadb")
+            .args(&args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // "é" and "€" in latin1 (Windows-1252) bytes.
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(b"SELECT HEX('\xe9\x80');\n").unwrap();
+        drop(stdin);
+        child.wait_with_output().unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "E980\n");
+    let events = audit.0.lock().unwrap().clone();
+    assert!(
+        events.iter().any(|e| matches!(e,
+            AuditEvent::StatementStarted { sql, .. } if &**sql == "SELECT HEX('é€')")),
+        "{events:?}"
+    );
+}
