@@ -30,6 +30,7 @@ impl Side {
 /// What went wrong, independent of any wire protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum ErrorKind {
     /// Credentials were missing, malformed or rejected.
     Authentication,

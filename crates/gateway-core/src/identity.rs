@@ -9,6 +9,7 @@ use crate::error::GatewayError;
 /// How an identity proved itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum AuthMethod {
     /// A signed JWT presented in the password field.
     Jwt,
@@ -40,6 +41,7 @@ impl Identity {
 
 /// What the client presented. Protocol crates build this from their handshake.
 #[derive(Clone)]
+#[non_exhaustive]
 pub enum Credentials {
     /// A user name and the password field, which may carry a JWT or a static user's password.
     Password {
@@ -55,15 +57,23 @@ pub enum Credentials {
         /// The DER encoding of the leaf certificate.
         certificate_der: Vec<u8>,
     },
+    /// A bearer token the protocol carries as such (not in a password field): it is checked as a
+    /// token only, never as a static user's password.
+    BearerToken {
+        /// The user name the client sent in its handshake (may be empty).
+        user: String,
+        /// The token as sent. Never logged.
+        token: String,
+    },
 }
 
 impl Credentials {
     /// The user name the client asked for.
     pub fn user(&self) -> &str {
         match self {
-            Credentials::Password { user, .. } | Credentials::ClientCertificate { user, .. } => {
-                user
-            }
+            Credentials::Password { user, .. }
+            | Credentials::ClientCertificate { user, .. }
+            | Credentials::BearerToken { user, .. } => user,
         }
     }
 }
@@ -84,6 +94,11 @@ impl std::fmt::Debug for Credentials {
                 .debug_struct("ClientCertificate")
                 .field("user", user)
                 .field("certificate_len", &certificate_der.len())
+                .finish(),
+            Credentials::BearerToken { user, .. } => f
+                .debug_struct("BearerToken")
+                .field("user", user)
+                .field("token", &"<redacted>")
                 .finish(),
         }
     }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 /// The wire protocol of a target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum Protocol {
     /// PostgreSQL frontend/backend protocol 3.0.
     Postgres,

@@ -118,6 +118,16 @@ impl Authenticator for IdentityChain {
             Credentials::Password { user, password } => {
                 self.authenticate_password(user, password).await
             }
+            Credentials::BearerToken { token, .. } => match &self.jwt {
+                Some(jwt) if token.len() <= MAX_PASSWORD_LEN => jwt.verify(token).await,
+                Some(_) => Err(GatewayError::auth("token too long (more than 16 KiB)")),
+                None => Err(GatewayError::auth(
+                    "token authentication is not enabled on this gateway",
+                )),
+            },
+            _ => Err(GatewayError::auth(
+                "this kind of credential is not accepted by this gateway",
+            )),
         };
         match &result {
             Ok(identity) => tracing::debug!(

@@ -1304,9 +1304,33 @@ async fn chain_routes_each_credential() {
         ("carol", AuthMethod::ClientCertificate)
     );
 
+    // A bearer token is checked as a token, whatever user name comes with it.
+    let bearer = |token: &str| Credentials::BearerToken {
+        user: "alice".into(),
+        token: token.into(),
+    };
+    let identity = chain
+        .authenticate(&bearer(&token), &client())
+        .await
+        .expect("bearer");
+    assert_eq!(
+        (identity.subject.as_str(), identity.auth_method),
+        ("bob", AuthMethod::Jwt)
+    );
+
     // (why, credentials, expected message)
     let cases: Vec<(&str, Credentials, &str)> = vec![
         ("empty password", password("alice", ""), "password required"),
+        (
+            "a static user's password as a bearer token",
+            bearer("correct horse"),
+            "token",
+        ),
+        (
+            "bearer token, bad signature",
+            bearer(&format!("{token}x")),
+            "token signature invalid",
+        ),
         (
             "static user, wrong password",
             password("alice", "nope"),
@@ -1336,7 +1360,8 @@ async fn chain_routes_each_credential() {
     for (why, creds, expected) in cases {
         let secret = match &creds {
             Credentials::Password { password, .. } => password.clone(),
-            Credentials::ClientCertificate { .. } => String::new(),
+            Credentials::BearerToken { token, .. } => token.clone(),
+            _ => String::new(),
         };
         let err = chain.authenticate(&creds, &client()).await.expect_err(why);
         assert!(

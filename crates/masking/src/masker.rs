@@ -153,11 +153,20 @@ impl RuleMasker {
     }
 }
 
-fn dialect(session: &SessionContext) -> Dialect {
+/// The SQL reader of the session's protocol; `None` for a protocol without one, whose masked
+/// sessions [`Masker::check`] refuses outright.
+fn reader(session: &SessionContext) -> Option<Dialect> {
     match session.target.protocol {
-        Protocol::Postgres => Dialect::Postgres,
-        Protocol::Mysql => Dialect::Mysql,
+        Protocol::Postgres => Some(Dialect::Postgres),
+        Protocol::Mysql => Some(Dialect::Mysql),
+        _ => None,
     }
+}
+
+/// The dialect names are resolved in. A protocol without a reader never gets here with masked
+/// rules (its statements were refused by the check), so PostgreSQL's folding is as good as any.
+fn dialect(session: &SessionContext) -> Dialect {
+    reader(session).unwrap_or(Dialect::Postgres)
 }
 
 fn refusal(message: String, rule: &str) -> GatewayError {
@@ -569,7 +578,18 @@ impl Masker for RuleMasker {
 
     async fn check(&self, request: CheckRequest<'_>) -> Result<Option<Arc<Lineage>>, GatewayError> {
         let rules = self.rules_for(request.session);
-        let dialect = dialect(request.session);
+        let Some(dialect) = reader(request.session) else {
+            if rules.is_empty() {
+                return Ok(None);
+            }
+            return Err(refusal(
+                format!(
+                    "masking: the gateway has no SQL reader for protocol {}, so it cannot tell which result values come from masked columns",
+                    request.session.target.protocol.as_str()
+                ),
+                "masking",
+            ));
+        };
         let (lineage, computed) = match request.lineage {
             Some(l) => (Some(Cow::Borrowed(l)), None),
             None => match self.lineage_of(dialect, request.sql) {

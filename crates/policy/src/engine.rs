@@ -291,7 +291,7 @@ impl PolicyEngine for RuleEngine {
 /// The shape of `sql` as the engine reads it in `ctx`: none where the text is not analysed at
 /// all (PostgreSQL with `standard_conforming_strings` off).
 fn text_shape(ctx: &StatementContext<'_>, sql: &str) -> Option<Shape> {
-    let dialect = dialect(ctx.target.protocol);
+    let dialect = dialect(ctx.target.protocol)?;
     if dialect == Dialect::Postgres && !ctx.settings.standard_conforming_strings {
         return None;
     }
@@ -409,10 +409,13 @@ fn fingerprint_of(analysis: &Analysis) -> Option<Arc<str>> {
     analysis.fingerprint.as_deref().map(Arc::from)
 }
 
-fn dialect(protocol: Protocol) -> Dialect {
+/// The SQL reader of a protocol; `None` for a protocol the engine has no reader for, whose
+/// statements are all denied (it cannot judge what it cannot read).
+fn dialect(protocol: Protocol) -> Option<Dialect> {
     match protocol {
-        Protocol::Postgres => Dialect::Postgres,
-        Protocol::Mysql => Dialect::Mysql,
+        Protocol::Postgres => Some(Dialect::Postgres),
+        Protocol::Mysql => Some(Dialect::Mysql),
+        _ => None,
     }
 }
 
@@ -422,7 +425,16 @@ fn evaluate(
     sql: &str,
     shape: Option<&Shape>,
 ) -> Evaluation {
-    let dialect = dialect(ctx.target.protocol);
+    let Some(dialect) = dialect(ctx.target.protocol) else {
+        return deny_all(
+            Builtin::Unparsable,
+            format!(
+                "the policy engine has no SQL reader for protocol {}, so it cannot judge this statement",
+                ctx.target.protocol.as_str()
+            ),
+            None,
+        );
+    };
     if dialect == Dialect::Postgres && !ctx.settings.standard_conforming_strings {
         return deny_all(
             Builtin::ReadingSettings,

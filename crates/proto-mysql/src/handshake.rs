@@ -475,7 +475,7 @@ pub(crate) fn encoding(charset: &str) -> TextEncoding {
 }
 
 /// The character set of a collation id from a handshake.
-fn collation_charset(id: u8) -> String {
+pub(crate) fn collation_charset(id: u8) -> String {
     use mysql_common::collations::{Collation, CollationId};
     Collation::resolve(CollationId::from(u16::from(id)))
         .charset()

@@ -20,6 +20,7 @@
 //! Modules in the order data meets them: [`packet`] (framing, OK/ERR), [`handshake`] (the client's
 //! login), [`upstream`] (the gateway's login to the server), the relay.
 
+pub mod fuzzing;
 mod handshake;
 mod kill;
 pub mod packet;

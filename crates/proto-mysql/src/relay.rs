@@ -940,6 +940,33 @@ fn prepared_columns(state: &mut State, columns: u16) -> Result<bool, GatewayErro
     Ok(false)
 }
 
+/// Follows `payloads` as the response to each kind of command (for the fuzz targets).
+pub(crate) fn follow(payloads: &[Vec<u8>], deprecate_eof: bool) {
+    for expect in [
+        Expect::Results,
+        Expect::One,
+        Expect::Fields,
+        Expect::Prepared,
+    ] {
+        let mut state = State::First;
+        let mut r = Response::default();
+        for p in payloads {
+            match step(&mut state, expect, deprecate_eof, p, &mut r) {
+                Ok(false) => {}
+                Ok(true) | Err(_) => break,
+            }
+        }
+    }
+}
+
+/// Reads one payload as every field reader of the relay does (for the fuzz targets).
+pub(crate) fn read_payload(payload: &[u8]) {
+    let _ = ok_fields(payload);
+    let _ = eof_status(payload);
+    let _ = text_row(payload);
+    let _ = server_error(payload);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

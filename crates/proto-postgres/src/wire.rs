@@ -284,7 +284,8 @@ pub fn sqlstate(kind: ErrorKind) -> &'static str {
         ErrorKind::UpstreamUnavailable => "08001",
         ErrorKind::AuditUnavailable => "58000",
         ErrorKind::ShuttingDown => "57P01",
-        ErrorKind::Internal => "XX000",
+        // Internal, and kinds added after this table: internal_error.
+        _ => "XX000",
     }
 }
 

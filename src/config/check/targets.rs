@@ -39,10 +39,9 @@ impl Checker<'_> {
                     0
                 }
                 Some(p) => *p.get_ref(),
-                None => match protocol {
-                    Protocol::Postgres => 5432,
-                    Protocol::Mysql => 3306,
-                },
+                // The configuration names only these two protocols.
+                None if protocol == Protocol::Mysql => 3306,
+                None => 5432,
             };
             let database = t
                 .database

@@ -931,7 +931,8 @@ fn decisions_by_shape_match_each_texts_own() {
     for (n, row) in ROWS.iter().enumerate() {
         let (subject, groups, target_name, sql, ..) = *row;
         let target = targets.iter().find(|t| t.name == target_name).unwrap();
-        let reading = crate::analysis::ReadingContext::new(super::dialect(target.protocol));
+        let reading =
+            crate::analysis::ReadingContext::new(super::dialect(target.protocol).unwrap());
         let Some(shape) = crate::analysis::shape(sql, &reading) else {
             continue;
         };
