@@ -186,6 +186,46 @@ impl PacketReader {
         }
     }
 
+    /// [`read`](Self::read), with the rest of a packet whose first bytes have arrived bounded by
+    /// `partial`: a peer may stay idle between packets as long as it likes, but not stall in the
+    /// middle of one.
+    pub async fn read_bounded<R: AsyncRead + Unpin>(
+        &mut self,
+        stream: &mut R,
+        max: usize,
+        partial: std::time::Duration,
+    ) -> Result<Packet, ReadError> {
+        loop {
+            if let Some(p) = self.try_packet(max)? {
+                return Ok(p);
+            }
+            let filled = if self.buf.is_empty() {
+                self.fill(stream).await
+            } else {
+                match tokio::time::timeout(partial, self.fill(stream)).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        return Err(ReadError::Io(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            format!("the rest of a packet did not arrive within {partial:?}"),
+                        )))
+                    }
+                }
+            };
+            match filled {
+                Ok(0) if self.buf.is_empty() => return Err(ReadError::Closed),
+                Ok(0) => {
+                    return Err(ReadError::Io(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "connection closed inside a packet",
+                    )))
+                }
+                Ok(_) => {}
+                Err(e) => return Err(ReadError::Io(e)),
+            }
+        }
+    }
+
     /// Drops `n` buffered bytes (already forwarded).
     pub fn consume(&mut self, n: usize) {
         self.buf.advance(n);

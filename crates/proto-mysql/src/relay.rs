@@ -153,10 +153,11 @@ pub(crate) async fn relay(
         relay.refresh_state().await?;
     }
     let max = shared.config.max_message_bytes;
+    let partial = shared.config.handshake_timeout;
     loop {
         let read = tokio::select! {
             biased;
-            read = relay.client_reader.read(&mut relay.client_read, max) => read,
+            read = relay.client_reader.read_bounded(&mut relay.client_read, max, partial) => read,
             () = async { let _ = stop.wait_for(|stopping| *stopping).await; } => {
                 // Idle: nothing is owed to the client. Tell it why the connection ends.
                 let e = GatewayError::new(

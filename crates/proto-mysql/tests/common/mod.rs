@@ -142,7 +142,26 @@ pub async fn start_on(port: u16, database: &str) -> std::net::SocketAddr {
     start_with(port, database).await.0
 }
 
+/// A gateway on the local MariaDB with listener settings changed by `configure`.
+pub async fn start_configured(
+    database: &str,
+    configure: impl FnOnce(&mut ListenerConfig),
+) -> (std::net::SocketAddr, Arc<Recorded>) {
+    let mut config = ListenerConfig::new("127.0.0.1:0".parse().unwrap());
+    configure(&mut config);
+    serve(3306, database, config).await
+}
+
 async fn start_with(port: u16, database: &str) -> (std::net::SocketAddr, Arc<Recorded>) {
+    let config = ListenerConfig::new("127.0.0.1:0".parse().unwrap());
+    serve(port, database, config).await
+}
+
+async fn serve(
+    port: u16,
+    database: &str,
+    config: ListenerConfig,
+) -> (std::net::SocketAddr, Arc<Recorded>) {
     let target = Target {
         name: "shop".into(),
         protocol: Protocol::Mysql,
@@ -161,10 +180,7 @@ async fn start_with(port: u16, database: &str) -> (std::net::SocketAddr, Arc<Rec
         .audit(Arc::clone(&audit) as Arc<dyn AuditSink>)
         .targets(Targets::new([target]))
         .build();
-    let listener =
-        MysqlListener::bind(ListenerConfig::new("127.0.0.1:0".parse().unwrap()), gateway)
-            .await
-            .unwrap();
+    let listener = MysqlListener::bind(config, gateway).await.unwrap();
     let addr = listener.local_addr();
     tokio::spawn(listener.run());
     (addr, audit)
