@@ -195,43 +195,53 @@ impl Server {
         .context("cannot start the session worker threads")?;
         let mut listeners = Vec::new();
         let mut shutdowns = Vec::new();
-        let mut postgres_addr = None;
-        if let Some(pg) = &config.postgres {
-            let listener_config = listener_config(pg, postgres_tls, &config.gateway);
-            let mut listener = PostgresListener::bind(listener_config, gateway.clone())
-                .await
-                .with_context(|| {
-                    format!(
-                        "cannot listen on {} for [postgres] (is another process using the port?)",
-                        pg.listen
-                    )
-                })?;
+        // Every listener is bound before any runs: when one cannot bind, the start fails with
+        // none left accepting.
+        let postgres = match &config.postgres {
+            Some(pg) => {
+                let listener_config = listener_config(pg, postgres_tls, &config.gateway);
+                let listener = PostgresListener::bind(listener_config, gateway.clone())
+                    .await
+                    .with_context(|| {
+                        format!(
+                            "cannot listen on {} for [postgres] (is another process using the port?)",
+                            pg.listen
+                        )
+                    })?;
+                warn_plaintext("PostgreSQL", pg, listener.local_addr());
+                Some(listener)
+            }
+            None => None,
+        };
+        let mysql = match &config.mysql {
+            Some(my) => {
+                let listener_config = listener_config(my, mysql_tls, &config.gateway);
+                let listener = MysqlListener::bind(listener_config, gateway.clone())
+                    .await
+                    .with_context(|| {
+                        format!(
+                            "cannot listen on {} for [mysql] (is another process using the port?)",
+                            my.listen
+                        )
+                    })?;
+                warn_plaintext("MySQL", my, listener.local_addr());
+                Some(listener)
+            }
+            None => None,
+        };
+        let postgres_addr = postgres.as_ref().map(PostgresListener::local_addr);
+        let mysql_addr = mysql.as_ref().map(MysqlListener::local_addr);
+        if let Some(mut listener) = postgres {
             if let Some(workers) = &workers {
                 listener = listener.with_workers(Arc::clone(workers));
             }
-            let addr = listener.local_addr();
-            warn_plaintext("PostgreSQL", pg, addr);
-            postgres_addr = Some(addr);
             shutdowns.push(listener.shutdown_handle());
             listeners.push(tokio::spawn(listener.run()));
         }
-        let mut mysql_addr = None;
-        if let Some(my) = &config.mysql {
-            let listener_config = listener_config(my, mysql_tls, &config.gateway);
-            let mut listener = MysqlListener::bind(listener_config, gateway.clone())
-                .await
-                .with_context(|| {
-                    format!(
-                        "cannot listen on {} for [mysql] (is another process using the port?)",
-                        my.listen
-                    )
-                })?;
+        if let Some(mut listener) = mysql {
             if let Some(workers) = &workers {
                 listener = listener.with_workers(Arc::clone(workers));
             }
-            let addr = listener.local_addr();
-            warn_plaintext("MySQL", my, addr);
-            mysql_addr = Some(addr);
             shutdowns.push(listener.shutdown_handle());
             listeners.push(tokio::spawn(listener.run()));
         }
