@@ -2,7 +2,8 @@
 # Builds and runs the gateway, installing what the build needs first.
 #
 #   scripts/run.sh               the quickstart: examples/quickstart.toml, a gateway on
-#                                127.0.0.1:6432 in front of PostgreSQL on 127.0.0.1:5432
+#                                127.0.0.1:6432 in front of PostgreSQL on 127.0.0.1:5432, and
+#                                on 127.0.0.1:3307 in front of MariaDB/MySQL on 127.0.0.1:3306
 #   scripts/run.sh FILE          the same with another configuration file
 #
 # What it needs on the machine: Rust (cargo, https://rustup.rs); on Debian/Ubuntu it installs
@@ -38,6 +39,10 @@ fi
 if [[ "$config" == "$ROOT/examples/quickstart.toml" ]] && command -v pg_isready >/dev/null 2>&1 &&
     ! pg_isready -q -h 127.0.0.1 -p 5432 -t 2; then
     echo "warning: nothing answers on 127.0.0.1:5432; the quickstart's target is a PostgreSQL there (user postgres, trust), so logins will fail until it runs" >&2
+fi
+if [[ "$config" == "$ROOT/examples/quickstart.toml" ]] && command -v mariadb-admin >/dev/null 2>&1 &&
+    ! mariadb-admin --no-defaults --protocol=TCP -h 127.0.0.1 -P 3306 -uroot --connect-timeout=2 ping >/dev/null 2>&1; then
+    echo "warning: nothing answers on 127.0.0.1:3306; the quickstart's MySQL target is a MariaDB or MySQL there (user root, no password), so logins on 3307 will fail until it runs" >&2
 fi
 
 cd "$ROOT"

@@ -9,12 +9,15 @@
 #
 # What it needs on the machine: PostgreSQL on 127.0.0.1:5432 (user postgres, trust) and MariaDB on
 # 127.0.0.1:3306 (root, no password), both started here if they are down; psql, pg_isready,
-# pgbench, mariadb, mariadb-admin; python3 with venv; cargo with cargo-nextest (installed if
-# missing); a JDK and PgJDBC (installed with apt-get if missing).
+# pgbench, mariadb, mariadb-admin; python3 with venv; node and npm; cargo with cargo-nextest
+# (installed if missing); a JDK and PgJDBC (installed with apt-get if missing).
 #
 # What it provides to the tests:
-#   PORTCULLIS_TEST_PYTHON  a Python 3 interpreter (venv in target/test-venv) with psycopg 3 and
-#                           asyncpg, for the tests that drive the gateway from Python.
+#   PORTCULLIS_TEST_PYTHON  a Python 3 interpreter (venv in target/test-venv) with psycopg 3,
+#                           asyncpg and PyMySQL, for the tests that drive the gateway from Python.
+#   PORTCULLIS_TEST_NODE_MODULES
+#                           a node_modules directory (target/test-node/node_modules) with mysql2,
+#                           for the tests that drive the MySQL listener from Node.js.
 #   PORTCULLIS_TEST_NO_JDBC set (to the reason) only when javac or PgJDBC could not be installed:
 #                           the masking bypass suite then skips its JDBC runs, loudly.
 #
@@ -33,6 +36,7 @@ MY_HOST=127.0.0.1
 MY_PORT=3306
 SERVICE_WAIT_SECONDS=30
 VENV="$ROOT/target/test-venv"
+NODE_DIR="$ROOT/target/test-node"
 
 section() { printf '\n==> %s\n' "$*"; }
 die() { printf 'test.sh: error: %s\n' "$*" >&2; exit 1; }
@@ -41,7 +45,7 @@ require_commands() {
     local missing=()
     for c in "$@"; do command -v "$c" >/dev/null 2>&1 || missing+=("$c"); done
     if ((${#missing[@]})); then
-        die "missing commands: ${missing[*]} (install the PostgreSQL 15 / MariaDB clients, python3 and Rust)"
+        die "missing commands: ${missing[*]} (install the PostgreSQL 15 / MariaDB clients, python3, Node.js with npm and Rust)"
     fi
 }
 
@@ -102,15 +106,32 @@ ensure_python_venv() {
         python3 -m venv "$VENV" ||
             die "python3 -m venv failed (on Debian's own python3: apt-get install python3-venv)"
     fi
-    if "$VENV/bin/python" -c 'import psycopg, asyncpg, sys; sys.exit(0 if psycopg.__version__.startswith("3.") else 1)' 2>/dev/null; then
-        echo "Python test venv: psycopg 3 and asyncpg present"
+    if "$VENV/bin/python" -c 'import psycopg, asyncpg, pymysql, sys; sys.exit(0 if psycopg.__version__.startswith("3.") else 1)' 2>/dev/null; then
+        echo "Python test venv: psycopg 3, asyncpg and PyMySQL present"
     else
-        echo "Python test venv: installing psycopg[binary] 3 and asyncpg"
-        "$VENV/bin/python" -m pip install -q --disable-pip-version-check 'psycopg[binary]>=3.1,<4' 'asyncpg>=0.29' ||
-            die "pip could not install psycopg[binary] and asyncpg into $VENV"
+        echo "Python test venv: installing psycopg[binary] 3, asyncpg and PyMySQL"
+        "$VENV/bin/python" -m pip install -q --disable-pip-version-check 'psycopg[binary]>=3.1,<4' 'asyncpg>=0.29' 'PyMySQL>=1.1,<2' ||
+            die "pip could not install psycopg[binary], asyncpg and PyMySQL into $VENV"
     fi
     export PORTCULLIS_TEST_PYTHON="$VENV/bin/python"
     echo "PORTCULLIS_TEST_PYTHON=$PORTCULLIS_TEST_PYTHON"
+}
+
+# mysql2 for the tests that drive the MySQL listener from Node.js, in a directory of the build
+# tree's own (npm never touches the repository's files).
+ensure_node_modules() {
+    if [[ -f "$NODE_DIR/node_modules/mysql2/package.json" ]]; then
+        echo "Node test modules: mysql2 present"
+    else
+        echo "Node test modules: installing mysql2 into $NODE_DIR"
+        mkdir -p "$NODE_DIR"
+        [[ -f "$NODE_DIR/package.json" ]] ||
+            printf '{ "name": "portcullis-test-node", "private": true }\n' >"$NODE_DIR/package.json"
+        npm install --prefix "$NODE_DIR" --no-audit --no-fund --loglevel=error 'mysql2@^3' >/dev/null ||
+            die "npm could not install mysql2 into $NODE_DIR"
+    fi
+    export PORTCULLIS_TEST_NODE_MODULES="$NODE_DIR/node_modules"
+    echo "PORTCULLIS_TEST_NODE_MODULES=$PORTCULLIS_TEST_NODE_MODULES"
 }
 
 # libclang for pg_query's build (BUILD_PACKAGES, scripts/lib.sh); the audit tests edit a SQLite
@@ -155,7 +176,7 @@ ensure_nextest() {
 # --- main -----------------------------------------------------------------------------------
 
 section "tools"
-require_commands cargo python3 psql pg_isready pgbench mariadb mariadb-admin
+require_commands cargo python3 node npm psql pg_isready pgbench mariadb mariadb-admin
 
 section "databases"
 ensure_postgres
@@ -164,6 +185,7 @@ ensure_mariadb
 section "test tools"
 ensure_build_packages
 ensure_python_venv
+ensure_node_modules
 ensure_jdbc
 ensure_nextest
 

@@ -159,9 +159,9 @@ fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::FAILURE);
         }
     };
-    if config.postgres.is_none() {
+    if config.postgres.is_none() && config.mysql.is_none() {
         bail!(
-            "{} configures no listener: add a [postgres] section (e.g. listen = \"127.0.0.1:6432\")",
+            "{} configures no listener: add a [postgres] section (e.g. listen = \"127.0.0.1:6432\") or a [mysql] section (e.g. listen = \"127.0.0.1:3307\")",
             config_path.display()
         );
     }
@@ -188,6 +188,9 @@ fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
         let server = Server::start_with_telemetry(config, telemetry.clone()).await?;
         if let Some(addr) = server.postgres_addr() {
             tracing::info!(%addr, node = %node, "PostgreSQL listener ready");
+        }
+        if let Some(addr) = server.mysql_addr() {
+            tracing::info!(%addr, node = %node, "MySQL listener ready");
         }
         let signal = wait_for_shutdown(&server).await?;
         tracing::info!(signal, "shutting down");

@@ -9,16 +9,21 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use gateway_core::{Gateway, PolicyEngine, Targets, Workers};
+use gateway_core::serve::{ListenerConfig, Shutdown};
+use gateway_core::{Gateway, PolicyEngine, Protocol, Targets, Workers};
 use identity::{
     CertAuthenticator, CertConfig, CertSubjectField, IdentityChain, JwtAuthenticator, JwtConfig,
     JwtKeySource, StaticUser, StaticUsers,
 };
 use policy::RuleEngine;
-use proto_postgres::{ListenerConfig, PostgresListener};
+use proto_mysql::MysqlListener;
+use proto_postgres::PostgresListener;
 use tokio::task::JoinHandle;
 
-use crate::config::{CertSubject, Config, ConfigErrors, IdentitySettings, JwtKeys, JwtSettings};
+use crate::config::{
+    CertSubject, Config, ConfigErrors, GatewaySettings, IdentitySettings, JwtKeys, JwtSettings,
+    ListenerSettings,
+};
 use crate::telemetry::Telemetry;
 use crate::tls;
 
@@ -99,6 +104,25 @@ impl Server {
             .map(|files| tls::server_config(files, &[POSTGRES_ALPN]))
             .transpose()
             .context("cannot set up TLS for [postgres]")?;
+        // MySQL has no ALPN id: its clients ask for TLS inside the protocol, never directly.
+        let mysql_tls = config
+            .mysql
+            .as_ref()
+            .and_then(|my| my.tls.as_ref())
+            .map(|files| tls::server_config(files, &[]))
+            .transpose()
+            .context("cannot set up TLS for [mysql]")?;
+        for (section, settings, protocol) in [
+            ("[postgres]", &config.postgres, Protocol::Postgres),
+            ("[mysql]", &config.mysql, Protocol::Mysql),
+        ] {
+            if settings.is_some() && !config.targets.iter().any(|t| t.protocol == protocol) {
+                tracing::warn!(
+                    "{section} is configured but no [[targets]] has protocol = \"{}\": every login there will be refused (unknown target)",
+                    protocol.as_str()
+                );
+            }
+        }
         let parameters = config
             .audit
             .parameter_audit()
@@ -171,38 +195,53 @@ impl Server {
         .context("cannot start the session worker threads")?;
         let mut listeners = Vec::new();
         let mut shutdowns = Vec::new();
-        let mut postgres_addr = None;
-        if let Some(pg) = &config.postgres {
-            let listener_config = ListenerConfig {
-                listen: pg.listen,
-                tls: postgres_tls,
-                require_tls: pg.require_tls,
-                allow_plaintext_password: pg.allow_plaintext_password,
-                require_user_match: pg.require_user_match,
-                handshake_timeout: config.gateway.handshake_timeout,
-                max_message_bytes: config.gateway.max_message_bytes,
-                drain_timeout: config.gateway.drain_timeout,
-            };
-            let mut listener = PostgresListener::bind(listener_config, gateway.clone())
-                .await
-                .with_context(|| {
-                    format!(
-                        "cannot listen on {} for [postgres] (is another process using the port?)",
-                        pg.listen
-                    )
-                })?;
+        // Every listener is bound before any runs: when one cannot bind, the start fails with
+        // none left accepting.
+        let postgres = match &config.postgres {
+            Some(pg) => {
+                let listener_config = listener_config(pg, postgres_tls, &config.gateway);
+                let listener = PostgresListener::bind(listener_config, gateway.clone())
+                    .await
+                    .with_context(|| {
+                        format!(
+                            "cannot listen on {} for [postgres] (is another process using the port?)",
+                            pg.listen
+                        )
+                    })?;
+                warn_plaintext("PostgreSQL", pg, listener.local_addr());
+                Some(listener)
+            }
+            None => None,
+        };
+        let mysql = match &config.mysql {
+            Some(my) => {
+                let listener_config = listener_config(my, mysql_tls, &config.gateway);
+                let listener = MysqlListener::bind(listener_config, gateway.clone())
+                    .await
+                    .with_context(|| {
+                        format!(
+                            "cannot listen on {} for [mysql] (is another process using the port?)",
+                            my.listen
+                        )
+                    })?;
+                warn_plaintext("MySQL", my, listener.local_addr());
+                Some(listener)
+            }
+            None => None,
+        };
+        let postgres_addr = postgres.as_ref().map(PostgresListener::local_addr);
+        let mysql_addr = mysql.as_ref().map(MysqlListener::local_addr);
+        if let Some(mut listener) = postgres {
             if let Some(workers) = &workers {
                 listener = listener.with_workers(Arc::clone(workers));
             }
-            let addr = listener.local_addr();
-            if pg.tls.is_none() && !addr.ip().is_loopback() {
-                if pg.allow_plaintext_password {
-                    tracing::warn!(%addr, "PostgreSQL listener without TLS accepts passwords and tokens in plain text from the network (allow_plaintext_password = true)");
-                } else {
-                    tracing::warn!(%addr, "PostgreSQL listener without TLS: clients off this host cannot log in with a password or token; set tls_cert and tls_key");
-                }
+            shutdowns.push(listener.shutdown_handle());
+            listeners.push(tokio::spawn(listener.run()));
+        }
+        if let Some(mut listener) = mysql {
+            if let Some(workers) = &workers {
+                listener = listener.with_workers(Arc::clone(workers));
             }
-            postgres_addr = Some(addr);
             shutdowns.push(listener.shutdown_handle());
             listeners.push(tokio::spawn(listener.run()));
         }
@@ -213,6 +252,7 @@ impl Server {
         Ok(RunningServer {
             gateway,
             postgres_addr,
+            mysql_addr,
             admin_addr,
             admin: admin_task,
             ready,
@@ -232,6 +272,7 @@ impl Server {
 pub struct RunningServer {
     gateway: Gateway,
     postgres_addr: Option<SocketAddr>,
+    mysql_addr: Option<SocketAddr>,
     admin_addr: Option<SocketAddr>,
     /// The admin listener; it keeps serving (503 on /readyz) until sessions and the audit trail
     /// have stopped.
@@ -240,7 +281,7 @@ pub struct RunningServer {
     audit: Arc<audit::AuditLog>,
     /// Listener tasks; each returns after its graceful shutdown.
     listeners: Vec<JoinHandle<()>>,
-    shutdowns: Vec<proto_postgres::Shutdown>,
+    shutdowns: Vec<Shutdown>,
     /// Background tasks (the config watcher), aborted on shutdown.
     tasks: Vec<JoinHandle<()>>,
     reloader: Arc<Reloader>,
@@ -256,6 +297,12 @@ impl RunningServer {
     /// when the configuration asked for port 0).
     pub fn postgres_addr(&self) -> Option<SocketAddr> {
         self.postgres_addr
+    }
+
+    /// The address the MySQL listener is bound to, if one is configured (with the real port when
+    /// the configuration asked for port 0).
+    pub fn mysql_addr(&self) -> Option<SocketAddr> {
+        self.mysql_addr
     }
 
     /// The address the admin listener is bound to, if `[admin]` is configured.
@@ -327,6 +374,38 @@ impl Drop for RunningServer {
         for task in self.tasks.iter().chain(&self.listeners).chain(&self.admin) {
             task.abort();
         }
+    }
+}
+
+/// The listener configuration for a checked listener section: its own settings, and the
+/// handshake, message and drain bounds every listener takes from `[gateway]`.
+fn listener_config(
+    settings: &ListenerSettings,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    gateway: &GatewaySettings,
+) -> ListenerConfig {
+    let mut config = ListenerConfig::new(settings.listen);
+    config.tls = tls;
+    config.require_tls = settings.require_tls;
+    config.allow_plaintext_password = settings.allow_plaintext_password;
+    config.require_user_match = settings.require_user_match;
+    config.handshake_timeout = gateway.handshake_timeout;
+    config.max_message_bytes = gateway.max_message_bytes;
+    config.drain_timeout = gateway.drain_timeout;
+    config
+}
+
+/// Warns when a listener reachable from the network has no TLS: either passwords and tokens
+/// cross the network in clear (`allow_plaintext_password`), or no client off this host can log in
+/// with one.
+fn warn_plaintext(protocol: &str, settings: &ListenerSettings, addr: SocketAddr) {
+    if settings.tls.is_some() || addr.ip().is_loopback() {
+        return;
+    }
+    if settings.allow_plaintext_password {
+        tracing::warn!(%addr, "{protocol} listener without TLS accepts passwords and tokens in plain text from the network (allow_plaintext_password = true)");
+    } else {
+        tracing::warn!(%addr, "{protocol} listener without TLS: clients off this host cannot log in with a password or token; set tls_cert and tls_key");
     }
 }
 
@@ -525,7 +604,40 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let server = Server::start(parse_config("", dir.path())).await.unwrap();
         assert_eq!(server.postgres_addr(), None);
+        assert_eq!(server.mysql_addr(), None);
         server.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn binds_both_listeners_and_stops_both() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = parse_config(
+            "[postgres]\nlisten = \"127.0.0.1:0\"\n[mysql]\nlisten = \"127.0.0.1:0\"\n\
+             [[targets]]\nname = \"shop\"\nprotocol = \"mysql\"\nhost = \"127.0.0.1\"\nuser = \"u\"\n",
+            dir.path(),
+        );
+        let server = Server::start(config).await.unwrap();
+        let pg = server.postgres_addr().unwrap();
+        let my = server.mysql_addr().unwrap();
+        assert_ne!(my.port(), 0);
+        assert_ne!(pg, my);
+        // The MySQL listener speaks first: a greeting (protocol version 10) with the gateway's
+        // version suffix.
+        let mut tcp = tokio::net::TcpStream::connect(my).await.unwrap();
+        let mut greeting = [0u8; 64];
+        let n = tokio::io::AsyncReadExt::read(&mut tcp, &mut greeting)
+            .await
+            .unwrap();
+        assert!(n > 5 && greeting[4] == 10, "{:?}", &greeting[..n]);
+        assert!(
+            String::from_utf8_lossy(&greeting[..n]).contains("-portcullis"),
+            "{:?}",
+            &greeting[..n]
+        );
+        drop(tcp);
+        server.shutdown().await;
+        assert!(tokio::net::TcpStream::connect(pg).await.is_err());
+        assert!(tokio::net::TcpStream::connect(my).await.is_err());
     }
 
     #[tokio::test]
@@ -550,5 +662,27 @@ mod tests {
         );
         let e = format!("{:#}", Server::start(config).await.err().unwrap());
         assert!(e.contains("cannot listen on"), "{e}");
+
+        let config = parse_config(
+            &format!("[mysql]\nlisten = \"{}\"\n", taken.local_addr().unwrap()),
+            dir.path(),
+        );
+        let e = format!("{:#}", Server::start(config).await.err().unwrap());
+        assert!(
+            e.contains("cannot listen on") && e.contains("[mysql]"),
+            "{e}"
+        );
+
+        // [mysql]'s TLS files are read before anything is written, as [postgres]'s are.
+        let dir = tempfile::tempdir().unwrap();
+        crate::config::tests::write_tls_files(dir.path());
+        let config = parse_config(
+            "[mysql]\nlisten = \"127.0.0.1:0\"\ntls_cert = \"server.pem\"\ntls_key = \"server.key\"\n",
+            dir.path(),
+        );
+        std::fs::write(dir.path().join("server.pem"), "not a certificate").unwrap();
+        let e = format!("{:#}", Server::start(config).await.err().unwrap());
+        assert!(e.contains("[mysql]") && e.contains("server.pem"), "{e}");
+        assert!(!dir.path().join("data").exists(), "{e}");
     }
 }

@@ -37,6 +37,7 @@ fn full_example_dir() -> tempfile::TempDir {
         ),
         ("APP_DB_PASSWORD", "example-password"),
         ("REPORTING_DB_PASSWORD", "example-password"),
+        ("SHOP_DB_PASSWORD", "example-password"),
         ("AUDIT_DB_PASSWORD", "example-password"),
     ] {
         std::env::set_var(name, value);
@@ -67,7 +68,11 @@ fn example_files_load() {
     let tls = full.postgres.as_ref().unwrap().tls.as_ref().unwrap();
     assert!(tls.client_ca_file.is_some());
     assert!(full.identity.client_cert.is_some());
-    assert_eq!(full.targets.len(), 2);
+    let mysql = full.mysql.as_ref().unwrap();
+    assert_eq!(mysql.listen, "0.0.0.0:3307".parse().unwrap());
+    assert!(mysql.require_tls && mysql.tls.as_ref().unwrap().client_ca_file.is_none());
+    assert_eq!(full.targets.len(), 3);
+    assert_eq!(full.targets[2].protocol, gateway_core::Protocol::Mysql);
     assert_eq!(full.audit.sinks.len(), 3);
     assert!(full.admin.is_some() && full.telemetry.is_some());
 

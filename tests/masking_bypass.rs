@@ -307,11 +307,14 @@ fn leaks(bytes: &[u8], needles: &[Needle]) -> Vec<String> {
 // The recording relay
 // ---------------------------------------------------------------------------------------------
 
+/// What the gateway sent on each connection, in the order the connections were accepted.
+type Recorded = Arc<Mutex<Vec<Arc<Mutex<Vec<u8>>>>>>;
+
 /// A TCP relay in front of the gateway that keeps every byte the gateway sends to the client,
 /// per connection, in the order the connections were accepted.
 struct Recorder {
     port: u16,
-    connections: Arc<Mutex<Vec<Arc<Mutex<Vec<u8>>>>>>,
+    connections: Recorded,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -321,7 +324,7 @@ impl Recorder {
             .await
             .expect("bind recorder");
         let port = listener.local_addr().expect("recorder address").port();
-        let connections: Arc<Mutex<Vec<Arc<Mutex<Vec<u8>>>>>> = Arc::default();
+        let connections: Recorded = Arc::default();
         let list = Arc::clone(&connections);
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {

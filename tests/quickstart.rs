@@ -1,8 +1,9 @@
 //! The quickstart as the README shows it: `examples/quickstart.toml` as it is (only the listen
 //! port is moved to 0, and the file to a scratch directory so that its audit trail lands there),
 //! in front of the local PostgreSQL's `postgres` database, driven with psql as a token-holding
-//! analyst and as the static breakglass user. Nothing here writes to that database: the
-//! analyst's writes are refused, and breakglass writes only to a temporary table.
+//! analyst and as the static breakglass user, and in front of the local MariaDB's `mysql`
+//! database, driven the same way with the mariadb client. Nothing here writes to either
+//! database: the analyst's writes are refused, and breakglass writes only to temporary tables.
 
 mod common;
 
@@ -15,10 +16,12 @@ use identity::{MintKey, MintRequest};
 use portcullis::{Config, RunningServer, Server};
 
 const QUICKSTART_LISTEN: &str = "listen = \"127.0.0.1:6432\"";
+const QUICKSTART_MYSQL_LISTEN: &str = "listen = \"127.0.0.1:3307\"";
 
 struct Quickstart {
     server: RunningServer,
     port: u16,
+    mysql_port: u16,
     secret: String,
     _dir: tempfile::TempDir,
 }
@@ -30,7 +33,13 @@ async fn start() -> Quickstart {
         text.contains(QUICKSTART_LISTEN),
         "the quickstart listens elsewhere now"
     );
-    let text = text.replace(QUICKSTART_LISTEN, "listen = \"127.0.0.1:0\"");
+    assert!(
+        text.contains(QUICKSTART_MYSQL_LISTEN),
+        "the quickstart's MySQL listener listens elsewhere now"
+    );
+    let text = text
+        .replace(QUICKSTART_LISTEN, "listen = \"127.0.0.1:0\"")
+        .replace(QUICKSTART_MYSQL_LISTEN, "listen = \"127.0.0.1:0\"");
     let dir = tempfile::tempdir().unwrap();
     std::fs::copy(
         examples.join("dev-jwt-secret"),
@@ -43,10 +52,12 @@ async fn start() -> Quickstart {
         .await
         .unwrap_or_else(|e| panic!("the quickstart did not start: {e:#}"));
     let port = server.postgres_addr().unwrap().port();
+    let mysql_port = server.mysql_addr().unwrap().port();
     let secret = std::fs::read_to_string(dir.path().join("dev-jwt-secret")).unwrap();
     Quickstart {
         server,
         port,
+        mysql_port,
         secret: secret.trim().to_owned(),
         _dir: dir,
     }
@@ -83,6 +94,25 @@ impl Quickstart {
         tokio::task::spawn_blocking(move || run_with_timeout(cmd, CLIENT_TIMEOUT))
             .await
             .unwrap()
+    }
+}
+
+impl Quickstart {
+    /// The README's `mariadb -h 127.0.0.1 -P 3307 -u USER -pPASSWORD -D mysql`, batch mode, with
+    /// `sql` on standard input and `--force`, so each error is reported and the session goes on.
+    async fn mariadb(&self, user: &str, password: &str, sql: &str) -> Output {
+        let mut cmd = Command::new("mariadb");
+        cmd.args(["--no-defaults", "--batch", "--skip-column-names", "--force"])
+            .args(["-h", "127.0.0.1", "-P", &self.mysql_port.to_string()])
+            .args(["-u", user])
+            .arg(format!("-p{password}"))
+            .args(["-D", "mysql"]);
+        let input = sql.as_bytes().to_vec();
+        tokio::task::spawn_blocking(move || {
+            common::run_with_input(cmd, Some(input), CLIENT_TIMEOUT)
+        })
+        .await
+        .unwrap()
     }
 }
 
@@ -172,6 +202,68 @@ async fn the_quickstart_analyst_reads_and_is_refused_writes_naming_the_rule() {
         .psql("mallory", &identity::mint_token(&req).unwrap(), "select 1")
         .await;
     assert!(!out.status.success(), "{out:?}");
+
+    tokio::time::timeout(common::SHUTDOWN_BOUND, qs.server.shutdown())
+        .await
+        .expect("the quickstart gateway did not shut down");
+}
+
+#[tokio::test]
+async fn the_quickstart_serves_mariadb_clients_under_the_same_policy() {
+    let qs = start().await;
+    let token = qs.analyst_token();
+    let table = format!("quickstart_probe_{:08x}", rand::random::<u32>());
+
+    let out = qs
+        .mariadb(
+            "alice",
+            &token,
+            &format!(
+                "SELECT DATABASE();\n\
+                 CREATE TABLE test.{table} (id INT);\n\
+                 SELECT user, authentication_string FROM mysql.user;\n\
+                 SELECT COUNT(*) FROM global_priv;\n\
+                 SELECT 'still here';\n"
+            ),
+        )
+        .await;
+    let err = stderr(&out);
+    let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("ERROR")).collect();
+    assert_eq!(errors.len(), 3, "{err}");
+    assert!(
+        errors[0].starts_with("ERROR 1227 (42000)")
+            && errors[0].contains("(rule \"builtin:read-only\")"),
+        "{err}"
+    );
+    for e in &errors[1..] {
+        assert!(
+            e.starts_with("ERROR 1227 (42000)") && e.contains("(rule \"no-password-hashes\")"),
+            "{err}"
+        );
+    }
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "mysql\nstill here\n");
+    let tables = common::mysql::upstream(&format!(
+        "SELECT COUNT(*) FROM information_schema.tables WHERE table_name = '{table}'"
+    ));
+    assert_eq!(tables, "0\n", "the table was created");
+
+    // Breakglass writes (to a temporary table, gone with its session) but reads no hashes.
+    let out = qs
+        .mariadb(
+            "breakglass",
+            "change-me",
+            "CREATE TEMPORARY TABLE scratch (id INT);\n\
+             INSERT INTO scratch VALUES (1);\n\
+             SELECT COUNT(*) FROM scratch;\n\
+             SELECT authentication_string FROM user;\n",
+        )
+        .await;
+    let err = stderr(&out);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "1\n", "{err}");
+    assert!(
+        err.contains("ERROR 1227 (42000)") && err.contains("(rule \"no-password-hashes\")"),
+        "{err}"
+    );
 
     tokio::time::timeout(common::SHUTDOWN_BOUND, qs.server.shutdown())
         .await

@@ -13,7 +13,7 @@
 //! # Keys
 //!
 //! The doc comments on the schema structs in `schema.rs` (`GatewaySection`, `PostgresSection`,
-//! ...) and on the sections other crates own (`policy::rules::PolicySection`,
+//! `MysqlSection`, ...) and on the sections other crates own (`policy::rules::PolicySection`,
 //! `audit::AuditConfig`, `masking::config::MaskingSection`) are the reference for every key;
 //! `examples/full.toml` shows all of them in use (and `tests/example_configs.rs` fails when it
 //! lacks one).
@@ -22,7 +22,7 @@
 //!
 //! `interpolate.rs` reads string values with `${VAR}`; `schema.rs` is the file as written;
 //! `check/` checks it into a [`Config`], a file per group of sections (`listeners.rs`:
-//! `[gateway]` and `[postgres]`; `authentication.rs`: `[identity]`; `targets.rs`;
+//! `[gateway]`, `[postgres]` and `[mysql]`; `authentication.rs`: `[identity]`; `targets.rs`;
 //! `telemetry.rs`: `[telemetry]` and `[admin]`; `sections.rs`: the sections other crates
 //! define).
 
@@ -55,8 +55,10 @@ pub struct Config {
     pub source: PathBuf,
     /// Settings of this gateway node.
     pub gateway: GatewaySettings,
-    /// The PostgreSQL listener, if configured.
-    pub postgres: Option<PostgresListenerSettings>,
+    /// `[postgres]`: the PostgreSQL listener, if configured.
+    pub postgres: Option<ListenerSettings>,
+    /// `[mysql]`: the MySQL listener, if configured (its TLS files never name a client CA).
+    pub mysql: Option<ListenerSettings>,
     /// How clients prove who they are.
     pub identity: IdentitySettings,
     /// The upstream databases, in file order.
@@ -128,9 +130,9 @@ pub struct GatewaySettings {
     pub workers: Option<usize>,
 }
 
-/// `[postgres]`, checked.
+/// A listener section, `[postgres]` or `[mysql]`, checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PostgresListenerSettings {
+pub struct ListenerSettings {
     /// Address to listen on.
     pub listen: SocketAddr,
     /// TLS for clients, if configured.

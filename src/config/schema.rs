@@ -22,6 +22,9 @@ pub(super) struct FileConfig {
     pub(super) gateway: GatewaySection,
     /// `[postgres]`: the PostgreSQL listener. Without it no PostgreSQL client can connect.
     pub(super) postgres: Option<Spanned<PostgresSection>>,
+    /// `[mysql]`: the MySQL listener (MySQL and MariaDB clients). Without it no MySQL client can
+    /// connect.
+    pub(super) mysql: Option<Spanned<MysqlSection>>,
     /// `[identity]`: how clients prove who they are. Without any method every login is refused.
     #[serde(default)]
     pub(super) identity: IdentitySection,
@@ -127,6 +130,30 @@ pub(super) struct PostgresSection {
     pub(super) allow_plaintext_password: Option<bool>,
     /// Refuse a login whose user name (startup `user`) differs from the subject the credential
     /// proves. Default `false`: the user name is recorded beside the subject but not checked.
+    pub(super) require_user_match: Option<bool>,
+}
+
+/// `[mysql]`: the keys of `[postgres]` but `tls_client_ca`, with the same meaning. A client
+/// certificate is not an identity on MySQL: every client logs in with a token or a password.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct MysqlSection {
+    /// Address and port to listen on, `IP:PORT` (`[::1]:3307` for IPv6). Port 0 picks a free
+    /// port. Default `"127.0.0.1:3307"`, beside a database server's own 3306.
+    pub(super) listen: Option<Str>,
+    /// PEM file with the server certificate chain, leaf first. With `tls_key` it enables TLS.
+    pub(super) tls_cert: Option<Str>,
+    /// PEM file with the private key of `tls_cert` (PKCS#8, PKCS#1 or SEC1).
+    pub(super) tls_key: Option<Str>,
+    /// Refuse clients that do not negotiate TLS. Needs `tls_cert` and `tls_key`. Default `false`.
+    pub(super) require_tls: Option<Spanned<bool>>,
+    /// Accept passwords and tokens (sent in clear text, `mysql_clear_password`) over unencrypted
+    /// connections from non-loopback clients. Loopback clients may always send them. Default
+    /// `false`.
+    pub(super) allow_plaintext_password: Option<bool>,
+    /// Refuse a login whose user name (the handshake's user) differs from the subject the
+    /// credential proves. Default `false`: the user name is recorded beside the subject but not
+    /// checked.
     pub(super) require_user_match: Option<bool>,
 }
 

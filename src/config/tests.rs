@@ -39,6 +39,7 @@ fn minimal_file_gets_defaults() {
     assert_eq!(c.gateway.log_level, "info");
     assert_eq!(c.gateway.workers, None);
     assert!(c.postgres.is_none());
+    assert!(c.mysql.is_none());
     assert!(c.identity.jwt.is_none());
     assert!(c.targets.is_empty());
 
@@ -178,6 +179,133 @@ fn bad_listen_address() {
         "[postgres]\nlisten = \"localhost:6432\"\n",
         "2:10",
         "not an IP:PORT address",
+    );
+}
+
+#[test]
+fn mysql_section_defaults() {
+    let c = parse(
+        "[mysql]\n[[targets]]\nname = \"shop\"\nprotocol = \"mysql\"\nhost = \"db\"\nuser = \"svc\"\n",
+    )
+    .unwrap();
+    assert!(c.postgres.is_none());
+    let my = c.mysql.unwrap();
+    assert_eq!(my.listen, "127.0.0.1:3307".parse().unwrap());
+    assert!(my.tls.is_none() && !my.require_tls && !my.allow_plaintext_password);
+    assert!(!my.require_user_match);
+    let t = &c.targets[0];
+    assert_eq!(
+        (t.protocol, t.port, t.database.as_str()),
+        (Protocol::Mysql, 3306, "shop")
+    );
+
+    // Both listeners side by side, each with its own settings.
+    let c = parse(
+        "[postgres]\nlisten = \"0.0.0.0:6432\"\n[mysql]\nlisten = \"[::1]:0\"\nallow_plaintext_password = true\nrequire_user_match = true\n",
+    )
+    .unwrap();
+    assert_eq!(c.postgres.unwrap().listen, "0.0.0.0:6432".parse().unwrap());
+    let my = c.mysql.unwrap();
+    assert_eq!(my.listen, "[::1]:0".parse().unwrap());
+    assert!(my.allow_plaintext_password && my.require_user_match);
+}
+
+#[test]
+fn mysql_section_errors_have_locations() {
+    assert_one_error(
+        "[mysql]\nlisten = \"localhost:3307\"\n",
+        "2:10",
+        "write e.g. \"127.0.0.1:3307\"",
+    );
+    assert_one_error(
+        "[mysql]\nlisten = \"127.0.0.1:3307\"\nport = 3307\n",
+        "3:1",
+        "unknown field `port`",
+    );
+    // A client certificate is no identity on MySQL: the key is not part of [mysql].
+    assert_one_error(
+        "[mysql]\ntls_client_ca = \"ca.pem\"\n",
+        "2:1",
+        "unknown field `tls_client_ca`",
+    );
+    assert_one_error("[mysql]\nrequire_tls = \"yes\"\n", "2:15", "");
+    assert_one_error(
+        "[mysql]\nrequire_tls = true\n",
+        "2:15",
+        "needs `tls_cert` and `tls_key`",
+    );
+    let m = messages("[mysql]\ntls_cert = \"missing.pem\"\ntls_key = \"missing.key\"\n");
+    assert_eq!(m.len(), 2, "{m:#?}");
+    assert!(
+        m[0].starts_with(
+            "/etc/portcullis/gw.toml:2:12: `tls_cert`: file not found: /etc/portcullis/missing.pem"
+        ),
+        "{m:#?}"
+    );
+    assert!(
+        m[1].starts_with("/etc/portcullis/gw.toml:3:11: `tls_key`: file not found"),
+        "{m:#?}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    write_tls_files(dir.path());
+    let origin = dir.path().join("gw.toml");
+    let err = Config::from_toml_str("[mysql]\ntls_cert = \"server.pem\"\n", &origin).unwrap_err();
+    assert_eq!(err.errors().len(), 1, "{err}");
+    assert!(
+        err.errors()[0].message.contains("`tls_key` is not"),
+        "{err}"
+    );
+    assert_eq!(
+        err.errors()[0].location,
+        Some(Location {
+            line: 2,
+            column: 12
+        })
+    );
+    let c = Config::from_toml_str(
+        "[mysql]\ntls_cert = \"server.pem\"\ntls_key = \"server.key\"\nrequire_tls = true\n",
+        &origin,
+    )
+    .unwrap();
+    let my = c.mysql.unwrap();
+    assert!(my.require_tls);
+    let tls = my.tls.unwrap();
+    assert_eq!(tls.cert_file, dir.path().join("server.pem"));
+    assert_eq!(tls.key_file, dir.path().join("server.key"));
+    assert_eq!(tls.client_ca_file, None);
+
+    // A key that does not belong to the certificate is found as for [postgres].
+    let other = tempfile::tempdir().unwrap();
+    write_tls_files(other.path());
+    std::fs::copy(
+        other.path().join("server.key"),
+        dir.path().join("other.key"),
+    )
+    .unwrap();
+    let err = Config::from_toml_str(
+        "[mysql]\ntls_cert = \"server.pem\"\ntls_key = \"other.key\"\n",
+        &origin,
+    )
+    .unwrap_err();
+    assert_eq!(err.errors().len(), 1, "{err}");
+    assert_eq!(
+        err.errors()[0].location,
+        Some(Location {
+            line: 3,
+            column: 11
+        })
+    );
+    assert!(err.errors()[0].message.starts_with("`tls_key`: "), "{err}");
+}
+
+#[test]
+fn client_cert_identity_needs_the_postgres_client_ca() {
+    // [mysql] cannot verify client certificates, so it does not satisfy [identity.client_cert].
+    assert_one_error(
+        "[mysql]\n[identity.client_cert]\nsubject = \"cn\"\n",
+        "2:1",
+        "needs `tls_client_ca` in `[postgres]`",
     );
 }
 
@@ -432,6 +560,9 @@ handshake_timeout = \"soon\"
 [postgres]
 listen = \"nowhere\"
 
+[mysql]
+listen = \"127.0.0.1:3307x\"
+
 [identity.jwt]
 audience = [\"p\"]
 algorithms = [\"none\"]
@@ -450,7 +581,7 @@ user = \"u\"
 ";
     let err = parse(text).unwrap_err();
     let lines: Vec<String> = err.to_string().lines().map(str::to_owned).collect();
-    assert_eq!(lines.len(), 6, "{lines:#?}");
+    assert_eq!(lines.len(), 7, "{lines:#?}");
     let locations: Vec<&str> = lines
         .iter()
         .map(|l| {
@@ -462,7 +593,7 @@ user = \"u\"
         .collect();
     assert_eq!(
         locations,
-        ["2:21", "5:10", "7:1", "9:15", "16:15", "19:8"],
+        ["2:21", "5:10", "8:10", "10:1", "12:15", "19:15", "22:8"],
         "{lines:#?}"
     );
 }

@@ -6,10 +6,13 @@
 //! is dropped) and its gateway, so tests are independent and may run in parallel.
 //!
 //! Requirements: PostgreSQL on 127.0.0.1:5432 accepting user `postgres` without a password
-//! (`scripts/test.sh` makes sure of it), `psql`/`pgbench` on the PATH, and a Python with psycopg 3
-//! and asyncpg (`PORTCULLIS_TEST_PYTHON`, or `target/test-venv/bin/python`).
+//! (`scripts/test.sh` makes sure of it), `psql`/`pgbench` on the PATH, and a Python with psycopg 3,
+//! asyncpg and PyMySQL (`PORTCULLIS_TEST_PYTHON`, or `target/test-venv/bin/python`). The MySQL
+//! side of the harness is in [`mysql`].
 
 #![allow(dead_code)] // Each test file uses a different part of the harness.
+
+pub mod mysql;
 
 use std::io::Read;
 use std::net::SocketAddr;
@@ -636,21 +639,7 @@ impl TestGateway {
     /// "finished" one is written right after the result is relayed, so a test that wants it
     /// waits with [`trail_until`](Self::trail_until).
     pub async fn trail(&self) -> Vec<serde_json::Value> {
-        let sink = audit::SinkConfig::Jsonl {
-            dir: self.scratch().join("data/audit"),
-            max_file_bytes: u64::MAX,
-        };
-        let sink = audit::open_sink(&sink, audit::OpenMode::Read)
-            .await
-            .expect("open the trail");
-        let mut records = audit::search(sink.as_ref(), &audit::SearchFilter::default(), 1_000_000)
-            .await
-            .expect("read the trail");
-        records.sort_by_key(|r| r.seq);
-        records
-            .into_iter()
-            .map(|r| serde_json::from_slice(&r.payload).expect("payloads are JSON"))
-            .collect()
+        default_trail(self.scratch()).await
     }
 
     /// [`trail`](Self::trail) once `ready` holds for it, within 10 s.
@@ -659,18 +648,7 @@ impl TestGateway {
         what: &str,
         ready: impl Fn(&[serde_json::Value]) -> bool,
     ) -> Vec<serde_json::Value> {
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            let records = self.trail().await;
-            if ready(&records) {
-                return records;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the trail never had {what}: {records:#?}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        default_trail_until(self.scratch(), what, ready).await
     }
 
     /// A mint request for `subject` with the gateway's issuer, audience and key, valid 10 minutes.
@@ -886,6 +864,46 @@ impl TestGateway {
     }
 }
 
+/// Every record's payload in the default trail's segment log of a gateway whose configuration
+/// file is in `config_dir` (`<config_dir>/data/audit`), in chain order.
+pub async fn default_trail(config_dir: &Path) -> Vec<serde_json::Value> {
+    let sink = audit::SinkConfig::Jsonl {
+        dir: config_dir.join("data/audit"),
+        max_file_bytes: u64::MAX,
+    };
+    let sink = audit::open_sink(&sink, audit::OpenMode::Read)
+        .await
+        .expect("open the trail");
+    let mut records = audit::search(sink.as_ref(), &audit::SearchFilter::default(), 1_000_000)
+        .await
+        .expect("read the trail");
+    records.sort_by_key(|r| r.seq);
+    records
+        .into_iter()
+        .map(|r| serde_json::from_slice(&r.payload).expect("payloads are JSON"))
+        .collect()
+}
+
+/// [`default_trail`] once `ready` holds for it, within 10 s.
+pub async fn default_trail_until(
+    config_dir: &Path,
+    what: &str,
+    ready: impl Fn(&[serde_json::Value]) -> bool,
+) -> Vec<serde_json::Value> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let records = default_trail(config_dir).await;
+        if ready(&records) {
+            return records;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the trail never had {what}: {records:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Quotes `s` as a TOML basic string. `${` is escaped so the config loader does not read it as an
 /// environment variable reference.
 pub fn toml_str(s: &str) -> String {
@@ -904,14 +922,32 @@ pub fn toml_str(s: &str) -> String {
 
 /// Runs `cmd` with its output captured, killing it after `timeout` (then the exit status is a
 /// failure and stderr says so).
-pub fn run_with_timeout(mut cmd: Command, timeout: Duration) -> Output {
+pub fn run_with_timeout(cmd: Command, timeout: Duration) -> Output {
+    run_with_input(cmd, None, timeout)
+}
+
+/// [`run_with_timeout`] with `input` written to the program's standard input (then closed), or
+/// no standard input at all.
+pub fn run_with_input(mut cmd: Command, input: Option<Vec<u8>>, timeout: Duration) -> Output {
     let program = format!("{:?}", cmd.get_program());
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.stdin(if input.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
     let mut child = cmd
         .spawn()
         .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+    if let (Some(input), Some(mut stdin)) = (input, child.stdin.take()) {
+        // From a thread of its own: a program that answers before it has read everything must
+        // not block the writer (nor the writer the reading of its answers).
+        std::thread::spawn(move || {
+            use std::io::Write as _;
+            let _ = stdin.write_all(&input);
+        });
+    }
     let mut stdout = child.stdout.take().expect("stdout");
     let mut stderr = child.stderr.take().expect("stderr");
     let out_reader = std::thread::spawn(move || {
@@ -969,7 +1005,7 @@ pub fn python() -> PathBuf {
     }
     panic!(
         "no Python for the driver tests: set PORTCULLIS_TEST_PYTHON, or create {} with \
-         `python3 -m venv target/test-venv && target/test-venv/bin/pip install 'psycopg[binary]' asyncpg` \
+         `python3 -m venv target/test-venv && target/test-venv/bin/pip install 'psycopg[binary]' asyncpg PyMySQL` \
          (scripts/test.sh does this)",
         venv.display()
     );

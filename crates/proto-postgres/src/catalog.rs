@@ -826,6 +826,58 @@ impl Catalogs {
     }
 }
 
+/// A metadata connection for one-off reads of a target (`portcullis discover`): the catalog's
+/// own login and wire handling, without its cache.
+pub struct MetadataConnection {
+    conn: Conn,
+}
+
+impl MetadataConnection {
+    /// Connects and logs in as the catalog does (read-only session, `search_path = pg_catalog`,
+    /// statements bounded by `timeout`).
+    pub async fn open(
+        target: &Arc<Target>,
+        tls: &TlsConfigs,
+        timeout: Duration,
+        max_message_bytes: usize,
+    ) -> Result<Self, GatewayError> {
+        let limits = Limits {
+            deadline: tokio::time::Instant::now() + timeout,
+            timeout,
+            max_message_bytes,
+        };
+        Ok(Self {
+            conn: Conn::open(target, tls, limits).await?,
+        })
+    }
+
+    /// Runs `sql` with text parameters and returns its rows of `width` text values each.
+    pub async fn query(
+        &mut self,
+        sql: &str,
+        params: &[&str],
+        width: usize,
+    ) -> Result<Vec<Vec<Option<String>>>, GatewayError> {
+        // Parameter types left to the server (0: unspecified).
+        let types = vec![0u32; params.len()];
+        let rows = self
+            .conn
+            .query_rows(sql, &types, params, width)
+            .await
+            .map_err(|f| match f {
+                Failure::Refused(e) | Failure::Broken(e) => e,
+            })?;
+        Ok(rows
+            .into_iter()
+            .map(|row| {
+                row.into_iter()
+                    .map(|v| v.map(|b| String::from_utf8_lossy(&b).into_owned()))
+                    .collect()
+            })
+            .collect())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -975,57 +1027,5 @@ mod tests {
         let replaced = target("a");
         assert!(!Arc::ptr_eq(&first, &catalogs.get(&replaced)));
         assert!(Arc::ptr_eq(first.target(), &a));
-    }
-}
-
-/// A metadata connection for one-off reads of a target (`portcullis discover`): the catalog's
-/// own login and wire handling, without its cache.
-pub struct MetadataConnection {
-    conn: Conn,
-}
-
-impl MetadataConnection {
-    /// Connects and logs in as the catalog does (read-only session, `search_path = pg_catalog`,
-    /// statements bounded by `timeout`).
-    pub async fn open(
-        target: &Arc<Target>,
-        tls: &TlsConfigs,
-        timeout: Duration,
-        max_message_bytes: usize,
-    ) -> Result<Self, GatewayError> {
-        let limits = Limits {
-            deadline: tokio::time::Instant::now() + timeout,
-            timeout,
-            max_message_bytes,
-        };
-        Ok(Self {
-            conn: Conn::open(target, tls, limits).await?,
-        })
-    }
-
-    /// Runs `sql` with text parameters and returns its rows of `width` text values each.
-    pub async fn query(
-        &mut self,
-        sql: &str,
-        params: &[&str],
-        width: usize,
-    ) -> Result<Vec<Vec<Option<String>>>, GatewayError> {
-        // Parameter types left to the server (0: unspecified).
-        let types = vec![0u32; params.len()];
-        let rows = self
-            .conn
-            .query_rows(sql, &types, params, width)
-            .await
-            .map_err(|f| match f {
-                Failure::Refused(e) | Failure::Broken(e) => e,
-            })?;
-        Ok(rows
-            .into_iter()
-            .map(|row| {
-                row.into_iter()
-                    .map(|v| v.map(|b| String::from_utf8_lossy(&b).into_owned()))
-                    .collect()
-            })
-            .collect())
     }
 }

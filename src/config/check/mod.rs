@@ -7,6 +7,7 @@ mod targets;
 mod telemetry;
 
 use std::collections::HashSet;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -65,7 +66,12 @@ pub(super) fn otlp_traces_url(text: &str) -> Result<String, String> {
         Ok(format!("{base}{OTLP_TRACES_PATH}"))
     }
 }
-pub(super) const DEFAULT_POSTGRES_LISTEN: &str = "127.0.0.1:6432";
+/// `postgres.listen` when unset: PostgreSQL's own port is 5432, so a gateway beside it uses 6432.
+pub(super) const DEFAULT_POSTGRES_LISTEN: SocketAddr =
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 6432);
+/// `mysql.listen` when unset: beside a MySQL or MariaDB server's own 3306.
+pub(super) const DEFAULT_MYSQL_LISTEN: SocketAddr =
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 3307);
 pub(super) const DEFAULT_LEEWAY: Duration = Duration::from_secs(30);
 pub(super) const MIN_HMAC_SECRET_BYTES: usize = 32;
 
@@ -272,6 +278,7 @@ impl<'a> Checker<'a> {
     pub(super) fn check(&mut self, file: FileConfig) -> Config {
         let gateway = self.check_gateway(&file.gateway);
         let postgres = file.postgres.as_ref().map(|p| self.check_postgres(p));
+        let mysql = file.mysql.as_ref().map(|m| self.check_mysql(m));
         let identity =
             self.check_identity(&file.identity, file.postgres.as_ref().map(|p| p.get_ref()));
         let targets = self.check_targets(&file.targets);
@@ -290,6 +297,7 @@ impl<'a> Checker<'a> {
             source: self.origin.to_path_buf(),
             gateway,
             postgres,
+            mysql,
             identity,
             targets,
             policy,
