@@ -10,15 +10,15 @@ use gateway_core::serve::stream::ClientStream;
 use gateway_core::serve::tls::TlsConfigs;
 use gateway_core::serve::{self, Accepted, Handler, ListenerConfig};
 use gateway_core::{
-    ClientInfo, Credentials, ErrorKind, Gateway, GatewayError, Protocol, Session, SessionRequest,
-    Side, TextEncoding,
+    Access, ClientInfo, Credentials, ErrorKind, Gateway, GatewayError, Protocol, Session,
+    SessionRequest, Side, TextEncoding,
 };
 use mysql_common::constants::{CapabilityFlags, StatusFlags};
 use mysql_common::io::ParseBuf;
 use mysql_common::packets::{AuthSwitchRequest, HandshakePacket, HandshakeResponse};
 use mysql_common::proto::MySerialize;
 use rand::Rng;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
 use crate::packet::{self, PacketReader};
@@ -189,6 +189,47 @@ impl Login {
     }
 }
 
+impl Login {
+    /// Reads the client's first packet with exact reads, taking nothing past it: when it is an
+    /// SSL request, the client's TLS ClientHello follows at once (the protocol has no answer in
+    /// between), and it must stay in the socket for the TLS acceptor.
+    async fn read_first(&mut self) -> Result<packet::Packet, Option<GatewayError>> {
+        let Some(stream) = self.client.as_mut() else {
+            return Err(None);
+        };
+        let mut raw = vec![0u8; packet::HEADER_LEN];
+        match stream.read_exact(&mut raw).await {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Err(None),
+            Err(e) => {
+                return Err(Some(GatewayError::protocol(
+                    Side::Client,
+                    format!("read login: {e}"),
+                )))
+            }
+        }
+        let (len, _) = packet::header(&raw).unwrap_or((0, 0));
+        if len > MAX_LOGIN_PACKET {
+            return Err(Some(GatewayError::auth(format!(
+                "login packet longer than {MAX_LOGIN_PACKET} bytes refused"
+            ))));
+        }
+        raw.resize(packet::HEADER_LEN + len, 0);
+        stream
+            .read_exact(&mut raw[packet::HEADER_LEN..])
+            .await
+            .map_err(|e| {
+                Some(GatewayError::protocol(
+                    Side::Client,
+                    format!("read login: {e}"),
+                ))
+            })?;
+        self.reader.buffered().extend_from_slice(&raw);
+        // The whole packet is buffered: this reads nothing more from the socket.
+        self.read().await
+    }
+}
+
 /// A salt of printable characters, as the servers send (some clients treat it as a C string).
 fn salt() -> [u8; 20] {
     let mut rng = rand::rng();
@@ -229,7 +270,7 @@ async fn login(
     .serialize(&mut greeting);
     state.send(&packet::packet(0, &greeting)).await?;
 
-    let mut response = state.read().await?;
+    let mut response = state.read_first().await?;
     let mut tls = false;
     // An SSL request is the first 32 bytes of a handshake response, with CLIENT_SSL.
     if response.len() == 32 {
@@ -291,11 +332,15 @@ async fn login(
     if user.is_empty() {
         return Err(Some(GatewayError::auth("no user name in the login")));
     }
-    let database = hello
+    let database = match hello
         .db_name()
         .map(|d| String::from_utf8_lossy(d).into_owned())
         .filter(|d| !d.is_empty())
-        .ok_or_else(|| {
+    {
+        Some(d) => d,
+        // Without a database, the only MySQL target there is (the mariadb client's Ctrl-C opens
+        // such a connection to send its KILL QUERY); with several, the name must choose.
+        None => only_target(&shared.gateway).ok_or_else(|| {
             Some(
                 GatewayError::new(
                     ErrorKind::UnknownTarget,
@@ -304,7 +349,8 @@ async fn login(
                 )
                 .with_hint("connect with a database, for example mariadb -D <target>"),
             )
-        })?;
+        })?,
+    };
     let collation = hello.collation();
     let charset = collation_charset(collation);
     if unsafe_charset(&charset) {
@@ -396,7 +442,7 @@ async fn login(
         "portcullis_session".to_owned(),
         session.context().id.to_string(),
     );
-    let upstream = match upstream::connect(
+    let connected = match upstream::connect(
         &target,
         client_caps,
         collation,
@@ -405,6 +451,12 @@ async fn login(
     )
     .await
     {
+        Ok(mut u) if session.access() == Access::ReadOnly => {
+            upstream::fence_read_only(&mut u, &target).await.map(|()| u)
+        }
+        other => other,
+    };
+    let upstream = match connected {
         Ok(u) => u,
         Err(e) => {
             let recorded = gateway_core::RecordedError::from(&e);
@@ -463,6 +515,18 @@ pub(crate) fn unsafe_charset_error(charset: &str) -> GatewayError {
     )
     .with_detail("in this character set a multibyte character can hide a backslash from the gateway's SQL reader")
     .with_hint("use utf8mb4 (the default of current clients)")
+}
+
+/// The name of the gateway's only MySQL target, if it has exactly one.
+fn only_target(gateway: &Gateway) -> Option<String> {
+    let mut mysql = gateway
+        .targets()
+        .iter()
+        .filter(|t| t.protocol == Protocol::Mysql);
+    match (mysql.next(), mysql.next()) {
+        (Some(only), None) => Some(only.name.clone()),
+        _ => None,
+    }
 }
 
 /// How statements in MySQL character set `charset` are read.

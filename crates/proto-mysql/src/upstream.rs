@@ -238,6 +238,40 @@ pub async fn connect(
     }
 }
 
+/// Makes the upstream session refuse writes: a second fence behind the policy for read-only
+/// identities, as PostgreSQL's `default_transaction_read_only`. Sent before the client's first
+/// command.
+pub async fn fence_read_only(up: &mut Upstream, target: &Target) -> Result<(), GatewayError> {
+    up.stream
+        .write_all(&packet(0, b"\x03SET SESSION TRANSACTION READ ONLY"))
+        .await
+        .map_err(|e| unavailable(target, format!("read-only session: {e}")))?;
+    let answer = up
+        .reader
+        .read(&mut up.stream, MAX_LOGIN_PACKET)
+        .await
+        .map_err(|e| {
+            unavailable(
+                target,
+                e.into_gateway(Side::Upstream, "read-only session").message,
+            )
+        })?;
+    let payload = answer.payload();
+    match payload.first() {
+        Some(0x00) => {
+            up.status = ok_status(&payload, up.capabilities).unwrap_or(up.status);
+            Ok(())
+        }
+        _ => Err(unavailable(
+            target,
+            format!(
+                "could not make the session read-only: {}",
+                server_error(&payload)
+            ),
+        )),
+    }
+}
+
 async fn send(
     stream: &mut UpstreamStream,
     seq: u8,

@@ -885,13 +885,15 @@ impl Walker<'_> {
     fn set(&self, set: &ast::Set, acc: &mut Collector) {
         acc.kind("set");
         match set {
-            ast::Set::SingleAssignment { variable, .. } => self.set_variable(variable, acc),
-            ast::Set::ParenthesizedAssignments { variables, .. } => {
-                variables.iter().for_each(|v| self.set_variable(v, acc))
-            }
+            ast::Set::SingleAssignment {
+                scope, variable, ..
+            } => self.set_variable(variable, global(scope.as_ref()), acc),
+            ast::Set::ParenthesizedAssignments { variables, .. } => variables
+                .iter()
+                .for_each(|v| self.set_variable(v, false, acc)),
             ast::Set::MultipleAssignments { assignments } => assignments
                 .iter()
-                .for_each(|a| self.set_variable(&a.name, acc)),
+                .for_each(|a| self.set_variable(&a.name, global(a.scope.as_ref()), acc)),
             ast::Set::SetSessionAuthorization(_) => {
                 acc.class(Class::Dcl);
                 acc.kind("set_session_authorization");
@@ -919,14 +921,38 @@ impl Walker<'_> {
         }
     }
 
-    fn set_variable(&self, variable: &ast::ObjectName, acc: &mut Collector) {
+    /// `global`: the statement said `SET GLOBAL` (or `@@global.` is in the name).
+    fn set_variable(&self, variable: &ast::ObjectName, global: bool, acc: &mut Collector) {
         let last = variable.0.last().map(|p| match p {
             ObjectNamePart::Identifier(i) => i.value.clone(),
             ObjectNamePart::Function(f) => f.name.value.clone(),
         });
+        // The whole name, which may come as one identifier (`@@global.x`) or in parts.
+        let full = variable
+            .0
+            .iter()
+            .map(|p| match p {
+                ObjectNamePart::Identifier(i) => i.value.to_ascii_lowercase(),
+                ObjectNamePart::Function(f) => f.name.value.to_ascii_lowercase(),
+            })
+            .collect::<Vec<_>>()
+            .join(".");
         let name = last.unwrap_or_default().to_ascii_lowercase();
-        let user_variable = name.starts_with('@') && !name.starts_with("@@");
+        let user_variable = full.starts_with('@') && !full.starts_with("@@");
         let name = name.trim_start_matches('@');
+        let scoped = full.trim_start_matches('@');
+        if !user_variable
+            && (global
+                || scoped.starts_with("global.")
+                || scoped.starts_with("persist.")
+                || scoped.starts_with("persist_only."))
+        {
+            // A server-wide setting changes every session of every identity on the server: it
+            // is administration, not a session's own state.
+            acc.kind("set_global");
+            acc.class(Class::Dcl);
+            return;
+        }
         let name = name
             .strip_prefix("session.")
             .or_else(|| name.strip_prefix("global."))
@@ -944,6 +970,11 @@ impl Walker<'_> {
             _ => Class::Session,
         });
     }
+}
+
+/// Whether a SET's scope is GLOBAL.
+fn global(scope: Option<&ast::ContextModifier>) -> bool {
+    matches!(scope, Some(ast::ContextModifier::Global))
 }
 
 /// The first `n` words of a statement as sqlparser prints it, lower-case (`show tables`).

@@ -25,6 +25,12 @@ groups = ["dev"]
 mode = "read-write"
 
 [[policy.access]]
+name = "shop-readers"
+groups = ["shop-reader"]
+targets = ["shop"]
+mode = "read-only"
+
+[[policy.access]]
 name = "dba"
 groups = ["dba"]
 mode = "read-write"
@@ -230,6 +236,10 @@ const ROWS: &[Row] = &[
     ("dan", &["dev"], "shop", "set names gbk; select 1", Deny, "builtin:session-fence", "a character set change mid-text"),
     ("dan", &["dev"], "shop", "set @@session.character_set_client = 'sjis'; select 1", Deny, "builtin:session-fence", "the client character set, by its variable"),
     ("dan", &["dev"], "shop", "select 1; set names utf8mb4", Allow, "devs", "a change at the end of the text"),
+    ("dan", &["dev"], "shop", "set global max_connections = 10", Allow, "devs", "server-wide settings are administration, allowed for read-write access"),
+    ("sam", &["shop-reader"], "shop", "set global max_connections = 10", Deny, "builtin:read-only", "but not for a read-only identity"),
+    ("sam", &["shop-reader"], "shop", "set @@global.max_connections = 10", Deny, "builtin:read-only", "by the variable's scope"),
+    ("sam", &["shop-reader"], "shop", "set @@session.sql_select_limit = 10", Allow, "shop-readers", "a session's own setting"),
     ("dan", &["dev"], "app-prod", "set standard_conforming_strings = off", Deny, "builtin:session-fence", "PostgreSQL: refused even alone"),
     ("dan", &["dev"], "shop", "select * into outfile '/tmp/x' from orders", Deny, "builtin:server-files", "writes a server file"),
     ("dan", &["dev"], "shop", "select load_file('/etc/passwd')", Deny, "builtin:dangerous-function", "reads a server file"),
