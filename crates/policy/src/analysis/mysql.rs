@@ -315,6 +315,35 @@ fn recognise(
             }
             true
         }
+        ("EXECUTE", "IMMEDIATE") => {
+            // MariaDB: runs the text now. A literal text is judged as what it runs; anything
+            // else (a variable, an expression) is built at run time.
+            acc.class(Class::Procedural);
+            acc.kind("execute_immediate");
+            let literal = match tokens.get(2).map(|t| &t.token) {
+                Some(Token::SingleQuotedString(inner)) | Some(Token::DoubleQuotedString(inner))
+                    if tokens.len() == 3 || kw(3) == "USING" =>
+                {
+                    Some(inner)
+                }
+                _ => None,
+            };
+            match literal {
+                Some(inner) => {
+                    let ctx = walker.ctx.clone();
+                    let inner = analyze(inner, &ctx);
+                    if inner.failure.is_some() {
+                        return false;
+                    }
+                    inner
+                        .statements
+                        .into_iter()
+                        .for_each(|s| acc.absorb(Collector::from_facts(s)));
+                }
+                None => super::dynamic_sql(acc),
+            }
+            true
+        }
         ("PREPARE", _) if kw(2) == "FROM" => {
             acc.kind("prepare");
             match tokens.get(3).map(|t| &t.token) {
@@ -699,6 +728,35 @@ impl Walker<'_> {
                 self.statement(statement, acc);
                 return;
             }
+            Statement::Execute {
+                name,
+                parameters,
+                immediate,
+                ..
+            } if *immediate || name.as_ref().is_some_and(names_immediate) => {
+                // MariaDB's EXECUTE IMMEDIATE (which sqlparser's MySQL dialect reads as EXECUTE
+                // of a statement named `immediate`): runs the text now. A literal text is judged
+                // as what it runs; anything else is built at run time.
+                acc.class(Class::Procedural);
+                acc.kind("execute_immediate");
+                let literal = match parameters.first() {
+                    Some(Expr::Value(v)) if parameters.len() == 1 => match &v.value {
+                        ast::Value::SingleQuotedString(t) | ast::Value::DoubleQuotedString(t) => {
+                            Some(t)
+                        }
+                        _ => None,
+                    },
+                    _ => None,
+                };
+                let inner = literal.map(|t| analyze(t, &self.ctx.clone()));
+                match inner {
+                    Some(inner) if inner.failure.is_none() => inner
+                        .statements
+                        .into_iter()
+                        .for_each(|s| acc.absorb(Collector::from_facts(s))),
+                    _ => super::dynamic_sql(acc),
+                }
+            }
             Statement::Execute { .. } | Statement::Call(_) => {
                 acc.class(Class::Procedural);
                 acc.kind(if matches!(stmt, Statement::Call(_)) {
@@ -970,6 +1028,13 @@ impl Walker<'_> {
             _ => Class::Session,
         });
     }
+}
+
+/// Whether an EXECUTE's statement name is the bare keyword IMMEDIATE (a quoted name is a
+/// prepared statement of that name).
+fn names_immediate(name: &ast::ObjectName) -> bool {
+    matches!(name.0.as_slice(), [ObjectNamePart::Identifier(i)]
+        if i.quote_style.is_none() && i.value.eq_ignore_ascii_case("immediate"))
 }
 
 /// Whether a SET's scope is GLOBAL.
