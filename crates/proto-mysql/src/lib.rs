@@ -20,7 +20,9 @@
 //! Modules in the order data meets them: [`packet`] (framing, OK/ERR), [`handshake`] (the client's
 //! login), [`upstream`] (the gateway's login to the server), the relay.
 
+mod catalog;
 mod handshake;
+mod masking;
 pub mod packet;
 mod relay;
 pub mod upstream;
