@@ -480,24 +480,35 @@ impl<'a> Resolver<'a> {
 /// included) after ANALYZE, readable through `pg_stats` and its siblings. Such a column may carry
 /// any masked value, and no rule can say which.
 fn holds_samples(rel: &CatalogRelation, column: &str) -> bool {
-    &*rel.schema == "pg_catalog"
-        && matches!(
-            &*rel.name,
-            "pg_statistic"
-                | "pg_stats"
-                | "pg_stats_ext"
-                | "pg_stats_ext_exprs"
-                | "pg_statistic_ext_data"
-        )
-        && (column.starts_with("stavalues")
-            || matches!(
-                column,
-                "most_common_vals"
-                    | "histogram_bounds"
-                    | "most_common_elems"
-                    | "stxdmcv"
-                    | "stxdexpr"
-            ))
+    // MariaDB's engine-independent statistics (ANALYZE TABLE ... PERSISTENT) keep each column's
+    // smallest and largest value and a histogram; MySQL's histograms keep sample values.
+    let mysql_samples = (rel.schema.eq_ignore_ascii_case("mysql")
+        && rel.name.eq_ignore_ascii_case("column_stats")
+        && ["min_value", "max_value", "histogram"]
+            .iter()
+            .any(|c| column.eq_ignore_ascii_case(c)))
+        || (rel.schema.eq_ignore_ascii_case("information_schema")
+            && rel.name.eq_ignore_ascii_case("column_statistics")
+            && column.eq_ignore_ascii_case("histogram"));
+    mysql_samples
+        || &*rel.schema == "pg_catalog"
+            && matches!(
+                &*rel.name,
+                "pg_statistic"
+                    | "pg_stats"
+                    | "pg_stats_ext"
+                    | "pg_stats_ext_exprs"
+                    | "pg_statistic_ext_data"
+            )
+            && (column.starts_with("stavalues")
+                || matches!(
+                    column,
+                    "most_common_vals"
+                        | "histogram_bounds"
+                        | "most_common_elems"
+                        | "stxdmcv"
+                        | "stxdexpr"
+                ))
 }
 
 /// The strictest strategy among `rules`, for a value derived from their columns: redaction, or
@@ -586,6 +597,26 @@ impl Masker for RuleMasker {
                 "masking",
             ));
         };
+        if dialect == Dialect::Mysql {
+            // The results of a multi-statement text are planned by their position, which is
+            // the statement's only while each statement returns one result: a procedure (or
+            // an EXECUTE) returns any number, and would shift the statements after it.
+            let count = lineage.statements.len();
+            let shifting = lineage
+                .statements
+                .iter()
+                .take(count.saturating_sub(1))
+                .any(|st| {
+                    st.hazards.contains(&Hazard::UntracedOutput)
+                        && st.hazards.contains(&Hazard::Dynamic)
+                });
+            if shifting {
+                return Err(refusal(
+                    "masking: a CALL or EXECUTE must be the last statement of a text, since the gateway cannot tell its results from those of the statements after it".to_owned(),
+                    "masking",
+                ));
+            }
+        }
         let mut resolver = Resolver::new(self, &rules, request.catalog, dialect);
         for statement in &lineage.statements {
             self.check_statement(&mut resolver, &rules, statement)
@@ -608,12 +639,36 @@ impl Masker for RuleMasker {
                 .filter(|o| o.len() == request.columns.len()),
             None => None,
         };
+        // MySQL's wire names an alias as the origin of a column of a derived table or a CTE
+        // (and the analysis flags those statements); without a lineage it cannot be told
+        // whether that is the case, so no named origin is trusted.
+        let aliased = match request.lineage {
+            Some(statement) => statement.hazards.contains(&Hazard::AliasedOrigins),
+            None => dialect(request.session) == Dialect::Mysql,
+        };
         let mut fallback: Option<Taint> = None;
         let mut plans = Vec::with_capacity(request.columns.len());
         for (i, column) in request.columns.iter().enumerate() {
             let (taint, plain) = match &column.origin {
                 ColumnOrigin::Relation { table_oid, attnum } => {
                     (resolver.by_oid(*table_oid, *attnum).await, true)
+                }
+                ColumnOrigin::Named {
+                    schema,
+                    table,
+                    column,
+                } if aliased => {
+                    // What the name says (if it names a masked column, its rules still apply),
+                    // and anything the statement reads, as for a computed column.
+                    let mut taint = resolver.by_name(schema, table, column).await;
+                    if fallback.is_none() {
+                        fallback = Some(match request.lineage {
+                            Some(statement) => resolver.fallback(statement, 0).await,
+                            None => Taint::untraced(),
+                        });
+                    }
+                    taint.add(fallback.as_ref().unwrap_or(&Taint::untraced()));
+                    (taint, false)
                 }
                 ColumnOrigin::Named {
                     schema,
@@ -673,7 +728,10 @@ impl Masker for RuleMasker {
             .iter()
             .any(|r| r.principals.applies(session))
         {
-            redact_quoted(text)
+            match dialect(session) {
+                Dialect::Postgres => redact_quoted(text),
+                Dialect::Mysql => redact_quoted_mysql(text),
+            }
         } else {
             Cow::Borrowed(text)
         };
@@ -880,9 +938,69 @@ pub fn redact_quoted(text: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// [`redact_quoted`] for MySQL's messages, which quote values (and names) with single quotes
+/// (`Duplicate entry '...' for key '...'`, `Incorrect integer value: '...'`) and sometimes double
+/// ones. An apostrophe between two letters (`doesn't`) opens nothing; inside a span, the next
+/// quote of the same kind closes it, and an unmatched one hides the rest.
+pub fn redact_quoted_mysql(text: &str) -> Cow<'_, str> {
+    if !text.contains(['\'', '"']) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.char_indices().peekable();
+    let mut previous: Option<char> = None;
+    while let Some((at, c)) = chars.next() {
+        let next = chars.peek().map(|(_, n)| *n);
+        let apostrophe = c == '\''
+            && previous.is_some_and(char::is_alphanumeric)
+            && next.is_some_and(char::is_alphanumeric);
+        if (c == '\'' || c == '"') && !apostrophe {
+            out.push(c);
+            out.push_str("***");
+            out.push(c);
+            match text[at + 1..].find(c) {
+                Some(close) => {
+                    let resume = at + 1 + close + 1;
+                    while chars.peek().is_some_and(|(i, _)| *i < resume) {
+                        chars.next();
+                    }
+                    previous = Some(c);
+                }
+                None => return Cow::Owned(out),
+            }
+            continue;
+        }
+        out.push(c);
+        previous = Some(c);
+    }
+    Cow::Owned(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mysql_messages_have_their_quoted_spans_hidden() {
+        let cases = [
+            ("no quotes", "no quotes"),
+            (
+                "Duplicate entry 'alice@example.com' for key 'email'",
+                "Duplicate entry '***' for key '***'",
+            ),
+            ("Table 'shop.x' doesn't exist", "Table '***' doesn't exist"),
+            (
+                r#"Incorrect integer value: "123-45-6789""#,
+                r#"Incorrect integer value: "***""#,
+            ),
+            // A value with an apostrophe closes early: the rest is a new span, hidden too.
+            ("entry 'o'brien' here", "entry '***'brien'***'"),
+            ("open 'secret", "open '***'"),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(redact_quoted_mysql(text), expected, "{text}");
+        }
+    }
 
     #[test]
     fn detector_nulls_read_binary_containers() {
