@@ -238,13 +238,13 @@ impl Principals {
                 return false;
             }
         }
-        if self.except_subjects.iter().any(|s| *s == identity.subject)
+        if self.except_subjects.contains(&identity.subject)
             || self.except_groups.iter().any(|g| identity.in_group(g))
         {
             return false;
         }
         self.everyone
-            || self.subjects.iter().any(|s| *s == identity.subject)
+            || self.subjects.contains(&identity.subject)
             || self.groups.iter().any(|g| identity.in_group(g))
     }
 }

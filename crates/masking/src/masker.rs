@@ -33,13 +33,19 @@ const VIEW_DEPTH: usize = 8;
 /// Lineages of view definitions and statement texts kept (each map is cleared when full).
 const CACHE_ENTRIES: usize = 4096;
 
+/// Lineages by dialect and SQL text (`None`: the text cannot be read).
+type LineageCache = HashMap<(Dialect, Arc<str>), Option<Arc<Lineage>>>;
+
+/// Relations by schema and name, per plan (`None`: the catalog cannot be read).
+type NamedRelations = HashMap<(Option<Arc<str>>, Arc<str>), Option<Vec<Arc<CatalogRelation>>>>;
+
 /// The masker built from `[masking]`.
 pub struct RuleMasker {
     config: MaskingConfig,
     key: Option<Arc<HashKey>>,
     /// Lineage by (dialect, SQL text): view definitions, and statement texts the policy engine
     /// did not analyse.
-    lineages: Mutex<HashMap<(Dialect, Arc<str>), Option<Arc<Lineage>>>>,
+    lineages: Mutex<LineageCache>,
     /// Detector sets by the kinds they hold, when several `[[masking.detectors]]` apply at once.
     detector_sets: Mutex<HashMap<Vec<DetectorKind>, Arc<Detectors>>>,
     /// Every detector, for error and notice texts of masked sessions.
@@ -209,7 +215,7 @@ struct Resolver<'a> {
     rules: &'a [&'a Rule],
     catalog: &'a dyn Catalog,
     dialect: Dialect,
-    named: HashMap<(Option<Arc<str>>, Arc<str>), Option<Vec<Arc<CatalogRelation>>>>,
+    named: NamedRelations,
 }
 
 impl<'a> Resolver<'a> {

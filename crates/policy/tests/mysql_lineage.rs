@@ -293,7 +293,7 @@ fn check(c: &Case, st: &StatementLineage, problems: &mut Vec<String>) {
             say(format!("reads hold {r:?} too"));
         }
     }
-    if c.predicates != !st.predicates.is_empty() {
+    if c.predicates == st.predicates.is_empty() {
         say(format!("predicates: {:?}", st.predicates));
     }
     let mut kinds: Vec<&str> = st.hazards.iter().map(kind).collect();

@@ -60,6 +60,9 @@ const SELECT: &str =
 
 type Key = (Option<String>, String);
 
+/// Answers by name, with when they were read.
+type Cache = HashMap<Key, (Instant, Vec<Arc<CatalogRelation>>)>;
+
 /// The metadata connection.
 struct Connection {
     stream: UpstreamStream,
@@ -73,7 +76,7 @@ pub(crate) struct MysqlCatalog {
     tls: TlsConfigs,
     connection: tokio::sync::Mutex<Option<Connection>>,
     failed_at: Mutex<Option<Instant>>,
-    cache: Mutex<HashMap<Key, (Instant, Vec<Arc<CatalogRelation>>)>>,
+    cache: Mutex<Cache>,
 }
 
 impl MysqlCatalog {
