@@ -8,11 +8,13 @@
 //! as an unmasked column without it. With it, a view's columns are traced through the view's
 //! definition, and masked whole when that cannot be read.
 //!
-//! Each masked session has one [`MysqlCatalog`], which opens a metadata connection of its own on
-//! the first lookup (logged in like the session's upstream connection, with the target's service
-//! credentials) and keeps it for later ones. Answers are cached; entries expire after
-//! [`REFRESH`] (names that match nothing after [`NEGATIVE_TTL`]), and
-//! [`Catalog::invalidate`] drops them all. Any failure drops the connection and fails the lookup,
+//! Each target has one [`MysqlCatalog`] per listener ([`Catalogs`] hands them out to its masked
+//! sessions), which opens a metadata connection of its own on the first lookup (logged in like a
+//! session's upstream connection, with the target's service credentials) and keeps it for later
+//! ones. Answers are cached; entries expire after [`REFRESH`] (names that match nothing after
+//! [`NEGATIVE_TTL`]), and [`Catalog::invalidate`] drops them all: a session that ran DDL through
+//! the gateway invalidates the catalog every session of the target shares. DDL run around the
+//! gateway is seen when the entries expire. Any failure drops the connection and fails the lookup,
 //! which the masker then treats as unresolvable (the column is masked whole); no new connection
 //! is attempted within [`RECONNECT_BACKOFF`] of a failed one. Every lookup is bounded by
 //! [`LOOKUP_TIMEOUT`].
@@ -70,36 +72,70 @@ struct Connection {
     deprecate_eof: bool,
 }
 
-/// The catalog of one target for one session (see the module documentation).
-pub(crate) struct MysqlCatalog {
-    target: Arc<Target>,
-    tls: TlsConfigs,
-    connection: tokio::sync::Mutex<Option<Connection>>,
-    failed_at: Mutex<Option<Instant>>,
-    cache: Mutex<Cache>,
+/// The catalogs of a listener's targets, one per target, made on first use.
+pub(crate) struct Catalogs {
+    tls: Arc<TlsConfigs>,
+    /// The runtime the registry was made on (the listener's): sessions may run on other
+    /// runtimes (workers), and the metadata connections live here whichever of them asks.
+    runtime: Option<tokio::runtime::Handle>,
+    by_target: Mutex<HashMap<String, Arc<MysqlCatalog>>>,
 }
 
-impl MysqlCatalog {
-    pub(crate) fn new(target: Arc<Target>) -> Self {
+impl Catalogs {
+    /// An empty registry; the catalogs' connections live on the runtime this is called on.
+    pub(crate) fn new() -> Self {
         Self {
-            target,
-            tls: TlsConfigs::default(),
-            connection: tokio::sync::Mutex::new(None),
-            failed_at: Mutex::new(None),
-            cache: Mutex::new(HashMap::new()),
+            tls: Arc::new(TlsConfigs::default()),
+            runtime: tokio::runtime::Handle::try_current().ok(),
+            by_target: Mutex::new(HashMap::new()),
         }
     }
 
+    /// The catalog of `target`. A target replaced by another of the same name (a new
+    /// configuration) gets a new catalog.
+    pub(crate) fn get(&self, target: &Arc<Target>) -> Arc<MysqlCatalog> {
+        let mut map = self
+            .by_target
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(c) = map.get(&target.name) {
+            if Arc::ptr_eq(&c.inner.target, target) {
+                return Arc::clone(c);
+            }
+        }
+        let catalog = Arc::new(MysqlCatalog {
+            inner: Arc::new(Inner {
+                target: Arc::clone(target),
+                tls: Arc::clone(&self.tls),
+                connection: tokio::sync::Mutex::new(None),
+                failed_at: Mutex::new(None),
+            }),
+            runtime: self.runtime.clone(),
+            cache: Mutex::new(HashMap::new()),
+        });
+        map.insert(target.name.clone(), Arc::clone(&catalog));
+        catalog
+    }
+}
+
+/// The catalog of one target (see the module documentation).
+pub(crate) struct MysqlCatalog {
+    inner: Arc<Inner>,
+    runtime: Option<tokio::runtime::Handle>,
+    cache: Mutex<Cache>,
+}
+
+/// What a lookup on the metadata connection needs (moved to the registry's runtime).
+struct Inner {
+    target: Arc<Target>,
+    tls: Arc<TlsConfigs>,
+    connection: tokio::sync::Mutex<Option<Connection>>,
+    failed_at: Mutex<Option<Instant>>,
+}
+
+impl Inner {
     fn unavailable(&self, detail: impl Into<String>) -> GatewayError {
-        GatewayError::new(
-            ErrorKind::UpstreamUnavailable,
-            Side::Upstream,
-            format!(
-                "the catalog of target \"{}\" cannot be read",
-                self.target.name
-            ),
-        )
-        .with_detail(detail)
+        unavailable(&self.target, detail)
     }
 
     async fn connect(&self) -> Result<Connection, GatewayError> {
@@ -153,6 +189,33 @@ impl MysqlCatalog {
             Err(detail) => Err(self.unavailable(detail)),
         }
     }
+}
+
+fn unavailable(target: &Target, detail: impl Into<String>) -> GatewayError {
+    GatewayError::new(
+        ErrorKind::UpstreamUnavailable,
+        Side::Upstream,
+        format!("the catalog of target \"{}\" cannot be read", target.name),
+    )
+    .with_detail(detail)
+}
+
+impl MysqlCatalog {
+    /// Runs a miss: on the registry's runtime when there is one, bounded by [`LOOKUP_TIMEOUT`].
+    async fn fetch(&self, sql: String) -> Result<Vec<Vec<Option<Vec<u8>>>>, GatewayError> {
+        let inner = Arc::clone(&self.inner);
+        let query = async move { inner.query(&sql).await };
+        let timed_out = || self.inner.unavailable("the lookup timed out");
+        match &self.runtime {
+            Some(runtime) => tokio::time::timeout(LOOKUP_TIMEOUT, runtime.spawn(query))
+                .await
+                .map_err(|_| timed_out())?
+                .map_err(|e| self.inner.unavailable(format!("the lookup failed: {e}")))?,
+            None => tokio::time::timeout(LOOKUP_TIMEOUT, query)
+                .await
+                .map_err(|_| timed_out())?,
+        }
+    }
 
     async fn lookup(
         &self,
@@ -176,12 +239,7 @@ impl MysqlCatalog {
             }
         }
         let relations = match by_name_sql(schema, name) {
-            Some(sql) => {
-                let rows = tokio::time::timeout(LOOKUP_TIMEOUT, self.query(&sql))
-                    .await
-                    .map_err(|_| self.unavailable("the lookup timed out"))??;
-                relations(rows)
-            }
+            Some(sql) => relations(self.fetch(sql).await?),
             // A name MySQL cannot store (outside utf8mb3) names nothing.
             None => Vec::new(),
         };

@@ -73,6 +73,8 @@ pub(crate) struct Shared {
     next_connection_id: AtomicU32,
     /// The version the next greeting announces (see [`DEFAULT_SERVER_VERSION`]).
     server_version: RwLock<String>,
+    /// The targets' catalogs, which masked sessions resolve result columns through.
+    pub catalogs: crate::catalog::Catalogs,
 }
 
 /// The MySQL protocol as the shared listener drives it.
@@ -86,6 +88,7 @@ impl MysqlHandler {
             upstream_tls: TlsConfigs::default(),
             next_connection_id: AtomicU32::new(1),
             server_version: RwLock::new(DEFAULT_SERVER_VERSION.to_owned()),
+            catalogs: crate::catalog::Catalogs::new(),
         }))
     }
 }

@@ -127,9 +127,7 @@ pub(crate) async fn relay(
     let mariadb = upstream.server_version.contains("MariaDB");
     let masked = session.masking_active();
     if masked {
-        session.set_catalog(Arc::new(crate::catalog::MysqlCatalog::new(Arc::clone(
-            session.target(),
-        ))));
+        session.set_catalog(shared.catalogs.get(session.target()));
     }
     let mut relay = Relay {
         session,
