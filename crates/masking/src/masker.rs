@@ -827,8 +827,12 @@ impl RuleMasker {
         for hazard in &statement.hazards {
             match hazard {
                 Hazard::Dynamic if self.config.strict => {
+                    let what = match resolver.dialect {
+                        Dialect::Postgres => "SQL built at run time (a DO block, EXECUTE of a string, dblink, query_to_xml, ...)",
+                        Dialect::Mysql => "SQL out of the gateway's sight (a procedure CALL, EXECUTE of a prepared statement, PREPARE)",
+                    };
                     return Err(refusal(
-                        "masking: this statement runs SQL built at run time (a DO block, EXECUTE of a string, dblink, query_to_xml, ...), which the gateway cannot trace; masked values could leave unmasked".to_owned(),
+                        format!("masking: this statement runs {what}, which the gateway cannot trace; masked values could leave unmasked"),
                         "masking",
                     ));
                 }

@@ -15,7 +15,7 @@ use gateway_core::*;
 use mysql_common::constants::CapabilityFlags;
 use mysql_common::io::ParseBuf;
 use mysql_common::packets::{AuthPlugin, Column, HandshakeResponse};
-use mysql_common::proto::{Binary, MySerialize};
+use mysql_common::proto::{Binary, MySerialize, Text};
 use mysql_common::row::RowDeserializer;
 use mysql_common::value::{ServerSide, Value};
 use proto_mysql::packet::{self, PacketReader};
@@ -415,6 +415,14 @@ async fn derived_values_views_and_aliased_origins_do_not_leak() {
             "SELECT DATE_FORMAT(born, '%Y-%m-%d') FROM customers WHERE id = 1",
             "a date through a function",
         ),
+        (
+            "SELECT CAST(email AS SIGNED) FROM customers WHERE id = 1; SHOW WARNINGS",
+            "warnings quote the values a statement read",
+        ),
+        (
+            "SELECT CAST(email AS SIGNED) FROM customers WHERE id = 1; SHOW ERRORS; SHOW WARNINGS LIMIT 1",
+            "errors and warnings in other forms",
+        ),
     ];
     for (sql, why) in cases {
         let (out, err) = client(addr, "alice", sql).await;
@@ -487,7 +495,7 @@ async fn statements_that_would_move_masked_values_are_refused() {
             "SET SESSION sql_mode = (SELECT ssn FROM customers WHERE id = 1)",
             "would store",
         ),
-        ("CALL nothing(); SELECT 1", "CALL"),
+        ("CALL nothing()", "runs SQL out of the gateway's sight"),
         (
             "ALTER TABLE customers RENAME COLUMN email TO contact",
             "changes a relation",
@@ -584,6 +592,7 @@ impl RawClient {
             | CapabilityFlags::CLIENT_LONG_PASSWORD
             | CapabilityFlags::CLIENT_TRANSACTIONS
             | CapabilityFlags::CLIENT_MULTI_RESULTS
+            | CapabilityFlags::CLIENT_MULTI_STATEMENTS
             | CapabilityFlags::CLIENT_PS_MULTI_RESULTS;
         let mut login = Vec::new();
         HandshakeResponse::new(
@@ -615,6 +624,68 @@ impl RawClient {
             .write_all(&packet::packet(0, payload))
             .await
             .unwrap();
+    }
+
+    /// Runs a text of one or more statements with COM_QUERY: one entry per result, the rows of
+    /// a result set or `None` for an OK; an error ends the list.
+    async fn query(&mut self, sql: &str) -> Vec<Result<Option<Vec<Vec<Value>>>, String>> {
+        let mut command = vec![0x03];
+        command.extend_from_slice(sql.as_bytes());
+        self.command(&command).await;
+        let more = |status: u16| status & 0x0008 != 0;
+        // Status flags of an OK packet (or an EOF that is one): header, two lenenc integers.
+        let ok_status = |p: &[u8]| {
+            let (_, a) = packet::lenenc_int(&p[1..]).unwrap();
+            let (_, b) = packet::lenenc_int(&p[1 + a..]).unwrap();
+            u16::from_le_bytes([p[1 + a + b], p[2 + a + b]])
+        };
+        let mut results = Vec::new();
+        loop {
+            let head = self.read().await.payload().into_owned();
+            match head.first() {
+                Some(0xff) => {
+                    results.push(Err(String::from_utf8_lossy(&head[9..]).into_owned()));
+                    return results;
+                }
+                Some(0x00) => {
+                    results.push(Ok(None));
+                    if !more(ok_status(&head)) {
+                        return results;
+                    }
+                    continue;
+                }
+                _ => {}
+            }
+            let (count, _) = packet::lenenc_int(&head).unwrap();
+            let mut columns = Vec::new();
+            for _ in 0..count {
+                let def = self.read().await.payload().into_owned();
+                columns.push(ParseBuf(&def).parse::<Column>(()).unwrap());
+            }
+            let columns: Arc<[Column]> = columns.into();
+            let mut rows = Vec::new();
+            let status = loop {
+                let payload = self.read().await.payload().into_owned();
+                match payload.first() {
+                    Some(0xfe) if payload.len() < 0xFF_FFFF => break ok_status(&payload),
+                    Some(0xff) => {
+                        results.push(Err(String::from_utf8_lossy(&payload[9..]).into_owned()));
+                        return results;
+                    }
+                    _ => {
+                        let row = ParseBuf(&payload)
+                            .parse::<RowDeserializer<(), Text>>(Arc::clone(&columns))
+                            .unwrap()
+                            .into_inner();
+                        rows.push(row.unwrap());
+                    }
+                }
+            };
+            results.push(Ok(Some(rows)));
+            if !more(status) {
+                return results;
+            }
+        }
     }
 
     /// Prepares `sql`; returns the statement id.
@@ -755,4 +826,45 @@ async fn prepared_statements_are_masked_in_binary_rows() {
             Value::Int(i64::from(SCORE)),
         ]]
     );
+}
+
+#[tokio::test]
+async fn each_result_of_a_multi_statement_text_is_planned_by_its_statement() {
+    let db = Database::create();
+    let (addr, _) = start(&db.0).await;
+    let mut c = RawClient::connect(addr, "alice").await;
+    let bytes = |s: &str| Value::Bytes(s.as_bytes().to_vec());
+    let results = c
+        .query(
+            "SELECT label FROM items; \
+             SELECT c FROM (SELECT email AS c FROM customers WHERE id = 1) t; \
+             SELECT email FROM customers WHERE id = 1; \
+             UPDATE items SET label = 'uno' WHERE id = 1; \
+             SELECT email, ssn, label FROM customers, items WHERE customers.id = 1",
+        )
+        .await;
+    assert_eq!(
+        results,
+        vec![
+            Ok(Some(vec![vec![bytes("one")]])),
+            // Aliased: masked whole (NULL, since a rule on the table it reads says null).
+            Ok(Some(vec![vec![Value::NULL]])),
+            Ok(Some(vec![vec![bytes("a***@example.com")]])),
+            Ok(None),
+            Ok(Some(vec![vec![
+                bytes("a***@example.com"),
+                bytes("*******1120"),
+                bytes("uno"),
+            ]])),
+        ]
+    );
+    // A procedure returns any number of results, which would shift the statements after it.
+    let results = c.query("CALL nothing(); SELECT email FROM customers").await;
+    assert!(
+        matches!(&results[..], [Err(m)] if m.contains("must be the last statement")),
+        "{results:?}"
+    );
+    // The session goes on.
+    let results = c.query("SELECT label FROM items").await;
+    assert_eq!(results, vec![Ok(Some(vec![vec![bytes("uno")]]))]);
 }
