@@ -180,6 +180,10 @@ struct Taint {
     rules: BTreeSet<usize>,
     /// Some part of the value comes from where the gateway cannot see.
     untraced: bool,
+    /// The value may be computed from its rules' columns rather than be a copy of one, although
+    /// the wire names a column: a MySQL view's column, whose definition's outputs the analysis
+    /// cannot line up. A shape-keeping strategy must not be applied to it.
+    derived: bool,
 }
 
 impl Taint {
@@ -187,12 +191,14 @@ impl Taint {
         Taint {
             rules: BTreeSet::new(),
             untraced: true,
+            derived: false,
         }
     }
 
     fn add(&mut self, other: &Taint) {
         self.rules.extend(other.rules.iter().copied());
         self.untraced |= other.untraced;
+        self.derived |= other.derived;
     }
 
     fn is_clean(&self) -> bool {
@@ -260,6 +266,7 @@ impl<'a> Resolver<'a> {
                 .map(|(i, _)| i)
                 .collect(),
             untraced: false,
+            derived: false,
         }
     }
 
@@ -284,6 +291,7 @@ impl<'a> Resolver<'a> {
                 .map(|(i, _)| i)
                 .collect(),
             untraced: holds_samples(rel, column),
+            derived: false,
         };
         match rel.kind {
             RelationKind::Table => {}
@@ -317,7 +325,13 @@ impl<'a> Resolver<'a> {
                 .get(index)
                 .map(|t| t.taint.clone())
                 .unwrap_or_else(Taint::untraced),
-            _ => self.fallback(statement, depth + 1).await,
+            _ => {
+                let mut taint = self.fallback(statement, depth + 1).await;
+                // Anything the definition reads, computed or not (MySQL's lineage has no
+                // outputs at all). PostgreSQL's fallback is left as it was.
+                taint.derived = self.dialect == Dialect::Mysql;
+                taint
+            }
         }
     }
 
@@ -790,7 +804,8 @@ impl RuleMasker {
             .iter()
             .map(|&i| rules[i])
             .max_by_key(|r| r.strategy.strictness());
-        if let (true, false, Some(rule)) = (plain, taint.untraced, strictest) {
+        if let (true, false, false, Some(rule)) = (plain, taint.untraced, taint.derived, strictest)
+        {
             return ColumnPlan::Mask {
                 mask: self.mask_for(&rule.strategy, column),
                 reason: Arc::clone(&rule.reason),
