@@ -21,6 +21,7 @@
 //! login), [`upstream`] (the gateway's login to the server), the relay.
 
 mod catalog;
+pub mod fuzzing;
 mod handshake;
 mod masking;
 pub mod packet;

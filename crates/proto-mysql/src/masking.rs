@@ -80,7 +80,7 @@ pub(crate) fn describe(payload: &[u8]) -> Described {
                 name: Arc::from("?"),
                 origin: ColumnOrigin::Unknown,
                 value_type: ValueType::Other,
-                type_id: u32::from(payload.len() as u8),
+                type_id: 0,
                 format: ValueFormat::Text,
             },
             encoding: Encoding::Unknown,
@@ -660,7 +660,7 @@ fn clock(text: &str) -> Option<(u64, u8, u8, u32)> {
 }
 
 /// An ERR packet's parts: code, SQLSTATE (when the packet has one) and message.
-fn err_parts(payload: &[u8]) -> Option<(u16, Option<[u8; 5]>, Cow<'_, str>)> {
+pub(crate) fn err_parts(payload: &[u8]) -> Option<(u16, Option<[u8; 5]>, Cow<'_, str>)> {
     if payload.first() != Some(&0xff) {
         return None;
     }
