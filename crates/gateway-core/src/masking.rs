@@ -258,6 +258,13 @@ pub enum Hazard {
         /// Schemas it renames.
         schemas: Vec<Arc<str>>,
     },
+    /// The origins the wire reports for the statement's result columns may name aliases rather
+    /// than stored columns: MySQL and MariaDB report a derived table's or a CTE's alias as a
+    /// column's `org_table` and its output name as `org_name`, so that
+    /// `SELECT c FROM (SELECT email AS c FROM customers) t` names column `c` of a table `t`
+    /// (which may exist, and hold something else). A masker takes such columns for computed
+    /// values.
+    AliasedOrigins,
 }
 
 /// The lineage of one statement.

@@ -190,6 +190,10 @@ struct Taint {
     rules: BTreeSet<usize>,
     /// Some part of the value comes from where the gateway cannot see.
     untraced: bool,
+    /// The value may be computed from its rules' columns rather than be a copy of one, although
+    /// the wire names a column: a MySQL view's column, whose definition's outputs the analysis
+    /// cannot line up. A shape-keeping strategy must not be applied to it.
+    derived: bool,
 }
 
 impl Taint {
@@ -197,12 +201,14 @@ impl Taint {
         Taint {
             rules: BTreeSet::new(),
             untraced: true,
+            derived: false,
         }
     }
 
     fn add(&mut self, other: &Taint) {
         self.rules.extend(other.rules.iter().copied());
         self.untraced |= other.untraced;
+        self.derived |= other.derived;
     }
 
     fn is_clean(&self) -> bool {
@@ -270,6 +276,7 @@ impl<'a> Resolver<'a> {
                 .map(|(i, _)| i)
                 .collect(),
             untraced: false,
+            derived: false,
         }
     }
 
@@ -294,6 +301,7 @@ impl<'a> Resolver<'a> {
                 .map(|(i, _)| i)
                 .collect(),
             untraced: holds_samples(rel, column),
+            derived: false,
         };
         match rel.kind {
             RelationKind::Table => {}
@@ -327,7 +335,13 @@ impl<'a> Resolver<'a> {
                 .get(index)
                 .map(|t| t.taint.clone())
                 .unwrap_or_else(Taint::untraced),
-            _ => self.fallback(statement, depth + 1).await,
+            _ => {
+                let mut taint = self.fallback(statement, depth + 1).await;
+                // Anything the definition reads, computed or not (MySQL's lineage has no
+                // outputs at all). PostgreSQL's fallback is left as it was.
+                taint.derived = self.dialect == Dialect::Mysql;
+                taint
+            }
         }
     }
 
@@ -496,24 +510,35 @@ impl<'a> Resolver<'a> {
 /// included) after ANALYZE, readable through `pg_stats` and its siblings. Such a column may carry
 /// any masked value, and no rule can say which.
 fn holds_samples(rel: &CatalogRelation, column: &str) -> bool {
-    &*rel.schema == "pg_catalog"
-        && matches!(
-            &*rel.name,
-            "pg_statistic"
-                | "pg_stats"
-                | "pg_stats_ext"
-                | "pg_stats_ext_exprs"
-                | "pg_statistic_ext_data"
-        )
-        && (column.starts_with("stavalues")
-            || matches!(
-                column,
-                "most_common_vals"
-                    | "histogram_bounds"
-                    | "most_common_elems"
-                    | "stxdmcv"
-                    | "stxdexpr"
-            ))
+    // MariaDB's engine-independent statistics (ANALYZE TABLE ... PERSISTENT) keep each column's
+    // smallest and largest value and a histogram; MySQL's histograms keep sample values.
+    let mysql_samples = (rel.schema.eq_ignore_ascii_case("mysql")
+        && rel.name.eq_ignore_ascii_case("column_stats")
+        && ["min_value", "max_value", "histogram"]
+            .iter()
+            .any(|c| column.eq_ignore_ascii_case(c)))
+        || (rel.schema.eq_ignore_ascii_case("information_schema")
+            && rel.name.eq_ignore_ascii_case("column_statistics")
+            && column.eq_ignore_ascii_case("histogram"));
+    mysql_samples
+        || &*rel.schema == "pg_catalog"
+            && matches!(
+                &*rel.name,
+                "pg_statistic"
+                    | "pg_stats"
+                    | "pg_stats_ext"
+                    | "pg_stats_ext_exprs"
+                    | "pg_statistic_ext_data"
+            )
+            && (column.starts_with("stavalues")
+                || matches!(
+                    column,
+                    "most_common_vals"
+                        | "histogram_bounds"
+                        | "most_common_elems"
+                        | "stxdmcv"
+                        | "stxdexpr"
+                ))
 }
 
 /// The strictest strategy among `rules`, for a value derived from their columns: redaction, or
@@ -613,6 +638,26 @@ impl Masker for RuleMasker {
                 "masking",
             ));
         };
+        if dialect == Dialect::Mysql {
+            // The results of a multi-statement text are planned by their position, which is
+            // the statement's only while each statement returns one result: a procedure (or
+            // an EXECUTE) returns any number, and would shift the statements after it.
+            let count = lineage.statements.len();
+            let shifting = lineage
+                .statements
+                .iter()
+                .take(count.saturating_sub(1))
+                .any(|st| {
+                    st.hazards.contains(&Hazard::UntracedOutput)
+                        && st.hazards.contains(&Hazard::Dynamic)
+                });
+            if shifting {
+                return Err(refusal(
+                    "masking: a CALL or EXECUTE must be the last statement of a text, since the gateway cannot tell its results from those of the statements after it".to_owned(),
+                    "masking",
+                ));
+            }
+        }
         let mut resolver = Resolver::new(self, &rules, request.catalog, dialect);
         for statement in &lineage.statements {
             self.check_statement(&mut resolver, &rules, statement)
@@ -635,12 +680,36 @@ impl Masker for RuleMasker {
                 .filter(|o| o.len() == request.columns.len()),
             None => None,
         };
+        // MySQL's wire names an alias as the origin of a column of a derived table or a CTE
+        // (and the analysis flags those statements); without a lineage it cannot be told
+        // whether that is the case, so no named origin is trusted.
+        let aliased = match request.lineage {
+            Some(statement) => statement.hazards.contains(&Hazard::AliasedOrigins),
+            None => dialect(request.session) == Dialect::Mysql,
+        };
         let mut fallback: Option<Taint> = None;
         let mut plans = Vec::with_capacity(request.columns.len());
         for (i, column) in request.columns.iter().enumerate() {
             let (taint, plain) = match &column.origin {
                 ColumnOrigin::Relation { table_oid, attnum } => {
                     (resolver.by_oid(*table_oid, *attnum).await, true)
+                }
+                ColumnOrigin::Named {
+                    schema,
+                    table,
+                    column,
+                } if aliased => {
+                    // What the name says (if it names a masked column, its rules still apply),
+                    // and anything the statement reads, as for a computed column.
+                    let mut taint = resolver.by_name(schema, table, column).await;
+                    if fallback.is_none() {
+                        fallback = Some(match request.lineage {
+                            Some(statement) => resolver.fallback(statement, 0).await,
+                            None => Taint::untraced(),
+                        });
+                    }
+                    taint.add(fallback.as_ref().unwrap_or(&Taint::untraced()));
+                    (taint, false)
                 }
                 ColumnOrigin::Named {
                     schema,
@@ -700,7 +769,10 @@ impl Masker for RuleMasker {
             .iter()
             .any(|r| r.principals.applies(session))
         {
-            redact_quoted(text)
+            match dialect(session) {
+                Dialect::Postgres => redact_quoted(text),
+                Dialect::Mysql => redact_quoted_mysql(text),
+            }
         } else {
             Cow::Borrowed(text)
         };
@@ -753,7 +825,8 @@ impl RuleMasker {
             .iter()
             .map(|&i| rules[i])
             .max_by_key(|r| r.strategy.strictness());
-        if let (true, false, Some(rule)) = (plain, taint.untraced, strictest) {
+        if let (true, false, false, Some(rule)) = (plain, taint.untraced, taint.derived, strictest)
+        {
             return ColumnPlan::Mask {
                 mask: self.mask_for(&rule.strategy, column),
                 reason: Arc::clone(&rule.reason),
@@ -790,8 +863,12 @@ impl RuleMasker {
         for hazard in &statement.hazards {
             match hazard {
                 Hazard::Dynamic if self.config.strict => {
+                    let what = match resolver.dialect {
+                        Dialect::Postgres => "SQL built at run time (a DO block, EXECUTE of a string, dblink, query_to_xml, ...)",
+                        Dialect::Mysql => "SQL out of the gateway's sight (a procedure CALL, EXECUTE of a prepared statement, PREPARE)",
+                    };
                     return Err(refusal(
-                        "masking: this statement runs SQL built at run time (a DO block, EXECUTE of a string, dblink, query_to_xml, ...), which the gateway cannot trace; masked values could leave unmasked".to_owned(),
+                        format!("masking: this statement runs {what}, which the gateway cannot trace; masked values could leave unmasked"),
                         "masking",
                     ));
                 }
@@ -907,9 +984,69 @@ pub fn redact_quoted(text: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// [`redact_quoted`] for MySQL's messages, which quote values (and names) with single quotes
+/// (`Duplicate entry '...' for key '...'`, `Incorrect integer value: '...'`) and sometimes double
+/// ones. An apostrophe between two letters (`doesn't`) opens nothing; inside a span, the next
+/// quote of the same kind closes it, and an unmatched one hides the rest.
+pub fn redact_quoted_mysql(text: &str) -> Cow<'_, str> {
+    if !text.contains(['\'', '"']) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.char_indices().peekable();
+    let mut previous: Option<char> = None;
+    while let Some((at, c)) = chars.next() {
+        let next = chars.peek().map(|(_, n)| *n);
+        let apostrophe = c == '\''
+            && previous.is_some_and(char::is_alphanumeric)
+            && next.is_some_and(char::is_alphanumeric);
+        if (c == '\'' || c == '"') && !apostrophe {
+            out.push(c);
+            out.push_str("***");
+            out.push(c);
+            match text[at + 1..].find(c) {
+                Some(close) => {
+                    let resume = at + 1 + close + 1;
+                    while chars.peek().is_some_and(|(i, _)| *i < resume) {
+                        chars.next();
+                    }
+                    previous = Some(c);
+                }
+                None => return Cow::Owned(out),
+            }
+            continue;
+        }
+        out.push(c);
+        previous = Some(c);
+    }
+    Cow::Owned(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mysql_messages_have_their_quoted_spans_hidden() {
+        let cases = [
+            ("no quotes", "no quotes"),
+            (
+                "Duplicate entry 'alice@example.com' for key 'email'",
+                "Duplicate entry '***' for key '***'",
+            ),
+            ("Table 'shop.x' doesn't exist", "Table '***' doesn't exist"),
+            (
+                r#"Incorrect integer value: "123-45-6789""#,
+                r#"Incorrect integer value: "***""#,
+            ),
+            // A value with an apostrophe closes early: the rest is a new span, hidden too.
+            ("entry 'o'brien' here", "entry '***'brien'***'"),
+            ("open 'secret", "open '***'"),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(redact_quoted_mysql(text), expected, "{text}");
+        }
+    }
 
     #[test]
     fn detector_nulls_read_binary_containers() {

@@ -140,7 +140,8 @@ pub struct Analysis {
     /// them. `None` when the text could not be parsed.
     pub fingerprint: Option<String>,
     /// Where each statement's result values come from, one entry per statement: what masking
-    /// reads. `None` when the text could not be parsed, and for MySQL (not traced yet).
+    /// reads. `None` when the text could not be parsed. MySQL's is coarse: what each statement
+    /// reads and stores, no outputs.
     #[serde(skip)]
     pub lineage: Option<std::sync::Arc<gateway_core::masking::Lineage>>,
 }

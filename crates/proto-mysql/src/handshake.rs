@@ -75,6 +75,8 @@ pub(crate) struct Shared {
     server_version: RwLock<String>,
     /// Sessions by gateway connection id, for KILL.
     pub kills: Arc<crate::kill::Registry>,
+    /// The targets' catalogs, which masked sessions resolve result columns through.
+    pub catalogs: crate::catalog::Catalogs,
 }
 
 /// The MySQL protocol as the shared listener drives it.
@@ -89,6 +91,7 @@ impl MysqlHandler {
             next_connection_id: AtomicU32::new(1),
             server_version: RwLock::new(DEFAULT_SERVER_VERSION.to_owned()),
             kills: Arc::default(),
+            catalogs: crate::catalog::Catalogs::new(),
         }))
     }
 }
@@ -409,20 +412,6 @@ async fn login(
         require_user_match: config.require_user_match,
     };
     let session = Arc::new(shared.gateway.open_session(request).await.map_err(Some)?);
-    if session.masking_active() {
-        // Result rows are not rewritten on this protocol yet: an identity whose results are
-        // masked is refused rather than served unmasked.
-        let e = GatewayError::new(
-            ErrorKind::Unsupported,
-            Side::Gateway,
-            "results of this identity are masked, and masking is not available for MySQL targets yet",
-        );
-        let recorded = gateway_core::RecordedError::from(&e);
-        if let Ok(s) = Arc::try_unwrap(session) {
-            s.close(Some(recorded)).await;
-        }
-        return Err(Some(e));
-    }
     let target = Arc::clone(session.target());
 
     let mut upstream_attributes = HashMap::new();

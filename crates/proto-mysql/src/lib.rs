@@ -8,7 +8,10 @@
 //! logs in upstream with the target's service credentials (`mysql_native_password` or
 //! `caching_sha2_password`), and then relays commands and their results. It reads only what the
 //! core's phases need (statement texts, prepared statement ids, the end of each result and its
-//! status) and forwards every packet as the original bytes.
+//! status) and forwards every packet as the original bytes. In a session whose results the
+//! core's masker may rewrite, it also reads each result's column definitions, has the masker plan
+//! them (origins resolved through the target's `information_schema`), rewrites the rows of masked
+//! columns, text and binary, and scrubs error messages.
 //!
 //! Why not opensrv-mysql: it writes every column definition itself (utf8, length 1024, no
 //! origin), which drivers that read the charset cannot live with and which would hide the column
@@ -17,12 +20,16 @@
 //! auth switch, OK/ERR, scrambles) comes from `mysql_common`; the framing is read by hand
 //! ([`packet`]) so that results are forwarded from the read buffer without being reassembled.
 //!
-//! Modules in the order data meets them: [`packet`] (framing, OK/ERR), [`handshake`] (the client's
-//! login), [`upstream`] (the gateway's login to the server), the relay.
+//! Modules in the order data meets them: [`packet`] (framing, OK/ERR), `handshake` (the client's
+//! login), [`upstream`] (the gateway's login to the server), the relay, and for masked sessions
+//! `masking` (column definitions, row rewriting, error scrubbing) and `catalog` (the target's
+//! relations, from a metadata connection). [`fuzzing`] holds the fuzz targets' entry points.
 
+mod catalog;
 pub mod fuzzing;
 mod handshake;
 mod kill;
+mod masking;
 pub mod packet;
 mod relay;
 pub mod upstream;

@@ -8,14 +8,15 @@ use std::sync::Arc;
 
 use gateway_core::serve::stream::{ReadSide, WriteSide};
 use gateway_core::{
-    ErrorKind, Execution, GatewayError, Outcome, RecordedError, Session, Side, SqlSettings,
-    Statement, TextEncoding,
+    ErrorKind, Execution, GatewayError, MaskPlanner, MaskedColumn, Outcome, RecordedError, Session,
+    Side, SqlSettings, Statement, TextEncoding,
 };
 use mysql_common::constants::{CapabilityFlags, StatusFlags};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
 
 use crate::handshake::{Established, Shared};
+use crate::masking::{merge_report, ActivePlan, Described, RowFormat};
 use crate::packet::{
     self, header, lenenc_int, Packet, PacketReader, ReadError, HEADER_LEN, MAX_PIECE,
 };
@@ -71,6 +72,8 @@ struct Response {
     prepared: Option<u32>,
     /// Whether a result set was seen.
     result_set: bool,
+    /// What masking changed (masked sessions).
+    masked: Vec<MaskedColumn>,
 }
 
 /// Where the relay is in a response.
@@ -107,6 +110,9 @@ struct Relay {
     server: (String, u16),
     /// How the client's statement texts are read (its character_set_client).
     encoding: TextEncoding,
+    /// Whether the session's results may be masked ([`Session::masking_active`]): responses are
+    /// then read packet by packet (see [`Relay::response_masked`]).
+    masked: bool,
 }
 
 /// Relays commands until the client quits, the connection fails, or the listener shuts down.
@@ -128,6 +134,10 @@ pub(crate) async fn relay(
     let (client_read, client_write) = client.split();
     let (up_read, up_write) = upstream.stream.split();
     let mariadb = upstream.server_version.contains("MariaDB");
+    let masked = session.masking_active();
+    if masked {
+        session.set_catalog(shared.catalogs.get(session.target()));
+    }
     let mut relay = Relay {
         session,
         caps: upstream.capabilities,
@@ -146,6 +156,7 @@ pub(crate) async fn relay(
         kills: Arc::clone(&shared.kills),
         server,
         encoding,
+        masked,
     };
     relay.track_status(upstream.status);
     if !mariadb {
@@ -258,7 +269,9 @@ impl Relay {
                 };
                 drop(payload);
                 self.forward(&command.raw).await?;
-                let response = self.response(Expect::Prepared).await?;
+                let response = self
+                    .respond(Expect::Prepared, None, RowFormat::Text)
+                    .await?;
                 if let Some(id) = response.prepared {
                     self.statements.insert(id, Arc::new(stmt));
                 }
@@ -331,12 +344,12 @@ impl Relay {
             }
             COM_STMT_RESET | COM_PING | COM_STATISTICS | COM_SET_OPTION => {
                 self.forward(&command.raw).await?;
-                self.response(Expect::One).await?;
+                self.respond(Expect::One, None, RowFormat::Text).await?;
                 Ok(Flow::Continue)
             }
             COM_RESET_CONNECTION => {
                 self.forward(&command.raw).await?;
-                let response = self.response(Expect::One).await?;
+                let response = self.respond(Expect::One, None, RowFormat::Text).await?;
                 if response.error.is_none() {
                     // The server forgot its prepared statements and reset its session variables.
                     self.statements.clear();
@@ -483,7 +496,14 @@ impl Relay {
             let _ = self.session.finish(exec, outcome).await;
             return Err(e);
         }
-        let relayed = self.response(expect).await;
+        // The command as framed: its first payload byte is the command.
+        let format = if command.get(HEADER_LEN) == Some(&COM_STMT_EXECUTE) {
+            RowFormat::Binary
+        } else {
+            RowFormat::Text
+        };
+        let planner = exec.mask_planner().cloned();
+        let relayed = self.respond(expect, planner.as_ref(), format).await;
         let response = match relayed {
             Ok(r) => r,
             Err(e) => {
@@ -507,9 +527,15 @@ impl Relay {
             affected: response.error.is_none().then_some(response.affected),
             tag,
             error: response.error.clone(),
+            masked: response.masked.clone(),
             ..Outcome::default()
         };
         self.session.finish(exec, outcome).await?;
+        if self.masked && response.error.is_none() && may_change_schema(stmt, &response) {
+            // Relations may have been created, changed or dropped: the catalog masking reads
+            // forgets what it cached.
+            self.session.schema_changed();
+        }
         if response.error.is_none() && may_change_reading(stmt) {
             // USE, SET sql_mode, SET NAMES, or a procedure that ran any of them: learn the
             // current database, sql_mode and character set from the server rather than from the
@@ -577,6 +603,22 @@ impl Relay {
             .map_err(|e| GatewayError::protocol(Side::Client, format!("write: {e}")))
     }
 
+    /// Relays one response: [`response_masked`](Self::response_masked) in masked sessions,
+    /// [`response`](Self::response) otherwise. `planner` plans the masking of the results of an
+    /// execution; `format` is the format of their rows.
+    async fn respond(
+        &mut self,
+        expect: Expect,
+        planner: Option<&MaskPlanner>,
+        format: RowFormat,
+    ) -> Result<Response, GatewayError> {
+        if self.masked {
+            self.response_masked(expect, planner, format).await
+        } else {
+            self.response(expect).await
+        }
+    }
+
     /// Relays one response to the client, from the upstream's read buffer, following its
     /// structure until it ends. Every complete packet read is forwarded as it came, in one write
     /// per read from the upstream.
@@ -622,6 +664,180 @@ impl Relay {
                 self.up_reader.consume(pos);
             }
             if done {
+                if let Some(status) = response.status {
+                    self.track_status(status);
+                }
+                return Ok(response);
+            }
+            match self.up_reader.fill(&mut self.up_read).await {
+                Ok(0) => return Err(lost("the database closed the connection")),
+                Ok(_) => {}
+                Err(e) => return Err(lost(format!("read from the database: {e}"))),
+            }
+        }
+    }
+
+    /// [`response`](Self::response) for a masked session. Packets are taken whole (every piece
+    /// of a split one), and what needs it is rewritten:
+    /// - the column definitions of each result set are read into result columns and planned by
+    ///   `planner`, with the index of the result within the response, which is the index of its
+    ///   statement within a multi-statement text (a procedure's further result sets get indexes
+    ///   past its own, which the masker knows no lineage for and masks accordingly);
+    /// - when the plan masks a column, each row is rewritten on its own, under its sequence id,
+    ///   and split again if it grew past a packet's maximum; when that changes the number of
+    ///   pieces, the sequence ids of every later packet of the response follow;
+    /// - ERR packets have their message scrubbed, or hidden whole when the statement reads masked
+    ///   columns.
+    ///
+    /// Everything else, rows of a result set whose plan masks nothing included, goes out as the
+    /// bytes that came, in one write per read from the upstream.
+    async fn response_masked(
+        &mut self,
+        expect: Expect,
+        planner: Option<&MaskPlanner>,
+        format: RowFormat,
+    ) -> Result<Response, GatewayError> {
+        enum Pause {
+            None,
+            /// The column definitions of a result set are complete: plan before its rows.
+            Plan,
+            /// An ERR packet of `len` bytes starts where the scan stopped.
+            Error {
+                len: usize,
+            },
+        }
+        let deprecate_eof = self.caps.contains(CapabilityFlags::CLIENT_DEPRECATE_EOF);
+        let mut response = Response::default();
+        let mut state = State::First;
+        // Results completed so far: the statement the next result answers.
+        let mut index = 0usize;
+        let mut columns: Vec<Described> = Vec::new();
+        let mut active: Option<ActivePlan> = None;
+        // Added to the sequence id of every packet from here on.
+        let mut shift: u8 = 0;
+        let mut out: Vec<u8> = Vec::new();
+        let mut row: Vec<u8> = Vec::new();
+        loop {
+            out.clear();
+            let mut pos = 0;
+            let mut pause = Pause::None;
+            let mut done = false;
+            {
+                let buf = self.up_reader.buffered();
+                // Bytes up to here are in `out` already (or need not be: nothing was replaced).
+                let mut flushed = 0;
+                while let Some((end, pieces)) = whole_packet(buf, pos)? {
+                    let start = pos;
+                    let first_len = header(&buf[start..]).map_or(0, |(len, _)| len);
+                    let first = &buf[start + HEADER_LEN..start + HEADER_LEN + first_len];
+                    if first.first() == Some(&0xff)
+                        && matches!(state, State::First | State::Rows | State::Fields)
+                    {
+                        pause = Pause::Error { len: end - start };
+                        break;
+                    }
+                    let before = state;
+                    let is_row =
+                        matches!(before, State::Rows) && !is_terminator(first, deprecate_eof);
+                    if matches!(before, State::Columns(_)) {
+                        columns.push(crate::masking::describe(first));
+                    }
+                    let finished = step(&mut state, expect, deprecate_eof, first, &mut response)?;
+                    if matches!(state, State::First) && matches!(before, State::First | State::Rows)
+                    {
+                        // A result ended (an OK, or the end of a result set).
+                        index += 1;
+                        if let Some(plan) = active.take() {
+                            merge_report(&mut response.masked, plan.report());
+                        }
+                        columns.clear();
+                    }
+                    let mut replaced = false;
+                    if let (true, Some(plan)) = (is_row, active.as_mut().filter(|p| p.masks())) {
+                        let payload = joined_payload(&buf[start..end]);
+                        row.clear();
+                        if plan.rewrite_row(&payload, &mut row) {
+                            out.extend_from_slice(&buf[flushed..start]);
+                            let seq = buf[start + 3].wrapping_add(shift);
+                            let next = packet::frame(&mut out, seq, &row);
+                            let grown = next.wrapping_sub(seq).wrapping_sub(pieces);
+                            shift = shift.wrapping_add(grown);
+                            flushed = end;
+                            replaced = true;
+                        }
+                    }
+                    if !replaced && shift != 0 {
+                        patch_seq(&mut buf[start..end], shift);
+                    }
+                    pos = end;
+                    if finished {
+                        done = true;
+                        break;
+                    }
+                    if matches!(before, State::Columns(_)) && !matches!(state, State::Columns(_)) {
+                        pause = Pause::Plan;
+                        break;
+                    }
+                }
+                if !out.is_empty() {
+                    out.extend_from_slice(&buf[flushed..pos]);
+                }
+            }
+            if pos > 0 {
+                let bytes: &[u8] = if out.is_empty() {
+                    &self.up_reader.buffered()[..pos]
+                } else {
+                    &out
+                };
+                self.client_write
+                    .write_all(bytes)
+                    .await
+                    .map_err(|e| GatewayError::protocol(Side::Client, format!("write: {e}")))?;
+                self.up_reader.consume(pos);
+            }
+            match pause {
+                Pause::None => {}
+                Pause::Plan => {
+                    let result_columns: Vec<_> = columns.iter().map(|d| d.column.clone()).collect();
+                    let plan = match planner {
+                        Some(planner) => ActivePlan::new(
+                            planner.plan(index, &result_columns).await,
+                            &columns,
+                            format,
+                        ),
+                        // Rows no execution asked for, as far as the relay can tell: none of
+                        // their values goes out.
+                        None => ActivePlan::nulls(&columns, format),
+                    };
+                    active = Some(plan);
+                    continue;
+                }
+                Pause::Error { len } => {
+                    let mut raw = self.up_reader.buffered()[..len].to_vec();
+                    self.up_reader.consume(len);
+                    let payload = joined_payload(&raw).into_owned();
+                    step(&mut state, expect, deprecate_eof, &payload, &mut response)?;
+                    let reads_masked = match planner {
+                        Some(planner) => planner.reads_masked(index).await,
+                        None => false,
+                    };
+                    let seq = raw[3].wrapping_add(shift);
+                    let reply =
+                        match crate::masking::scrub_error(&self.session, &payload, reads_masked) {
+                            Some(scrubbed) => packet::packet(seq, &scrubbed),
+                            None => {
+                                patch_seq(&mut raw, shift);
+                                raw
+                            }
+                        };
+                    self.send_client(&reply).await?;
+                    done = true;
+                }
+            }
+            if done {
+                if let Some(plan) = active.take() {
+                    merge_report(&mut response.masked, plan.report());
+                }
                 if let Some(status) = response.status {
                     self.track_status(status);
                 }
@@ -730,6 +946,81 @@ fn may_change_reading(stmt: &Statement) -> bool {
                 class == "session" || class == "procedural"
             })
         })
+}
+
+/// Whether a statement may have created, changed or dropped relations, after which masking's
+/// catalog must not trust what it cached: DDL, and procedures (which may run it). A statement the
+/// policy did not classify may have, unless it returned rows.
+fn may_change_schema(stmt: &Statement, response: &Response) -> bool {
+    match stmt.judgement().classification.as_deref() {
+        Some(classes) => classes.split("; ").any(|c| {
+            let class = c.split(':').next().unwrap_or(c);
+            class == "ddl" || class == "procedural"
+        }),
+        None => !response.result_set,
+    }
+}
+
+/// The end (offset in `buf`) and number of pieces of the whole packet that starts at `at`, when
+/// all of it is buffered; otherwise room is reserved for the piece that is missing.
+fn whole_packet(buf: &mut bytes::BytesMut, at: usize) -> Result<Option<(usize, u8)>, GatewayError> {
+    let mut end = at;
+    let mut pieces: u8 = 0;
+    let mut payload = 0usize;
+    loop {
+        let Some((len, _)) = header(&buf[end..]) else {
+            return Ok(None);
+        };
+        payload += len;
+        if payload > MAX_UPSTREAM_PACKET {
+            return Err(lost("packet larger than the protocol allows"));
+        }
+        if buf.len() < end + HEADER_LEN + len {
+            let missing = end + HEADER_LEN + len - buf.len();
+            buf.reserve(missing);
+            return Ok(None);
+        }
+        end += HEADER_LEN + len;
+        pieces = pieces.wrapping_add(1);
+        if len < MAX_PIECE {
+            return Ok(Some((end, pieces)));
+        }
+    }
+}
+
+/// The payload of a whole packet's bytes: borrowed when it is one piece, joined otherwise.
+fn joined_payload(raw: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    let Some((len, _)) = header(raw) else {
+        return std::borrow::Cow::Borrowed(&[]);
+    };
+    if len < MAX_PIECE {
+        return std::borrow::Cow::Borrowed(raw.get(HEADER_LEN..HEADER_LEN + len).unwrap_or(&[]));
+    }
+    let mut joined = Vec::with_capacity(raw.len());
+    let mut rest = raw;
+    while let Some((len, _)) = header(rest) {
+        let Some(piece) = rest.get(HEADER_LEN..HEADER_LEN + len) else {
+            break;
+        };
+        joined.extend_from_slice(piece);
+        rest = &rest[HEADER_LEN + len..];
+    }
+    std::borrow::Cow::Owned(joined)
+}
+
+/// Adds `shift` to the sequence id of every piece of a whole packet's bytes.
+fn patch_seq(raw: &mut [u8], shift: u8) {
+    if shift == 0 {
+        return;
+    }
+    let mut at = 0;
+    while let Some((len, seq)) = header(&raw[at..]) {
+        raw[at + 3] = seq.wrapping_add(shift);
+        at += HEADER_LEN + len;
+        if at >= raw.len() {
+            break;
+        }
+    }
 }
 
 /// The values of a text-protocol row.

@@ -30,3 +30,8 @@ fn packets_corpus_replays_without_panic() {
 fn handshake_corpus_replays_without_panic() {
     assert!(replay("mysql_handshake", proto_mysql::fuzzing::handshake) > 0);
 }
+
+#[test]
+fn masked_rows_corpus_replays_without_panic() {
+    assert!(replay("mysql_masked_rows", proto_mysql::fuzzing::masked_rows) > 0);
+}

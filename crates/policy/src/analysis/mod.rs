@@ -11,6 +11,8 @@
 mod filter;
 mod lineage;
 mod mysql;
+mod mysql_builtins;
+mod mysql_lineage;
 mod pg_builtins;
 mod pg_nodes;
 mod pg_parse;
@@ -110,11 +112,12 @@ pub fn analyze_shaped(sql: &str, ctx: &ReadingContext, shape: &Shape) -> (Analys
 /// The lineage of `sql` as read in `ctx`: for each statement, in order, where its result values
 /// come from (see [`gateway_core::masking::Lineage`]). The same as [`analyze`] gives in
 /// [`Analysis::lineage`], without the rest of the analysis; for reading view definitions. `None`
-/// when the text does not parse, and for MySQL (whose lineage is not traced yet).
+/// when the text does not parse. MySQL's lineage is coarse (see `mysql_lineage`): it lists what
+/// each statement reads and stores, not where each result column comes from.
 pub fn lineage(sql: &str, ctx: &ReadingContext) -> Option<Lineage> {
     match ctx.dialect {
         Dialect::Postgres => std::panic::catch_unwind(|| postgres::lineage(sql)).unwrap_or(None),
-        Dialect::Mysql => None,
+        Dialect::Mysql => analyze(sql, ctx).lineage.map(|l| (*l).clone()),
     }
 }
 

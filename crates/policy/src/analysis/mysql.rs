@@ -14,6 +14,9 @@
 use std::any::TypeId;
 use std::collections::HashMap;
 use std::ops::ControlFlow;
+use std::sync::Arc;
+
+use gateway_core::masking::Lineage;
 
 use sqlparser::ast::{
     self, BinaryOperator, Expr, FromTable, ObjectNamePart, OnInsert, Query, SetExpr, Statement,
@@ -25,6 +28,7 @@ use sqlparser::parser::{Parser, ParserError};
 use sqlparser::tokenizer::{Token, TokenWithSpan, Tokenizer};
 
 use super::filter::{self, Const};
+use super::mysql_lineage;
 use super::{failed, Collector, ReadingContext};
 use crate::facts::{Analysis, Class, FailureKind, Filter, ObjectName};
 
@@ -138,16 +142,21 @@ pub(super) fn analyze(sql: &str, ctx: &ReadingContext) -> Analysis {
     match Parser::parse_sql(&dialect, &text) {
         Ok(statements) => {
             let mut facts = Vec::with_capacity(statements.len());
+            let mut lineages = Vec::with_capacity(statements.len());
             for stmt in &statements {
                 let mut acc = Collector::default();
                 walker.statement(stmt, &mut acc);
-                facts.push(acc.finish());
+                let f = acc.finish();
+                lineages.push(mysql_lineage::statement(Some(stmt), &f));
+                facts.push(f);
             }
             Analysis {
                 statements: facts,
                 failure: None,
                 fingerprint: fingerprint(&dialect, &text),
-                lineage: None,
+                lineage: Some(Arc::new(Lineage {
+                    statements: lineages,
+                })),
             }
         }
         Err(e) => statement_by_statement(&dialect, &text, &walker, &e),
@@ -184,6 +193,7 @@ fn statement_by_statement(
         return failure();
     };
     let mut facts = Vec::new();
+    let mut lineages = Vec::new();
     for group in tokens.split(|t| t.token == Token::SemiColon) {
         let group: Vec<TokenWithSpan> = group
             .iter()
@@ -194,18 +204,23 @@ fn statement_by_statement(
             continue;
         }
         let mut acc = Collector::default();
-        if let Some(stmt) = parse_tokens(dialect, group.clone()) {
-            walker.statement(&stmt, &mut acc);
+        let parsed = parse_tokens(dialect, group.clone());
+        if let Some(stmt) = &parsed {
+            walker.statement(stmt, &mut acc);
         } else if !recognise(dialect, &group, walker, &mut acc) {
             return failure();
         }
-        facts.push(acc.finish());
+        let f = acc.finish();
+        lineages.push(mysql_lineage::statement(parsed.as_ref(), &f));
+        facts.push(f);
     }
     Analysis {
         statements: facts,
         failure: None,
         fingerprint: fingerprint(dialect, text),
-        lineage: None,
+        lineage: Some(Arc::new(Lineage {
+            statements: lineages,
+        })),
     }
 }
 
