@@ -92,6 +92,14 @@ SYSBENCH_VERSION="$(sysbench --version | awk '{print $2; exit}')"
 # does so only with LIBMYSQL_ENABLE_CLEARTEXT_PLUGIN set, which costs nothing otherwise.
 SYSBENCH_CLIENT_LIB="$(ldd "$(command -v sysbench)" 2>/dev/null | awk '/libmariadb|libmysqlclient/ {print $1; exit}')"
 export LIBMYSQL_ENABLE_CLEARTEXT_PLUGIN=1
+# Debian's Connector/C loads mysql_clear_password from a shared object (plugin/
+# mysql_clear_password.so) on the first auth switch that names it. When several threads meet that
+# switch at once, all but one fail to load it ("Plugin mysql_clear_password could not be loaded:
+# it is already loaded": mysql_client_find_plugin looks for the plugin without the lock that
+# mysql_load_plugin then finds it under), send no password, and the gateway refuses them (1045):
+# sysbench --threads=8 then fails about one start in ten. Loading it when the library starts,
+# before sysbench's threads exist, avoids the race; for a libmysqlclient build it is a no-op.
+export LIBMYSQL_PLUGINS=mysql_clear_password
 
 # "portcullis" stands for one system per audit mode, "portcullis-MODE", each with its own gateway
 # process. DRIVEN: the systems as driven, in order; TABLE: the table's columns (all of them,
@@ -344,8 +352,12 @@ run_sysbench() { # run_sysbench SYSTEM PS_MODE TEST THREADS ROUND: appends to RU
         tail -n 5 "$out" | sed 's/^/    /' >&2
         if [[ "$sys" == portcullis-* ]]; then
             kill -0 "${GATEWAY_PID[$sys]}" 2>/dev/null || note "  the gateway process has exited"
-            note "  last lines of the gateway's log:"
-            tail -n 20 "$TMP/$sys.log" | sed 's/^/    /' >&2
+            if [[ -s "$TMP/$sys.log" ]]; then
+                note "  last lines of the gateway's log:"
+                tail -n 20 "$TMP/$sys.log" | sed 's/^/    /' >&2
+            else
+                note "  the gateway logged nothing at RUST_LOG=${BENCH_RUST_LOG:-warn} (BENCH_RUST_LOG=info logs refused logins)"
+            fi
         fi
         RUN_FAILED[$key]=$((${RUN_FAILED[$key]:-0} + 1))
         return
