@@ -672,7 +672,10 @@ async fn results_are_masked_for_the_identities_a_masking_rule_names() {
     let trail = gw
         .trail_until("the masked statement's end", |t| {
             records(t, "statement_finished", |r| r.get("masked").is_some()).len()
-                + records(t, "statement_executed", |r| r["outcome"].get("masked").is_some()).len()
+                + records(t, "statement_executed", |r| {
+                    r["outcome"].get("masked").is_some()
+                })
+                .len()
                 > 0
         })
         .await;

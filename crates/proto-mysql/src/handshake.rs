@@ -96,6 +96,42 @@ impl MysqlHandler {
     }
 }
 
+impl MysqlHandler {
+    /// Reads the version of the first MySQL target's server from its greeting (no login: the
+    /// server greets every connection), so that the first clients are greeted with it too rather
+    /// than with [`DEFAULT_SERVER_VERSION`]. Bounded by `within`; a server that does not answer
+    /// leaves the default until the first upstream login.
+    pub async fn learn_server_version(&self, within: std::time::Duration) {
+        let Some(target) = self
+            .0
+            .gateway
+            .targets()
+            .iter()
+            .find(|t| t.protocol == Protocol::Mysql)
+            .cloned()
+        else {
+            return;
+        };
+        let greeting = async {
+            let mut tcp = tokio::net::TcpStream::connect((target.host.as_str(), target.port))
+                .await
+                .ok()?;
+            let p = PacketReader::new()
+                .read(&mut tcp, MAX_LOGIN_PACKET)
+                .await
+                .ok()?;
+            let payload = p.payload();
+            let hello: HandshakePacket<'_> = ParseBuf(&payload).parse(()).ok()?;
+            Some(hello.server_version_str().into_owned())
+        };
+        if let Ok(Some(version)) = tokio::time::timeout(within, greeting).await {
+            if let Ok(mut v) = self.0.server_version.write() {
+                *v = version;
+            }
+        }
+    }
+}
+
 /// A logged-in client and its upstream, handed to the relay.
 pub(crate) struct Established {
     pub client: ClientStream,

@@ -41,16 +41,21 @@ use gateway_core::serve::Listener;
 pub use gateway_core::serve::{ListenerConfig, Shutdown};
 use gateway_core::{Gateway, Workers};
 
+/// How long binding waits for the first MySQL target's greeting (its server version).
+const VERSION_PROBE: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// A bound MySQL listener: the shared [`Listener`] driving this crate's handler.
 pub struct MysqlListener {
     inner: Listener<handshake::MysqlHandler>,
 }
 
 impl MysqlListener {
-    /// Binds the listener.
+    /// Binds the listener. It first reads the server version of the first MySQL target from its
+    /// greeting (waiting at most half a second), to greet clients with.
     pub async fn bind(config: ListenerConfig, gateway: Gateway) -> std::io::Result<Self> {
         let metrics = Arc::clone(gateway.metrics());
         let handler = handshake::MysqlHandler::new(config, gateway);
+        handler.learn_server_version(VERSION_PROBE).await;
         Ok(Self {
             inner: Listener::bind(handler, metrics).await?,
         })

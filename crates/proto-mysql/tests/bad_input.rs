@@ -157,3 +157,22 @@ async fn bad_commands_after_login() {
     let reply = reader.read(&mut tcp, 1 << 20).await.unwrap();
     assert_eq!(reply.first(), Some(0x00), "ping after idling");
 }
+
+#[tokio::test]
+async fn the_first_greeting_names_the_servers_version() {
+    let db = Database::create();
+    let (addr, _) = start(&db.0).await;
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    let greeting = PacketReader::new().read(&mut tcp, 1 << 20).await.unwrap();
+    let payload = greeting.payload();
+    let version = payload[1..]
+        .split(|b| *b == 0)
+        .next()
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .unwrap();
+    // The local server is MariaDB; the gateway says it is in front of it.
+    assert!(
+        version.contains("MariaDB") && version.ends_with("-portcullis"),
+        "{version}"
+    );
+}
