@@ -331,15 +331,22 @@ impl<'a> Resolver<'a> {
         // The view's columns are its definition's outputs, in order (dropped columns of a view
         // do not exist: views cannot drop columns).
         match self.outputs(statement, depth + 1).await {
-            Some(outputs) if outputs.len() == view.columns.len() => outputs
-                .get(index)
-                .map(|t| t.taint.clone())
-                .unwrap_or_else(Taint::untraced),
+            Some(outputs) if outputs.len() == view.columns.len() => match outputs.get(index) {
+                Some(traced) => {
+                    let mut taint = traced.taint.clone();
+                    // The wire names the view's column, which looks like a plain column; what
+                    // the definition computes there (`reverse(ssn)`) must not get a
+                    // shape-keeping strategy, which would keep part of the masked value.
+                    taint.derived |= !traced.plain;
+                    taint
+                }
+                None => Taint::untraced(),
+            },
             _ => {
-                let mut taint = self.fallback(statement, depth + 1).await;
                 // Anything the definition reads, computed or not (MySQL's lineage has no
-                // outputs at all). PostgreSQL's fallback is left as it was.
-                taint.derived = self.dialect == Dialect::Mysql;
+                // outputs at all).
+                let mut taint = self.fallback(statement, depth + 1).await;
+                taint.derived = true;
                 taint
             }
         }
