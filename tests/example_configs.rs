@@ -70,7 +70,7 @@ fn example_files_load() {
     assert!(full.identity.client_cert.is_some());
     let mysql = full.mysql.as_ref().unwrap();
     assert_eq!(mysql.listen, "0.0.0.0:3307".parse().unwrap());
-    assert!(mysql.require_tls && mysql.tls.as_ref().unwrap().client_ca_file.is_none());
+    assert!(mysql.require_tls && mysql.tls.as_ref().unwrap().client_ca_file.is_some());
     assert_eq!(full.targets.len(), 3);
     assert_eq!(full.targets[2].protocol, gateway_core::Protocol::Mysql);
     assert_eq!(full.audit.sinks.len(), 3);

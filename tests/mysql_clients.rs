@@ -7,6 +7,8 @@ mod common;
 
 use common::mysql::{MysqlGateway, MysqlOptions, POLICY};
 use common::{assert_success, stderr, stdout, StaticUser};
+use std::process::Command;
+
 use serde_json::Value;
 
 /// The static user of these tests: `breakglass` in `admin` (read-write).
@@ -528,6 +530,80 @@ const mysql = require('mysql2/promise');
 /// SSLRequest packet without waiting (the protocol has no answer in between), and the gateway must
 /// leave those bytes to the TLS handshake however they arrive.
 const TLS_LOGINS: usize = 10;
+
+#[tokio::test]
+async fn a_verified_client_certificate_logs_in_without_a_password() {
+    let gw = gateway_with(MysqlOptions {
+        tls: true,
+        client_certs: true,
+        extra_config: format!(
+            "{POLICY}\n[[policy.access]]\nname = \"carol-by-certificate\"\nsubjects = [\"carol\"]\nmode = \"read-write\"\n"
+        ),
+        ..MysqlOptions::default()
+    })
+    .await;
+    let pki = gw.pki.as_ref().expect("TLS material");
+    let ca = format!("--ssl-ca={}", pki.ca_file.display());
+    let carol = pki.client_cert("carol");
+    let cert = format!("--ssl-cert={}", carol.cert_file.display());
+    let key = format!("--ssl-key={}", carol.key_file.display());
+    // No password at all: the certificate is the credential.
+    let mut cmd = Command::new("mariadb");
+    cmd.args([
+        "--no-defaults",
+        "--protocol=TCP",
+        "--batch",
+        "--skip-column-names",
+        "--connect-timeout=10",
+        "-h127.0.0.1",
+    ])
+    .arg(format!("-P{}", gw.port()))
+    .arg("-ucarol")
+    .arg(format!("-D{}", gw.database()))
+    .args(["--ssl", &ca, "--ssl-verify-server-cert", &cert, &key]);
+    let out = tokio::task::spawn_blocking(move || {
+        common::run_with_input(
+            cmd,
+            Some(b"SELECT COUNT(*) FROM items;\n".to_vec()),
+            common::CLIENT_TIMEOUT,
+        )
+    })
+    .await
+    .expect("client runner");
+    assert_eq!(assert_success("a certificate login", &out), "3\n");
+
+    // A certificate from another CA is refused by TLS itself.
+    let other = common::Pki::generate("other").client_cert("carol");
+    let mut cmd = Command::new("mariadb");
+    cmd.args([
+        "--no-defaults",
+        "--protocol=TCP",
+        "--batch",
+        "--connect-timeout=10",
+        "-h127.0.0.1",
+    ])
+    .arg(format!("-P{}", gw.port()))
+    .arg("-ucarol")
+    .arg(format!("-D{}", gw.database()))
+    .args(["--ssl", &ca])
+    .arg(format!("--ssl-cert={}", other.cert_file.display()))
+    .arg(format!("--ssl-key={}", other.key_file.display()));
+    let out = tokio::task::spawn_blocking(move || {
+        common::run_with_input(cmd, Some(b"SELECT 1;\n".to_vec()), common::CLIENT_TIMEOUT)
+    })
+    .await
+    .expect("client runner");
+    assert!(!out.status.success(), "{out:?}");
+
+    let trail = gw
+        .trail_until("the certificate session", |t| {
+            !records(t, "session_opened", |r| r["subject"] == "carol").is_empty()
+        })
+        .await;
+    let opened = records(&trail, "session_opened", |r| r["subject"] == "carol");
+    assert_eq!(opened[0]["auth_method"], "client_certificate", "{opened:?}");
+    gw.shutdown().await;
+}
 
 #[tokio::test]
 async fn tls_logins_with_the_mariadb_client_and_pymysql() {

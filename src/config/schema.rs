@@ -133,8 +133,7 @@ pub(super) struct PostgresSection {
     pub(super) require_user_match: Option<bool>,
 }
 
-/// `[mysql]`: the keys of `[postgres]` but `tls_client_ca`, with the same meaning. A client
-/// certificate is not an identity on MySQL: every client logs in with a token or a password.
+/// `[mysql]`: the keys of `[postgres]`, with the same meaning.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct MysqlSection {
@@ -145,6 +144,10 @@ pub(super) struct MysqlSection {
     pub(super) tls_cert: Option<Str>,
     /// PEM file with the private key of `tls_cert` (PKCS#8, PKCS#1 or SEC1).
     pub(super) tls_key: Option<Str>,
+    /// PEM file with the CA certificates client certificates must chain to. With it, a client
+    /// that presents a certificate is verified, and (with `[identity.client_cert]`) logs in as
+    /// the certificate's subject without a password. Needs TLS.
+    pub(super) tls_client_ca: Option<Str>,
     /// Refuse clients that do not negotiate TLS. Needs `tls_cert` and `tls_key`. Default `false`.
     pub(super) require_tls: Option<Spanned<bool>>,
     /// Accept passwords and tokens (sent in clear text, `mysql_clear_password`) over unencrypted

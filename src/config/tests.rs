@@ -222,12 +222,6 @@ fn mysql_section_errors_have_locations() {
         "3:1",
         "unknown field `port`",
     );
-    // A client certificate is no identity on MySQL: the key is not part of [mysql].
-    assert_one_error(
-        "[mysql]\ntls_client_ca = \"ca.pem\"\n",
-        "2:1",
-        "unknown field `tls_client_ca`",
-    );
     assert_one_error("[mysql]\nrequire_tls = \"yes\"\n", "2:15", "");
     assert_one_error(
         "[mysql]\nrequire_tls = true\n",
@@ -300,12 +294,12 @@ fn mysql_section_errors_have_locations() {
 }
 
 #[test]
-fn client_cert_identity_needs_the_postgres_client_ca() {
-    // [mysql] cannot verify client certificates, so it does not satisfy [identity.client_cert].
+fn client_cert_identity_needs_a_client_ca() {
+    // A listener without tls_client_ca never verifies a client certificate.
     assert_one_error(
         "[mysql]\n[identity.client_cert]\nsubject = \"cn\"\n",
         "2:1",
-        "needs `tls_client_ca` in `[postgres]`",
+        "needs `tls_client_ca` in `[postgres]` or `[mysql]`",
     );
 }
 
@@ -349,6 +343,12 @@ fn tls_cert_without_key_and_the_reverse() {
     );
     let err =
         Config::from_toml_str("[postgres]\ntls_client_ca = \"server.pem\"\n", &origin).unwrap_err();
+    assert!(
+        err.to_string().contains("`tls_client_ca` needs TLS"),
+        "{err}"
+    );
+    let err =
+        Config::from_toml_str("[mysql]\ntls_client_ca = \"server.pem\"\n", &origin).unwrap_err();
     assert!(
         err.to_string().contains("`tls_client_ca` needs TLS"),
         "{err}"

@@ -161,6 +161,9 @@ pub struct MysqlOptions {
     pub tls: bool,
     /// `require_tls`.
     pub require_tls: bool,
+    /// Verify client certificates against the generated CA (`tls_client_ca`, and
+    /// `[identity.client_cert]` with the subject from the CN). Needs `tls`.
+    pub client_certs: bool,
     /// `[[identity.users]]`.
     pub users: Vec<StaticUser>,
     /// TOML appended to the configuration verbatim; [`POLICY`] by default.
@@ -172,6 +175,7 @@ impl Default for MysqlOptions {
         MysqlOptions {
             tls: false,
             require_tls: false,
+            client_certs: false,
             users: Vec::new(),
             extra_config: POLICY.to_owned(),
         }
@@ -218,10 +222,19 @@ impl MysqlGateway {
                 toml_str(&pki.server_key_file.display().to_string())
             ));
         }
+        if let (Some(pki), true) = (&pki, options.client_certs) {
+            text.push_str(&format!(
+                "tls_client_ca = {}\n",
+                toml_str(&pki.ca_file.display().to_string())
+            ));
+        }
         text.push_str(&format!(
             "require_tls = {}\nallow_plaintext_password = false\n\n",
             options.require_tls
         ));
+        if options.client_certs {
+            text.push_str("[identity.client_cert]\nsubject = \"cn\"\ngroups_from_ou = false\n\n");
+        }
         text.push_str(&format!(
             "[identity.jwt]\nissuer = \"{ISSUER}\"\naudience = [\"{AUDIENCE}\"]\nalgorithms = [\"HS256\"]\nhs256_secret = {}\n\n",
             toml_str(&secret)

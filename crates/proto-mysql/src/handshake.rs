@@ -408,35 +408,21 @@ async fn login(
         .then(|| strip_nul(hello.scramble_buf()).to_vec());
     drop(payload);
 
-    // The password or token in clear: over TLS, or from this host.
-    config
-        .check_password_transport(peer, tls)
-        .map_err(|e| Some(e.with_hint("connect with --ssl (or ssl-mode=REQUIRED)")))?;
-    let password = match clear_response {
-        Some(p) => p,
-        None => {
-            let mut switch = Vec::new();
-            AuthSwitchRequest::new(&b"mysql_clear_password"[..], &b""[..]).serialize(&mut switch);
-            let seq = state.seq;
-            state.send(&packet::packet(seq, &switch)).await?;
-            let answer = state.read().await.map_err(|e| {
-                e.or_else(|| {
-                    Some(GatewayError::auth(
-                        "the client closed the connection instead of sending its password (a mysql client needs --enable-cleartext-plugin)",
-                    ))
-                })
-            })?;
-            strip_nul(&answer.payload()).to_vec()
-        }
+    // A client certificate the listener verified (`tls_client_ca`) is the credential: no
+    // password is asked for.
+    let credentials = match peer_certificate(state.client.as_ref()) {
+        Some(certificate_der) => Credentials::ClientCertificate {
+            user: user.clone(),
+            certificate_der,
+        },
+        None => Credentials::Password {
+            user: user.clone(),
+            password: read_password(state, config, peer, tls, clear_response).await?,
+        },
     };
-    let password = String::from_utf8(password)
-        .map_err(|_| Some(GatewayError::auth("password is not valid UTF-8")))?;
 
     let request = SessionRequest {
-        credentials: Credentials::Password {
-            user: user.clone(),
-            password,
-        },
+        credentials,
         client: ClientInfo {
             addr: peer,
             protocol: "mysql",
@@ -540,6 +526,52 @@ pub(crate) fn unsafe_charset_error(charset: &str) -> GatewayError {
     )
     .with_detail("in this character set a multibyte character can hide a backslash from the gateway's SQL reader")
     .with_hint("use utf8mb4 (the default of current clients)")
+}
+
+/// The leaf certificate a TLS client presented (verified by the listener's client CA).
+fn peer_certificate(client: Option<&ClientStream>) -> Option<Vec<u8>> {
+    match client? {
+        ClientStream::Tls(s) => s
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .map(|c| c.to_vec()),
+        ClientStream::Plain(_) => None,
+    }
+}
+
+/// The password or token in clear: over TLS, or from this host. Taken from the handshake
+/// response when the client already used `mysql_clear_password`, else asked for with an auth
+/// switch.
+async fn read_password(
+    state: &mut Login,
+    config: &ListenerConfig,
+    peer: SocketAddr,
+    tls: bool,
+    clear_response: Option<Vec<u8>>,
+) -> Result<String, Option<GatewayError>> {
+    config
+        .check_password_transport(peer, tls)
+        .map_err(|e| Some(e.with_hint("connect with --ssl (or ssl-mode=REQUIRED)")))?;
+    let password = match clear_response {
+        Some(p) => p,
+        None => {
+            let mut switch = Vec::new();
+            AuthSwitchRequest::new(&b"mysql_clear_password"[..], &b""[..]).serialize(&mut switch);
+            let seq = state.seq;
+            state.send(&packet::packet(seq, &switch)).await?;
+            let answer = state.read().await.map_err(|e| {
+                e.or_else(|| {
+                    Some(GatewayError::auth(
+                        "the client closed the connection instead of sending its password (a mysql client needs --enable-cleartext-plugin)",
+                    ))
+                })
+            })?;
+            strip_nul(&answer.payload()).to_vec()
+        }
+    };
+    String::from_utf8(password).map_err(|_| Some(GatewayError::auth("password is not valid UTF-8")))
 }
 
 /// The name of the gateway's only MySQL target, if it has exactly one.

@@ -13,7 +13,8 @@ impl Checker<'_> {
     pub(super) fn check_identity(
         &mut self,
         section: &IdentitySection,
-        postgres: Option<&PostgresSection>,
+        // Whether a listener verifies client certificates (`tls_client_ca`).
+        has_client_ca: bool,
     ) -> IdentitySettings {
         let jwt = section.jwt.as_ref().map(|j| self.check_jwt(j));
 
@@ -47,11 +48,10 @@ impl Checker<'_> {
         }
 
         let client_cert = section.client_cert.as_ref().map(|c| {
-            let has_client_ca = postgres.is_some_and(|p| p.tls_client_ca.is_some());
             if !has_client_ca {
                 self.error(
                     c.span(),
-                    "`[identity.client_cert]` needs `tls_client_ca` in `[postgres]`: without it no client certificate is ever verified",
+                    "`[identity.client_cert]` needs `tls_client_ca` in `[postgres]` or `[mysql]`: without it no client certificate is ever verified",
                 );
             }
             let c = c.get_ref();

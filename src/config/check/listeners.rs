@@ -122,7 +122,7 @@ impl Checker<'_> {
                 listen: s.listen.as_ref(),
                 tls_cert: s.tls_cert.as_ref(),
                 tls_key: s.tls_key.as_ref(),
-                tls_client_ca: None,
+                tls_client_ca: s.tls_client_ca.as_ref(),
                 require_tls: s.require_tls.as_ref(),
                 allow_plaintext_password: s.allow_plaintext_password,
                 require_user_match: s.require_user_match,

@@ -279,8 +279,16 @@ impl<'a> Checker<'a> {
         let gateway = self.check_gateway(&file.gateway);
         let postgres = file.postgres.as_ref().map(|p| self.check_postgres(p));
         let mysql = file.mysql.as_ref().map(|m| self.check_mysql(m));
-        let identity =
-            self.check_identity(&file.identity, file.postgres.as_ref().map(|p| p.get_ref()));
+        let identity = self.check_identity(
+            &file.identity,
+            file.postgres
+                .as_ref()
+                .is_some_and(|p| p.get_ref().tls_client_ca.is_some())
+                || file
+                    .mysql
+                    .as_ref()
+                    .is_some_and(|m| m.get_ref().tls_client_ca.is_some()),
+        );
         let targets = self.check_targets(&file.targets);
         let policy = file.policy.as_ref().and_then(|p| self.check_policy(p));
         let audit = self.check_audit(file.audit.as_ref(), &gateway.data_dir);
