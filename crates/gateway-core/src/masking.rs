@@ -411,6 +411,23 @@ impl MaskPlan {
     pub fn columns(&self) -> &[ColumnPlan] {
         &self.columns
     }
+
+    /// What this plan masked, for the audit trail: each masked column with its label (`names`,
+    /// by position) and how many of its values were masked (`counts`, by position).
+    pub fn report(&self, names: &[Arc<str>], counts: &[u64]) -> Vec<MaskedColumn> {
+        self.columns
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| match c {
+                ColumnPlan::Mask { reason, .. } => Some(MaskedColumn {
+                    column: Arc::clone(names.get(i)?),
+                    reason: Arc::clone(reason),
+                    values: counts.get(i).copied().unwrap_or(0),
+                }),
+                ColumnPlan::Pass => None,
+            })
+            .collect()
+    }
 }
 
 /// What was masked in one execution's result, for the audit trail.
@@ -422,6 +439,22 @@ pub struct MaskedColumn {
     pub reason: Arc<str>,
     /// Values changed (NULLs and values a detector left alone are not counted).
     pub values: u64,
+}
+
+impl MaskedColumn {
+    /// Adds `more` to `into`, summing the values of the same column masked for the same reason
+    /// (the results of one execution: several statements of a text, several portals' runs).
+    pub fn merge(into: &mut Vec<MaskedColumn>, more: Vec<MaskedColumn>) {
+        for m in more {
+            match into
+                .iter_mut()
+                .find(|x| x.column == m.column && x.reason == m.reason)
+            {
+                Some(x) => x.values += m.values,
+                None => into.push(m),
+            }
+        }
+    }
 }
 
 /// What a masker needs to plan one result set.

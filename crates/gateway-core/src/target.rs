@@ -64,6 +64,19 @@ pub struct Target {
     pub labels: BTreeMap<String, String>,
 }
 
+impl Target {
+    /// The error for a failed connection or login to this target's database: the message names
+    /// the target (never its host or credentials, which clients do not see), `detail` says what
+    /// failed.
+    pub fn unreachable(&self, detail: impl Into<String>) -> crate::error::GatewayError {
+        crate::error::GatewayError::upstream_unavailable(format!(
+            "the gateway could not connect to the database of target \"{}\"",
+            self.name
+        ))
+        .with_detail(detail)
+    }
+}
+
 impl std::fmt::Debug for Target {
     // Hand-written to keep the service password out of every log line.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

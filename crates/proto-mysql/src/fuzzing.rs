@@ -5,7 +5,6 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 use gateway_core::{ColumnPlan, MaskPlan, ValueMask};
-use mysql_common::constants::CapabilityFlags;
 use mysql_common::io::ParseBuf;
 use mysql_common::packets::{AuthSwitchRequest, HandshakePacket, HandshakeResponse};
 
@@ -50,7 +49,7 @@ pub fn handshake(data: &[u8]) {
             let _ = greeting.server_version_parsed();
         }
         let _ = ParseBuf(&payload).parse::<AuthSwitchRequest<'_>>(());
-        let _ = crate::upstream::ok_status(&payload, CapabilityFlags::CLIENT_PROTOCOL_41);
+        let _ = crate::packet::ok_fields(&payload);
         let _ = crate::upstream::server_error(&payload);
     }
 }

@@ -435,39 +435,13 @@ impl ActivePlan {
 
     /// What was masked, for the audit trail.
     pub(crate) fn report(&self) -> Vec<MaskedColumn> {
-        self.plan
-            .columns()
-            .iter()
-            .enumerate()
-            .filter_map(|(i, c)| match c {
-                ColumnPlan::Mask { reason, .. } => Some(MaskedColumn {
-                    column: Arc::clone(self.names.get(i)?),
-                    reason: Arc::clone(reason),
-                    values: self.counts.get(i).copied().unwrap_or(0),
-                }),
-                ColumnPlan::Pass => None,
-            })
-            .collect()
+        self.plan.report(&self.names, &self.counts)
     }
 }
 
 /// Whether a mask handed the value back unchanged (the same bytes, not a copy).
 fn same(masked: &Option<Cow<'_, [u8]>>, value: &[u8]) -> bool {
     matches!(masked, Some(Cow::Borrowed(b)) if std::ptr::eq(*b, value))
-}
-
-/// Adds `more` to `into`, summing the counts of the same column and reason (the result sets of a
-/// multi-statement text or of a procedure).
-pub(crate) fn merge_report(into: &mut Vec<MaskedColumn>, more: Vec<MaskedColumn>) {
-    for m in more {
-        match into
-            .iter_mut()
-            .find(|x| x.column == m.column && x.reason == m.reason)
-        {
-            Some(x) => x.values += m.values,
-            None => into.push(m),
-        }
-    }
 }
 
 /// The length of a non-NULL binary value of `encoding` at the start of `rest`.

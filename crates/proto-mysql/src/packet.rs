@@ -321,6 +321,17 @@ pub fn err_with(seq: u8, code: u16, state: [u8; 5], message: &str) -> Vec<u8> {
     packet(seq, &payload)
 }
 
+/// `(rows affected, status flags)` of an OK packet, or of an EOF that is an OK packet
+/// (CLIENT_DEPRECATE_EOF): header, affected rows, last insert id, status, warnings. Read by hand:
+/// it runs for every result the relay forwards, and mysql_common has a packet kind for each of
+/// the two headers where one reader serves both.
+pub fn ok_fields(payload: &[u8]) -> Option<(u64, u16)> {
+    let (affected, a) = lenenc_int(payload.get(1..)?)?;
+    let (_, b) = lenenc_int(payload.get(1 + a..)?)?;
+    let s = payload.get(1 + a + b..3 + a + b)?;
+    Some((affected, u16::from_le_bytes([s[0], s[1]])))
+}
+
 /// Reads a length-encoded integer at the start of `buf`: the value and the bytes it took.
 pub fn lenenc_int(buf: &[u8]) -> Option<(u64, usize)> {
     let first = *buf.first()?;

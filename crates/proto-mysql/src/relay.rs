@@ -16,9 +16,9 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
 
 use crate::handshake::{Established, Shared};
-use crate::masking::{merge_report, ActivePlan, Described, RowFormat};
+use crate::masking::{ActivePlan, Described, RowFormat};
 use crate::packet::{
-    self, header, lenenc_int, Packet, PacketReader, ReadError, HEADER_LEN, MAX_PIECE,
+    self, header, lenenc_int, ok_fields, Packet, PacketReader, ReadError, HEADER_LEN, MAX_PIECE,
 };
 
 const COM_QUIT: u8 = 0x01;
@@ -748,7 +748,7 @@ impl Relay {
                         // A result ended (an OK, or the end of a result set).
                         index += 1;
                         if let Some(plan) = active.take() {
-                            merge_report(&mut response.masked, plan.report());
+                            MaskedColumn::merge(&mut response.masked, plan.report());
                         }
                         columns.clear();
                     }
@@ -836,7 +836,7 @@ impl Relay {
             }
             if done {
                 if let Some(plan) = active.take() {
-                    merge_report(&mut response.masked, plan.report());
+                    MaskedColumn::merge(&mut response.masked, plan.report());
                 }
                 if let Some(status) = response.status {
                     self.track_status(status);
@@ -1050,15 +1050,6 @@ fn text_row(payload: &[u8]) -> Vec<Option<String>> {
 fn lost(detail: impl Into<String>) -> GatewayError {
     GatewayError::upstream_unavailable("the connection to the database was lost")
         .with_detail(detail)
-}
-
-/// `(rows affected, status flags)` of an OK packet, or of an EOF that is an OK packet
-/// (CLIENT_DEPRECATE_EOF): header, affected rows, last insert id, status, warnings.
-fn ok_fields(payload: &[u8]) -> Option<(u64, u16)> {
-    let (affected, a) = lenenc_int(payload.get(1..)?)?;
-    let (_, b) = lenenc_int(payload.get(1 + a..)?)?;
-    let s = payload.get(1 + a + b..3 + a + b)?;
-    Some((affected, u16::from_le_bytes([s[0], s[1]])))
 }
 
 /// Status flags of an EOF packet (before CLIENT_DEPRECATE_EOF): header, warnings, status.

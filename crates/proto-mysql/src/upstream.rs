@@ -16,7 +16,7 @@ use mysql_common::proto::MySerialize;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use crate::packet::{packet, PacketReader};
+use crate::packet::{ok_fields, packet, PacketReader};
 
 /// Largest packet accepted from the upstream during login.
 const MAX_LOGIN_PACKET: usize = 1 << 20;
@@ -41,14 +41,6 @@ pub struct Upstream {
     pub status: u16,
 }
 
-fn unavailable(target: &Target, detail: impl Into<String>) -> GatewayError {
-    GatewayError::upstream_unavailable(format!(
-        "the gateway could not connect to the database of target \"{}\"",
-        target.name
-    ))
-    .with_detail(detail)
-}
-
 /// Connects and logs in. `capabilities` are those the client agreed with the gateway; the
 /// connection uses them (so that every packet the relay forwards means the same to both ends),
 /// and the login fails when the server lacks one that changes what is on the wire.
@@ -63,10 +55,7 @@ pub async fn connect(
     let tcp = TcpStream::connect((target.host.as_str(), target.port))
         .await
         .map_err(|e| {
-            unavailable(
-                target,
-                format!("connect to {}:{}: {e}", target.host, target.port),
-            )
+            target.unreachable(format!("connect to {}:{}: {e}", target.host, target.port))
         })?;
     let _ = tcp.set_nodelay(true);
     let mut stream = UpstreamStream::Plain(tcp);
@@ -74,19 +63,14 @@ pub async fn connect(
     let greeting = reader
         .read(&mut stream, MAX_LOGIN_PACKET)
         .await
-        .map_err(|e| {
-            unavailable(
-                target,
-                e.into_gateway(Side::Upstream, "read greeting").message,
-            )
-        })?;
+        .map_err(|e| target.unreachable(e.into_gateway(Side::Upstream, "read greeting").message))?;
     let payload = greeting.payload();
     if payload.first() == Some(&0xff) {
-        return Err(unavailable(target, server_error(&payload)));
+        return Err(target.unreachable(server_error(&payload)));
     }
     let handshake: HandshakePacket<'_> = ParseBuf(&payload)
         .parse(())
-        .map_err(|e| unavailable(target, format!("malformed greeting: {e}")))?;
+        .map_err(|e| target.unreachable(format!("malformed greeting: {e}")))?;
     let server_caps = handshake.capabilities();
     let server_version = handshake.server_version_str().into_owned();
     let connection_id = handshake.connection_id();
@@ -104,10 +88,9 @@ pub async fn connect(
         | CapabilityFlags::CLIENT_SESSION_TRACK;
     let missing = (capabilities & wire) - server_caps;
     if !missing.is_empty() {
-        return Err(unavailable(
-            target,
-            format!("the server lacks capabilities the client uses: {missing:?}"),
-        ));
+        return Err(target.unreachable(format!(
+            "the server lacks capabilities the client uses: {missing:?}"
+        )));
     }
     let mut caps = (capabilities
         - CapabilityFlags::CLIENT_SSL
@@ -124,8 +107,7 @@ pub async fn connect(
     let tls = matches!(target.tls, UpstreamTls::VerifyFull { .. });
     if tls {
         if !server_caps.contains(CapabilityFlags::CLIENT_SSL) {
-            return Err(unavailable(
-                target,
+            return Err(target.unreachable(
                 "the database does not offer TLS, and the target requires verify-full",
             ));
         }
@@ -135,15 +117,15 @@ pub async fn connect(
         stream
             .write_all(&packet(seq, &request))
             .await
-            .map_err(|e| unavailable(target, format!("TLS request: {e}")))?;
+            .map_err(|e| target.unreachable(format!("TLS request: {e}")))?;
         seq = seq.wrapping_add(1);
         let UpstreamStream::Plain(tcp) = stream else {
-            return Err(unavailable(target, "TLS requested twice"));
+            return Err(target.unreachable("TLS requested twice"));
         };
         stream = tls_configs
             .connect(target, tcp)
             .await
-            .map_err(|e| unavailable(target, e))?;
+            .map_err(|e| target.unreachable(e))?;
     }
 
     let password = target.password.as_deref().unwrap_or("").as_bytes();
@@ -170,18 +152,18 @@ pub async fn connect(
     stream
         .write_all(&packet(seq, &login))
         .await
-        .map_err(|e| unavailable(target, format!("send login: {e}")))?;
+        .map_err(|e| target.unreachable(format!("send login: {e}")))?;
 
     loop {
         let p = reader
             .read(&mut stream, MAX_LOGIN_PACKET)
             .await
-            .map_err(|e| unavailable(target, e.into_gateway(Side::Upstream, "login").message))?;
+            .map_err(|e| target.unreachable(e.into_gateway(Side::Upstream, "login").message))?;
         seq = p.last_seq.wrapping_add(1);
         let payload = p.payload();
         match payload.first() {
             Some(0x00) => {
-                let status = ok_status(&payload, caps).unwrap_or(0);
+                let status = ok_fields(&payload).map_or(0, |(_, s)| s);
                 return Ok(Upstream {
                     stream,
                     reader,
@@ -192,12 +174,12 @@ pub async fn connect(
                 });
             }
             Some(0xff) => {
-                return Err(unavailable(target, server_error(&payload)));
+                return Err(target.unreachable(server_error(&payload)));
             }
             Some(0xfe) => {
                 let switch: AuthSwitchRequest<'_> = ParseBuf(&payload)
                     .parse(())
-                    .map_err(|e| unavailable(target, format!("malformed auth switch: {e}")))?;
+                    .map_err(|e| target.unreachable(format!("malformed auth switch: {e}")))?;
                 plugin = switch.auth_plugin().as_bytes().to_vec();
                 nonce = switch.plugin_data().to_vec();
                 if nonce.last() == Some(&0) {
@@ -229,10 +211,10 @@ pub async fn connect(
                     let encrypted = mysql_common::crypto::encrypt(&clear, key);
                     send(&mut stream, seq, &encrypted, target).await?;
                 }
-                _ => return Err(unavailable(target, "unexpected caching_sha2_password data")),
+                _ => return Err(target.unreachable("unexpected caching_sha2_password data")),
             },
             _ => {
-                return Err(unavailable(target, "unexpected packet during login"));
+                return Err(target.unreachable("unexpected packet during login"));
             }
         }
     }
@@ -245,30 +227,24 @@ pub async fn fence_read_only(up: &mut Upstream, target: &Target) -> Result<(), G
     up.stream
         .write_all(&packet(0, b"\x03SET SESSION TRANSACTION READ ONLY"))
         .await
-        .map_err(|e| unavailable(target, format!("read-only session: {e}")))?;
+        .map_err(|e| target.unreachable(format!("read-only session: {e}")))?;
     let answer = up
         .reader
         .read(&mut up.stream, MAX_LOGIN_PACKET)
         .await
         .map_err(|e| {
-            unavailable(
-                target,
-                e.into_gateway(Side::Upstream, "read-only session").message,
-            )
+            target.unreachable(e.into_gateway(Side::Upstream, "read-only session").message)
         })?;
     let payload = answer.payload();
     match payload.first() {
         Some(0x00) => {
-            up.status = ok_status(&payload, up.capabilities).unwrap_or(up.status);
+            up.status = ok_fields(&payload).map_or(up.status, |(_, s)| s);
             Ok(())
         }
-        _ => Err(unavailable(
-            target,
-            format!(
-                "could not make the session read-only: {}",
-                server_error(&payload)
-            ),
-        )),
+        _ => Err(target.unreachable(format!(
+            "could not make the session read-only: {}",
+            server_error(&payload)
+        ))),
     }
 }
 
@@ -281,13 +257,11 @@ async fn send(
     stream
         .write_all(&packet(seq, payload))
         .await
-        .map_err(|e| unavailable(target, format!("login: {e}")))
+        .map_err(|e| target.unreachable(format!("login: {e}")))
 }
 
 fn unsupported_plugin(target: &Target, plugin: &[u8]) -> GatewayError {
-    unavailable(
-        target,
-        format!(
+    target.unreachable(format!(
             "the server asks for authentication plugin {}, which the gateway does not speak (it speaks mysql_native_password, caching_sha2_password, and mysql_clear_password over TLS)",
             String::from_utf8_lossy(plugin)
         ),
@@ -313,13 +287,6 @@ fn auth_response(plugin: &[u8], nonce: &[u8], password: &[u8], tls: bool) -> Opt
         }
         _ => None,
     }
-}
-
-/// Status flags of an OK packet.
-pub(crate) fn ok_status(payload: &[u8], caps: CapabilityFlags) -> Option<u16> {
-    use mysql_common::packets::{CommonOkPacket, OkPacketDeserializer};
-    let ok: OkPacketDeserializer<'_, CommonOkPacket> = ParseBuf(payload).parse(caps).ok()?;
-    Some(ok.into_inner().status_flags().bits())
 }
 
 /// The message of a server's ERR packet, for logs and the client's error detail.

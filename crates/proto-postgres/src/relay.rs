@@ -26,7 +26,7 @@ use gateway_core::{
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::connection::Shared;
-use crate::masking::{merge_report, ActivePlan};
+use crate::masking::ActivePlan;
 use crate::upstream::Upstream;
 use crate::wire::{
     bind_values, error_fields, error_response, frontend, typed, typed_header, FrameError, Frontend,
@@ -1108,7 +1108,7 @@ impl UpstreamDirection<'_> {
         let Some(popped) = popped else {
             // A simple Query stays at the head until ReadyForQuery.
             if let Some(plan) = self.plan.take() {
-                merge_report(&mut self.query_masked, plan.report());
+                MaskedColumn::merge(&mut self.query_masked, plan.report());
             }
             self.statement_index += 1;
             if let Some(t) = tag {

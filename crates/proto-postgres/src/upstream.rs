@@ -27,14 +27,6 @@ pub struct Upstream {
     pub leftover: BytesMut,
 }
 
-fn unavailable(target: &Target, detail: impl Into<String>) -> GatewayError {
-    GatewayError::upstream_unavailable(format!(
-        "the gateway could not connect to the database of target \"{}\"",
-        target.name
-    ))
-    .with_detail(detail)
-}
-
 /// Connects and logs in. `params` are the startup parameters besides user and database.
 pub async fn connect(
     target: &Target,
@@ -44,10 +36,7 @@ pub async fn connect(
     let tcp = TcpStream::connect((target.host.as_str(), target.port))
         .await
         .map_err(|e| {
-            unavailable(
-                target,
-                format!("connect to {}:{}: {e}", target.host, target.port),
-            )
+            target.unreachable(format!("connect to {}:{}: {e}", target.host, target.port))
         })?;
     let _ = tcp.set_nodelay(true);
     let mut stream = match &target.tls {
@@ -56,21 +45,19 @@ pub async fn connect(
             let mut tcp = tcp;
             tcp.write_all(&encode_ssl_request())
                 .await
-                .map_err(|e| unavailable(target, format!("TLS request: {e}")))?;
+                .map_err(|e| target.unreachable(format!("TLS request: {e}")))?;
             let mut answer = [0u8; 1];
             tcp.read_exact(&mut answer)
                 .await
-                .map_err(|e| unavailable(target, format!("TLS request: {e}")))?;
+                .map_err(|e| target.unreachable(format!("TLS request: {e}")))?;
             if answer[0] != b'S' {
-                return Err(unavailable(
-                    target,
-                    "the database refused TLS, and the target requires verify-full",
-                ));
+                return Err(target
+                    .unreachable("the database refused TLS, and the target requires verify-full"));
             }
             tls_configs
                 .connect(target, tcp)
                 .await
-                .map_err(|e| unavailable(target, e))?
+                .map_err(|e| target.unreachable(e))?
         }
     };
 
@@ -80,7 +67,7 @@ pub async fn connect(
     stream
         .write_all(&encode_startup(&startup))
         .await
-        .map_err(|e| unavailable(target, format!("send startup: {e}")))?;
+        .map_err(|e| target.unreachable(format!("send startup: {e}")))?;
 
     let mut buf = BytesMut::with_capacity(4096);
     let mut scram: Option<ScramSha256> = None;
@@ -89,13 +76,13 @@ pub async fn connect(
     loop {
         let (ty, body) = read_message(&mut stream, &mut buf)
             .await
-            .map_err(|e| unavailable(target, e))?;
+            .map_err(|e| target.unreachable(e))?;
         let mut r = Reader::new(&body);
         match ty {
             b'R' => {
                 let code = r
                     .i32()
-                    .ok_or_else(|| unavailable(target, "malformed authentication request"))?;
+                    .ok_or_else(|| target.unreachable("malformed authentication request"))?;
                 let reply = match code {
                     0 => None,
                     3 => Some(password_message(target.password.as_deref().unwrap_or("").as_bytes())),
@@ -103,7 +90,7 @@ pub async fn connect(
                         let salt = r
                             .bytes(4)
                             .and_then(|s| <[u8; 4]>::try_from(s).ok())
-                            .ok_or_else(|| unavailable(target, "malformed MD5 request"))?;
+                            .ok_or_else(|| target.unreachable("malformed MD5 request"))?;
                         let hash = postgres_protocol::authentication::md5_hash(
                             target.user.as_bytes(),
                             target.password.as_deref().unwrap_or("").as_bytes(),
@@ -117,9 +104,7 @@ pub async fn connect(
                             offered.push(m);
                         }
                         if !offered.contains(&"SCRAM-SHA-256") {
-                            return Err(unavailable(
-                                target,
-                                format!("the database offers SASL mechanisms {offered:?}; the gateway speaks SCRAM-SHA-256"),
+                            return Err(target.unreachable(format!("the database offers SASL mechanisms {offered:?}; the gateway speaks SCRAM-SHA-256"),
                             ));
                         }
                         let password = target.password.as_deref().unwrap_or("");
@@ -132,20 +117,18 @@ pub async fn connect(
                         Some(typed(b'p', &body))
                     }
                     11 => {
-                        let s = scram.as_mut().ok_or_else(|| unavailable(target, "unexpected SASL continue"))?;
-                        s.update(r.rest()).map_err(|e| unavailable(target, format!("SCRAM: {e}")))?;
+                        let s = scram.as_mut().ok_or_else(|| target.unreachable("unexpected SASL continue"))?;
+                        s.update(r.rest()).map_err(|e| target.unreachable(format!("SCRAM: {e}")))?;
                         Some(typed(b'p', s.message()))
                     }
                     12 => {
-                        let s = scram.as_mut().ok_or_else(|| unavailable(target, "unexpected SASL final"))?;
+                        let s = scram.as_mut().ok_or_else(|| target.unreachable("unexpected SASL final"))?;
                         s.finish(r.rest())
-                            .map_err(|e| unavailable(target, format!("SCRAM server signature: {e}")))?;
+                            .map_err(|e| target.unreachable(format!("SCRAM server signature: {e}")))?;
                         None
                     }
                     other => {
-                        return Err(unavailable(
-                            target,
-                            format!("the database asks for authentication method {other}, which the gateway does not support"),
+                        return Err(target.unreachable(format!("the database asks for authentication method {other}, which the gateway does not support"),
                         ))
                     }
                 };
@@ -153,7 +136,7 @@ pub async fn connect(
                     stream
                         .write_all(&reply)
                         .await
-                        .map_err(|e| unavailable(target, format!("send credentials: {e}")))?;
+                        .map_err(|e| target.unreachable(format!("send credentials: {e}")))?;
                 }
             }
             b'S' => {
@@ -179,13 +162,10 @@ pub async fn connect(
                 // The upstream's own words go to the gateway's log; the client learns only that the
                 // gateway could not log in, because the message names the service account.
                 tracing::warn!(target = %target.name, code = get(b'C'), message = get(b'M'), "upstream refused login");
-                return Err(unavailable(
-                    target,
-                    format!(
-                        "the database refused the gateway's login (SQLSTATE {})",
-                        get(b'C')
-                    ),
-                ));
+                return Err(target.unreachable(format!(
+                    "the database refused the gateway's login (SQLSTATE {})",
+                    get(b'C')
+                )));
             }
             b'Z' => {
                 return Ok(Upstream {
@@ -196,10 +176,10 @@ pub async fn connect(
                 });
             }
             other => {
-                return Err(unavailable(
-                    target,
-                    format!("unexpected message {:?} during login", other as char),
-                ));
+                return Err(target.unreachable(format!(
+                    "unexpected message {:?} during login",
+                    other as char
+                )));
             }
         }
     }
