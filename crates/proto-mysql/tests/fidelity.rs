@@ -7,30 +7,10 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
-
-/// Runs the mariadb client with `args` and `input` on standard input.
-async fn mariadb(args: Vec<String>, input: Vec<u8>) -> Output {
-    tokio::task::spawn_blocking(move || {
-        use std::io::Write;
-        let mut child = Command::new("mariadb")
-            .args(&args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run the mariadb client");
-        let mut stdin = child.stdin.take().expect("stdin");
-        stdin.write_all(&input).expect("write statements");
-        drop(stdin);
-        child.wait_with_output().expect("run the mariadb client")
-    })
-    .await
-    .unwrap()
-}
 
 /// Client arguments for the server at `port` directly, or (with `through`) for the gateway.
 fn args(port: u16, database: &str, through: bool, extra: &[&str]) -> Vec<String> {

@@ -7,10 +7,13 @@
 //!
 //! `alice` is masked (group `analysts`), `dba` is not, `carol` only has content detectors.
 
-use std::collections::BTreeMap;
-use std::process::Command;
-use std::sync::{Arc, Mutex};
+mod common;
 
+use std::collections::BTreeMap;
+
+use std::sync::Arc;
+
+use common::{direct, rand_suffix, Recorded};
 use gateway_core::*;
 use mysql_common::constants::CapabilityFlags;
 use mysql_common::io::ParseBuf;
@@ -152,18 +155,6 @@ impl PolicyEngine for AllowAll {
     }
 }
 
-/// Keeps every audit record.
-#[derive(Default)]
-struct Recorded(Mutex<Vec<AuditEvent>>);
-
-#[async_trait]
-impl AuditSink for Recorded {
-    async fn record(&self, record: AuditRecord) -> Result<(), GatewayError> {
-        self.0.lock().unwrap().push(record.event);
-        Ok(())
-    }
-}
-
 /// A database of its own on the local MariaDB, dropped at the end.
 struct Database(String);
 
@@ -198,36 +189,6 @@ impl Drop for Database {
     fn drop(&mut self) {
         direct(&format!("DROP DATABASE IF EXISTS {}", self.0));
     }
-}
-
-fn rand_suffix() -> String {
-    format!(
-        "{}_{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos()
-    )
-}
-
-fn direct(sql: &str) {
-    let out = Command::new("mariadb")
-        .args([
-            "--no-defaults",
-            "-h127.0.0.1",
-            "-P3306",
-            "-uroot",
-            "-e",
-            sql,
-        ])
-        .output()
-        .expect("run the mariadb client");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 async fn start(database: &str) -> (std::net::SocketAddr, Arc<Recorded>) {
@@ -282,23 +243,7 @@ async fn client(addr: std::net::SocketAddr, user: &str, sql: &str) -> (String, S
         "--force".to_owned(),
         "--max-allowed-packet=64M".to_owned(),
     ];
-    let input = sql.replace("; ", ";\n");
-    let out = tokio::task::spawn_blocking(move || {
-        use std::io::Write;
-        let mut child = Command::new("mariadb")
-            .args(&args)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("run the mariadb client");
-        let mut stdin = child.stdin.take().expect("stdin");
-        stdin.write_all(input.as_bytes()).expect("write statements");
-        drop(stdin);
-        child.wait_with_output().expect("run the mariadb client")
-    })
-    .await
-    .unwrap();
+    let out = common::mariadb(args, sql.replace("; ", ";\n").into_bytes()).await;
     (
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),

@@ -2,8 +2,6 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::*;
 use gateway_core::*;
 
@@ -104,10 +102,7 @@ async fn character_sets_that_hide_backslashes_are_refused() {
         "-e".to_owned(),
         "SELECT 1".to_owned(),
     ];
-    let out = tokio::task::spawn_blocking(move || Command::new("mariadb").args(&args).output())
-        .await
-        .unwrap()
-        .unwrap();
+    let out = mariadb(args, Vec::new()).await;
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(err.contains("character set gbk is not accepted"), "{err}");
@@ -174,23 +169,8 @@ async fn a_latin1_client_is_judged_and_audited_as_the_server_reads_it() {
         "--batch".to_owned(),
         "--skip-column-names".to_owned(),
     ];
-    let out = tokio::task::spawn_blocking(move || {
-        use std::io::Write;
-        let mut child = Command::new("mariadb")
-            .args(&args)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        // "é" and "€" in latin1 (Windows-1252) bytes.
-        let mut stdin = child.stdin.take().unwrap();
-        stdin.write_all(b"SELECT HEX('\xe9\x80');\n").unwrap();
-        drop(stdin);
-        child.wait_with_output().unwrap()
-    })
-    .await
-    .unwrap();
+    // "é" and "€" in latin1 (Windows-1252) bytes.
+    let out = mariadb(args, b"SELECT HEX('\xe9\x80');\n".to_vec()).await;
     assert!(
         out.status.success(),
         "{}",

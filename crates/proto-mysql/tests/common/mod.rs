@@ -207,8 +207,17 @@ pub async fn client(
     ];
     // Statements on standard input, one per line: with --force the client goes on after an
     // error (with -e it would stop at the first).
-    let input = sql.replace("; ", ";\n");
-    let out = tokio::task::spawn_blocking(move || {
+    let out = mariadb(args, sql.replace("; ", ";\n").into_bytes()).await;
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Runs the mariadb client with `args` and `input` on standard input.
+pub async fn mariadb(args: Vec<String>, input: Vec<u8>) -> std::process::Output {
+    tokio::task::spawn_blocking(move || {
         use std::io::Write;
         let mut child = Command::new("mariadb")
             .args(&args)
@@ -218,15 +227,10 @@ pub async fn client(
             .spawn()
             .expect("run the mariadb client");
         let mut stdin = child.stdin.take().expect("stdin");
-        stdin.write_all(input.as_bytes()).expect("write statements");
+        stdin.write_all(&input).expect("write statements");
         drop(stdin);
         child.wait_with_output().expect("run the mariadb client")
     })
     .await
-    .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    .unwrap()
 }
