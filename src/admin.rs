@@ -7,8 +7,13 @@
 //!   listeners are bound and once it is shutting down (readiness: a load balancer stops sending
 //!   new clients while sessions drain).
 //!
+//! With `[approvals]` configured it also serves the admin API under `/api/v1` (see
+//! [`api`](crate::admin_api)): every call there carries `Authorization: Bearer <JWT>`, checked
+//! by the gateway's own identity rules, and the actor's groups decide what it may do.
+//!
 //! Configured as `[admin] listen = "127.0.0.1:9090"`; without `[admin]` no admin listener runs.
-//! It has no authentication: bind it to loopback or a management network.
+//! The three endpoints above have no authentication: bind the listener to loopback or a
+//! management network.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -42,14 +47,22 @@ pub async fn bind(
     addr: SocketAddr,
     gateway: Gateway,
     ready: Arc<AtomicBool>,
+    approvals: Option<Arc<approvals::Approvals>>,
 ) -> std::io::Result<AdminServer> {
     let listener = TcpListener::bind(addr).await?;
     let local_addr = listener.local_addr()?;
-    let router = Router::new()
+    let mut router = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .with_state(AdminState { gateway, ready });
+        .with_state(AdminState {
+            gateway: gateway.clone(),
+            ready,
+        });
+    if let Some(approvals) = approvals {
+        approvals.set_admin_url(format!("http://{local_addr}"));
+        router = router.merge(crate::admin_api::router(gateway, approvals));
+    }
     Ok(AdminServer {
         listener,
         local_addr,
@@ -66,7 +79,10 @@ impl AdminServer {
     /// Serves requests until the task is aborted. Failed accepts are retried, so this does not
     /// return on its own in practice; if it does, the reason is logged.
     pub async fn run(self) {
-        if let Err(e) = axum::serve(self.listener, self.router).await {
+        let app = self
+            .router
+            .into_make_service_with_connect_info::<SocketAddr>();
+        if let Err(e) = axum::serve(self.listener, app).await {
             tracing::error!(addr = %self.local_addr, error = %e, "the admin listener stopped");
         }
     }

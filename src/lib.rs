@@ -31,3 +31,4 @@ pub use config::{Config, ConfigError, ConfigErrors};
 pub use server::{RunningServer, Server};
 pub use telemetry::Telemetry;
 pub mod admin;
+mod admin_api;

@@ -151,6 +151,24 @@ impl Server {
         builder = builder
             .audit(Arc::clone(&audit_log) as Arc<dyn gateway_core::AuditSink>)
             .parameters(parameters);
+        let approvals = match &config.approvals {
+            Some(settings) => {
+                let service = approvals::Approvals::open(
+                    settings.clone(),
+                    &config.gateway.data_dir,
+                    &config.gateway.node,
+                )
+                .context("cannot open the approval store ([approvals])")?;
+                let service = Arc::new(service);
+                builder = builder
+                    .approvals(Arc::clone(&service) as Arc<dyn gateway_core::ApprovalService>);
+                if config.admin.is_none() {
+                    tracing::warn!("[approvals] without [admin]: nobody can decide requests (the admin API runs on the admin listener)");
+                }
+                Some(service)
+            }
+            None => None,
+        };
         let gateway = builder.build();
         // With `on_failure = "open"` a dropped record never reaches the session phases as an
         // error, so the audit log counts it in the gateway's metrics itself.
@@ -165,7 +183,12 @@ impl Server {
         let mut admin_addr = None;
         let mut admin_task = None;
         if let Some(admin) = &config.admin {
-            let server = crate::admin::bind(admin.listen, gateway.clone(), Arc::clone(&ready))
+            let server = crate::admin::bind(
+                admin.listen,
+                gateway.clone(),
+                Arc::clone(&ready),
+                approvals.clone(),
+            )
                 .await
                 .with_context(|| {
                     format!(
@@ -175,7 +198,7 @@ impl Server {
                 })?;
             let addr = server.local_addr();
             if !addr.ip().is_loopback() {
-                tracing::warn!(%addr, "the admin listener has no authentication and is reachable from the network");
+                tracing::warn!(%addr, "the admin listener's /metrics, /healthz and /readyz have no authentication and are reachable from the network");
             }
             admin_addr = Some(addr);
             admin_task = Some(tokio::spawn(server.run()));

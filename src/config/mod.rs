@@ -71,7 +71,10 @@ pub struct Config {
     pub audit: audit::AuditConfig,
     /// `[masking]`, checked: which result columns are masked for whom. `None`: nothing is masked.
     pub masking: Option<masking::MaskingConfig>,
-    /// `[admin]`: the admin HTTP listener (metrics, health, readiness), if configured.
+    /// `[approvals]`, checked, with its store's path resolved (default `approvals.db` in
+    /// `gateway.data_dir`). `None`: statements that rules hold for approval are refused.
+    pub approvals: Option<approvals::ApprovalsConfig>,
+    /// `[admin]`: the admin HTTP listener (metrics, health, readiness, admin API), if configured.
     pub admin: Option<AdminSettings>,
     /// `[telemetry]`: trace export, when an `otlp_endpoint` is configured.
     pub telemetry: Option<TelemetrySettings>,

@@ -43,8 +43,14 @@ pub(super) struct FileConfig {
     /// they name. The schema and its reference live in `masking::config::MaskingSection`
     /// (docs/masking.md); values are literal, like `[policy]`'s.
     pub(super) masking: Option<Spanned<masking::config::MaskingSection>>,
-    /// `[admin]`: the admin HTTP listener serving `/metrics`, `/healthz` and `/readyz`. Without it
-    /// none runs.
+    /// `[approvals]`: who approves statements that `require-approval` rules hold, how long they
+    /// wait, and where requests and grants are kept. The schema and its reference live in
+    /// `approvals::ApprovalsConfig` (docs/approvals.md); values are literal, like `[policy]`'s.
+    /// Without it held statements are refused.
+    pub(super) approvals: Option<Spanned<approvals::ApprovalsConfig>>,
+    /// `[admin]`: the admin HTTP listener serving `/metrics`, `/healthz` and `/readyz`, and the
+    /// admin API (`/api/v1`, bearer tokens) when `[approvals]` is configured. Without it none
+    /// runs.
     pub(super) admin: Option<Spanned<AdminSection>>,
     /// `[telemetry]`: OpenTelemetry trace export. Without it (or without `otlp_endpoint`) no span
     /// leaves the process.

@@ -619,6 +619,41 @@ impl TestGateway {
         }
     }
 
+    /// The admin listener's base URL (`http://127.0.0.1:PORT`); the configuration must have
+    /// `[admin]`.
+    pub fn admin_url(&self) -> String {
+        let addr = self
+            .server
+            .as_ref()
+            .and_then(RunningServer::admin_addr)
+            .expect("the configuration has an [admin] listener");
+        format!("http://{addr}")
+    }
+
+    /// A valid token for `subject` in `groups`.
+    pub fn token_in(&self, subject: &str, groups: &[&str]) -> String {
+        let mut req = self.mint_request(subject);
+        req.groups = groups.iter().map(|g| (*g).to_owned()).collect();
+        identity::mint_token(&req).expect("mint token")
+    }
+
+    /// Stops the gateway and starts it again from the same configuration file (same data
+    /// directory, so the same trail and approval store); the listeners get new ports.
+    pub async fn restart(&mut self) {
+        if let Some(server) = self.server.take() {
+            tokio::time::timeout(SHUTDOWN_BOUND, server.shutdown())
+                .await
+                .expect("the gateway shuts down");
+        }
+        let origin = self.dir.path().join("portcullis.toml");
+        let config = Config::from_toml_str(&self.config_text, &origin).expect("same config");
+        let server = Server::start(config)
+            .await
+            .unwrap_or_else(|e| panic!("gateway did not restart: {e:#}"));
+        self.addr = server.postgres_addr().expect("[postgres]");
+        self.server = Some(server);
+    }
+
     /// The target (database) name clients ask for.
     pub fn database(&self) -> &str {
         &self.db.name

@@ -782,6 +782,27 @@ mod tests {
                 rule: Some(Arc::from(text)),
                 approval_id: Some(Arc::from(text)),
             },
+            AuditEvent::ApprovalRequested {
+                statement_id: 6,
+                request_id: Arc::from(text),
+                new: true,
+                sql: Arc::clone(&sql),
+                fingerprint: Some(Arc::from("0123456789abcdef")),
+                parameters: parameters.clone(),
+                rule: Some(Arc::from(text)),
+                waits: false,
+            },
+            AuditEvent::ApprovalEnded {
+                statement_id: 6,
+                request_id: Arc::from(text),
+                outcome: "timed_out",
+            },
+            AuditEvent::AdminAction {
+                action: "approval_approved",
+                id: text.to_owned(),
+                reason: Some(text.to_owned()),
+                detail: serde_json::json!({ "quorum": 2, "by": [text, "b"], "break_glass": false }),
+            },
             AuditEvent::StatementStarted {
                 statement_id: 5,
                 sql: Arc::clone(&sql),

@@ -364,9 +364,12 @@ impl RecordIndex {
             AuditEvent::StatementStarted { .. } | AuditEvent::StatementExecuted { .. } => {
                 Some("allow")
             }
+            AuditEvent::ApprovalRequested { .. } => Some("needs_approval"),
             AuditEvent::SessionOpened { .. }
             | AuditEvent::SessionClosed { .. }
-            | AuditEvent::StatementFinished { .. } => None,
+            | AuditEvent::StatementFinished { .. }
+            | AuditEvent::ApprovalEnded { .. }
+            | AuditEvent::AdminAction { .. } => None,
         };
         let event = record.event.name();
         RecordIndex {
@@ -395,6 +398,7 @@ impl RecordIndex {
             (Some(d), _) => Some(d),
             (None, "statement_started" | "statement_executed") => Some("allow".to_owned()),
             (None, "login_failed") => Some("deny".to_owned()),
+            (None, "approval_requested") => Some("needs_approval".to_owned()),
             _ => None,
         };
         Ok(RecordIndex {

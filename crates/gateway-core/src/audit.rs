@@ -129,6 +129,55 @@ pub enum AuditEvent {
         #[serde(skip_serializing_if = "Option::is_none")]
         masked: Option<Arc<[crate::masking::MaskedColumn]>>,
     },
+    /// A statement was held for someone else's approval: a request is open for it (new, or the
+    /// one an earlier execution of exactly this statement opened).
+    ApprovalRequested {
+        /// Statement id within the session.
+        statement_id: u64,
+        /// The request.
+        request_id: Arc<str>,
+        /// Whether this execution opened the request.
+        new: bool,
+        /// Statement text.
+        sql: Arc<str>,
+        /// The statement's shape without literal values, when the policy engine analysed it.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        fingerprint: Option<Arc<str>>,
+        /// Bound parameters (recorded or hashed), when the execution had them and the
+        /// configuration keeps them.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        parameters: Option<Arc<RecordedParameters>>,
+        /// The rule that holds it.
+        rule: Option<Arc<str>>,
+        /// Whether the statement waits for the decision (otherwise it is refused now and runs
+        /// when sent again after the approval).
+        waits: bool,
+    },
+    /// A statement's hold ended: `outcome` is `approved` (its `statement_started` follows, naming
+    /// the request), `denied`, `expired`, `timed_out`, `cancelled`, `shutting_down` or
+    /// `not_waiting` (refused now; the request stays open).
+    ApprovalEnded {
+        /// Statement id within the session.
+        statement_id: u64,
+        /// The request.
+        request_id: Arc<str>,
+        /// How the hold ended.
+        outcome: &'static str,
+    },
+    /// An administrative action outside any session (a decision on an approval request, a
+    /// grant created or revoked, a session ended): `subject` of the record is who acted,
+    /// `session_id` is `admin`.
+    AdminAction {
+        /// What was done, e.g. `approval_approved`, `grant_created`.
+        action: &'static str,
+        /// The request, grant or session acted on.
+        id: String,
+        /// The reason the actor gave, if any.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+        /// The action's particulars.
+        detail: serde_json::Value,
+    },
     /// A statement ran and ended: what `statement_started` and `statement_finished` say, in one
     /// record, for a statement whose end was known before its start was written (a sink that
     /// batches writes joins the two with [`AuditRecord::join_end`]). `time` is when it started.
@@ -194,6 +243,9 @@ impl AuditEvent {
             AuditEvent::StatementStarted { .. } => "statement_started",
             AuditEvent::StatementFinished { .. } => "statement_finished",
             AuditEvent::StatementExecuted { .. } => "statement_executed",
+            AuditEvent::ApprovalRequested { .. } => "approval_requested",
+            AuditEvent::ApprovalEnded { .. } => "approval_ended",
+            AuditEvent::AdminAction { .. } => "admin_action",
         }
     }
 }

@@ -44,7 +44,10 @@ pub mod text;
 pub mod trace;
 pub mod workers;
 
-pub use approval::{ApprovalOutcome, ApprovalService, NoApprovals};
+pub use approval::{
+    ApprovalRequest, ApprovalService, Decided, Hold, HoldEnd, HoldHandle, NoApprovals, NoticeSink,
+    Submission,
+};
 /// The attribute the async seams ([`Authenticator`], [`AuditSink`], [`ApprovalService`]) are
 /// written with, re-exported so that implementing one needs no dependency of its own:
 /// `#[gateway_core::async_trait] impl AuditSink for MySink { ... }`.

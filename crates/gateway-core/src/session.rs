@@ -7,7 +7,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
-use crate::approval::{ApprovalOutcome, ApprovalService, NoApprovals};
+use crate::approval::{
+    ApprovalRequest, ApprovalService, Decided, HoldEnd, HoldHandle, NoApprovals, NoticeSink, Submission,
+};
 use crate::audit::{now, AuditEvent, AuditRecord, AuditSink, LogAuditSink, RecordedError};
 use crate::error::{ErrorKind, GatewayError, Side};
 use crate::identity::{Authenticator, ClientInfo, Credentials, DenyAllAuthenticator, Identity};
@@ -232,6 +234,8 @@ impl Gateway {
                     metrics,
                     masking,
                     catalog: OnceLock::new(),
+                    notices: OnceLock::new(),
+                    holds: HoldHandle::default(),
                 };
                 session
                     .record(AuditEvent::SessionOpened {
@@ -269,6 +273,59 @@ impl Gateway {
                 Err(e)
             }
         }
+    }
+
+    /// Authenticates credentials with the gateway's authenticator, outside any session (an admin
+    /// API presenting a bearer token). No audit record: the caller records what it does.
+    pub async fn authenticate(
+        &self,
+        credentials: &Credentials,
+        client: &ClientInfo,
+    ) -> Result<Identity, GatewayError> {
+        self.inner
+            .authenticator
+            .authenticate(credentials, client)
+            .await
+    }
+
+    /// Records an administrative action taken outside any session ([`AuditEvent::AdminAction`]):
+    /// `subject` acted, from `client`, on `target` when the action concerns one. The session id
+    /// of the record is `admin`. `Err` when the trail could not take it: the caller must then
+    /// not report the action as done.
+    pub async fn record_admin(
+        &self,
+        subject: &str,
+        target: Option<&str>,
+        client: ClientInfo,
+        event: AuditEvent,
+    ) -> Result<(), GatewayError> {
+        if !self.inner.audit.enabled() {
+            return Ok(());
+        }
+        let record = AuditRecord {
+            time: now(),
+            node: Arc::clone(&self.inner.node),
+            session_id: Arc::from("admin"),
+            subject: Some(Arc::from(subject)),
+            target: target.map(Arc::from),
+            client: Arc::new(client),
+            event,
+        };
+        let span = tracing::info_span!(target: TARGET, "audit", event = "admin_action");
+        self.inner
+            .audit
+            .record(record)
+            .instrument(span)
+            .await
+            .map_err(|e| {
+                self.inner.metrics.audit_failure();
+                GatewayError::new(
+                    ErrorKind::AuditUnavailable,
+                    Side::Gateway,
+                    "the audit trail is unavailable, so the action was not taken",
+                )
+                .with_detail(e.message)
+            })
     }
 
     async fn admit(
@@ -342,6 +399,11 @@ pub struct Session {
     /// The target's catalog, set by the protocol crate ([`Session::set_catalog`]); masking treats
     /// every origin as unresolvable without one.
     catalog: OnceLock<Arc<dyn Catalog>>,
+    /// Where notices for the client go (set by the protocol crate; none: the client is told
+    /// nothing while a statement waits).
+    notices: OnceLock<Arc<dyn NoticeSink>>,
+    /// Ends a wait for approval from outside the session's task.
+    holds: HoldHandle,
 }
 
 /// A judged statement text, ready to execute (possibly many times).
@@ -360,6 +422,24 @@ impl Statement {
     pub fn judgement(&self) -> &Judgement {
         &self.judgement
     }
+    /// Whether executions of it are held for approval (protocol crates then pass the bound
+    /// values to [`Session::execute_bound`]).
+    pub fn needs_approval(&self) -> bool {
+        self.judgement.verdict.decision == Decision::NeedsApproval
+    }
+}
+
+/// What an approval covers: SHA-256 over the target name, the statement text and the bound
+/// values, each length-prefixed so that no two different triples hash the same input.
+fn binding(target: &str, sql: &str, values: &[u8]) -> [u8; 32] {
+    let mut h = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    for part in [target.as_bytes(), sql.as_bytes(), values] {
+        h.update(&(part.len() as u64).to_be_bytes());
+        h.update(part);
+    }
+    let mut out = [0u8; 32];
+    out.copy_from_slice(h.finish().as_ref());
+    out
 }
 
 /// How an execution ended.
@@ -477,6 +557,18 @@ impl Session {
         if let Some(c) = self.catalog.get() {
             c.invalidate();
         }
+    }
+
+    /// Hands the session where notices for its client go ([`NoticeSink`]): told while a
+    /// statement waits for approval. Protocol crates whose wire has notices call it once.
+    pub fn set_notices(&self, notices: Arc<dyn NoticeSink>) {
+        let _ = self.notices.set(notices);
+    }
+
+    /// The handle that ends this session's wait for an approval: the protocol crate's cancel
+    /// path and its shutdown call it.
+    pub fn holds(&self) -> &HoldHandle {
+        &self.holds
     }
 
     fn catalog(&self) -> Arc<dyn Catalog> {
@@ -696,27 +788,41 @@ impl Session {
         stmt: &Statement,
         parameters: Option<Arc<RecordedParameters>>,
     ) -> Result<Execution, GatewayError> {
+        self.execute_bound(stmt, parameters, &[]).await
+    }
+
+    /// [`execute_with`](Self::execute_with), with the execution's bound values as sent on the
+    /// wire (`values`): an approval then covers exactly these values. Protocol crates pass them
+    /// only when [`Statement::needs_approval`] (they are not read otherwise).
+    pub async fn execute_bound(
+        &self,
+        stmt: &Statement,
+        parameters: Option<Arc<RecordedParameters>>,
+        values: &[u8],
+    ) -> Result<Execution, GatewayError> {
         let statement_id = self.statements.fetch_add(1, Ordering::Relaxed);
         let span = self.statement_span(statement_id, &stmt.judgement);
         let verdict = &stmt.judgement.verdict;
         let mut approval_id = None;
         if verdict.decision == Decision::NeedsApproval {
-            match self
-                .gateway
-                .inner
-                .approvals
-                .request(&self.ctx.identity, &self.ctx.target, &stmt.sql, verdict)
+            // Marks the session as holding a statement until its hold is settled and recorded:
+            // a protocol crate that drains on shutdown waits for the held statement's answer.
+            let _holding = self.holds.begin();
+            let held = self
+                .hold(statement_id, stmt, parameters.as_ref(), values, &span)
                 .instrument(span.in_scope(|| tracing::info_span!(target: TARGET, "approval")))
-                .await
-            {
-                ApprovalOutcome::Approved { id } => approval_id = Some(Arc::from(id)),
-                ApprovalOutcome::Refused(e) => {
+                .await;
+            match held {
+                Ok(id) => approval_id = Some(Arc::from(id)),
+                Err(e) => {
                     self.metrics.approval_required.inc();
                     span.record("otel.status_code", "error");
+                    let mut verdict = verdict.clone();
+                    verdict.reason = Some(e.message.clone());
                     self.record_in(&span, || AuditEvent::StatementDenied {
                         statement_id,
                         sql: Arc::clone(&stmt.sql),
-                        verdict: verdict.clone(),
+                        verdict,
                         objects: stmt.judgement.objects.clone(),
                         fingerprint: stmt.judgement.fingerprint.clone(),
                         parameters,
@@ -761,6 +867,90 @@ impl Session {
                 catalog: self.catalog(),
             }),
         })
+    }
+
+    /// Holds an execution for approval: submits it, and while a request is open tells the client
+    /// and waits for the decision, the timeout, the client's cancel or the gateway's shutdown,
+    /// recording the request and how its hold ended. `Ok` is the approving request's or grant's
+    /// id.
+    async fn hold(
+        &self,
+        statement_id: u64,
+        stmt: &Statement,
+        parameters: Option<&Arc<RecordedParameters>>,
+        values: &[u8],
+        span: &Span,
+    ) -> Result<String, GatewayError> {
+        let judgement = &stmt.judgement;
+        let approvals = &self.gateway.inner.approvals;
+        let request = ApprovalRequest {
+            session: &self.ctx,
+            statement_id,
+            sql: &stmt.sql,
+            fingerprint: judgement.fingerprint.as_deref(),
+            classification: judgement.classification.as_deref(),
+            objects: judgement.objects.as_deref(),
+            parameters: parameters.map(|p| &**p),
+            binding: binding(&self.ctx.target.name, &stmt.sql, values),
+            verdict: &judgement.verdict,
+            notices: self.notices.get().is_some(),
+        };
+        let hold = match approvals.submit(&request).await {
+            Submission::Approved { id } => return Ok(id),
+            Submission::Refused(e) => return Err(e),
+            Submission::Pending(hold) => hold,
+        };
+        let request_id: Arc<str> = Arc::from(hold.id.as_str());
+        self.record_in(span, || AuditEvent::ApprovalRequested {
+            statement_id,
+            request_id: Arc::clone(&request_id),
+            new: hold.new,
+            sql: Arc::clone(&stmt.sql),
+            fingerprint: judgement.fingerprint.clone(),
+            parameters: parameters.cloned(),
+            rule: judgement.verdict.rule.clone(),
+            waits: hold.wait.is_some(),
+        })
+        .await?;
+        let ended = |outcome: &'static str| {
+            let request_id = Arc::clone(&request_id);
+            move || AuditEvent::ApprovalEnded {
+                statement_id,
+                request_id,
+                outcome,
+            }
+        };
+        let Some(wait) = hold.wait else {
+            self.record_in(span, ended("not_waiting")).await?;
+            return Err(hold.refusal);
+        };
+        if let Some(notices) = self.notices.get() {
+            notices.notice(&hold.notice);
+        }
+        let decided = tokio::select! {
+            decided = approvals.wait(&hold.id) => Ok(decided),
+            why = self.holds.ended() => Err(why),
+            () = tokio::time::sleep(wait) => Err(HoldEnd::TimedOut),
+        };
+        match decided {
+            Ok(Decided::Approved(id)) => {
+                self.record_in(span, ended("approved")).await?;
+                Ok(id)
+            }
+            Ok(Decided::Denied(e)) => {
+                self.record_in(span, ended("denied")).await?;
+                Err(e)
+            }
+            Ok(Decided::Expired(e)) => {
+                self.record_in(span, ended("expired")).await?;
+                Err(e)
+            }
+            Err(why) => {
+                let e = approvals.end(&hold.id, why).await;
+                self.record_in(span, ended(why.as_str())).await?;
+                Err(e)
+            }
+        }
     }
 
     /// Records the end of an execution.

@@ -34,21 +34,60 @@ impl PolicyEngine for HoldAll {
     }
 }
 
-/// Approves statements that mention "approved" as request `req-7`, refuses the rest.
-struct Approver;
+/// Approves statements that mention "approved" as request `req-7`; holds those that mention
+/// "wait" as request `req-8` until `release` (or, for "brief", for 50 ms); refuses the rest.
+#[derive(Default)]
+struct Approver {
+    release: tokio::sync::Notify,
+    ended: Mutex<Vec<HoldEnd>>,
+}
 
 #[async_trait::async_trait]
 impl ApprovalService for Approver {
-    async fn request(&self, _: &Identity, _: &Target, sql: &str, _: &Verdict) -> ApprovalOutcome {
+    async fn submit(&self, request: &ApprovalRequest<'_>) -> Submission {
+        let sql = request.sql;
         if sql.contains("approved") {
-            ApprovalOutcome::Approved { id: "req-7".into() }
+            Submission::Approved { id: "req-7".into() }
+        } else if sql.contains("wait") {
+            let wait = if sql.contains("brief") { 50 } else { 60_000 };
+            Submission::Pending(Hold {
+                id: "req-8".into(),
+                new: true,
+                notice: "held: request req-8".into(),
+                wait: Some(std::time::Duration::from_millis(wait)),
+                refusal: GatewayError::new(ErrorKind::ApprovalRequired, Side::Gateway, "held"),
+            })
         } else {
-            ApprovalOutcome::Refused(GatewayError::new(
+            Submission::Refused(GatewayError::new(
                 ErrorKind::ApprovalRequired,
                 Side::Gateway,
                 "waiting for approval",
             ))
         }
+    }
+
+    async fn wait(&self, id: &str) -> Decided {
+        self.release.notified().await;
+        Decided::Approved(id.to_owned())
+    }
+
+    async fn end(&self, id: &str, why: HoldEnd) -> GatewayError {
+        self.ended.lock().unwrap().push(why);
+        GatewayError::new(
+            ErrorKind::ApprovalRequired,
+            Side::Gateway,
+            format!("request {id} ended: {}", why.as_str()),
+        )
+    }
+}
+
+/// Keeps the notices a session sends its client.
+#[derive(Default)]
+struct Told(Mutex<Vec<String>>);
+
+impl NoticeSink for Told {
+    fn notice(&self, text: &str) {
+        self.0.lock().unwrap().push(text.to_owned());
     }
 }
 
@@ -85,10 +124,14 @@ impl AuditSink for Switchable {
 }
 
 fn gateway(sink: Arc<dyn AuditSink>) -> Gateway {
+    gateway_with(sink, Arc::new(Approver::default()))
+}
+
+fn gateway_with(sink: Arc<dyn AuditSink>, approver: Arc<Approver>) -> Gateway {
     Gateway::builder()
         .authenticator(Arc::new(Anyone))
         .policy(Arc::new(HoldAll))
-        .approvals(Arc::new(Approver))
+        .approvals(approver)
         .audit(sink)
         .targets(Targets::new([common::target()]))
         .build()
@@ -148,6 +191,97 @@ async fn an_approved_statement_names_its_approval_and_rule_apart() {
     assert!(denied[0].get("approval_id").is_none(), "{:#}", denied[0]);
     assert_eq!(denied[0]["verdict"]["rule"], "hold-all");
     assert_eq!(denied[0]["fingerprint"], "0123456789abcdef");
+}
+
+/// A held statement tells the client, waits, and runs once approved, naming the request; the
+/// trail has the request, how its hold ended and the start.
+#[tokio::test]
+async fn a_held_statement_waits_tells_the_client_and_runs_once_approved() {
+    let sink = Arc::new(Memory::default());
+    let approver = Arc::new(Approver::default());
+    let gw = gateway_with(Arc::clone(&sink) as Arc<dyn AuditSink>, Arc::clone(&approver));
+    let session = Arc::new(open(&gw).await);
+    let told = Arc::new(Told::default());
+    session.set_notices(Arc::clone(&told) as Arc<dyn NoticeSink>);
+    let stmt = session
+        .prepare("delete from t -- wait", &SqlSettings::default())
+        .await
+        .unwrap();
+    let running = {
+        let session = Arc::clone(&session);
+        tokio::spawn(async move { session.execute(&stmt).await.map(|e| e.statement_id()) })
+    };
+    while told.0.lock().unwrap().is_empty() {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    assert!(session.holds().is_waiting());
+    assert!(!running.is_finished(), "it waits for the decision");
+    approver.release.notify_one();
+    running.await.unwrap().expect("runs once approved");
+    assert!(!session.holds().is_waiting());
+    assert_eq!(*told.0.lock().unwrap(), ["held: request req-8"]);
+
+    let records = sink.0.lock().unwrap().clone();
+    let events: Vec<&str> = records.iter().map(|r| r["event"].as_str().unwrap()).collect();
+    assert_eq!(
+        events,
+        ["session_opened", "approval_requested", "approval_ended", "statement_started"]
+    );
+    assert_eq!(records[1]["request_id"], "req-8");
+    assert_eq!(records[1]["waits"], true);
+    assert_eq!(records[1]["rule"], "hold-all");
+    assert_eq!(records[2]["outcome"], "approved");
+    assert_eq!(records[3]["approval_id"], "req-8");
+}
+
+/// The client's cancel and the timeout each end the wait: the service hears why, the client gets
+/// its error, and the trail says how the hold ended and that the statement was refused.
+#[tokio::test]
+async fn a_cancel_or_a_timeout_ends_the_wait_and_is_recorded() {
+    let sink = Arc::new(Memory::default());
+    let approver = Arc::new(Approver::default());
+    let gw = gateway_with(Arc::clone(&sink) as Arc<dyn AuditSink>, Arc::clone(&approver));
+    let session = Arc::new(open(&gw).await);
+    let settings = SqlSettings::default();
+
+    let stmt = session.prepare("delete from t -- wait", &settings).await.unwrap();
+    let running = {
+        let session = Arc::clone(&session);
+        tokio::spawn(async move { session.execute(&stmt).await.map(|e| e.statement_id()) })
+    };
+    while !session.holds().is_waiting() {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    assert!(session.holds().cancel(), "a wait was in progress");
+    let e = running.await.unwrap().expect_err("cancelled");
+    assert_eq!(e.message, "request req-8 ended: cancelled");
+
+    let brief = session
+        .prepare("delete from t -- wait brief", &settings)
+        .await
+        .unwrap();
+    let e = session.execute(&brief).await.err().expect("timed out");
+    assert_eq!(e.message, "request req-8 ended: timed_out");
+    assert_eq!(
+        *approver.ended.lock().unwrap(),
+        [HoldEnd::Cancelled, HoldEnd::TimedOut]
+    );
+
+    let records = sink.0.lock().unwrap().clone();
+    let ended: Vec<&str> = records
+        .iter()
+        .filter(|r| r["event"] == "approval_ended")
+        .map(|r| r["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(ended, ["cancelled", "timed_out"]);
+    let denied: Vec<&serde_json::Value> = records
+        .iter()
+        .filter(|r| r["event"] == "statement_denied")
+        .collect();
+    assert_eq!(denied.len(), 2);
+    assert_eq!(denied[0]["verdict"]["reason"], "request req-8 ended: cancelled");
+    assert!(records.iter().all(|r| r["event"] != "statement_started"));
 }
 
 /// A sink that wants no records gets none, and no parameters are captured for it; statements

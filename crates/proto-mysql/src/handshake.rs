@@ -487,6 +487,7 @@ async fn login(
         &session.identity().subject,
         (target.host.clone(), target.port),
         upstream.connection_id,
+        session.holds().clone(),
     );
     let seq = state.seq;
     let status = upstream.status;

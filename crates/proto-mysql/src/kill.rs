@@ -17,6 +17,9 @@ struct Entry {
     subject: Arc<str>,
     server: (String, u16),
     upstream_id: u32,
+    /// The session's wait for an approval, which a KILL ends (the waiting statement never
+    /// reached the server).
+    holds: gateway_core::HoldHandle,
 }
 
 /// The listener's sessions by gateway connection id.
@@ -47,6 +50,7 @@ impl Registry {
         subject: &str,
         server: (String, u16),
         upstream_id: u32,
+        holds: gateway_core::HoldHandle,
     ) -> Registration {
         if let Ok(mut s) = self.sessions.lock() {
             s.insert(
@@ -55,6 +59,7 @@ impl Registry {
                     subject: Arc::from(subject),
                     server,
                     upstream_id,
+                    holds,
                 },
             );
         }
@@ -65,13 +70,15 @@ impl Registry {
     }
 
     /// The statement to send upstream for the client's KILL `sql`, asked by `subject` whose
-    /// session is on `server`; or the error to answer with.
+    /// session is on `server`; or the error to answer with. `Ok(None)`: a KILL QUERY that ended
+    /// the named session's wait for an approval, with nothing running upstream to stop (answer
+    /// OK). A KILL CONNECTION also ends such a wait, and is forwarded.
     pub fn rewrite(
         &self,
         sql: &str,
         subject: &str,
         server: &(String, u16),
-    ) -> Result<String, Refusal> {
+    ) -> Result<Option<String>, Refusal> {
         let (what, id) = parse(sql).ok_or_else(|| {
             // ER_NOT_SUPPORTED_YET
             (
@@ -90,7 +97,10 @@ impl Registry {
             // ER_KILL_DENIED_ERROR, as the server answers a KILL of someone else's connection.
             return Err((1095, *b"HY000", format!("You are not owner of thread {id}")));
         }
-        Ok(format!("KILL {what} {}", entry.upstream_id))
+        if entry.holds.cancel() && what == "QUERY" {
+            return Ok(None);
+        }
+        Ok(Some(format!("KILL {what} {}", entry.upstream_id)))
     }
 }
 
@@ -157,10 +167,16 @@ mod tests {
     fn a_kill_reaches_only_the_owners_session_on_the_same_server() {
         let registry = Arc::new(Registry::default());
         let server = ("db1".to_owned(), 3306);
-        let guard = registry.register(10, "alice", server.clone(), 4242);
+        let guard = registry.register(
+            10,
+            "alice",
+            server.clone(),
+            4242,
+            gateway_core::HoldHandle::default(),
+        );
         assert_eq!(
-            registry.rewrite("KILL QUERY 10", "alice", &server).unwrap(),
-            "KILL QUERY 4242"
+            registry.rewrite("KILL QUERY 10", "alice", &server).unwrap().as_deref(),
+            Some("KILL QUERY 4242")
         );
         let e = registry.rewrite("KILL 10", "bob", &server).unwrap_err();
         assert_eq!(e.0, 1095, "{e:?}");

@@ -104,6 +104,8 @@ struct Relay {
     up_reader: PacketReader,
     /// Whether the server reports ANSI_QUOTES in its status flags (MariaDB does).
     status_has_ansi_quotes: bool,
+    /// The server status flags of the last response (for an OK the gateway answers itself).
+    last_status: u16,
     /// The listener's sessions, for KILL.
     kills: Arc<crate::kill::Registry>,
     /// The database server of this session's target, for KILL.
@@ -153,12 +155,22 @@ pub(crate) async fn relay(
         up_write,
         up_reader: upstream.reader,
         status_has_ansi_quotes: mariadb,
+        last_status: 0,
         kills: Arc::clone(&shared.kills),
         server,
         encoding,
         masked,
     };
     relay.track_status(upstream.status);
+    // A shutdown ends a statement's wait for approval (the command loop sees the shutdown only
+    // between commands).
+    let holds = relay.session.holds().clone();
+    let mut stopping = stop.clone();
+    let _hold_watch = AbortOnDrop(tokio::spawn(async move {
+        if stopping.wait_for(|s| *s).await.is_ok() {
+            holds.shut_down();
+        }
+    }));
     if !mariadb {
         // MySQL reports NO_BACKSLASH_ESCAPES in its status flags but not ANSI_QUOTES: ask.
         relay.refresh_state().await?;
@@ -223,6 +235,15 @@ pub(crate) async fn relay(
                 return Err(e);
             }
         }
+    }
+}
+
+/// Aborts a helper task when the relay ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -481,7 +502,14 @@ impl Relay {
         expect: Expect,
         reply_seq: u8,
     ) -> Result<Response, GatewayError> {
-        let exec: Execution = match self.session.execute(stmt).await {
+        // A held statement's approval covers its exact values: COM_STMT_EXECUTE's payload after
+        // the statement id (which differs between prepares of the same text).
+        let values: &[u8] = if stmt.needs_approval() && command.get(HEADER_LEN) == Some(&COM_STMT_EXECUTE) {
+            command.get(HEADER_LEN + 5..).unwrap_or_default()
+        } else {
+            &[]
+        };
+        let exec: Execution = match self.session.execute_bound(stmt, None, values).await {
             Ok(exec) => exec,
             Err(e) => {
                 self.send_client(&packet::err(reply_seq, &e)).await?;
@@ -568,7 +596,19 @@ impl Relay {
                 .rewrite(sql, &self.session.identity().subject, &self.server)
         };
         match rewritten {
-            Ok(upstream_sql) => {
+            Ok(None) => {
+                // Ended a wait for approval: nothing ran upstream. Recorded like any KILL.
+                let exec = self.session.execute(stmt).await;
+                match exec {
+                    Ok(exec) => {
+                        let ok = packet::ok(reply_seq, self.last_status);
+                        self.send_client(&ok).await?;
+                        let _ = self.session.finish(exec, Outcome::default()).await;
+                    }
+                    Err(e) => self.send_client(&packet::err(reply_seq, &e)).await?,
+                }
+            }
+            Ok(Some(upstream_sql)) => {
                 let mut payload = Vec::with_capacity(upstream_sql.len() + 1);
                 payload.push(COM_QUERY);
                 payload.extend_from_slice(upstream_sql.as_bytes());
@@ -853,6 +893,7 @@ impl Relay {
 
     /// Reads the SQL-reading settings the server reports in its status flags.
     fn track_status(&mut self, status: u16) {
+        self.last_status = status;
         self.settings.no_backslash_escapes =
             status & StatusFlags::SERVER_STATUS_NO_BACKSLASH_ESCAPES.bits() != 0;
         if self.status_has_ansi_quotes {

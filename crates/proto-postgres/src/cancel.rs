@@ -18,6 +18,9 @@ pub struct CancelTarget {
     pub pid: i32,
     /// Upstream secret key.
     pub secret: i32,
+    /// The session's wait for an approval: a cancel while a statement waits ends the wait (the
+    /// statement never reached the upstream, so there is nothing to cancel there).
+    pub holds: gateway_core::HoldHandle,
 }
 
 /// The live key map of one listener.
@@ -59,6 +62,10 @@ impl CancelRegistry {
             tracing::debug!("cancel request with unknown keys ignored");
             return;
         };
+        if t.holds.cancel() {
+            tracing::debug!("cancel request ended a wait for approval");
+            return;
+        }
         let packet = crate::startup::encode_cancel(t.pid, t.secret);
         match TcpStream::connect((t.host.as_str(), t.port)).await {
             Ok(mut s) => {

@@ -360,6 +360,7 @@ async fn handshake(
         port: target.port,
         pid: up_pid,
         secret: up_secret,
+        holds: session.holds().clone(),
     });
 
     // Login complete on both sides: tell the client, relaying the server's parameters.

@@ -164,7 +164,11 @@ pub(crate) async fn relay(
         statement_index: 0,
         query_masked: Vec::new(),
         out: BytesMut::new(),
+        notices: None,
     };
+    let notices = Arc::new(Notices::default());
+    session.set_notices(Arc::clone(&notices) as Arc<dyn gateway_core::NoticeSink>);
+    to_client.notices = Some(notices);
     let leftover = upstream.leftover;
     let stop = StopSignal::watch(shutdown);
     let result = tokio::select! {
@@ -173,7 +177,7 @@ pub(crate) async fn relay(
         biased;
         r = to_upstream.run(&mut client_read, &mut up_write) => r,
         r = to_client.run(leftover, &mut up_read, &mut client_write) => r,
-        () = idle_after_shutdown(&stop, &queue) => Err(GatewayError::new(
+        () = idle_after_shutdown(&stop, &queue, &session) => Err(GatewayError::new(
             ErrorKind::ShuttingDown,
             Side::Gateway,
             "the gateway is shutting down; reconnect to continue",
@@ -301,11 +305,63 @@ impl Drop for StopSignal {
     }
 }
 
-/// Resolves once a shutdown was requested and the upstream owes this session nothing more.
-async fn idle_after_shutdown(stop: &StopSignal, queue: &Queue) {
+/// Resolves once a shutdown was requested and the upstream owes this session nothing more. A
+/// statement waiting for approval is ended first (its error, naming the request, then goes to the
+/// client like any other result).
+async fn idle_after_shutdown(stop: &StopSignal, queue: &Queue, session: &Session) {
     stop.requested().await;
-    while !queue.lock().unwrap_or_else(|e| e.into_inner()).is_empty() {
+    session.holds().shut_down();
+    while session.holds().is_waiting()
+        || !queue.lock().unwrap_or_else(|e| e.into_inner()).is_empty()
+    {
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Notices for the client that come from outside the relay's two directions: the session tells
+/// its client that a statement waits for approval while the client direction is held. The
+/// upstream direction writes them between whole frames (never inside a row it streams).
+#[derive(Default)]
+struct Notices {
+    frames: Mutex<BytesMut>,
+    queued: AtomicBool,
+    waker: atomic_waker::AtomicWaker,
+}
+
+impl gateway_core::NoticeSink for Notices {
+    fn notice(&self, text: &str) {
+        let frame = crate::wire::notice_response(text);
+        self.frames
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend_from_slice(&frame);
+        self.queued.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+}
+
+impl Notices {
+    /// Resolves when a notice is queued. One atomic load per poll when none is.
+    async fn queued(&self) {
+        std::future::poll_fn(|cx| {
+            if self.queued.load(Ordering::Acquire) {
+                return std::task::Poll::Ready(());
+            }
+            self.waker.register(cx.waker());
+            if self.queued.load(Ordering::Acquire) {
+                std::task::Poll::Ready(())
+            } else {
+                std::task::Poll::Pending
+            }
+        })
+        .await
+    }
+
+    /// The queued frames, in order.
+    fn take(&self) -> BytesMut {
+        let mut frames = self.frames.lock().unwrap_or_else(|e| e.into_inner());
+        self.queued.store(false, Ordering::Release);
+        frames.split()
     }
 }
 
@@ -342,6 +398,9 @@ struct Portal {
     stmt: Statement,
     parameters: Option<Arc<RecordedParameters>>,
     bind: u64,
+    /// The Bind's parameter formats and values as sent, kept only for a statement held for
+    /// approval: its approval covers exactly these values.
+    values: Option<Bytes>,
 }
 
 /// Whether a statement may open or close SQL cursors (DECLARE, CLOSE, a function the analysis
@@ -688,10 +747,12 @@ impl ClientDirection<'_> {
                     } else {
                         bind_values(rest).and_then(|values| audit.capture(values))
                     };
+                    let values = stmt.needs_approval().then(|| Bytes::copy_from_slice(rest));
                     Portal {
                         stmt,
                         parameters,
                         bind,
+                        values,
                     }
                 });
                 match self.portals.get_mut(portal) {
@@ -709,6 +770,7 @@ impl ClientDirection<'_> {
                         stmt,
                         parameters,
                         bind: number,
+                        values,
                     })) => {
                         bind = *number;
                         let touches = self.masked && may_touch_cursors(stmt);
@@ -717,7 +779,11 @@ impl ClientDirection<'_> {
                         } else {
                             Vec::new()
                         };
-                        let exec = match self.session.execute_with(stmt, parameters.clone()).await
+                        let values = values.as_deref().unwrap_or_default();
+                        let exec = match self
+                            .session
+                            .execute_bound(stmt, parameters.clone(), values)
+                            .await
                         {
                             Ok(exec) => Some(exec),
                             Err(e) => return Ok(self.deny_extended(e)),
@@ -870,6 +936,8 @@ struct UpstreamDirection<'a> {
     /// Frames the gateway rewrote, with the unchanged bytes before them, waiting to be written
     /// to the client in one piece with the rest of the chunk.
     out: BytesMut,
+    /// Notices the session queued for the client (see [`Notices`]).
+    notices: Option<Arc<Notices>>,
 }
 
 impl UpstreamDirection<'_> {
@@ -1057,9 +1125,28 @@ impl UpstreamDirection<'_> {
             }
             self.flush_finished().await;
             reserve_read(&mut buf);
-            let n = upstream.read_buf(&mut buf).await.map_err(|e| {
-                GatewayError::upstream_unavailable(format!("read from database: {e}"))
-            })?;
+            let n = loop {
+                // Notices go out only between whole frames: not while a row streams through.
+                let notices = self.notices.as_deref().filter(|_| streaming == 0);
+                let read = tokio::select! {
+                    biased;
+                    read = upstream.read_buf(&mut buf) => read,
+                    () = async {
+                        match notices {
+                            Some(n) => n.queued().await,
+                            None => std::future::pending().await,
+                        }
+                    } => {
+                        if let Some(n) = notices {
+                            write_client(client, &n.take()).await?;
+                        }
+                        continue;
+                    }
+                };
+                break read.map_err(|e| {
+                    GatewayError::upstream_unavailable(format!("read from database: {e}"))
+                })?;
+            };
             if n == 0 {
                 if self.client_eof.load(Ordering::Acquire) {
                     return Ok(());

@@ -317,6 +317,17 @@ pub fn error_response(err: &GatewayError, fatal: bool) -> Bytes {
     encode(&ErrorResponse::new(fields))
 }
 
+/// Encodes a NoticeResponse (severity NOTICE, SQLSTATE 00000) with `message`: what psql prints
+/// as `NOTICE:  message`.
+pub fn notice_response(message: &str) -> Bytes {
+    encode(&pgwire::messages::response::NoticeResponse::new(vec![
+        (b'S', "NOTICE".to_owned()),
+        (b'V', "NOTICE".to_owned()),
+        (b'C', "00000".to_owned()),
+        (b'M', message.to_owned()),
+    ]))
+}
+
 /// Encodes a ReadyForQuery with `status` (`I`, `T` or `E`).
 pub fn ready_for_query(status: u8) -> Bytes {
     let status = match status {

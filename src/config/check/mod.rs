@@ -144,7 +144,7 @@ impl<'a> Checker<'a> {
     pub(super) fn check_references(&mut self, document: &toml::de::DeTable<'_>) {
         for (key, value) in document {
             match key.get_ref().as_ref() {
-                "policy" | "masking" => {}
+                "policy" | "masking" | "approvals" => {}
                 "audit" => {
                     let sinks = value.get_ref().get("sinks").map(|s| s.get_ref());
                     for sink in sinks
@@ -297,6 +297,10 @@ impl<'a> Checker<'a> {
             .as_ref()
             .and_then(|m| self.check_masking(m, &gateway.data_dir));
         let admin = file.admin.as_ref().map(|a| self.check_admin(a));
+        let approvals = file
+            .approvals
+            .as_ref()
+            .map(|a| self.check_approvals(a, policy.as_ref(), &gateway.data_dir));
         let telemetry = file
             .telemetry
             .as_ref()
@@ -311,6 +315,7 @@ impl<'a> Checker<'a> {
             policy,
             audit,
             masking,
+            approvals,
             admin,
             telemetry,
         }

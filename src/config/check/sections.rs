@@ -81,6 +81,35 @@ impl Checker<'_> {
         config
     }
 
+    pub(super) fn check_approvals(
+        &mut self,
+        section: &Spanned<approvals::ApprovalsConfig>,
+        policy: Option<&policy::RuleSet>,
+        data_dir: &Path,
+    ) -> approvals::ApprovalsConfig {
+        let mut config = section.get_ref().clone();
+        let held: Vec<&str> = policy
+            .map(|p| {
+                p.rules
+                    .iter()
+                    .filter(|r| r.action == policy::rules::Action::RequireApproval)
+                    .map(|r| &*r.name)
+                    .collect()
+            })
+            .unwrap_or_default();
+        if let Err(errors) = config.check(&held) {
+            for e in errors {
+                self.error(section.span(), format!("[approvals]: {e}"));
+            }
+        }
+        // A path in the file is relative to the file; the default is in the (resolved) data_dir.
+        config.path = Some(match &config.path {
+            Some(p) => self.resolve(&p.to_string_lossy()),
+            None => config.store_path(data_dir),
+        });
+        config
+    }
+
     pub(super) fn check_masking(
         &mut self,
         section: &Spanned<masking::config::MaskingSection>,

@@ -1,0 +1,319 @@
+//! The admin API, `/api/v1` on the admin listener: approval requests and grants.
+//!
+//! Every call presents `Authorization: Bearer <JWT>`, authenticated by the gateway's own
+//! identity rules (the token a client would present as its password). What the caller may do
+//! follows its groups and `[approvals]`: approvers decide requests of the rules they approve,
+//! admins manage grants and see every request, everyone sees and cancels their own requests.
+//! Every change is written to the audit trail (`admin_action`) before it takes effect; when the
+//! trail cannot take it, the call fails with 503 and nothing changes.
+//!
+//! | Method and path | What |
+//! |---|---|
+//! | `GET /api/v1/whoami` | the caller's subject, groups and roles |
+//! | `GET /api/v1/approvals?state=pending&limit=100` | requests, newest first |
+//! | `GET /api/v1/approvals/{id}` | one request |
+//! | `POST /api/v1/approvals/{id}/approve` `{"reason": ...}` | approve (counts toward the quorum) |
+//! | `POST /api/v1/approvals/{id}/deny` `{"reason": ...}` | deny |
+//! | `POST /api/v1/approvals/{id}/cancel` `{"reason": ...}` | withdraw (requester or admin) |
+//! | `GET /api/v1/grants?all=true` | grants (in force only, unless `all`) |
+//! | `POST /api/v1/grants` `{"subject","target","fingerprint"/"rule","duration","reason"}` | create a grant |
+//! | `DELETE /api/v1/grants/{id}` | revoke a grant |
+//!
+//! `docs/openapi.json` describes the same routes (a test checks it against this router).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use approvals::{ActionError, ActionErrorKind, Approvals, GrantSpec, Recorder};
+use axum::extract::{ConnectInfo, FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use gateway_core::{AuditEvent, ClientInfo, Credentials, Gateway, GatewayError, Identity};
+use serde::Deserialize;
+use serde_json::json;
+
+#[derive(Clone)]
+struct Api {
+    gateway: Gateway,
+    approvals: Arc<Approvals>,
+}
+
+/// The `/api/v1` routes.
+pub(crate) fn router(gateway: Gateway, approvals: Arc<Approvals>) -> Router {
+    Router::new()
+        .route("/api/v1/whoami", get(whoami))
+        .route("/api/v1/approvals", get(list_requests))
+        .route("/api/v1/approvals/{id}", get(show_request))
+        .route("/api/v1/approvals/{id}/approve", post(approve))
+        .route("/api/v1/approvals/{id}/deny", post(deny))
+        .route("/api/v1/approvals/{id}/cancel", post(cancel))
+        .route("/api/v1/grants", get(list_grants).post(create_grant))
+        .route("/api/v1/grants/{id}", axum::routing::delete(revoke_grant))
+        .with_state(Api { gateway, approvals })
+}
+
+/// An error answer: `{"error": message}` with its status.
+struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut r = (self.0, Json(json!({ "error": self.1 }))).into_response();
+        if self.0 == StatusCode::UNAUTHORIZED {
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
+        }
+        r
+    }
+}
+
+impl From<ActionError> for ApiError {
+    fn from(e: ActionError) -> Self {
+        let status = match e.kind {
+            ActionErrorKind::NotFound => StatusCode::NOT_FOUND,
+            ActionErrorKind::Forbidden => StatusCode::FORBIDDEN,
+            ActionErrorKind::Conflict => StatusCode::CONFLICT,
+            ActionErrorKind::Invalid => StatusCode::BAD_REQUEST,
+            ActionErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        ApiError(status, e.message)
+    }
+}
+
+/// The authenticated caller of one API call.
+struct Actor {
+    identity: Identity,
+    client: ClientInfo,
+}
+
+impl FromRequestParts<Api> for Actor {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, api: &Api) -> Result<Self, ApiError> {
+        let addr = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0)
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+        let token = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| {
+                ApiError(
+                    StatusCode::UNAUTHORIZED,
+                    "send `Authorization: Bearer <token>` (a token the gateway's [identity.jwt] accepts)".into(),
+                )
+            })?;
+        let client = ClientInfo {
+            addr,
+            protocol: "admin",
+            tls: false,
+            application: parts
+                .headers
+                .get(header::USER_AGENT)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
+        };
+        let credentials = Credentials::BearerToken {
+            user: String::new(),
+            token: token.to_owned(),
+        };
+        match api.gateway.authenticate(&credentials, &client).await {
+            Ok(identity) => Ok(Actor { identity, client }),
+            Err(e) => Err(ApiError(StatusCode::UNAUTHORIZED, e.message)),
+        }
+    }
+}
+
+/// Writes the actor's actions to the gateway's audit trail.
+struct TrailRecorder<'a> {
+    gateway: &'a Gateway,
+    actor: &'a Actor,
+}
+
+#[async_trait::async_trait]
+impl Recorder for TrailRecorder<'_> {
+    async fn record(&self, target: Option<&str>, event: AuditEvent) -> Result<(), GatewayError> {
+        self.gateway
+            .record_admin(
+                &self.actor.identity.subject,
+                target,
+                self.actor.client.clone(),
+                event,
+            )
+            .await
+    }
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    state: Option<String>,
+    limit: Option<u32>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Decision {
+    reason: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct GrantsQuery {
+    all: Option<bool>,
+}
+
+async fn whoami(State(api): State<Api>, actor: Actor) -> Json<serde_json::Value> {
+    Json(json!({
+        "subject": actor.identity.subject,
+        "groups": actor.identity.groups,
+        "admin": api.approvals.is_admin(&actor.identity),
+        "approver": api.approvals.is_approver(&actor.identity),
+    }))
+}
+
+async fn list_requests(
+    State(api): State<Api>,
+    actor: Actor,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let state = match q.state.as_deref() {
+        None | Some("") | Some("all") => None,
+        Some(s) => Some(approvals::store::State::parse(s).ok_or_else(|| {
+            ApiError(
+                StatusCode::BAD_REQUEST,
+                format!("unknown state `{s}`: pending, approved, denied, expired, cancelled, executed or all"),
+            )
+        })?),
+    };
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let list = api.approvals.list(&actor.identity, state, limit).await?;
+    Ok(Json(json!({ "requests": list })))
+}
+
+async fn show_request(
+    State(api): State<Api>,
+    actor: Actor,
+    Path(id): Path<String>,
+) -> Result<Json<approvals::store::Request>, ApiError> {
+    Ok(Json(api.approvals.get(&actor.identity, &id).await?))
+}
+
+/// The optional JSON body of a decision: absent or empty means no reason.
+fn decision(body: Option<Json<Decision>>) -> Decision {
+    body.map(|Json(d)| d).unwrap_or_default()
+}
+
+async fn approve(
+    State(api): State<Api>,
+    actor: Actor,
+    Path(id): Path<String>,
+    body: Option<Json<Decision>>,
+) -> Result<Json<approvals::store::Request>, ApiError> {
+    let d = decision(body);
+    let recorder = TrailRecorder {
+        gateway: &api.gateway,
+        actor: &actor,
+    };
+    let r = api
+        .approvals
+        .approve(&actor.identity, &id, d.reason.as_deref(), &recorder)
+        .await?;
+    Ok(Json(r))
+}
+
+async fn deny(
+    State(api): State<Api>,
+    actor: Actor,
+    Path(id): Path<String>,
+    body: Option<Json<Decision>>,
+) -> Result<Json<approvals::store::Request>, ApiError> {
+    let d = decision(body);
+    let recorder = TrailRecorder {
+        gateway: &api.gateway,
+        actor: &actor,
+    };
+    let r = api
+        .approvals
+        .deny(&actor.identity, &id, d.reason.as_deref(), &recorder)
+        .await?;
+    Ok(Json(r))
+}
+
+async fn cancel(
+    State(api): State<Api>,
+    actor: Actor,
+    Path(id): Path<String>,
+    body: Option<Json<Decision>>,
+) -> Result<Json<approvals::store::Request>, ApiError> {
+    let d = decision(body);
+    let recorder = TrailRecorder {
+        gateway: &api.gateway,
+        actor: &actor,
+    };
+    let r = api
+        .approvals
+        .cancel(&actor.identity, &id, d.reason.as_deref(), &recorder)
+        .await?;
+    Ok(Json(r))
+}
+
+async fn list_grants(
+    State(api): State<Api>,
+    actor: Actor,
+    Query(q): Query<GrantsQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let list = api
+        .approvals
+        .grants(&actor.identity, !q.all.unwrap_or(false))
+        .await?;
+    Ok(Json(json!({ "grants": list })))
+}
+
+async fn create_grant(
+    State(api): State<Api>,
+    actor: Actor,
+    Json(spec): Json<GrantSpec>,
+) -> Result<(StatusCode, Json<approvals::store::Grant>), ApiError> {
+    if !api.gateway.targets().iter().any(|t| t.name == spec.target) {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("`target`: \"{}\" is not a target of this gateway", spec.target),
+        ));
+    }
+    let recorder = TrailRecorder {
+        gateway: &api.gateway,
+        actor: &actor,
+    };
+    let g = api
+        .approvals
+        .create_grant(&actor.identity, spec, &recorder)
+        .await?;
+    Ok((StatusCode::CREATED, Json(g)))
+}
+
+async fn revoke_grant(
+    State(api): State<Api>,
+    actor: Actor,
+    Path(id): Path<String>,
+) -> Result<Json<approvals::store::Grant>, ApiError> {
+    let recorder = TrailRecorder {
+        gateway: &api.gateway,
+        actor: &actor,
+    };
+    Ok(Json(
+        api.approvals
+            .revoke_grant(&actor.identity, &id, &recorder)
+            .await?,
+    ))
+}

@@ -1,0 +1,416 @@
+//! Approvals end to end: a real client's statement is held by a require-approval rule, another
+//! identity decides it through the admin API (bearer tokens), and the statement runs or is
+//! refused; every step is in the audit trail. Also: denial, self-approval refused, a quorum of
+//! two, cancel while waiting, timeout, break-glass, a grant used then revoked, and a gateway
+//! restart with a request pending.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Options, TestGateway};
+use serde_json::{json, Value};
+
+const CONFIG: &str = r#"
+[admin]
+listen = "127.0.0.1:0"
+
+[[policy.access]]
+name = "everyone"
+groups = ["*"]
+mode = "read-write"
+
+[[policy.rules]]
+name = "ledger-writes"
+action = "require-approval"
+writes = ["ledger"]
+message = "writes to the ledger need a second person"
+
+[[policy.rules]]
+name = "payroll-writes"
+action = "require-approval"
+writes = ["payroll"]
+
+[approvals]
+approvers = ["dba"]
+admins = ["admin"]
+break_glass = ["oncall"]
+wait = "30s"
+
+[[approvals.rules]]
+rule = "payroll-writes"
+quorum = 2
+require_reason = true
+"#;
+
+async fn start() -> TestGateway {
+    let gw = TestGateway::start_with(Options {
+        extra_config: CONFIG.into(),
+        ..Options::default()
+    })
+    .await;
+    let direct = gw.db.connect_direct().await;
+    direct
+        .batch_execute(
+            "create table ledger (id int primary key, amount int);
+             create table payroll (id int primary key, salary int);",
+        )
+        .await
+        .unwrap();
+    gw
+}
+
+/// One admin API call: (status, JSON body).
+async fn api(gw: &TestGateway, method: &str, path: &str, token: &str, body: Option<Value>) -> (u16, Value) {
+    let url = format!("{}{path}", gw.admin_url());
+    let (method, token) = (method.to_owned(), token.to_owned());
+    tokio::task::spawn_blocking(move || {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(10)))
+            .build()
+            .into();
+        let auth = format!("Bearer {token}");
+        let mut response = match (method.as_str(), body) {
+            ("GET", _) => agent.get(&url).header("authorization", &auth).call(),
+            ("DELETE", _) => agent.delete(&url).header("authorization", &auth).call(),
+            (_, Some(body)) => agent
+                .post(&url)
+                .header("authorization", &auth)
+                .content_type("application/json")
+                .send(body.to_string()),
+            (_, None) => agent.post(&url).header("authorization", &auth).send_empty(),
+        }
+        .expect("the admin API answers");
+        let status = response.status().as_u16();
+        let text = response.body_mut().read_to_string().unwrap_or_default();
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    })
+    .await
+    .unwrap()
+}
+
+/// Waits (10 s at most) for a pending request of `subject` and returns it.
+async fn pending_of(gw: &TestGateway, token: &str, subject: &str) -> Value {
+    for _ in 0..200 {
+        let (status, body) = api(gw, "GET", "/api/v1/approvals?state=pending", token, None).await;
+        assert_eq!(status, 200, "{body}");
+        if let Some(r) = body["requests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["subject"] == subject)
+        {
+            return r.clone();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no pending request of {subject} appeared");
+}
+
+/// The server's message of a client error (tokio-postgres's Display says only "db error").
+fn message(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(d) => d.message().to_owned(),
+        None => e.to_string(),
+    }
+}
+
+async fn count(gw: &TestGateway, table: &str) -> i64 {
+    let direct = gw.db.connect_direct().await;
+    direct
+        .query_one(&format!("select count(*) from {table}"), &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psql_waits_with_a_notice_until_another_identity_approves() {
+    let gw = start().await;
+    let alice = gw.token_in("alice", &["engineering"]);
+    let bob = gw.token_in("bob", &["dba"]);
+
+    let approve = async {
+        let r = pending_of(&gw, &bob, "alice").await;
+        let id = r["id"].as_str().unwrap().to_owned();
+        assert_eq!(r["sql"], "insert into ledger values (1, 100)");
+        assert_eq!(r["rule"], "ledger-writes");
+        assert_eq!(r["target"], gw.database());
+        assert_eq!(r["approvers"], json!(["dba"]));
+        // The requester sees her request but cannot approve it.
+        let (status, body) = api(&gw, "POST", &format!("/api/v1/approvals/{id}/approve"), &alice, None).await;
+        assert_eq!(status, 403, "{body}");
+        assert!(body["error"].as_str().unwrap().contains("cannot approve their own request"), "{body}");
+        // Nor can someone outside the approver groups.
+        let carl = gw.token_in("carl", &["engineering"]);
+        let (status, _) = api(&gw, "POST", &format!("/api/v1/approvals/{id}/approve"), &carl, None).await;
+        assert_eq!(status, 404, "a request is invisible to whoever may not see it");
+        let (status, body) = api(
+            &gw,
+            "POST",
+            &format!("/api/v1/approvals/{id}/approve"),
+            &bob,
+            Some(json!({"reason": "checked with finance"})),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        id
+    };
+    let env = [("PGPASSWORD", alice.as_str())];
+    let (out, id) = tokio::join!(
+        gw.psql(&["-c", "insert into ledger values (1, 100)"], &env),
+        approve
+    );
+    let stdout = common::assert_success("psql insert held for approval", &out);
+    assert!(stdout.contains("INSERT 0 1"), "{stdout}");
+    let stderr = common::stderr(&out);
+    assert!(
+        stderr.contains(&format!("NOTICE:  statement held for approval: request {id}"))
+            && stderr.contains("writes to the ledger need a second person")
+            && stderr.contains("dba")
+            && stderr.contains("/api/v1/approvals/"),
+        "{stderr}"
+    );
+    assert_eq!(count(&gw, "ledger").await, 1);
+
+    // Used once: the same statement again is a new request.
+    let (_, body) = api(&gw, "GET", &format!("/api/v1/approvals/{id}"), &bob, None).await;
+    assert_eq!(body["state"], "executed", "{body}");
+    assert_eq!(body["approvals"][0]["approver"], "bob");
+    assert_eq!(body["approvals"][0]["reason"], "checked with finance");
+
+    let trail = gw
+        .trail_until("the held statement's records", |t| {
+            t.iter().any(|r| r["event"] == "statement_finished")
+                && t.iter().any(|r| r["event"] == "admin_action")
+        })
+        .await;
+    let requested = trail.iter().find(|r| r["event"] == "approval_requested").expect("requested");
+    assert_eq!(requested["request_id"], id.as_str());
+    assert_eq!(requested["subject"], "alice");
+    assert_eq!(requested["waits"], true);
+    let decided = trail.iter().find(|r| r["event"] == "admin_action").expect("decision");
+    assert_eq!(decided["subject"], "bob");
+    assert_eq!(decided["session_id"], "admin");
+    assert_eq!(decided["action"], "approval_approved");
+    assert_eq!(decided["id"], id.as_str());
+    assert_eq!(decided["reason"], "checked with finance");
+    let ended = trail.iter().find(|r| r["event"] == "approval_ended").expect("ended");
+    assert_eq!(ended["outcome"], "approved");
+    let started = trail
+        .iter()
+        .find(|r| r["event"] == "statement_started" && r["sql"] == "insert into ledger values (1, 100)")
+        .expect("started");
+    assert_eq!(started["approval_id"], id.as_str());
+    assert_eq!(started["rule"], "ledger-writes");
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn denial_quorum_cancel_and_break_glass() {
+    let gw = start().await;
+    let alice_token = gw.token_in("alice", &["engineering"]);
+    let bob = gw.token_in("bob", &["dba"]);
+    let carol = gw.token_in("carol", &["dba"]);
+    let alice = gw.connect_tokio_postgres(&alice_token).await;
+
+    // Denied: the client's error names the request, who denied it and why.
+    let deny = async {
+        let id = pending_of(&gw, &bob, "alice").await["id"].as_str().unwrap().to_owned();
+        let (status, body) = api(&gw, "POST", &format!("/api/v1/approvals/{id}/deny"), &bob, Some(json!({"reason": "not today"}))).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["state"], "denied");
+        id
+    };
+    let (result, id) = tokio::join!(alice.batch_execute("insert into ledger values (2, 5)"), deny);
+    let e = result.expect_err("denied");
+    let text = message(&e);
+    assert!(text.contains(&format!("approval request {id} was denied by bob: not today")), "{text}");
+    assert_eq!(common::sqlstate(&e), "42501");
+    assert_eq!(count(&gw, "ledger").await, 0);
+
+    // A quorum of two with mandatory reasons: one approval is not enough, nor is the same
+    // approver twice; the second approver's lets it run.
+    let quorum = async {
+        let id = pending_of(&gw, &bob, "alice").await["id"].as_str().unwrap().to_owned();
+        let path = format!("/api/v1/approvals/{id}/approve");
+        let (status, body) = api(&gw, "POST", &path, &bob, None).await;
+        assert_eq!(status, 400, "a reason is required: {body}");
+        let (status, body) = api(&gw, "POST", &path, &bob, Some(json!({"reason": "ok"}))).await;
+        assert_eq!((status, body["state"].as_str()), (200, Some("pending")), "{body}");
+        let (status, _) = api(&gw, "POST", &path, &bob, Some(json!({"reason": "again"}))).await;
+        assert_eq!(status, 409);
+        let (status, body) = api(&gw, "POST", &path, &carol, Some(json!({"reason": "ok too"}))).await;
+        assert_eq!(status, 200, "{body}");
+    };
+    let (result, ()) = tokio::join!(alice.batch_execute("insert into payroll values (1, 10)"), quorum);
+    result.expect("runs after two approvals");
+    assert_eq!(count(&gw, "payroll").await, 1);
+
+    // The client's cancel (CancelRequest) ends the wait and withdraws the request.
+    let cancel_token = alice.cancel_token();
+    let cancel = async {
+        let id = pending_of(&gw, &bob, "alice").await["id"].as_str().unwrap().to_owned();
+        cancel_token.cancel_query(tokio_postgres::NoTls).await.expect("cancel sent");
+        id
+    };
+    let (result, id) = tokio::join!(alice.batch_execute("insert into ledger values (3, 5)"), cancel);
+    let e = result.expect_err("cancelled");
+    assert!(message(&e).contains("canceling statement due to user request"), "{}", message(&e));
+    let (_, body) = api(&gw, "GET", &format!("/api/v1/approvals/{id}"), &bob, None).await;
+    assert_eq!(body["state"], "cancelled", "{body}");
+    // The session is still usable.
+    alice.batch_execute("select 1").await.expect("usable after the cancel");
+
+    // Break glass: a member of `oncall` approves her own request, with a reason only.
+    let erin_token = gw.token_in("erin", &["oncall"]);
+    let erin = gw.connect_tokio_postgres(&erin_token).await;
+    let glass = async {
+        let id = pending_of(&gw, &bob, "erin").await["id"].as_str().unwrap().to_owned();
+        let path = format!("/api/v1/approvals/{id}/approve");
+        let (status, _) = api(&gw, "POST", &path, &erin_token, None).await;
+        assert_eq!(status, 400, "break glass needs a reason");
+        let (status, body) = api(&gw, "POST", &path, &erin_token, Some(json!({"reason": "incident 42"}))).await;
+        assert_eq!(status, 200, "{body}");
+        id
+    };
+    let (result, id) = tokio::join!(erin.batch_execute("insert into ledger values (4, 5)"), glass);
+    result.expect("runs after break glass");
+    let trail = gw
+        .trail_until("the break-glass record", |t| {
+            t.iter().any(|r| r["action"] == "approval_break_glass")
+        })
+        .await;
+    let glass = trail.iter().find(|r| r["action"] == "approval_break_glass").unwrap();
+    assert_eq!(glass["subject"], "erin");
+    assert_eq!(glass["id"], id.as_str());
+    assert_eq!(glass["reason"], "incident 42");
+    assert_eq!(glass["detail"]["break_glass"], true);
+    let outcomes: Vec<&str> = trail
+        .iter()
+        .filter(|r| r["event"] == "approval_ended")
+        .map(|r| r["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(outcomes, ["denied", "approved", "cancelled", "approved"]);
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_lets_statements_run_until_it_is_revoked() {
+    let gw = start().await;
+    let alice_token = gw.token_in("alice", &["engineering"]);
+    let dave = gw.token_in("dave", &["admin"]);
+    let bob = gw.token_in("bob", &["dba"]);
+    let alice = gw.connect_tokio_postgres(&alice_token).await;
+
+    let spec = json!({
+        "subject": "alice",
+        "target": gw.database(),
+        "rule": "ledger-writes",
+        "duration": "10m",
+        "reason": "month-end close",
+    });
+    // Only admins grant.
+    let (status, _) = api(&gw, "POST", "/api/v1/grants", &bob, Some(spec.clone())).await;
+    assert_eq!(status, 403);
+    let (status, grant) = api(&gw, "POST", "/api/v1/grants", &dave, Some(spec)).await;
+    assert_eq!(status, 201, "{grant}");
+    let grant_id = grant["id"].as_str().unwrap().to_owned();
+
+    for i in 0..2 {
+        alice
+            .batch_execute(&format!("insert into ledger values ({i}, 1)"))
+            .await
+            .expect("runs under the grant, without waiting");
+    }
+    let (_, list) = api(&gw, "GET", "/api/v1/grants", &dave, None).await;
+    assert_eq!(list["grants"][0]["uses"], 2, "{list}");
+    let trail = gw
+        .trail_until("the grant's uses", |t| {
+            t.iter().filter(|r| r["event"] == "statement_started" && r["approval_id"].is_string()).count() == 2
+        })
+        .await;
+    assert!(trail.iter().any(|r| r["action"] == "grant_created" && r["subject"] == "dave"));
+    assert!(trail
+        .iter()
+        .filter(|r| r["event"] == "statement_started" && r["approval_id"].is_string())
+        .all(|r| r["approval_id"] == grant_id.as_str()));
+
+    let (status, revoked) = api(&gw, "DELETE", &format!("/api/v1/grants/{grant_id}"), &dave, None).await;
+    assert_eq!(status, 200, "{revoked}");
+    assert_eq!(revoked["revoked_by"], "dave");
+    // Held again; the requester withdraws her own request through the API.
+    let withdraw = async {
+        let id = pending_of(&gw, &alice_token, "alice").await["id"].as_str().unwrap().to_owned();
+        let (status, body) = api(&gw, "POST", &format!("/api/v1/approvals/{id}/cancel"), &alice_token, None).await;
+        assert_eq!(status, 200, "{body}");
+        id
+    };
+    let (result, id) = tokio::join!(alice.batch_execute("insert into ledger values (9, 1)"), withdraw);
+    let e = result.expect_err("withdrawn");
+    assert!(message(&e).contains(&format!("approval request {id} was cancelled by alice")), "{}", message(&e));
+    assert_eq!(count(&gw, "ledger").await, 2);
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pending_request_survives_a_restart_and_the_statement_runs_when_sent_again() {
+    let mut gw = start().await;
+    let alice_token = gw.token_in("alice", &["engineering"]);
+    let bob = gw.token_in("bob", &["dba"]);
+    let alice = gw.connect_tokio_postgres(&alice_token).await;
+    let sql = "insert into ledger values (7, 70)";
+
+    let waiting = tokio::spawn(async move {
+        let r = alice.batch_execute(sql).await;
+        (r, alice)
+    });
+    let id = pending_of(&gw, &bob, "alice").await["id"].as_str().unwrap().to_owned();
+    gw.restart().await;
+    let (result, _alice) = waiting.await.unwrap();
+    let e = result.expect_err("the shutdown ends the wait");
+    assert!(
+        message(&e).contains(&format!("approval request {id} stays open")),
+        "the client is told which request to come back for: {}",
+        message(&e)
+    );
+
+    let (status, body) = api(&gw, "GET", &format!("/api/v1/approvals/{id}"), &bob, None).await;
+    assert_eq!((status, body["state"].as_str()), (200, Some("pending")), "{body}");
+    let (status, _) = api(&gw, "POST", &format!("/api/v1/approvals/{id}/approve"), &bob, None).await;
+    assert_eq!(status, 200);
+
+    let alice = gw.connect_tokio_postgres(&alice_token).await;
+    alice.batch_execute(sql).await.expect("the approved statement runs when sent again");
+    assert_eq!(count(&gw, "ledger").await, 1);
+    let (_, body) = api(&gw, "GET", &format!("/api/v1/approvals/{id}"), &bob, None).await;
+    assert_eq!(body["state"], "executed");
+    // Once: sent a third time it is held again, as a new request.
+    let again = async {
+        let r = pending_of(&gw, &bob, "alice").await;
+        assert_ne!(r["id"], id.as_str());
+        let path = format!("/api/v1/approvals/{}/deny", r["id"].as_str().unwrap());
+        api(&gw, "POST", &path, &bob, None).await
+    };
+    let (result, (status, _)) = tokio::join!(alice.batch_execute(sql), again);
+    assert_eq!(status, 200);
+    assert!(result.is_err());
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_refuses_callers_without_a_valid_token() {
+    let gw = start().await;
+    for token in ["", "not-a-token"] {
+        let (status, body) = api(&gw, "GET", "/api/v1/approvals", token, None).await;
+        assert_eq!(status, 401, "{body}");
+    }
+    let dave = gw.token_in("dave", &["admin"]);
+    let (status, me) = api(&gw, "GET", "/api/v1/whoami", &dave, None).await;
+    assert_eq!(status, 200);
+    assert_eq!(me, json!({"subject": "dave", "groups": ["admin"], "admin": true, "approver": false}));
+    let (status, body) = api(&gw, "GET", "/api/v1/approvals/apr_nosuchthing", &dave, None).await;
+    assert_eq!(status, 404, "{body}");
+    gw.shutdown().await;
+}
