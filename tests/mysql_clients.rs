@@ -758,3 +758,90 @@ async fn results_are_masked_for_the_identities_a_masking_rule_names() {
     assert!(!trail.is_empty());
     gw.shutdown().await;
 }
+
+/// A protocol without notices: a held statement is refused at once with the request id, and the
+/// same statement runs when sent again after another identity approved it, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_statement_is_refused_then_runs_when_sent_again_after_approval() {
+    let gw = gateway_with(MysqlOptions {
+        extra_config: format!(
+            "{}{}",
+            common::mysql::POLICY,
+            r#"
+[[policy.rules]]
+name = "ledger-writes"
+action = "require-approval"
+writes = ["ledger"]
+message = "writes to the ledger need a second person"
+
+[approvals]
+approvers = ["dba"]
+
+[admin]
+listen = "127.0.0.1:0"
+"#
+        ),
+        ..MysqlOptions::default()
+    })
+    .await;
+    gw.db.direct("create table ledger (id int primary key, amount int)");
+    let alice = gw.token("alice", &["engineering"]);
+    let bob = gw.token("bob", &["engineering", "dba"]);
+    let insert = "insert into ledger values (1, 10);\n";
+
+    let out = gw.mariadb("alice", &alice, None, &[], insert).await;
+    let stderr = common::stderr(&out);
+    assert!(stderr.contains("ERROR 1227"), "{stderr}");
+    assert!(stderr.contains("run it again once the request is approved"), "{stderr}");
+    let id = request_id(&stderr);
+    assert_eq!(gw.db.direct("select count(*) from ledger").trim(), "0");
+
+    // Sent again before the decision: the same request, still refused.
+    let out = gw.mariadb("alice", &alice, None, &[], insert).await;
+    assert_eq!(request_id(&common::stderr(&out)), id);
+
+    let (status, body) = common::admin_call(
+        &gw.admin_url(),
+        "POST",
+        &format!("/api/v1/approvals/{id}/approve"),
+        &bob,
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let out = gw.mariadb("alice", &alice, None, &[], insert).await;
+    assert_eq!(common::stderr(&out), "", "runs once approved");
+    assert_eq!(gw.db.direct("select count(*) from ledger").trim(), "1");
+
+    // Once: a third time is a new request.
+    let out = gw.mariadb("alice", &alice, None, &[], insert).await;
+    let again = request_id(&common::stderr(&out));
+    assert_ne!(again, id);
+
+    let trail = gw
+        .trail_until("the approved statement's start", |t| {
+            t.iter()
+                .any(|r| r["event"] == "statement_started" && r["approval_id"] == id.as_str())
+        })
+        .await;
+    let requested: Vec<(bool, bool)> = trail
+        .iter()
+        .filter(|r| r["event"] == "approval_requested")
+        .map(|r| (r["new"].as_bool().unwrap(), r["waits"].as_bool().unwrap()))
+        .collect();
+    assert_eq!(requested, [(true, false), (false, false), (true, false)]);
+    assert!(trail
+        .iter()
+        .filter(|r| r["event"] == "approval_ended")
+        .all(|r| r["outcome"] == "not_waiting"));
+    gw.shutdown().await;
+}
+
+/// The `apr_...` request id in a client's error text.
+fn request_id(text: &str) -> String {
+    let start = text.find("apr_").unwrap_or_else(|| panic!("no request id in: {text}"));
+    text[start..]
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+        .collect()
+}

@@ -899,6 +899,46 @@ impl TestGateway {
     }
 }
 
+/// One call of a gateway's admin API at `base` (`http://IP:PORT`) with a bearer `token`:
+/// (status, JSON body; the raw text as a JSON string when it is not JSON).
+pub async fn admin_call(
+    base: &str,
+    method: &str,
+    path: &str,
+    token: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let url = format!("{base}{path}");
+    let (method, token) = (method.to_owned(), token.to_owned());
+    tokio::task::spawn_blocking(move || {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(10)))
+            .build()
+            .into();
+        let auth = format!("Bearer {token}");
+        let mut response = match (method.as_str(), body) {
+            ("GET", _) => agent.get(&url).header("authorization", &auth).call(),
+            ("DELETE", _) => agent.delete(&url).header("authorization", &auth).call(),
+            (_, Some(body)) => agent
+                .post(&url)
+                .header("authorization", &auth)
+                .content_type("application/json")
+                .send(body.to_string()),
+            (_, None) => agent.post(&url).header("authorization", &auth).send_empty(),
+        }
+        .expect("the admin API answers");
+        let status = response.status().as_u16();
+        let text = response.body_mut().read_to_string().unwrap_or_default();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
+        )
+    })
+    .await
+    .expect("admin call panicked")
+}
+
 /// Every record's payload in the default trail's segment log of a gateway whose configuration
 /// file is in `config_dir` (`<config_dir>/data/audit`), in chain order.
 pub async fn default_trail(config_dir: &Path) -> Vec<serde_json::Value> {

@@ -283,6 +283,16 @@ impl MysqlGateway {
         &self.db.name
     }
 
+    /// The admin listener's base URL; the configuration must have `[admin]`.
+    pub fn admin_url(&self) -> String {
+        let addr = self
+            .server
+            .as_ref()
+            .and_then(RunningServer::admin_addr)
+            .expect("the configuration has an [admin] listener");
+        format!("http://{addr}")
+    }
+
     /// The listener's port.
     pub fn port(&self) -> u16 {
         self.addr.port()
