@@ -158,6 +158,7 @@ impl Server {
                     &config.gateway.data_dir,
                     &config.gateway.node,
                 )
+                .await
                 .context("cannot open the approval store ([approvals])")?;
                 let service = Arc::new(service);
                 builder = builder

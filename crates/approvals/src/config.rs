@@ -66,6 +66,16 @@ pub struct ApprovalsConfig {
     /// `data_dir`.
     #[serde(default)]
     pub path: Option<PathBuf>,
+    /// A PostgreSQL database that keeps requests and grants instead of the SQLite file, shared
+    /// by every gateway node that names it: a connection string (`postgresql://...` or
+    /// `host=... dbname=...`) whose `sslmode` is `disable` (default), `require` or
+    /// `verify-full`, as for a PostgreSQL audit sink. `${VAR}` is expanded here. Default: none.
+    #[serde(default)]
+    pub store_url: Option<String>,
+    /// With `store_url` and `sslmode=verify-full`: the CA certificates (PEM) to trust instead of
+    /// the bundled Mozilla roots.
+    #[serde(default)]
+    pub store_ca_file: Option<PathBuf>,
     /// How often a waiting statement looks for decisions taken on other gateway nodes sharing
     /// the store. Decisions taken on this node wake it at once. Default `"1s"`.
     #[serde(default = "default_poll", deserialize_with = "de_duration")]
@@ -146,6 +156,8 @@ impl Default for ApprovalsConfig {
             require_reason: false,
             break_glass: Vec::new(),
             path: None,
+            store_url: None,
+            store_ca_file: None,
             poll: default_poll(),
             rules: Vec::new(),
         }

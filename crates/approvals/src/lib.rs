@@ -8,9 +8,9 @@
 //! - The same type carries the decisions the admin API takes ([`Approvals::approve`],
 //!   [`Approvals::deny`], [`Approvals::cancel`], grants), each checked against the actor's
 //!   groups and recorded in the audit trail through a [`Recorder`] *before* it takes effect.
-//! - Requests and grants live in a SQLite file ([`store::Store`]); several gateway nodes may
-//!   share it on one host, and a pending request survives a restart (the client runs the
-//!   statement again once it is approved).
+//! - Requests and grants live in a [`store::Backend`]: a SQLite file in `data_dir` by default,
+//!   or a PostgreSQL database that gateway nodes on several hosts share (`store_url`). A pending
+//!   request survives a restart (the client runs the statement again once it is approved).
 //!
 //! States: `pending` -> `approved` (quorum) -> `executed` (run once); `pending` -> `denied` |
 //! `cancelled` | `expired`; `approved` -> `expired` when not run within `expire_after`.
@@ -27,7 +27,9 @@ use gateway_core::{
 use serde_json::json;
 
 pub use config::{ApprovalsConfig, Effective, RuleApprovals, WithoutNotices};
-use store::{now_us, Grant, Moved, Request, State, Store, StoreError};
+use std::sync::Arc;
+
+use store::{now_us, Backend, Grant, Moved, Request, State, StoreError};
 
 /// Writes an administrative action to the audit trail on behalf of the actor of one admin call.
 /// An action is taken only after its record is written.
@@ -107,10 +109,10 @@ pub struct GrantSpec {
 /// The longest grant: a grant is just-in-time access, not a standing permission.
 const MAX_GRANT: Duration = Duration::from_secs(24 * 3600);
 
-/// The approval service: requests, decisions and grants over one [`Store`].
+/// The approval service: requests, decisions and grants over one [`Backend`].
 pub struct Approvals {
     config: ApprovalsConfig,
-    store: Store,
+    store: Arc<dyn Backend>,
     node: String,
     /// Bumped whenever this node decides something, so that waiting statements look at once.
     changed: tokio::sync::watch::Sender<u64>,
@@ -119,20 +121,31 @@ pub struct Approvals {
 }
 
 impl Approvals {
-    /// Opens the store at `config.store_path(data_dir)`.
-    pub fn open(
+    /// Opens the configured store: PostgreSQL at `store_url`, else the SQLite file at
+    /// `config.store_path(data_dir)`.
+    pub async fn open(
         config: ApprovalsConfig,
         data_dir: &std::path::Path,
         node: &str,
     ) -> Result<Self, StoreError> {
-        let store = Store::open(&config.store_path(data_dir))?;
-        Ok(Self {
+        let store: Arc<dyn Backend> = match &config.store_url {
+            Some(url) => Arc::new(
+                store::postgres::PostgresStore::open(url, config.store_ca_file.as_deref()).await?,
+            ),
+            None => Arc::new(store::sqlite::SqliteStore::open(&config.store_path(data_dir))?),
+        };
+        Ok(Self::with_store(config, store, node))
+    }
+
+    /// The service over a given store.
+    pub fn with_store(config: ApprovalsConfig, store: Arc<dyn Backend>, node: &str) -> Self {
+        Self {
             config,
             store,
             node: node.to_owned(),
             changed: tokio::sync::watch::channel(0).0,
             admin_url: std::sync::OnceLock::new(),
-        })
+        }
     }
 
     /// Tells notices where approvers decide: the admin API's base URL (`http://host:port`), set
@@ -148,16 +161,6 @@ impl Approvals {
 
     fn bump(&self) {
         self.changed.send_modify(|v| *v = v.wrapping_add(1));
-    }
-
-    async fn blocking<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
-    ) -> Result<T, StoreError> {
-        let store = self.store.clone();
-        tokio::task::spawn_blocking(move || f(&store))
-            .await
-            .unwrap_or_else(|e| Err(StoreError::task(e)))
     }
 
     /// Whether `actor` may use the admin API's administrative calls.
@@ -194,7 +197,8 @@ impl Approvals {
         let everyone = self.is_admin(actor) || self.is_approver(actor);
         let subject = (!everyone).then(|| actor.subject.clone());
         let mut list = self
-            .blocking(move |s| s.list(state, subject.as_deref(), limit))
+            .store
+            .list(state, subject.as_deref(), limit)
             .await?;
         list.retain(|r| self.may_see(actor, r));
         Ok(list)
@@ -202,8 +206,7 @@ impl Approvals {
 
     /// One request, if the actor may see it.
     pub async fn get(&self, actor: &Identity, id: &str) -> Result<Request, ActionError> {
-        let key = id.to_owned();
-        let r = self.blocking(move |s| s.get(&key)).await?;
+        let r = self.store.get(id).await?;
         match r {
             Some(r) if self.may_see(actor, &r) => Ok(r),
             _ => Err(not_found("approval request", id)),
@@ -288,9 +291,9 @@ impl Approvals {
         if break_glass {
             tracing::warn!(request = id, subject = %actor.subject, "break-glass approval of one's own request");
         }
-        let (key, who, why) = (id.to_owned(), actor.subject.clone(), reason.map(str::to_owned));
         let moved = self
-            .blocking(move |s| s.vote(&key, &who, why.as_deref(), break_glass))
+            .store
+            .vote(id, &actor.subject, reason, break_glass)
             .await?;
         self.bump();
         self.after_move(actor, id, moved).await
@@ -369,10 +372,7 @@ impl Approvals {
                 },
             )
             .await?;
-        let (key, who, why) = (r.id.clone(), actor.subject.clone(), reason.map(str::to_owned));
-        let moved = self
-            .blocking(move |s| s.close(&key, to, &who, why.as_deref()))
-            .await?;
+        let moved = self.store.close(&r.id, to, &actor.subject, reason).await?;
         self.bump();
         self.after_move(actor, &r.id, moved).await
     }
@@ -457,15 +457,14 @@ impl Approvals {
                 },
             )
             .await?;
-        let saved = grant.clone();
-        self.blocking(move |s| s.insert_grant(&saved)).await?;
+        self.store.insert_grant(&grant).await?;
         Ok(grant)
     }
 
     /// Grants (admins: all; others: their own), newest first; only those in force when
     /// `active`.
     pub async fn grants(&self, actor: &Identity, active: bool) -> Result<Vec<Grant>, ActionError> {
-        let mut list = self.blocking(move |s| s.grants(active, 1000)).await?;
+        let mut list = self.store.grants(active, 1000).await?;
         if !self.is_admin(actor) {
             list.retain(|g| g.subject == actor.subject);
         }
@@ -482,8 +481,7 @@ impl Approvals {
         if !self.is_admin(actor) {
             return Err(forbidden_admin(actor));
         }
-        let key = id.to_owned();
-        let Some(g) = self.blocking(move |s| s.grant(&key)).await? else {
+        let Some(g) = self.store.grant(id).await? else {
             return Err(not_found("grant", id));
         };
         if g.revoked.is_some() || g.expires <= now_us() {
@@ -503,15 +501,14 @@ impl Approvals {
                 },
             )
             .await?;
-        let (key, who) = (id.to_owned(), actor.subject.clone());
-        if !self.blocking(move |s| s.revoke(&key, &who)).await? {
+        if !self.store.revoke(id, &actor.subject).await? {
             return Err(ActionError::new(
                 ActionErrorKind::Conflict,
                 format!("grant {id} is no longer in force"),
             ));
         }
-        let key = id.to_owned();
-        self.blocking(move |s| s.grant(&key))
+        self.store
+            .grant(id)
             .await?
             .ok_or_else(|| not_found("grant", id))
     }
@@ -563,14 +560,9 @@ impl ApprovalService for Approvals {
         let binding = hex::encode(req.binding);
         let fingerprint = req.fingerprint.map(str::to_owned);
         // A grant in force covers it.
-        let (s, t, f, r) = (
-            subject.clone(),
-            target.clone(),
-            fingerprint.clone(),
-            rule.map(str::to_owned),
-        );
         match self
-            .blocking(move |st| st.use_grant(&s, &t, f.as_deref(), r.as_deref()))
+            .store
+            .use_grant(&subject, &target, fingerprint.as_deref(), rule)
             .await
         {
             Ok(Some(id)) => return Submission::Approved { id },
@@ -605,11 +597,9 @@ impl ApprovalService for Approvals {
         };
         // The request already open for exactly this execution: approved -> run it once;
         // pending -> wait on it again.
-        let (b, s) = (binding.clone(), subject.clone());
-        match self.blocking(move |st| st.open_for(&b, &s)).await {
+        match self.store.open_for(&binding, &subject).await {
             Ok(Some(open)) if open.state == State::Approved => {
-                let key = open.id.clone();
-                match self.blocking(move |st| st.consume(&key)).await {
+                match self.store.consume(&open.id).await {
                     Ok(true) => return Submission::Approved { id: open.id },
                     Ok(false) => {}
                     Err(e) => return Submission::Refused(Self::store_unavailable(e)),
@@ -664,7 +654,7 @@ impl ApprovalService for Approvals {
             executed: None,
         };
         let id = request.id.clone();
-        match self.blocking(move |st| st.insert(&request)).await {
+        match self.store.insert(&request).await {
             Ok(()) => hold(id, true),
             Err(e) => Submission::Refused(Self::store_unavailable(e)),
         }
@@ -673,8 +663,7 @@ impl ApprovalService for Approvals {
     async fn wait(&self, id: &str) -> Decided {
         let mut changed = self.changed.subscribe();
         loop {
-            let key = id.to_owned();
-            let state = match self.blocking(move |s| s.get(&key)).await {
+            let state = match self.store.get(id).await {
                 Ok(Some(r)) => r,
                 Ok(None) => {
                     return Decided::Denied(refused(format!("approval request {id} no longer exists")))
@@ -684,8 +673,7 @@ impl ApprovalService for Approvals {
             match state.state {
                 State::Pending => {}
                 State::Approved => {
-                    let key = id.to_owned();
-                    match self.blocking(move |s| s.consume(&key)).await {
+                    match self.store.consume(id).await {
                         Ok(true) => return Decided::Approved(id.to_owned()),
                         // Someone else moved it between the two reads: look again.
                         Ok(false) => continue,
@@ -729,15 +717,12 @@ impl ApprovalService for Approvals {
     async fn end(&self, id: &str, why: HoldEnd) -> GatewayError {
         match why {
             HoldEnd::TimedOut => refused(format!(
-                "approval request {id} was not decided within {}; it stays open: run the statement again once it is approved",
-                humantime::format_duration(self.config.wait)
+                "approval request {id} was not decided while the statement waited; it stays open: run the statement again once it is approved"
             )),
             HoldEnd::Cancelled => {
-                let key = id.to_owned();
                 let closed = self
-                    .blocking(move |s| {
-                        s.close(&key, State::Cancelled, "(client)", Some("cancelled while waiting"))
-                    })
+                    .store
+                    .close(id, State::Cancelled, "(client)", Some("cancelled while waiting"))
                     .await;
                 if let Err(e) = closed {
                     tracing::error!(request = id, error = %e, "could not withdraw a cancelled approval request");

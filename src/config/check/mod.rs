@@ -144,7 +144,12 @@ impl<'a> Checker<'a> {
     pub(super) fn check_references(&mut self, document: &toml::de::DeTable<'_>) {
         for (key, value) in document {
             match key.get_ref().as_ref() {
-                "policy" | "masking" | "approvals" => {}
+                "policy" | "masking" => {}
+                "approvals" => {
+                    if let Some(url) = value.get_ref().get("store_url") {
+                        self.check_reference_value(url);
+                    }
+                }
                 "audit" => {
                     let sinks = value.get_ref().get("sinks").map(|s| s.get_ref());
                     for sink in sinks

@@ -102,6 +102,22 @@ impl Checker<'_> {
                 self.error(section.span(), format!("[approvals]: {e}"));
             }
         }
+        if let Some(url) = &config.store_url {
+            // An unset variable is reported at the value by `check_references`.
+            if let Ok(expanded) = interpolate(url, env_lookup) {
+                config.store_url = Some(expanded);
+            }
+        }
+        if let Some(ca) = &config.store_ca_file {
+            let ca = self.resolve(&ca.to_string_lossy());
+            if !ca.is_file() {
+                self.error(
+                    section.span(),
+                    format!("`approvals.store_ca_file`: file not found: {}", ca.display()),
+                );
+            }
+            config.store_ca_file = Some(ca);
+        }
         // A path in the file is relative to the file; the default is in the (resolved) data_dir.
         config.path = Some(match &config.path {
             Some(p) => self.resolve(&p.to_string_lossy()),

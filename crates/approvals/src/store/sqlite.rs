@@ -1,221 +1,17 @@
-//! Requests, approvals and grants in SQLite: one file in the gateway's `data_dir` by default.
-//!
-//! Every state change is one conditional UPDATE (or a transaction) so that two deciders, or two
-//! gateway nodes sharing the file, cannot both move a request: an approval is consumed once, a
-//! denied request cannot then be approved. The calls are synchronous and short; the service runs
-//! them on tokio's blocking pool.
+//! The SQLite store: one file (`approvals.db` in the gateway's `data_dir` by default), in WAL mode
+//! with full synchronous commits. rusqlite is synchronous: each call runs on tokio's blocking
+//! pool, and the calls are short.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use rusqlite::{params, Connection, OptionalExtension, Row};
-use serde::Serialize;
 
-/// A request's state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum State {
-    /// Waiting for decisions.
-    Pending,
-    /// Approved by a quorum (or break glass); not yet run.
-    Approved,
-    /// Denied by an approver.
-    Denied,
-    /// Nobody decided (or the approved statement was not run) before it expired.
-    Expired,
-    /// Withdrawn: the requester cancelled it, or an administrator did.
-    Cancelled,
-    /// Approved and run: used up.
-    Executed,
-}
-
-impl State {
-    /// The name stored and shown.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            State::Pending => "pending",
-            State::Approved => "approved",
-            State::Denied => "denied",
-            State::Expired => "expired",
-            State::Cancelled => "cancelled",
-            State::Executed => "executed",
-        }
-    }
-
-    /// Reads a stored or requested name.
-    pub fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "pending" => State::Pending,
-            "approved" => State::Approved,
-            "denied" => State::Denied,
-            "expired" => State::Expired,
-            "cancelled" => State::Cancelled,
-            "executed" => State::Executed,
-            _ => return None,
-        })
-    }
-}
-
-/// One approval request, as stored and as the admin API shows it.
-#[derive(Debug, Clone, Serialize)]
-pub struct Request {
-    /// `apr_...`.
-    pub id: String,
-    /// Current state.
-    pub state: State,
-    /// When it was opened (RFC 3339).
-    #[serde(serialize_with = "ser_time")]
-    pub created: i64,
-    /// Until when it may be decided, and once approved, used.
-    #[serde(serialize_with = "ser_time")]
-    pub expires: i64,
-    /// Who asked.
-    pub subject: String,
-    /// The requester's groups.
-    pub groups: Vec<String>,
-    /// The target.
-    pub target: String,
-    /// The gateway node and session it came from.
-    pub node: String,
-    /// The session.
-    pub session_id: String,
-    /// The statement id within the session.
-    pub statement_id: u64,
-    /// The statement text.
-    pub sql: String,
-    /// Its fingerprint, when analysed.
-    pub fingerprint: Option<String>,
-    /// Bound parameters as the audit trail records them.
-    pub parameters: Option<serde_json::Value>,
-    /// What the approval covers: hex of SHA-256 over target, text and bound values.
-    pub binding: String,
-    /// The rule that holds it.
-    pub rule: Option<String>,
-    /// The rule's message.
-    pub message: Option<String>,
-    /// Groups that may decide.
-    pub approvers: Vec<String>,
-    /// Distinct approvals needed.
-    pub quorum: u32,
-    /// Whether decisions need a reason.
-    pub require_reason: bool,
-    /// Approvals given so far.
-    pub approvals: Vec<Vote>,
-    /// Who denied or cancelled it, and why.
-    pub decided_by: Option<String>,
-    /// The reason given with the denial or cancellation.
-    pub decision_reason: Option<String>,
-    /// When it was run (state `executed`).
-    #[serde(serialize_with = "ser_opt_time")]
-    pub executed: Option<i64>,
-}
-
-/// One approval of a request.
-#[derive(Debug, Clone, Serialize)]
-pub struct Vote {
-    /// Who approved.
-    pub approver: String,
-    /// Their reason.
-    pub reason: Option<String>,
-    /// When (RFC 3339).
-    #[serde(serialize_with = "ser_time")]
-    pub time: i64,
-    /// A break-glass approval of one's own request.
-    pub break_glass: bool,
-}
-
-/// A time-boxed grant: `subject` may run statements matching `fingerprint` or held by `rule` on
-/// `target` until `expires`, without a request.
-#[derive(Debug, Clone, Serialize)]
-pub struct Grant {
-    /// `grt_...`.
-    pub id: String,
-    /// Who may.
-    pub subject: String,
-    /// Where (a target name).
-    pub target: String,
-    /// Statements of this shape (a fingerprint), if set.
-    pub fingerprint: Option<String>,
-    /// Statements this rule holds, if set.
-    pub rule: Option<String>,
-    /// Who created it.
-    pub created_by: String,
-    /// Why.
-    pub reason: Option<String>,
-    /// When it was created (RFC 3339).
-    #[serde(serialize_with = "ser_time")]
-    pub created: i64,
-    /// When it ends (RFC 3339).
-    #[serde(serialize_with = "ser_time")]
-    pub expires: i64,
-    /// When it was revoked, if it was.
-    #[serde(serialize_with = "ser_opt_time")]
-    pub revoked: Option<i64>,
-    /// Who revoked it.
-    pub revoked_by: Option<String>,
-    /// Statements it let run.
-    pub uses: u64,
-}
-
-/// Microseconds since the epoch, now.
-pub fn now_us() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
-
-/// A time in microseconds as RFC 3339.
-pub fn format_us(us: i64) -> String {
-    let t = UNIX_EPOCH + std::time::Duration::from_micros(us.max(0).unsigned_abs());
-    gateway_core::Rfc3339Micros::new(t).as_str().to_owned()
-}
-
-fn ser_time<S: serde::Serializer>(us: &i64, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&format_us(*us))
-}
-
-fn ser_opt_time<S: serde::Serializer>(us: &Option<i64>, s: S) -> Result<S::Ok, S::Error> {
-    match us {
-        Some(us) => s.serialize_str(&format_us(*us)),
-        None => s.serialize_none(),
-    }
-}
-
-/// A store error: the file cannot be read or written.
-#[derive(Debug, thiserror::Error)]
-#[error("approval store: {0}")]
-pub struct StoreError(String);
-
-impl StoreError {
-    /// A store call that did not complete (its blocking task panicked or was cancelled).
-    pub fn task(e: impl std::fmt::Display) -> Self {
-        StoreError(format!("the store call did not complete: {e}"))
-    }
-}
-
-impl From<rusqlite::Error> for StoreError {
-    fn from(e: rusqlite::Error) -> Self {
-        StoreError(e.to_string())
-    }
-}
-
-/// What moving a request's state found.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Moved {
-    /// Done.
-    Done,
-    /// No such request.
-    Missing,
-    /// The request is no longer in the state the change needs (someone else moved it first, or
-    /// it expired): its state now.
-    Conflict(State),
-}
+use super::{json, now_us, strings, Backend, Grant, Moved, Request, State, StoreError, Vote};
 
 /// The SQLite store. Cheap to clone.
 #[derive(Clone)]
-pub struct Store {
+pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
 }
 
@@ -278,7 +74,7 @@ const REQUEST_COLUMNS: &str = "id, state, created_us, expires_us, subject, group
 const GRANT_COLUMNS: &str = "id, subject, target, fingerprint, rule, created_by, reason, \
     created_us, expires_us, revoked_us, revoked_by, uses";
 
-impl Store {
+impl SqliteStore {
     /// Opens (creating when missing) the store at `path`.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -303,7 +99,7 @@ impl Store {
     }
 
     /// Saves a new request (state pending, no votes).
-    pub fn insert(&self, r: &Request) -> Result<(), StoreError> {
+    fn insert(&self, r: &Request) -> Result<(), StoreError> {
         self.with(|c| {
             c.execute(
                 &format!("INSERT INTO requests ({REQUEST_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22)"),
@@ -337,7 +133,7 @@ impl Store {
     }
 
     /// The request, with its votes.
-    pub fn get(&self, id: &str) -> Result<Option<Request>, StoreError> {
+    fn get(&self, id: &str) -> Result<Option<Request>, StoreError> {
         self.with(|c| {
             expire(c)?;
             let r = c
@@ -358,7 +154,7 @@ impl Store {
     }
 
     /// Requests, newest first: in `state` when given, of `subject` when given.
-    pub fn list(
+    fn list(
         &self,
         state: Option<State>,
         subject: Option<&str>,
@@ -386,7 +182,7 @@ impl Store {
     }
 
     /// The open (pending or approved, unexpired) request of `subject` for exactly `binding`.
-    pub fn open_for(&self, binding: &str, subject: &str) -> Result<Option<Request>, StoreError> {
+    fn open_for(&self, binding: &str, subject: &str) -> Result<Option<Request>, StoreError> {
         self.with(|c| {
             expire(c)?;
             let r = c
@@ -403,20 +199,9 @@ impl Store {
         })
     }
 
-    /// The state of `id` now (expiring it if its time is past).
-    pub fn state(&self, id: &str) -> Result<Option<State>, StoreError> {
-        self.with(|c| {
-            expire(c)?;
-            let s: Option<String> = c
-                .query_row("SELECT state FROM requests WHERE id = ?1", [id], |r| r.get(0))
-                .optional()?;
-            Ok(s.and_then(|s| State::parse(&s)))
-        })
-    }
-
     /// Approved -> executed: the approval is used once. `false` when it was not (or no longer)
     /// approved.
-    pub fn consume(&self, id: &str) -> Result<bool, StoreError> {
+    fn consume(&self, id: &str) -> Result<bool, StoreError> {
         self.with(|c| {
             expire(c)?;
             let n = c.execute(
@@ -430,7 +215,7 @@ impl Store {
 
     /// Adds `approver`'s approval to a pending request; the request becomes approved once
     /// `quorum` distinct approvers agreed, or at once for a break-glass approval.
-    pub fn vote(
+    fn vote(
         &self,
         id: &str,
         approver: &str,
@@ -478,7 +263,7 @@ impl Store {
     }
 
     /// Pending (or approved, not yet run) -> `to` (denied or cancelled), by `by`.
-    pub fn close(
+    fn close(
         &self,
         id: &str,
         to: State,
@@ -506,7 +291,7 @@ impl Store {
     }
 
     /// Saves a new grant.
-    pub fn insert_grant(&self, g: &Grant) -> Result<(), StoreError> {
+    fn insert_grant(&self, g: &Grant) -> Result<(), StoreError> {
         self.with(|c| {
             c.execute(
                 &format!("INSERT INTO grants ({GRANT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"),
@@ -530,7 +315,7 @@ impl Store {
     }
 
     /// Grants, newest first; only those in force when `active`.
-    pub fn grants(&self, active: bool, limit: u32) -> Result<Vec<Grant>, StoreError> {
+    fn grants(&self, active: bool, limit: u32) -> Result<Vec<Grant>, StoreError> {
         self.with(|c| {
             let mut stmt = c.prepare(&format!(
                 "SELECT {GRANT_COLUMNS} FROM grants \
@@ -543,7 +328,7 @@ impl Store {
     }
 
     /// The grant.
-    pub fn grant(&self, id: &str) -> Result<Option<Grant>, StoreError> {
+    fn grant(&self, id: &str) -> Result<Option<Grant>, StoreError> {
         self.with(|c| {
             Ok(c.query_row(
                 &format!("SELECT {GRANT_COLUMNS} FROM grants WHERE id = ?1"),
@@ -555,7 +340,7 @@ impl Store {
     }
 
     /// Revokes a grant in force. `false` when there was none.
-    pub fn revoke(&self, id: &str, by: &str) -> Result<bool, StoreError> {
+    fn revoke(&self, id: &str, by: &str) -> Result<bool, StoreError> {
         self.with(|c| {
             let n = c.execute(
                 "UPDATE grants SET revoked_us = ?2, revoked_by = ?3 \
@@ -568,7 +353,7 @@ impl Store {
 
     /// A grant in force that lets `subject` run a statement of `fingerprint` held by `rule` on
     /// `target`; its use is counted.
-    pub fn use_grant(
+    fn use_grant(
         &self,
         subject: &str,
         target: &str,
@@ -602,14 +387,6 @@ fn expire(c: &Connection) -> Result<(), StoreError> {
         [now_us()],
     )?;
     Ok(())
-}
-
-fn json(v: &[String]) -> String {
-    serde_json::to_string(v).unwrap_or_else(|_| "[]".into())
-}
-
-fn strings(text: String) -> Vec<String> {
-    serde_json::from_str(&text).unwrap_or_default()
 }
 
 fn request_row(r: &Row<'_>) -> rusqlite::Result<Request> {
@@ -674,4 +451,93 @@ fn grant_row(r: &Row<'_>) -> rusqlite::Result<Grant> {
         revoked_by: r.get(10)?,
         uses: u64::try_from(uses).unwrap_or(0),
     })
+}
+
+/// Runs `f` on the store on tokio's blocking pool.
+async fn blocking<T: Send + 'static>(
+    store: &SqliteStore,
+    f: impl FnOnce(&SqliteStore) -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || f(&store))
+        .await
+        .unwrap_or_else(|e| Err(StoreError::task(e)))
+}
+
+#[async_trait::async_trait]
+impl Backend for SqliteStore {
+    async fn insert(&self, r: &Request) -> Result<(), StoreError> {
+        let r = r.clone();
+        blocking(self, move |s| s.insert(&r)).await
+    }
+    async fn get(&self, id: &str) -> Result<Option<Request>, StoreError> {
+        let id = id.to_owned();
+        blocking(self, move |s| s.get(&id)).await
+    }
+    async fn list(
+        &self,
+        state: Option<State>,
+        subject: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<Request>, StoreError> {
+        let subject = subject.map(str::to_owned);
+        blocking(self, move |s| s.list(state, subject.as_deref(), limit)).await
+    }
+    async fn open_for(&self, binding: &str, subject: &str) -> Result<Option<Request>, StoreError> {
+        let (binding, subject) = (binding.to_owned(), subject.to_owned());
+        blocking(self, move |s| s.open_for(&binding, &subject)).await
+    }
+    async fn consume(&self, id: &str) -> Result<bool, StoreError> {
+        let id = id.to_owned();
+        blocking(self, move |s| s.consume(&id)).await
+    }
+    async fn vote(
+        &self,
+        id: &str,
+        approver: &str,
+        reason: Option<&str>,
+        break_glass: bool,
+    ) -> Result<Moved, StoreError> {
+        let (id, approver, reason) = (id.to_owned(), approver.to_owned(), reason.map(str::to_owned));
+        blocking(self, move |s| s.vote(&id, &approver, reason.as_deref(), break_glass)).await
+    }
+    async fn close(
+        &self,
+        id: &str,
+        to: State,
+        by: &str,
+        reason: Option<&str>,
+    ) -> Result<Moved, StoreError> {
+        let (id, by, reason) = (id.to_owned(), by.to_owned(), reason.map(str::to_owned));
+        blocking(self, move |s| s.close(&id, to, &by, reason.as_deref())).await
+    }
+    async fn insert_grant(&self, g: &Grant) -> Result<(), StoreError> {
+        let g = g.clone();
+        blocking(self, move |s| s.insert_grant(&g)).await
+    }
+    async fn grants(&self, active: bool, limit: u32) -> Result<Vec<Grant>, StoreError> {
+        blocking(self, move |s| s.grants(active, limit)).await
+    }
+    async fn grant(&self, id: &str) -> Result<Option<Grant>, StoreError> {
+        let id = id.to_owned();
+        blocking(self, move |s| s.grant(&id)).await
+    }
+    async fn revoke(&self, id: &str, by: &str) -> Result<bool, StoreError> {
+        let (id, by) = (id.to_owned(), by.to_owned());
+        blocking(self, move |s| s.revoke(&id, &by)).await
+    }
+    async fn use_grant(
+        &self,
+        subject: &str,
+        target: &str,
+        fingerprint: Option<&str>,
+        rule: Option<&str>,
+    ) -> Result<Option<String>, StoreError> {
+        let (subject, target) = (subject.to_owned(), target.to_owned());
+        let (fingerprint, rule) = (fingerprint.map(str::to_owned), rule.map(str::to_owned));
+        blocking(self, move |s| {
+            s.use_grant(&subject, &target, fingerprint.as_deref(), rule.as_deref())
+        })
+        .await
+    }
 }
