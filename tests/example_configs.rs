@@ -39,6 +39,8 @@ fn full_example_dir() -> tempfile::TempDir {
         ("REPORTING_DB_PASSWORD", "example-password"),
         ("SHOP_DB_PASSWORD", "example-password"),
         ("AUDIT_DB_PASSWORD", "example-password"),
+        ("SLACK_HOOK_PATH", "T000/B000/example"),
+        ("WEBHOOK_SECRET", "example-webhook-secret"),
     ] {
         std::env::set_var(name, value);
     }

@@ -83,6 +83,9 @@ pub struct ApprovalsConfig {
     /// Settings for the statements one require-approval rule holds.
     #[serde(default)]
     pub rules: Vec<RuleApprovals>,
+    /// Where requests, decisions and break-glass approvals are announced (`[[approvals.webhooks]]`).
+    #[serde(default)]
+    pub webhooks: Vec<crate::notify::WebhookConfig>,
 }
 
 /// `[[approvals.rules]]`: overrides for the statements the policy rule `rule` holds. Unset keys
@@ -160,6 +163,7 @@ impl Default for ApprovalsConfig {
             store_ca_file: None,
             poll: default_poll(),
             rules: Vec::new(),
+            webhooks: Vec::new(),
         }
     }
 }
@@ -220,6 +224,9 @@ impl ApprovalsConfig {
             if self.rules[..i].iter().any(|o| o.rule == r.rule) {
                 errors.push(format!("`rules[{i}].rule`: \"{}\" is configured twice", r.rule));
             }
+        }
+        for (i, hook) in self.webhooks.iter().enumerate() {
+            errors.extend(hook.check(i));
         }
         for rule in held_rules {
             let e = self.effective(Some(rule));

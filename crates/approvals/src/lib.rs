@@ -16,6 +16,7 @@
 //! `cancelled` | `expired`; `approved` -> `expired` when not run within `expire_after`.
 
 pub mod config;
+pub mod notify;
 pub mod store;
 
 use std::time::Duration;
@@ -118,6 +119,8 @@ pub struct Approvals {
     changed: tokio::sync::watch::Sender<u64>,
     /// Where approvers decide (the admin API's base URL), told in notices.
     admin_url: std::sync::OnceLock<String>,
+    /// Announces requests and decisions.
+    webhooks: notify::Webhooks,
 }
 
 impl Approvals {
@@ -137,9 +140,10 @@ impl Approvals {
         Ok(Self::with_store(config, store, node))
     }
 
-    /// The service over a given store.
+    /// The service over a given store. Starts the webhook sender (needs a tokio runtime).
     pub fn with_store(config: ApprovalsConfig, store: Arc<dyn Backend>, node: &str) -> Self {
         Self {
+            webhooks: notify::Webhooks::start(config.webhooks.clone()),
             config,
             store,
             node: node.to_owned(),
@@ -296,7 +300,33 @@ impl Approvals {
             .vote(id, &actor.subject, reason, break_glass)
             .await?;
         self.bump();
-        self.after_move(actor, id, moved).await
+        let r = self.after_move(actor, id, moved).await?;
+        if break_glass {
+            self.notify("break_glass", &r, Some(&actor.subject), reason);
+        } else if matches!(r.state, State::Approved | State::Executed) {
+            self.notify("approved", &r, Some(&actor.subject), reason);
+        }
+        Ok(r)
+    }
+
+    fn notify(&self, event: &'static str, r: &Request, by: Option<&str>, reason: Option<&str>) {
+        self.webhooks.emit(notify::Notification {
+            event,
+            request_id: r.id.clone(),
+            requester: r.subject.clone(),
+            target: r.target.clone(),
+            rule: r.rule.clone(),
+            sql: r.sql.clone(),
+            by: by.map(str::to_owned),
+            reason: reason.map(str::to_owned),
+            approvers: r.approvers.clone(),
+            quorum: r.quorum,
+            url: self
+                .admin_url
+                .get()
+                .map(|base| format!("{base}/api/v1/approvals/{}", r.id)),
+            time: store::format_us(now_us()),
+        });
     }
 
     /// Denies a request (approvers of the request only).
@@ -374,7 +404,9 @@ impl Approvals {
             .await?;
         let moved = self.store.close(&r.id, to, &actor.subject, reason).await?;
         self.bump();
-        self.after_move(actor, &r.id, moved).await
+        let closed = self.after_move(actor, &r.id, moved).await?;
+        self.notify(to.as_str(), &closed, Some(&actor.subject), reason);
+        Ok(closed)
     }
 
     async fn after_move(
@@ -655,7 +687,10 @@ impl ApprovalService for Approvals {
         };
         let id = request.id.clone();
         match self.store.insert(&request).await {
-            Ok(()) => hold(id, true),
+            Ok(()) => {
+                self.notify("requested", &request, None, None);
+                hold(id, true)
+            }
             Err(e) => Submission::Refused(Self::store_unavailable(e)),
         }
     }

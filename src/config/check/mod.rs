@@ -146,8 +146,22 @@ impl<'a> Checker<'a> {
             match key.get_ref().as_ref() {
                 "policy" | "masking" => {}
                 "approvals" => {
-                    if let Some(url) = value.get_ref().get("store_url") {
+                    // `${VAR}` is expanded in the store's URL and the webhooks' URL and secret.
+                    let section = value.get_ref();
+                    if let Some(url) = section.get("store_url") {
                         self.check_reference_value(url);
+                    }
+                    let hooks = section.get("webhooks").map(|h| h.get_ref());
+                    for hook in hooks
+                        .and_then(toml::de::DeValue::as_array)
+                        .into_iter()
+                        .flatten()
+                    {
+                        for key in ["url", "secret"] {
+                            if let Some(v) = hook.get_ref().get(key) {
+                                self.check_reference_value(v);
+                            }
+                        }
                     }
                 }
                 "audit" => {

@@ -97,15 +97,24 @@ impl Checker<'_> {
                     .collect()
             })
             .unwrap_or_default();
+        // `${VAR}` here; an unset variable is reported at the value by `check_references`.
+        let expand = |text: &mut String| {
+            if let Ok(expanded) = interpolate(text, env_lookup) {
+                *text = expanded;
+            }
+        };
+        if let Some(url) = &mut config.store_url {
+            expand(url);
+        }
+        for hook in &mut config.webhooks {
+            expand(&mut hook.url);
+            if let Some(secret) = &mut hook.secret {
+                expand(secret);
+            }
+        }
         if let Err(errors) = config.check(&held) {
             for e in errors {
                 self.error(section.span(), format!("[approvals]: {e}"));
-            }
-        }
-        if let Some(url) = &config.store_url {
-            // An unset variable is reported at the value by `check_references`.
-            if let Ok(expanded) = interpolate(url, env_lookup) {
-                config.store_url = Some(expanded);
             }
         }
         if let Some(ca) = &config.store_ca_file {
