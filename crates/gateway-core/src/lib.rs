@@ -30,6 +30,7 @@
 //! asks for them, a span tree per connection when trace export is on.
 
 pub mod approval;
+pub mod live;
 pub mod audit;
 pub mod error;
 pub mod identity;
@@ -71,6 +72,7 @@ pub use policy::{
     Access, AllowAll, Decision, Judgement, PolicyEngine, SqlSettings, StatementContext,
     StatementObjects, SyntaxError, Verdict,
 };
+pub use live::LiveSession;
 pub use session::{
     Execution, Gateway, GatewayBuilder, MaskPlanner, Outcome, Session, SessionContext,
     SessionRequest, Statement,

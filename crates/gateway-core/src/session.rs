@@ -36,6 +36,7 @@ struct Inner {
     parameters: ParameterAudit,
     targets: Targets,
     metrics: Arc<Metrics>,
+    live: Arc<crate::live::LiveSessions>,
 }
 
 /// A gateway: the configured seams and targets. Cheap to clone; many can live in one process.
@@ -126,6 +127,7 @@ impl GatewayBuilder {
                 parameters: self.parameters,
                 targets: self.targets,
                 metrics: Arc::new(Metrics::new()),
+                live: Arc::default(),
             }),
         }
     }
@@ -227,15 +229,21 @@ impl Gateway {
                 });
                 let metrics = Arc::clone(self.inner.metrics.protocol(req.protocol));
                 let masking = self.inner.masker.is_active(&ctx);
+                let statements = Arc::new(AtomicU64::new(0));
+                let holds = HoldHandle::default();
+                let end = Arc::new(crate::live::EndSignal::default());
+                let live = self.inner.live.register(&ctx, &statements, &holds, &end);
                 let session = Session {
                     gateway: self.clone(),
                     ctx,
-                    statements: AtomicU64::new(0),
+                    statements,
                     metrics,
                     masking,
                     catalog: OnceLock::new(),
                     notices: OnceLock::new(),
-                    holds: HoldHandle::default(),
+                    holds,
+                    end,
+                    _live: live,
                 };
                 session
                     .record(AuditEvent::SessionOpened {
@@ -273,6 +281,18 @@ impl Gateway {
                 Err(e)
             }
         }
+    }
+
+    /// The sessions admitted and not yet dropped, oldest first.
+    pub fn live_sessions(&self) -> Vec<crate::live::LiveSession> {
+        self.inner.live.list()
+    }
+
+    /// Ends live session `id` for `reason`: a statement of it waiting for approval stops
+    /// waiting, and its protocol crate closes the connection after the statement in flight
+    /// ([`Session::terminated`]). `None` when no such session is live.
+    pub fn end_session(&self, id: &str, reason: &str) -> Option<crate::live::LiveSession> {
+        self.inner.live.end(id, reason.to_owned())
     }
 
     /// Authenticates credentials with the gateway's authenticator, outside any session (an admin
@@ -389,7 +409,8 @@ fn new_session_id() -> String {
 pub struct Session {
     gateway: Gateway,
     ctx: Arc<SessionContext>,
-    statements: AtomicU64,
+    /// Statements judged so far (shared with the live-session list).
+    statements: Arc<AtomicU64>,
     /// This session's protocol's series, resolved once.
     metrics: Arc<ProtocolMetrics>,
     /// Whether the masker may rewrite this session's results ([`Masker::is_active`]), asked
@@ -404,6 +425,10 @@ pub struct Session {
     notices: OnceLock<Arc<dyn NoticeSink>>,
     /// Ends a wait for approval from outside the session's task.
     holds: HoldHandle,
+    /// Raised when an administrator ends the session.
+    end: Arc<crate::live::EndSignal>,
+    /// Lists the session among the gateway's live sessions while it lives.
+    _live: crate::live::LiveGuard,
 }
 
 /// A judged statement text, ready to execute (possibly many times).
@@ -557,6 +582,29 @@ impl Session {
         if let Some(c) = self.catalog.get() {
             c.invalidate();
         }
+    }
+
+    /// Resolves when an administrator ended this session ([`Gateway::end_session`]) and no
+    /// statement of it waits for approval any more (the wait has been ended and recorded): the
+    /// protocol crate then closes the connection with this error.
+    pub async fn terminated(&self) -> GatewayError {
+        self.end.raised().await;
+        while self.holds.is_waiting() {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        GatewayError::new(
+            ErrorKind::ShuttingDown,
+            Side::Gateway,
+            format!(
+                "terminating connection due to administrator command: {}",
+                self.end.reason().unwrap_or_default()
+            ),
+        )
+    }
+
+    /// Whether an administrator ended this session.
+    pub fn is_terminated(&self) -> bool {
+        self.end.is_raised()
     }
 
     /// Hands the session where notices for its client go ([`NoticeSink`]): told while a

@@ -375,3 +375,46 @@ async fn a_syntax_error_is_refused_as_the_database_would_and_recorded_as_denied(
     );
     assert_eq!(verdict["syntax_error"]["position"], 1, "{verdict:#}");
 }
+
+/// Live sessions are listed while they live; ending one stops its wait for approval and lets its
+/// protocol crate close it with the reason.
+#[tokio::test]
+async fn live_sessions_are_listed_and_an_ended_one_is_told_why() {
+    let approver = Arc::new(Approver::default());
+    let gw = gateway_with(Arc::new(Memory::default()), Arc::clone(&approver));
+    let first = Arc::new(open(&gw).await);
+    let second = open(&gw).await;
+    let live = gw.live_sessions();
+    assert_eq!(live.len(), 2);
+    assert!(live.iter().all(|s| s.subject == "alice" && !s.waiting_for_approval));
+
+    let stmt = first
+        .prepare("delete from t -- wait", &SqlSettings::default())
+        .await
+        .unwrap();
+    let waiting = {
+        let first = Arc::clone(&first);
+        tokio::spawn(async move { first.execute(&stmt).await.map(|e| e.statement_id()) })
+    };
+    while !first.holds().is_waiting() {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let id = first.context().id.to_string();
+    let listed = gw.live_sessions();
+    assert!(listed.iter().any(|s| s.id == id && s.waiting_for_approval && s.statements == 1));
+
+    assert!(gw.end_session("no-such-session", "x").is_none());
+    assert!(gw.end_session(&id, "offboarding").is_some());
+    let e = waiting.await.unwrap().err().expect("the wait ends");
+    assert_eq!(e.message, "request req-8 ended: shutting_down");
+    let why = tokio::time::timeout(std::time::Duration::from_secs(5), first.terminated())
+        .await
+        .expect("terminated resolves");
+    assert_eq!(why.kind, ErrorKind::ShuttingDown);
+    assert!(why.message.ends_with("administrator command: offboarding"), "{}", why.message);
+    assert!(!second.is_terminated());
+
+    drop(first);
+    let left: Vec<String> = gw.live_sessions().into_iter().map(|s| s.id).collect();
+    assert_eq!(left, [second.context().id.to_string()]);
+}

@@ -193,6 +193,13 @@ pub(crate) async fn relay(
                 let _ = relay.up_write.write_all(&packet::packet(0, &[COM_QUIT])).await;
                 return Err(e);
             }
+            // An administrator ended the session (after its command in flight, if any).
+            e = relay.session.terminated() => {
+                let _ = relay.client_write.write_all(&packet::err(0, &e)).await;
+                let _ = relay.client_write.shutdown().await;
+                let _ = relay.up_write.write_all(&packet::packet(0, &[COM_QUIT])).await;
+                return Err(e);
+            }
         };
         let command = match read {
             Ok(p) => p,

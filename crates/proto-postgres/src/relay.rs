@@ -182,6 +182,7 @@ pub(crate) async fn relay(
             Side::Gateway,
             "the gateway is shutting down; reconnect to continue",
         )),
+        e = session.terminated() => Err(e),
     };
     let result = match result {
         // After the client's end of stream, a failed write to it means it closed both directions
