@@ -217,3 +217,17 @@ mod tests {
         }
     }
 }
+
+/// Written as the pattern text, as in the configuration.
+impl serde::Serialize for Glob {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// Written as `schema.name` or `name`, as in the configuration.
+impl serde::Serialize for ObjectGlob {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}

@@ -245,7 +245,8 @@ impl fmt::Display for Builtin {
 }
 
 /// What happens to a statement the gateway cannot analyse.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Unparsable {
     /// Deny it: the default, because what the gateway cannot read it cannot judge. A text
     /// PostgreSQL's grammar rejects is refused with the server's own syntax error
@@ -269,7 +270,7 @@ pub enum Action {
 }
 
 /// Who a rule applies to.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Principals {
     /// Every identity (`groups = ["*"]`, or no `groups`/`subjects` on a statement rule).
     pub everyone: bool,
@@ -298,7 +299,7 @@ impl Principals {
 }
 
 /// Which targets a rule applies to: a name glob (any of) and labels (all of).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct TargetSelector {
     /// Globs over the target name; empty means every name.
     pub names: Vec<Glob>,
@@ -318,7 +319,8 @@ impl TargetSelector {
 }
 
 /// One entry of a rule's `kinds`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(untagged)]
 pub enum KindSelector {
     /// A broad class (`read`, `write`, `ddl`, ...), compared with the statement's class.
     Class(Class),
@@ -327,7 +329,7 @@ pub enum KindSelector {
 }
 
 /// One `[[policy.access]]` rule, checked.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct AccessRule {
     /// Its name.
     pub name: Arc<str>,
@@ -341,7 +343,7 @@ pub struct AccessRule {
 
 /// One `[[policy.rules]]` rule, checked. Every condition that is set must hold (a list holds
 /// when any of its entries does).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct StatementRule {
     /// Its name.
     pub name: Arc<str>,
@@ -369,8 +371,8 @@ pub struct StatementRule {
     pub overrides: Vec<Builtin>,
 }
 
-/// A checked `[policy]`: what the engine runs.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A checked `[policy]`: what the engine runs. Serializes as the admin API's effective policy.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct RuleSet {
     /// What happens to statements the parser cannot read.
     pub unparsable: Unparsable,
