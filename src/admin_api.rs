@@ -288,7 +288,10 @@ async fn create_grant(
     if !api.gateway.targets().iter().any(|t| t.name == spec.target) {
         return Err(ApiError(
             StatusCode::BAD_REQUEST,
-            format!("`target`: \"{}\" is not a target of this gateway", spec.target),
+            format!(
+                "`target`: \"{}\" is not a target of this gateway",
+                spec.target
+            ),
         ));
     }
     let recorder = TrailRecorder {

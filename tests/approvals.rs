@@ -61,7 +61,13 @@ async fn start() -> TestGateway {
 }
 
 /// One admin API call: (status, JSON body).
-async fn api(gw: &TestGateway, method: &str, path: &str, token: &str, body: Option<Value>) -> (u16, Value) {
+async fn api(
+    gw: &TestGateway,
+    method: &str,
+    path: &str,
+    token: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
     let url = format!("{}{path}", gw.admin_url());
     let (method, token) = (method.to_owned(), token.to_owned());
     tokio::task::spawn_blocking(move || {
@@ -84,7 +90,10 @@ async fn api(gw: &TestGateway, method: &str, path: &str, token: &str, body: Opti
         .expect("the admin API answers");
         let status = response.status().as_u16();
         let text = response.body_mut().read_to_string().unwrap_or_default();
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
     })
     .await
     .unwrap()
@@ -139,13 +148,36 @@ async fn psql_waits_with_a_notice_until_another_identity_approves() {
         assert_eq!(r["target"], gw.database());
         assert_eq!(r["approvers"], json!(["dba"]));
         // The requester sees her request but cannot approve it.
-        let (status, body) = api(&gw, "POST", &format!("/api/v1/approvals/{id}/approve"), &alice, None).await;
+        let (status, body) = api(
+            &gw,
+            "POST",
+            &format!("/api/v1/approvals/{id}/approve"),
+            &alice,
+            None,
+        )
+        .await;
         assert_eq!(status, 403, "{body}");
-        assert!(body["error"].as_str().unwrap().contains("cannot approve their own request"), "{body}");
+        assert!(
+            body["error"]
+                .as_str()
+                .unwrap()
+                .contains("cannot approve their own request"),
+            "{body}"
+        );
         // Nor can someone outside the approver groups.
         let carl = gw.token_in("carl", &["engineering"]);
-        let (status, _) = api(&gw, "POST", &format!("/api/v1/approvals/{id}/approve"), &carl, None).await;
-        assert_eq!(status, 404, "a request is invisible to whoever may not see it");
+        let (status, _) = api(
+            &gw,
+            "POST",
+            &format!("/api/v1/approvals/{id}/approve"),
+            &carl,
+            None,
+        )
+        .await;
+        assert_eq!(
+            status, 404,
+            "a request is invisible to whoever may not see it"
+        );
         let (status, body) = api(
             &gw,
             "POST",
@@ -166,8 +198,9 @@ async fn psql_waits_with_a_notice_until_another_identity_approves() {
     assert!(stdout.contains("INSERT 0 1"), "{stdout}");
     let stderr = common::stderr(&out);
     assert!(
-        stderr.contains(&format!("NOTICE:  statement held for approval: request {id}"))
-            && stderr.contains("writes to the ledger need a second person")
+        stderr.contains(&format!(
+            "NOTICE:  statement held for approval: request {id}"
+        )) && stderr.contains("writes to the ledger need a second person")
             && stderr.contains("dba")
             && stderr.contains("/api/v1/approvals/"),
         "{stderr}"
@@ -186,21 +219,32 @@ async fn psql_waits_with_a_notice_until_another_identity_approves() {
                 && t.iter().any(|r| r["event"] == "admin_action")
         })
         .await;
-    let requested = trail.iter().find(|r| r["event"] == "approval_requested").expect("requested");
+    let requested = trail
+        .iter()
+        .find(|r| r["event"] == "approval_requested")
+        .expect("requested");
     assert_eq!(requested["request_id"], id.as_str());
     assert_eq!(requested["subject"], "alice");
     assert_eq!(requested["waits"], true);
-    let decided = trail.iter().find(|r| r["event"] == "admin_action").expect("decision");
+    let decided = trail
+        .iter()
+        .find(|r| r["event"] == "admin_action")
+        .expect("decision");
     assert_eq!(decided["subject"], "bob");
     assert_eq!(decided["session_id"], "admin");
     assert_eq!(decided["action"], "approval_approved");
     assert_eq!(decided["id"], id.as_str());
     assert_eq!(decided["reason"], "checked with finance");
-    let ended = trail.iter().find(|r| r["event"] == "approval_ended").expect("ended");
+    let ended = trail
+        .iter()
+        .find(|r| r["event"] == "approval_ended")
+        .expect("ended");
     assert_eq!(ended["outcome"], "approved");
     let started = trail
         .iter()
-        .find(|r| r["event"] == "statement_started" && r["sql"] == "insert into ledger values (1, 100)")
+        .find(|r| {
+            r["event"] == "statement_started" && r["sql"] == "insert into ledger values (1, 100)"
+        })
         .expect("started");
     assert_eq!(started["approval_id"], id.as_str());
     assert_eq!(started["rule"], "ledger-writes");
@@ -217,72 +261,139 @@ async fn denial_quorum_cancel_and_break_glass() {
 
     // Denied: the client's error names the request, who denied it and why.
     let deny = async {
-        let id = pending_of(&gw, &bob, "alice").await["id"].as_str().unwrap().to_owned();
-        let (status, body) = api(&gw, "POST", &format!("/api/v1/approvals/{id}/deny"), &bob, Some(json!({"reason": "not today"}))).await;
+        let id = pending_of(&gw, &bob, "alice").await["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let (status, body) = api(
+            &gw,
+            "POST",
+            &format!("/api/v1/approvals/{id}/deny"),
+            &bob,
+            Some(json!({"reason": "not today"})),
+        )
+        .await;
         assert_eq!(status, 200, "{body}");
         assert_eq!(body["state"], "denied");
         id
     };
-    let (result, id) = tokio::join!(alice.batch_execute("insert into ledger values (2, 5)"), deny);
+    let (result, id) = tokio::join!(
+        alice.batch_execute("insert into ledger values (2, 5)"),
+        deny
+    );
     let e = result.expect_err("denied");
     let text = message(&e);
-    assert!(text.contains(&format!("approval request {id} was denied by bob: not today")), "{text}");
+    assert!(
+        text.contains(&format!(
+            "approval request {id} was denied by bob: not today"
+        )),
+        "{text}"
+    );
     assert_eq!(common::sqlstate(&e), "42501");
     assert_eq!(count(&gw, "ledger").await, 0);
 
     // A quorum of two with mandatory reasons: one approval is not enough, nor is the same
     // approver twice; the second approver's lets it run.
     let quorum = async {
-        let id = pending_of(&gw, &bob, "alice").await["id"].as_str().unwrap().to_owned();
+        let id = pending_of(&gw, &bob, "alice").await["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
         let path = format!("/api/v1/approvals/{id}/approve");
         let (status, body) = api(&gw, "POST", &path, &bob, None).await;
         assert_eq!(status, 400, "a reason is required: {body}");
         let (status, body) = api(&gw, "POST", &path, &bob, Some(json!({"reason": "ok"}))).await;
-        assert_eq!((status, body["state"].as_str()), (200, Some("pending")), "{body}");
+        assert_eq!(
+            (status, body["state"].as_str()),
+            (200, Some("pending")),
+            "{body}"
+        );
         let (status, _) = api(&gw, "POST", &path, &bob, Some(json!({"reason": "again"}))).await;
         assert_eq!(status, 409);
-        let (status, body) = api(&gw, "POST", &path, &carol, Some(json!({"reason": "ok too"}))).await;
+        let (status, body) = api(
+            &gw,
+            "POST",
+            &path,
+            &carol,
+            Some(json!({"reason": "ok too"})),
+        )
+        .await;
         assert_eq!(status, 200, "{body}");
     };
-    let (result, ()) = tokio::join!(alice.batch_execute("insert into payroll values (1, 10)"), quorum);
+    let (result, ()) = tokio::join!(
+        alice.batch_execute("insert into payroll values (1, 10)"),
+        quorum
+    );
     result.expect("runs after two approvals");
     assert_eq!(count(&gw, "payroll").await, 1);
 
     // The client's cancel (CancelRequest) ends the wait and withdraws the request.
     let cancel_token = alice.cancel_token();
     let cancel = async {
-        let id = pending_of(&gw, &bob, "alice").await["id"].as_str().unwrap().to_owned();
-        cancel_token.cancel_query(tokio_postgres::NoTls).await.expect("cancel sent");
+        let id = pending_of(&gw, &bob, "alice").await["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        cancel_token
+            .cancel_query(tokio_postgres::NoTls)
+            .await
+            .expect("cancel sent");
         id
     };
-    let (result, id) = tokio::join!(alice.batch_execute("insert into ledger values (3, 5)"), cancel);
+    let (result, id) = tokio::join!(
+        alice.batch_execute("insert into ledger values (3, 5)"),
+        cancel
+    );
     let e = result.expect_err("cancelled");
-    assert!(message(&e).contains("canceling statement due to user request"), "{}", message(&e));
+    assert!(
+        message(&e).contains("canceling statement due to user request"),
+        "{}",
+        message(&e)
+    );
     let (_, body) = api(&gw, "GET", &format!("/api/v1/approvals/{id}"), &bob, None).await;
     assert_eq!(body["state"], "cancelled", "{body}");
     // The session is still usable.
-    alice.batch_execute("select 1").await.expect("usable after the cancel");
+    alice
+        .batch_execute("select 1")
+        .await
+        .expect("usable after the cancel");
 
     // Break glass: a member of `oncall` approves her own request, with a reason only.
     let erin_token = gw.token_in("erin", &["oncall"]);
     let erin = gw.connect_tokio_postgres(&erin_token).await;
     let glass = async {
-        let id = pending_of(&gw, &bob, "erin").await["id"].as_str().unwrap().to_owned();
+        let id = pending_of(&gw, &bob, "erin").await["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
         let path = format!("/api/v1/approvals/{id}/approve");
         let (status, _) = api(&gw, "POST", &path, &erin_token, None).await;
         assert_eq!(status, 400, "break glass needs a reason");
-        let (status, body) = api(&gw, "POST", &path, &erin_token, Some(json!({"reason": "incident 42"}))).await;
+        let (status, body) = api(
+            &gw,
+            "POST",
+            &path,
+            &erin_token,
+            Some(json!({"reason": "incident 42"})),
+        )
+        .await;
         assert_eq!(status, 200, "{body}");
         id
     };
-    let (result, id) = tokio::join!(erin.batch_execute("insert into ledger values (4, 5)"), glass);
+    let (result, id) = tokio::join!(
+        erin.batch_execute("insert into ledger values (4, 5)"),
+        glass
+    );
     result.expect("runs after break glass");
     let trail = gw
         .trail_until("the break-glass record", |t| {
             t.iter().any(|r| r["action"] == "approval_break_glass")
         })
         .await;
-    let glass = trail.iter().find(|r| r["action"] == "approval_break_glass").unwrap();
+    let glass = trail
+        .iter()
+        .find(|r| r["action"] == "approval_break_glass")
+        .unwrap();
     assert_eq!(glass["subject"], "erin");
     assert_eq!(glass["id"], id.as_str());
     assert_eq!(glass["reason"], "incident 42");
@@ -328,28 +439,57 @@ async fn a_grant_lets_statements_run_until_it_is_revoked() {
     assert_eq!(list["grants"][0]["uses"], 2, "{list}");
     let trail = gw
         .trail_until("the grant's uses", |t| {
-            t.iter().filter(|r| r["event"] == "statement_started" && r["approval_id"].is_string()).count() == 2
+            t.iter()
+                .filter(|r| r["event"] == "statement_started" && r["approval_id"].is_string())
+                .count()
+                == 2
         })
         .await;
-    assert!(trail.iter().any(|r| r["action"] == "grant_created" && r["subject"] == "dave"));
+    assert!(trail
+        .iter()
+        .any(|r| r["action"] == "grant_created" && r["subject"] == "dave"));
     assert!(trail
         .iter()
         .filter(|r| r["event"] == "statement_started" && r["approval_id"].is_string())
         .all(|r| r["approval_id"] == grant_id.as_str()));
 
-    let (status, revoked) = api(&gw, "DELETE", &format!("/api/v1/grants/{grant_id}"), &dave, None).await;
+    let (status, revoked) = api(
+        &gw,
+        "DELETE",
+        &format!("/api/v1/grants/{grant_id}"),
+        &dave,
+        None,
+    )
+    .await;
     assert_eq!(status, 200, "{revoked}");
     assert_eq!(revoked["revoked_by"], "dave");
     // Held again; the requester withdraws her own request through the API.
     let withdraw = async {
-        let id = pending_of(&gw, &alice_token, "alice").await["id"].as_str().unwrap().to_owned();
-        let (status, body) = api(&gw, "POST", &format!("/api/v1/approvals/{id}/cancel"), &alice_token, None).await;
+        let id = pending_of(&gw, &alice_token, "alice").await["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let (status, body) = api(
+            &gw,
+            "POST",
+            &format!("/api/v1/approvals/{id}/cancel"),
+            &alice_token,
+            None,
+        )
+        .await;
         assert_eq!(status, 200, "{body}");
         id
     };
-    let (result, id) = tokio::join!(alice.batch_execute("insert into ledger values (9, 1)"), withdraw);
+    let (result, id) = tokio::join!(
+        alice.batch_execute("insert into ledger values (9, 1)"),
+        withdraw
+    );
     let e = result.expect_err("withdrawn");
-    assert!(message(&e).contains(&format!("approval request {id} was cancelled by alice")), "{}", message(&e));
+    assert!(
+        message(&e).contains(&format!("approval request {id} was cancelled by alice")),
+        "{}",
+        message(&e)
+    );
     assert_eq!(count(&gw, "ledger").await, 2);
     gw.shutdown().await;
 }
@@ -366,7 +506,10 @@ async fn a_pending_request_survives_a_restart_and_the_statement_runs_when_sent_a
         let r = alice.batch_execute(sql).await;
         (r, alice)
     });
-    let id = pending_of(&gw, &bob, "alice").await["id"].as_str().unwrap().to_owned();
+    let id = pending_of(&gw, &bob, "alice").await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     gw.restart().await;
     let (result, _alice) = waiting.await.unwrap();
     let e = result.expect_err("the shutdown ends the wait");
@@ -377,12 +520,26 @@ async fn a_pending_request_survives_a_restart_and_the_statement_runs_when_sent_a
     );
 
     let (status, body) = api(&gw, "GET", &format!("/api/v1/approvals/{id}"), &bob, None).await;
-    assert_eq!((status, body["state"].as_str()), (200, Some("pending")), "{body}");
-    let (status, _) = api(&gw, "POST", &format!("/api/v1/approvals/{id}/approve"), &bob, None).await;
+    assert_eq!(
+        (status, body["state"].as_str()),
+        (200, Some("pending")),
+        "{body}"
+    );
+    let (status, _) = api(
+        &gw,
+        "POST",
+        &format!("/api/v1/approvals/{id}/approve"),
+        &bob,
+        None,
+    )
+    .await;
     assert_eq!(status, 200);
 
     let alice = gw.connect_tokio_postgres(&alice_token).await;
-    alice.batch_execute(sql).await.expect("the approved statement runs when sent again");
+    alice
+        .batch_execute(sql)
+        .await
+        .expect("the approved statement runs when sent again");
     assert_eq!(count(&gw, "ledger").await, 1);
     let (_, body) = api(&gw, "GET", &format!("/api/v1/approvals/{id}"), &bob, None).await;
     assert_eq!(body["state"], "executed");
@@ -409,7 +566,10 @@ async fn the_api_refuses_callers_without_a_valid_token() {
     let dave = gw.token_in("dave", &["admin"]);
     let (status, me) = api(&gw, "GET", "/api/v1/whoami", &dave, None).await;
     assert_eq!(status, 200);
-    assert_eq!(me, json!({"subject": "dave", "groups": ["admin"], "admin": true, "approver": false}));
+    assert_eq!(
+        me,
+        json!({"subject": "dave", "groups": ["admin"], "admin": true, "approver": false})
+    );
     let (status, body) = api(&gw, "GET", "/api/v1/approvals/apr_nosuchthing", &dave, None).await;
     assert_eq!(status, 404, "{body}");
     gw.shutdown().await;

@@ -288,7 +288,11 @@ impl Approvals {
         if break_glass {
             tracing::warn!(request = id, subject = %actor.subject, "break-glass approval of one's own request");
         }
-        let (key, who, why) = (id.to_owned(), actor.subject.clone(), reason.map(str::to_owned));
+        let (key, who, why) = (
+            id.to_owned(),
+            actor.subject.clone(),
+            reason.map(str::to_owned),
+        );
         let moved = self
             .blocking(move |s| s.vote(&key, &who, why.as_deref(), break_glass))
             .await?;
@@ -342,8 +346,15 @@ impl Approvals {
             ));
         }
         let reason = reason.map(str::trim).filter(|r| !r.is_empty());
-        self.close(actor, r, State::Cancelled, "approval_cancelled", reason, recorder)
-            .await
+        self.close(
+            actor,
+            r,
+            State::Cancelled,
+            "approval_cancelled",
+            reason,
+            recorder,
+        )
+        .await
     }
 
     async fn close(
@@ -369,7 +380,11 @@ impl Approvals {
                 },
             )
             .await?;
-        let (key, who, why) = (r.id.clone(), actor.subject.clone(), reason.map(str::to_owned));
+        let (key, who, why) = (
+            r.id.clone(),
+            actor.subject.clone(),
+            reason.map(str::to_owned),
+        );
         let moved = self
             .blocking(move |s| s.close(&key, to, &who, why.as_deref()))
             .await?;
@@ -388,7 +403,10 @@ impl Approvals {
             Moved::Missing => Err(not_found("approval request", id)),
             Moved::Conflict(state) => Err(ActionError::new(
                 ActionErrorKind::Conflict,
-                format!("request {id} is {} now; nothing was changed", state.as_str()),
+                format!(
+                    "request {id} is {} now; nothing was changed",
+                    state.as_str()
+                ),
             )),
         }
     }
@@ -419,7 +437,10 @@ impl Approvals {
                 "a grant names the statements it covers: `fingerprint`, `rule`, or both".into(),
             ));
         }
-        let reason = spec.reason.map(|r| r.trim().to_owned()).filter(|r| !r.is_empty());
+        let reason = spec
+            .reason
+            .map(|r| r.trim().to_owned())
+            .filter(|r| !r.is_empty());
         if reason.is_none() {
             return Err(invalid("a grant needs a `reason`".into()));
         }
@@ -436,7 +457,8 @@ impl Approvals {
             created_by: actor.subject.clone(),
             reason,
             created,
-            expires: created.saturating_add(i64::try_from(duration.as_micros()).unwrap_or(i64::MAX)),
+            expires: created
+                .saturating_add(i64::try_from(duration.as_micros()).unwrap_or(i64::MAX)),
             revoked: None,
             revoked_by: None,
             uses: 0,
@@ -649,9 +671,7 @@ impl ApprovalService for Approvals {
             statement_id: req.statement_id,
             sql: req.sql.to_owned(),
             fingerprint,
-            parameters: req
-                .parameters
-                .and_then(|p| serde_json::to_value(p).ok()),
+            parameters: req.parameters.and_then(|p| serde_json::to_value(p).ok()),
             binding,
             rule: rule.map(str::to_owned),
             message: req.verdict.reason.clone(),
@@ -677,7 +697,9 @@ impl ApprovalService for Approvals {
             let state = match self.blocking(move |s| s.get(&key)).await {
                 Ok(Some(r)) => r,
                 Ok(None) => {
-                    return Decided::Denied(refused(format!("approval request {id} no longer exists")))
+                    return Decided::Denied(refused(format!(
+                        "approval request {id} no longer exists"
+                    )))
                 }
                 Err(e) => return Decided::Denied(Self::store_unavailable(e)),
             };
@@ -715,8 +737,8 @@ impl ApprovalService for Approvals {
                 }
                 State::Executed => {
                     return Decided::Denied(refused(format!(
-                        "approval request {id} was already used by another execution of this statement"
-                    )))
+                    "approval request {id} was already used by another execution of this statement"
+                )))
                 }
             }
             tokio::select! {
@@ -765,7 +787,11 @@ fn refused(message: String) -> GatewayError {
 fn conflict(r: &Request) -> ActionError {
     ActionError::new(
         ActionErrorKind::Conflict,
-        format!("request {} is {}; it cannot be decided", r.id, r.state.as_str()),
+        format!(
+            "request {} is {}; it cannot be decided",
+            r.id,
+            r.state.as_str()
+        ),
     )
 }
 

@@ -297,7 +297,10 @@ impl Store {
         })
     }
 
-    fn with<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
         let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         f(&mut conn)
     }
@@ -408,7 +411,9 @@ impl Store {
         self.with(|c| {
             expire(c)?;
             let s: Option<String> = c
-                .query_row("SELECT state FROM requests WHERE id = ?1", [id], |r| r.get(0))
+                .query_row("SELECT state FROM requests WHERE id = ?1", [id], |r| {
+                    r.get(0)
+                })
                 .optional()?;
             Ok(s.and_then(|s| State::parse(&s)))
         })
@@ -451,7 +456,9 @@ impl Store {
                 return Ok(Moved::Missing);
             };
             if state != "pending" {
-                return Ok(Moved::Conflict(State::parse(&state).unwrap_or(State::Pending)));
+                return Ok(Moved::Conflict(
+                    State::parse(&state).unwrap_or(State::Pending),
+                ));
             }
             let inserted = tx.execute(
                 "INSERT OR IGNORE INTO votes (request_id, approver, reason, time_us, break_glass) \
@@ -467,10 +474,7 @@ impl Store {
                 |r| r.get(0),
             )?;
             if break_glass || count >= quorum {
-                tx.execute(
-                    "UPDATE requests SET state = 'approved' WHERE id = ?1",
-                    [id],
-                )?;
+                tx.execute("UPDATE requests SET state = 'approved' WHERE id = ?1", [id])?;
             }
             tx.commit()?;
             Ok(Moved::Done)
@@ -496,7 +500,9 @@ impl Store {
                 return Ok(Moved::Done);
             }
             let s: Option<String> = c
-                .query_row("SELECT state FROM requests WHERE id = ?1", [id], |r| r.get(0))
+                .query_row("SELECT state FROM requests WHERE id = ?1", [id], |r| {
+                    r.get(0)
+                })
                 .optional()?;
             Ok(match s {
                 None => Moved::Missing,
