@@ -2,10 +2,13 @@
 //! identity decides it through the admin API (bearer tokens), and the statement runs or is
 //! refused; every step is in the audit trail. Also: denial, self-approval refused, a quorum of
 //! two, cancel while waiting, timeout, break-glass, a grant used then revoked, and a gateway
-//! restart with a request pending.
+//! restart with a request pending. The OpenAPI document is checked against the routes the
+//! gateway serves.
 
 mod common;
 
+use std::collections::BTreeSet;
+use std::path::Path;
 use std::time::Duration;
 
 use common::{Options, TestGateway};
@@ -572,5 +575,94 @@ async fn the_api_refuses_callers_without_a_valid_token() {
     );
     let (status, body) = api(&gw, "GET", "/api/v1/approvals/apr_nosuchthing", &dave, None).await;
     assert_eq!(status, 404, "{body}");
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_document_describes_exactly_the_routes_the_gateway_serves() {
+    let gw = start().await;
+    let file =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/openapi.json"))
+            .expect("docs/openapi.json");
+    let doc: Value = serde_json::from_str(&file).expect("docs/openapi.json is JSON");
+
+    // Served as it is in the repository, as JSON, without a token.
+    let (status, served) = api(&gw, "GET", "/api/v1/openapi.json", "", None).await;
+    assert_eq!(status, 200, "{served}");
+    assert_eq!(served, doc);
+    let url = format!("{}/api/v1/openapi.json", gw.admin_url());
+    let (content_type, text) = tokio::task::spawn_blocking(move || {
+        let mut response = ureq::get(&url).call().expect("the admin listener answers");
+        let content_type = response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        (content_type, response.body_mut().read_to_string().unwrap())
+    })
+    .await
+    .unwrap();
+    assert_eq!(content_type, "application/json");
+    assert_eq!(text, file, "served byte for byte");
+
+    // The document's routes are the router's, no more and no fewer.
+    let mut documented = BTreeSet::new();
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        for method in [
+            "get", "put", "post", "delete", "options", "head", "patch", "trace",
+        ] {
+            if item.get(method).is_some() {
+                documented.insert((method.to_ascii_uppercase(), path.clone()));
+            }
+        }
+    }
+    let routed: BTreeSet<(String, String)> = portcullis::admin_api_routes()
+        .into_iter()
+        .map(|(method, path)| (method.to_owned(), path.to_owned()))
+        .collect();
+    let undocumented: Vec<_> = routed.difference(&documented).collect();
+    let unrouted: Vec<_> = documented.difference(&routed).collect();
+    assert!(
+        undocumented.is_empty() && unrouted.is_empty(),
+        "routes missing from docs/openapi.json: {undocumented:?}; documented routes the router lacks: {unrouted:?}"
+    );
+
+    // Every documented route answers through the gateway: never 405 nor the router's 404 (an
+    // empty body; the API's own 404 is `{"error": ...}`), always with a status the document
+    // lists for it, and 200 for the lists.
+    let dave = gw.token_in("dave", &["admin"]);
+    for (method, path) in &documented {
+        assert!(
+            ["GET", "POST", "DELETE"].contains(&method.as_str()),
+            "api() sends GET, POST and DELETE only; teach it {method} for {path}"
+        );
+        let concrete = path.replace("{id}", "nosuchid");
+        let body = (method == "POST").then(|| json!({}));
+        let (status, answer) = api(&gw, method, &concrete, &dave, body).await;
+        assert_ne!(
+            status, 405,
+            "{method} {path}: the router has no such method: {answer}"
+        );
+        if status == 404 {
+            assert!(
+                answer["error"].is_string(),
+                "{method} {path}: the router has no such path: {answer}"
+            );
+        }
+        let responses = &doc["paths"][path.as_str()][method.to_ascii_lowercase()]["responses"];
+        assert!(
+            responses.get(status.to_string()).is_some(),
+            "{method} {path} answered {status}, which docs/openapi.json does not list: {answer}"
+        );
+        if method == "GET" && !path.contains('{') {
+            assert_eq!(status, 200, "{method} {path}: {answer}");
+        }
+    }
+    // What the checks above tell apart: a path the router lacks, and a method it lacks.
+    let (status, answer) = api(&gw, "GET", "/api/v1/nosuchroute", &dave, None).await;
+    assert_eq!((status, answer.get("error")), (404, None), "{answer}");
+    let (status, _) = api(&gw, "DELETE", "/api/v1/approvals", &dave, None).await;
+    assert_eq!(status, 405);
     gw.shutdown().await;
 }
