@@ -666,3 +666,216 @@ async fn the_openapi_document_describes_exactly_the_routes_the_gateway_serves() 
     assert_eq!(status, 405);
     gw.shutdown().await;
 }
+
+/// Runs the real `portcullis` binary with `args` against the gateway's admin API, off the async
+/// runtime, with `token` in PORTCULLIS_TOKEN.
+async fn cli(gw: &TestGateway, token: &str, args: &[&str]) -> std::process::Output {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"));
+    cmd.args(args)
+        .env("PORTCULLIS_ADMIN_URL", gw.admin_url())
+        .env("PORTCULLIS_TOKEN", token);
+    tokio::task::spawn_blocking(move || common::run_with_timeout(cmd, Duration::from_secs(30)))
+        .await
+        .unwrap()
+}
+
+/// The `approvals:` line of `portcullis approvals show`.
+fn approvals_line(shown: &str) -> &str {
+    shown
+        .lines()
+        .find(|l| l.starts_with("approvals:"))
+        .unwrap_or_else(|| panic!("no approvals line in\n{shown}"))
+}
+
+/// [`cli`] with `--json` appended; the command must succeed. Its output, parsed.
+async fn cli_json(gw: &TestGateway, token: &str, args: &[&str]) -> Value {
+    let args = [args, &["--json"]].concat();
+    let out = cli(gw, token, &args).await;
+    let stdout = common::assert_success(&format!("portcullis {}", args.join(" ")), &out);
+    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_approvals_and_grants_commands_drive_the_admin_api() {
+    let gw = start().await;
+    let alice_token = gw.token_in("alice", &["engineering"]);
+    let bob = gw.token_in("bob", &["dba"]);
+    let dave = gw.token_in("dave", &["admin"]);
+    let alice = gw.connect_tokio_postgres(&alice_token).await;
+    let sql = "insert into ledger values (1, 100)";
+
+    // A held statement: listed, shown and approved from the command line.
+    let approve = async {
+        let mut request = None;
+        for _ in 0..200 {
+            let list = cli_json(&gw, &bob, &["approvals", "list"]).await;
+            request = list["requests"]
+                .as_array()
+                .expect("requests")
+                .iter()
+                .find(|r| r["subject"] == "alice")
+                .cloned();
+            if request.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let request = request.expect("alice's request is listed");
+        let id = request["id"].as_str().unwrap().to_owned();
+        assert_eq!(request["state"], "pending");
+        assert_eq!(request["sql"], sql);
+
+        let out = cli(&gw, &bob, &["approvals", "list", "--state", "pending"]).await;
+        let table = common::assert_success("approvals list", &out);
+        let row = table
+            .lines()
+            .find(|l| l.contains(&id))
+            .unwrap_or_else(|| panic!("{table}"));
+        for cell in ["pending", "alice", gw.database(), "ledger-writes", sql] {
+            assert!(row.contains(cell), "{cell} in {row:?}");
+        }
+        assert!(table.starts_with("ID "), "{table}");
+
+        let out = cli(&gw, &bob, &["approvals", "show", &id]).await;
+        let shown = common::assert_success("approvals show", &out);
+        for text in [
+            format!("id:"),
+            format!(" {id}"),
+            "writes to the ledger need a second person".to_owned(),
+            format!("    {sql}"),
+        ] {
+            assert!(shown.contains(&text), "{text:?} in\n{shown}");
+        }
+        assert!(approvals_line(&shown).ends_with(" 0 of 1"), "{shown}");
+
+        let out = cli(&gw, &bob, &["approvals", "approve", &id, "--reason", "ok"]).await;
+        let said = common::assert_success("approvals approve", &out);
+        assert!(
+            said.contains(&format!("request {id} is approved")),
+            "{said}"
+        );
+        id
+    };
+    let (result, id) = tokio::join!(alice.batch_execute(sql), approve);
+    result.expect("the statement runs once approved from the command line");
+    assert_eq!(count(&gw, "ledger").await, 1);
+    let shown = cli_json(&gw, &bob, &["approvals", "show", &id]).await;
+    assert_eq!(shown["state"], "executed", "{shown}");
+    assert_eq!(shown["approvals"][0]["approver"], "bob");
+    assert_eq!(shown["approvals"][0]["reason"], "ok");
+    let out = cli(&gw, &bob, &["approvals", "show", &id]).await;
+    let shown = common::assert_success("approvals show", &out);
+    assert!(approvals_line(&shown).ends_with(" 1 of 1"), "{shown}");
+    assert!(shown.contains("\n    bob at "), "{shown}");
+    assert!(shown.contains(": ok\n"), "{shown}");
+
+    // Deciding it again: the API's 409 message on stderr, exit 1.
+    let out = cli(&gw, &bob, &["approvals", "deny", &id]).await;
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = common::stderr(&out);
+    assert!(
+        stderr.contains(&format!(
+            "request {id} is executed; it cannot be decided (HTTP 409)"
+        )),
+        "{stderr}"
+    );
+
+    // Grants: created, listed, revoked.
+    let database = gw.database().to_owned();
+    let create = [
+        "grants",
+        "create",
+        "--subject",
+        "alice",
+        "--target",
+        &database,
+        "--rule",
+        "ledger-writes",
+        "--duration",
+        "30m",
+        "--reason",
+        "month-end close",
+    ];
+    let out = cli(&gw, &bob, &create).await;
+    assert_eq!(out.status.code(), Some(1), "only admins grant");
+    assert!(
+        common::stderr(&out).contains("(HTTP 403)"),
+        "{}",
+        common::stderr(&out)
+    );
+    let grant = cli_json(&gw, &dave, &create).await;
+    let grant_id = grant["id"].as_str().expect("grant id").to_owned();
+    assert_eq!(grant["rule"], "ledger-writes");
+    assert_eq!(grant["created_by"], "dave");
+    assert_eq!(grant["reason"], "month-end close");
+
+    let out = cli(&gw, &dave, &["grants", "list"]).await;
+    let table = common::assert_success("grants list", &out);
+    let row = table
+        .lines()
+        .find(|l| l.contains(&grant_id))
+        .unwrap_or_else(|| panic!("{table}"));
+    for cell in [
+        "in force",
+        "alice",
+        gw.database(),
+        "ledger-writes",
+        "dave",
+        "month-end close",
+    ] {
+        assert!(row.contains(cell), "{cell} in {row:?}");
+    }
+    alice
+        .batch_execute("insert into ledger values (2, 1)")
+        .await
+        .expect("runs under the grant");
+
+    let out = cli(&gw, &dave, &["grants", "revoke", &grant_id]).await;
+    let said = common::assert_success("grants revoke", &out);
+    assert!(
+        said.contains(&format!("revoked grant {grant_id}")) && said.contains("used 1 time)"),
+        "{said}"
+    );
+    let list = cli_json(&gw, &dave, &["grants", "list"]).await;
+    assert_eq!(list["grants"], json!([]), "no grant in force: {list}");
+    let list = cli_json(&gw, &dave, &["grants", "list", "--all"]).await;
+    assert_eq!(list["grants"][0]["id"], grant_id.as_str());
+    assert_eq!(list["grants"][0]["revoked_by"], "dave");
+    let out = cli(&gw, &dave, &["grants", "list", "--all"]).await;
+    assert!(common::assert_success("grants list --all", &out).contains("revoked"));
+
+    // A bad token: exit 1 and the API's 401 message on stderr; the token is not printed.
+    let (status, refused) = api(&gw, "GET", "/api/v1/approvals", "not-a-valid-token", None).await;
+    assert_eq!(status, 401);
+    let out = cli(&gw, "not-a-valid-token", &["approvals", "list"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = common::stderr(&out);
+    assert!(
+        stderr.contains(&format!(
+            "{} (HTTP 401)",
+            refused["error"].as_str().unwrap()
+        )),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("not-a-valid-token") && common::stdout(&out).is_empty(),
+        "{stderr}"
+    );
+
+    // No admin listener at the URL: said so.
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"));
+    cmd.args(["approvals", "list", "--url", "http://127.0.0.1:1"])
+        .env("PORTCULLIS_TOKEN", &bob);
+    let out =
+        tokio::task::spawn_blocking(move || common::run_with_timeout(cmd, Duration::from_secs(30)))
+            .await
+            .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = common::stderr(&out);
+    assert!(
+        stderr.contains("cannot reach the admin API at http://127.0.0.1:1"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(&bob));
+    gw.shutdown().await;
+}
