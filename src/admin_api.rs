@@ -9,6 +9,7 @@
 //!
 //! | Method and path | What |
 //! |---|---|
+//! | `GET /api/v1/openapi.json` | this API's OpenAPI 3.1 document (no token needed) |
 //! | `GET /api/v1/whoami` | the caller's subject, groups and roles |
 //! | `GET /api/v1/approvals?state=pending&limit=100` | requests, newest first |
 //! | `GET /api/v1/approvals/{id}` | one request |
@@ -19,7 +20,9 @@
 //! | `POST /api/v1/grants` `{"subject","target","fingerprint"/"rule","duration","reason"}` | create a grant |
 //! | `DELETE /api/v1/grants/{id}` | revoke a grant |
 //!
-//! `docs/openapi.json` describes the same routes (a test checks it against this router).
+//! The router is built from [`ROUTES`], the same table as above; `docs/openapi.json` describes
+//! every route in it (`tests/approvals.rs` checks the document against [`ROUTES`] and calls each
+//! route through a running gateway).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -29,7 +32,7 @@ use axum::extract::{ConnectInfo, FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post, MethodRouter};
 use axum::{Json, Router};
 use gateway_core::{AuditEvent, ClientInfo, Credentials, Gateway, GatewayError, Identity};
 use serde::Deserialize;
@@ -41,18 +44,56 @@ struct Api {
     approvals: Arc<Approvals>,
 }
 
+/// Every route of the API, `(method, path)`: [`router`] registers exactly these, and
+/// `docs/openapi.json` must describe exactly these.
+pub(crate) const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/api/v1/openapi.json"),
+    ("GET", "/api/v1/whoami"),
+    ("GET", "/api/v1/approvals"),
+    ("GET", "/api/v1/approvals/{id}"),
+    ("POST", "/api/v1/approvals/{id}/approve"),
+    ("POST", "/api/v1/approvals/{id}/deny"),
+    ("POST", "/api/v1/approvals/{id}/cancel"),
+    ("GET", "/api/v1/grants"),
+    ("POST", "/api/v1/grants"),
+    ("DELETE", "/api/v1/grants/{id}"),
+];
+
+/// The OpenAPI document of these routes, served as is.
+const OPENAPI: &str = include_str!("../docs/openapi.json");
+
+/// The handler of one entry of [`ROUTES`].
+fn endpoint(method: &str, path: &str) -> Option<MethodRouter<Api>> {
+    Some(match (method, path) {
+        ("GET", "/api/v1/openapi.json") => get(openapi),
+        ("GET", "/api/v1/whoami") => get(whoami),
+        ("GET", "/api/v1/approvals") => get(list_requests),
+        ("GET", "/api/v1/approvals/{id}") => get(show_request),
+        ("POST", "/api/v1/approvals/{id}/approve") => post(approve),
+        ("POST", "/api/v1/approvals/{id}/deny") => post(deny),
+        ("POST", "/api/v1/approvals/{id}/cancel") => post(cancel),
+        ("GET", "/api/v1/grants") => get(list_grants),
+        ("POST", "/api/v1/grants") => post(create_grant),
+        ("DELETE", "/api/v1/grants/{id}") => delete(revoke_grant),
+        _ => return None,
+    })
+}
+
+/// The routes of [`ROUTES`], without their state. Methods of one path are merged by axum.
+fn routes() -> Router<Api> {
+    ROUTES
+        .iter()
+        .fold(Router::new(), |router, &(method, path)| {
+            let endpoint = endpoint(method, path).unwrap_or_else(|| {
+                panic!("admin API: ROUTES names {method} {path}, which has no handler")
+            });
+            router.route(path, endpoint)
+        })
+}
+
 /// The `/api/v1` routes.
 pub(crate) fn router(gateway: Gateway, approvals: Arc<Approvals>) -> Router {
-    Router::new()
-        .route("/api/v1/whoami", get(whoami))
-        .route("/api/v1/approvals", get(list_requests))
-        .route("/api/v1/approvals/{id}", get(show_request))
-        .route("/api/v1/approvals/{id}/approve", post(approve))
-        .route("/api/v1/approvals/{id}/deny", post(deny))
-        .route("/api/v1/approvals/{id}/cancel", post(cancel))
-        .route("/api/v1/grants", get(list_grants).post(create_grant))
-        .route("/api/v1/grants/{id}", axum::routing::delete(revoke_grant))
-        .with_state(Api { gateway, approvals })
+    routes().with_state(Api { gateway, approvals })
 }
 
 /// An error answer: `{"error": message}` with its status.
@@ -173,6 +214,10 @@ struct GrantsQuery {
     all: Option<bool>,
 }
 
+async fn openapi() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI)
+}
+
 async fn whoami(State(api): State<Api>, actor: Actor) -> Json<serde_json::Value> {
     Json(json!({
         "subject": actor.identity.subject,
@@ -288,7 +333,10 @@ async fn create_grant(
     if !api.gateway.targets().iter().any(|t| t.name == spec.target) {
         return Err(ApiError(
             StatusCode::BAD_REQUEST,
-            format!("`target`: \"{}\" is not a target of this gateway", spec.target),
+            format!(
+                "`target`: \"{}\" is not a target of this gateway",
+                spec.target
+            ),
         ));
     }
     let recorder = TrailRecorder {
@@ -316,4 +364,35 @@ async fn revoke_grant(
             .revoke_grant(&actor.identity, &id, &recorder)
             .await?,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_route_has_a_handler_and_appears_once() {
+        for &(method, path) in ROUTES {
+            assert!(
+                endpoint(method, path).is_some(),
+                "{method} {path} has no handler"
+            );
+            let n = ROUTES.iter().filter(|r| **r == (method, path)).count();
+            assert_eq!(n, 1, "{method} {path} is in ROUTES {n} times");
+        }
+        // Builds the router as `router` does: axum panics on a path or method registered twice.
+        let _ = routes();
+    }
+
+    #[test]
+    fn the_openapi_document_is_json_with_a_path_for_each_route() {
+        let doc: serde_json::Value =
+            serde_json::from_str(OPENAPI).expect("docs/openapi.json is JSON");
+        for &(method, path) in ROUTES {
+            assert!(
+                doc["paths"][path][method.to_ascii_lowercase()].is_object(),
+                "docs/openapi.json does not describe {method} {path}"
+            );
+        }
+    }
 }

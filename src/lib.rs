@@ -32,3 +32,10 @@ pub use server::{RunningServer, Server};
 pub use telemetry::Telemetry;
 pub mod admin;
 mod admin_api;
+
+/// The admin API's routes as `(method, path)`, e.g. `("POST", "/api/v1/approvals/{id}/approve")`:
+/// exactly what the admin listener serves under `/api/v1` (with `[approvals]`), and what
+/// `docs/openapi.json` describes.
+pub fn admin_api_routes() -> Vec<(&'static str, &'static str)> {
+    admin_api::ROUTES.to_vec()
+}

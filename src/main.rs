@@ -1,6 +1,7 @@
 //! The `portcullis` command line: run a gateway, check a configuration, explain what the policy
-//! makes of a statement, hash a password for a static user, mint a development token, and verify,
-//! read and key the audit trail.
+//! makes of a statement, hash a password for a static user, mint a development token, verify,
+//! read and key the audit trail, and decide approval requests and manage grants through a
+//! running gateway's admin API.
 //!
 //! Exit codes: 0 success; 1 the command failed (invalid configuration, unreadable file, listener
 //! could not start, ...); 2 the command line itself is wrong. `audit verify` is the exception
@@ -18,6 +19,7 @@ use portcullis::{Config, Server, Telemetry};
 
 mod cli;
 
+use cli::approvals::*;
 use cli::audit::*;
 use cli::policy::*;
 use cli::token::*;
@@ -75,6 +77,16 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Approval requests of a running gateway (its admin API): list, show and decide them.
+    Approvals {
+        #[command(subcommand)]
+        command: ApprovalsCommand,
+    },
+    /// Time-boxed grants of a running gateway (its admin API): list, create and revoke them.
+    Grants {
+        #[command(subcommand)]
+        command: GrantsCommand,
+    },
     /// Sample every column of a target with the masking detectors and print suggested
     /// `[[masking.rules]]` and `[[masking.detectors]]` in the configuration's own syntax.
     Discover(DiscoverArgs),
@@ -112,6 +124,8 @@ fn main() -> ExitCode {
             command: PolicyCommand::Explain(args),
         } => explain(args),
         Command::Discover(args) => discover(&args),
+        Command::Approvals { command } => approvals(command),
+        Command::Grants { command } => grants(command),
         Command::Audit { command } => match command {
             AuditCommand::Verify(args) => return audit_verify(&args),
             AuditCommand::Tail(args) => audit_tail(&args),

@@ -190,13 +190,13 @@ impl Server {
                 Arc::clone(&ready),
                 approvals.clone(),
             )
-                .await
-                .with_context(|| {
-                    format!(
-                        "cannot listen on {} for [admin] (is another process using the port?)",
-                        admin.listen
-                    )
-                })?;
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot listen on {} for [admin] (is another process using the port?)",
+                    admin.listen
+                )
+            })?;
             let addr = server.local_addr();
             if !addr.ip().is_loopback() {
                 tracing::warn!(%addr, "the admin listener's /metrics, /healthz and /readyz have no authentication and are reachable from the network");

@@ -168,10 +168,14 @@ fn value(exposition: &str, series: &str) -> Option<f64> {
 async fn metrics_health_and_readiness_over_http() {
     let (gateway, pg_addr) = start_gateway().await;
     let ready = Arc::new(AtomicBool::new(false));
-    let admin =
-        portcullis::admin::bind("127.0.0.1:0".parse().unwrap(), gateway, Arc::clone(&ready), None)
-            .await
-            .unwrap();
+    let admin = portcullis::admin::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        gateway,
+        Arc::clone(&ready),
+        None,
+    )
+    .await
+    .unwrap();
     let admin_addr = admin.local_addr();
     assert_ne!(admin_addr.port(), 0);
     let admin_task = tokio::spawn(admin.run());

@@ -2,10 +2,13 @@
 //! identity decides it through the admin API (bearer tokens), and the statement runs or is
 //! refused; every step is in the audit trail. Also: denial, self-approval refused, a quorum of
 //! two, cancel while waiting, timeout, break-glass, a grant used then revoked, and a gateway
-//! restart with a request pending.
+//! restart with a request pending. The OpenAPI document is checked against the routes the
+//! gateway serves.
 
 mod common;
 
+use std::collections::BTreeSet;
+use std::path::Path;
 use std::time::Duration;
 
 use common::{Options, TestGateway};
@@ -61,7 +64,13 @@ async fn start() -> TestGateway {
 }
 
 /// One admin API call: (status, JSON body).
-async fn api(gw: &TestGateway, method: &str, path: &str, token: &str, body: Option<Value>) -> (u16, Value) {
+async fn api(
+    gw: &TestGateway,
+    method: &str,
+    path: &str,
+    token: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
     let url = format!("{}{path}", gw.admin_url());
     let (method, token) = (method.to_owned(), token.to_owned());
     tokio::task::spawn_blocking(move || {
@@ -84,7 +93,10 @@ async fn api(gw: &TestGateway, method: &str, path: &str, token: &str, body: Opti
         .expect("the admin API answers");
         let status = response.status().as_u16();
         let text = response.body_mut().read_to_string().unwrap_or_default();
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
     })
     .await
     .unwrap()
@@ -139,13 +151,36 @@ async fn psql_waits_with_a_notice_until_another_identity_approves() {
         assert_eq!(r["target"], gw.database());
         assert_eq!(r["approvers"], json!(["dba"]));
         // The requester sees her request but cannot approve it.
-        let (status, body) = api(&gw, "POST", &format!("/api/v1/approvals/{id}/approve"), &alice, None).await;
+        let (status, body) = api(
+            &gw,
+            "POST",
+            &format!("/api/v1/approvals/{id}/approve"),
+            &alice,
+            None,
+        )
+        .await;
         assert_eq!(status, 403, "{body}");
-        assert!(body["error"].as_str().unwrap().contains("cannot approve their own request"), "{body}");
+        assert!(
+            body["error"]
+                .as_str()
+                .unwrap()
+                .contains("cannot approve their own request"),
+            "{body}"
+        );
         // Nor can someone outside the approver groups.
         let carl = gw.token_in("carl", &["engineering"]);
-        let (status, _) = api(&gw, "POST", &format!("/api/v1/approvals/{id}/approve"), &carl, None).await;
-        assert_eq!(status, 404, "a request is invisible to whoever may not see it");
+        let (status, _) = api(
+            &gw,
+            "POST",
+            &format!("/api/v1/approvals/{id}/approve"),
+            &carl,
+            None,
+        )
+        .await;
+        assert_eq!(
+            status, 404,
+            "a request is invisible to whoever may not see it"
+        );
         let (status, body) = api(
             &gw,
             "POST",
@@ -166,8 +201,9 @@ async fn psql_waits_with_a_notice_until_another_identity_approves() {
     assert!(stdout.contains("INSERT 0 1"), "{stdout}");
     let stderr = common::stderr(&out);
     assert!(
-        stderr.contains(&format!("NOTICE:  statement held for approval: request {id}"))
-            && stderr.contains("writes to the ledger need a second person")
+        stderr.contains(&format!(
+            "NOTICE:  statement held for approval: request {id}"
+        )) && stderr.contains("writes to the ledger need a second person")
             && stderr.contains("dba")
             && stderr.contains("/api/v1/approvals/"),
         "{stderr}"
@@ -186,21 +222,32 @@ async fn psql_waits_with_a_notice_until_another_identity_approves() {
                 && t.iter().any(|r| r["event"] == "admin_action")
         })
         .await;
-    let requested = trail.iter().find(|r| r["event"] == "approval_requested").expect("requested");
+    let requested = trail
+        .iter()
+        .find(|r| r["event"] == "approval_requested")
+        .expect("requested");
     assert_eq!(requested["request_id"], id.as_str());
     assert_eq!(requested["subject"], "alice");
     assert_eq!(requested["waits"], true);
-    let decided = trail.iter().find(|r| r["event"] == "admin_action").expect("decision");
+    let decided = trail
+        .iter()
+        .find(|r| r["event"] == "admin_action")
+        .expect("decision");
     assert_eq!(decided["subject"], "bob");
     assert_eq!(decided["session_id"], "admin");
     assert_eq!(decided["action"], "approval_approved");
     assert_eq!(decided["id"], id.as_str());
     assert_eq!(decided["reason"], "checked with finance");
-    let ended = trail.iter().find(|r| r["event"] == "approval_ended").expect("ended");
+    let ended = trail
+        .iter()
+        .find(|r| r["event"] == "approval_ended")
+        .expect("ended");
     assert_eq!(ended["outcome"], "approved");
     let started = trail
         .iter()
-        .find(|r| r["event"] == "statement_started" && r["sql"] == "insert into ledger values (1, 100)")
+        .find(|r| {
+            r["event"] == "statement_started" && r["sql"] == "insert into ledger values (1, 100)"
+        })
         .expect("started");
     assert_eq!(started["approval_id"], id.as_str());
     assert_eq!(started["rule"], "ledger-writes");
@@ -217,72 +264,139 @@ async fn denial_quorum_cancel_and_break_glass() {
 
     // Denied: the client's error names the request, who denied it and why.
     let deny = async {
-        let id = pending_of(&gw, &bob, "alice").await["id"].as_str().unwrap().to_owned();
-        let (status, body) = api(&gw, "POST", &format!("/api/v1/approvals/{id}/deny"), &bob, Some(json!({"reason": "not today"}))).await;
+        let id = pending_of(&gw, &bob, "alice").await["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let (status, body) = api(
+            &gw,
+            "POST",
+            &format!("/api/v1/approvals/{id}/deny"),
+            &bob,
+            Some(json!({"reason": "not today"})),
+        )
+        .await;
         assert_eq!(status, 200, "{body}");
         assert_eq!(body["state"], "denied");
         id
     };
-    let (result, id) = tokio::join!(alice.batch_execute("insert into ledger values (2, 5)"), deny);
+    let (result, id) = tokio::join!(
+        alice.batch_execute("insert into ledger values (2, 5)"),
+        deny
+    );
     let e = result.expect_err("denied");
     let text = message(&e);
-    assert!(text.contains(&format!("approval request {id} was denied by bob: not today")), "{text}");
+    assert!(
+        text.contains(&format!(
+            "approval request {id} was denied by bob: not today"
+        )),
+        "{text}"
+    );
     assert_eq!(common::sqlstate(&e), "42501");
     assert_eq!(count(&gw, "ledger").await, 0);
 
     // A quorum of two with mandatory reasons: one approval is not enough, nor is the same
     // approver twice; the second approver's lets it run.
     let quorum = async {
-        let id = pending_of(&gw, &bob, "alice").await["id"].as_str().unwrap().to_owned();
+        let id = pending_of(&gw, &bob, "alice").await["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
         let path = format!("/api/v1/approvals/{id}/approve");
         let (status, body) = api(&gw, "POST", &path, &bob, None).await;
         assert_eq!(status, 400, "a reason is required: {body}");
         let (status, body) = api(&gw, "POST", &path, &bob, Some(json!({"reason": "ok"}))).await;
-        assert_eq!((status, body["state"].as_str()), (200, Some("pending")), "{body}");
+        assert_eq!(
+            (status, body["state"].as_str()),
+            (200, Some("pending")),
+            "{body}"
+        );
         let (status, _) = api(&gw, "POST", &path, &bob, Some(json!({"reason": "again"}))).await;
         assert_eq!(status, 409);
-        let (status, body) = api(&gw, "POST", &path, &carol, Some(json!({"reason": "ok too"}))).await;
+        let (status, body) = api(
+            &gw,
+            "POST",
+            &path,
+            &carol,
+            Some(json!({"reason": "ok too"})),
+        )
+        .await;
         assert_eq!(status, 200, "{body}");
     };
-    let (result, ()) = tokio::join!(alice.batch_execute("insert into payroll values (1, 10)"), quorum);
+    let (result, ()) = tokio::join!(
+        alice.batch_execute("insert into payroll values (1, 10)"),
+        quorum
+    );
     result.expect("runs after two approvals");
     assert_eq!(count(&gw, "payroll").await, 1);
 
     // The client's cancel (CancelRequest) ends the wait and withdraws the request.
     let cancel_token = alice.cancel_token();
     let cancel = async {
-        let id = pending_of(&gw, &bob, "alice").await["id"].as_str().unwrap().to_owned();
-        cancel_token.cancel_query(tokio_postgres::NoTls).await.expect("cancel sent");
+        let id = pending_of(&gw, &bob, "alice").await["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        cancel_token
+            .cancel_query(tokio_postgres::NoTls)
+            .await
+            .expect("cancel sent");
         id
     };
-    let (result, id) = tokio::join!(alice.batch_execute("insert into ledger values (3, 5)"), cancel);
+    let (result, id) = tokio::join!(
+        alice.batch_execute("insert into ledger values (3, 5)"),
+        cancel
+    );
     let e = result.expect_err("cancelled");
-    assert!(message(&e).contains("canceling statement due to user request"), "{}", message(&e));
+    assert!(
+        message(&e).contains("canceling statement due to user request"),
+        "{}",
+        message(&e)
+    );
     let (_, body) = api(&gw, "GET", &format!("/api/v1/approvals/{id}"), &bob, None).await;
     assert_eq!(body["state"], "cancelled", "{body}");
     // The session is still usable.
-    alice.batch_execute("select 1").await.expect("usable after the cancel");
+    alice
+        .batch_execute("select 1")
+        .await
+        .expect("usable after the cancel");
 
     // Break glass: a member of `oncall` approves her own request, with a reason only.
     let erin_token = gw.token_in("erin", &["oncall"]);
     let erin = gw.connect_tokio_postgres(&erin_token).await;
     let glass = async {
-        let id = pending_of(&gw, &bob, "erin").await["id"].as_str().unwrap().to_owned();
+        let id = pending_of(&gw, &bob, "erin").await["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
         let path = format!("/api/v1/approvals/{id}/approve");
         let (status, _) = api(&gw, "POST", &path, &erin_token, None).await;
         assert_eq!(status, 400, "break glass needs a reason");
-        let (status, body) = api(&gw, "POST", &path, &erin_token, Some(json!({"reason": "incident 42"}))).await;
+        let (status, body) = api(
+            &gw,
+            "POST",
+            &path,
+            &erin_token,
+            Some(json!({"reason": "incident 42"})),
+        )
+        .await;
         assert_eq!(status, 200, "{body}");
         id
     };
-    let (result, id) = tokio::join!(erin.batch_execute("insert into ledger values (4, 5)"), glass);
+    let (result, id) = tokio::join!(
+        erin.batch_execute("insert into ledger values (4, 5)"),
+        glass
+    );
     result.expect("runs after break glass");
     let trail = gw
         .trail_until("the break-glass record", |t| {
             t.iter().any(|r| r["action"] == "approval_break_glass")
         })
         .await;
-    let glass = trail.iter().find(|r| r["action"] == "approval_break_glass").unwrap();
+    let glass = trail
+        .iter()
+        .find(|r| r["action"] == "approval_break_glass")
+        .unwrap();
     assert_eq!(glass["subject"], "erin");
     assert_eq!(glass["id"], id.as_str());
     assert_eq!(glass["reason"], "incident 42");
@@ -328,28 +442,57 @@ async fn a_grant_lets_statements_run_until_it_is_revoked() {
     assert_eq!(list["grants"][0]["uses"], 2, "{list}");
     let trail = gw
         .trail_until("the grant's uses", |t| {
-            t.iter().filter(|r| r["event"] == "statement_started" && r["approval_id"].is_string()).count() == 2
+            t.iter()
+                .filter(|r| r["event"] == "statement_started" && r["approval_id"].is_string())
+                .count()
+                == 2
         })
         .await;
-    assert!(trail.iter().any(|r| r["action"] == "grant_created" && r["subject"] == "dave"));
+    assert!(trail
+        .iter()
+        .any(|r| r["action"] == "grant_created" && r["subject"] == "dave"));
     assert!(trail
         .iter()
         .filter(|r| r["event"] == "statement_started" && r["approval_id"].is_string())
         .all(|r| r["approval_id"] == grant_id.as_str()));
 
-    let (status, revoked) = api(&gw, "DELETE", &format!("/api/v1/grants/{grant_id}"), &dave, None).await;
+    let (status, revoked) = api(
+        &gw,
+        "DELETE",
+        &format!("/api/v1/grants/{grant_id}"),
+        &dave,
+        None,
+    )
+    .await;
     assert_eq!(status, 200, "{revoked}");
     assert_eq!(revoked["revoked_by"], "dave");
     // Held again; the requester withdraws her own request through the API.
     let withdraw = async {
-        let id = pending_of(&gw, &alice_token, "alice").await["id"].as_str().unwrap().to_owned();
-        let (status, body) = api(&gw, "POST", &format!("/api/v1/approvals/{id}/cancel"), &alice_token, None).await;
+        let id = pending_of(&gw, &alice_token, "alice").await["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let (status, body) = api(
+            &gw,
+            "POST",
+            &format!("/api/v1/approvals/{id}/cancel"),
+            &alice_token,
+            None,
+        )
+        .await;
         assert_eq!(status, 200, "{body}");
         id
     };
-    let (result, id) = tokio::join!(alice.batch_execute("insert into ledger values (9, 1)"), withdraw);
+    let (result, id) = tokio::join!(
+        alice.batch_execute("insert into ledger values (9, 1)"),
+        withdraw
+    );
     let e = result.expect_err("withdrawn");
-    assert!(message(&e).contains(&format!("approval request {id} was cancelled by alice")), "{}", message(&e));
+    assert!(
+        message(&e).contains(&format!("approval request {id} was cancelled by alice")),
+        "{}",
+        message(&e)
+    );
     assert_eq!(count(&gw, "ledger").await, 2);
     gw.shutdown().await;
 }
@@ -366,7 +509,10 @@ async fn a_pending_request_survives_a_restart_and_the_statement_runs_when_sent_a
         let r = alice.batch_execute(sql).await;
         (r, alice)
     });
-    let id = pending_of(&gw, &bob, "alice").await["id"].as_str().unwrap().to_owned();
+    let id = pending_of(&gw, &bob, "alice").await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     gw.restart().await;
     let (result, _alice) = waiting.await.unwrap();
     let e = result.expect_err("the shutdown ends the wait");
@@ -377,12 +523,26 @@ async fn a_pending_request_survives_a_restart_and_the_statement_runs_when_sent_a
     );
 
     let (status, body) = api(&gw, "GET", &format!("/api/v1/approvals/{id}"), &bob, None).await;
-    assert_eq!((status, body["state"].as_str()), (200, Some("pending")), "{body}");
-    let (status, _) = api(&gw, "POST", &format!("/api/v1/approvals/{id}/approve"), &bob, None).await;
+    assert_eq!(
+        (status, body["state"].as_str()),
+        (200, Some("pending")),
+        "{body}"
+    );
+    let (status, _) = api(
+        &gw,
+        "POST",
+        &format!("/api/v1/approvals/{id}/approve"),
+        &bob,
+        None,
+    )
+    .await;
     assert_eq!(status, 200);
 
     let alice = gw.connect_tokio_postgres(&alice_token).await;
-    alice.batch_execute(sql).await.expect("the approved statement runs when sent again");
+    alice
+        .batch_execute(sql)
+        .await
+        .expect("the approved statement runs when sent again");
     assert_eq!(count(&gw, "ledger").await, 1);
     let (_, body) = api(&gw, "GET", &format!("/api/v1/approvals/{id}"), &bob, None).await;
     assert_eq!(body["state"], "executed");
@@ -409,8 +569,315 @@ async fn the_api_refuses_callers_without_a_valid_token() {
     let dave = gw.token_in("dave", &["admin"]);
     let (status, me) = api(&gw, "GET", "/api/v1/whoami", &dave, None).await;
     assert_eq!(status, 200);
-    assert_eq!(me, json!({"subject": "dave", "groups": ["admin"], "admin": true, "approver": false}));
+    assert_eq!(
+        me,
+        json!({"subject": "dave", "groups": ["admin"], "admin": true, "approver": false})
+    );
     let (status, body) = api(&gw, "GET", "/api/v1/approvals/apr_nosuchthing", &dave, None).await;
     assert_eq!(status, 404, "{body}");
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_document_describes_exactly_the_routes_the_gateway_serves() {
+    let gw = start().await;
+    let file =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/openapi.json"))
+            .expect("docs/openapi.json");
+    let doc: Value = serde_json::from_str(&file).expect("docs/openapi.json is JSON");
+
+    // Served as it is in the repository, as JSON, without a token.
+    let (status, served) = api(&gw, "GET", "/api/v1/openapi.json", "", None).await;
+    assert_eq!(status, 200, "{served}");
+    assert_eq!(served, doc);
+    let url = format!("{}/api/v1/openapi.json", gw.admin_url());
+    let (content_type, text) = tokio::task::spawn_blocking(move || {
+        let mut response = ureq::get(&url).call().expect("the admin listener answers");
+        let content_type = response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        (content_type, response.body_mut().read_to_string().unwrap())
+    })
+    .await
+    .unwrap();
+    assert_eq!(content_type, "application/json");
+    assert_eq!(text, file, "served byte for byte");
+
+    // The document's routes are the router's, no more and no fewer.
+    let mut documented = BTreeSet::new();
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        for method in [
+            "get", "put", "post", "delete", "options", "head", "patch", "trace",
+        ] {
+            if item.get(method).is_some() {
+                documented.insert((method.to_ascii_uppercase(), path.clone()));
+            }
+        }
+    }
+    let routed: BTreeSet<(String, String)> = portcullis::admin_api_routes()
+        .into_iter()
+        .map(|(method, path)| (method.to_owned(), path.to_owned()))
+        .collect();
+    let undocumented: Vec<_> = routed.difference(&documented).collect();
+    let unrouted: Vec<_> = documented.difference(&routed).collect();
+    assert!(
+        undocumented.is_empty() && unrouted.is_empty(),
+        "routes missing from docs/openapi.json: {undocumented:?}; documented routes the router lacks: {unrouted:?}"
+    );
+
+    // Every documented route answers through the gateway: never 405 nor the router's 404 (an
+    // empty body; the API's own 404 is `{"error": ...}`), always with a status the document
+    // lists for it, and 200 for the lists.
+    let dave = gw.token_in("dave", &["admin"]);
+    for (method, path) in &documented {
+        assert!(
+            ["GET", "POST", "DELETE"].contains(&method.as_str()),
+            "api() sends GET, POST and DELETE only; teach it {method} for {path}"
+        );
+        let concrete = path.replace("{id}", "nosuchid");
+        let body = (method == "POST").then(|| json!({}));
+        let (status, answer) = api(&gw, method, &concrete, &dave, body).await;
+        assert_ne!(
+            status, 405,
+            "{method} {path}: the router has no such method: {answer}"
+        );
+        if status == 404 {
+            assert!(
+                answer["error"].is_string(),
+                "{method} {path}: the router has no such path: {answer}"
+            );
+        }
+        let responses = &doc["paths"][path.as_str()][method.to_ascii_lowercase()]["responses"];
+        assert!(
+            responses.get(status.to_string()).is_some(),
+            "{method} {path} answered {status}, which docs/openapi.json does not list: {answer}"
+        );
+        if method == "GET" && !path.contains('{') {
+            assert_eq!(status, 200, "{method} {path}: {answer}");
+        }
+    }
+    // What the checks above tell apart: a path the router lacks, and a method it lacks.
+    let (status, answer) = api(&gw, "GET", "/api/v1/nosuchroute", &dave, None).await;
+    assert_eq!((status, answer.get("error")), (404, None), "{answer}");
+    let (status, _) = api(&gw, "DELETE", "/api/v1/approvals", &dave, None).await;
+    assert_eq!(status, 405);
+    gw.shutdown().await;
+}
+
+/// Runs the real `portcullis` binary with `args` against the gateway's admin API, off the async
+/// runtime, with `token` in PORTCULLIS_TOKEN.
+async fn cli(gw: &TestGateway, token: &str, args: &[&str]) -> std::process::Output {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"));
+    cmd.args(args)
+        .env("PORTCULLIS_ADMIN_URL", gw.admin_url())
+        .env("PORTCULLIS_TOKEN", token);
+    tokio::task::spawn_blocking(move || common::run_with_timeout(cmd, Duration::from_secs(30)))
+        .await
+        .unwrap()
+}
+
+/// The `approvals:` line of `portcullis approvals show`.
+fn approvals_line(shown: &str) -> &str {
+    shown
+        .lines()
+        .find(|l| l.starts_with("approvals:"))
+        .unwrap_or_else(|| panic!("no approvals line in\n{shown}"))
+}
+
+/// [`cli`] with `--json` appended; the command must succeed. Its output, parsed.
+async fn cli_json(gw: &TestGateway, token: &str, args: &[&str]) -> Value {
+    let args = [args, &["--json"]].concat();
+    let out = cli(gw, token, &args).await;
+    let stdout = common::assert_success(&format!("portcullis {}", args.join(" ")), &out);
+    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_approvals_and_grants_commands_drive_the_admin_api() {
+    let gw = start().await;
+    let alice_token = gw.token_in("alice", &["engineering"]);
+    let bob = gw.token_in("bob", &["dba"]);
+    let dave = gw.token_in("dave", &["admin"]);
+    let alice = gw.connect_tokio_postgres(&alice_token).await;
+    let sql = "insert into ledger values (1, 100)";
+
+    // A held statement: listed, shown and approved from the command line.
+    let approve = async {
+        let mut request = None;
+        for _ in 0..200 {
+            let list = cli_json(&gw, &bob, &["approvals", "list"]).await;
+            request = list["requests"]
+                .as_array()
+                .expect("requests")
+                .iter()
+                .find(|r| r["subject"] == "alice")
+                .cloned();
+            if request.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let request = request.expect("alice's request is listed");
+        let id = request["id"].as_str().unwrap().to_owned();
+        assert_eq!(request["state"], "pending");
+        assert_eq!(request["sql"], sql);
+
+        let out = cli(&gw, &bob, &["approvals", "list", "--state", "pending"]).await;
+        let table = common::assert_success("approvals list", &out);
+        let row = table
+            .lines()
+            .find(|l| l.contains(&id))
+            .unwrap_or_else(|| panic!("{table}"));
+        for cell in ["pending", "alice", gw.database(), "ledger-writes", sql] {
+            assert!(row.contains(cell), "{cell} in {row:?}");
+        }
+        assert!(table.starts_with("ID "), "{table}");
+
+        let out = cli(&gw, &bob, &["approvals", "show", &id]).await;
+        let shown = common::assert_success("approvals show", &out);
+        for text in [
+            format!("id:"),
+            format!(" {id}"),
+            "writes to the ledger need a second person".to_owned(),
+            format!("    {sql}"),
+        ] {
+            assert!(shown.contains(&text), "{text:?} in\n{shown}");
+        }
+        assert!(approvals_line(&shown).ends_with(" 0 of 1"), "{shown}");
+
+        let out = cli(&gw, &bob, &["approvals", "approve", &id, "--reason", "ok"]).await;
+        let said = common::assert_success("approvals approve", &out);
+        // The waiting statement may run (and use the approval up) before the answer is read.
+        assert!(
+            said == format!("request {id} is approved\n")
+                || said == format!("request {id} is executed\n"),
+            "{said}"
+        );
+        id
+    };
+    let (result, id) = tokio::join!(alice.batch_execute(sql), approve);
+    result.expect("the statement runs once approved from the command line");
+    assert_eq!(count(&gw, "ledger").await, 1);
+    let shown = cli_json(&gw, &bob, &["approvals", "show", &id]).await;
+    assert_eq!(shown["state"], "executed", "{shown}");
+    assert_eq!(shown["approvals"][0]["approver"], "bob");
+    assert_eq!(shown["approvals"][0]["reason"], "ok");
+    let out = cli(&gw, &bob, &["approvals", "show", &id]).await;
+    let shown = common::assert_success("approvals show", &out);
+    assert!(approvals_line(&shown).ends_with(" 1 of 1"), "{shown}");
+    assert!(shown.contains("\n    bob at "), "{shown}");
+    assert!(shown.contains(": ok\n"), "{shown}");
+
+    // Deciding it again: the API's 409 message on stderr, exit 1.
+    let out = cli(&gw, &bob, &["approvals", "deny", &id]).await;
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = common::stderr(&out);
+    assert!(
+        stderr.contains(&format!(
+            "request {id} is executed; it cannot be decided (HTTP 409)"
+        )),
+        "{stderr}"
+    );
+
+    // Grants: created, listed, revoked.
+    let database = gw.database().to_owned();
+    let create = [
+        "grants",
+        "create",
+        "--subject",
+        "alice",
+        "--target",
+        &database,
+        "--rule",
+        "ledger-writes",
+        "--duration",
+        "30m",
+        "--reason",
+        "month-end close",
+    ];
+    let out = cli(&gw, &bob, &create).await;
+    assert_eq!(out.status.code(), Some(1), "only admins grant");
+    assert!(
+        common::stderr(&out).contains("(HTTP 403)"),
+        "{}",
+        common::stderr(&out)
+    );
+    let grant = cli_json(&gw, &dave, &create).await;
+    let grant_id = grant["id"].as_str().expect("grant id").to_owned();
+    assert_eq!(grant["rule"], "ledger-writes");
+    assert_eq!(grant["created_by"], "dave");
+    assert_eq!(grant["reason"], "month-end close");
+
+    let out = cli(&gw, &dave, &["grants", "list"]).await;
+    let table = common::assert_success("grants list", &out);
+    let row = table
+        .lines()
+        .find(|l| l.contains(&grant_id))
+        .unwrap_or_else(|| panic!("{table}"));
+    for cell in [
+        "in force",
+        "alice",
+        gw.database(),
+        "ledger-writes",
+        "dave",
+        "month-end close",
+    ] {
+        assert!(row.contains(cell), "{cell} in {row:?}");
+    }
+    alice
+        .batch_execute("insert into ledger values (2, 1)")
+        .await
+        .expect("runs under the grant");
+
+    let out = cli(&gw, &dave, &["grants", "revoke", &grant_id]).await;
+    let said = common::assert_success("grants revoke", &out);
+    assert!(
+        said.contains(&format!("revoked grant {grant_id}")) && said.contains("used 1 time)"),
+        "{said}"
+    );
+    let list = cli_json(&gw, &dave, &["grants", "list"]).await;
+    assert_eq!(list["grants"], json!([]), "no grant in force: {list}");
+    let list = cli_json(&gw, &dave, &["grants", "list", "--all"]).await;
+    assert_eq!(list["grants"][0]["id"], grant_id.as_str());
+    assert_eq!(list["grants"][0]["revoked_by"], "dave");
+    let out = cli(&gw, &dave, &["grants", "list", "--all"]).await;
+    assert!(common::assert_success("grants list --all", &out).contains("revoked"));
+
+    // A bad token: exit 1 and the API's 401 message on stderr; the token is not printed.
+    let (status, refused) = api(&gw, "GET", "/api/v1/approvals", "not-a-valid-token", None).await;
+    assert_eq!(status, 401);
+    let out = cli(&gw, "not-a-valid-token", &["approvals", "list"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = common::stderr(&out);
+    assert!(
+        stderr.contains(&format!(
+            "{} (HTTP 401)",
+            refused["error"].as_str().unwrap()
+        )),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("not-a-valid-token") && common::stdout(&out).is_empty(),
+        "{stderr}"
+    );
+
+    // No admin listener at the URL: said so.
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"));
+    cmd.args(["approvals", "list", "--url", "http://127.0.0.1:1"])
+        .env("PORTCULLIS_TOKEN", &bob);
+    let out =
+        tokio::task::spawn_blocking(move || common::run_with_timeout(cmd, Duration::from_secs(30)))
+            .await
+            .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = common::stderr(&out);
+    assert!(
+        stderr.contains("cannot reach the admin API at http://127.0.0.1:1"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(&bob));
     gw.shutdown().await;
 }

@@ -45,13 +45,21 @@ async fn a_request_held_on_one_node_is_approved_through_another() {
     let store = TestDb::create().await;
     let a = node(&store).await;
     let b = node(&store).await;
-    let alice = a.connect_tokio_postgres(&a.token_in("alice", &["engineering"])).await;
+    let alice = a
+        .connect_tokio_postgres(&a.token_in("alice", &["engineering"]))
+        .await;
     let bob = b.token_in("bob", &["dba"]);
 
     let approve_on_b = async {
         let id = loop {
-            let (status, body) =
-                admin_call(&b.admin_url(), "GET", "/api/v1/approvals?state=pending", &bob, None).await;
+            let (status, body) = admin_call(
+                &b.admin_url(),
+                "GET",
+                "/api/v1/approvals?state=pending",
+                &bob,
+                None,
+            )
+            .await;
             assert_eq!(status, 200, "{body}");
             if let Some(id) = body["requests"][0]["id"].as_str() {
                 break id.to_owned();
@@ -69,20 +77,29 @@ async fn a_request_held_on_one_node_is_approved_through_another() {
         assert_eq!(status, 200, "{body}");
         id
     };
-    let (result, id) = tokio::join!(alice.batch_execute("insert into ledger values (1, 1)"), approve_on_b);
+    let (result, id) = tokio::join!(
+        alice.batch_execute("insert into ledger values (1, 1)"),
+        approve_on_b
+    );
     result.expect("node a runs the statement node b's approver approved");
-    let rows: i64 = a
-        .db
-        .connect_direct()
-        .await
-        .query_one("select count(*) from ledger", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let rows: i64 =
+        a.db.connect_direct()
+            .await
+            .query_one("select count(*) from ledger", &[])
+            .await
+            .unwrap()
+            .get(0);
     assert_eq!(rows, 1);
     // Each node has its own token key in this test: node a's admin API wants node a's tokens.
     let bob_on_a = a.token_in("bob", &["dba"]);
-    let (_, body) = admin_call(&a.admin_url(), "GET", &format!("/api/v1/approvals/{id}"), &bob_on_a, None).await;
+    let (_, body) = admin_call(
+        &a.admin_url(),
+        "GET",
+        &format!("/api/v1/approvals/{id}"),
+        &bob_on_a,
+        None,
+    )
+    .await;
     assert_eq!(body["state"], "executed", "{body}");
 
     // A grant made through node b covers alice's statements on node a.
@@ -92,8 +109,10 @@ async fn a_request_held_on_one_node_is_approved_through_another() {
         "POST",
         "/api/v1/grants",
         &dave,
-        Some(json!({"subject": "alice", "target": a.database(), "rule": "ledger-writes",
-                    "duration": "5m", "reason": "backfill"})),
+        Some(
+            json!({"subject": "alice", "target": a.database(), "rule": "ledger-writes",
+                    "duration": "5m", "reason": "backfill"}),
+        ),
     )
     .await;
     // Node b does not serve node a's target: grants name targets of the gateway they are made on.
@@ -103,13 +122,18 @@ async fn a_request_held_on_one_node_is_approved_through_another() {
         "POST",
         "/api/v1/grants",
         &a.token_in("dave", &["admin"]),
-        Some(json!({"subject": "alice", "target": a.database(), "rule": "ledger-writes",
-                    "duration": "5m", "reason": "backfill"})),
+        Some(
+            json!({"subject": "alice", "target": a.database(), "rule": "ledger-writes",
+                    "duration": "5m", "reason": "backfill"}),
+        ),
     )
     .await;
     assert_eq!(status, 201, "{grant}");
     let (_, listed) = admin_call(&b.admin_url(), "GET", "/api/v1/grants", &dave, None).await;
-    assert_eq!(listed["grants"][0]["id"], grant["id"], "node b sees the shared grant: {listed}");
+    assert_eq!(
+        listed["grants"][0]["id"], grant["id"],
+        "node b sees the shared grant: {listed}"
+    );
     alice
         .batch_execute("insert into ledger values (2, 2)")
         .await

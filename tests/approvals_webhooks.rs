@@ -33,7 +33,12 @@ async fn receive(
             return StatusCode::SERVICE_UNAVAILABLE;
         }
     }
-    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
     r.posts.lock().unwrap().push((
         path,
         header("x-portcullis-signature"),
@@ -86,14 +91,25 @@ events = ["requested"]
     })
     .await;
     let direct = gw.db.connect_direct().await;
-    direct.batch_execute("create table ledger (id int)").await.unwrap();
-    let alice = gw.connect_tokio_postgres(&gw.token_in("alice", &["engineering"])).await;
+    direct
+        .batch_execute("create table ledger (id int)")
+        .await
+        .unwrap();
+    let alice = gw
+        .connect_tokio_postgres(&gw.token_in("alice", &["engineering"]))
+        .await;
     let bob = gw.token_in("bob", &["dba"]);
 
     let approve = async {
         let id = loop {
-            let (_, body) =
-                admin_call(&gw.admin_url(), "GET", "/api/v1/approvals?state=pending", &bob, None).await;
+            let (_, body) = admin_call(
+                &gw.admin_url(),
+                "GET",
+                "/api/v1/approvals?state=pending",
+                &bob,
+                None,
+            )
+            .await;
             if let Some(id) = body["requests"][0]["id"].as_str() {
                 break id.to_owned();
             }
@@ -104,7 +120,10 @@ events = ["requested"]
         assert_eq!(status, 200);
         id
     };
-    let (result, id) = tokio::join!(alice.batch_execute("insert into ledger values (1)"), approve);
+    let (result, id) = tokio::join!(
+        alice.batch_execute("insert into ledger values (1)"),
+        approve
+    );
     result.expect("approved and run");
 
     // The first JSON delivery got a 503 and is retried after a second.
@@ -117,11 +136,17 @@ events = ["requested"]
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     posts.sort_by(|a, b| (a.0.as_str(), a.2.as_deref()).cmp(&(b.0.as_str(), b.2.as_deref())));
-    let kinds: Vec<(&str, Option<&str>)> =
-        posts.iter().map(|p| (p.0.as_str(), p.2.as_deref())).collect();
+    let kinds: Vec<(&str, Option<&str>)> = posts
+        .iter()
+        .map(|p| (p.0.as_str(), p.2.as_deref()))
+        .collect();
     assert_eq!(
         kinds,
-        [("json", Some("approved")), ("json", Some("requested")), ("slack", Some("requested"))],
+        [
+            ("json", Some("approved")),
+            ("json", Some("requested")),
+            ("slack", Some("requested"))
+        ],
         "the slack hook asked for `requested` only"
     );
     for (path, signature, _, body) in &posts {
@@ -130,7 +155,13 @@ events = ["requested"]
             aws_lc_rs::hmac::verify(
                 &key,
                 body.as_bytes(),
-                &hex_decode(signature.as_deref().unwrap().strip_prefix("sha256=").unwrap()),
+                &hex_decode(
+                    signature
+                        .as_deref()
+                        .unwrap()
+                        .strip_prefix("sha256=")
+                        .unwrap(),
+                ),
             )
             .expect("the signature covers the exact body");
             let v: Value = serde_json::from_str(body).unwrap();
@@ -141,7 +172,10 @@ events = ["requested"]
             assert!(signature.is_none());
             let v: Value = serde_json::from_str(body).unwrap();
             let text = v["text"].as_str().unwrap();
-            assert!(text.contains(&format!("request {id}: alice asks")), "{text}");
+            assert!(
+                text.contains(&format!("request {id}: alice asks")),
+                "{text}"
+            );
             assert!(text.contains("/api/v1/approvals/"), "{text}");
         }
     }

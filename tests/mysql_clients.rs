@@ -784,7 +784,8 @@ listen = "127.0.0.1:0"
         ..MysqlOptions::default()
     })
     .await;
-    gw.db.direct("create table ledger (id int primary key, amount int)");
+    gw.db
+        .direct("create table ledger (id int primary key, amount int)");
     let alice = gw.token("alice", &["engineering"]);
     let bob = gw.token("bob", &["engineering", "dba"]);
     let insert = "insert into ledger values (1, 10);\n";
@@ -792,7 +793,10 @@ listen = "127.0.0.1:0"
     let out = gw.mariadb("alice", &alice, None, &[], insert).await;
     let stderr = common::stderr(&out);
     assert!(stderr.contains("ERROR 1227"), "{stderr}");
-    assert!(stderr.contains("run it again once the request is approved"), "{stderr}");
+    assert!(
+        stderr.contains("run it again once the request is approved"),
+        "{stderr}"
+    );
     let id = request_id(&stderr);
     assert_eq!(gw.db.direct("select count(*) from ledger").trim(), "0");
 
@@ -839,7 +843,9 @@ listen = "127.0.0.1:0"
 
 /// The `apr_...` request id in a client's error text.
 fn request_id(text: &str) -> String {
-    let start = text.find("apr_").unwrap_or_else(|| panic!("no request id in: {text}"));
+    let start = text
+        .find("apr_")
+        .unwrap_or_else(|| panic!("no request id in: {text}"));
     text[start..]
         .chars()
         .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')

@@ -222,7 +222,10 @@ impl ApprovalsConfig {
                 errors.push(format!("`rules[{i}].quorum` must be at least 1"));
             }
             if self.rules[..i].iter().any(|o| o.rule == r.rule) {
-                errors.push(format!("`rules[{i}].rule`: \"{}\" is configured twice", r.rule));
+                errors.push(format!(
+                    "`rules[{i}].rule`: \"{}\" is configured twice",
+                    r.rule
+                ));
             }
         }
         for (i, hook) in self.webhooks.iter().enumerate() {
@@ -246,8 +249,11 @@ impl ApprovalsConfig {
 
 fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let s = String::deserialize(d)?;
-    humantime::parse_duration(&s)
-        .map_err(|e| serde::de::Error::custom(format!("invalid duration `{s}`: {e} (write e.g. \"30s\", \"5m\", \"1h\")")))
+    humantime::parse_duration(&s).map_err(|e| {
+        serde::de::Error::custom(format!(
+            "invalid duration `{s}`: {e} (write e.g. \"30s\", \"5m\", \"1h\")"
+        ))
+    })
 }
 
 fn de_opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {

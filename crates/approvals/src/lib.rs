@@ -135,7 +135,9 @@ impl Approvals {
             Some(url) => Arc::new(
                 store::postgres::PostgresStore::open(url, config.store_ca_file.as_deref()).await?,
             ),
-            None => Arc::new(store::sqlite::SqliteStore::open(&config.store_path(data_dir))?),
+            None => Arc::new(store::sqlite::SqliteStore::open(
+                &config.store_path(data_dir),
+            )?),
         };
         Ok(Self::with_store(config, store, node))
     }
@@ -200,10 +202,7 @@ impl Approvals {
     ) -> Result<Vec<Request>, ActionError> {
         let everyone = self.is_admin(actor) || self.is_approver(actor);
         let subject = (!everyone).then(|| actor.subject.clone());
-        let mut list = self
-            .store
-            .list(state, subject.as_deref(), limit)
-            .await?;
+        let mut list = self.store.list(state, subject.as_deref(), limit).await?;
         list.retain(|r| self.may_see(actor, r));
         Ok(list)
     }
@@ -375,8 +374,15 @@ impl Approvals {
             ));
         }
         let reason = reason.map(str::trim).filter(|r| !r.is_empty());
-        self.close(actor, r, State::Cancelled, "approval_cancelled", reason, recorder)
-            .await
+        self.close(
+            actor,
+            r,
+            State::Cancelled,
+            "approval_cancelled",
+            reason,
+            recorder,
+        )
+        .await
     }
 
     async fn close(
@@ -420,7 +426,10 @@ impl Approvals {
             Moved::Missing => Err(not_found("approval request", id)),
             Moved::Conflict(state) => Err(ActionError::new(
                 ActionErrorKind::Conflict,
-                format!("request {id} is {} now; nothing was changed", state.as_str()),
+                format!(
+                    "request {id} is {} now; nothing was changed",
+                    state.as_str()
+                ),
             )),
         }
     }
@@ -451,7 +460,10 @@ impl Approvals {
                 "a grant names the statements it covers: `fingerprint`, `rule`, or both".into(),
             ));
         }
-        let reason = spec.reason.map(|r| r.trim().to_owned()).filter(|r| !r.is_empty());
+        let reason = spec
+            .reason
+            .map(|r| r.trim().to_owned())
+            .filter(|r| !r.is_empty());
         if reason.is_none() {
             return Err(invalid("a grant needs a `reason`".into()));
         }
@@ -468,7 +480,8 @@ impl Approvals {
             created_by: actor.subject.clone(),
             reason,
             created,
-            expires: created.saturating_add(i64::try_from(duration.as_micros()).unwrap_or(i64::MAX)),
+            expires: created
+                .saturating_add(i64::try_from(duration.as_micros()).unwrap_or(i64::MAX)),
             revoked: None,
             revoked_by: None,
             uses: 0,
@@ -671,9 +684,7 @@ impl ApprovalService for Approvals {
             statement_id: req.statement_id,
             sql: req.sql.to_owned(),
             fingerprint,
-            parameters: req
-                .parameters
-                .and_then(|p| serde_json::to_value(p).ok()),
+            parameters: req.parameters.and_then(|p| serde_json::to_value(p).ok()),
             binding,
             rule: rule.map(str::to_owned),
             message: req.verdict.reason.clone(),
@@ -701,7 +712,9 @@ impl ApprovalService for Approvals {
             let state = match self.store.get(id).await {
                 Ok(Some(r)) => r,
                 Ok(None) => {
-                    return Decided::Denied(refused(format!("approval request {id} no longer exists")))
+                    return Decided::Denied(refused(format!(
+                        "approval request {id} no longer exists"
+                    )))
                 }
                 Err(e) => return Decided::Denied(Self::store_unavailable(e)),
             };
@@ -736,11 +749,9 @@ impl ApprovalService for Approvals {
                         "approval request {id} expired before it was approved"
                     )))
                 }
-                State::Executed => {
-                    return Decided::Denied(refused(format!(
-                        "approval request {id} was already used by another execution of this statement"
-                    )))
-                }
+                State::Executed => return Decided::Denied(refused(format!(
+                    "approval request {id} was already used by another execution of this statement"
+                ))),
             }
             tokio::select! {
                 _ = changed.changed() => {}
@@ -785,7 +796,11 @@ fn refused(message: String) -> GatewayError {
 fn conflict(r: &Request) -> ActionError {
     ActionError::new(
         ActionErrorKind::Conflict,
-        format!("request {} is {}; it cannot be decided", r.id, r.state.as_str()),
+        format!(
+            "request {} is {}; it cannot be decided",
+            r.id,
+            r.state.as_str()
+        ),
     )
 }
 

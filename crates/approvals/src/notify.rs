@@ -56,14 +56,22 @@ pub enum WebhookFormat {
 }
 
 /// The event names a webhook may ask for.
-pub const EVENTS: &[&str] = &["requested", "approved", "denied", "cancelled", "break_glass"];
+pub const EVENTS: &[&str] = &[
+    "requested",
+    "approved",
+    "denied",
+    "cancelled",
+    "break_glass",
+];
 
 impl WebhookConfig {
     /// Problems with this entry (`i` is its index).
     pub fn check(&self, i: usize) -> Vec<String> {
         let mut errors = Vec::new();
         if !(self.url.starts_with("http://") || self.url.starts_with("https://")) {
-            errors.push(format!("`webhooks[{i}].url` must be an http:// or https:// URL"));
+            errors.push(format!(
+                "`webhooks[{i}].url` must be an http:// or https:// URL"
+            ));
         }
         if self.format == WebhookFormat::Slack && self.secret.is_some() {
             errors.push(format!(
@@ -248,7 +256,12 @@ async fn deliver(agent: ureq::Agent, hook: WebhookConfig, n: Notification) {
     let (body, headers) = render(&hook, &n);
     let mut delay = Duration::from_secs(1);
     for attempt in 1..=hook.attempts {
-        let (agent, url, body, headers) = (agent.clone(), hook.url.clone(), body.clone(), headers.clone());
+        let (agent, url, body, headers) = (
+            agent.clone(),
+            hook.url.clone(),
+            body.clone(),
+            headers.clone(),
+        );
         let sent = tokio::task::spawn_blocking(move || {
             let mut request = agent.post(&url).content_type("application/json");
             for (k, v) in &headers {
@@ -279,7 +292,10 @@ async fn deliver(agent: ureq::Agent, hook: WebhookConfig, n: Notification) {
 
 /// The URL without its path and query: chat webhook URLs carry their secret in the path.
 fn redact(url: &str) -> String {
-    match url.find("://").and_then(|i| url[i + 3..].find('/').map(|j| i + 3 + j)) {
+    match url
+        .find("://")
+        .and_then(|i| url[i + 3..].find('/').map(|j| i + 3 + j))
+    {
         Some(end) => format!("{}/...", &url[..end]),
         None => url.to_owned(),
     }

@@ -30,10 +30,10 @@
 //! asks for them, a span tree per connection when trace export is on.
 
 pub mod approval;
-pub mod live;
 pub mod audit;
 pub mod error;
 pub mod identity;
+pub mod live;
 pub mod masking;
 pub mod metrics;
 pub mod parameters;
@@ -61,6 +61,7 @@ pub use error::{ErrorKind, GatewayError, Side};
 pub use identity::{
     AuthMethod, Authenticator, ClientInfo, Credentials, DenyAllAuthenticator, Identity,
 };
+pub use live::LiveSession;
 pub use masking::{
     Catalog, CatalogRelation, CheckRequest, ColumnOrigin, ColumnPlan, EmptyCatalog, Hazard,
     Lineage, MaskPlan, MaskedColumn, Masker, NoMasking, OutputColumn, PlanRequest, RelationKind,
@@ -72,7 +73,6 @@ pub use policy::{
     Access, AllowAll, Decision, Judgement, PolicyEngine, SqlSettings, StatementContext,
     StatementObjects, SyntaxError, Verdict,
 };
-pub use live::LiveSession;
 pub use session::{
     Execution, Gateway, GatewayBuilder, MaskPlanner, Outcome, Session, SessionContext,
     SessionRequest, Statement,

@@ -63,7 +63,10 @@ impl EndSignal {
     }
 
     pub(crate) fn reason(&self) -> Option<String> {
-        self.reason.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.reason
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Resolves once raised (one waiter at a time).
@@ -141,7 +144,9 @@ impl LiveSessions {
                     crate::policy::Access::ReadOnly => "read-only",
                     crate::policy::Access::ReadWrite => "read-write",
                 },
-                opened: crate::audit::Rfc3339Micros::new(e.opened).as_str().to_owned(),
+                opened: crate::audit::Rfc3339Micros::new(e.opened)
+                    .as_str()
+                    .to_owned(),
                 statements: e.statements.load(Ordering::Relaxed),
                 waiting_for_approval: e.holds.is_waiting(),
             })

@@ -8,7 +8,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use crate::approval::{
-    ApprovalRequest, ApprovalService, Decided, HoldEnd, HoldHandle, NoApprovals, NoticeSink, Submission,
+    ApprovalRequest, ApprovalService, Decided, HoldEnd, HoldHandle, NoApprovals, NoticeSink,
+    Submission,
 };
 use crate::audit::{now, AuditEvent, AuditRecord, AuditSink, LogAuditSink, RecordedError};
 use crate::error::{ErrorKind, GatewayError, Side};

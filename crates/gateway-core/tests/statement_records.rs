@@ -199,7 +199,10 @@ async fn an_approved_statement_names_its_approval_and_rule_apart() {
 async fn a_held_statement_waits_tells_the_client_and_runs_once_approved() {
     let sink = Arc::new(Memory::default());
     let approver = Arc::new(Approver::default());
-    let gw = gateway_with(Arc::clone(&sink) as Arc<dyn AuditSink>, Arc::clone(&approver));
+    let gw = gateway_with(
+        Arc::clone(&sink) as Arc<dyn AuditSink>,
+        Arc::clone(&approver),
+    );
     let session = Arc::new(open(&gw).await);
     let told = Arc::new(Told::default());
     session.set_notices(Arc::clone(&told) as Arc<dyn NoticeSink>);
@@ -222,10 +225,18 @@ async fn a_held_statement_waits_tells_the_client_and_runs_once_approved() {
     assert_eq!(*told.0.lock().unwrap(), ["held: request req-8"]);
 
     let records = sink.0.lock().unwrap().clone();
-    let events: Vec<&str> = records.iter().map(|r| r["event"].as_str().unwrap()).collect();
+    let events: Vec<&str> = records
+        .iter()
+        .map(|r| r["event"].as_str().unwrap())
+        .collect();
     assert_eq!(
         events,
-        ["session_opened", "approval_requested", "approval_ended", "statement_started"]
+        [
+            "session_opened",
+            "approval_requested",
+            "approval_ended",
+            "statement_started"
+        ]
     );
     assert_eq!(records[1]["request_id"], "req-8");
     assert_eq!(records[1]["waits"], true);
@@ -240,11 +251,17 @@ async fn a_held_statement_waits_tells_the_client_and_runs_once_approved() {
 async fn a_cancel_or_a_timeout_ends_the_wait_and_is_recorded() {
     let sink = Arc::new(Memory::default());
     let approver = Arc::new(Approver::default());
-    let gw = gateway_with(Arc::clone(&sink) as Arc<dyn AuditSink>, Arc::clone(&approver));
+    let gw = gateway_with(
+        Arc::clone(&sink) as Arc<dyn AuditSink>,
+        Arc::clone(&approver),
+    );
     let session = Arc::new(open(&gw).await);
     let settings = SqlSettings::default();
 
-    let stmt = session.prepare("delete from t -- wait", &settings).await.unwrap();
+    let stmt = session
+        .prepare("delete from t -- wait", &settings)
+        .await
+        .unwrap();
     let running = {
         let session = Arc::clone(&session);
         tokio::spawn(async move { session.execute(&stmt).await.map(|e| e.statement_id()) })
@@ -280,7 +297,10 @@ async fn a_cancel_or_a_timeout_ends_the_wait_and_is_recorded() {
         .filter(|r| r["event"] == "statement_denied")
         .collect();
     assert_eq!(denied.len(), 2);
-    assert_eq!(denied[0]["verdict"]["reason"], "request req-8 ended: cancelled");
+    assert_eq!(
+        denied[0]["verdict"]["reason"],
+        "request req-8 ended: cancelled"
+    );
     assert!(records.iter().all(|r| r["event"] != "statement_started"));
 }
 
@@ -386,7 +406,9 @@ async fn live_sessions_are_listed_and_an_ended_one_is_told_why() {
     let second = open(&gw).await;
     let live = gw.live_sessions();
     assert_eq!(live.len(), 2);
-    assert!(live.iter().all(|s| s.subject == "alice" && !s.waiting_for_approval));
+    assert!(live
+        .iter()
+        .all(|s| s.subject == "alice" && !s.waiting_for_approval));
 
     let stmt = first
         .prepare("delete from t -- wait", &SqlSettings::default())
@@ -401,7 +423,9 @@ async fn live_sessions_are_listed_and_an_ended_one_is_told_why() {
     }
     let id = first.context().id.to_string();
     let listed = gw.live_sessions();
-    assert!(listed.iter().any(|s| s.id == id && s.waiting_for_approval && s.statements == 1));
+    assert!(listed
+        .iter()
+        .any(|s| s.id == id && s.waiting_for_approval && s.statements == 1));
 
     assert!(gw.end_session("no-such-session", "x").is_none());
     assert!(gw.end_session(&id, "offboarding").is_some());
@@ -411,7 +435,11 @@ async fn live_sessions_are_listed_and_an_ended_one_is_told_why() {
         .await
         .expect("terminated resolves");
     assert_eq!(why.kind, ErrorKind::ShuttingDown);
-    assert!(why.message.ends_with("administrator command: offboarding"), "{}", why.message);
+    assert!(
+        why.message.ends_with("administrator command: offboarding"),
+        "{}",
+        why.message
+    );
     assert!(!second.is_terminated());
 
     drop(first);

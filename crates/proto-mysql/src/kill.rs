@@ -175,7 +175,10 @@ mod tests {
             gateway_core::HoldHandle::default(),
         );
         assert_eq!(
-            registry.rewrite("KILL QUERY 10", "alice", &server).unwrap().as_deref(),
+            registry
+                .rewrite("KILL QUERY 10", "alice", &server)
+                .unwrap()
+                .as_deref(),
             Some("KILL QUERY 4242")
         );
         let e = registry.rewrite("KILL 10", "bob", &server).unwrap_err();

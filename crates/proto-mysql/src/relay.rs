@@ -511,11 +511,12 @@ impl Relay {
     ) -> Result<Response, GatewayError> {
         // A held statement's approval covers its exact values: COM_STMT_EXECUTE's payload after
         // the statement id (which differs between prepares of the same text).
-        let values: &[u8] = if stmt.needs_approval() && command.get(HEADER_LEN) == Some(&COM_STMT_EXECUTE) {
-            command.get(HEADER_LEN + 5..).unwrap_or_default()
-        } else {
-            &[]
-        };
+        let values: &[u8] =
+            if stmt.needs_approval() && command.get(HEADER_LEN) == Some(&COM_STMT_EXECUTE) {
+                command.get(HEADER_LEN + 5..).unwrap_or_default()
+            } else {
+                &[]
+            };
         let exec: Execution = match self.session.execute_bound(stmt, None, values).await {
             Ok(exec) => exec,
             Err(e) => {

@@ -122,7 +122,10 @@ impl Checker<'_> {
             if !ca.is_file() {
                 self.error(
                     section.span(),
-                    format!("`approvals.store_ca_file`: file not found: {}", ca.display()),
+                    format!(
+                        "`approvals.store_ca_file`: file not found: {}",
+                        ca.display()
+                    ),
                 );
             }
             config.store_ca_file = Some(ca);

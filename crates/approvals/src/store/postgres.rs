@@ -110,7 +110,10 @@ impl PostgresStore {
     async fn connect(&self) -> Result<Client, StoreError> {
         let tls = self.settings.tls().map_err(StoreError::new)?;
         let failed = |e: tokio_postgres::Error| {
-            StoreError::new(format!("connect to the approval store ({}): {e}", self.name))
+            StoreError::new(format!(
+                "connect to the approval store ({}): {e}",
+                self.name
+            ))
         };
         match tls {
             Some(tls) => {
@@ -279,7 +282,9 @@ impl Backend for PostgresStore {
         let c = conn(&guard);
         let row = c
             .query_opt(
-                &format!("SELECT {REQUEST_COLUMNS} FROM portcullis_approval_requests WHERE id = $1"),
+                &format!(
+                    "SELECT {REQUEST_COLUMNS} FROM portcullis_approval_requests WHERE id = $1"
+                ),
                 &[&id],
             )
             .await?;
@@ -370,7 +375,9 @@ impl Backend for PostgresStore {
         let state: String = row.get(0);
         let quorum: i32 = row.get(1);
         if state != "pending" {
-            return Ok(Moved::Conflict(State::parse(&state).unwrap_or(State::Pending)));
+            return Ok(Moved::Conflict(
+                State::parse(&state).unwrap_or(State::Pending),
+            ));
         }
         let inserted = tx
             .execute(

@@ -93,7 +93,10 @@ impl SqliteStore {
         })
     }
 
-    fn with<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
         let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         f(&mut conn)
     }
@@ -236,7 +239,9 @@ impl SqliteStore {
                 return Ok(Moved::Missing);
             };
             if state != "pending" {
-                return Ok(Moved::Conflict(State::parse(&state).unwrap_or(State::Pending)));
+                return Ok(Moved::Conflict(
+                    State::parse(&state).unwrap_or(State::Pending),
+                ));
             }
             let inserted = tx.execute(
                 "INSERT OR IGNORE INTO votes (request_id, approver, reason, time_us, break_glass) \
@@ -252,10 +257,7 @@ impl SqliteStore {
                 |r| r.get(0),
             )?;
             if break_glass || count >= quorum {
-                tx.execute(
-                    "UPDATE requests SET state = 'approved' WHERE id = ?1",
-                    [id],
-                )?;
+                tx.execute("UPDATE requests SET state = 'approved' WHERE id = ?1", [id])?;
             }
             tx.commit()?;
             Ok(Moved::Done)
@@ -281,7 +283,9 @@ impl SqliteStore {
                 return Ok(Moved::Done);
             }
             let s: Option<String> = c
-                .query_row("SELECT state FROM requests WHERE id = ?1", [id], |r| r.get(0))
+                .query_row("SELECT state FROM requests WHERE id = ?1", [id], |r| {
+                    r.get(0)
+                })
                 .optional()?;
             Ok(match s {
                 None => Moved::Missing,
@@ -498,8 +502,15 @@ impl Backend for SqliteStore {
         reason: Option<&str>,
         break_glass: bool,
     ) -> Result<Moved, StoreError> {
-        let (id, approver, reason) = (id.to_owned(), approver.to_owned(), reason.map(str::to_owned));
-        blocking(self, move |s| s.vote(&id, &approver, reason.as_deref(), break_glass)).await
+        let (id, approver, reason) = (
+            id.to_owned(),
+            approver.to_owned(),
+            reason.map(str::to_owned),
+        );
+        blocking(self, move |s| {
+            s.vote(&id, &approver, reason.as_deref(), break_glass)
+        })
+        .await
     }
     async fn close(
         &self,
