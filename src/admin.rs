@@ -47,7 +47,7 @@ pub async fn bind(
     addr: SocketAddr,
     gateway: Gateway,
     ready: Arc<AtomicBool>,
-    approvals: Option<Arc<approvals::Approvals>>,
+    api: Option<crate::admin_api::ApiParts>,
 ) -> std::io::Result<AdminServer> {
     let listener = TcpListener::bind(addr).await?;
     let local_addr = listener.local_addr()?;
@@ -59,9 +59,9 @@ pub async fn bind(
             gateway: gateway.clone(),
             ready,
         });
-    if let Some(approvals) = approvals {
-        approvals.set_admin_url(format!("http://{local_addr}"));
-        router = router.merge(crate::admin_api::router(gateway, approvals));
+    if let Some(api) = api {
+        api.approvals.set_admin_url(format!("http://{local_addr}"));
+        router = router.merge(crate::admin_api::router(gateway, api));
     }
     Ok(AdminServer {
         listener,

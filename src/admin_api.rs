@@ -42,6 +42,21 @@ use serde_json::json;
 struct Api {
     gateway: Gateway,
     approvals: Arc<Approvals>,
+    /// The audit configuration, whose first indexed sink `GET /api/v1/audit` searches.
+    audit: Arc<audit::AuditConfig>,
+    /// The running policy engine (`None` without `[policy]`).
+    policy: Option<Arc<policy::RuleEngine>>,
+}
+
+/// What the admin API serves: approvals and grants, and for admins the live sessions, the audit
+/// trail and the effective policy.
+pub struct ApiParts {
+    /// The approval service.
+    pub approvals: Arc<Approvals>,
+    /// The gateway's `[audit]`, checked.
+    pub audit: audit::AuditConfig,
+    /// The running policy engine, if `[policy]` is configured.
+    pub policy: Option<Arc<policy::RuleEngine>>,
 }
 
 /// Every route of the API, `(method, path)`: [`router`] registers exactly these, and
@@ -57,6 +72,11 @@ pub(crate) const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/v1/grants"),
     ("POST", "/api/v1/grants"),
     ("DELETE", "/api/v1/grants/{id}"),
+    ("GET", "/api/v1/sessions"),
+    ("POST", "/api/v1/sessions/{id}/end"),
+    ("GET", "/api/v1/audit"),
+    ("GET", "/api/v1/policy"),
+    ("POST", "/api/v1/policy/explain"),
 ];
 
 /// The OpenAPI document of these routes, served as is.
@@ -75,6 +95,11 @@ fn endpoint(method: &str, path: &str) -> Option<MethodRouter<Api>> {
         ("GET", "/api/v1/grants") => get(list_grants),
         ("POST", "/api/v1/grants") => post(create_grant),
         ("DELETE", "/api/v1/grants/{id}") => delete(revoke_grant),
+        ("GET", "/api/v1/sessions") => get(list_sessions),
+        ("POST", "/api/v1/sessions/{id}/end") => post(end_session),
+        ("GET", "/api/v1/audit") => get(search_audit),
+        ("GET", "/api/v1/policy") => get(show_policy),
+        ("POST", "/api/v1/policy/explain") => post(explain_policy),
         _ => return None,
     })
 }
@@ -92,8 +117,13 @@ fn routes() -> Router<Api> {
 }
 
 /// The `/api/v1` routes.
-pub(crate) fn router(gateway: Gateway, approvals: Arc<Approvals>) -> Router {
-    routes().with_state(Api { gateway, approvals })
+pub(crate) fn router(gateway: Gateway, parts: ApiParts) -> Router {
+    routes().with_state(Api {
+        gateway,
+        approvals: parts.approvals,
+        audit: Arc::new(parts.audit),
+        policy: parts.policy,
+    })
 }
 
 /// An error answer: `{"error": message}` with its status.
@@ -395,4 +425,244 @@ mod tests {
             );
         }
     }
+}
+
+/// Admins only: the calls below show and act on the whole gateway.
+fn admin_only(api: &Api, actor: &Actor) -> Result<(), ApiError> {
+    if api.approvals.is_admin(&actor.identity) {
+        Ok(())
+    } else {
+        Err(ApiError(
+            StatusCode::FORBIDDEN,
+            format!(
+                "{} is not in an admin group of [approvals]",
+                actor.identity.subject
+            ),
+        ))
+    }
+}
+
+async fn list_sessions(
+    State(api): State<Api>,
+    actor: Actor,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    admin_only(&api, &actor)?;
+    Ok(Json(json!({ "sessions": api.gateway.live_sessions() })))
+}
+
+async fn end_session(
+    State(api): State<Api>,
+    actor: Actor,
+    Path(id): Path<String>,
+    body: Option<Json<Decision>>,
+) -> Result<Json<gateway_core::LiveSession>, ApiError> {
+    admin_only(&api, &actor)?;
+    let reason = decision(body)
+        .reason
+        .map(|r| r.trim().to_owned())
+        .filter(|r| !r.is_empty());
+    let Some(live) = api.gateway.live_sessions().into_iter().find(|s| s.id == id) else {
+        return Err(ApiError(
+            StatusCode::NOT_FOUND,
+            format!("no live session {id}"),
+        ));
+    };
+    if live.ending {
+        return Err(ApiError(
+            StatusCode::CONFLICT,
+            format!("session {id} is already being ended"),
+        ));
+    }
+    // Recorded before it takes effect.
+    TrailRecorder {
+        gateway: &api.gateway,
+        actor: &actor,
+    }
+    .record(
+        Some(&live.target),
+        AuditEvent::AdminAction {
+            action: "session_ended",
+            id: id.clone(),
+            reason: reason.clone(),
+            detail: json!({ "subject": live.subject, "client": live.client, "protocol": live.protocol }),
+        },
+    )
+    .await
+    .map_err(|e| ApiError(StatusCode::SERVICE_UNAVAILABLE, e.message))?;
+    let why = format!(
+        "ended by {}{}",
+        actor.identity.subject,
+        reason.map(|r| format!(": {r}")).unwrap_or_default()
+    );
+    api.gateway
+        .end_session(&id, &why)
+        .map(Json)
+        .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no live session {id}")))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditQuery {
+    subject: Option<String>,
+    target: Option<String>,
+    event: Option<String>,
+    verdict: Option<String>,
+    node: Option<String>,
+    text: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
+    limit: Option<usize>,
+}
+
+/// An RFC 3339 time (`2025-01-31T12:00:00Z`, `2025-01-31`) or a duration ago (`15m`, `2h`).
+fn time_arg(key: &str, text: &str) -> Result<std::time::SystemTime, ApiError> {
+    let bad = || {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("`{key}`: `{text}` is neither an RFC 3339 time nor a duration ago such as 15m"),
+        )
+    };
+    if let Ok(ago) = humantime::parse_duration(text) {
+        return std::time::SystemTime::now()
+            .checked_sub(ago)
+            .ok_or_else(bad);
+    }
+    let full = if text.len() == 10 {
+        format!("{text}T00:00:00Z")
+    } else {
+        text.to_owned()
+    };
+    humantime::parse_rfc3339_weak(full.trim_end_matches('Z')).map_err(|_| bad())
+}
+
+async fn search_audit(
+    State(api): State<Api>,
+    actor: Actor,
+    Query(q): Query<AuditQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    admin_only(&api, &actor)?;
+    let filter = audit::SearchFilter {
+        node: q.node,
+        subject: q.subject,
+        target: q.target,
+        since: q
+            .since
+            .as_deref()
+            .map(|t| time_arg("since", t))
+            .transpose()?,
+        until: q
+            .until
+            .as_deref()
+            .map(|t| time_arg("until", t))
+            .transpose()?,
+        event: q.event,
+        verdict: q.verdict,
+        text: q.text,
+    };
+    // The first indexed sink (SQLite or PostgreSQL), as `portcullis audit search` reads it.
+    let sinks = &api.audit.sinks;
+    let chosen = sinks
+        .iter()
+        .find(|s| !matches!(s, audit::SinkConfig::Jsonl { .. }))
+        .or(sinks.first())
+        .cloned()
+        .ok_or_else(|| {
+            ApiError(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no audit sink is configured".into(),
+            )
+        })?;
+    let unavailable =
+        |e: audit::SinkError| ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
+    let sink = audit::open_sink(&chosen, audit::OpenMode::Read)
+        .await
+        .map_err(unavailable)?;
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let found = audit::search(&*sink, &filter, limit)
+        .await
+        .map_err(unavailable)?;
+    let records: Vec<serde_json::Value> = found
+        .iter()
+        .map(|r| {
+            let payload: serde_json::Value =
+                serde_json::from_slice(&r.payload).unwrap_or(serde_json::Value::Null);
+            json!({ "node": r.node, "seq": r.seq, "hash": r.hash.to_hex(), "record": payload })
+        })
+        .collect();
+    Ok(Json(json!({ "records": records })))
+}
+
+async fn show_policy(
+    State(api): State<Api>,
+    actor: Actor,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    admin_only(&api, &actor)?;
+    Ok(Json(match &api.policy {
+        Some(engine) => json!({ "policy": engine.rules() }),
+        None => json!({
+            "policy": null,
+            "note": "no [policy]: every authenticated identity has read-write access to every target and may run any statement",
+        }),
+    }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExplainRequest {
+    subject: String,
+    #[serde(default)]
+    groups: Vec<String>,
+    target: String,
+    #[serde(default)]
+    protocol: Option<String>,
+    #[serde(default)]
+    default_schema: Option<String>,
+    sql: String,
+}
+
+async fn explain_policy(
+    State(api): State<Api>,
+    actor: Actor,
+    Json(req): Json<ExplainRequest>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    admin_only(&api, &actor)?;
+    let Some(engine) = &api.policy else {
+        return Err(ApiError(
+            StatusCode::CONFLICT,
+            "no [policy] is configured: every authenticated identity may run anything".into(),
+        ));
+    };
+    let target = api
+        .gateway
+        .targets()
+        .iter()
+        .find(|t| {
+            t.name == req.target
+                && req
+                    .protocol
+                    .as_deref()
+                    .is_none_or(|p| t.protocol.as_str() == p)
+        })
+        .cloned()
+        .ok_or_else(|| {
+            ApiError(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "`target`: \"{}\" is not a target of this gateway",
+                    req.target
+                ),
+            )
+        })?;
+    let identity = Identity {
+        subject: req.subject,
+        groups: req.groups,
+        auth_method: gateway_core::AuthMethod::Jwt,
+        claims: Default::default(),
+    };
+    let settings = gateway_core::SqlSettings {
+        default_schema: req.default_schema.as_deref().map(Arc::from),
+        ..gateway_core::SqlSettings::default()
+    };
+    let explanation = engine.explain(&identity, &target, &settings, &req.sql);
+    Ok(Json(serde_json::to_value(&explanation).unwrap_or_default()))
 }

@@ -31,7 +31,7 @@ pub use config::{Config, ConfigError, ConfigErrors};
 pub use server::{RunningServer, Server};
 pub use telemetry::Telemetry;
 pub mod admin;
-mod admin_api;
+pub mod admin_api;
 
 /// The admin API's routes as `(method, path)`, e.g. `("POST", "/api/v1/approvals/{id}/approve")`:
 /// exactly what the admin listener serves under `/api/v1` (with `[approvals]`), and what

@@ -188,7 +188,13 @@ impl Server {
                 admin.listen,
                 gateway.clone(),
                 Arc::clone(&ready),
-                approvals.clone(),
+                approvals
+                    .clone()
+                    .map(|approvals| crate::admin_api::ApiParts {
+                        approvals,
+                        audit: config.audit.clone(),
+                        policy: engine.clone(),
+                    }),
             )
             .await
             .with_context(|| {

@@ -71,35 +71,7 @@ async fn api(
     token: &str,
     body: Option<Value>,
 ) -> (u16, Value) {
-    let url = format!("{}{path}", gw.admin_url());
-    let (method, token) = (method.to_owned(), token.to_owned());
-    tokio::task::spawn_blocking(move || {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(10)))
-            .build()
-            .into();
-        let auth = format!("Bearer {token}");
-        let mut response = match (method.as_str(), body) {
-            ("GET", _) => agent.get(&url).header("authorization", &auth).call(),
-            ("DELETE", _) => agent.delete(&url).header("authorization", &auth).call(),
-            (_, Some(body)) => agent
-                .post(&url)
-                .header("authorization", &auth)
-                .content_type("application/json")
-                .send(body.to_string()),
-            (_, None) => agent.post(&url).header("authorization", &auth).send_empty(),
-        }
-        .expect("the admin API answers");
-        let status = response.status().as_u16();
-        let text = response.body_mut().read_to_string().unwrap_or_default();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
-    })
-    .await
-    .unwrap()
+    common::admin_call(&gw.admin_url(), method, path, token, body).await
 }
 
 /// Waits (10 s at most) for a pending request of `subject` and returns it.
@@ -879,5 +851,150 @@ async fn the_approvals_and_grants_commands_drive_the_admin_api() {
         "{stderr}"
     );
     assert!(!stderr.contains(&bob));
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admins_list_and_end_sessions_search_the_trail_and_read_the_policy() {
+    let gw = start().await;
+    let alice = gw
+        .connect_tokio_postgres(&gw.token_in("alice", &["engineering"]))
+        .await;
+    alice.batch_execute("select 1").await.unwrap();
+    let dave = gw.token_in("dave", &["admin"]);
+    let bob = gw.token_in("bob", &["dba"]);
+
+    for path in ["/api/v1/sessions", "/api/v1/policy", "/api/v1/audit"] {
+        let (status, _) = api(&gw, "GET", path, &bob, None).await;
+        assert_eq!(status, 403, "{path} is for admins");
+    }
+    let (status, body) = api(&gw, "GET", "/api/v1/sessions", &dave, None).await;
+    assert_eq!(status, 200, "{body}");
+    let sessions = body["sessions"].as_array().unwrap();
+    assert_eq!(sessions.len(), 1, "{body}");
+    let session = &sessions[0];
+    assert_eq!(session["subject"], "alice");
+    assert_eq!(session["target"], gw.database());
+    assert_eq!(session["protocol"], "postgres");
+    assert_eq!(session["statements"], 1);
+    let id = session["id"].as_str().unwrap().to_owned();
+
+    let (status, policy) = api(&gw, "GET", "/api/v1/policy", &dave, None).await;
+    assert_eq!(status, 200);
+    let rules: Vec<&str> = policy["policy"]["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(rules, ["ledger-writes", "payroll-writes"], "{policy}");
+    assert_eq!(policy["policy"]["rules"][0]["writes"], json!(["ledger"]));
+
+    let (status, explained) = api(
+        &gw,
+        "POST",
+        "/api/v1/policy/explain",
+        &dave,
+        Some(
+            json!({"subject": "alice", "groups": ["engineering"], "target": gw.database(),
+                    "sql": "insert into ledger values (1, 1)"}),
+        ),
+    )
+    .await;
+    assert_eq!(status, 200, "{explained}");
+    assert_eq!(
+        explained["statements"][0]["verdict"]["decision"], "needs_approval",
+        "{explained}"
+    );
+    assert_eq!(
+        explained["statements"][0]["verdict"]["rule"],
+        "ledger-writes"
+    );
+
+    // The search index follows the trail's log in the background: wait for it.
+    let mut found = Value::Null;
+    for _ in 0..100 {
+        let (status, body) = api(
+            &gw,
+            "GET",
+            "/api/v1/audit?subject=alice&event=session_opened&since=1h",
+            &dave,
+            None,
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        found = body;
+        if !found["records"].as_array().unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let records = found["records"].as_array().unwrap();
+    assert_eq!(records.len(), 1, "{found}");
+    assert_eq!(records[0]["record"]["session_id"], id.as_str());
+    let (status, _) = api(&gw, "GET", "/api/v1/audit?since=yesterday-ish", &dave, None).await;
+    assert_eq!(status, 400);
+
+    let (status, ended) = api(
+        &gw,
+        "POST",
+        &format!("/api/v1/sessions/{id}/end"),
+        &dave,
+        Some(json!({"reason": "offboarding"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{ended}");
+    let e = alice
+        .batch_execute("select 1")
+        .await
+        .expect_err("the session was ended");
+    if let Some(db) = e.as_db_error() {
+        assert_eq!(db.code().code(), "57P01");
+        assert!(
+            db.message().contains("ended by dave: offboarding"),
+            "{}",
+            db.message()
+        );
+    }
+    let (status, _) = api(
+        &gw,
+        "POST",
+        &format!("/api/v1/sessions/{id}/end"),
+        &dave,
+        None,
+    )
+    .await;
+    assert!(
+        status == 404 || status == 409,
+        "gone, or on its way: {status}"
+    );
+    for _ in 0..100 {
+        let (_, body) = api(&gw, "GET", "/api/v1/sessions", &dave, None).await;
+        if body["sessions"].as_array().unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (status, _) = api(
+        &gw,
+        "POST",
+        &format!("/api/v1/sessions/{id}/end"),
+        &dave,
+        None,
+    )
+    .await;
+    assert_eq!(status, 404, "gone");
+    let trail = gw
+        .trail_until("the session's end", |t| {
+            t.iter().any(|r| r["event"] == "session_closed")
+        })
+        .await;
+    let action = trail
+        .iter()
+        .find(|r| r["action"] == "session_ended")
+        .expect("recorded");
+    assert_eq!(action["subject"], "dave");
+    assert_eq!(action["id"], id.as_str());
+    assert_eq!(action["reason"], "offboarding");
     gw.shutdown().await;
 }

@@ -749,9 +749,11 @@ impl ApprovalService for Approvals {
                         "approval request {id} expired before it was approved"
                     )))
                 }
-                State::Executed => return Decided::Denied(refused(format!(
+                State::Executed => {
+                    return Decided::Denied(refused(format!(
                     "approval request {id} was already used by another execution of this statement"
-                ))),
+                )))
+                }
             }
             tokio::select! {
                 _ = changed.changed() => {}

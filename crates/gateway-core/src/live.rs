@@ -39,6 +39,8 @@ pub struct LiveSession {
     pub statements: u64,
     /// Whether a statement of it waits for an approval now.
     pub waiting_for_approval: bool,
+    /// Whether an administrator ended it (it closes after its statement in flight).
+    pub ending: bool,
 }
 
 /// Raised when an administrator ends a session. Its one waiter is the session's relay, which
@@ -149,6 +151,7 @@ impl LiveSessions {
                     .to_owned(),
                 statements: e.statements.load(Ordering::Relaxed),
                 waiting_for_approval: e.holds.is_waiting(),
+                ending: e.end.is_raised(),
             })
             .collect();
         list.sort_by(|a, b| a.opened.cmp(&b.opened).then(a.id.cmp(&b.id)));
