@@ -214,6 +214,9 @@ impl Server {
             path: config.source.clone(),
             engine,
             last_seen: Mutex::new(std::fs::read(&config.source).ok()),
+            approvals: approvals
+                .as_ref()
+                .map(|a| (gateway.clone(), Arc::clone(a))),
         });
 
         let workers = match config.gateway.workers {
@@ -276,7 +279,13 @@ impl Server {
             listeners.push(tokio::spawn(listener.run()));
         }
 
-        let tasks = vec![tokio::spawn(watch_config(Arc::clone(&reloader)))];
+        let mut tasks = vec![tokio::spawn(watch_config(Arc::clone(&reloader)))];
+        if let Some(approvals) = &approvals {
+            tasks.push(tokio::spawn(count_pending_approvals(
+                Arc::clone(approvals),
+                Arc::clone(gateway.metrics()),
+            )));
+        }
 
         ready.store(true, Ordering::Release);
         Ok(RunningServer {
@@ -439,6 +448,82 @@ fn warn_plaintext(protocol: &str, settings: &ListenerSettings, addr: SocketAddr)
     }
 }
 
+/// Keeps `portcullis_approvals_pending` current: requests waiting for a decision in the store
+/// (every node's, when it is shared), read every few seconds.
+async fn count_pending_approvals(
+    approvals: Arc<approvals::Approvals>,
+    metrics: Arc<gateway_core::Metrics>,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match approvals.pending().await {
+            Ok(n) => metrics.set_approvals_pending(i64::try_from(n).unwrap_or(i64::MAX)),
+            Err(e) => tracing::warn!(error = %e, "could not count pending approval requests"),
+        }
+    }
+}
+
+/// After a policy reload: cancels the pending requests whose statements the new policy no longer
+/// holds by the same rule (now allowed, denied, or held by another rule), each recorded.
+async fn cancel_moot_requests(
+    gateway: Gateway,
+    approvals: Arc<approvals::Approvals>,
+    engine: Arc<RuleEngine>,
+) {
+    let still_held = |r: &approvals::store::Request| {
+        let Some(target) = gateway.targets().iter().find(|t| t.name == r.target) else {
+            // A target of another node sharing the store: not this node's to judge.
+            return true;
+        };
+        let identity = gateway_core::Identity {
+            subject: r.subject.clone(),
+            groups: r.groups.clone(),
+            auth_method: gateway_core::AuthMethod::Jwt,
+            claims: Default::default(),
+        };
+        let explained = engine.explain(
+            &identity,
+            target,
+            &gateway_core::SqlSettings::default(),
+            &r.sql,
+        );
+        explained.statements.iter().any(|s| {
+            s.verdict.decision == gateway_core::Decision::NeedsApproval
+                && s.verdict.rule.as_deref() == r.rule.as_deref()
+        })
+    };
+    let recorder = PolicyRecorder(&gateway);
+    match approvals.cancel_moot(still_held, &recorder).await {
+        Ok(ids) if !ids.is_empty() => {
+            tracing::info!(requests = ?ids, "pending approval requests the new policy no longer holds were cancelled")
+        }
+        Ok(_) => {}
+        Err(e) => tracing::error!(error = %e, "could not re-judge pending approval requests after the policy reload"),
+    }
+}
+
+/// Records what the gateway itself does to requests (subject `portcullis`).
+struct PolicyRecorder<'a>(&'a Gateway);
+
+#[async_trait::async_trait]
+impl approvals::Recorder for PolicyRecorder<'_> {
+    async fn record(
+        &self,
+        target: Option<&str>,
+        event: gateway_core::AuditEvent,
+    ) -> Result<(), gateway_core::GatewayError> {
+        let client = gateway_core::ClientInfo {
+            addr: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
+            protocol: "admin",
+            tls: false,
+            application: Some("policy reload".into()),
+        };
+        self.0.record_admin("portcullis", target, client, event).await
+    }
+}
+
 /// Reloads the policy from the configuration file; shared by [`RunningServer::reload`] and the
 /// file watcher.
 struct Reloader {
@@ -447,6 +532,8 @@ struct Reloader {
     engine: Option<Arc<RuleEngine>>,
     /// The file's contents when last loaded or tried, so the watcher acts on changes only.
     last_seen: Mutex<Option<Vec<u8>>>,
+    /// With `[approvals]`: pending requests a new policy no longer holds are cancelled.
+    approvals: Option<(Gateway, Arc<approvals::Approvals>)>,
 }
 
 impl Reloader {
@@ -476,6 +563,15 @@ impl Reloader {
             (Some(engine), Some(rules)) => {
                 let (access, statements) = (rules.access.len(), rules.rules.len());
                 engine.replace(rules);
+                if let (Some((gateway, approvals)), Ok(runtime)) =
+                    (&self.approvals, tokio::runtime::Handle::try_current())
+                {
+                    runtime.spawn(cancel_moot_requests(
+                        gateway.clone(),
+                        Arc::clone(approvals),
+                        Arc::clone(engine),
+                    ));
+                }
                 tracing::info!(
                     file = %self.path.display(),
                     access_rules = access,

@@ -998,3 +998,60 @@ async fn admins_list_and_end_sessions_search_the_trail_and_read_the_policy() {
     assert_eq!(action["reason"], "offboarding");
     gw.shutdown().await;
 }
+
+/// A policy change that no longer holds a pending request's statement cancels the request: the
+/// waiting client is told, the trail says why, and the statement now runs as the new policy says.
+/// The pending gauge counts the request while it waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_change_cancels_requests_it_makes_moot() {
+    let gw = start().await;
+    let alice = gw
+        .connect_tokio_postgres(&gw.token_in("alice", &["engineering"]))
+        .await;
+    let bob = gw.token_in("bob", &["dba"]);
+    let relax = async {
+        let id = pending_of(&gw, &bob, "alice").await["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        // The gauge is refreshed every 5 s.
+        let metrics = format!("{}/metrics", gw.admin_url());
+        let mut seen = false;
+        for _ in 0..80 {
+            let (_, body) = common::admin_call(&gw.admin_url(), "GET", "/metrics", &bob, None).await;
+            if body.as_str().unwrap_or_default().contains("portcullis_approvals_pending 1") {
+                seen = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(seen, "{metrics} counts the pending request");
+        let relaxed = gw.config_text.replace(
+            "name = \"ledger-writes\"\naction = \"require-approval\"",
+            "name = \"ledger-writes\"\naction = \"allow\"",
+        );
+        assert_ne!(relaxed, gw.config_text);
+        std::fs::write(gw.scratch().join("portcullis.toml"), relaxed).unwrap();
+        id
+    };
+    let (result, id) = tokio::join!(alice.batch_execute("insert into ledger values (5, 5)"), relax);
+    let e = result.expect_err("cancelled by the policy change");
+    assert!(
+        message(&e).contains(&format!("approval request {id} was cancelled by (policy)")),
+        "{}",
+        message(&e)
+    );
+    alice
+        .batch_execute("insert into ledger values (5, 5)")
+        .await
+        .expect("allowed by the new policy");
+    let trail = gw
+        .trail_until("the moot request", |t| {
+            t.iter().any(|r| r["action"] == "approval_moot")
+        })
+        .await;
+    let moot = trail.iter().find(|r| r["action"] == "approval_moot").unwrap();
+    assert_eq!(moot["id"], id.as_str());
+    assert_eq!(moot["subject"], "portcullis");
+    gw.shutdown().await;
+}

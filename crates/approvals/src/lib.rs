@@ -169,6 +169,61 @@ impl Approvals {
         self.changed.send_modify(|v| *v = v.wrapping_add(1));
     }
 
+    /// Requests waiting for decisions now (every node's, when the store is shared).
+    pub async fn pending(&self) -> Result<u64, StoreError> {
+        self.store.count(State::Pending).await
+    }
+
+    /// Every pending request, for re-judging after a policy change ([`Approvals::cancel_moot`]).
+    async fn all_pending(&self) -> Result<Vec<Request>, StoreError> {
+        self.store.list(Some(State::Pending), None, 10_000).await
+    }
+
+    /// Cancels the pending requests a policy change made moot: `still_held(request)` says
+    /// whether the statement would still be held by the same rule (the caller re-judges it
+    /// under the new policy). Returns the ids cancelled. Waiting statements of cancelled
+    /// requests are refused with the reason.
+    pub async fn cancel_moot(
+        &self,
+        still_held: impl Fn(&Request) -> bool,
+        recorder: &dyn Recorder,
+    ) -> Result<Vec<String>, StoreError> {
+        let mut cancelled = Vec::new();
+        for r in self.all_pending().await? {
+            if still_held(&r) {
+                continue;
+            }
+            let reason = "the policy changed: the statement is no longer held by this rule";
+            let recorded = recorder
+                .record(
+                    Some(&r.target),
+                    AuditEvent::AdminAction {
+                        action: "approval_moot",
+                        id: r.id.clone(),
+                        reason: Some(reason.to_owned()),
+                        detail: json!({ "requester": r.subject, "rule": r.rule }),
+                    },
+                )
+                .await;
+            if let Err(e) = recorded {
+                tracing::error!(request = %r.id, error = %e, "could not record a moot request; it stays pending");
+                continue;
+            }
+            if self
+                .store
+                .close(&r.id, State::Cancelled, "(policy)", Some(reason))
+                .await?
+                == Moved::Done
+            {
+                cancelled.push(r.id.clone());
+            }
+        }
+        if !cancelled.is_empty() {
+            self.bump();
+        }
+        Ok(cancelled)
+    }
+
     /// Whether `actor` may use the admin API's administrative calls.
     pub fn is_admin(&self, actor: &Identity) -> bool {
         self.config.admins.iter().any(|g| actor.in_group(g))

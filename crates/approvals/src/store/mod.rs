@@ -246,6 +246,8 @@ pub trait Backend: Send + Sync {
         subject: Option<&str>,
         limit: u32,
     ) -> Result<Vec<Request>, StoreError>;
+    /// How many requests are in `state`.
+    async fn count(&self, state: State) -> Result<u64, StoreError>;
     /// The open (pending or approved, unexpired) request of `subject` for exactly `binding`.
     async fn open_for(&self, binding: &str, subject: &str) -> Result<Option<Request>, StoreError>;
     /// Approved -> executed: the approval is used once. `false` when it was not (or no longer)

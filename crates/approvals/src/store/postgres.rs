@@ -325,6 +325,18 @@ impl Backend for PostgresStore {
         Ok(out)
     }
 
+    async fn count(&self, state: State) -> Result<u64, StoreError> {
+        let guard = self.client().await?;
+        let n: i64 = conn(&guard)
+            .query_one(
+                "SELECT count(*) FROM portcullis_approval_requests WHERE state = $1",
+                &[&state.as_str()],
+            )
+            .await?
+            .get(0);
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
     async fn open_for(&self, binding: &str, subject: &str) -> Result<Option<Request>, StoreError> {
         let guard = self.client().await?;
         let row = conn(&guard)

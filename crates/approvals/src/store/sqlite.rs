@@ -487,6 +487,20 @@ impl Backend for SqliteStore {
         let subject = subject.map(str::to_owned);
         blocking(self, move |s| s.list(state, subject.as_deref(), limit)).await
     }
+    async fn count(&self, state: State) -> Result<u64, StoreError> {
+        blocking(self, move |s| {
+            s.with(|c| {
+                expire(c)?;
+                let n: i64 = c.query_row(
+                    "SELECT count(*) FROM requests WHERE state = ?1",
+                    [state.as_str()],
+                    |r| r.get(0),
+                )?;
+                Ok(u64::try_from(n).unwrap_or(0))
+            })
+        })
+        .await
+    }
     async fn open_for(&self, binding: &str, subject: &str) -> Result<Option<Request>, StoreError> {
         let (binding, subject) = (binding.to_owned(), subject.to_owned());
         blocking(self, move |s| s.open_for(&binding, &subject)).await
