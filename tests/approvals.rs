@@ -1055,3 +1055,45 @@ async fn a_policy_change_cancels_requests_it_makes_moot() {
     assert_eq!(moot["subject"], "portcullis");
     gw.shutdown().await;
 }
+
+/// A client that goes away while its statement waits withdraws the request: nobody can approve
+/// a statement for a client that is no longer there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_while_waiting_withdraws_its_request() {
+    let gw = start().await;
+    let bob = gw.token_in("bob", &["dba"]);
+    let mut psql = std::process::Command::new("psql");
+    psql.args(["-X", "-w", "-c", "insert into ledger values (8, 8)"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    for (k, v) in gw.libpq_env() {
+        psql.env(k, v);
+    }
+    let mut child = psql.spawn().expect("psql runs");
+    let id = pending_of(&gw, &bob, "alice").await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    child.kill().expect("kill psql");
+    let _ = child.wait();
+    let mut state = Value::Null;
+    for _ in 0..100 {
+        let (_, body) = api(&gw, "GET", &format!("/api/v1/approvals/{id}"), &bob, None).await;
+        state = body;
+        if state["state"] != "pending" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(state["state"], "cancelled", "{state}");
+    assert_eq!(state["decision_reason"], "the client disconnected while waiting");
+    let trail = gw
+        .trail_until("the hold's end", |t| {
+            t.iter().any(|r| r["event"] == "approval_ended")
+        })
+        .await;
+    let ended = trail.iter().find(|r| r["event"] == "approval_ended").unwrap();
+    assert_eq!(ended["outcome"], "disconnected");
+    assert_eq!(count(&gw, "ledger").await, 0);
+    gw.shutdown().await;
+}

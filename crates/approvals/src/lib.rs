@@ -835,6 +835,19 @@ impl ApprovalService for Approvals {
                     "canceling statement due to user request; approval request {id} is withdrawn"
                 ))
             }
+            HoldEnd::Disconnected => {
+                if let Err(e) = self
+                    .store
+                    .close(id, State::Cancelled, "(client)", Some("the client disconnected while waiting"))
+                    .await
+                {
+                    tracing::error!(request = id, error = %e, "could not withdraw the request of a client that left");
+                }
+                self.bump();
+                refused(format!(
+                    "the client disconnected; approval request {id} is withdrawn"
+                ))
+            }
             HoldEnd::ShuttingDown => GatewayError::new(
                 ErrorKind::ShuttingDown,
                 Side::Gateway,

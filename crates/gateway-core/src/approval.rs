@@ -100,6 +100,8 @@ pub enum HoldEnd {
     Cancelled,
     /// The gateway is shutting down.
     ShuttingDown,
+    /// The client went away (its connection closed) while the statement waited.
+    Disconnected,
 }
 
 impl HoldEnd {
@@ -109,6 +111,7 @@ impl HoldEnd {
             HoldEnd::TimedOut => "timed_out",
             HoldEnd::Cancelled => "cancelled",
             HoldEnd::ShuttingDown => "shutting_down",
+            HoldEnd::Disconnected => "disconnected",
         }
     }
 }
@@ -188,7 +191,8 @@ pub struct HoldHandle {
 
 #[derive(Default)]
 struct HoldState {
-    /// 0: nothing; 1: cancel the current wait; 2: shutting down (ends every wait).
+    /// 0: nothing; 1: cancel the current wait; 2: shutting down (ends every wait); 3: the client
+    /// went away (ends every wait).
     signal: AtomicU8,
     notify: tokio::sync::Notify,
     /// Whether a wait is in progress (cancel is only meaningful then).
@@ -197,6 +201,7 @@ struct HoldState {
 
 const CANCEL: u8 = 1;
 const SHUTDOWN: u8 = 2;
+const DISCONNECTED: u8 = 3;
 
 impl std::fmt::Debug for HoldHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -225,6 +230,14 @@ impl HoldHandle {
         true
     }
 
+    /// Ends the wait in progress and every later one: the client's connection closed.
+    pub fn disconnected(&self) {
+        let _ = self.state.signal.fetch_update(Ordering::AcqRel, Ordering::Acquire, |s| {
+            (s != SHUTDOWN).then_some(DISCONNECTED)
+        });
+        self.state.notify.notify_waiters();
+    }
+
     /// Ends the wait in progress and every later one: the gateway is stopping.
     pub fn shut_down(&self) {
         self.state.signal.store(SHUTDOWN, Ordering::Release);
@@ -251,6 +264,7 @@ impl HoldHandle {
             match self.state.signal.load(Ordering::Acquire) {
                 CANCEL => return HoldEnd::Cancelled,
                 SHUTDOWN => return HoldEnd::ShuttingDown,
+                DISCONNECTED => return HoldEnd::Disconnected,
                 _ => notified.await,
             }
         }

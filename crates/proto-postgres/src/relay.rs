@@ -139,6 +139,8 @@ pub(crate) async fn relay(
         copy_ins_ended: 0,
         masked: session.masking_active(),
         binds: 0,
+        held_input: BytesMut::new(),
+        left_while_held: false,
     };
     let mut to_client = UpstreamDirection {
         session: &session,
@@ -250,6 +252,37 @@ pub(crate) async fn relay(
         }
     }
     result
+}
+
+/// Announces an execution ([`Session::execute_bound`]). When the statement is held for approval,
+/// the client is watched while it waits: what it sends meanwhile (pipelined messages) is kept in
+/// `held_input`, up to `limit` bytes, and the end of its stream (it went away) ends the wait, so
+/// that a request is not approved for a client that is no longer there.
+async fn execute_held(
+    session: &Session,
+    client: &mut ReadSide,
+    held_input: &mut BytesMut,
+    left: &mut bool,
+    (stmt, parameters, values): (&Statement, Option<Arc<RecordedParameters>>, &[u8]),
+    limit: usize,
+) -> Result<Execution, GatewayError> {
+    let exec = session.execute_bound(stmt, parameters, values);
+    if !stmt.needs_approval() {
+        return exec.await;
+    }
+    tokio::pin!(exec);
+    loop {
+        tokio::select! {
+            biased;
+            done = &mut exec => return done,
+            read = client.read_buf(held_input), if !*left && held_input.len() < limit => {
+                if matches!(read, Ok(0) | Err(_)) {
+                    *left = true;
+                    session.holds().disconnected();
+                }
+            }
+        }
+    }
 }
 
 /// The listener's shutdown as one session's relay sees it: a flag and a waker, set by a small
@@ -486,6 +519,11 @@ struct ClientDirection<'a> {
     masked: bool,
     /// Binds seen (masked sessions), numbering them for [`Pending::Bind`].
     binds: u64,
+    /// What the client sent while a statement waited for approval (see [`execute_held`]),
+    /// taken up before the next read.
+    held_input: BytesMut,
+    /// The client's stream ended while a statement waited for approval.
+    left_while_held: bool,
 }
 
 impl ClientDirection<'_> {
@@ -535,7 +573,7 @@ impl ClientDirection<'_> {
                     break;
                 }
                 let body = &buf[pos + HEADER_LEN..pos + len];
-                match self.inspect(ty, body).await? {
+                match self.inspect(ty, body, client).await? {
                     Action::Forward => pos += len,
                     Action::Drop => {
                         write(upstream, buf.split_to(pos)).await?;
@@ -567,6 +605,15 @@ impl ClientDirection<'_> {
                 partial_since = None;
             }
             reserve_read(&mut buf);
+            if !self.held_input.is_empty() {
+                // Sent while a statement waited for approval: handle it before reading more.
+                buf.extend_from_slice(&self.held_input);
+                self.held_input = BytesMut::new();
+                continue;
+            }
+            if self.left_while_held {
+                return self.on_client_eof(upstream, streaming > 0).await;
+            }
             // A CopyData frame being streamed is half a message too.
             let idle = buf.is_empty() && streaming == 0;
             let read = client.read_buf(&mut buf);
@@ -689,7 +736,12 @@ impl ClientDirection<'_> {
         Action::Replace(typed(b'P', &body))
     }
 
-    async fn inspect(&mut self, ty: u8, body: &[u8]) -> Result<Action, GatewayError> {
+    async fn inspect(
+        &mut self,
+        ty: u8,
+        body: &[u8],
+        client: &mut ReadSide,
+    ) -> Result<Action, GatewayError> {
         if self.skipping && ty != b'S' && ty != b'X' {
             return Ok(Action::Drop);
         }
@@ -707,7 +759,16 @@ impl ClientDirection<'_> {
                     }
                     self.forget_statements(&prepared_names(&stmt));
                 }
-                match self.session.execute(&stmt).await {
+                let executed = execute_held(
+                    self.session,
+                    client,
+                    &mut self.held_input,
+                    &mut self.left_while_held,
+                    (&stmt, None, &[]),
+                    self.max_message,
+                )
+                .await;
+                match executed {
                     Ok(exec) => {
                         push(self.queue, Pending::Query(Some(exec)));
                         Ok(Action::Forward)
@@ -781,10 +842,15 @@ impl ClientDirection<'_> {
                             Vec::new()
                         };
                         let values = values.as_deref().unwrap_or_default();
-                        let exec = match self
-                            .session
-                            .execute_bound(stmt, parameters.clone(), values)
-                            .await
+                        let exec = match execute_held(
+                            self.session,
+                            client,
+                            &mut self.held_input,
+                            &mut self.left_while_held,
+                            (stmt, parameters.clone(), values),
+                            self.max_message,
+                        )
+                        .await
                         {
                             Ok(exec) => Some(exec),
                             Err(e) => return Ok(self.deny_extended(e)),
