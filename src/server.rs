@@ -214,9 +214,7 @@ impl Server {
             path: config.source.clone(),
             engine,
             last_seen: Mutex::new(std::fs::read(&config.source).ok()),
-            approvals: approvals
-                .as_ref()
-                .map(|a| (gateway.clone(), Arc::clone(a))),
+            approvals: approvals.as_ref().map(|a| (gateway.clone(), Arc::clone(a))),
         });
 
         let workers = match config.gateway.workers {
@@ -500,7 +498,9 @@ async fn cancel_moot_requests(
             tracing::info!(requests = ?ids, "pending approval requests the new policy no longer holds were cancelled")
         }
         Ok(_) => {}
-        Err(e) => tracing::error!(error = %e, "could not re-judge pending approval requests after the policy reload"),
+        Err(e) => {
+            tracing::error!(error = %e, "could not re-judge pending approval requests after the policy reload")
+        }
     }
 }
 
@@ -520,7 +520,9 @@ impl approvals::Recorder for PolicyRecorder<'_> {
             tls: false,
             application: Some("policy reload".into()),
         };
-        self.0.record_admin("portcullis", target, client, event).await
+        self.0
+            .record_admin("portcullis", target, client, event)
+            .await
     }
 }
 

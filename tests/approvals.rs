@@ -44,6 +44,15 @@ wait = "30s"
 rule = "payroll-writes"
 quorum = 2
 require_reason = true
+
+[[policy.rules]]
+name = "journal-writes"
+action = "require-approval"
+writes = ["journal"]
+
+[[approvals.rules]]
+rule = "journal-writes"
+wait = "1s"
 "#;
 
 async fn start() -> TestGateway {
@@ -56,7 +65,8 @@ async fn start() -> TestGateway {
     direct
         .batch_execute(
             "create table ledger (id int primary key, amount int);
-             create table payroll (id int primary key, salary int);",
+             create table payroll (id int primary key, salary int);
+             create table journal (id int primary key);",
         )
         .await
         .unwrap();
@@ -887,7 +897,11 @@ async fn admins_list_and_end_sessions_search_the_trail_and_read_the_policy() {
         .iter()
         .map(|r| r["name"].as_str().unwrap())
         .collect();
-    assert_eq!(rules, ["ledger-writes", "payroll-writes"], "{policy}");
+    assert_eq!(
+        rules,
+        ["ledger-writes", "payroll-writes", "journal-writes"],
+        "{policy}"
+    );
     assert_eq!(policy["policy"]["rules"][0]["writes"], json!(["ledger"]));
 
     let (status, explained) = api(
@@ -1018,8 +1032,13 @@ async fn a_policy_change_cancels_requests_it_makes_moot() {
         let metrics = format!("{}/metrics", gw.admin_url());
         let mut seen = false;
         for _ in 0..80 {
-            let (_, body) = common::admin_call(&gw.admin_url(), "GET", "/metrics", &bob, None).await;
-            if body.as_str().unwrap_or_default().contains("portcullis_approvals_pending 1") {
+            let (_, body) =
+                common::admin_call(&gw.admin_url(), "GET", "/metrics", &bob, None).await;
+            if body
+                .as_str()
+                .unwrap_or_default()
+                .contains("portcullis_approvals_pending 1")
+            {
                 seen = true;
                 break;
             }
@@ -1034,7 +1053,10 @@ async fn a_policy_change_cancels_requests_it_makes_moot() {
         std::fs::write(gw.scratch().join("portcullis.toml"), relaxed).unwrap();
         id
     };
-    let (result, id) = tokio::join!(alice.batch_execute("insert into ledger values (5, 5)"), relax);
+    let (result, id) = tokio::join!(
+        alice.batch_execute("insert into ledger values (5, 5)"),
+        relax
+    );
     let e = result.expect_err("cancelled by the policy change");
     assert!(
         message(&e).contains(&format!("approval request {id} was cancelled by (policy)")),
@@ -1050,7 +1072,10 @@ async fn a_policy_change_cancels_requests_it_makes_moot() {
             t.iter().any(|r| r["action"] == "approval_moot")
         })
         .await;
-    let moot = trail.iter().find(|r| r["action"] == "approval_moot").unwrap();
+    let moot = trail
+        .iter()
+        .find(|r| r["action"] == "approval_moot")
+        .unwrap();
     assert_eq!(moot["id"], id.as_str());
     assert_eq!(moot["subject"], "portcullis");
     gw.shutdown().await;
@@ -1086,14 +1111,88 @@ async fn a_client_that_leaves_while_waiting_withdraws_its_request() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(state["state"], "cancelled", "{state}");
-    assert_eq!(state["decision_reason"], "the client disconnected while waiting");
+    assert_eq!(
+        state["decision_reason"],
+        "the client disconnected while waiting"
+    );
     let trail = gw
         .trail_until("the hold's end", |t| {
             t.iter().any(|r| r["event"] == "approval_ended")
         })
         .await;
-    let ended = trail.iter().find(|r| r["event"] == "approval_ended").unwrap();
+    let ended = trail
+        .iter()
+        .find(|r| r["event"] == "approval_ended")
+        .unwrap();
     assert_eq!(ended["outcome"], "disconnected");
     assert_eq!(count(&gw, "ledger").await, 0);
+    gw.shutdown().await;
+}
+
+/// A statement that waits longer than its rule's `wait` is refused, naming the request, which
+/// stays open: approved later, the statement runs when sent again. A grant ends when it expires.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timed_out_statement_runs_when_sent_again_after_approval_and_grants_expire() {
+    let gw = start().await;
+    let alice = gw
+        .connect_tokio_postgres(&gw.token_in("alice", &["engineering"]))
+        .await;
+    let bob = gw.token_in("bob", &["dba"]);
+    let sql = "insert into journal values (1)";
+    let started = std::time::Instant::now();
+    let e = alice.batch_execute(sql).await.expect_err("times out");
+    assert!(started.elapsed() >= Duration::from_secs(1));
+    let text = message(&e);
+    assert!(
+        text.contains("was not decided while the statement waited; it stays open"),
+        "{text}"
+    );
+    let id = pending_of(&gw, &bob, "alice").await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(text.contains(&id), "{text}");
+    let (status, _) = api(
+        &gw,
+        "POST",
+        &format!("/api/v1/approvals/{id}/approve"),
+        &bob,
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    alice
+        .batch_execute(sql)
+        .await
+        .expect("approved: runs when sent again");
+    assert_eq!(count(&gw, "journal").await, 1);
+
+    // A grant of one second covers the next statement, then expires.
+    let dave = gw.token_in("dave", &["admin"]);
+    let (status, grant) = api(
+        &gw,
+        "POST",
+        "/api/v1/grants",
+        &dave,
+        Some(
+            json!({"subject": "alice", "target": gw.database(), "rule": "journal-writes",
+                    "duration": "1s", "reason": "one quick fix"}),
+        ),
+    )
+    .await;
+    assert_eq!(status, 201, "{grant}");
+    alice
+        .batch_execute("insert into journal values (2)")
+        .await
+        .expect("runs under the grant");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let (_, list) = api(&gw, "GET", "/api/v1/grants", &dave, None).await;
+    assert_eq!(list["grants"], json!([]), "no grant in force: {list}");
+    let e = alice
+        .batch_execute("insert into journal values (3)")
+        .await
+        .expect_err("held again once the grant expired");
+    assert!(message(&e).contains("was not decided"), "{}", message(&e));
+    assert_eq!(count(&gw, "journal").await, 2);
     gw.shutdown().await;
 }

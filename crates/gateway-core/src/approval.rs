@@ -232,9 +232,12 @@ impl HoldHandle {
 
     /// Ends the wait in progress and every later one: the client's connection closed.
     pub fn disconnected(&self) {
-        let _ = self.state.signal.fetch_update(Ordering::AcqRel, Ordering::Acquire, |s| {
-            (s != SHUTDOWN).then_some(DISCONNECTED)
-        });
+        let _ = self
+            .state
+            .signal
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |s| {
+                (s != SHUTDOWN).then_some(DISCONNECTED)
+            });
         self.state.notify.notify_waiters();
     }
 
