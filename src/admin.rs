@@ -39,6 +39,8 @@ pub struct AdminServer {
     listener: TcpListener,
     local_addr: SocketAddr,
     router: Router,
+    /// HTTPS when set.
+    tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 /// Binds the admin listener for `gateway`. `/readyz` answers 200 exactly while `ready` is true:
@@ -48,6 +50,7 @@ pub async fn bind(
     gateway: Gateway,
     ready: Arc<AtomicBool>,
     api: Option<crate::admin_api::ApiParts>,
+    tls: Option<Arc<rustls::ServerConfig>>,
 ) -> std::io::Result<AdminServer> {
     let listener = TcpListener::bind(addr).await?;
     let local_addr = listener.local_addr()?;
@@ -60,13 +63,16 @@ pub async fn bind(
             ready,
         });
     if let Some(api) = api {
-        api.approvals.set_admin_url(format!("http://{local_addr}"));
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        api.approvals
+            .set_admin_url(format!("{scheme}://{local_addr}"));
         router = router.merge(crate::admin_api::router(gateway, api));
     }
     Ok(AdminServer {
         listener,
         local_addr,
         router,
+        tls: tls.map(tokio_rustls::TlsAcceptor::from),
     })
 }
 
@@ -79,12 +85,58 @@ impl AdminServer {
     /// Serves requests until the task is aborted. Failed accepts are retried, so this does not
     /// return on its own in practice; if it does, the reason is logged.
     pub async fn run(self) {
+        if let Some(acceptor) = self.tls {
+            serve_tls(self.listener, self.local_addr, self.router, acceptor).await;
+            return;
+        }
         let app = self
             .router
             .into_make_service_with_connect_info::<SocketAddr>();
         if let Err(e) = axum::serve(self.listener, app).await {
             tracing::error!(addr = %self.local_addr, error = %e, "the admin listener stopped");
         }
+    }
+}
+
+/// HTTPS: axum's `serve` speaks plain HTTP only, so each connection is accepted here, its TLS
+/// handshake bounded, and HTTP/1.1 served on it by hyper with the router (the peer's address as
+/// axum's `ConnectInfo`, as `serve` provides it).
+async fn serve_tls(
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    router: Router,
+    acceptor: tokio_rustls::TlsAcceptor,
+) {
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                tracing::warn!(addr = %local_addr, error = %e, "admin listener: accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let (acceptor, router) = (acceptor.clone(), router.clone());
+        tokio::spawn(async move {
+            let handshake =
+                tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(tcp));
+            let tls = match handshake.await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "admin listener: TLS handshake failed");
+                    return;
+                }
+                Err(_) => return,
+            };
+            let service = router.layer(axum::Extension(axum::extract::ConnectInfo(peer)));
+            let service = hyper_util::service::TowerToHyperService::new(service);
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                .await
+            {
+                tracing::debug!(%peer, error = %e, "admin listener: connection ended with an error");
+            }
+        });
     }
 }
 

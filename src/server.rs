@@ -104,6 +104,13 @@ impl Server {
             .map(|files| tls::server_config(files, &[POSTGRES_ALPN]))
             .transpose()
             .context("cannot set up TLS for [postgres]")?;
+        let admin_tls = config
+            .admin
+            .as_ref()
+            .and_then(|admin| admin.tls.as_ref())
+            .map(|files| tls::server_config(files, &[b"http/1.1"]))
+            .transpose()
+            .context("cannot set up TLS for [admin]")?;
         // MySQL has no ALPN id: its clients ask for TLS inside the protocol, never directly.
         let mysql_tls = config
             .mysql
@@ -195,6 +202,7 @@ impl Server {
                         audit: config.audit.clone(),
                         policy: engine.clone(),
                     }),
+                admin_tls.clone(),
             )
             .await
             .with_context(|| {

@@ -173,6 +173,7 @@ async fn metrics_health_and_readiness_over_http() {
         gateway,
         Arc::clone(&ready),
         None,
+        None,
     )
     .await
     .unwrap();

@@ -1196,3 +1196,81 @@ async fn a_timed_out_statement_runs_when_sent_again_after_approval_and_grants_ex
     assert_eq!(count(&gw, "journal").await, 2);
     gw.shutdown().await;
 }
+
+/// With `tls_cert` and `tls_key` in `[admin]`, the admin API is served over HTTPS only, and the
+/// notices point approvers at the https:// address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_can_be_served_over_https() {
+    let pki = common::Pki::generate("admin-https");
+    let config = CONFIG.replace(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n",
+        &format!(
+            "[admin]\nlisten = \"127.0.0.1:0\"\ntls_cert = {}\ntls_key = {}\n",
+            common::toml_str(&pki.server_cert_file.display().to_string()),
+            common::toml_str(&pki.server_key_file.display().to_string())
+        ),
+    );
+    assert_ne!(config, CONFIG);
+    let gw = TestGateway::start_with(Options {
+        extra_config: config,
+        ..Options::default()
+    })
+    .await;
+    let base = gw.admin_url().replace("http://", "https://");
+    let dave = gw.token_in("dave", &["admin"]);
+    let ca = std::fs::read(&pki.ca_file).unwrap();
+    let (https, plain) = tokio::task::spawn_blocking({
+        let (base, dave) = (base.clone(), dave.clone());
+        move || {
+            let roots: Vec<ureq::tls::Certificate<'static>> = ureq::tls::parse_pem(&ca)
+                .filter_map(|item| match item {
+                    Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
+                    _ => None,
+                })
+                .collect();
+            let tls = ureq::tls::TlsConfig::builder()
+                .root_certs(ureq::tls::RootCerts::Specific(std::sync::Arc::new(roots)))
+                .unversioned_rustls_crypto_provider(std::sync::Arc::new(
+                    rustls::crypto::aws_lc_rs::default_provider(),
+                ))
+                .build();
+            let agent: ureq::Agent = ureq::Agent::config_builder()
+                .tls_config(tls)
+                .http_status_as_error(false)
+                .timeout_global(Some(Duration::from_secs(10)))
+                .build()
+                .into();
+            let mut r = agent
+                .get(format!("{base}/api/v1/whoami"))
+                .header("authorization", format!("Bearer {dave}"))
+                .call()
+                .expect("https answers");
+            let body = r.body_mut().read_to_string().unwrap();
+            let plain = ureq::Agent::config_builder()
+                .timeout_global(Some(Duration::from_secs(5)))
+                .build()
+                .new_agent()
+                .get(format!("{}/healthz", base.replace("https://", "http://")))
+                .call();
+            ((r.status().as_u16(), body), plain.is_err())
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(https.0, 200, "{}", https.1);
+    let me: Value = serde_json::from_str(&https.1).unwrap();
+    assert_eq!(me["subject"], "dave");
+    assert!(plain, "plain HTTP is not served on an HTTPS listener");
+
+    // Notices name the https address (the journal rule waits 1 s, then refuses).
+    let out = gw
+        .psql(&["-c", "insert into journal values (1)"], &[])
+        .await;
+    let stderr = common::stderr(&out);
+    assert!(
+        stderr.contains(&format!("POST {base}/api/v1/approvals/")),
+        "{stderr}"
+    );
+    assert!(stderr.contains("was not decided"), "{stderr}");
+    gw.shutdown().await;
+}

@@ -110,6 +110,8 @@ impl fmt::Debug for TelemetrySettings {
 pub struct AdminSettings {
     /// Address of the admin HTTP listener.
     pub listen: SocketAddr,
+    /// HTTPS with these files (no client certificates), if configured.
+    pub tls: Option<ListenerTlsFiles>,
 }
 
 /// `[gateway]`, checked.

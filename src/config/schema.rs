@@ -83,6 +83,11 @@ pub(super) struct AdminSection {
     /// Address and port of the admin HTTP listener, `IP:PORT`. It has no authentication: keep it
     /// on loopback or a management network. Default `"127.0.0.1:9090"`.
     pub(super) listen: Option<Str>,
+    /// PEM certificate chain (leaf first): with `tls_key`, the admin listener serves HTTPS only.
+    /// Default: plain HTTP.
+    pub(super) tls_cert: Option<Str>,
+    /// PEM private key of `tls_cert`.
+    pub(super) tls_key: Option<Str>,
 }
 
 /// `[gateway]`

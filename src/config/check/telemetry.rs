@@ -77,6 +77,40 @@ impl Checker<'_> {
             }),
             None => SocketAddr::from(([127, 0, 0, 1], 9090)),
         };
-        AdminSettings { listen }
+        let s = section.get_ref();
+        let before = self.errors.len();
+        let cert = s
+            .tls_cert
+            .as_ref()
+            .map(|v| self.certificate_file("admin.tls_cert", v, "certificate file"));
+        let key = s
+            .tls_key
+            .as_ref()
+            .map(|v| self.private_key_file("admin.tls_key", v));
+        let tls = match (cert, key) {
+            (Some(cert_file), Some(key_file)) => {
+                let files = ListenerTlsFiles {
+                    cert_file,
+                    key_file,
+                    client_ca_file: None,
+                };
+                if self.errors.len() == before {
+                    if let (Err(e), Some(v)) = (crate::tls::server_config(&files, &[]), &s.tls_key)
+                    {
+                        self.error(v.span(), format!("`admin.tls_key`: {e}"));
+                    }
+                }
+                Some(files)
+            }
+            (None, None) => None,
+            _ => {
+                self.error(
+                    section.span(),
+                    "[admin]: `tls_cert` and `tls_key` go together: HTTPS needs both the certificate chain and its private key",
+                );
+                None
+            }
+        };
+        AdminSettings { listen, tls }
     }
 }
