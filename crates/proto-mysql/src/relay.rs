@@ -106,6 +106,8 @@ struct Relay {
     status_has_ansi_quotes: bool,
     /// The server status flags of the last response (for an OK the gateway answers itself).
     last_status: u16,
+    /// Largest packet taken from the client (`max_message_bytes`).
+    max_message: usize,
     /// The listener's sessions, for KILL.
     kills: Arc<crate::kill::Registry>,
     /// The database server of this session's target, for KILL.
@@ -156,6 +158,7 @@ pub(crate) async fn relay(
         up_reader: upstream.reader,
         status_has_ansi_quotes: mariadb,
         last_status: 0,
+        max_message: shared.config.max_message_bytes,
         kills: Arc::clone(&shared.kills),
         server,
         encoding,
@@ -517,7 +520,12 @@ impl Relay {
             } else {
                 &[]
             };
-        let exec: Execution = match self.session.execute_bound(stmt, None, values).await {
+        let executed = if stmt.needs_approval() {
+            self.execute_watching(stmt, values).await
+        } else {
+            self.session.execute_bound(stmt, None, values).await
+        };
+        let exec: Execution = match executed {
             Ok(exec) => exec,
             Err(e) => {
                 self.send_client(&packet::err(reply_seq, &e)).await?;
@@ -579,6 +587,35 @@ impl Relay {
             self.refresh_state().await?;
         }
         Ok(response)
+    }
+
+    /// Announces a statement held for approval, watching the client while it waits: the end of
+    /// the client's stream (it went away) ends the wait and withdraws the request. What the
+    /// client sends meanwhile stays buffered for the next command read (up to the message limit).
+    async fn execute_watching(
+        &mut self,
+        stmt: &Statement,
+        values: &[u8],
+    ) -> Result<Execution, GatewayError> {
+        let session = Arc::clone(&self.session);
+        let exec = session.execute_bound(stmt, None, values);
+        tokio::pin!(exec);
+        let limit = self.max_message;
+        let mut left = false;
+        loop {
+            tokio::select! {
+                biased;
+                done = &mut exec => return done,
+                read = self.client_reader.fill(&mut self.client_read),
+                    if !left && self.client_reader.buffered().len() < limit =>
+                {
+                    if matches!(read, Ok(0) | Err(_)) {
+                        left = true;
+                        session.holds().disconnected();
+                    }
+                }
+            }
+        }
     }
 
     /// Runs an allowed KILL against the upstream connection of the gateway session it names.
