@@ -27,7 +27,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use approvals::{ActionError, ActionErrorKind, Approvals, GrantSpec, Recorder};
+use approvals::{ActionError, ActionErrorKind, Approvals, GrantSpec, Recorder, Verb};
 use axum::extract::{ConnectInfo, FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
@@ -295,16 +295,7 @@ async fn approve(
     Path(id): Path<String>,
     body: Option<Json<Decision>>,
 ) -> Result<Json<approvals::store::Request>, ApiError> {
-    let d = decision(body);
-    let recorder = TrailRecorder {
-        gateway: &api.gateway,
-        actor: &actor,
-    };
-    let r = api
-        .approvals
-        .approve(&actor.identity, &id, d.reason.as_deref(), &recorder)
-        .await?;
-    Ok(Json(r))
+    decide(api, actor, id, body, Verb::Approve).await
 }
 
 async fn deny(
@@ -313,16 +304,7 @@ async fn deny(
     Path(id): Path<String>,
     body: Option<Json<Decision>>,
 ) -> Result<Json<approvals::store::Request>, ApiError> {
-    let d = decision(body);
-    let recorder = TrailRecorder {
-        gateway: &api.gateway,
-        actor: &actor,
-    };
-    let r = api
-        .approvals
-        .deny(&actor.identity, &id, d.reason.as_deref(), &recorder)
-        .await?;
-    Ok(Json(r))
+    decide(api, actor, id, body, Verb::Deny).await
 }
 
 async fn cancel(
@@ -331,14 +313,25 @@ async fn cancel(
     Path(id): Path<String>,
     body: Option<Json<Decision>>,
 ) -> Result<Json<approvals::store::Request>, ApiError> {
-    let d = decision(body);
+    decide(api, actor, id, body, Verb::Cancel).await
+}
+
+/// One decision route: the actor's decision on request `id`, recorded in the trail first.
+async fn decide(
+    api: Api,
+    actor: Actor,
+    id: String,
+    body: Option<Json<Decision>>,
+    verb: Verb,
+) -> Result<Json<approvals::store::Request>, ApiError> {
+    let reason = decision(body).reason;
     let recorder = TrailRecorder {
         gateway: &api.gateway,
         actor: &actor,
     };
     let r = api
         .approvals
-        .cancel(&actor.identity, &id, d.reason.as_deref(), &recorder)
+        .decide(verb, &actor.identity, &id, reason.as_deref(), &recorder)
         .await?;
     Ok(Json(r))
 }

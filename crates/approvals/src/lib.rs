@@ -297,22 +297,10 @@ impl Approvals {
                 "approving one's own request (break glass) needs a reason",
             ));
         }
-        if !break_glass && !r.approvers.iter().any(|g| actor.in_group(g)) {
-            return Err(ActionError::new(
-                ActionErrorKind::Forbidden,
-                format!(
-                    "{} may not decide request {id}: its approvers are the groups {}",
-                    actor.subject,
-                    r.approvers.join(", ")
-                ),
-            ));
+        if !break_glass {
+            may_decide(actor, &r)?;
         }
-        if r.require_reason && reason.is_none() {
-            return Err(ActionError::new(
-                ActionErrorKind::Invalid,
-                format!("request {id} needs a reason with every decision"),
-            ));
-        }
+        reason_given(&r, reason)?;
         if r.state != State::Pending {
             return Err(conflict(&r));
         }
@@ -393,22 +381,8 @@ impl Approvals {
     ) -> Result<Request, ActionError> {
         let r = self.get(actor, id).await?;
         let reason = reason.map(str::trim).filter(|r| !r.is_empty());
-        if !r.approvers.iter().any(|g| actor.in_group(g)) {
-            return Err(ActionError::new(
-                ActionErrorKind::Forbidden,
-                format!(
-                    "{} may not decide request {id}: its approvers are the groups {}",
-                    actor.subject,
-                    r.approvers.join(", ")
-                ),
-            ));
-        }
-        if r.require_reason && reason.is_none() {
-            return Err(ActionError::new(
-                ActionErrorKind::Invalid,
-                format!("request {id} needs a reason with every decision"),
-            ));
-        }
+        may_decide(actor, &r)?;
+        reason_given(&r, reason)?;
         self.close(actor, r, State::Denied, "approval_denied", reason, recorder)
             .await
     }
@@ -855,6 +829,62 @@ impl ApprovalService for Approvals {
                     "the gateway is shutting down; approval request {id} stays open: reconnect and run the statement again once it is approved"
                 ),
             ),
+        }
+    }
+}
+
+/// Whether `actor` is in one of `r`'s approver groups.
+fn may_decide(actor: &Identity, r: &Request) -> Result<(), ActionError> {
+    if r.approvers.iter().any(|g| actor.in_group(g)) {
+        return Ok(());
+    }
+    Err(ActionError::new(
+        ActionErrorKind::Forbidden,
+        format!(
+            "{} may not decide request {}: its approvers are the groups {}",
+            actor.subject,
+            r.id,
+            r.approvers.join(", ")
+        ),
+    ))
+}
+
+/// Whether a decision on `r` gives the reason it needs.
+fn reason_given(r: &Request, reason: Option<&str>) -> Result<(), ActionError> {
+    if r.require_reason && reason.is_none() {
+        return Err(ActionError::new(
+            ActionErrorKind::Invalid,
+            format!("request {} needs a reason with every decision", r.id),
+        ));
+    }
+    Ok(())
+}
+
+/// A decision on a request, as the admin API's routes name them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verb {
+    /// [`Approvals::approve`].
+    Approve,
+    /// [`Approvals::deny`].
+    Deny,
+    /// [`Approvals::cancel`].
+    Cancel,
+}
+
+impl Approvals {
+    /// Takes decision `verb` on request `id` for `actor`.
+    pub async fn decide(
+        &self,
+        verb: Verb,
+        actor: &Identity,
+        id: &str,
+        reason: Option<&str>,
+        recorder: &dyn Recorder,
+    ) -> Result<Request, ActionError> {
+        match verb {
+            Verb::Approve => self.approve(actor, id, reason, recorder).await,
+            Verb::Deny => self.deny(actor, id, reason, recorder).await,
+            Verb::Cancel => self.cancel(actor, id, reason, recorder).await,
         }
     }
 }
