@@ -14,7 +14,8 @@
 #
 # What it provides to the tests:
 #   PORTCULLIS_TEST_PYTHON  a Python 3 interpreter (venv in target/test-venv) with psycopg 3,
-#                           asyncpg and PyMySQL, for the tests that drive the gateway from Python.
+#                           asyncpg, PyMySQL and mysql-connector-python (with its C extension),
+#                           for the tests that drive the gateway from Python.
 #   PORTCULLIS_TEST_NODE_MODULES
 #                           a node_modules directory (target/test-node/node_modules) with mysql2,
 #                           for the tests that drive the MySQL listener from Node.js.
@@ -36,6 +37,7 @@ MY_HOST=127.0.0.1
 MY_PORT=3306
 SERVICE_WAIT_SECONDS=30
 VENV="$ROOT/target/test-venv"
+MYSQL_CONNECTOR_PYTHON=9.7.0
 NODE_DIR="$ROOT/target/test-node"
 
 section() { printf '\n==> %s\n' "$*"; }
@@ -106,12 +108,16 @@ ensure_python_venv() {
         python3 -m venv "$VENV" ||
             die "python3 -m venv failed (on Debian's own python3: apt-get install python3-venv)"
     fi
-    if "$VENV/bin/python" -c 'import psycopg, asyncpg, pymysql, sys; sys.exit(0 if psycopg.__version__.startswith("3.") else 1)' 2>/dev/null; then
-        echo "Python test venv: psycopg 3, asyncpg and PyMySQL present"
+    # mysql-connector-python is pinned: its tests cover both the pure-Python implementation and
+    # the C extension, and the C extension of 26.x links symbols of OpenSSL 3.2 that Debian 12's
+    # OpenSSL 3.0 (already loaded by Python's ssl module) lacks, so it would not load.
+    if "$VENV/bin/python" -c "import psycopg, asyncpg, pymysql, mysql.connector, sys; sys.exit(0 if psycopg.__version__.startswith('3.') and mysql.connector.__version__ == '$MYSQL_CONNECTOR_PYTHON' and mysql.connector.HAVE_CEXT else 1)" 2>/dev/null; then
+        echo "Python test venv: psycopg 3, asyncpg, PyMySQL and mysql-connector-python $MYSQL_CONNECTOR_PYTHON present"
     else
-        echo "Python test venv: installing psycopg[binary] 3, asyncpg and PyMySQL"
-        "$VENV/bin/python" -m pip install -q --disable-pip-version-check 'psycopg[binary]>=3.1,<4' 'asyncpg>=0.29' 'PyMySQL>=1.1,<2' ||
-            die "pip could not install psycopg[binary], asyncpg and PyMySQL into $VENV"
+        echo "Python test venv: installing psycopg[binary] 3, asyncpg, PyMySQL and mysql-connector-python $MYSQL_CONNECTOR_PYTHON"
+        "$VENV/bin/python" -m pip install -q --disable-pip-version-check 'psycopg[binary]>=3.1,<4' 'asyncpg>=0.29' 'PyMySQL>=1.1,<2' \
+            "mysql-connector-python==$MYSQL_CONNECTOR_PYTHON" ||
+            die "pip could not install psycopg[binary], asyncpg, PyMySQL and mysql-connector-python into $VENV"
     fi
     export PORTCULLIS_TEST_PYTHON="$VENV/bin/python"
     echo "PORTCULLIS_TEST_PYTHON=$PORTCULLIS_TEST_PYTHON"

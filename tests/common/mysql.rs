@@ -1,11 +1,11 @@
 //! The MySQL side of the end-to-end harness: a throw-away database on the local MariaDB, a
 //! gateway with a `[mysql]` listener in front of it (built from a real configuration file text,
 //! on port 0), and the real clients that drive it: the `mariadb` command-line client, PyMySQL
-//! and mysql2 (Node.js).
+//! and mysql-connector-python, and mysql2 (Node.js).
 //!
 //! Requirements: MariaDB on 127.0.0.1:3306 accepting `root` without a password, the `mariadb`
-//! client on the PATH, a Python with PyMySQL ([`super::python`]) and a `node_modules` with mysql2
-//! ([`node_modules`]); `scripts/test.sh` provides all of them.
+//! client on the PATH, a Python with PyMySQL and mysql-connector-python ([`super::python`]) and a
+//! `node_modules` with mysql2 ([`node_modules`]); `scripts/test.sh` provides all of them.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -363,9 +363,10 @@ impl MysqlGateway {
             .expect("client runner panicked")
     }
 
-    /// The environment that points the Python and Node scripts at this gateway: `MY_HOST`,
+    /// The environment that points the Python, Node and Java clients at this gateway: `MY_HOST`,
     /// `MY_PORT`, `MY_DB`, `MY_USER` (`alice`) and `MY_PASSWORD` (a fresh read-write token for
-    /// her), and `MY_CA` with the test CA when the gateway serves TLS.
+    /// her), `MY_READONLY_USER` (`bob`) and `MY_READONLY_PASSWORD` (a token for him in `analyst`,
+    /// read-only under [`POLICY`]), and `MY_CA` with the test CA when the gateway serves TLS.
     fn script_env(&self) -> Vec<(String, String)> {
         let mut env = vec![
             ("MY_HOST".into(), "127.0.0.1".into()),
@@ -373,6 +374,11 @@ impl MysqlGateway {
             ("MY_DB".into(), self.database().into()),
             ("MY_USER".into(), "alice".into()),
             ("MY_PASSWORD".into(), self.token("alice", &["engineering"])),
+            ("MY_READONLY_USER".into(), "bob".into()),
+            (
+                "MY_READONLY_PASSWORD".into(),
+                self.token("bob", &["analyst"]),
+            ),
         ];
         if let Some(pki) = &self.pki {
             env.push(("MY_CA".into(), pki.ca_file.display().to_string()));
