@@ -10,7 +10,8 @@
 # What it needs on the machine: PostgreSQL on 127.0.0.1:5432 (user postgres, trust) and MariaDB on
 # 127.0.0.1:3306 (root, no password), both started here if they are down; psql, pg_isready,
 # pgbench, mariadb, mariadb-admin; python3 with venv; node and npm; cargo with cargo-nextest
-# (installed if missing); a JDK and PgJDBC (installed with apt-get if missing).
+# (installed if missing); a JDK, PgJDBC and MariaDB Connector/J (installed with apt-get if
+# missing).
 #
 # What it provides to the tests:
 #   PORTCULLIS_TEST_PYTHON  a Python 3 interpreter (venv in target/test-venv) with psycopg 3,
@@ -170,6 +171,22 @@ ensure_jdbc() {
     fi
 }
 
+# MariaDB Connector/J (Debian's libmariadb-java, /usr/share/java/mariadb-java-client.jar) for the
+# MySQL listener's JDBC test (tests/mysql_clients.rs runs tests/clients/MariadbJdbc.java with the
+# JDK above). Not skipped when missing: that test then fails, saying so.
+ensure_mariadb_jdbc() {
+    if [[ -f /usr/share/java/mariadb-java-client.jar ]]; then
+        echo "MariaDB Connector/J present"
+        return
+    fi
+    # In a subshell: ensure_apt_packages dies on failure, and the other tests still run.
+    if (ensure_apt_packages "MariaDB Connector/J" "(the MySQL client tests drive it)" libmariadb-java); then
+        echo "MariaDB Connector/J: installed libmariadb-java"
+    else
+        printf '\n!!!!!!!! apt-get could not install libmariadb-java: the Connector/J test in tests/mysql_clients.rs will FAIL !!!!!!!!\n\n' >&2
+    fi
+}
+
 ensure_nextest() {
     if cargo nextest --version >/dev/null 2>&1; then
         cargo nextest --version | head -n1
@@ -193,6 +210,7 @@ ensure_build_packages
 ensure_python_venv
 ensure_node_modules
 ensure_jdbc
+ensure_mariadb_jdbc
 ensure_nextest
 
 if [[ "${PORTCULLIS_TEST_SETUP_ONLY:-0}" == 1 ]]; then

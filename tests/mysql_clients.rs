@@ -790,6 +790,105 @@ async fn mysql_connector_python_c_extension_prepared_statements_types_denials_an
     mysql_connector_python(false).await;
 }
 
+/// MariaDB Connector/J (Debian's libmariadb-java) over TLS with server-side prepared statements
+/// (`useServerPrepStmts`): `tests/clients/MariadbJdbc.java` runs text queries, prepared statements
+/// with a parameter of each kind, a batch (whose executions the driver sends without waiting for
+/// each answer), a rolled-back transaction, a denied statement in each protocol, and a read-only
+/// identity's writes.
+#[tokio::test]
+async fn mariadb_connector_j_prepared_statements_batches_types_denials_and_read_only() {
+    let gw = gateway_with(MysqlOptions {
+        tls: true,
+        ..MysqlOptions::default()
+    })
+    .await;
+    gw.db.direct(KINDS_TABLE);
+    let out = gw.java("MariadbJdbc.java").await;
+    let text = assert_success("the Connector/J program", &out);
+    let out: Value = serde_json::from_str(text.trim()).expect("the program prints JSON");
+    assert_eq!(out["product"], "MariaDB", "{out}");
+    assert_eq!(
+        out["items"],
+        serde_json::json!([[1, "one"], [2, "two"], [3, "three"]]),
+        "{out}"
+    );
+    assert_eq!(out["affected"], serde_json::json!([1, 1, 1]), "{out}");
+    assert_eq!(out["prepared_rows"], kinds_json(), "{out}");
+    assert_eq!(out["text_rows"], kinds_json(), "{out}");
+    assert_eq!(
+        out["lookups"],
+        serde_json::json!({
+            "big": [1], "amount": [3], "at": [1], "raw": [1], "label": [1], "empty": [2], "null": [2]
+        }),
+        "{out}"
+    );
+    let denied = &out["denied"];
+    for (name, rule) in [("text", "no-secrets"), ("prepared", "no-unbounded-writes")] {
+        assert_eq!(denied[name]["code"], 1227, "{name}: {out}");
+        assert_eq!(denied[name]["state"], "42000", "{name}: {out}");
+        assert!(
+            denied[name]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains(&format!("(rule \"{rule}\")"))),
+            "{name}: {out}"
+        );
+        assert_eq!(denied[format!("{name}_after")], 3, "{name}: {out}");
+    }
+    assert_eq!(out["rolled_back"], serde_json::json!([[3]]), "{out}");
+    let readonly = &out["readonly"];
+    assert_eq!(readonly["count"], serde_json::json!([[3]]), "{out}");
+    for name in ["prepared", "text"] {
+        assert_eq!(readonly[name]["code"], 1227, "{name}: {out}");
+        assert!(
+            readonly[name]["message"].as_str().is_some_and(
+                |m| m.contains("is read-only") && m.contains("(rule \"builtin:read-only\")")
+            ),
+            "{name}: {out}"
+        );
+    }
+    assert_eq!(readonly["after"], serde_json::json!([["one"]]), "{out}");
+    assert_eq!(gw.db.direct(KINDS_DIRECT), KINDS_ROWS);
+    assert_eq!(
+        gw.db
+            .direct("SELECT COUNT(*), GROUP_CONCAT(label ORDER BY id) FROM items"),
+        "3\tone,two,three\n"
+    );
+
+    let trail = gw
+        .trail_until("both sessions closed", |t| {
+            records(t, "session_closed", |_| true).len() == 2
+        })
+        .await;
+    let opened = records(&trail, "session_opened", |_| true);
+    assert_eq!(opened.len(), 2, "{trail:#?}");
+    for session in opened {
+        assert_eq!(session["client"]["tls"], true, "{session}");
+    }
+    // The single execution and the batch's two, each audited as the statement prepared.
+    assert_eq!(
+        records(&trail, "statement_started", |r| r["sql"] == KINDS_INSERT).len(),
+        3,
+        "{trail:#?}"
+    );
+    // Refused at COM_STMT_PREPARE; Connector/J then falls back to a statement of its own (the
+    // parameters quoted into the text), which is refused as well and never runs.
+    let denied = records(&trail, "statement_denied", |r| {
+        r["sql"] == "INSERT INTO items VALUES (?, ?)" && r["verdict"]["rule"] == "builtin:read-only"
+    });
+    assert_eq!(denied.len(), 1, "{trail:#?}");
+    for sql in ["DELETE FROM kinds", "INSERT INTO items VALUES (4, 'four')"] {
+        assert!(
+            !records(&trail, "statement_denied", |r| r["sql"] == sql).is_empty(),
+            "{sql}: {trail:#?}"
+        );
+        assert!(
+            records(&trail, "statement_started", |r| r["sql"] == sql).is_empty(),
+            "{sql}: {trail:#?}"
+        );
+    }
+    gw.shutdown().await;
+}
+
 /// TLS logins in a row with each client: a client sends its ClientHello right behind the
 /// SSLRequest packet without waiting (the protocol has no answer in between), and the gateway must
 /// leave those bytes to the TLS handshake however they arrive.

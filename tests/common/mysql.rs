@@ -420,6 +420,25 @@ impl MysqlGateway {
             .expect("client runner panicked")
     }
 
+    /// Runs a single-file Java program from `tests/clients` (the JDK compiles it on the fly) with
+    /// MariaDB Connector/J on its class path ([`mariadb_jdbc_jar`]) against the gateway, with
+    /// [`script_env`]'s variables, in UTC.
+    pub async fn java(&self, source: &str) -> Output {
+        let jar = mariadb_jdbc_jar();
+        let source = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/clients")
+            .join(source);
+        let mut cmd = Command::new("java");
+        cmd.arg("-Duser.timezone=UTC")
+            .arg("-cp")
+            .arg(jar)
+            .arg(source)
+            .envs(self.script_env());
+        tokio::task::spawn_blocking(move || run_with_input(cmd, None, CLIENT_TIMEOUT))
+            .await
+            .expect("client runner panicked")
+    }
+
     /// Stops the gateway (then the database is dropped with `self`).
     pub async fn shutdown(mut self) {
         if let Some(server) = self.server.take() {
@@ -447,4 +466,28 @@ pub fn node_modules() -> PathBuf {
         dir.display()
     );
     dir
+}
+
+/// MariaDB Connector/J as Debian's libmariadb-java installs it.
+pub const MARIADB_JDBC_JAR: &str = "/usr/share/java/mariadb-java-client.jar";
+
+/// [`MARIADB_JDBC_JAR`], checked together with a `java` to run it. Panics (the tests must run in
+/// CI, never skip) when either is missing.
+pub fn mariadb_jdbc_jar() -> &'static Path {
+    let jar = Path::new(MARIADB_JDBC_JAR);
+    let java = Command::new("java")
+        .arg("-version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    let why = std::env::var("PORTCULLIS_TEST_NO_JDBC")
+        .map(|reason| format!(" (scripts/test.sh said: {reason})"))
+        .unwrap_or_default();
+    assert!(
+        java && jar.exists(),
+        "no MariaDB Connector/J for the JDBC driver test: java {} and {MARIADB_JDBC_JAR} {}{why}; \
+         run scripts/test.sh (it installs them), or apt-get install libmariadb-java default-jdk-headless",
+        if java { "found" } else { "missing" },
+        if jar.exists() { "found" } else { "missing" },
+    );
+    jar
 }
