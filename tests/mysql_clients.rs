@@ -790,6 +790,70 @@ async fn mysql_connector_python_c_extension_prepared_statements_types_denials_an
     mysql_connector_python(false).await;
 }
 
+/// The gateway does not offer compression (CLIENT_COMPRESS), and a client that asks for it anyway
+/// is refused at login, saying why: mysql-connector-python's pure implementation asks without
+/// looking at the greeting and then compresses every packet, which the gateway cannot read.
+#[tokio::test]
+async fn mysql_connector_python_asking_for_compression_is_refused_with_the_reason() {
+    let gw = gateway_with(MysqlOptions {
+        tls: true,
+        ..MysqlOptions::default()
+    })
+    .await;
+    let out = gw
+        .python(
+            r#"
+import json, os
+import mysql.connector
+
+def connect(compress):
+    return mysql.connector.connect(
+        host=os.environ["MY_HOST"], port=int(os.environ["MY_PORT"]), user=os.environ["MY_USER"],
+        password=os.environ["MY_PASSWORD"], database=os.environ["MY_DB"], use_pure=True,
+        auth_plugin="mysql_clear_password", ssl_ca=os.environ["MY_CA"], connection_timeout=10,
+        compress=compress,
+    )
+
+out = {}
+try:
+    conn = connect(True)
+    cur = conn.cursor()
+    cur.execute("SELECT COUNT(*) FROM items")
+    out["compressed"] = cur.fetchall()
+except mysql.connector.Error as e:
+    out["compressed"] = {"errno": e.errno, "msg": e.msg}
+conn = connect(False)
+cur = conn.cursor()
+cur.execute("SELECT COUNT(*) FROM items")
+out["plain"] = cur.fetchall()
+print(json.dumps(out))
+"#,
+        )
+        .await;
+    let text = assert_success("the mysql-connector-python script", &out);
+    let out: Value = serde_json::from_str(text.trim()).expect("the script prints JSON");
+    assert_eq!(out["compressed"]["errno"], 1235, "{out}");
+    assert!(
+        out["compressed"]["msg"]
+            .as_str()
+            .is_some_and(|m| m.contains("compression")),
+        "{out}"
+    );
+    assert_eq!(out["plain"], serde_json::json!([[3]]), "{out}");
+    // Refused before any session: the only session is the plain login's.
+    let trail = gw
+        .trail_until("the plain session closed", |t| {
+            !records(t, "session_closed", |_| true).is_empty()
+        })
+        .await;
+    assert_eq!(
+        records(&trail, "session_opened", |_| true).len(),
+        1,
+        "{trail:#?}"
+    );
+    gw.shutdown().await;
+}
+
 /// MariaDB Connector/J (Debian's libmariadb-java) over TLS with server-side prepared statements
 /// (`useServerPrepStmts`): `tests/clients/MariadbJdbc.java` runs text queries, prepared statements
 /// with a parameter of each kind, a batch (whose executions the driver sends without waiting for
