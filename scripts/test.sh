@@ -10,11 +10,13 @@
 # What it needs on the machine: PostgreSQL on 127.0.0.1:5432 (user postgres, trust) and MariaDB on
 # 127.0.0.1:3306 (root, no password), both started here if they are down; psql, pg_isready,
 # pgbench, mariadb, mariadb-admin; python3 with venv; node and npm; cargo with cargo-nextest
-# (installed if missing); a JDK and PgJDBC (installed with apt-get if missing).
+# (installed if missing); a JDK, PgJDBC and MariaDB Connector/J (installed with apt-get if
+# missing).
 #
 # What it provides to the tests:
 #   PORTCULLIS_TEST_PYTHON  a Python 3 interpreter (venv in target/test-venv) with psycopg 3,
-#                           asyncpg and PyMySQL, for the tests that drive the gateway from Python.
+#                           asyncpg, PyMySQL and mysql-connector-python (with its C extension),
+#                           for the tests that drive the gateway from Python.
 #   PORTCULLIS_TEST_NODE_MODULES
 #                           a node_modules directory (target/test-node/node_modules) with mysql2,
 #                           for the tests that drive the MySQL listener from Node.js.
@@ -36,6 +38,7 @@ MY_HOST=127.0.0.1
 MY_PORT=3306
 SERVICE_WAIT_SECONDS=30
 VENV="$ROOT/target/test-venv"
+MYSQL_CONNECTOR_PYTHON=9.7.0
 NODE_DIR="$ROOT/target/test-node"
 
 section() { printf '\n==> %s\n' "$*"; }
@@ -106,12 +109,16 @@ ensure_python_venv() {
         python3 -m venv "$VENV" ||
             die "python3 -m venv failed (on Debian's own python3: apt-get install python3-venv)"
     fi
-    if "$VENV/bin/python" -c 'import psycopg, asyncpg, pymysql, sys; sys.exit(0 if psycopg.__version__.startswith("3.") else 1)' 2>/dev/null; then
-        echo "Python test venv: psycopg 3, asyncpg and PyMySQL present"
+    # mysql-connector-python is pinned: its tests cover both the pure-Python implementation and
+    # the C extension, and the C extension of 26.x links symbols of OpenSSL 3.2 that Debian 12's
+    # OpenSSL 3.0 (already loaded by Python's ssl module) lacks, so it would not load.
+    if "$VENV/bin/python" -c "import psycopg, asyncpg, pymysql, mysql.connector, sys; sys.exit(0 if psycopg.__version__.startswith('3.') and mysql.connector.__version__ == '$MYSQL_CONNECTOR_PYTHON' and mysql.connector.HAVE_CEXT else 1)" 2>/dev/null; then
+        echo "Python test venv: psycopg 3, asyncpg, PyMySQL and mysql-connector-python $MYSQL_CONNECTOR_PYTHON present"
     else
-        echo "Python test venv: installing psycopg[binary] 3, asyncpg and PyMySQL"
-        "$VENV/bin/python" -m pip install -q --disable-pip-version-check 'psycopg[binary]>=3.1,<4' 'asyncpg>=0.29' 'PyMySQL>=1.1,<2' ||
-            die "pip could not install psycopg[binary], asyncpg and PyMySQL into $VENV"
+        echo "Python test venv: installing psycopg[binary] 3, asyncpg, PyMySQL and mysql-connector-python $MYSQL_CONNECTOR_PYTHON"
+        "$VENV/bin/python" -m pip install -q --disable-pip-version-check 'psycopg[binary]>=3.1,<4' 'asyncpg>=0.29' 'PyMySQL>=1.1,<2' \
+            "mysql-connector-python==$MYSQL_CONNECTOR_PYTHON" ||
+            die "pip could not install psycopg[binary], asyncpg, PyMySQL and mysql-connector-python into $VENV"
     fi
     export PORTCULLIS_TEST_PYTHON="$VENV/bin/python"
     echo "PORTCULLIS_TEST_PYTHON=$PORTCULLIS_TEST_PYTHON"
@@ -164,6 +171,22 @@ ensure_jdbc() {
     fi
 }
 
+# MariaDB Connector/J (Debian's libmariadb-java, /usr/share/java/mariadb-java-client.jar) for the
+# MySQL listener's JDBC test (tests/mysql_clients.rs runs tests/clients/MariadbJdbc.java with the
+# JDK above). Not skipped when missing: that test then fails, saying so.
+ensure_mariadb_jdbc() {
+    if [[ -f /usr/share/java/mariadb-java-client.jar ]]; then
+        echo "MariaDB Connector/J present"
+        return
+    fi
+    # In a subshell: ensure_apt_packages dies on failure, and the other tests still run.
+    if (ensure_apt_packages "MariaDB Connector/J" "(the MySQL client tests drive it)" libmariadb-java); then
+        echo "MariaDB Connector/J: installed libmariadb-java"
+    else
+        printf '\n!!!!!!!! apt-get could not install libmariadb-java: the Connector/J test in tests/mysql_clients.rs will FAIL !!!!!!!!\n\n' >&2
+    fi
+}
+
 ensure_nextest() {
     if cargo nextest --version >/dev/null 2>&1; then
         cargo nextest --version | head -n1
@@ -187,6 +210,7 @@ ensure_build_packages
 ensure_python_venv
 ensure_node_modules
 ensure_jdbc
+ensure_mariadb_jdbc
 ensure_nextest
 
 if [[ "${PORTCULLIS_TEST_SETUP_ONLY:-0}" == 1 ]]; then

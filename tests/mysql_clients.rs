@@ -1,7 +1,8 @@
 //! MySQL and MariaDB clients against the binary's gateway: `Server::start` from a TOML file with a
 //! `[mysql]` listener on port 0, JWT (HS256) and static-user logins, a policy, and the default
 //! audit trail, in front of the local MariaDB, each test in a database of its own. The clients are
-//! the real ones: the `mariadb` command-line client, PyMySQL and mysql2 (Node.js).
+//! the real ones: the `mariadb` command-line client, PyMySQL, mysql-connector-python (its
+//! pure-Python implementation and its C extension) and mysql2 (Node.js).
 
 mod common;
 
@@ -523,6 +524,432 @@ const mysql = require('mysql2/promise');
             == 1,
         "{trail:#?}"
     );
+    gw.shutdown().await;
+}
+
+/// The table the driver tests below write and read: one column of each kind whose encoding a
+/// driver gets wrong most easily, in the text and in the binary protocol.
+const KINDS_TABLE: &str = "CREATE TABLE kinds (id INT PRIMARY KEY, big BIGINT UNSIGNED NULL, \
+     amount DECIMAL(20,6) NULL, at DATETIME(6) NULL, raw VARBINARY(32) NULL, label VARCHAR(100) NULL)";
+
+/// What [`KINDS_TABLE`] holds once a driver test inserted its three rows, read directly from
+/// MariaDB (not through the gateway).
+const KINDS_ROWS: &str = "1\t18446744073709551615\t12345678901234.123456\t2026-01-02 03:04:05.678901\t00FFFE80275C22\tcafé 🐘 漢字\n\
+     2\tNULL\tNULL\tNULL\tNULL\t\n\
+     3\t0\t-0.000001\t1999-12-31 23:59:59.000000\t\tNULL\n";
+
+/// The drivers' INSERT into [`KINDS_TABLE`], a server-side prepared statement.
+const KINDS_INSERT: &str =
+    "INSERT INTO kinds (id, big, amount, at, raw, label) VALUES (?, ?, ?, ?, ?, ?)";
+
+/// `SELECT ... FROM kinds` in a form the direct reading and the drivers' readings compare with.
+const KINDS_DIRECT: &str =
+    "SELECT id, big, amount, DATE_FORMAT(at, '%Y-%m-%d %H:%i:%s.%f'), HEX(raw), label \
+     FROM kinds ORDER BY id";
+
+/// The rows of [`KINDS_TABLE`] as the driver scripts print them: numbers as JSON numbers (the
+/// unsigned maximum included), decimals and timestamps as text, bytes in hex.
+fn kinds_json() -> Value {
+    serde_json::json!([
+        [
+            1,
+            18446744073709551615u64,
+            "12345678901234.123456",
+            "2026-01-02 03:04:05.678901",
+            "00fffe80275c22",
+            "café 🐘 漢字"
+        ],
+        [2, null, null, null, null, ""],
+        [3, 0, "-0.000001", "1999-12-31 23:59:59", "", null]
+    ])
+}
+
+/// The script of the mysql-connector-python tests: over TLS (the driver sends a clear-text
+/// password only over TLS), server-side prepared statements (`cursor(prepared=True)`) with a
+/// parameter of each kind, text queries, a denied statement in each protocol, and a read-only
+/// identity's write. `USE_PURE` chooses the implementation.
+const MYSQL_CONNECTOR_PYTHON: &str = r#"
+import datetime, decimal, json, os, sys
+try:
+    import mysql.connector
+except ImportError as e:
+    sys.exit(f"mysql-connector-python is not installed in {sys.executable} ({e}): scripts/test.sh installs it")
+
+def connect(user, password):
+    return mysql.connector.connect(
+        host=os.environ["MY_HOST"], port=int(os.environ["MY_PORT"]), user=user, password=password,
+        database=os.environ["MY_DB"], charset="utf8mb4", collation="utf8mb4_general_ci",
+        use_pure=USE_PURE, auth_plugin="mysql_clear_password",
+        ssl_ca=os.environ["MY_CA"], ssl_verify_cert=True, connection_timeout=10, autocommit=True,
+    )
+
+def plain(v):
+    if isinstance(v, (bytes, bytearray)):
+        return bytes(v).hex()
+    if isinstance(v, decimal.Decimal):
+        return str(v)
+    if isinstance(v, datetime.datetime):
+        return v.isoformat(sep=" ")
+    return v
+
+def rows(cur):
+    return [[plain(v) for v in r] for r in cur.fetchall()]
+
+def error(e):
+    return {"errno": e.errno, "sqlstate": e.sqlstate, "msg": e.msg}
+
+# The C extension cannot bind a Python int above 2**63 - 1 as a statement parameter, even talking
+# to MariaDB directly (it fails with "Failed raising error"): BIGINT UNSIGNED's maximum goes as a
+# Decimal there, which the binary protocol sends as DECIMAL text. It reads back as an int.
+BIG_MAX = 18446744073709551615 if USE_PURE else decimal.Decimal("18446744073709551615")
+
+out = {}
+conn = connect(os.environ["MY_USER"], os.environ["MY_PASSWORD"])
+out["connection"] = type(conn).__name__
+cur = conn.cursor()
+# A text query, several rows.
+cur.execute("SELECT id, label FROM items ORDER BY id")
+out["items"] = rows(cur)
+
+# Server-side prepared statements: COM_STMT_PREPARE, then COM_STMT_EXECUTE with binary parameters.
+ps = conn.cursor(prepared=True)
+insert = "KINDS_INSERT"
+affected = []
+for params in [
+    (1, BIG_MAX, decimal.Decimal("12345678901234.123456"),
+     datetime.datetime(2026, 1, 2, 3, 4, 5, 678901), b"\x00\xff\xfe\x80'\\\"", "caf\u00e9 \U0001F418 \u6f22\u5b57"),
+    (2, None, None, None, None, ""),
+    (3, 0, decimal.Decimal("-0.000001"), datetime.datetime(1999, 12, 31, 23, 59, 59), b"", None),
+]:
+    ps.execute(insert, params)
+    affected.append(ps.rowcount)
+out["affected"] = affected
+ps.execute("SELECT id, big, amount, at, raw, label FROM kinds WHERE id >= ? ORDER BY id", (1,))
+out["prepared_rows"] = rows(ps)
+# Each kind as a parameter of a lookup.
+lookups = {}
+for name, sql, value in [
+    ("big", "SELECT id FROM kinds WHERE big = ?", BIG_MAX),
+    ("amount", "SELECT id FROM kinds WHERE amount = ?", decimal.Decimal("-0.000001")),
+    ("at", "SELECT id FROM kinds WHERE at = ?", datetime.datetime(2026, 1, 2, 3, 4, 5, 678901)),
+    ("raw", "SELECT id FROM kinds WHERE raw = ?", b"\x00\xff\xfe\x80'\\\""),
+    ("label", "SELECT id FROM kinds WHERE label = ?", "caf\u00e9 \U0001F418 \u6f22\u5b57"),
+    ("empty", "SELECT id FROM kinds WHERE label = ?", ""),
+    ("null", "SELECT id FROM kinds WHERE big <=> ?", None),
+]:
+    ps.execute(sql, (value,))
+    lookups[name] = [r[0] for r in ps.fetchall()]
+out["lookups"] = lookups
+# The same rows in the text protocol.
+cur.execute("SELECT id, big, amount, at, raw, label FROM kinds ORDER BY id")
+out["text_rows"] = rows(cur)
+
+# Denied: in the text protocol, and at COM_STMT_PREPARE; the connection goes on after each.
+denied = {}
+for name, c, sql in [("text", cur, "SELECT value FROM secrets"), ("prepared", ps, "DELETE FROM kinds")]:
+    try:
+        c.execute(sql)
+        c.fetchall()
+        denied[name] = None
+    except mysql.connector.Error as e:
+        denied[name] = error(e)
+    cur.execute("SELECT COUNT(*) FROM kinds")
+    denied[name + "_after"] = cur.fetchone()[0]
+out["denied"] = denied
+ps.execute("SELECT label FROM items WHERE id = ?", (2,))
+out["prepared_after"] = rows(ps)
+conn.close()
+
+# A read-only identity reads, and its writes are refused in both protocols.
+ro = connect(os.environ["MY_READONLY_USER"], os.environ["MY_READONLY_PASSWORD"])
+rcur = ro.cursor()
+rps = ro.cursor(prepared=True)
+readonly = {}
+rps.execute("SELECT COUNT(*) FROM items WHERE id >= ?", (1,))
+readonly["count"] = rps.fetchone()[0]
+for name, c, sql, params in [
+    ("prepared", rps, "INSERT INTO items VALUES (?, ?)", (4, "four")),
+    ("text", rcur, "UPDATE items SET label = 'uno' WHERE id = 1", None),
+]:
+    try:
+        c.execute(sql, params)
+        readonly[name] = None
+    except mysql.connector.Error as e:
+        readonly[name] = error(e)
+rcur.execute("SELECT label FROM items WHERE id = 1")
+readonly["after"] = rows(rcur)
+out["readonly"] = readonly
+ro.close()
+print(json.dumps(out))
+"#;
+
+/// Runs [`MYSQL_CONNECTOR_PYTHON`] with mysql-connector-python's pure-Python implementation
+/// (`use_pure`) or its C extension, and checks what it read and what the database holds.
+async fn mysql_connector_python(use_pure: bool) {
+    let gw = gateway_with(MysqlOptions {
+        tls: true,
+        ..MysqlOptions::default()
+    })
+    .await;
+    gw.db.direct(KINDS_TABLE);
+    let script = MYSQL_CONNECTOR_PYTHON
+        .replace("KINDS_INSERT", KINDS_INSERT)
+        .replace("USE_PURE", if use_pure { "True" } else { "False" });
+    let out = gw.python(&script).await;
+    let text = assert_success("the mysql-connector-python script", &out);
+    let out: Value = serde_json::from_str(text.trim()).expect("the script prints JSON");
+    // The implementation asked for: without its C extension the driver would fall back to the
+    // pure one.
+    let implementation = if use_pure {
+        "MySQLConnection"
+    } else {
+        "CMySQLConnection"
+    };
+    assert_eq!(out["connection"], implementation, "{out}");
+    assert_eq!(
+        out["items"],
+        serde_json::json!([[1, "one"], [2, "two"], [3, "three"]]),
+        "{out}"
+    );
+    assert_eq!(out["affected"], serde_json::json!([1, 1, 1]), "{out}");
+    let mut prepared_rows = kinds_json();
+    if !use_pure {
+        // The C extension reads BIGINT UNSIGNED's maximum in a binary result as -1, talking to
+        // MariaDB directly as well; the pure implementation reads the same column definition and
+        // row as 18446744073709551615, and so does the text protocol below.
+        prepared_rows[0][1] = serde_json::json!(-1);
+    }
+    assert_eq!(out["prepared_rows"], prepared_rows, "{out}");
+    assert_eq!(out["text_rows"], kinds_json(), "{out}");
+    assert_eq!(
+        out["lookups"],
+        serde_json::json!({
+            "big": [1], "amount": [3], "at": [1], "raw": [1], "label": [1], "empty": [2], "null": [2]
+        }),
+        "{out}"
+    );
+    let denied = &out["denied"];
+    for (name, rule) in [("text", "no-secrets"), ("prepared", "no-unbounded-writes")] {
+        assert_eq!(denied[name]["errno"], 1227, "{name}: {out}");
+        assert_eq!(denied[name]["sqlstate"], "42000", "{name}: {out}");
+        assert!(
+            denied[name]["msg"]
+                .as_str()
+                .is_some_and(|m| m.contains(&format!("(rule \"{rule}\")"))),
+            "{name}: {out}"
+        );
+        assert_eq!(denied[format!("{name}_after")], 3, "{name}: {out}");
+    }
+    assert_eq!(out["prepared_after"], serde_json::json!([["two"]]), "{out}");
+    let readonly = &out["readonly"];
+    assert_eq!(readonly["count"], 3, "{out}");
+    for name in ["prepared", "text"] {
+        assert_eq!(readonly[name]["errno"], 1227, "{name}: {out}");
+        assert!(
+            readonly[name]["msg"].as_str().is_some_and(
+                |m| m.contains("is read-only") && m.contains("(rule \"builtin:read-only\")")
+            ),
+            "{name}: {out}"
+        );
+    }
+    assert_eq!(readonly["after"], serde_json::json!([["one"]]), "{out}");
+    // What the gateway let through is what the database holds.
+    assert_eq!(gw.db.direct(KINDS_DIRECT), KINDS_ROWS);
+    assert_eq!(
+        gw.db
+            .direct("SELECT COUNT(*), GROUP_CONCAT(label ORDER BY id) FROM items"),
+        "3\tone,two,three\n"
+    );
+
+    // Both sessions over TLS, the executions audited as the statements they prepared.
+    let trail = gw
+        .trail_until("both sessions closed", |t| {
+            records(t, "session_closed", |_| true).len() == 2
+        })
+        .await;
+    let opened = records(&trail, "session_opened", |_| true);
+    assert_eq!(opened.len(), 2, "{trail:#?}");
+    for session in opened {
+        assert_eq!(session["client"]["tls"], true, "{session}");
+    }
+    assert_eq!(
+        records(&trail, "statement_started", |r| r["sql"] == KINDS_INSERT).len(),
+        3,
+        "{trail:#?}"
+    );
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn mysql_connector_python_pure_prepared_statements_types_denials_and_read_only() {
+    mysql_connector_python(true).await;
+}
+
+#[tokio::test]
+async fn mysql_connector_python_c_extension_prepared_statements_types_denials_and_read_only() {
+    mysql_connector_python(false).await;
+}
+
+/// The gateway does not offer compression (CLIENT_COMPRESS), and a client that asks for it anyway
+/// is refused at login, saying why: mysql-connector-python's pure implementation asks without
+/// looking at the greeting and then compresses every packet, which the gateway cannot read.
+#[tokio::test]
+async fn mysql_connector_python_asking_for_compression_is_refused_with_the_reason() {
+    let gw = gateway_with(MysqlOptions {
+        tls: true,
+        ..MysqlOptions::default()
+    })
+    .await;
+    let out = gw
+        .python(
+            r#"
+import json, os
+import mysql.connector
+
+def connect(compress):
+    return mysql.connector.connect(
+        host=os.environ["MY_HOST"], port=int(os.environ["MY_PORT"]), user=os.environ["MY_USER"],
+        password=os.environ["MY_PASSWORD"], database=os.environ["MY_DB"], use_pure=True,
+        auth_plugin="mysql_clear_password", ssl_ca=os.environ["MY_CA"], connection_timeout=10,
+        compress=compress,
+    )
+
+out = {}
+try:
+    conn = connect(True)
+    cur = conn.cursor()
+    cur.execute("SELECT COUNT(*) FROM items")
+    out["compressed"] = cur.fetchall()
+except mysql.connector.Error as e:
+    out["compressed"] = {"errno": e.errno, "msg": e.msg}
+conn = connect(False)
+cur = conn.cursor()
+cur.execute("SELECT COUNT(*) FROM items")
+out["plain"] = cur.fetchall()
+print(json.dumps(out))
+"#,
+        )
+        .await;
+    let text = assert_success("the mysql-connector-python script", &out);
+    let out: Value = serde_json::from_str(text.trim()).expect("the script prints JSON");
+    assert_eq!(out["compressed"]["errno"], 1235, "{out}");
+    assert!(
+        out["compressed"]["msg"]
+            .as_str()
+            .is_some_and(|m| m.contains("compression")),
+        "{out}"
+    );
+    assert_eq!(out["plain"], serde_json::json!([[3]]), "{out}");
+    // Refused before any session: the only session is the plain login's.
+    let trail = gw
+        .trail_until("the plain session closed", |t| {
+            !records(t, "session_closed", |_| true).is_empty()
+        })
+        .await;
+    assert_eq!(
+        records(&trail, "session_opened", |_| true).len(),
+        1,
+        "{trail:#?}"
+    );
+    gw.shutdown().await;
+}
+
+/// MariaDB Connector/J (Debian's libmariadb-java) over TLS with server-side prepared statements
+/// (`useServerPrepStmts`): `tests/clients/MariadbJdbc.java` runs text queries, prepared statements
+/// with a parameter of each kind, a batch (whose executions the driver sends without waiting for
+/// each answer), a rolled-back transaction, a denied statement in each protocol, and a read-only
+/// identity's writes.
+#[tokio::test]
+async fn mariadb_connector_j_prepared_statements_batches_types_denials_and_read_only() {
+    let gw = gateway_with(MysqlOptions {
+        tls: true,
+        ..MysqlOptions::default()
+    })
+    .await;
+    gw.db.direct(KINDS_TABLE);
+    let out = gw.java("MariadbJdbc.java").await;
+    let text = assert_success("the Connector/J program", &out);
+    let out: Value = serde_json::from_str(text.trim()).expect("the program prints JSON");
+    assert_eq!(out["product"], "MariaDB", "{out}");
+    assert_eq!(
+        out["items"],
+        serde_json::json!([[1, "one"], [2, "two"], [3, "three"]]),
+        "{out}"
+    );
+    assert_eq!(out["affected"], serde_json::json!([1, 1, 1]), "{out}");
+    assert_eq!(out["prepared_rows"], kinds_json(), "{out}");
+    assert_eq!(out["text_rows"], kinds_json(), "{out}");
+    assert_eq!(
+        out["lookups"],
+        serde_json::json!({
+            "big": [1], "amount": [3], "at": [1], "raw": [1], "label": [1], "empty": [2], "null": [2]
+        }),
+        "{out}"
+    );
+    let denied = &out["denied"];
+    for (name, rule) in [("text", "no-secrets"), ("prepared", "no-unbounded-writes")] {
+        assert_eq!(denied[name]["code"], 1227, "{name}: {out}");
+        assert_eq!(denied[name]["state"], "42000", "{name}: {out}");
+        assert!(
+            denied[name]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains(&format!("(rule \"{rule}\")"))),
+            "{name}: {out}"
+        );
+        assert_eq!(denied[format!("{name}_after")], 3, "{name}: {out}");
+    }
+    assert_eq!(out["rolled_back"], serde_json::json!([[3]]), "{out}");
+    let readonly = &out["readonly"];
+    assert_eq!(readonly["count"], serde_json::json!([[3]]), "{out}");
+    for name in ["prepared", "text"] {
+        assert_eq!(readonly[name]["code"], 1227, "{name}: {out}");
+        assert!(
+            readonly[name]["message"].as_str().is_some_and(
+                |m| m.contains("is read-only") && m.contains("(rule \"builtin:read-only\")")
+            ),
+            "{name}: {out}"
+        );
+    }
+    assert_eq!(readonly["after"], serde_json::json!([["one"]]), "{out}");
+    assert_eq!(gw.db.direct(KINDS_DIRECT), KINDS_ROWS);
+    assert_eq!(
+        gw.db
+            .direct("SELECT COUNT(*), GROUP_CONCAT(label ORDER BY id) FROM items"),
+        "3\tone,two,three\n"
+    );
+
+    let trail = gw
+        .trail_until("both sessions closed", |t| {
+            records(t, "session_closed", |_| true).len() == 2
+        })
+        .await;
+    let opened = records(&trail, "session_opened", |_| true);
+    assert_eq!(opened.len(), 2, "{trail:#?}");
+    for session in opened {
+        assert_eq!(session["client"]["tls"], true, "{session}");
+    }
+    // The single execution and the batch's two, each audited as the statement prepared.
+    assert_eq!(
+        records(&trail, "statement_started", |r| r["sql"] == KINDS_INSERT).len(),
+        3,
+        "{trail:#?}"
+    );
+    // Refused at COM_STMT_PREPARE; Connector/J then falls back to a statement of its own (the
+    // parameters quoted into the text), which is refused as well and never runs.
+    let denied = records(&trail, "statement_denied", |r| {
+        r["sql"] == "INSERT INTO items VALUES (?, ?)" && r["verdict"]["rule"] == "builtin:read-only"
+    });
+    assert_eq!(denied.len(), 1, "{trail:#?}");
+    for sql in ["DELETE FROM kinds", "INSERT INTO items VALUES (4, 'four')"] {
+        assert!(
+            !records(&trail, "statement_denied", |r| r["sql"] == sql).is_empty(),
+            "{sql}: {trail:#?}"
+        );
+        assert!(
+            records(&trail, "statement_started", |r| r["sql"] == sql).is_empty(),
+            "{sql}: {trail:#?}"
+        );
+    }
     gw.shutdown().await;
 }
 

@@ -7,8 +7,8 @@
 //!
 //! Requirements: PostgreSQL on 127.0.0.1:5432 accepting user `postgres` without a password
 //! (`scripts/test.sh` makes sure of it), `psql`/`pgbench` on the PATH, and a Python with psycopg 3,
-//! asyncpg and PyMySQL (`PORTCULLIS_TEST_PYTHON`, or `target/test-venv/bin/python`). The MySQL
-//! side of the harness is in [`mysql`].
+//! asyncpg, PyMySQL and mysql-connector-python (`PORTCULLIS_TEST_PYTHON`, or
+//! `target/test-venv/bin/python`). The MySQL side of the harness is in [`mysql`].
 
 #![allow(dead_code)] // Each test file uses a different part of the harness.
 
@@ -1080,7 +1080,7 @@ pub fn python() -> PathBuf {
     }
     panic!(
         "no Python for the driver tests: set PORTCULLIS_TEST_PYTHON, or create {} with \
-         `python3 -m venv target/test-venv && target/test-venv/bin/pip install 'psycopg[binary]' asyncpg PyMySQL` \
+         `python3 -m venv target/test-venv && target/test-venv/bin/pip install 'psycopg[binary]' asyncpg PyMySQL mysql-connector-python==9.7.0` \
          (scripts/test.sh does this)",
         venv.display()
     );

@@ -1,11 +1,11 @@
 //! The MySQL side of the end-to-end harness: a throw-away database on the local MariaDB, a
 //! gateway with a `[mysql]` listener in front of it (built from a real configuration file text,
 //! on port 0), and the real clients that drive it: the `mariadb` command-line client, PyMySQL
-//! and mysql2 (Node.js).
+//! and mysql-connector-python, and mysql2 (Node.js).
 //!
 //! Requirements: MariaDB on 127.0.0.1:3306 accepting `root` without a password, the `mariadb`
-//! client on the PATH, a Python with PyMySQL ([`super::python`]) and a `node_modules` with mysql2
-//! ([`node_modules`]); `scripts/test.sh` provides all of them.
+//! client on the PATH, a Python with PyMySQL and mysql-connector-python ([`super::python`]) and a
+//! `node_modules` with mysql2 ([`node_modules`]); `scripts/test.sh` provides all of them.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -363,9 +363,10 @@ impl MysqlGateway {
             .expect("client runner panicked")
     }
 
-    /// The environment that points the Python and Node scripts at this gateway: `MY_HOST`,
+    /// The environment that points the Python, Node and Java clients at this gateway: `MY_HOST`,
     /// `MY_PORT`, `MY_DB`, `MY_USER` (`alice`) and `MY_PASSWORD` (a fresh read-write token for
-    /// her), and `MY_CA` with the test CA when the gateway serves TLS.
+    /// her), `MY_READONLY_USER` (`bob`) and `MY_READONLY_PASSWORD` (a token for him in `analyst`,
+    /// read-only under [`POLICY`]), and `MY_CA` with the test CA when the gateway serves TLS.
     fn script_env(&self) -> Vec<(String, String)> {
         let mut env = vec![
             ("MY_HOST".into(), "127.0.0.1".into()),
@@ -373,6 +374,11 @@ impl MysqlGateway {
             ("MY_DB".into(), self.database().into()),
             ("MY_USER".into(), "alice".into()),
             ("MY_PASSWORD".into(), self.token("alice", &["engineering"])),
+            ("MY_READONLY_USER".into(), "bob".into()),
+            (
+                "MY_READONLY_PASSWORD".into(),
+                self.token("bob", &["analyst"]),
+            ),
         ];
         if let Some(pki) = &self.pki {
             env.push(("MY_CA".into(), pki.ca_file.display().to_string()));
@@ -414,6 +420,25 @@ impl MysqlGateway {
             .expect("client runner panicked")
     }
 
+    /// Runs a single-file Java program from `tests/clients` (the JDK compiles it on the fly) with
+    /// MariaDB Connector/J on its class path ([`mariadb_jdbc_jar`]) against the gateway, with
+    /// [`script_env`]'s variables, in UTC.
+    pub async fn java(&self, source: &str) -> Output {
+        let jar = mariadb_jdbc_jar();
+        let source = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/clients")
+            .join(source);
+        let mut cmd = Command::new("java");
+        cmd.arg("-Duser.timezone=UTC")
+            .arg("-cp")
+            .arg(jar)
+            .arg(source)
+            .envs(self.script_env());
+        tokio::task::spawn_blocking(move || run_with_input(cmd, None, CLIENT_TIMEOUT))
+            .await
+            .expect("client runner panicked")
+    }
+
     /// Stops the gateway (then the database is dropped with `self`).
     pub async fn shutdown(mut self) {
         if let Some(server) = self.server.take() {
@@ -441,4 +466,28 @@ pub fn node_modules() -> PathBuf {
         dir.display()
     );
     dir
+}
+
+/// MariaDB Connector/J as Debian's libmariadb-java installs it.
+pub const MARIADB_JDBC_JAR: &str = "/usr/share/java/mariadb-java-client.jar";
+
+/// [`MARIADB_JDBC_JAR`], checked together with a `java` to run it. Panics (the tests must run in
+/// CI, never skip) when either is missing.
+pub fn mariadb_jdbc_jar() -> &'static Path {
+    let jar = Path::new(MARIADB_JDBC_JAR);
+    let java = Command::new("java")
+        .arg("-version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    let why = std::env::var("PORTCULLIS_TEST_NO_JDBC")
+        .map(|reason| format!(" (scripts/test.sh said: {reason})"))
+        .unwrap_or_default();
+    assert!(
+        java && jar.exists(),
+        "no MariaDB Connector/J for the JDBC driver test: java {} and {MARIADB_JDBC_JAR} {}{why}; \
+         run scripts/test.sh (it installs them), or apt-get install libmariadb-java default-jdk-headless",
+        if java { "found" } else { "missing" },
+        if jar.exists() { "found" } else { "missing" },
+    );
+    jar
 }

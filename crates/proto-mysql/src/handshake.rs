@@ -367,6 +367,23 @@ async fn login(
             "this client is too old for the gateway: it needs protocol 4.1 with pluggable authentication",
         )));
     }
+    // Compression is not offered. A client that asks for it all the same (mysql-connector-python's
+    // pure implementation does, without reading the greeting's capabilities) compresses every
+    // packet after the login, which the gateway would misread: refuse it now, saying why.
+    if hello
+        .capabilities()
+        .contains(CapabilityFlags::CLIENT_COMPRESS)
+        && !caps.contains(CapabilityFlags::CLIENT_COMPRESS)
+    {
+        return Err(Some(
+            GatewayError::new(
+                ErrorKind::Unsupported,
+                Side::Client,
+                "this client asked for compression, which the gateway does not offer",
+            )
+            .with_hint("connect without compression"),
+        ));
+    }
     let user = String::from_utf8_lossy(hello.user()).into_owned();
     if user.is_empty() {
         return Err(Some(GatewayError::auth("no user name in the login")));
