@@ -126,6 +126,64 @@ pub(crate) fn router(gateway: Gateway, parts: ApiParts) -> Router {
     })
 }
 
+/// A JSON request body; anything that is not the expected JSON is a 400 `{"error": ...}` (not
+/// axum's plain-text rejection). The content type is not checked: the body is.
+struct Body<T>(T);
+
+impl<T: serde::de::DeserializeOwned> axum::extract::FromRequest<Api> for Body<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, api: &Api) -> Result<Self, ApiError> {
+        let bytes = axum::body::Bytes::from_request(req, api)
+            .await
+            .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.body_text()))?;
+        serde_json::from_slice(&bytes).map(Body).map_err(|e| {
+            ApiError(
+                StatusCode::BAD_REQUEST,
+                format!("the body is not the JSON this call takes: {e}"),
+            )
+        })
+    }
+}
+
+/// An optional JSON body: none, or only white space, is `T::default()`.
+struct OptionalBody<T>(T);
+
+impl<T: serde::de::DeserializeOwned + Default> axum::extract::FromRequest<Api> for OptionalBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, api: &Api) -> Result<Self, ApiError> {
+        let bytes = axum::body::Bytes::from_request(req, api)
+            .await
+            .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.body_text()))?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(OptionalBody(T::default()));
+        }
+        serde_json::from_slice(&bytes)
+            .map(OptionalBody)
+            .map_err(|e| {
+                ApiError(
+                    StatusCode::BAD_REQUEST,
+                    format!("the body is not the JSON this call takes: {e}"),
+                )
+            })
+    }
+}
+
+/// Query parameters; a malformed query string is a 400 `{"error": ...}`.
+struct Params<T>(T);
+
+impl<T: serde::de::DeserializeOwned> FromRequestParts<Api> for Params<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, api: &Api) -> Result<Self, ApiError> {
+        Query::<T>::from_request_parts(parts, api)
+            .await
+            .map(|Query(q)| Params(q))
+            .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.body_text()))
+    }
+}
+
 /// An error answer: `{"error": message}` with its status.
 struct ApiError(StatusCode, String);
 
@@ -260,7 +318,7 @@ async fn whoami(State(api): State<Api>, actor: Actor) -> Json<serde_json::Value>
 async fn list_requests(
     State(api): State<Api>,
     actor: Actor,
-    Query(q): Query<ListQuery>,
+    Params(q): Params<ListQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let state = match q.state.as_deref() {
         None | Some("") | Some("all") => None,
@@ -284,16 +342,11 @@ async fn show_request(
     Ok(Json(api.approvals.get(&actor.identity, &id).await?))
 }
 
-/// The optional JSON body of a decision: absent or empty means no reason.
-fn decision(body: Option<Json<Decision>>) -> Decision {
-    body.map(|Json(d)| d).unwrap_or_default()
-}
-
 async fn approve(
     State(api): State<Api>,
     actor: Actor,
     Path(id): Path<String>,
-    body: Option<Json<Decision>>,
+    OptionalBody(body): OptionalBody<Decision>,
 ) -> Result<Json<approvals::store::Request>, ApiError> {
     decide(api, actor, id, body, Verb::Approve).await
 }
@@ -302,7 +355,7 @@ async fn deny(
     State(api): State<Api>,
     actor: Actor,
     Path(id): Path<String>,
-    body: Option<Json<Decision>>,
+    OptionalBody(body): OptionalBody<Decision>,
 ) -> Result<Json<approvals::store::Request>, ApiError> {
     decide(api, actor, id, body, Verb::Deny).await
 }
@@ -311,7 +364,7 @@ async fn cancel(
     State(api): State<Api>,
     actor: Actor,
     Path(id): Path<String>,
-    body: Option<Json<Decision>>,
+    OptionalBody(body): OptionalBody<Decision>,
 ) -> Result<Json<approvals::store::Request>, ApiError> {
     decide(api, actor, id, body, Verb::Cancel).await
 }
@@ -321,10 +374,10 @@ async fn decide(
     api: Api,
     actor: Actor,
     id: String,
-    body: Option<Json<Decision>>,
+    body: Decision,
     verb: Verb,
 ) -> Result<Json<approvals::store::Request>, ApiError> {
-    let reason = decision(body).reason;
+    let reason = body.reason;
     let recorder = TrailRecorder {
         gateway: &api.gateway,
         actor: &actor,
@@ -339,7 +392,7 @@ async fn decide(
 async fn list_grants(
     State(api): State<Api>,
     actor: Actor,
-    Query(q): Query<GrantsQuery>,
+    Params(q): Params<GrantsQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let list = api
         .approvals
@@ -351,7 +404,7 @@ async fn list_grants(
 async fn create_grant(
     State(api): State<Api>,
     actor: Actor,
-    Json(spec): Json<GrantSpec>,
+    Body(spec): Body<GrantSpec>,
 ) -> Result<(StatusCode, Json<approvals::store::Grant>), ApiError> {
     if !api.gateway.targets().iter().any(|t| t.name == spec.target) {
         return Err(ApiError(
@@ -447,10 +500,10 @@ async fn end_session(
     State(api): State<Api>,
     actor: Actor,
     Path(id): Path<String>,
-    body: Option<Json<Decision>>,
+    OptionalBody(body): OptionalBody<Decision>,
 ) -> Result<Json<gateway_core::LiveSession>, ApiError> {
     admin_only(&api, &actor)?;
-    let reason = decision(body)
+    let reason = body
         .reason
         .map(|r| r.trim().to_owned())
         .filter(|r| !r.is_empty());
@@ -531,7 +584,7 @@ fn time_arg(key: &str, text: &str) -> Result<std::time::SystemTime, ApiError> {
 async fn search_audit(
     State(api): State<Api>,
     actor: Actor,
-    Query(q): Query<AuditQuery>,
+    Params(q): Params<AuditQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     admin_only(&api, &actor)?;
     let filter = audit::SearchFilter {
@@ -616,7 +669,7 @@ struct ExplainRequest {
 async fn explain_policy(
     State(api): State<Api>,
     actor: Actor,
-    Json(req): Json<ExplainRequest>,
+    Body(req): Body<ExplainRequest>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     admin_only(&api, &actor)?;
     let Some(engine) = &api.policy else {

@@ -557,6 +557,26 @@ async fn the_api_refuses_callers_without_a_valid_token() {
     );
     let (status, body) = api(&gw, "GET", "/api/v1/approvals/apr_nosuchthing", &dave, None).await;
     assert_eq!(status, 404, "{body}");
+    // Bodies and query strings the API cannot read are JSON errors too.
+    let (status, body) = api(
+        &gw,
+        "POST",
+        "/api/v1/grants",
+        &dave,
+        Some(json!("not a grant")),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("not the JSON this call takes"),
+        "{body}"
+    );
+    let (status, body) = api(&gw, "GET", "/api/v1/approvals?limit=many", &dave, None).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"].is_string(), "{body}");
     gw.shutdown().await;
 }
 
@@ -1261,6 +1281,25 @@ async fn the_admin_api_can_be_served_over_https() {
     let me: Value = serde_json::from_str(&https.1).unwrap();
     assert_eq!(me["subject"], "dave");
     assert!(plain, "plain HTTP is not served on an HTTPS listener");
+
+    // The command line speaks HTTPS too, trusting the given CA.
+    let ca_file = pki.ca_file.display().to_string();
+    let out = cli(
+        &gw,
+        &dave,
+        &[
+            "approvals",
+            "list",
+            "--json",
+            "--url",
+            &base,
+            "--ca-file",
+            &ca_file,
+        ],
+    )
+    .await;
+    let listed = common::assert_success("portcullis approvals list over https", &out);
+    assert!(listed.contains("\"requests\""), "{listed}");
 
     // Notices name the https address (the journal rule waits 1 s, then refuses).
     let out = gw

@@ -49,7 +49,7 @@ pub(crate) enum GrantsCommand {
 /// Where the admin API is, who calls it, and how to print the answer.
 #[derive(Args)]
 pub(crate) struct ApiArgs {
-    /// The admin listener's base URL (plain HTTP): `[admin] listen` of the gateway.
+    /// The admin listener's base URL: `http://` or, when `[admin]` has `tls_cert`, `https://`.
     #[arg(
         long,
         value_name = "URL",
@@ -67,6 +67,10 @@ pub(crate) struct ApiArgs {
         hide_env_values = true
     )]
     token: String,
+    /// With an https:// URL: the CA certificates (PEM) that the admin listener's certificate
+    /// chains to. Default: the bundled Mozilla roots.
+    #[arg(long, value_name = "FILE", env = "PORTCULLIS_ADMIN_CA")]
+    ca_file: Option<std::path::PathBuf>,
     /// Print the API's JSON answer as it came instead of a table or summary.
     #[arg(long)]
     json: bool,
@@ -310,19 +314,40 @@ struct Client {
 impl Client {
     fn new(api: &ApiArgs) -> anyhow::Result<Self> {
         let base = api.url.trim().trim_end_matches('/').to_owned();
-        if base.starts_with("https://") {
-            bail!(
-                "--url {base}: the admin listener serves plain HTTP; use http:// (and keep the listener on loopback or a management network)"
-            );
+        let scheme_len = if base.starts_with("https://") {
+            "https://".len()
+        } else if base.starts_with("http://") {
+            "http://".len()
+        } else {
+            0
+        };
+        if scheme_len == 0 || base.len() == scheme_len {
+            bail!("--url {base:?} is not an http:// or https:// URL (e.g. http://127.0.0.1:9090)");
         }
-        if !base.starts_with("http://") || base.len() == "http://".len() {
-            bail!("--url {base:?} is not an http:// URL (e.g. http://127.0.0.1:9090)");
+        // Verified against `--ca-file`, else the bundled Mozilla roots; the provider is passed
+        // explicitly (rustls is built with aws-lc-rs only).
+        let mut tls = ureq::tls::TlsConfig::builder().unversioned_rustls_crypto_provider(
+            std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider()),
+        );
+        if let Some(ca) = &api.ca_file {
+            let pem = std::fs::read(ca).with_context(|| format!("--ca-file {}", ca.display()))?;
+            let roots: Vec<ureq::tls::Certificate<'static>> = ureq::tls::parse_pem(&pem)
+                .filter_map(|item| match item {
+                    Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
+                    _ => None,
+                })
+                .collect();
+            if roots.is_empty() {
+                bail!("--ca-file {}: no PEM certificate in it", ca.display());
+            }
+            tls = tls.root_certs(ureq::tls::RootCerts::Specific(std::sync::Arc::new(roots)));
         }
         let token = api.token.trim();
         if token.is_empty() {
             bail!("the token is empty: pass --token or set PORTCULLIS_TOKEN");
         }
         let agent = ureq::Agent::config_builder()
+            .tls_config(tls.build())
             .http_status_as_error(false)
             .timeout_global(Some(TIMEOUT))
             .user_agent(concat!("portcullis/", env!("CARGO_PKG_VERSION")))
