@@ -560,25 +560,9 @@ struct AuditQuery {
     limit: Option<usize>,
 }
 
-/// An RFC 3339 time (`2025-01-31T12:00:00Z`, `2025-01-31`) or a duration ago (`15m`, `2h`).
+/// `since` / `until`, read as `portcullis audit search` reads them.
 fn time_arg(key: &str, text: &str) -> Result<std::time::SystemTime, ApiError> {
-    let bad = || {
-        ApiError(
-            StatusCode::BAD_REQUEST,
-            format!("`{key}`: `{text}` is neither an RFC 3339 time nor a duration ago such as 15m"),
-        )
-    };
-    if let Ok(ago) = humantime::parse_duration(text) {
-        return std::time::SystemTime::now()
-            .checked_sub(ago)
-            .ok_or_else(bad);
-    }
-    let full = if text.len() == 10 {
-        format!("{text}T00:00:00Z")
-    } else {
-        text.to_owned()
-    };
-    humantime::parse_rfc3339_weak(full.trim_end_matches('Z')).map_err(|_| bad())
+    audit::parse_time(text).map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("`{key}`: {e}")))
 }
 
 async fn search_audit(
@@ -605,19 +589,13 @@ async fn search_audit(
         verdict: q.verdict,
         text: q.text,
     };
-    // The first indexed sink (SQLite or PostgreSQL), as `portcullis audit search` reads it.
-    let sinks = &api.audit.sinks;
-    let chosen = sinks
-        .iter()
-        .find(|s| !matches!(s, audit::SinkConfig::Jsonl { .. }))
-        .or(sinks.first())
-        .cloned()
-        .ok_or_else(|| {
-            ApiError(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "no audit sink is configured".into(),
-            )
-        })?;
+    // The sink `portcullis audit search` reads.
+    let chosen = api.audit.search_sink().cloned().ok_or_else(|| {
+        ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no audit sink is configured".into(),
+        )
+    })?;
     let unavailable =
         |e: audit::SinkError| ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
     let sink = audit::open_sink(&chosen, audit::OpenMode::Read)

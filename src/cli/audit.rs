@@ -2,11 +2,11 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use anyhow::{bail, Context as _};
+use audit::parse_time as parse_time_arg;
 use clap::{Args, Subcommand};
-use portcullis::config::parse_duration;
 use portcullis::Config;
 
 #[derive(Subcommand)]
@@ -136,110 +136,6 @@ pub(crate) struct KeygenArgs {
     pub(crate) public_out: Option<PathBuf>,
 }
 
-/// `--since` / `--until`: RFC 3339, or a duration before now.
-pub(crate) fn parse_time_arg(text: &str) -> Result<SystemTime, String> {
-    if let Some(t) = parse_rfc3339(text) {
-        return Ok(t);
-    }
-    if let Ok(ago) = parse_duration(text) {
-        return SystemTime::now()
-            .checked_sub(ago)
-            .ok_or_else(|| format!("`{text}` reaches back before 1970"));
-    }
-    Err(format!(
-        "`{text}` is neither an RFC 3339 time (2025-01-31T12:00:00Z, 2025-01-31T12:00:00+02:00, 2025-01-31) nor a duration ago (15m, 2h, 7d)"
-    ))
-}
-
-/// Parses an RFC 3339 time (`2025-01-31T12:00:00Z`, fractions and `±HH:MM` offsets allowed; a
-/// space or `t` may separate date and time) or a bare date (midnight UTC).
-pub(crate) fn parse_rfc3339(text: &str) -> Option<SystemTime> {
-    let b = text.trim().as_bytes();
-    let num = |range: std::ops::Range<usize>| -> Option<i64> {
-        let digits = b.get(range)?;
-        if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
-            return None;
-        }
-        std::str::from_utf8(digits).ok()?.parse().ok()
-    };
-    let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    if b.get(4) != Some(&b'-') || b.get(7) != Some(&b'-') {
-        return None;
-    }
-    let month_days = match month {
-        4 | 6 | 9 | 11 => 30,
-        2 if (year % 4 == 0 && year % 100 != 0) || year % 400 == 0 => 29,
-        2 => 28,
-        1..=12 => 31,
-        _ => return None,
-    };
-    if day < 1 || day > month_days {
-        return None;
-    }
-    let days = days_from_civil(year, month, day);
-    let (mut secs, mut nanos) = (days * 86_400, 0u32);
-    if b.len() > 10 {
-        if !matches!(b[10], b'T' | b't' | b' ')
-            || b.get(13) != Some(&b':')
-            || b.get(16) != Some(&b':')
-        {
-            return None;
-        }
-        let (h, m, s) = (num(11..13)?, num(14..16)?, num(17..19)?);
-        // A leap second (:60) counts as the last second of its minute.
-        if h > 23 || m > 59 || s > 60 {
-            return None;
-        }
-        secs += h * 3600 + m * 60 + s.min(59);
-        let mut i = 19;
-        if b.get(i) == Some(&b'.') {
-            let start = i + 1;
-            i = start;
-            while b.get(i).is_some_and(u8::is_ascii_digit) {
-                i += 1;
-            }
-            if i == start {
-                return None;
-            }
-            let mut frac = 0u32;
-            for k in 0..9 {
-                let digit = if start + k < i {
-                    b[start + k] - b'0'
-                } else {
-                    0
-                };
-                frac = frac * 10 + u32::from(digit);
-            }
-            nanos = frac;
-        }
-        match b.get(i) {
-            Some(b'Z' | b'z') if b.len() == i + 1 => {}
-            Some(sign @ (b'+' | b'-')) if b.len() == i + 6 && b[i + 3] == b':' => {
-                let (oh, om) = (num(i + 1..i + 3)?, num(i + 4..i + 6)?);
-                if oh > 23 || om > 59 {
-                    return None;
-                }
-                let offset = oh * 3600 + om * 60;
-                secs += if *sign == b'+' { -offset } else { offset };
-            }
-            _ => return None,
-        }
-    }
-    let since_epoch = Duration::new(u64::try_from(secs).ok()?, nanos);
-    SystemTime::UNIX_EPOCH.checked_add(since_epoch)
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
-pub(crate) fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (month + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
 /// A runtime for the audit commands, which read sinks through async clients.
 pub(crate) fn audit_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
@@ -291,13 +187,9 @@ impl SinkArgs {
                 path.display()
             )
         })?;
-        let sinks = &config.audit.sinks;
         let chosen = match indexed {
-            true => sinks
-                .iter()
-                .find(|s| !matches!(s, audit::SinkConfig::Jsonl { .. }))
-                .or(sinks.first()),
-            false => sinks.first(),
+            true => config.audit.search_sink(),
+            false => config.audit.sinks.first(),
         };
         let sink = chosen
             .cloned()
@@ -810,6 +702,8 @@ pub(crate) fn audit_keygen(args: &KeygenArgs) -> anyhow::Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use audit::parse_rfc3339;
+    use std::time::Duration;
 
     #[test]
     fn a_session_line_names_the_login_user_when_it_is_not_the_subject() {

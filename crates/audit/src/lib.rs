@@ -27,7 +27,10 @@ pub mod sink;
 pub mod verify;
 pub mod writer;
 
-pub use config::{parse_duration, AuditConfig, Durability, OnFailure, ParameterMode, SinkConfig};
+pub use config::{
+    parse_duration, parse_rfc3339, parse_time, AuditConfig, Durability, OnFailure, ParameterMode,
+    SinkConfig,
+};
 pub use error::{AuditError, SinkError};
 pub use record::{chain_hash, format_time, ChainHash, RecordKind, StoredRecord, SCHEMA_VERSION};
 pub use signing::{
