@@ -96,6 +96,27 @@ struct Entry {
     end: Arc<EndSignal>,
 }
 
+impl Entry {
+    fn view(&self) -> LiveSession {
+        LiveSession {
+            id: self.ctx.id.to_string(),
+            subject: self.ctx.identity.subject.clone(),
+            groups: self.ctx.identity.groups.clone(),
+            target: self.ctx.target.name.clone(),
+            protocol: self.ctx.client.protocol,
+            client: self.ctx.client.addr.to_string(),
+            application: self.ctx.client.application.clone(),
+            access: crate::session::access_name(self.ctx.access),
+            opened: crate::audit::Rfc3339Micros::new(self.opened)
+                .as_str()
+                .to_owned(),
+            statements: self.statements.load(Ordering::Relaxed),
+            waiting_for_approval: self.holds.is_waiting(),
+            ending: self.end.is_raised(),
+        }
+    }
+}
+
 /// The registry of one gateway.
 #[derive(Default)]
 pub(crate) struct LiveSessions {
@@ -131,44 +152,19 @@ impl LiveSessions {
     }
 
     pub(crate) fn list(&self) -> Vec<LiveSession> {
-        let mut list: Vec<LiveSession> = self
-            .lock()
-            .values()
-            .map(|e| LiveSession {
-                id: e.ctx.id.to_string(),
-                subject: e.ctx.identity.subject.clone(),
-                groups: e.ctx.identity.groups.clone(),
-                target: e.ctx.target.name.clone(),
-                protocol: e.ctx.client.protocol,
-                client: e.ctx.client.addr.to_string(),
-                application: e.ctx.client.application.clone(),
-                access: match e.ctx.access {
-                    crate::policy::Access::ReadOnly => "read-only",
-                    crate::policy::Access::ReadWrite => "read-write",
-                },
-                opened: crate::audit::Rfc3339Micros::new(e.opened)
-                    .as_str()
-                    .to_owned(),
-                statements: e.statements.load(Ordering::Relaxed),
-                waiting_for_approval: e.holds.is_waiting(),
-                ending: e.end.is_raised(),
-            })
-            .collect();
+        let mut list: Vec<LiveSession> = self.lock().values().map(Entry::view).collect();
         list.sort_by(|a, b| a.opened.cmp(&b.opened).then(a.id.cmp(&b.id)));
         list
     }
 
     /// Ends session `id`; `None` when there is no such session.
     pub(crate) fn end(&self, id: &str, reason: String) -> Option<LiveSession> {
-        let found = {
-            let map = self.lock();
-            map.get(id).map(|e| (Arc::clone(&e.end), e.holds.clone()))
-        };
-        let (end, holds) = found?;
-        end.raise(reason);
+        let map = self.lock();
+        let e = map.get(id)?;
+        e.end.raise(reason);
         // A statement waiting for approval stops waiting (its request stays open).
-        holds.shut_down();
-        self.list().into_iter().find(|s| s.id == id)
+        e.holds.shut_down();
+        Some(e.view())
     }
 }
 

@@ -1123,7 +1123,7 @@ fn decision_name(decision: Decision) -> &'static str {
 }
 
 /// Kebab-case name of an access mode, as in the configuration.
-fn access_name(access: Access) -> &'static str {
+pub(crate) fn access_name(access: Access) -> &'static str {
     match access {
         Access::ReadOnly => "read-only",
         Access::ReadWrite => "read-write",
