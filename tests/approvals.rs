@@ -102,6 +102,14 @@ async fn pending_of(gw: &TestGateway, token: &str, subject: &str) -> Value {
     panic!("no pending request of {subject} appeared");
 }
 
+/// The id of `subject`'s pending request, waiting for it as [`pending_of`] does.
+async fn pending_id(gw: &TestGateway, token: &str, subject: &str) -> String {
+    pending_of(gw, token, subject).await["id"]
+        .as_str()
+        .expect("a request id")
+        .to_owned()
+}
+
 /// The server's message of a client error (tokio-postgres's Display says only "db error").
 fn message(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
@@ -246,10 +254,7 @@ async fn denial_quorum_cancel_and_break_glass() {
 
     // Denied: the client's error names the request, who denied it and why.
     let deny = async {
-        let id = pending_of(&gw, &bob, "alice").await["id"]
-            .as_str()
-            .unwrap()
-            .to_owned();
+        let id = pending_id(&gw, &bob, "alice").await;
         let (status, body) = api(
             &gw,
             "POST",
@@ -280,10 +285,7 @@ async fn denial_quorum_cancel_and_break_glass() {
     // A quorum of two with mandatory reasons: one approval is not enough, nor is the same
     // approver twice; the second approver's lets it run.
     let quorum = async {
-        let id = pending_of(&gw, &bob, "alice").await["id"]
-            .as_str()
-            .unwrap()
-            .to_owned();
+        let id = pending_id(&gw, &bob, "alice").await;
         let path = format!("/api/v1/approvals/{id}/approve");
         let (status, body) = api(&gw, "POST", &path, &bob, None).await;
         assert_eq!(status, 400, "a reason is required: {body}");
@@ -315,10 +317,7 @@ async fn denial_quorum_cancel_and_break_glass() {
     // The client's cancel (CancelRequest) ends the wait and withdraws the request.
     let cancel_token = alice.cancel_token();
     let cancel = async {
-        let id = pending_of(&gw, &bob, "alice").await["id"]
-            .as_str()
-            .unwrap()
-            .to_owned();
+        let id = pending_id(&gw, &bob, "alice").await;
         cancel_token
             .cancel_query(tokio_postgres::NoTls)
             .await
@@ -347,10 +346,7 @@ async fn denial_quorum_cancel_and_break_glass() {
     let erin_token = gw.token_in("erin", &["oncall"]);
     let erin = gw.connect_tokio_postgres(&erin_token).await;
     let glass = async {
-        let id = pending_of(&gw, &bob, "erin").await["id"]
-            .as_str()
-            .unwrap()
-            .to_owned();
+        let id = pending_id(&gw, &bob, "erin").await;
         let path = format!("/api/v1/approvals/{id}/approve");
         let (status, _) = api(&gw, "POST", &path, &erin_token, None).await;
         assert_eq!(status, 400, "break glass needs a reason");
@@ -450,10 +446,7 @@ async fn a_grant_lets_statements_run_until_it_is_revoked() {
     assert_eq!(revoked["revoked_by"], "dave");
     // Held again; the requester withdraws her own request through the API.
     let withdraw = async {
-        let id = pending_of(&gw, &alice_token, "alice").await["id"]
-            .as_str()
-            .unwrap()
-            .to_owned();
+        let id = pending_id(&gw, &alice_token, "alice").await;
         let (status, body) = api(
             &gw,
             "POST",
@@ -491,10 +484,7 @@ async fn a_pending_request_survives_a_restart_and_the_statement_runs_when_sent_a
         let r = alice.batch_execute(sql).await;
         (r, alice)
     });
-    let id = pending_of(&gw, &bob, "alice").await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = pending_id(&gw, &bob, "alice").await;
     gw.restart().await;
     let (result, _alice) = waiting.await.unwrap();
     let e = result.expect_err("the shutdown ends the wait");
@@ -1044,10 +1034,7 @@ async fn a_policy_change_cancels_requests_it_makes_moot() {
         .await;
     let bob = gw.token_in("bob", &["dba"]);
     let relax = async {
-        let id = pending_of(&gw, &bob, "alice").await["id"]
-            .as_str()
-            .unwrap()
-            .to_owned();
+        let id = pending_id(&gw, &bob, "alice").await;
         // The gauge is refreshed every 5 s.
         let metrics = format!("{}/metrics", gw.admin_url());
         let mut seen = false;
@@ -1115,10 +1102,7 @@ async fn a_client_that_leaves_while_waiting_withdraws_its_request() {
         psql.env(k, v);
     }
     let mut child = psql.spawn().expect("psql runs");
-    let id = pending_of(&gw, &bob, "alice").await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = pending_id(&gw, &bob, "alice").await;
     child.kill().expect("kill psql");
     let _ = child.wait();
     let mut state = Value::Null;
@@ -1167,10 +1151,7 @@ async fn a_timed_out_statement_runs_when_sent_again_after_approval_and_grants_ex
         text.contains("was not decided while the statement waited; it stays open"),
         "{text}"
     );
-    let id = pending_of(&gw, &bob, "alice").await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = pending_id(&gw, &bob, "alice").await;
     assert!(text.contains(&id), "{text}");
     let (status, _) = api(
         &gw,

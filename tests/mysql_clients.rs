@@ -753,30 +753,7 @@ async fn mysql_connector_python(use_pure: bool) {
         );
     }
     assert_eq!(readonly["after"], serde_json::json!([["one"]]), "{out}");
-    // What the gateway let through is what the database holds.
-    assert_eq!(gw.db.direct(KINDS_DIRECT), KINDS_ROWS);
-    assert_eq!(
-        gw.db
-            .direct("SELECT COUNT(*), GROUP_CONCAT(label ORDER BY id) FROM items"),
-        "3\tone,two,three\n"
-    );
-
-    // Both sessions over TLS, the executions audited as the statements they prepared.
-    let trail = gw
-        .trail_until("both sessions closed", |t| {
-            records(t, "session_closed", |_| true).len() == 2
-        })
-        .await;
-    let opened = records(&trail, "session_opened", |_| true);
-    assert_eq!(opened.len(), 2, "{trail:#?}");
-    for session in opened {
-        assert_eq!(session["client"]["tls"], true, "{session}");
-    }
-    assert_eq!(
-        records(&trail, "statement_started", |r| r["sql"] == KINDS_INSERT).len(),
-        3,
-        "{trail:#?}"
-    );
+    stored_and_audited(&gw).await;
     gw.shutdown().await;
 }
 
@@ -911,29 +888,8 @@ async fn mariadb_connector_j_prepared_statements_batches_types_denials_and_read_
         );
     }
     assert_eq!(readonly["after"], serde_json::json!([["one"]]), "{out}");
-    assert_eq!(gw.db.direct(KINDS_DIRECT), KINDS_ROWS);
-    assert_eq!(
-        gw.db
-            .direct("SELECT COUNT(*), GROUP_CONCAT(label ORDER BY id) FROM items"),
-        "3\tone,two,three\n"
-    );
-
-    let trail = gw
-        .trail_until("both sessions closed", |t| {
-            records(t, "session_closed", |_| true).len() == 2
-        })
-        .await;
-    let opened = records(&trail, "session_opened", |_| true);
-    assert_eq!(opened.len(), 2, "{trail:#?}");
-    for session in opened {
-        assert_eq!(session["client"]["tls"], true, "{session}");
-    }
     // The single execution and the batch's two, each audited as the statement prepared.
-    assert_eq!(
-        records(&trail, "statement_started", |r| r["sql"] == KINDS_INSERT).len(),
-        3,
-        "{trail:#?}"
-    );
+    let trail = stored_and_audited(&gw).await;
     // Refused at COM_STMT_PREPARE; Connector/J then falls back to a statement of its own (the
     // parameters quoted into the text), which is refused as well and never runs.
     let denied = records(&trail, "statement_denied", |r| {
@@ -1277,4 +1233,32 @@ fn request_id(text: &str) -> String {
         .chars()
         .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
         .collect()
+}
+
+/// What the typed-values driver tests leave behind: the database holds what the gateway let
+/// through, both sessions (writer and read-only) came over TLS, and the three executions of
+/// [`KINDS_INSERT`] are each audited as the statement prepared. Returns the trail.
+async fn stored_and_audited(gw: &MysqlGateway) -> Vec<Value> {
+    assert_eq!(gw.db.direct(KINDS_DIRECT), KINDS_ROWS);
+    assert_eq!(
+        gw.db
+            .direct("SELECT COUNT(*), GROUP_CONCAT(label ORDER BY id) FROM items"),
+        "3\tone,two,three\n"
+    );
+    let trail = gw
+        .trail_until("both sessions closed", |t| {
+            records(t, "session_closed", |_| true).len() == 2
+        })
+        .await;
+    let opened = records(&trail, "session_opened", |_| true);
+    assert_eq!(opened.len(), 2, "{trail:#?}");
+    for session in opened {
+        assert_eq!(session["client"]["tls"], true, "{session}");
+    }
+    assert_eq!(
+        records(&trail, "statement_started", |r| r["sql"] == KINDS_INSERT).len(),
+        3,
+        "{trail:#?}"
+    );
+    trail
 }
