@@ -876,9 +876,15 @@ async fn mariadb_connector_j_prepared_statements_batches_types_denials_and_read_
         assert_eq!(denied[format!("{name}_after")], 3, "{name}: {out}");
     }
     assert_eq!(out["rolled_back"], serde_json::json!([[3]]), "{out}");
+    assert_eq!(out["timeout_text"], serde_json::json!([[3]]), "{out}");
+    assert_eq!(
+        out["timeout_prepared"],
+        serde_json::json!([["two"]]),
+        "{out}"
+    );
     let readonly = &out["readonly"];
     assert_eq!(readonly["count"], serde_json::json!([[3]]), "{out}");
-    for name in ["prepared", "text"] {
+    for name in ["prepared", "text", "timeout_text"] {
         assert_eq!(readonly[name]["code"], 1227, "{name}: {out}");
         assert!(
             readonly[name]["message"].as_str().is_some_and(
@@ -906,6 +912,14 @@ async fn mariadb_connector_j_prepared_statements_batches_types_denials_and_read_
             "{sql}: {trail:#?}"
         );
     }
+    // setQueryTimeout's statement ran as itself, classified as the read it is.
+    let timed = records(&trail, "statement_started", |r| {
+        r["sql"].as_str().is_some_and(|s| {
+            s.starts_with("SET STATEMENT max_statement_time=5 FOR SELECT COUNT(*) FROM items")
+        })
+    });
+    assert_eq!(timed.len(), 1, "{trail:#?}");
+    assert_eq!(timed[0]["classification"], "read", "{timed:#?}");
     gw.shutdown().await;
 }
 

@@ -110,6 +110,18 @@ public class MariadbJdbc {
             denied.put("prepared_after", count(st));
             out.put("denied", denied);
 
+            // setQueryTimeout: Connector/J sends MariaDB's `SET STATEMENT max_statement_time=N
+            // FOR ...`, judged as the statement it runs.
+            Statement timed = conn.createStatement();
+            timed.setQueryTimeout(5);
+            out.put("timeout_text", rows(timed.executeQuery("SELECT COUNT(*) FROM items")));
+            try (PreparedStatement ps =
+                    conn.prepareStatement("SELECT label FROM items WHERE id = ?")) {
+                ps.setQueryTimeout(5);
+                ps.setInt(1, 2);
+                out.put("timeout_prepared", rows(ps.executeQuery()));
+            }
+
             // A transaction rolled back: the row it inserted is gone.
             conn.setAutoCommit(false);
             try (PreparedStatement ps = conn.prepareStatement("INSERT INTO items VALUES (?, ?)")) {
@@ -145,6 +157,14 @@ public class MariadbJdbc {
                 readonly.put("text", null);
             } catch (SQLException e) {
                 readonly.put("text", error(e));
+            }
+            Statement timed = ro.createStatement();
+            timed.setQueryTimeout(5);
+            try {
+                timed.executeUpdate("UPDATE items SET label = 'uno' WHERE id = 1");
+                readonly.put("timeout_text", null);
+            } catch (SQLException e) {
+                readonly.put("timeout_text", error(e));
             }
             readonly.put("after", rows(st.executeQuery("SELECT label FROM items WHERE id = 1")));
             out.put("readonly", readonly);

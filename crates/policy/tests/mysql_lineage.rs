@@ -97,6 +97,13 @@ fn cases() -> Vec<Case> {
             &[],
         ),
         case(
+            "SET STATEMENT max_statement_time=5 FOR SELECT UPPER(email) AS e FROM customers WHERE id = 1",
+            "MariaDB's SET STATEMENT: the lineage of the statement it runs",
+            vec![row("customers")],
+            true,
+            &[],
+        ),
+        case(
             "SELECT c FROM (SELECT email AS c FROM customers) t",
             "a derived table's alias is reported as the origin",
             vec![row("customers")],

@@ -254,6 +254,13 @@ const ROWS: &[Row] = &[
     ("dan", &["dev"], "shop", "select * into outfile '/tmp/x' from orders", Deny, "builtin:server-files", "writes a server file"),
     ("dan", &["dev"], "shop", "select load_file('/etc/passwd')", Deny, "builtin:dangerous-function", "reads a server file"),
     ("dan", &["dev"], "shop", "select * from orders where id = 1", Allow, "devs", "plain read"),
+    ("sam", &["shop-reader"], "shop", "SET STATEMENT max_statement_time=10 FOR select * from orders where id = 1", Allow, "shop-readers", "MariaDB Connector/J's setQueryTimeout: judged as the statement it runs"),
+    ("sam", &["shop-reader"], "shop", "set statement max_statement_time = 1 for update orders set x = 1 where id = 1", Deny, "builtin:read-only", "a write under SET STATEMENT is still a write"),
+    ("dan", &["dev"], "shop", "set statement max_statement_time=1, sql_mode='' for delete from orders", Deny, "no-unfiltered-delete", "the inner statement meets every rule"),
+    ("dan", &["dev"], "shop", "set statement max_statement_time=1 for prepare s from @q", Deny, "no-drop-in-prod", "an inner statement read from its tokens"),
+    ("dan", &["dev"], "shop", "set statement sql_mode='ANSI_QUOTES' for select 1; select \"x\" from orders", Allow, "devs", "a statement's own sql_mode changes how nothing is read"),
+    ("dan", &["dev"], "shop", "set statement character_set_client=sjis for select 1", Deny, "builtin:unparsable", "MariaDB refuses it; so does the reader"),
+    ("dan", &["dev"], "shop", "set statement max_statement_time=1 for", Deny, "builtin:unparsable", "no statement"),
 ];
 
 fn judge_row(
