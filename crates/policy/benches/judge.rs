@@ -169,6 +169,61 @@ fn bench(c: &mut Criterion) {
     });
     group.finish();
 
+    // MySQL texts with their values in them, as sysbench's text mode (and PyMySQL, mysql2's
+    // query(), PDO's emulated prepares) send them.
+    let mysql_target = Target {
+        name: "shop".into(),
+        protocol: Protocol::Mysql,
+        port: 3306,
+        ..target.clone()
+    };
+    let mysql_settings = SqlSettings {
+        default_schema: Some("sbtest".into()),
+        ..SqlSettings::default()
+    };
+    let mysql_ctx = StatementContext {
+        target: &mysql_target,
+        settings: &mysql_settings,
+        ..ctx
+    };
+    let mysql_reading = ReadingContext {
+        default_schema: Some("sbtest".into()),
+        ..ReadingContext::new(Dialect::Mysql)
+    };
+    for (name, sql) in [
+        ("mysql_point_select", "SELECT c FROM sbtest1 WHERE id=$1"),
+        (
+            "mysql_update_index",
+            "UPDATE sbtest3 SET k=k+1 WHERE id=$1 AND c <> 'x$1'",
+        ),
+    ] {
+        let mut group = c.benchmark_group(name);
+        let with_value = |n: u64| sql.replace("$1", &n.to_string());
+        group.bench_function("analyze_only", |b| {
+            b.iter(|| analyze(black_box(&with_value(5000)), &mysql_reading))
+        });
+        // A text of a shape never seen (a new table name each time): no cache answers.
+        group.bench_function("judge_cold", |b| {
+            b.iter_batched(
+                || {
+                    let n = counter.fetch_add(1, Ordering::Relaxed);
+                    with_value(n).replacen("sbtest", &format!("sbtest{n}_"), 1)
+                },
+                |text| engine.judge(&mysql_ctx, black_box(&text)),
+                criterion::BatchSize::SmallInput,
+            )
+        });
+        engine.judge(&mysql_ctx, &with_value(0));
+        group.bench_function("judge_same_shape", |b| {
+            b.iter_batched(
+                || with_value(counter.fetch_add(1, Ordering::Relaxed)),
+                |text| engine.judge(&mysql_ctx, black_box(&text)),
+                criterion::BatchSize::SmallInput,
+            )
+        });
+        group.finish();
+    }
+
     for (name, sql) in [
         ("point_select", POINT_SELECT),
         ("five_way_join", FIVE_WAY_JOIN),

@@ -295,7 +295,18 @@ fn text_shape(ctx: &StatementContext<'_>, sql: &str) -> Option<Shape> {
     if dialect == Dialect::Postgres && !ctx.settings.standard_conforming_strings {
         return None;
     }
-    shape(sql, &ReadingContext::new(dialect))
+    shape(sql, &reading_context(ctx, dialect))
+}
+
+/// How the statements of a session are read: its dialect, default schema and, for MySQL, the
+/// sql_mode switches that change where strings and identifiers end.
+fn reading_context(ctx: &StatementContext<'_>, dialect: Dialect) -> ReadingContext {
+    ReadingContext {
+        dialect,
+        default_schema: ctx.settings.default_schema.as_deref().map(str::to_owned),
+        ansi_quotes: dialect == Dialect::Mysql && ctx.settings.ansi_quotes,
+        no_backslash_escapes: dialect == Dialect::Mysql && ctx.settings.no_backslash_escapes,
+    }
 }
 
 fn refused_message(identity: &Identity, target: &Target) -> String {
@@ -442,12 +453,7 @@ fn evaluate(
             None,
         );
     }
-    let reading = ReadingContext {
-        dialect,
-        default_schema: ctx.settings.default_schema.as_deref().map(str::to_owned),
-        ansi_quotes: dialect == Dialect::Mysql && ctx.settings.ansi_quotes,
-        no_backslash_escapes: dialect == Dialect::Mysql && ctx.settings.no_backslash_escapes,
-    };
+    let reading = reading_context(ctx, dialect);
     let (analysis, analysis_shared) = RuleEngine::analysis(state, sql, &reading, shape);
     let rules = &state.rules;
 

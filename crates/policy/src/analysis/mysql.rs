@@ -12,6 +12,8 @@
 //!   cannot tell. Rules should match MySQL object names case-insensitively where that matters.
 
 use std::any::TypeId;
+use std::borrow::Cow;
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::ops::ControlFlow;
 use std::sync::Arc;
@@ -25,11 +27,11 @@ use sqlparser::ast::{
 use sqlparser::dialect::{BindPlaceholderStyle, Dialect as SqlDialect, MySqlDialect};
 use sqlparser::keywords::Keyword;
 use sqlparser::parser::{Parser, ParserError};
-use sqlparser::tokenizer::{Token, TokenWithSpan, Tokenizer};
+use sqlparser::tokenizer::{Location, Token, TokenWithSpan, Tokenizer};
 
 use super::filter::{self, Const};
 use super::mysql_lineage;
-use super::{failed, Collector, ReadingContext};
+use super::{failed, Collector, ReadingContext, Shape};
 use crate::facts::{Analysis, Class, FailureKind, Filter, ObjectName};
 
 /// sqlparser's MySQL dialect with the lexing switches of the session's sql_mode. It keeps the
@@ -125,20 +127,46 @@ impl SqlDialect for MysqlReading {
     );
 }
 
-/// Analyses a MySQL statement text.
-pub(super) fn analyze(sql: &str, ctx: &ReadingContext) -> Analysis {
-    let dialect = MysqlReading {
+fn reading(ctx: &ReadingContext) -> MysqlReading {
+    MysqlReading {
         base: MySqlDialect {},
         ansi_quotes: ctx.ansi_quotes,
         no_backslash_escapes: ctx.no_backslash_escapes,
-    };
-    // MariaDB executes `/*M!NNNNNN ... */` like `/*!...*/`; same length, so positions hold.
-    let text = if sql.contains("/*M!") || sql.contains("/*m!") {
-        sql.replace("/*M!", " /*!").replace("/*m!", " /*!")
+    }
+}
+
+/// The text as it is read: MariaDB executes `/*M!NNNNNN ... */` like `/*!...*/`. Same length, so
+/// positions hold.
+fn reading_text(sql: &str) -> Cow<'_, str> {
+    if sql.contains("/*M!") || sql.contains("/*m!") {
+        Cow::Owned(sql.replace("/*M!", " /*!").replace("/*m!", " /*!"))
     } else {
-        sql.to_owned()
-    };
-    let walker = Walker { ctx };
+        Cow::Borrowed(sql)
+    }
+}
+
+/// Analyses a MySQL statement text.
+pub(super) fn analyze(sql: &str, ctx: &ReadingContext) -> Analysis {
+    analyze_with(sql, ctx, None).0
+}
+
+/// [`analyze`], for a text whose [`shape`] took out literals at `literals`: also says whether the
+/// analysis holds for every text of that shape (see `analysis::shape`). It does when the text
+/// parsed as a whole, each literal taken out is a whole value in the tree (`Expr::Value`, not a
+/// type's length, a name or half of a concatenation), and no fact was drawn from a value (the
+/// walker folds `WHERE 1 = 1`, and reads the text of `EXECUTE IMMEDIATE 'text'`).
+pub(super) fn analyze_shaped(
+    sql: &str,
+    ctx: &ReadingContext,
+    literals: &[usize],
+) -> (Analysis, bool) {
+    analyze_with(sql, ctx, Some(literals))
+}
+
+fn analyze_with(sql: &str, ctx: &ReadingContext, literals: Option<&[usize]>) -> (Analysis, bool) {
+    let dialect = reading(ctx);
+    let text = reading_text(sql);
+    let walker = Walker::new(ctx);
     match Parser::parse_sql(&dialect, &text) {
         Ok(statements) => {
             let mut facts = Vec::with_capacity(statements.len());
@@ -150,18 +178,152 @@ pub(super) fn analyze(sql: &str, ctx: &ReadingContext) -> Analysis {
                 lineages.push(mysql_lineage::statement(Some(stmt), &f));
                 facts.push(f);
             }
-            Analysis {
+            let shareable = literals.is_some_and(|literals| {
+                !walker.read_a_value.get() && values_cover(&text, &statements, literals)
+            });
+            let analysis = Analysis {
                 statements: facts,
                 failure: None,
                 fingerprint: fingerprint(&dialect, &text),
                 lineage: Some(Arc::new(Lineage {
                     statements: lineages,
                 })),
-            }
+            };
+            (analysis, shareable)
         }
-        Err(e) => statement_by_statement(&dialect, &text, &walker, &e),
+        Err(e) => (statement_by_statement(&dialect, &text, &walker, &e), false),
     }
 }
+
+/// Whether every offset in `literals` is where a value of the parsed `statements` starts.
+fn values_cover(text: &str, statements: &[Statement], literals: &[usize]) -> bool {
+    let lines = LineStarts::of(text);
+    let mut values = Vec::with_capacity(literals.len());
+    for stmt in statements {
+        let _ = ast::visit_expressions(stmt, |e| {
+            if let Expr::Value(v) = e {
+                if let Some(at) = lines.offset(text, v.span.start) {
+                    values.push(at);
+                }
+            }
+            ControlFlow::<()>::Continue(())
+        });
+    }
+    values.sort_unstable();
+    literals.iter().all(|at| values.binary_search(at).is_ok())
+}
+
+/// Byte offsets of the lines of a text, to turn sqlparser's locations (1-based line and column,
+/// columns in characters) into byte offsets.
+struct LineStarts(Vec<usize>);
+
+impl LineStarts {
+    fn of(text: &str) -> Self {
+        let mut starts = vec![0];
+        starts.extend(memchr_newlines(text));
+        LineStarts(starts)
+    }
+
+    fn offset(&self, text: &str, at: Location) -> Option<usize> {
+        let line = usize::try_from(at.line).ok()?.checked_sub(1)?;
+        let column = usize::try_from(at.column).ok()?.checked_sub(1)?;
+        let start = *self.0.get(line)?;
+        let rest = text.get(start..)?;
+        if rest.is_char_boundary(column.min(rest.len()))
+            && rest.as_bytes()[..column.min(rest.len())].is_ascii()
+        {
+            return (column <= rest.len()).then_some(start + column);
+        }
+        rest.char_indices().nth(column).map(|(b, _)| start + b)
+    }
+}
+
+fn memchr_newlines(text: &str) -> impl Iterator<Item = usize> + '_ {
+    text.bytes()
+        .enumerate()
+        .filter(|&(_, b)| b == b'\n')
+        .map(|(i, _)| i + 1)
+}
+
+/// The shape of a MySQL text (see `analysis::shape`), read with sqlparser's own tokenizer in the
+/// session's reading: the lexer the analysis parses with, so two texts of one shape are the same
+/// tokens but for the values of their literals. Each literal (number, string, hex or bit string)
+/// becomes a marker with its class (integer, other number, single- or double-quoted string,
+/// ...); every other token, comments included, is kept whole (length-prefixed, so no two token
+/// sequences meet in one key). `None` when the text has no literal or does not tokenize.
+pub(super) fn shape(sql: &str, ctx: &ReadingContext) -> Option<Shape> {
+    use std::fmt::Write as _;
+    // Keys stay unambiguous either way (tokens are length-prefixed), but a marker then always
+    // means a literal.
+    if sql.contains([SHAPE_MARK, SHAPE_TOKEN]) {
+        return None;
+    }
+    let dialect = reading(ctx);
+    let text = reading_text(sql);
+    // sqlparser reads a versioned comment's content with locations of its own: no shape.
+    if text.contains("/*!") {
+        return None;
+    }
+    let tokens = Tokenizer::new(&dialect, &text)
+        .tokenize_with_location()
+        .ok()?;
+    let lines = LineStarts::of(&text);
+    let mut key = String::with_capacity(text.len() + 16);
+    let mut literals = Vec::new();
+    for t in &tokens {
+        let class = match &t.token {
+            Token::EOF
+            | Token::Whitespace(
+                sqlparser::tokenizer::Whitespace::Space
+                | sqlparser::tokenizer::Whitespace::Newline
+                | sqlparser::tokenizer::Whitespace::Tab,
+            ) => continue,
+            Token::Number(n, long) => Some(if *long {
+                'l'
+            } else if n.bytes().all(|b| b.is_ascii_digit()) {
+                'i'
+            } else {
+                'n'
+            }),
+            Token::SingleQuotedString(_) => Some('s'),
+            Token::DoubleQuotedString(_) => Some('d'),
+            Token::NationalStringLiteral(_) => Some('N'),
+            Token::HexStringLiteral(_) => Some('x'),
+            Token::SingleQuotedByteStringLiteral(_) => Some('b'),
+            Token::DoubleQuotedByteStringLiteral(_) => Some('B'),
+            _ => None,
+        };
+        match class {
+            Some(class) => {
+                let at = lines.offset(&text, t.span.start)?;
+                // The location must be where such a literal starts, or the shape is not made.
+                let first = text.as_bytes().get(at).copied()?;
+                let starts = match class {
+                    'i' | 'n' | 'l' => first.is_ascii_digit() || first == b'.',
+                    's' => first == b'\'',
+                    'd' => first == b'"',
+                    'N' => matches!(first, b'n' | b'N'),
+                    _ => matches!(first, b'x' | b'X' | b'b' | b'B' | b'0'),
+                };
+                if !starts {
+                    return None;
+                }
+                key.push(SHAPE_MARK);
+                key.push(class);
+                literals.push(at);
+            }
+            None => {
+                let token = t.token.to_string();
+                let _ = write!(key, "{}{}:{token}", SHAPE_TOKEN, token.len());
+            }
+        }
+    }
+    (!literals.is_empty()).then_some(Shape { key, literals })
+}
+
+/// Starts a literal's marker in a MySQL shape's key; [`SHAPE_TOKEN`] starts any other token.
+const SHAPE_MARK: char = '\u{1}';
+const SHAPE_TOKEN: char = '\u{2}';
 
 fn parser_message(e: &ParserError) -> String {
     match e {
@@ -658,9 +820,18 @@ impl Visitor for Objects<'_> {
 
 struct Walker<'a> {
     ctx: &'a ReadingContext,
+    /// A fact was drawn from a literal's value: the analysis holds for this text only.
+    read_a_value: Cell<bool>,
 }
 
-impl Walker<'_> {
+impl<'a> Walker<'a> {
+    fn new(ctx: &'a ReadingContext) -> Self {
+        Walker {
+            ctx,
+            read_a_value: Cell::new(false),
+        }
+    }
+
     /// Records reads (everything referenced that is not written) and functions.
     fn objects(&self, stmt: &Statement, acc: &mut Collector) {
         let mut objects = Objects {
@@ -750,7 +921,7 @@ impl Walker<'_> {
                 for (t, _) in self.tables_in(std::slice::from_ref(&update.table)) {
                     acc.write(t);
                 }
-                acc.filter(where_filter(update.selection.as_ref()));
+                acc.filter(where_filter(update.selection.as_ref(), &self.read_a_value));
             }
             Statement::Delete(delete) => {
                 acc.class(Class::Write);
@@ -779,7 +950,7 @@ impl Walker<'_> {
                         acc.write(by_alias.unwrap_or(named));
                     }
                 }
-                acc.filter(where_filter(delete.selection.as_ref()));
+                acc.filter(where_filter(delete.selection.as_ref(), &self.read_a_value));
             }
             Statement::Merge(_) => {
                 acc.class(Class::Write);
@@ -839,6 +1010,7 @@ impl Walker<'_> {
                 // as what it runs; anything else is built at run time.
                 acc.class(Class::Procedural);
                 acc.kind("execute_immediate");
+                self.read_a_value.set(true);
                 let literal = match parameters.first() {
                     Some(Expr::Value(v)) if parameters.len() == 1 => match &v.value {
                         ast::Value::SingleQuotedString(t) | ast::Value::DoubleQuotedString(t) => {
@@ -1153,35 +1325,41 @@ fn first_words(stmt: &Statement, n: usize) -> String {
         .join(" ")
 }
 
-fn where_filter(selection: Option<&Expr>) -> Filter {
+/// The filter of an UPDATE or DELETE. `read`: set when a literal's value was looked at.
+fn where_filter(selection: Option<&Expr>, read: &Cell<bool>) -> Filter {
     match selection {
         None => Filter::Absent,
-        Some(e) if truth(e, 0) == Some(true) => Filter::Trivial,
+        Some(e) if truth(e, 0, read) == Some(true) => Filter::Trivial,
         Some(_) => Filter::Present,
     }
 }
 
-fn truth(e: &Expr, depth: usize) -> Option<bool> {
+fn truth(e: &Expr, depth: usize, read: &Cell<bool>) -> Option<bool> {
     if depth > 64 {
         return None;
     }
     let d = depth + 1;
     match e {
-        Expr::Nested(inner) => truth(inner, d),
+        Expr::Nested(inner) => truth(inner, d, read),
         Expr::UnaryOp {
             op: UnaryOperator::Not,
             expr,
-        } => truth(expr, d).map(|b| !b),
+        } => truth(expr, d, read).map(|b| !b),
         Expr::BinaryOp { left, op, right } => match op {
-            BinaryOperator::And => filter::and([truth(left, d), truth(right, d)]),
-            BinaryOperator::Or => filter::or([truth(left, d), truth(right, d)]),
-            BinaryOperator::Xor => Some(truth(left, d)? != truth(right, d)?),
+            BinaryOperator::And => filter::and([truth(left, d, read), truth(right, d, read)]),
+            BinaryOperator::Or => filter::or([truth(left, d, read), truth(right, d, read)]),
+            BinaryOperator::Xor => Some(truth(left, d, read)? != truth(right, d, read)?),
             _ => {
                 let op = op.to_string();
                 if filter::reflexive(&op) && same_column(left, right) {
                     return Some(true);
                 }
-                filter::compare(&op, &constant(left, d)?, &constant(right, d)?, true)
+                filter::compare(
+                    &op,
+                    &constant(left, d, read)?,
+                    &constant(right, d, read)?,
+                    true,
+                )
             }
         },
         Expr::In {
@@ -1190,21 +1368,21 @@ fn truth(e: &Expr, depth: usize) -> Option<bool> {
             negated,
             ..
         } => {
-            let l = constant(expr, d)?;
-            let any = filter::or(
-                list.iter()
-                    .map(|i| constant(i, d).and_then(|r| filter::compare("=", &l, &r, true))),
-            );
+            let l = constant(expr, d, read)?;
+            let any =
+                filter::or(list.iter().map(|i| {
+                    constant(i, d, read).and_then(|r| filter::compare("=", &l, &r, true))
+                }));
             if *negated {
                 any.map(|b| !b)
             } else {
                 any
             }
         }
-        Expr::IsNull(inner) => Some(matches!(constant(inner, d)?, Const::Null)),
-        Expr::IsNotNull(inner) => Some(!matches!(constant(inner, d)?, Const::Null)),
-        Expr::IsTrue(inner) => Some(constant(inner, d)?.truth() == Some(true)),
-        _ => constant(e, d)?.truth(),
+        Expr::IsNull(inner) => Some(matches!(constant(inner, d, read)?, Const::Null)),
+        Expr::IsNotNull(inner) => Some(!matches!(constant(inner, d, read)?, Const::Null)),
+        Expr::IsTrue(inner) => Some(constant(inner, d, read)?.truth() == Some(true)),
+        _ => constant(e, d, read)?.truth(),
     }
 }
 
@@ -1221,25 +1399,28 @@ fn same_column(a: &Expr, b: &Expr) -> bool {
     }
 }
 
-fn constant(e: &Expr, depth: usize) -> Option<Const> {
+fn constant(e: &Expr, depth: usize, read: &Cell<bool>) -> Option<Const> {
     if depth > 64 {
         return None;
     }
     match e {
-        Expr::Value(v) => match &v.value {
-            ast::Value::Number(n, _) => n.parse().ok().map(Const::Num),
-            ast::Value::SingleQuotedString(s) | ast::Value::DoubleQuotedString(s) => {
-                Some(Const::Str(s.clone()))
+        Expr::Value(v) => {
+            read.set(true);
+            match &v.value {
+                ast::Value::Number(n, _) => n.parse().ok().map(Const::Num),
+                ast::Value::SingleQuotedString(s) | ast::Value::DoubleQuotedString(s) => {
+                    Some(Const::Str(s.clone()))
+                }
+                ast::Value::Boolean(b) => Some(Const::Bool(*b)),
+                ast::Value::Null => Some(Const::Null),
+                _ => None,
             }
-            ast::Value::Boolean(b) => Some(Const::Bool(*b)),
-            ast::Value::Null => Some(Const::Null),
-            _ => None,
-        },
-        Expr::Nested(inner) => constant(inner, depth + 1),
+        }
+        Expr::Nested(inner) => constant(inner, depth + 1, read),
         Expr::UnaryOp {
             op: UnaryOperator::Minus,
             expr,
-        } => match constant(expr, depth + 1)? {
+        } => match constant(expr, depth + 1, read)? {
             Const::Num(n) => Some(Const::Num(-n)),
             _ => None,
         },
@@ -1247,7 +1428,7 @@ fn constant(e: &Expr, depth: usize) -> Option<Const> {
         | Expr::UnaryOp { .. }
         | Expr::In { .. }
         | Expr::IsNull(_)
-        | Expr::IsNotNull(_) => truth(e, depth + 1).map(Const::Bool),
+        | Expr::IsNotNull(_) => truth(e, depth + 1, read).map(Const::Bool),
         _ => None,
     }
 }

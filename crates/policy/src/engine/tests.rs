@@ -936,6 +936,103 @@ fn texts_of_one_shape_share_an_analysis_but_never_a_verdict_that_reads_a_literal
 /// Every decision-table text with literals, again with other values: what the engine decides
 /// through the shape caches must be what it decides for that text on its own (`explain`, which
 /// never consults a shape).
+/// Where the literal starting at `start` ends: a quoted string at its closing quote (a doubled
+/// quote, or with `backslash_escapes` a backslash escape, inside it), a number after its digits.
+fn literal_end(sql: &str, start: usize, backslash_escapes: bool) -> usize {
+    let bytes = sql.as_bytes();
+    if bytes[start] == b'\'' {
+        let mut i = start + 1;
+        loop {
+            match (bytes[i], bytes.get(i + 1)) {
+                (b'\'', Some(b'\'')) => i += 2,
+                (b'\\', Some(_)) if backslash_escapes => i += 2,
+                (b'\'', _) => return i + 1,
+                _ => i += 1,
+            }
+        }
+    }
+    start
+        + bytes[start..]
+            .iter()
+            .take_while(|b| b.is_ascii_digit() || **b == b'.')
+            .count()
+}
+
+/// MySQL texts of one shape whose decisions depend on their values: each gets its own, whichever
+/// comes first (a folded `WHERE`, the text `EXECUTE IMMEDIATE` runs, a value where no value may be
+/// shared).
+#[test]
+fn mysql_texts_of_one_shape_whose_values_matter_are_judged_alone() {
+    let pairs: &[(&str, &str, &str)] = &[
+        (
+            "delete from orders where 1 = 2",
+            "delete from orders where 1 = 1",
+            "no-unfiltered-delete",
+        ),
+        (
+            "delete from orders where 'a' = 'b'",
+            "delete from orders where 'a' = 'a'",
+            "no-unfiltered-delete",
+        ),
+        (
+            "update orders set x = 1 where id in (1, 2) or 1 = 0",
+            "update orders set x = 1 where id in (1, 2) or 1 = 1",
+            "no-unfiltered-delete",
+        ),
+        (
+            "execute immediate 'select 1'",
+            "execute immediate 'delete from orders'",
+            "no-unfiltered-delete",
+        ),
+        (
+            "select 1; execute immediate 'select 2'",
+            "select 1; execute immediate 'drop table orders'",
+            "no-drop-in-prod",
+        ),
+    ];
+    let targets = targets();
+    let target = targets.iter().find(|t| t.name == "shop").unwrap();
+    let id = identity("dan", &["dev"]);
+    let settings = SqlSettings::default();
+    let reading = crate::analysis::ReadingContext::new(crate::analysis::Dialect::Mysql);
+    for (allowed, denied, rule) in pairs {
+        let shape = |sql| crate::analysis::shape(sql, &reading).map(|s| s.key().to_owned());
+        assert!(shape(allowed).is_some(), "{allowed:?} has a shape");
+        assert_eq!(
+            shape(allowed),
+            shape(denied),
+            "{allowed:?} and {denied:?} share a shape"
+        );
+        // Both orders, each on a fresh engine.
+        for order in [[*allowed, *denied], [*denied, *allowed]] {
+            let shared = engine(RULES);
+            let access = shared.access(&id, target).unwrap();
+            let ctx = StatementContext {
+                identity: &id,
+                target,
+                access,
+                settings: &settings,
+            };
+            for sql in order {
+                let judgement = shared.judge(&ctx, sql);
+                let expected = if sql == *denied {
+                    (Decision::Deny, Some(*rule))
+                } else {
+                    (Decision::Allow, Some("devs"))
+                };
+                assert_eq!(
+                    (
+                        judgement.verdict.decision,
+                        judgement.verdict.rule.as_deref()
+                    ),
+                    expected,
+                    "{sql:?} judged after {order:?}"
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn decisions_by_shape_match_each_texts_own() {
     const VALUES: &[&str] = &[
@@ -974,19 +1071,28 @@ fn decisions_by_shape_match_each_texts_own() {
         // Warm the shape caches with the row's own text, then judge other values.
         shared.judge(&ctx, sql);
         for k in 0..6 {
-            let mut parts = shape.key().split('\u{1}');
-            let mut text = parts.next().unwrap_or("").to_owned();
-            for (i, part) in parts.enumerate() {
+            // The row's text with each literal the shape took out replaced.
+            let mut text = String::new();
+            let mut from = 0;
+            for (i, &start) in shape.literals.iter().enumerate() {
+                let end = literal_end(
+                    sql,
+                    start,
+                    reading.dialect == crate::analysis::Dialect::Mysql,
+                );
+                let string = sql.as_bytes()[start] == b'\'';
+                text.push_str(&sql[from..start]);
                 let value = VALUES[(n + k * 3 + i) % VALUES.len()];
                 // Keep the class: a number where a number was, a string where a string was.
-                let value = match (&part[..1], value.starts_with('\'')) {
-                    ("s", true) | ("i" | "n", false) => value.to_owned(),
-                    ("s", false) => format!("'{value}'"),
-                    _ => (n + k).to_string(),
+                let value = match (string, value.starts_with('\'')) {
+                    (true, true) => value.to_owned(),
+                    (true, false) => format!("'{value}'"),
+                    (false, _) => (n + k).to_string(),
                 };
                 text.push_str(&value);
-                text.push_str(&part[1..]);
+                from = end;
             }
+            text.push_str(&sql[from..]);
             let by_shape = shared.judge(&ctx, &text);
             // Lineage never reads a literal: the shape's lineage is the text's own.
             assert_eq!(
