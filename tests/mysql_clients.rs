@@ -171,6 +171,90 @@ async fn a_denied_statement_names_the_rule_and_the_session_goes_on() {
     gw.shutdown().await;
 }
 
+/// Stored programs sent the way the mariadb client sends them (a `DELIMITER` in the script, the
+/// whole `CREATE` in one query): judged by what their bodies will run. A procedure whose body only
+/// runs filtered statements is created and called; one that hides an unfiltered DELETE in a branch,
+/// a trigger that reads the secrets table and a function loaded from a shared library are refused
+/// with the rule that applies, and never reach the database.
+#[tokio::test]
+async fn stored_programs_are_judged_by_what_their_bodies_run() {
+    let gw = gateway().await;
+    let token = gw.token("alice", &["engineering"]);
+    let out = gw
+        .mariadb(
+            "alice",
+            &token,
+            None,
+            &[],
+            "DELIMITER //\n\
+             CREATE PROCEDURE relabel(IN which INT, IN label_to VARCHAR(20))\n\
+             BEGIN\n\
+               DECLARE n INT DEFAULT (SELECT COUNT(*) FROM items WHERE id = which);\n\
+               IF n > 0 THEN\n\
+                 UPDATE items SET label = label_to WHERE id = which;\n\
+               END IF;\n\
+             END//\n\
+             CREATE PROCEDURE wipe()\n\
+             BEGIN\n\
+               IF (SELECT COUNT(*) FROM items) > 100 THEN DELETE FROM items; END IF;\n\
+             END//\n\
+             CREATE TRIGGER leak BEFORE INSERT ON items FOR EACH ROW\n\
+               SET NEW.label = (SELECT value FROM secrets LIMIT 1)//\n\
+             CREATE FUNCTION native RETURNS STRING SONAME 'udf_example.so'//\n\
+             DELIMITER ;\n\
+             CALL relabel(2, 'deux');\n\
+             SELECT label FROM items WHERE id = 2;\n",
+        )
+        .await;
+    let err = stderr(&out);
+    let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("ERROR")).collect();
+    assert_eq!(errors.len(), 3, "{err}");
+    for (error, rule) in
+        errors
+            .iter()
+            .zip(["no-unbounded-writes", "no-secrets", "no-unbounded-writes"])
+    {
+        assert!(
+            error.starts_with("ERROR 1227 (42000)")
+                && error.contains(&format!("(rule \"{rule}\")")),
+            "{err}"
+        );
+    }
+    assert_eq!(stdout(&out), "deux\n", "{err}");
+    assert_eq!(
+        gw.db.direct(
+            "SELECT GROUP_CONCAT(ROUTINE_NAME ORDER BY ROUTINE_NAME) FROM information_schema.ROUTINES \
+             WHERE ROUTINE_SCHEMA = DATABASE()"
+        ),
+        "relabel\n",
+        "only the procedure whose body passed was created"
+    );
+    assert_eq!(
+        gw.db.direct(
+            "SELECT COUNT(*) FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA = DATABASE()"
+        ),
+        "0\n"
+    );
+    // The procedure's creation is recorded with what its body does.
+    let trail = gw
+        .trail_until("the CREATE PROCEDURE", |t| {
+            t.iter().any(|r| {
+                r["event"] == "statement_started"
+                    && r["sql"]
+                        .as_str()
+                        .is_some_and(|s| s.starts_with("CREATE PROCEDURE relabel"))
+            })
+        })
+        .await;
+    let created = records(&trail, "statement_started", |r| {
+        r["sql"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("CREATE PROCEDURE relabel"))
+    });
+    assert_eq!(created[0]["classification"], "ddl:create", "{created:#?}");
+    gw.shutdown().await;
+}
+
 #[tokio::test]
 async fn a_read_only_identity_cannot_write() {
     let gw = gateway().await;

@@ -97,6 +97,13 @@ fn cases() -> Vec<Case> {
             &[],
         ),
         case(
+            "CREATE PROCEDURE p() BEGIN INSERT INTO scratch SELECT email FROM customers; END",
+            "a stored program read from its tokens: it defines what runs later, reading anything",
+            vec![row("scratch"), row("customers")],
+            true,
+            &["aliased", "defines"],
+        ),
+        case(
             "SET STATEMENT max_statement_time=5 FOR SELECT UPPER(email) AS e FROM customers WHERE id = 1",
             "MariaDB's SET STATEMENT: the lineage of the statement it runs",
             vec![row("customers")],

@@ -29,6 +29,8 @@ use sqlparser::keywords::Keyword;
 use sqlparser::parser::{Parser, ParserError};
 use sqlparser::tokenizer::{Location, Token, TokenWithSpan, Tokenizer};
 
+mod routines;
+
 use super::filter::{self, Const};
 use super::mysql_lineage;
 use super::{failed, Collector, ReadingContext, Shape};
@@ -356,17 +358,13 @@ fn statement_by_statement(
     };
     let mut facts = Vec::new();
     let mut lineages = Vec::new();
-    for group in tokens.split(|t| t.token == Token::SemiColon) {
-        let group: Vec<TokenWithSpan> = group
-            .iter()
-            .filter(|t| !matches!(t.token, Token::Whitespace(_)))
-            .cloned()
-            .collect();
-        if group.is_empty() {
-            continue;
-        }
+    let tokens: Vec<TokenWithSpan> = tokens
+        .into_iter()
+        .filter(|t| !matches!(t.token, Token::Whitespace(_)))
+        .collect();
+    for group in routines::split(&tokens) {
         let mut acc = Collector::default();
-        let Some(parsed) = read_group(dialect, &group, walker, &mut acc) else {
+        let Some(parsed) = read_group(dialect, group, walker, &mut acc) else {
             return failure();
         };
         let f = acc.finish();
@@ -465,6 +463,10 @@ fn read_group(
     walker: &Walker<'_>,
     acc: &mut Collector,
 ) -> Option<Option<Statement>> {
+    if let Some(kind) = routines::routine_kind(tokens) {
+        routines::create_routine(dialect, tokens, walker, acc, kind);
+        return Some(None);
+    }
     if let Some(stmt) = parse_tokens(dialect, tokens.to_vec()) {
         walker.statement(&stmt, acc);
         return Some(Some(stmt));

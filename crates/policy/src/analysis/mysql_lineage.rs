@@ -257,6 +257,19 @@ pub(super) fn statement(stmt: Option<&Statement>, facts: &StatementFacts) -> Sta
         if kinds("prepare") || kinds("prepare_dynamic") {
             lineage.hazards.push(Hazard::Dynamic);
         }
+        // Stored programs read from their tokens (see `mysql::routines`).
+        for (kind, what) in [
+            ("create_procedure", "CREATE PROCEDURE"),
+            ("create_function", "CREATE FUNCTION"),
+            ("create_trigger", "CREATE TRIGGER"),
+            ("create_event", "CREATE EVENT"),
+        ] {
+            if kinds(kind) {
+                lineage.hazards.push(Hazard::Defines {
+                    what: Arc::from(what),
+                });
+            }
+        }
         lineage.predicates = reads.clone();
         lineage.reads = reads;
         return lineage;
