@@ -330,11 +330,19 @@ mod tests {
         "LOAD DATA INFILE 'x' INTO TABLE t; HANDLER t OPEN; PREPARE s FROM 'DELETE FROM t'",
         "SELECT * FROM t INTO OUTFILE '/tmp/x'; SELECT `a` FROM `db`.`t` /*M!100000 ; x */",
         "MERGE INTO t USING s ON t.id = s.id WHEN MATCHED THEN DELETE",
+        "CREATE PROCEDURE p(IN x INT) BEGIN DECLARE c CURSOR FOR SELECT a FROM t; IF x THEN DELETE FROM t; ELSE l: LOOP LEAVE l; END LOOP; END IF; END; SELECT 1",
+        "CREATE TRIGGER g BEFORE INSERT ON t FOR EACH ROW BEGIN CASE WHEN NEW.a THEN SET NEW.b = CASE 1 WHEN 1 THEN 2 END; END CASE; REPEAT SELECT 1; UNTIL 1 END REPEAT; END",
+        "SET STATEMENT max_statement_time=1 FOR SELECT 1; CREATE FUNCTION f() RETURNS INT RETURN (SELECT 1)",
     ];
 
     const FRAGMENTS: &[&str] = &[
         "SELECT",
         "DELETE",
+        "BEGIN",
+        "END",
+        "IF",
+        "CASE",
+        ";",
         "FROM",
         "WHERE",
         "(",
