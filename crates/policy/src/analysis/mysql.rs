@@ -222,7 +222,12 @@ struct LineStarts(Vec<usize>);
 impl LineStarts {
     fn of(text: &str) -> Self {
         let mut starts = vec![0];
-        starts.extend(memchr_newlines(text));
+        starts.extend(
+            text.bytes()
+                .enumerate()
+                .filter(|&(_, b)| b == b'\n')
+                .map(|(i, _)| i + 1),
+        );
         LineStarts(starts)
     }
 
@@ -231,20 +236,12 @@ impl LineStarts {
         let column = usize::try_from(at.column).ok()?.checked_sub(1)?;
         let start = *self.0.get(line)?;
         let rest = text.get(start..)?;
-        if rest.is_char_boundary(column.min(rest.len()))
-            && rest.as_bytes()[..column.min(rest.len())].is_ascii()
-        {
-            return (column <= rest.len()).then_some(start + column);
+        // Over ASCII, characters are bytes.
+        if rest.as_bytes().get(..column).is_some_and(<[u8]>::is_ascii) {
+            return Some(start + column);
         }
         rest.char_indices().nth(column).map(|(b, _)| start + b)
     }
-}
-
-fn memchr_newlines(text: &str) -> impl Iterator<Item = usize> + '_ {
-    text.bytes()
-        .enumerate()
-        .filter(|&(_, b)| b == b'\n')
-        .map(|(i, _)| i + 1)
 }
 
 /// The shape of a MySQL text (see `analysis::shape`), read with sqlparser's own tokenizer in the

@@ -28,6 +28,9 @@
 //!
 //! Written by hand: pg_query's own scanner would answer exactly but costs a C call, a protobuf
 //! encoding and its decoding per text, a good part of what the shape is there to save.
+//!
+//! MySQL texts get their shape from sqlparser's tokenizer instead (`mysql::shape`): the lexer
+//! that MySQL analysis parses with, so no second reading of the grammar is needed there.
 
 /// A statement text with its literals replaced by markers.
 #[derive(Debug, Clone, PartialEq, Eq)]
