@@ -14,7 +14,7 @@
 use sqlparser::tokenizer::{Token, TokenWithSpan};
 
 use super::{keyword, name_at, read_group, MysqlReading, Walker};
-use crate::analysis::Collector;
+use crate::analysis::{dynamic_sql, Collector};
 use crate::facts::Class;
 
 /// The stored program a statement's tokens create (`"procedure"`, ...), if they create one.
@@ -111,8 +111,9 @@ pub(super) fn create_routine(
     acc.kind("create");
     acc.kind(&format!("create_{kind}"));
     let kw = |i: usize| keyword(tokens.get(i));
-    let Some(at) = (1..tokens.len()).find(|&i| kw(i) == kind.to_ascii_uppercase()) else {
-        super::super::dynamic_sql(acc);
+    let word = kind.to_ascii_uppercase();
+    let Some(at) = (1..tokens.len()).find(|&i| kw(i) == word) else {
+        dynamic_sql(acc);
         return;
     };
     let body = match kind {
@@ -122,13 +123,13 @@ pub(super) fn create_routine(
                 // No parameter list: `CREATE FUNCTION f RETURNS ... SONAME 'lib.so'` loads
                 // native code, whatever it does is unseen.
                 acc.kind("create_function_soname");
-                super::super::dynamic_sql(acc);
+                dynamic_sql(acc);
                 return;
             };
             let mut i = after;
             if kind == "function" {
                 if kw(i) != "RETURNS" {
-                    super::super::dynamic_sql(acc);
+                    dynamic_sql(acc);
                     return;
                 }
                 i = skip_type(tokens, i + 1);
@@ -155,7 +156,7 @@ pub(super) fn create_routine(
     };
     match tokens.get(body..) {
         Some(body) if !body.is_empty() => read_body(dialect, body, walker, acc),
-        _ => super::super::dynamic_sql(acc),
+        _ => dynamic_sql(acc),
     }
 }
 
@@ -358,7 +359,7 @@ fn read_piece(
             let mut inner = Collector::default();
             match read_group(dialect, piece, walker, &mut inner) {
                 Some(_) => acc.absorb(inner),
-                None => super::super::dynamic_sql(acc),
+                None => dynamic_sql(acc),
             }
         }
     }
@@ -399,6 +400,6 @@ fn read_expression(
     let mut inner = Collector::default();
     match read_group(dialect, &select, walker, &mut inner) {
         Some(_) => acc.absorb(inner),
-        None => super::super::dynamic_sql(acc),
+        None => dynamic_sql(acc),
     }
 }
