@@ -42,6 +42,59 @@ async fn gateway() -> MysqlGateway {
     gateway_with(MysqlOptions::default()).await
 }
 
+/// The keys under which a client program's JSON reports an error: code, SQLSTATE, message.
+struct ErrorKeys {
+    code: &'static str,
+    state: &'static str,
+    message: &'static str,
+}
+
+/// The mysql-connector-python program written out in this file.
+const PYTHON_ERRORS: ErrorKeys = ErrorKeys {
+    code: "errno",
+    state: "sqlstate",
+    message: "msg",
+};
+
+/// tests/clients/MariadbJdbc.java.
+const JAVA_ERRORS: ErrorKeys = ErrorKeys {
+    code: "code",
+    state: "state",
+    message: "message",
+};
+
+/// Checks the denials a client program reported: `denied.text` and `denied.prepared` were refused
+/// (1227, 42000) naming their rules, and the session went on after each (`denied.NAME_after`
+/// counts 3 rows).
+fn assert_denials(out: &Value, keys: &ErrorKeys) {
+    let denied = &out["denied"];
+    for (name, rule) in [("text", "no-secrets"), ("prepared", "no-unbounded-writes")] {
+        assert_eq!(denied[name][keys.code], 1227, "{name}: {out}");
+        assert_eq!(denied[name][keys.state], "42000", "{name}: {out}");
+        assert!(
+            denied[name][keys.message]
+                .as_str()
+                .is_some_and(|m| m.contains(&format!("(rule \"{rule}\")"))),
+            "{name}: {out}"
+        );
+        assert_eq!(denied[format!("{name}_after")], 3, "{name}: {out}");
+    }
+}
+
+/// Checks that each of the client program's `readonly.NAME` was refused as read-only.
+fn assert_read_only_refusals(out: &Value, keys: &ErrorKeys, names: &[&str]) {
+    for name in names {
+        let refused = &out["readonly"][name];
+        assert_eq!(refused[keys.code], 1227, "{name}: {out}");
+        assert!(
+            refused[keys.message].as_str().is_some_and(
+                |m| m.contains("is read-only") && m.contains("(rule \"builtin:read-only\")")
+            ),
+            "{name}: {out}"
+        );
+    }
+}
+
 /// The records of the trail whose `event` is `event` and for which `pred` holds.
 fn records<'a>(trail: &'a [Value], event: &str, pred: impl Fn(&Value) -> bool) -> Vec<&'a Value> {
     trail
@@ -812,30 +865,11 @@ async fn mysql_connector_python(use_pure: bool) {
         }),
         "{out}"
     );
-    let denied = &out["denied"];
-    for (name, rule) in [("text", "no-secrets"), ("prepared", "no-unbounded-writes")] {
-        assert_eq!(denied[name]["errno"], 1227, "{name}: {out}");
-        assert_eq!(denied[name]["sqlstate"], "42000", "{name}: {out}");
-        assert!(
-            denied[name]["msg"]
-                .as_str()
-                .is_some_and(|m| m.contains(&format!("(rule \"{rule}\")"))),
-            "{name}: {out}"
-        );
-        assert_eq!(denied[format!("{name}_after")], 3, "{name}: {out}");
-    }
+    assert_denials(&out, &PYTHON_ERRORS);
     assert_eq!(out["prepared_after"], serde_json::json!([["two"]]), "{out}");
     let readonly = &out["readonly"];
     assert_eq!(readonly["count"], 3, "{out}");
-    for name in ["prepared", "text"] {
-        assert_eq!(readonly[name]["errno"], 1227, "{name}: {out}");
-        assert!(
-            readonly[name]["msg"].as_str().is_some_and(
-                |m| m.contains("is read-only") && m.contains("(rule \"builtin:read-only\")")
-            ),
-            "{name}: {out}"
-        );
-    }
+    assert_read_only_refusals(&out, &PYTHON_ERRORS, &["prepared", "text"]);
     assert_eq!(readonly["after"], serde_json::json!([["one"]]), "{out}");
     stored_and_audited(&gw).await;
     gw.shutdown().await;
@@ -947,18 +981,7 @@ async fn mariadb_connector_j_prepared_statements_batches_types_denials_and_read_
         }),
         "{out}"
     );
-    let denied = &out["denied"];
-    for (name, rule) in [("text", "no-secrets"), ("prepared", "no-unbounded-writes")] {
-        assert_eq!(denied[name]["code"], 1227, "{name}: {out}");
-        assert_eq!(denied[name]["state"], "42000", "{name}: {out}");
-        assert!(
-            denied[name]["message"]
-                .as_str()
-                .is_some_and(|m| m.contains(&format!("(rule \"{rule}\")"))),
-            "{name}: {out}"
-        );
-        assert_eq!(denied[format!("{name}_after")], 3, "{name}: {out}");
-    }
+    assert_denials(&out, &JAVA_ERRORS);
     assert_eq!(out["rolled_back"], serde_json::json!([[3]]), "{out}");
     assert_eq!(out["timeout_text"], serde_json::json!([[3]]), "{out}");
     assert_eq!(
@@ -968,15 +991,7 @@ async fn mariadb_connector_j_prepared_statements_batches_types_denials_and_read_
     );
     let readonly = &out["readonly"];
     assert_eq!(readonly["count"], serde_json::json!([[3]]), "{out}");
-    for name in ["prepared", "text", "timeout_text"] {
-        assert_eq!(readonly[name]["code"], 1227, "{name}: {out}");
-        assert!(
-            readonly[name]["message"].as_str().is_some_and(
-                |m| m.contains("is read-only") && m.contains("(rule \"builtin:read-only\")")
-            ),
-            "{name}: {out}"
-        );
-    }
+    assert_read_only_refusals(&out, &JAVA_ERRORS, &["prepared", "text", "timeout_text"]);
     assert_eq!(readonly["after"], serde_json::json!([["one"]]), "{out}");
     // The single execution and the batch's two, each audited as the statement prepared.
     let trail = stored_and_audited(&gw).await;
