@@ -295,15 +295,24 @@ fn text_shape(ctx: &StatementContext<'_>, sql: &str) -> Option<Shape> {
     if dialect == Dialect::Postgres && !ctx.settings.standard_conforming_strings {
         return None;
     }
-    shape(sql, &reading_context(ctx, dialect))
+    shape(sql, &lexing(ctx, dialect))
 }
 
 /// How the statements of a session are read: its dialect, default schema and, for MySQL, the
 /// sql_mode switches that change where strings and identifiers end.
 fn reading_context(ctx: &StatementContext<'_>, dialect: Dialect) -> ReadingContext {
     ReadingContext {
-        dialect,
         default_schema: ctx.settings.default_schema.as_deref().map(str::to_owned),
+        ..lexing(ctx, dialect)
+    }
+}
+
+/// [`reading_context`] without the default schema, which a shape does not depend on (no copy of
+/// it for every text judged by shape).
+fn lexing(ctx: &StatementContext<'_>, dialect: Dialect) -> ReadingContext {
+    ReadingContext {
+        dialect,
+        default_schema: None,
         ansi_quotes: dialect == Dialect::Mysql && ctx.settings.ansi_quotes,
         no_backslash_escapes: dialect == Dialect::Mysql && ctx.settings.no_backslash_escapes,
     }
